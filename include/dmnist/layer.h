@@ -1,0 +1,99 @@
+/* dmnist layer components.
+ *
+ * Lifecycle (the core calls, in this order, from one thread per instance):
+ *   create      -> once, with validated params and the input shape; returns the
+ *                  output shape, how many parameters the layer owns and how much
+ *                  scratch it needs. Allocates nothing on the device yet if it
+ *                  can avoid it.
+ *   bind        -> once, after the core has laid out the flat parameter and
+ *                  gradient buffers: the layer gets its slices (NULL if it has
+ *                  no parameters) and a workspace of the size it asked for.
+ *   init_params -> once on rank 0 (others receive a broadcast): fill the
+ *                  parameter slice from the seed (a host buffer, always CPU).
+ *   forward/backward -> many times, any order forward..backward per step.
+ *   destroy     -> once; frees what create allocated. Never frees buffers
+ *                  the core gave it.
+ *
+ * Buffers: the core allocates every activation, gradient, parameter and
+ * workspace buffer, on the instance's device. A layer never keeps pointers
+ * to `in`, `out` or `dout` between calls.
+ */
+#ifndef DMNIST_LAYER_H
+#define DMNIST_LAYER_H
+
+#include "dmnist/abi.h"
+#include "dmnist/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What the core tells a layer at create time. */
+typedef struct dm_layer_config {
+    size_t struct_size;
+    const char *name;     /* section name, e.g. "conv1", for messages */
+    dm_device device;
+    dm_layout layout;     /* layout of activations the core will pass */
+    dm_shape in_shape;    /* n = largest batch the layer will see */
+    int num_threads;      /* CPU threads the layer may use */
+    void *cuda_stream;    /* cudaStream_t for DM_DEVICE_CUDA, else NULL */
+} dm_layer_config;
+
+/* What a layer tells the core at create time. */
+typedef struct dm_layer_info {
+    size_t struct_size;
+    dm_shape out_shape;      /* n = in_shape.n */
+    size_t param_count;      /* floats in its slice of the flat parameter buffer */
+    size_t workspace_bytes;  /* scratch the core allocates and passes to bind */
+    int is_loss;             /* 1: final loss layer; forward reads ctx->labels */
+} dm_layer_info;
+
+/* Per-call context. */
+typedef struct dm_run_ctx {
+    size_t struct_size;
+    int training;            /* 0 = evaluation (dropout is the identity) */
+    uint64_t seed;           /* differs per step and layer; same on every rank */
+    const int32_t *labels;   /* loss layers: n labels on the layer's device */
+    float *metrics;          /* loss layers: [0] += sum of losses, [1] += correct
+                                predictions, on the layer's device */
+    void *cuda_stream;       /* cudaStream_t, or NULL */
+} dm_run_ctx;
+
+typedef struct dm_layer_vtable {
+    size_t struct_size;
+    unsigned devices;        /* DM_DEVICE_BIT(DM_DEVICE_CPU) | ... */
+
+    int (*create)(const dm_params *params, const dm_layer_config *cfg,
+                  void **state, dm_layer_info *info, dm_error *err);
+
+    /* params/grads: param_count floats each (NULL when 0); workspace:
+     * workspace_bytes (NULL when 0). All on the instance's device. */
+    int (*bind)(void *state, float *params, float *grads, void *workspace, dm_error *err);
+
+    /* Fill `params` (a host buffer of param_count floats) from `seed`,
+     * Keras-style: Glorot-uniform weights, zero biases. */
+    int (*init_params)(void *state, float *params, uint64_t seed, dm_error *err);
+
+    /* out = f(in). in->shape.n may be smaller than the create-time batch. */
+    int (*forward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
+                   dm_error *err);
+
+    /* Given dout = dL/dout, write din = dL/din (din is NULL for the first
+     * layer: skip it) and OVERWRITE the bound gradient slice with dL/dparams.
+     * `in` and `out` are the tensors of the matching forward call.
+     * Loss layers ignore dout (it is NULL) and start the chain from labels;
+     * they scale by 1/n so gradients are means over the batch. */
+    int (*backward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                    const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
+                    dm_error *err);
+
+    void (*destroy)(void *state);
+    /* ABI 1.1+: append new methods here. */
+} dm_layer_vtable;
+
+#define DM_LAYER_VTABLE_SIZE_1_0 (offsetof(dm_layer_vtable, destroy) + sizeof(void *))
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,165 @@
+/* Adam in the Keras/TensorFlow form, where the bias correction is folded
+ * into the step size and epsilon is added to sqrt(v) uncorrected:
+ *
+ *   g    = grad + weight_decay * p               (L2, as PyTorch's Adam; not AdamW)
+ *   m    = beta1 * m + (1 - beta1) * g
+ *   v    = beta2 * v + (1 - beta2) * g^2
+ *   lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)  (t = ctx->step, 1-based)
+ *   p    = p - lr_t * m / (sqrt(v) + epsilon)
+ *
+ * State: 2 floats per parameter, m in the first n floats and v in the next n,
+ * zeroed by the core before step 1.
+ */
+#include <float.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "dmnist/dmnist.h"
+
+/* Below this many parameters a parallel region costs more than it saves. */
+#define ADAM_PARALLEL_MIN 32768
+
+typedef struct adam_state {
+    float beta1, beta2, epsilon, weight_decay;
+    int num_threads;    /* <= 0: OpenMP's default */
+    size_t param_count;
+    float *m;           /* param_count floats */
+    float *v;           /* param_count floats, right after m */
+} adam_state;
+
+static const dm_param_def adam_params[] = {
+    {"beta1", DM_PARAM_FLOAT, "0.9", 0.0, 1.0, NULL, "decay of the first moment, in [0, 1)"},
+    {"beta2", DM_PARAM_FLOAT, "0.999", 0.0, 1.0, NULL, "decay of the second moment, in [0, 1)"},
+    {"epsilon", DM_PARAM_FLOAT, "1e-7", 0.0, DBL_MAX, NULL,
+     "added to sqrt(v) (Keras/TF default 1e-7)"},
+    {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, DBL_MAX, NULL,
+     "L2 penalty: weight_decay * param is added to the gradient"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, void **state,
+                       dm_optimizer_info *info, dm_error *err)
+{
+    double beta1 = dm_param_float(params, "beta1", 0.9);
+    double beta2 = dm_param_float(params, "beta2", 0.999);
+    double epsilon = dm_param_float(params, "epsilon", 1e-7);
+    double weight_decay = dm_param_float(params, "weight_decay", 0.0);
+
+    /* A CUDA build would accept DM_DEVICE_CUDA here once adam_cuda.cu exists. */
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "adam: device %d is not supported; this plugin has only a CPU "
+                       "implementation (use device = cpu)",
+                       (int)cfg->device);
+    if (!(beta1 >= 0.0 && beta1 < 1.0))
+        return dm_fail(err, DM_ERR_INVALID, "adam: beta1 %g must be in [0, 1)", beta1);
+    if (!(beta2 >= 0.0 && beta2 < 1.0))
+        return dm_fail(err, DM_ERR_INVALID, "adam: beta2 %g must be in [0, 1)", beta2);
+    if (!(epsilon >= 0.0))
+        return dm_fail(err, DM_ERR_INVALID, "adam: epsilon %g must be >= 0", epsilon);
+    if (!(weight_decay >= 0.0))
+        return dm_fail(err, DM_ERR_INVALID, "adam: weight_decay %g must be >= 0", weight_decay);
+
+    adam_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "adam: out of memory");
+    s->beta1 = (float)beta1;
+    s->beta2 = (float)beta2;
+    s->epsilon = (float)epsilon;
+    s->weight_decay = (float)weight_decay;
+    s->num_threads = cfg->num_threads;
+    s->param_count = cfg->param_count;
+    info->state_floats_per_param = 2;
+    *state = s;
+    return DM_OK;
+}
+
+static int adam_bind(void *state, float *opt_state, dm_error *err)
+{
+    adam_state *s = state;
+    if (s->param_count > 0 && !opt_state)
+        return dm_fail(err, DM_ERR_INVALID, "adam: needs a state buffer, got NULL");
+    s->m = opt_state;
+    s->v = opt_state ? opt_state + s->param_count : NULL;
+    return DM_OK;
+}
+
+/* The CPU update over n floats; lr_t already holds the bias correction.
+ * A CUDA twin (adam_cuda.cu, under DM_WITH_CUDA) takes the same arguments
+ * plus the stream, and adam_step picks one by device. */
+static void adam_update_cpu(float *restrict p, const float *restrict g, float *restrict m,
+                            float *restrict v, size_t n, float lr_t, float b1, float b2,
+                            float eps, float wd, int threads)
+{
+#pragma omp parallel for simd num_threads(threads) if (n >= ADAM_PARALLEL_MIN)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] + wd * p[i];
+        m[i] = b1 * m[i] + (1.0f - b1) * gi;
+        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        p[i] -= lr_t * m[i] / (sqrtf(v[i]) + eps);
+    }
+}
+
+static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, const float *grads,
+                     size_t n, dm_error *err)
+{
+    adam_state *s = state;
+    if (n != s->param_count)
+        return dm_fail(err, DM_ERR_INVALID, "adam: step got %zu parameters, created for %zu", n,
+                       s->param_count);
+    if (n > 0 && !s->m)
+        return dm_fail(err, DM_ERR_INVALID, "adam: step before bind");
+    if (ctx->step < 1)
+        return dm_fail(err, DM_ERR_INVALID, "adam: step number %lld must be >= 1",
+                       (long long)ctx->step);
+
+    /* Bias correction in double: beta2^t stays accurate for large t. */
+    double t = (double)ctx->step;
+    double lr_t = (double)ctx->lr * sqrt(1.0 - pow((double)s->beta2, t)) /
+                  (1.0 - pow((double)s->beta1, t));
+    int threads = s->num_threads > 0 ? s->num_threads : omp_get_max_threads();
+
+    adam_update_cpu(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2, s->epsilon,
+                    s->weight_decay, threads);
+    return DM_OK;
+}
+
+static void adam_destroy(void *state) { free(state); }
+
+static const dm_optimizer_vtable adam_vtable = {
+    .struct_size = sizeof(dm_optimizer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = adam_create,
+    .bind = adam_bind,
+    .step = adam_step,
+    .destroy = adam_destroy,
+};
+
+static const dm_component adam_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_OPTIMIZER,
+    .type_name = "adam",
+    .help = "Adam, Keras/TF form (bias correction in the step size, epsilon 1e-7)",
+    .params = adam_params,
+    .vtable = &adam_vtable,
+};
+
+static const dm_component *const adam_components[] = {&adam_component};
+
+static const dm_plugin_descriptor adam_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "adam",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
+    .n_components = 1,
+    .components = adam_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &adam_descriptor : NULL;
+}

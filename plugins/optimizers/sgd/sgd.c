@@ -1,0 +1,152 @@
+/* Stochastic gradient descent with optional momentum, Nesterov momentum and
+ * L2 weight decay, following PyTorch's torch.optim.SGD (dampening 0):
+ *
+ *   g = grad + weight_decay * p
+ *   if momentum > 0:  b = momentum * b + g          (b starts at 0, so b_1 = g)
+ *                     g = nesterov ? g + momentum * b : b
+ *   p = p - lr * g
+ *
+ * The learning rate comes from the core in dm_opt_step_ctx.lr each step.
+ * State: one float per parameter (the velocity b) when momentum > 0.
+ */
+#include <float.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "dmnist/dmnist.h"
+
+/* Below this many parameters a parallel region costs more than it saves. */
+#define SGD_PARALLEL_MIN 32768
+
+typedef struct sgd_state {
+    float momentum;
+    float weight_decay;
+    int nesterov;
+    int num_threads;    /* <= 0: OpenMP's default */
+    size_t param_count;
+    float *velocity;    /* param_count floats when momentum > 0, else NULL */
+} sgd_state;
+
+static const dm_param_def sgd_params[] = {
+    {"momentum", DM_PARAM_FLOAT, "0", 0.0, 1.0, NULL, "momentum factor in [0, 1); 0 = plain SGD"},
+    {"nesterov", DM_PARAM_BOOL, "false", 0, -1, NULL, "Nesterov momentum (needs momentum > 0)"},
+    {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, DBL_MAX, NULL,
+     "L2 penalty: weight_decay * param is added to the gradient"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static int sgd_create(const dm_params *params, const dm_optimizer_config *cfg, void **state,
+                      dm_optimizer_info *info, dm_error *err)
+{
+    double momentum = dm_param_float(params, "momentum", 0.0);
+    double weight_decay = dm_param_float(params, "weight_decay", 0.0);
+    int nesterov = (int)dm_param_int(params, "nesterov", 0);
+
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "sgd: only the CPU is supported (got device %d)",
+                       (int)cfg->device);
+    if (!(momentum >= 0.0 && momentum < 1.0))
+        return dm_fail(err, DM_ERR_INVALID, "sgd: momentum %g must be in [0, 1)", momentum);
+    if (!(weight_decay >= 0.0))
+        return dm_fail(err, DM_ERR_INVALID, "sgd: weight_decay %g must be >= 0", weight_decay);
+    if (nesterov && momentum == 0.0)
+        return dm_fail(err, DM_ERR_INVALID, "sgd: nesterov = true needs momentum > 0");
+
+    sgd_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "sgd: out of memory");
+    s->momentum = (float)momentum;
+    s->weight_decay = (float)weight_decay;
+    s->nesterov = nesterov;
+    s->num_threads = cfg->num_threads;
+    s->param_count = cfg->param_count;
+    info->state_floats_per_param = momentum > 0.0 ? 1 : 0;
+    *state = s;
+    return DM_OK;
+}
+
+static int sgd_bind(void *state, float *opt_state, dm_error *err)
+{
+    sgd_state *s = state;
+    if (s->momentum > 0.0f && s->param_count > 0 && !opt_state)
+        return dm_fail(err, DM_ERR_INVALID, "sgd: momentum needs a state buffer, got NULL");
+    s->velocity = s->momentum > 0.0f ? opt_state : NULL;
+    return DM_OK;
+}
+
+static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, const float *grads,
+                    size_t n, dm_error *err)
+{
+    sgd_state *s = state;
+    if (n != s->param_count)
+        return dm_fail(err, DM_ERR_INVALID, "sgd: step got %zu parameters, created for %zu", n,
+                       s->param_count);
+    if (s->momentum > 0.0f && n > 0 && !s->velocity)
+        return dm_fail(err, DM_ERR_INVALID, "sgd: step before bind");
+
+    const float lr = ctx->lr, wd = s->weight_decay, mu = s->momentum;
+    const int threads = s->num_threads > 0 ? s->num_threads : omp_get_max_threads();
+    float *restrict p = params;
+    const float *restrict g = grads;
+    float *restrict b = s->velocity;
+
+    if (mu == 0.0f) {
+#pragma omp parallel for simd num_threads(threads) if (n >= SGD_PARALLEL_MIN)
+        for (size_t i = 0; i < n; i++)
+            p[i] -= lr * (g[i] + wd * p[i]);
+    } else if (!s->nesterov) {
+#pragma omp parallel for simd num_threads(threads) if (n >= SGD_PARALLEL_MIN)
+        for (size_t i = 0; i < n; i++) {
+            float d = g[i] + wd * p[i];
+            b[i] = mu * b[i] + d;
+            p[i] -= lr * b[i];
+        }
+    } else {
+#pragma omp parallel for simd num_threads(threads) if (n >= SGD_PARALLEL_MIN)
+        for (size_t i = 0; i < n; i++) {
+            float d = g[i] + wd * p[i];
+            b[i] = mu * b[i] + d;
+            p[i] -= lr * (d + mu * b[i]);
+        }
+    }
+    return DM_OK;
+}
+
+static void sgd_destroy(void *state) { free(state); }
+
+static const dm_optimizer_vtable sgd_vtable = {
+    .struct_size = sizeof(dm_optimizer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = sgd_create,
+    .bind = sgd_bind,
+    .step = sgd_step,
+    .destroy = sgd_destroy,
+};
+
+static const dm_component sgd_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_OPTIMIZER,
+    .type_name = "sgd",
+    .help = "SGD with momentum, Nesterov and L2 weight decay (PyTorch's formulas)",
+    .params = sgd_params,
+    .vtable = &sgd_vtable,
+};
+
+static const dm_component *const sgd_components[] = {&sgd_component};
+
+static const dm_plugin_descriptor sgd_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "sgd",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
+    .n_components = 1,
+    .components = sgd_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &sgd_descriptor : NULL;
+}

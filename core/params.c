@@ -155,16 +155,34 @@ void dm_param_set_free(dm_param_set *ps)
 
 const dm_params *dm_param_set_params(const dm_param_set *ps) { return ps ? &ps->params : NULL; }
 
-int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const char *where,
+void dm_where_format(const dm_where *where, const dm_kv *kv, char *buf, size_t size)
+{
+    buf[0] = 0;
+    if (!where) return;
+    int line = kv && kv->line > 0 ? kv->line : where->line;
+    size_t off = 0;
+    if (kv && kv->line < 0) {
+        /* came from the command line, not the file */
+        snprintf(buf, size, "--set %s.%s: ", where->section ? where->section : "?", kv->key);
+        return;
+    }
+    if (where->file) {
+        if (line > 0) off = (size_t)snprintf(buf, size, "%s:%d: ", where->file, line);
+        else off = (size_t)snprintf(buf, size, "%s: ", where->file);
+    }
+    if (where->section && off < size)
+        snprintf(buf + off, size - off, "%s: ", where->section);
+}
+
+int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const dm_where *where,
                        dm_param_set **out, dm_error *err)
 {
+    char loc[512];
     *out = NULL;
     int nd = 0;
     for (const dm_param_def *d = defs; d && d->name; d++) nd++;
     const char *names[256];
     for (int i = 0; i < nd && i < 256; i++) names[i] = defs[i].name;
-    const char *w = where ? where : "";
-    const char *sep = where ? ": " : "";
 
     /* Unknown keys first: they are the most common typo. */
     for (int k = 0; k < n; k++) {
@@ -175,11 +193,15 @@ int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const 
             char hint[160] = "";
             if (s) snprintf(hint, sizeof hint, " (did you mean '%s'?)", s);
             else if (nd == 0) snprintf(hint, sizeof hint, " (this component takes no keys)");
-            return dm_fail(err, DM_ERR_INVALID, "%s%sunknown key '%s'%s", w, sep, kvs[k].key, hint);
+            dm_where_format(where, &kvs[k], loc, sizeof loc);
+            return dm_fail(err, DM_ERR_INVALID, "%sunknown key '%s'%s", loc, kvs[k].key, hint);
         }
         for (int j = 0; j < k; j++)
             if (strcmp(kvs[j].key, kvs[k].key) == 0)
-                return dm_fail(err, DM_ERR_INVALID, "%s%skey '%s' given twice", w, sep, kvs[k].key);
+            {
+                dm_where_format(where, &kvs[k], loc, sizeof loc);
+                return dm_fail(err, DM_ERR_INVALID, "%skey '%s' given twice", loc, kvs[k].key);
+            }
     }
 
     dm_param_set *ps = calloc(1, sizeof *ps);
@@ -192,11 +214,13 @@ int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const 
     }
     for (int i = 0; i < nd; i++) {
         const char *text = defs[i].default_value;
+        const dm_kv *from = NULL;
         for (int k = 0; k < n; k++)
-            if (strcmp(defs[i].name, kvs[k].key) == 0) text = kvs[k].value;
+            if (strcmp(defs[i].name, kvs[k].key) == 0) { text = kvs[k].value; from = &kvs[k]; }
+        dm_where_format(where, from, loc, sizeof loc);
         if (!text) {
             dm_param_set_free(ps);
-            return dm_fail(err, DM_ERR_INVALID, "%s%smissing required key '%s' (%s)", w, sep,
+            return dm_fail(err, DM_ERR_INVALID, "%smissing required key '%s' (%s)", loc,
                            defs[i].name, defs[i].help ? defs[i].help : "no help");
         }
         ps->texts[i] = strdup(text);
@@ -208,7 +232,7 @@ int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const 
         dm_error e = {0};
         if (convert(&defs[i], ps->texts[i], &ps->values[i], &e) != DM_OK) {
             dm_param_set_free(ps);
-            return dm_fail(err, e.code, "%s%s%s", w, sep, e.msg);
+            return dm_fail(err, e.code, "%s%s", loc, e.msg);
         }
     }
     ps->params.struct_size = sizeof ps->params;

@@ -1,0 +1,445 @@
+/* MNIST from the four original IDX files, plain or gzipped.
+ *
+ * open() reads both splits into memory once as bytes (47 MB for the
+ * training images) and checks every header against the file; read() turns
+ * the requested examples into floats. Shuffling and sharding are the core's.
+ *
+ * IDX (big-endian): images = magic 2051, count, rows, cols, then
+ * count*rows*cols bytes; labels = magic 2049, count, then count bytes.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include "dmnist/dmnist.h"
+
+#define MNIST_ROWS 28
+#define MNIST_COLS 28
+#define MNIST_PIXELS (MNIST_ROWS * MNIST_COLS)
+#define MNIST_CLASSES 10
+#define IDX_IMAGES_MAGIC 2051u
+#define IDX_LABELS_MAGIC 2049u
+#define MNIST_PATH_MAX 4096
+
+/* Mean and standard deviation of the training pixels scaled to [0, 1]. */
+#define MNIST_MEAN 0.1307f
+#define MNIST_STD 0.3081f
+
+static const char *const image_files[2] = {"train-images-idx3-ubyte", "t10k-images-idx3-ubyte"};
+static const char *const label_files[2] = {"train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"};
+
+typedef struct mnist_split {
+    int64_t count;
+    uint8_t *images; /* (count, 28, 28) */
+    uint8_t *labels; /* (count), each < 10 */
+} mnist_split;
+
+typedef struct mnist_state {
+    mnist_split split[2]; /* DM_SPLIT_TRAIN, DM_SPLIT_TEST */
+    float pixel[256];     /* byte value -> float fed to the network */
+} mnist_state;
+
+static const dm_param_def mnist_params[] = {
+    {"path", DM_PARAM_STRING, "data/mnist", 0, -1, NULL,
+     "folder with the four IDX files (.gz or not); relative: to the current "
+     "directory, then to the INI file's folder"},
+    {"standardize", DM_PARAM_BOOL, "false", 0, -1, NULL,
+     "false: pixels in [0, 1]; true: also (x - 0.1307) / 0.3081"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+/* ---- reading one IDX file ---------------------------------------------- */
+
+/* A plain or gzipped file read front to back. */
+typedef struct idx_source {
+    const char *path;
+    FILE *f;    /* plain */
+    gzFile gz;  /* gzipped */
+} idx_source;
+
+/* Read up to len bytes into buf and set *got (short only at the end of
+ * the data). A corrupt gzip stream is an error, not an early end. */
+static int src_read(idx_source *s, void *buf, size_t len, size_t *got, dm_error *err)
+{
+    size_t done = 0;
+    while (done < len) {
+        size_t want = len - done;
+        if (want > (1u << 30))
+            want = 1u << 30; /* gzread takes an unsigned int */
+        size_t n;
+        if (s->gz) {
+            int r = gzread(s->gz, (char *)buf + done, (unsigned)want);
+            n = r > 0 ? (size_t)r : 0;
+            int zerr;
+            const char *msg = gzerror(s->gz, &zerr);
+            /* zlib reports a stream cut short (Z_BUF_ERROR) only through gzerror. */
+            if (r < 0 || zerr != Z_OK)
+                return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt gzip data (%s)", s->path, msg);
+        } else {
+            n = fread((char *)buf + done, 1, want, s->f);
+            if (n < want && ferror(s->f))
+                return dm_fail(err, DM_ERR_IO, "%s: read error (%s)", s->path, strerror(errno));
+        }
+        done += n;
+        if (n < want)
+            break;
+    }
+    *got = done;
+    return DM_OK;
+}
+
+/* Count the bytes left in the stream without keeping them. */
+static int src_count_rest(idx_source *s, uint64_t *rest, dm_error *err)
+{
+    uint8_t chunk[65536];
+    size_t got;
+    *rest = 0;
+    do {
+        int rc = src_read(s, chunk, sizeof chunk, &got, err);
+        if (rc != DM_OK)
+            return rc;
+        *rest += got;
+    } while (got == sizeof chunk);
+    return DM_OK;
+}
+
+static uint32_t be32(const uint8_t *b)
+{
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | (uint32_t)b[3];
+}
+
+/* Open path and work out how many bytes it holds once decompressed, so the
+ * header can be checked before anything large is allocated. For gzip that
+ * is the trailer's ISIZE (the length modulo 2^32). */
+static int src_open(idx_source *s, const char *path, int is_gz, uint64_t *data_len,
+                    dm_error *err)
+{
+    memset(s, 0, sizeof *s);
+    s->path = path;
+    s->f = fopen(path, "rb");
+    if (!s->f)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(s->f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(s->f);
+        s->f = NULL;
+        return dm_fail(err, DM_ERR_IO, "%s: not a regular file", path);
+    }
+    *data_len = (uint64_t)st.st_size;
+    if (!is_gz)
+        return DM_OK;
+
+    uint8_t head[2], tail[4];
+    int ok = st.st_size >= 18 && fread(head, 1, 2, s->f) == 2 && head[0] == 0x1f &&
+             head[1] == 0x8b && fseek(s->f, -4, SEEK_END) == 0 && fread(tail, 1, 4, s->f) == 4;
+    fclose(s->f);
+    s->f = NULL;
+    if (!ok)
+        return dm_fail(err, DM_ERR_FORMAT, "%s: not a gzip file", path);
+    *data_len = (uint64_t)tail[0] | (uint64_t)tail[1] << 8 | (uint64_t)tail[2] << 16 |
+                (uint64_t)tail[3] << 24;
+
+    s->gz = gzopen(path, "rb");
+    if (!s->gz)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    gzbuffer(s->gz, 1u << 17);
+    return DM_OK;
+}
+
+static void src_close(idx_source *s)
+{
+    if (s->f)
+        fclose(s->f);
+    if (s->gz)
+        gzclose(s->gz);
+}
+
+/* Read an IDX file into a new buffer of *count items: images (magic 2051,
+ * 28x28 bytes each) when images != 0, else labels (magic 2049, 1 byte). */
+static int read_idx(const char *path, int is_gz, int images, int64_t *count, uint8_t **data,
+                    dm_error *err)
+{
+    idx_source src;
+    uint64_t file_len = 0;
+    int rc = src_open(&src, path, is_gz, &file_len, err);
+    if (rc != DM_OK)
+        return rc;
+
+    const size_t header_len = images ? 16 : 8;
+    const uint32_t magic_want = images ? IDX_IMAGES_MAGIC : IDX_LABELS_MAGIC;
+    const char *what = images ? "images" : "labels";
+    uint8_t header[16];
+    uint8_t *buf = NULL;
+    size_t got;
+
+    rc = src_read(&src, header, header_len, &got, err);
+    if (rc != DM_OK)
+        goto done;
+    if (got < header_len) {
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: truncated header (%zu bytes, IDX %s need %zu)",
+                     path, got, what, header_len);
+        goto done;
+    }
+    uint32_t magic = be32(header), n = be32(header + 4);
+    if (magic != magic_want) {
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: bad magic 0x%08x, expected %u (IDX %s)", path,
+                     magic, magic_want, what);
+        goto done;
+    }
+    if (images && (be32(header + 8) != MNIST_ROWS || be32(header + 12) != MNIST_COLS)) {
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: images are %ux%u, expected %dx%d", path,
+                     be32(header + 8), be32(header + 12), MNIST_ROWS, MNIST_COLS);
+        goto done;
+    }
+    if (n == 0) {
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: header says 0 %s", path, what);
+        goto done;
+    }
+
+    /* The length the header implies must match the file before we allocate.
+     * A plain file's size is exact; a gzip trailer holds the length modulo
+     * 2^32, and when it disagrees we measure the stream itself. */
+    const size_t item = images ? MNIST_PIXELS : 1;
+    const uint64_t body = (uint64_t)n * item, want_len = header_len + body;
+    uint64_t have_len = file_len;
+    if (is_gz && (want_len & 0xffffffffu) != file_len) {
+        uint64_t rest;
+        rc = src_count_rest(&src, &rest, err);
+        if (rc != DM_OK)
+            goto done;
+        have_len = header_len + rest;
+    }
+    if (have_len != want_len) {
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: %s: header says %u %s (%llu bytes) but the file "
+                     "holds %llu bytes%s", path, have_len < want_len ? "truncated" : "trailing bytes",
+                     n, what, (unsigned long long)want_len, (unsigned long long)have_len,
+                     is_gz ? " once decompressed" : "");
+        goto done;
+    }
+
+    buf = malloc(body);
+    if (!buf) {
+        rc = dm_fail(err, DM_ERR_NOMEM, "%s: out of memory for %llu bytes", path,
+                     (unsigned long long)body);
+        goto done;
+    }
+    rc = src_read(&src, buf, body, &got, err);
+    if (rc != DM_OK)
+        goto done;
+    /* A file that changed under us, or a gzip trailer that lies. */
+    uint8_t extra;
+    size_t got_extra = 0;
+    if (got == body)
+        rc = src_read(&src, &extra, 1, &got_extra, err);
+    if (rc != DM_OK)
+        goto done;
+    if (got != body || got_extra != 0) {
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: %s: header says %u %s (%llu bytes)", path,
+                     got != body ? "truncated" : "trailing bytes", n, what,
+                     (unsigned long long)want_len);
+        goto done;
+    }
+    *count = n;
+    *data = buf;
+    buf = NULL;
+done:
+    free(buf);
+    src_close(&src);
+    return rc;
+}
+
+/* ---- locating the files ------------------------------------------------- */
+
+static int is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int join(char *out, const char *dir, const char *name, const char *suffix, dm_error *err)
+{
+    int len = snprintf(out, MNIST_PATH_MAX, "%s/%s%s", dir, name, suffix);
+    if (len < 0 || len >= MNIST_PATH_MAX)
+        return dm_fail(err, DM_ERR_INVALID, "mnist: path too long: %s/%s%s", dir, name, suffix);
+    return DM_OK;
+}
+
+/* path as given if it is a folder (absolute or relative to the current
+ * directory), else config_dir/path. */
+static int find_dir(const char *path, const char *config_dir, char *out, dm_error *err)
+{
+    if (path[0] == '\0')
+        return dm_fail(err, DM_ERR_INVALID, "mnist: path is empty");
+    if (is_dir(path) || path[0] == '/' || !config_dir || !config_dir[0]) {
+        if (!is_dir(path))
+            return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found; run "
+                           "scripts/get-mnist.sh to download MNIST", path);
+        return snprintf(out, MNIST_PATH_MAX, "%s", path) < MNIST_PATH_MAX
+                   ? DM_OK
+                   : dm_fail(err, DM_ERR_INVALID, "mnist: path too long: %s", path);
+    }
+    int rc = join(out, config_dir, path, "", err);
+    if (rc != DM_OK)
+        return rc;
+    if (!is_dir(out))
+        return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found (nor %s); run "
+                       "scripts/get-mnist.sh to download MNIST", path, out);
+    return DM_OK;
+}
+
+/* dir/name if it exists, else dir/name.gz. */
+static int find_file(const char *dir, const char *name, char *out, int *is_gz, dm_error *err)
+{
+    int rc = join(out, dir, name, "", err);
+    if (rc != DM_OK)
+        return rc;
+    if (is_file(out)) {
+        *is_gz = 0;
+        return DM_OK;
+    }
+    rc = join(out, dir, name, ".gz", err);
+    if (rc != DM_OK)
+        return rc;
+    if (is_file(out)) {
+        *is_gz = 1;
+        return DM_OK;
+    }
+    return dm_fail(err, DM_ERR_IO, "%s/%s: not found (nor %s.gz); run scripts/get-mnist.sh to "
+                   "download MNIST", dir, name, name);
+}
+
+/* ---- the component ------------------------------------------------------ */
+
+static void mnist_close(void *state)
+{
+    mnist_state *s = state;
+    if (!s)
+        return;
+    for (int k = 0; k < 2; k++) {
+        free(s->split[k].images);
+        free(s->split[k].labels);
+    }
+    free(s);
+}
+
+static int load_split(mnist_split *sp, const char *dir, int k, dm_error *err)
+{
+    char img_path[MNIST_PATH_MAX], lab_path[MNIST_PATH_MAX];
+    int img_gz, lab_gz;
+    int64_t n_img, n_lab;
+    int rc = find_file(dir, image_files[k], img_path, &img_gz, err);
+    if (rc == DM_OK)
+        rc = find_file(dir, label_files[k], lab_path, &lab_gz, err);
+    if (rc == DM_OK)
+        rc = read_idx(img_path, img_gz, 1, &n_img, &sp->images, err);
+    if (rc == DM_OK)
+        rc = read_idx(lab_path, lab_gz, 0, &n_lab, &sp->labels, err);
+    if (rc != DM_OK)
+        return rc;
+    if (n_img != n_lab)
+        return dm_fail(err, DM_ERR_FORMAT, "%s: %lld labels but %s holds %lld images", lab_path,
+                       (long long)n_lab, img_path, (long long)n_img);
+    for (int64_t i = 0; i < n_lab; i++)
+        if (sp->labels[i] >= MNIST_CLASSES)
+            return dm_fail(err, DM_ERR_FORMAT, "%s: label %u at index %lld is not a digit 0-9",
+                           lab_path, sp->labels[i], (long long)i);
+    sp->count = n_img;
+    return DM_OK;
+}
+
+static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, void **state,
+                      dm_dataset_info *info, dm_error *err)
+{
+    const char *path = dm_param_str(params, "path", "data/mnist");
+    int standardize = (int)dm_param_int(params, "standardize", 0);
+    char dir[MNIST_PATH_MAX];
+    int rc = find_dir(path, cfg->config_dir, dir, err);
+    if (rc != DM_OK)
+        return rc;
+
+    mnist_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "mnist: out of memory");
+    for (int k = 0; k < 2; k++) {
+        rc = load_split(&s->split[k], dir, k, err);
+        if (rc != DM_OK) {
+            mnist_close(s);
+            return rc;
+        }
+    }
+    for (int v = 0; v < 256; v++) {
+        float x = (float)v / 255.0f;
+        s->pixel[v] = standardize ? (x - MNIST_MEAN) / MNIST_STD : x;
+    }
+
+    info->count[DM_SPLIT_TRAIN] = s->split[DM_SPLIT_TRAIN].count;
+    info->count[DM_SPLIT_TEST] = s->split[DM_SPLIT_TEST].count;
+    info->item = (dm_shape){1, 1, MNIST_ROWS, MNIST_COLS};
+    info->num_classes = MNIST_CLASSES;
+    *state = s;
+    return DM_OK;
+}
+
+static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, float *images,
+                      int32_t *labels, dm_error *err)
+{
+    const mnist_state *s = state;
+    if (split != DM_SPLIT_TRAIN && split != DM_SPLIT_TEST)
+        return dm_fail(err, DM_ERR_INVALID, "mnist: unknown split %d", (int)split);
+    const mnist_split *sp = &s->split[split];
+    for (int i = 0; i < n; i++) {
+        int64_t j = idx[i];
+        if (j < 0 || j >= sp->count)
+            return dm_fail(err, DM_ERR_INVALID, "mnist: index %lld out of range [0, %lld)",
+                           (long long)j, (long long)sp->count);
+        const uint8_t *src = sp->images + (size_t)j * MNIST_PIXELS;
+        float *dst = images + (size_t)i * MNIST_PIXELS; /* (1, 28, 28) */
+        for (int p = 0; p < MNIST_PIXELS; p++)
+            dst[p] = s->pixel[src[p]];
+        labels[i] = sp->labels[j];
+    }
+    return DM_OK;
+}
+
+static const dm_dataset_vtable mnist_vtable = {
+    .struct_size = sizeof(dm_dataset_vtable),
+    .open = mnist_open,
+    .read = mnist_read,
+    .close = mnist_close,
+};
+
+static const dm_component mnist_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_DATASET,
+    .type_name = "mnist",
+    .help = "MNIST digits from the original IDX files (60000 train, 10000 test, 1x28x28)",
+    .params = mnist_params,
+    .vtable = &mnist_vtable,
+};
+
+static const dm_component *const mnist_components[] = {&mnist_component};
+
+static const dm_plugin_descriptor mnist_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "mnist",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";zlib",
+    .n_components = 1,
+    .components = mnist_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &mnist_descriptor : NULL;
+}

@@ -98,6 +98,88 @@ dm_section *dm_config_section(const dm_config *c, const char *name);
 const dm_kv *dm_section_get(const dm_section *s, const char *key);
 void dm_config_free(dm_config *c);
 
+/* ---- device memory (core/device.c) -------------------------------------- */
+
+typedef struct dm_devctx {
+    dm_device device;
+    int ordinal;                 /* CUDA device number */
+    void *stream;                /* cudaStream_t, NULL on CPU */
+} dm_devctx;
+
+/* Select the device (for CUDA: local_rank modulo the device count) and make
+ * a stream. Without a usable GPU: one clear line, DM_ERR_DEVICE. */
+int dm_dev_open(dm_devctx *d, dm_device device, int local_rank, dm_error *err);
+void dm_dev_close(dm_devctx *d);
+void *dm_dev_alloc(dm_devctx *d, size_t bytes, dm_error *err); /* zeroed, 64-byte aligned */
+void dm_dev_free(dm_devctx *d, void *p);
+int dm_dev_upload(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err);
+int dm_dev_download(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err);
+int dm_dev_zero(dm_devctx *d, void *p, size_t bytes, dm_error *err);
+int dm_dev_sync(dm_devctx *d, dm_error *err);
+const char *dm_device_name(dm_device device);
+
+/* ---- experiments: a validated config (core/experiment.c) ---------------- */
+
+/* One plugin instance as configured: which component, with which params. */
+typedef struct dm_instance_cfg {
+    const dm_loaded_component *lc;
+    dm_param_set *params;        /* the plugin's own keys only */
+    char name[64];               /* "conv1" for [layer.conv1], else the section */
+    dm_where where;
+} dm_instance_cfg;
+
+typedef struct dm_experiment {
+    dm_config *cfg;
+    dm_registry *reg;
+    char plugin_path[4096];      /* the search path actually used */
+
+    /* [experiment] */
+    char name[128];
+    uint64_t seed;
+    dm_device device;
+    char backend[64];
+    int threads;                 /* CPU threads per rank */
+    double timeout_s;
+
+    /* [data] */
+    dm_instance_cfg data;
+    int batch_size, eval_batch_size;
+
+    /* [train] */
+    int64_t total_batches;       /* over all ranks, as the seed counts them */
+    double epochs;               /* > 0: overrides total_batches */
+    int log_every, eval_every;
+    char checkpoint_dir[1024];
+    int checkpoint_every, keep_checkpoints;
+    double fusion_mb;
+    int nan_skip;                /* 1: skip a step whose loss is not finite */
+
+    /* [optimizer] */
+    dm_instance_cfg opt;
+    double lr;
+    int scale_lr, warmup_steps;
+
+    /* [comm] */
+    dm_instance_cfg comm;
+
+    /* [layer.*] in file order */
+    dm_instance_cfg *layers;
+    int n_layers;
+} dm_experiment;
+
+/* The core's own keys for each fixed section (for validation and --help). */
+const dm_param_def *dm_core_section_defs(const char *section);
+
+/* Load config (already parsed and overridden), find the plugins along the
+ * search path and validate every section. On failure err holds one line. */
+int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_experiment **out,
+                          dm_error *err);
+/* The search path dmnist-run uses: INI plugin_path, DMNIST_PLUGIN_PATH, then
+ * the build tree (when running from it) or the install prefix. */
+void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir, char *buf,
+                            size_t size);
+void dm_experiment_free(dm_experiment *x);
+
 #ifdef __cplusplus
 }
 #endif

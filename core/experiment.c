@@ -1,0 +1,340 @@
+/* From a parsed INI file to a validated experiment: the core's own keys are
+ * checked against tables like any plugin's, each plugin section against
+ * the plugin's table, and every message names file, line and key. */
+#define _GNU_SOURCE
+#include "dm_core.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define NO_RANGE 1, 0
+static const dm_param_def experiment_defs[] = {
+    {"name", DM_PARAM_STRING, "dmnist", NO_RANGE, NULL, "experiment name, used in logs"},
+    {"seed", DM_PARAM_INT, "42", 0, 9.2e18, NULL, "seed for initialisation, shuffling and dropout"},
+    {"device", DM_PARAM_ENUM, "cpu", NO_RANGE, "cpu|cuda", "where tensors live"},
+    {"backend", DM_PARAM_STRING, "", NO_RANGE, NULL,
+     "comm backend: local, mpi, gloo, nccl (default: local, or nccl for cuda when started with several ranks)"},
+    {"threads", DM_PARAM_INT, "0", 0, 1024, NULL, "CPU threads per rank (0 = cores / ranks on this host)"},
+    {"timeout_s", DM_PARAM_FLOAT, "60", 0.1, 86400, NULL, "every collective returns within this"},
+    {"plugin_path", DM_PARAM_STRING, "", NO_RANGE, NULL, "extra ':'-separated plugin folders (relative to this file)"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const dm_param_def data_defs[] = {
+    {"type", DM_PARAM_STRING, "mnist", NO_RANGE, NULL, "dataset plugin"},
+    {"batch_size", DM_PARAM_INT, "64", 1, 1 << 20, NULL, "examples per step on each rank"},
+    {"eval_batch_size", DM_PARAM_INT, "0", 0, 1 << 20, NULL, "examples per evaluation batch (0 = batch_size)"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const dm_param_def train_defs[] = {
+    {"total_batches", DM_PARAM_INT, "100", 1, 9e15, NULL, "batches over all ranks (each of N ranks runs total/N steps)"},
+    {"epochs", DM_PARAM_FLOAT, "0", 0, 1e6, NULL, "if > 0, train this many epochs instead of total_batches"},
+    {"log_every", DM_PARAM_INT, "10", 0, 1e9, NULL, "log every N steps (0 = never)"},
+    {"eval_every", DM_PARAM_INT, "0", 0, 1e9, NULL, "also evaluate every N steps (0 = only at the end)"},
+    {"checkpoint_dir", DM_PARAM_STRING, "", NO_RANGE, NULL, "where checkpoints go ('' = none)"},
+    {"checkpoint_every", DM_PARAM_INT, "0", 0, 1e9, NULL, "checkpoint every N steps (and always at the end)"},
+    {"keep_checkpoints", DM_PARAM_INT, "3", 1, 1e6, NULL, "how many recent checkpoints to keep"},
+    {"fusion_mb", DM_PARAM_FLOAT, "4", 0, 1e6, NULL, "gradient bucket size in MB (0 = one allreduce per layer)"},
+    {"nan_policy", DM_PARAM_ENUM, "stop", NO_RANGE, "stop|skip", "what a NaN or Inf loss does"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const dm_param_def optimizer_defs[] = {
+    {"type", DM_PARAM_STRING, "adam", NO_RANGE, NULL, "optimizer plugin"},
+    {"lr", DM_PARAM_FLOAT, "0.001", 0, 1e6, NULL, "learning rate (before scaling)"},
+    {"scale_lr", DM_PARAM_BOOL, "true", NO_RANGE, NULL, "multiply lr by the number of ranks (as Horovod)"},
+    {"warmup_steps", DM_PARAM_INT, "0", 0, 1e9, NULL, "linear warm-up from lr/steps to lr over N steps"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const dm_param_def layer_defs[] = {
+    {"type", DM_PARAM_STRING, NULL, NO_RANGE, NULL, "layer plugin"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+const dm_param_def *dm_core_section_defs(const char *section)
+{
+    if (strcmp(section, "experiment") == 0) return experiment_defs;
+    if (strcmp(section, "data") == 0) return data_defs;
+    if (strcmp(section, "train") == 0) return train_defs;
+    if (strcmp(section, "optimizer") == 0) return optimizer_defs;
+    if (strncmp(section, "layer.", 6) == 0) return layer_defs;
+    if (strcmp(section, "comm") == 0) return NULL;
+    return NULL;
+}
+
+static const char *known_sections[] = {"experiment", "data", "train", "optimizer", "comm", "layer.NAME"};
+
+void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir, char *buf, size_t size)
+{
+    size_t off = 0;
+    buf[0] = 0;
+#define APPEND(str)                                                                            \
+    do {                                                                                       \
+        off += (size_t)snprintf(buf + off, off < size ? size - off : 0, "%s%s", off ? ":" : "", (str)); \
+    } while (0)
+    if (ini_plugin_path && ini_plugin_path[0]) {
+        /* relative entries are relative to the INI file, not the cwd */
+        char *copy = strdup(ini_plugin_path), *save = NULL;
+        for (char *t = copy ? strtok_r(copy, ":", &save) : NULL; t; t = strtok_r(NULL, ":", &save)) {
+            char full[2048];
+            if (t[0] == '/' || !config_dir) snprintf(full, sizeof full, "%s", t);
+            else snprintf(full, sizeof full, "%s/%s", config_dir, t);
+            APPEND(full);
+        }
+        free(copy);
+    }
+    const char *env = getenv("DMNIST_PLUGIN_PATH");
+    if (env && env[0]) APPEND(env);
+    /* The build tree when this executable runs from it, else the install
+     * prefix relative to the executable (relocatable), else the configured one. */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    int from_build = 0;
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = 0;
+        char build_real[PATH_MAX];
+        char *bp = realpath(DMNIST_BUILD_PLUGIN_DIR "/..", build_real);
+        if (bp && strcmp(bp, exe) == 0) from_build = 1;
+        if (!from_build) {
+            char inst[PATH_MAX + 64];
+            snprintf(inst, sizeof inst, "%s/../lib/dmnist/plugins", exe);
+            char real[PATH_MAX];
+            if (realpath(inst, real)) APPEND(real);
+        }
+    }
+    APPEND(from_build ? DMNIST_BUILD_PLUGIN_DIR : DMNIST_INSTALL_PLUGIN_DIR);
+#undef APPEND
+}
+
+void dm_experiment_free(dm_experiment *x)
+{
+    if (!x) return;
+    dm_param_set_free(x->data.params);
+    dm_param_set_free(x->opt.params);
+    dm_param_set_free(x->comm.params);
+    for (int i = 0; i < x->n_layers; i++) dm_param_set_free(x->layers[i].params);
+    free(x->layers);
+    dm_registry_free(x->reg);
+    free(x);
+}
+
+/* Validate a section that mixes core keys (core_defs) with the keys of the
+ * plugin named by its `type`. The plugin gets a param set of its own keys. */
+static int resolve_section(dm_experiment *x, const char *section_name, dm_kind kind,
+                           const dm_param_def *core_defs, const char *default_type,
+                           dm_instance_cfg *inst, dm_param_set **core_out, dm_error *err)
+{
+    static const dm_section empty = {0};
+    const dm_section *s = dm_config_section(x->cfg, section_name);
+    if (!s) s = &empty;
+    inst->where = (dm_where){x->cfg->path, section_name, s->line};
+    const dm_kv *tkv = dm_section_get(s, "type");
+    const char *type = tkv ? tkv->value : default_type;
+    char loc[512];
+    dm_where_format(&inst->where, tkv, loc, sizeof loc);
+    if (!type || !type[0])
+        return dm_fail(err, DM_ERR_INVALID, "%smissing key 'type'", loc);
+    inst->lc = dm_registry_find(x->reg, kind, type);
+    if (!inst->lc) {
+        const char *names[256];
+        int n = 0;
+        for (int i = 0; i < dm_registry_count(x->reg) && n < 256; i++) {
+            const dm_loaded_component *c = dm_registry_at(x->reg, i);
+            if (c->component->kind == kind) names[n++] = c->component->type_name;
+        }
+        const char *sug = dm_suggest(type, names, n);
+        char hint[128] = "";
+        if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
+        const dm_loaded_component *other = dm_registry_find(x->reg, -1, type);
+        if (other)
+            snprintf(hint, sizeof hint, " ('%s' is a %s, not a %s)", type,
+                     dm_kind_name(other->component->kind), dm_kind_name(kind));
+        return dm_fail(err, DM_ERR_INVALID, "%sunknown %s type '%s'%s; see dmnist-run --list-plugins "
+                       "(plugin path: %s)", loc, dm_kind_name(kind), type, hint, x->plugin_path);
+    }
+    /* Merge both tables to check every key once, with suggestions over both. */
+    int nc = 0, np = 0;
+    for (const dm_param_def *d = core_defs; d && d->name; d++) nc++;
+    for (const dm_param_def *d = inst->lc->component->params; d && d->name; d++) np++;
+    dm_param_def *all = calloc((size_t)(nc + np + 1), sizeof *all);
+    dm_kv *plugin_kvs = calloc((size_t)(s->n + 1), sizeof *plugin_kvs);
+    dm_kv *core_kvs = calloc((size_t)(s->n + 1), sizeof *core_kvs);
+    if (!all || !plugin_kvs || !core_kvs) {
+        free(all); free(plugin_kvs); free(core_kvs);
+        return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < nc; i++) all[i] = core_defs[i];
+    for (int i = 0; i < np; i++) {
+        all[nc + i] = inst->lc->component->params[i];
+        for (int j = 0; j < nc; j++)
+            if (strcmp(core_defs[j].name, all[nc + i].name) == 0) {
+                free(all); free(plugin_kvs); free(core_kvs);
+                return dm_fail(err, DM_ERR_INVALID, "%s: plugin '%s' declares key '%s', which the core "
+                               "owns in [%s]", inst->lc->path, type, all[nc + i].name, section_name);
+            }
+    }
+    dm_param_set *merged = NULL;
+    int rc = dm_param_set_build(all, s->kvs, s->n, &inst->where, &merged, err);
+    dm_param_set_free(merged);
+    int npk = 0, nck = 0;
+    for (int k = 0; rc == DM_OK && k < s->n; k++) {
+        int is_core = 0;
+        for (int j = 0; j < nc; j++) is_core |= strcmp(core_defs[j].name, s->kvs[k].key) == 0;
+        if (is_core) core_kvs[nck++] = s->kvs[k];
+        else plugin_kvs[npk++] = s->kvs[k];
+    }
+    if (rc == DM_OK)
+        rc = dm_param_set_build(inst->lc->component->params, plugin_kvs, npk, &inst->where,
+                                &inst->params, err);
+    if (rc == DM_OK && core_out)
+        rc = dm_param_set_build(core_defs, core_kvs, nck, &inst->where, core_out, err);
+    free(all); free(plugin_kvs); free(core_kvs);
+    return rc;
+}
+
+static int core_only(dm_experiment *x, const char *section, dm_param_set **out, dm_error *err)
+{
+    static const dm_section empty = {0};
+    const dm_section *s = dm_config_section(x->cfg, section);
+    if (!s) s = &empty;
+    dm_where w = {x->cfg->path, section, s->line};
+    return dm_param_set_build(dm_core_section_defs(section), s->kvs, s->n, &w, out, err);
+}
+
+static void copy_str(char *dst, size_t size, const char *src) { snprintf(dst, size, "%s", src ? src : ""); }
+
+int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_experiment **out, dm_error *err)
+{
+    *out = NULL;
+    /* Unknown sections first. */
+    for (int i = 0; i < cfg->n; i++) {
+        const char *name = cfg->sections[i].name;
+        if (dm_core_section_defs(name) || strcmp(name, "comm") == 0) {
+            if (strcmp(name, "layer.") == 0)
+                return dm_fail(err, DM_ERR_INVALID, "%s:%d: [layer.] needs a name, e.g. [layer.conv1]",
+                               cfg->path, cfg->sections[i].line);
+            continue;
+        }
+        const char *sug = dm_suggest(name, known_sections, 6);
+        char hint[96] = "";
+        if (sug) snprintf(hint, sizeof hint, " (did you mean [%s]?)", sug);
+        int line = cfg->sections[i].line;
+        if (line > 0)
+            return dm_fail(err, DM_ERR_INVALID, "%s:%d: unknown section [%s]%s", cfg->path, line, name, hint);
+        return dm_fail(err, DM_ERR_INVALID, "--set: unknown section '%s'%s", name, hint);
+    }
+
+    dm_experiment *x = calloc(1, sizeof *x);
+    if (!x) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    x->cfg = cfg;
+    dm_param_set *ps = NULL;
+    int rc = core_only(x, "experiment", &ps, err);
+    if (rc != DM_OK) { dm_experiment_free(x); return rc; }
+    const dm_params *p = dm_param_set_params(ps);
+    copy_str(x->name, sizeof x->name, dm_param_str(p, "name", "dmnist"));
+    x->seed = (uint64_t)dm_param_int(p, "seed", 42);
+    x->device = strcmp(dm_param_str(p, "device", "cpu"), "cuda") == 0 ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
+    copy_str(x->backend, sizeof x->backend, dm_param_str(p, "backend", ""));
+    x->threads = (int)dm_param_int(p, "threads", 0);
+    x->timeout_s = dm_param_float(p, "timeout_s", 60);
+    char ini_path[2048];
+    copy_str(ini_path, sizeof ini_path, dm_param_str(p, "plugin_path", ""));
+    dm_param_set_free(ps);
+
+    char path[4096];
+    dm_default_plugin_path(ini_path, cfg->dir, path, sizeof path);
+    int len = snprintf(x->plugin_path, sizeof x->plugin_path, "%s%s%s",
+                       extra_plugin_path ? extra_plugin_path : "",
+                       extra_plugin_path && extra_plugin_path[0] ? ":" : "", path);
+    if (len < 0 || (size_t)len >= sizeof x->plugin_path) {
+        dm_experiment_free(x);
+        return dm_fail(err, DM_ERR_INVALID, "plugin search path too long (%d characters)", len);
+    }
+    x->reg = dm_registry_new();
+    if (!x->reg) { dm_experiment_free(x); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
+    if ((rc = dm_registry_load_path(x->reg, x->plugin_path, err)) != DM_OK) { dm_experiment_free(x); return rc; }
+
+    /* [data] */
+    if ((rc = resolve_section(x, "data", DM_KIND_DATASET, data_defs, "mnist", &x->data, &ps, err))) goto fail;
+    p = dm_param_set_params(ps);
+    x->batch_size = (int)dm_param_int(p, "batch_size", 64);
+    x->eval_batch_size = (int)dm_param_int(p, "eval_batch_size", 0);
+    if (x->eval_batch_size <= 0) x->eval_batch_size = x->batch_size;
+    dm_param_set_free(ps);
+    snprintf(x->data.name, sizeof x->data.name, "data");
+
+    /* [train] */
+    if ((rc = core_only(x, "train", &ps, err))) goto fail;
+    p = dm_param_set_params(ps);
+    x->total_batches = dm_param_int(p, "total_batches", 100);
+    x->epochs = dm_param_float(p, "epochs", 0);
+    x->log_every = (int)dm_param_int(p, "log_every", 10);
+    x->eval_every = (int)dm_param_int(p, "eval_every", 0);
+    copy_str(x->checkpoint_dir, sizeof x->checkpoint_dir, dm_param_str(p, "checkpoint_dir", ""));
+    x->checkpoint_every = (int)dm_param_int(p, "checkpoint_every", 0);
+    x->keep_checkpoints = (int)dm_param_int(p, "keep_checkpoints", 3);
+    x->fusion_mb = dm_param_float(p, "fusion_mb", 4);
+    x->nan_skip = strcmp(dm_param_str(p, "nan_policy", "stop"), "skip") == 0;
+    dm_param_set_free(ps);
+
+    /* [optimizer] */
+    if ((rc = resolve_section(x, "optimizer", DM_KIND_OPTIMIZER, optimizer_defs, "adam", &x->opt, &ps, err)))
+        goto fail;
+    p = dm_param_set_params(ps);
+    x->lr = dm_param_float(p, "lr", 0.001);
+    x->scale_lr = (int)dm_param_int(p, "scale_lr", 1);
+    x->warmup_steps = (int)dm_param_int(p, "warmup_steps", 0);
+    dm_param_set_free(ps);
+    snprintf(x->opt.name, sizeof x->opt.name, "optimizer");
+
+    /* [comm]: the backend comes from experiment.backend; [comm] holds its keys */
+    if (!x->backend[0]) copy_str(x->backend, sizeof x->backend, "local");
+    {
+        static const dm_section empty = {0};
+        const dm_section *s = dm_config_section(cfg, "comm");
+        if (!s) s = &empty;
+        x->comm.where = (dm_where){cfg->path, "comm", s->line};
+        x->comm.lc = dm_registry_find(x->reg, DM_KIND_COMM, x->backend);
+        if (!x->comm.lc) {
+            const char *names[64];
+            int n = 0;
+            for (int i = 0; i < dm_registry_count(x->reg) && n < 64; i++)
+                if (dm_registry_at(x->reg, i)->component->kind == DM_KIND_COMM)
+                    names[n++] = dm_registry_at(x->reg, i)->component->type_name;
+            const char *sug = dm_suggest(x->backend, names, n);
+            char hint[96] = "";
+            if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
+            rc = dm_fail(err, DM_ERR_INVALID, "%s: experiment: unknown backend '%s'%s; see dmnist-run "
+                         "--list-plugins", cfg->path, x->backend, hint);
+            goto fail;
+        }
+        if ((rc = dm_param_set_build(x->comm.lc->component->params, s->kvs, s->n, &x->comm.where,
+                                     &x->comm.params, err)))
+            goto fail;
+        snprintf(x->comm.name, sizeof x->comm.name, "comm");
+    }
+
+    /* [layer.*] in file order */
+    for (int i = 0; i < cfg->n; i++)
+        if (strncmp(cfg->sections[i].name, "layer.", 6) == 0) x->n_layers++;
+    if (x->n_layers == 0) {
+        rc = dm_fail(err, DM_ERR_INVALID, "%s: no [layer.NAME] sections: a model needs at least one layer",
+                     cfg->path);
+        goto fail;
+    }
+    x->layers = calloc((size_t)x->n_layers, sizeof *x->layers);
+    if (!x->layers) { rc = dm_fail(err, DM_ERR_NOMEM, "out of memory"); goto fail; }
+    for (int i = 0, k = 0; i < cfg->n; i++) {
+        const char *name = cfg->sections[i].name;
+        if (strncmp(name, "layer.", 6) != 0) continue;
+        dm_instance_cfg *L = &x->layers[k++];
+        if ((rc = resolve_section(x, name, DM_KIND_LAYER, layer_defs, NULL, L, NULL, err))) goto fail;
+        snprintf(L->name, sizeof L->name, "%s", name + 6);
+        L->where.section = cfg->sections[i].name;
+    }
+    *out = x;
+    return DM_OK;
+fail:
+    dm_experiment_free(x);
+    return rc;
+}

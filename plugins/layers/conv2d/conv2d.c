@@ -1,0 +1,256 @@
+/* Conv2D layer plugin: parameters, shapes, and dispatch to the device math.
+ * Weights (filters, in_c, k, k) then bias (filters) in the parameter slice. */
+#include "conv2d.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+/* Auto chunking: columns of about this many bytes per im2col/GEMM chunk
+ * (measured in docs/cpu-path.md: big enough for efficient GEMMs, small
+ * enough to stay in the L3 cache). */
+#define CONV2D_AUTO_COL_BYTES (8u << 20)
+
+/* ABI 1.0 sizes of the structs the host hands us. */
+#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
+#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
+
+static const dm_param_def conv2d_params[] = {
+    {"filters", DM_PARAM_INT, NULL, 1, 65536, NULL, "number of output channels"},
+    {"kernel", DM_PARAM_INT, "3", 1, 1024, NULL, "square kernel size"},
+    {"stride", DM_PARAM_INT, "1", 1, 1024, NULL, "stride in both directions"},
+    {"padding", DM_PARAM_ENUM, "valid", 0, -1, "valid|same",
+     "valid: no padding; same: output = ceil(input / stride), like Keras"},
+    {"bias", DM_PARAM_BOOL, "true", 0, -1, NULL, "add a learned bias per filter"},
+    {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
+    {"chunk", DM_PARAM_INT, "0", 0, 1 << 20, NULL,
+     "images per im2col/GEMM chunk on the CPU; 0 = auto (about 8 MiB of columns)"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const char *device_name(dm_device d)
+{
+    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
+}
+
+/* Output size and leading padding along one axis. */
+static void out_size(int in, int k, int stride, int same, int *out, int *pad_lead)
+{
+    if (same) {
+        *out = (in + stride - 1) / stride;
+        int total = (*out - 1) * stride + k - in;
+        if (total < 0)
+            total = 0;
+        *pad_lead = total / 2;
+    } else {
+        *out = in >= k ? (in - k) / stride + 1 : 0;
+        *pad_lead = 0;
+    }
+}
+
+static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
+                         dm_layer_info *info, dm_error *err)
+{
+    const char *name = cfg && cfg->name ? cfg->name : "conv2d";
+    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: conv2d: layer config/info missing or struct_size too small", name);
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: conv2d has no %s implementation in this build (devices: cpu)", name,
+                       device_name(cfg->device));
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: conv2d supports only the NCHW layout", name);
+
+    const int filters = (int)dm_param_int(p, "filters", 0);
+    const int k = (int)dm_param_int(p, "kernel", 3);
+    const int stride = (int)dm_param_int(p, "stride", 1);
+    const int same = strcmp(dm_param_str(p, "padding", "valid"), "same") == 0;
+    const int chunk = (int)dm_param_int(p, "chunk", 0);
+    const dm_shape in = cfg->in_shape;
+    if (filters < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: filters must be >= 1 (got %d)", name, filters);
+    if (k < 1 || stride < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: kernel and stride must be >= 1 (got %d, %d)",
+                       name, k, stride);
+    if (chunk < 0)
+        return dm_fail(err, DM_ERR_INVALID, "%s: chunk must be >= 0 (got %d)", name, chunk);
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+    if (!same && (k > in.h || k > in.w))
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: kernel %d is larger than the %dx%d input (use padding=same or a "
+                       "smaller kernel)",
+                       name, k, in.h, in.w);
+
+    conv2d_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->device = cfg->device;
+    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->n = in.n;
+    s->in_c = in.c;
+    s->in_h = in.h;
+    s->in_w = in.w;
+    s->filters = filters;
+    s->k = k;
+    s->stride = stride;
+    s->has_bias = dm_param_int(p, "bias", 1) != 0;
+    s->relu = strcmp(dm_param_str(p, "activation", "none"), "relu") == 0;
+    out_size(in.h, k, stride, same, &s->out_h, &s->pad_top);
+    out_size(in.w, k, stride, same, &s->out_w, &s->pad_left);
+
+    size_t col_per_image = conv2d_col_floats(s, 1) * sizeof(float);
+    if (chunk > 0)
+        s->chunk = chunk;
+    else
+        s->chunk = col_per_image >= CONV2D_AUTO_COL_BYTES
+                       ? 1
+                       : (int)(CONV2D_AUTO_COL_BYTES / col_per_image);
+    if (s->chunk > in.n)
+        s->chunk = in.n;
+
+    /* OpenBLAS runs the GEMMs with its own threads, between (never inside)
+     * our OpenMP loops; its thread count is process-wide. */
+    openblas_set_num_threads(s->nthreads);
+
+    info->out_shape = (dm_shape){in.n, filters, s->out_h, s->out_w};
+    info->param_count = (size_t)filters * in.c * k * k + (s->has_bias ? (size_t)filters : 0);
+    info->workspace_bytes =
+        (conv2d_col_floats(s, s->chunk) + conv2d_tmp_floats(s, s->chunk)) * sizeof(float);
+    info->is_loss = 0;
+    *state = s;
+    return DM_OK;
+}
+
+static int conv2d_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
+{
+    conv2d_state *s = state;
+    if (!params || !grads || !workspace)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads and workspace",
+                       s->name);
+    const size_t nw = (size_t)s->filters * s->in_c * s->k * s->k;
+    s->w = params;
+    s->dw = grads;
+    s->b = s->has_bias ? params + nw : NULL;
+    s->db = s->has_bias ? grads + nw : NULL;
+    s->col = workspace;
+    s->tmp = s->col + conv2d_col_floats(s, s->chunk);
+    return DM_OK;
+}
+
+/* Glorot uniform with fan_in = in_c*k*k, fan_out = filters*k*k; zero bias. */
+static int conv2d_init_params(void *state, float *params, uint64_t seed, dm_error *err)
+{
+    conv2d_state *s = state;
+    if (!params)
+        return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
+    const size_t kk = (size_t)s->k * s->k, nw = (size_t)s->filters * s->in_c * kk;
+    const float limit = (float)sqrt(6.0 / (double)(s->in_c * kk + s->filters * kk));
+    uint64_t rng = seed;
+    for (size_t i = 0; i < nw; i++)
+        params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
+    if (s->has_bias)
+        memset(params + nw, 0, (size_t)s->filters * sizeof(float));
+    return DM_OK;
+}
+
+static int check_tensor(const conv2d_state *s, const dm_tensor *t, int c, int h, int w,
+                        const char *what, dm_error *err)
+{
+    if (!t || !t->data)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
+    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
+                       device_name(s->device));
+    if (t->shape.n < 1 || t->shape.n > s->n || t->shape.c != c || t->shape.h != h ||
+        t->shape.w != w)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
+                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, s->n, c, h, w);
+    return DM_OK;
+}
+
+static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
+                          dm_error *err)
+{
+    conv2d_state *s = state;
+    (void)ctx;
+    int rc = check_tensor(s, in, s->in_c, s->in_h, s->in_w, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, s->filters, s->out_h, s->out_w, "output", err);
+    if (rc != DM_OK)
+        return rc;
+    if (!s->w)
+        return dm_fail(err, DM_ERR_INVALID, "%s: forward before bind", s->name);
+    conv2d_forward_cpu(s, in->shape.n, in->data, out->data);
+    return DM_OK;
+}
+
+static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                           const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
+                           dm_error *err)
+{
+    conv2d_state *s = state;
+    (void)ctx;
+    int rc = check_tensor(s, in, s->in_c, s->in_h, s->in_w, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, s->filters, s->out_h, s->out_w, "output", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, dout, s->filters, s->out_h, s->out_w, "dout", err);
+    if (rc == DM_OK && din)
+        rc = check_tensor(s, din, s->in_c, s->in_h, s->in_w, "din", err);
+    if (rc != DM_OK)
+        return rc;
+    if (!s->w)
+        return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
+    conv2d_backward_cpu(s, in->shape.n, in->data, out->data, dout->data, din ? din->data : NULL);
+    return DM_OK;
+}
+
+static void conv2d_destroy(void *state)
+{
+    free(state);
+}
+
+static const dm_layer_vtable conv2d_vtable = {
+    .struct_size = sizeof(dm_layer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = conv2d_create,
+    .bind = conv2d_bind,
+    .init_params = conv2d_init_params,
+    .forward = conv2d_forward,
+    .backward = conv2d_backward,
+    .destroy = conv2d_destroy,
+};
+
+static const dm_component conv2d_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_LAYER,
+    .type_name = "conv2d",
+    .help = "2-D convolution (NCHW, square kernel), optional bias and fused ReLU",
+    .params = conv2d_params,
+    .vtable = &conv2d_vtable,
+};
+
+static const dm_component *const conv2d_components[] = {&conv2d_component};
+
+static const dm_plugin_descriptor conv2d_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "conv2d",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";openblas",
+    .n_components = 1,
+    .components = conv2d_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &conv2d_descriptor : NULL;
+}

@@ -1,0 +1,41 @@
+/* Conv2D layer: per-instance state and the device math behind the vtable.
+ * conv2d.c is the device-independent glue (params, shapes, dispatch);
+ * conv2d_cpu.c holds the CPU math. A CUDA version adds conv2d_cuda.cu with
+ * conv2d_forward_cuda/conv2d_backward_cuda taking the same arguments. */
+#ifndef DM_CONV2D_H
+#define DM_CONV2D_H
+
+#include "dmnist/layer.h"
+
+typedef struct conv2d_state {
+    char name[64];          /* section name, for messages */
+    dm_device device;
+    int nthreads;           /* OpenMP threads for the memory-bound passes */
+
+    int n;                  /* largest batch */
+    int in_c, in_h, in_w;
+    int filters, k, stride;
+    int pad_top, pad_left;  /* 'same' puts the odd pixel at the bottom/right, like Keras */
+    int out_h, out_w;
+    int has_bias, relu;     /* relu: fused ReLU on the output */
+    int chunk;              /* images per im2col/GEMM chunk */
+
+    /* Bound buffers (the core owns them). */
+    float *w, *b;           /* w (filters, in_c, k, k); b (filters) or NULL */
+    float *dw, *db;
+    float *col;             /* workspace: (in_c*k*k, chunk*out_h*out_w) */
+    float *tmp;             /* workspace: (filters, chunk*out_h*out_w) */
+} conv2d_state;
+
+/* Floats of workspace for a chunk of `chunk` images. */
+size_t conv2d_col_floats(const conv2d_state *s, int chunk);
+size_t conv2d_tmp_floats(const conv2d_state *s, int chunk);
+
+/* x (n, in_c, in_h, in_w) -> y (n, filters, out_h, out_w). */
+void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y);
+/* dy (n, filters, out_h, out_w) -> dx (same shape as x; may be NULL), and
+ * OVERWRITES dw/db. y is the forward output (for the fused ReLU). */
+void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
+                         const float *dy, float *dx);
+
+#endif

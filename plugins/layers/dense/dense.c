@@ -1,0 +1,207 @@
+/* Dense layer plugin: weights (units, in_features) then bias (units) in the
+ * parameter slice. Any (n, c, h, w) input is read as (n, c*h*w) in NCHW
+ * order; the output is (n, units, 1, 1). */
+#include "dense.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+/* ABI 1.0 sizes of the structs the host hands us. */
+#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
+#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
+
+static const dm_param_def dense_params[] = {
+    {"units", DM_PARAM_INT, NULL, 1, 1 << 24, NULL, "number of outputs"},
+    {"bias", DM_PARAM_BOOL, "true", 0, -1, NULL, "add a learned bias per output"},
+    {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const char *device_name(dm_device d)
+{
+    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
+}
+
+static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **state,
+                        dm_layer_info *info, dm_error *err)
+{
+    const char *name = cfg && cfg->name ? cfg->name : "dense";
+    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: dense: layer config/info missing or struct_size too small", name);
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: dense has no %s implementation in this build (devices: cpu)", name,
+                       device_name(cfg->device));
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: dense supports only the NCHW layout", name);
+    const dm_shape in = cfg->in_shape;
+    const int64_t units = dm_param_int(p, "units", 0);
+    if (units < 1 || units > (1 << 24))
+        return dm_fail(err, DM_ERR_INVALID, "%s: units must be in [1, %d] (got %lld)", name,
+                       1 << 24, (long long)units);
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+    if (dm_shape_per_item(in) > 0x7fffffff)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %zu input features is too many", name,
+                       dm_shape_per_item(in));
+
+    dense_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->device = cfg->device;
+    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->in = in;
+    s->n = in.n;
+    s->in_features = (int)dm_shape_per_item(in);
+    s->units = (int)units;
+    s->has_bias = dm_param_int(p, "bias", 1) != 0;
+    s->relu = strcmp(dm_param_str(p, "activation", "none"), "relu") == 0;
+
+    /* OpenBLAS runs the GEMMs with its own threads, between (never inside)
+     * our OpenMP loops; its thread count is process-wide. */
+    openblas_set_num_threads(s->nthreads);
+
+    info->out_shape = (dm_shape){in.n, s->units, 1, 1};
+    info->param_count =
+        (size_t)s->units * s->in_features + (s->has_bias ? (size_t)s->units : 0);
+    info->workspace_bytes = s->relu ? (size_t)in.n * s->units * sizeof(float) : 0;
+    info->is_loss = 0;
+    *state = s;
+    return DM_OK;
+}
+
+static int dense_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
+{
+    dense_state *s = state;
+    if (!params || !grads || (s->relu && !workspace))
+        return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads%s", s->name,
+                       s->relu ? " and workspace" : "");
+    const size_t nw = (size_t)s->units * s->in_features;
+    s->w = params;
+    s->dw = grads;
+    s->b = s->has_bias ? params + nw : NULL;
+    s->db = s->has_bias ? grads + nw : NULL;
+    s->dz = workspace;
+    return DM_OK;
+}
+
+/* Glorot uniform with fan_in = in_features, fan_out = units; zero bias. */
+static int dense_init_params(void *state, float *params, uint64_t seed, dm_error *err)
+{
+    dense_state *s = state;
+    if (!params)
+        return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
+    const size_t nw = (size_t)s->units * s->in_features;
+    const float limit = (float)sqrt(6.0 / ((double)s->in_features + s->units));
+    uint64_t rng = seed;
+    for (size_t i = 0; i < nw; i++)
+        params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
+    if (s->has_bias)
+        memset(params + nw, 0, (size_t)s->units * sizeof(float));
+    return DM_OK;
+}
+
+/* t must be (batch, c, h, w) with batch <= the create-time n (exactly n when
+ * n > 0). */
+static int check_tensor(const dense_state *s, const dm_tensor *t, int n, int c, int h, int w,
+                        const char *what, dm_error *err)
+{
+    if (!t || !t->data)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
+    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
+                       device_name(s->device));
+    if (t->shape.n < 1 || t->shape.n > s->n || (n > 0 && t->shape.n != n) || t->shape.c != c ||
+        t->shape.h != h || t->shape.w != w)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
+                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, s->n, c, h, w);
+    return DM_OK;
+}
+
+static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
+                         dm_error *err)
+{
+    dense_state *s = state;
+    (void)ctx;
+    int rc = check_tensor(s, in, 0, s->in.c, s->in.h, s->in.w, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, in->shape.n, s->units, 1, 1, "output", err);
+    if (rc != DM_OK)
+        return rc;
+    if (!s->w)
+        return dm_fail(err, DM_ERR_INVALID, "%s: forward before bind", s->name);
+    dense_forward_cpu(s, in->shape.n, in->data, out->data);
+    return DM_OK;
+}
+
+static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                          const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
+                          dm_error *err)
+{
+    dense_state *s = state;
+    (void)ctx;
+    const int n = in ? in->shape.n : 0;
+    int rc = check_tensor(s, in, 0, s->in.c, s->in.h, s->in.w, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, n, s->units, 1, 1, "output", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, dout, n, s->units, 1, 1, "dout", err);
+    if (rc == DM_OK && din)
+        rc = check_tensor(s, din, n, s->in.c, s->in.h, s->in.w, "din", err);
+    if (rc != DM_OK)
+        return rc;
+    if (!s->w)
+        return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
+    dense_backward_cpu(s, n, in->data, out->data, dout->data, din ? din->data : NULL);
+    return DM_OK;
+}
+
+static void dense_destroy(void *state)
+{
+    free(state);
+}
+
+static const dm_layer_vtable dense_vtable = {
+    .struct_size = sizeof(dm_layer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = dense_create,
+    .bind = dense_bind,
+    .init_params = dense_init_params,
+    .forward = dense_forward,
+    .backward = dense_backward,
+    .destroy = dense_destroy,
+};
+
+static const dm_component dense_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_LAYER,
+    .type_name = "dense",
+    .help = "fully connected layer, optional bias and fused ReLU",
+    .params = dense_params,
+    .vtable = &dense_vtable,
+};
+
+static const dm_component *const dense_components[] = {&dense_component};
+
+static const dm_plugin_descriptor dense_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "dense",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";openblas",
+    .n_components = 1,
+    .components = dense_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &dense_descriptor : NULL;
+}

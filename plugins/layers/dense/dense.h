@@ -1,0 +1,28 @@
+/* Dense layer: state and device math. dense.c is the device-independent
+ * glue; a CUDA version adds dense_cuda.cu with the same two functions. */
+#ifndef DM_DENSE_H
+#define DM_DENSE_H
+
+#include "dmnist/layer.h"
+
+typedef struct dense_state {
+    char name[64];
+    dm_device device;
+    int nthreads;
+    dm_shape in;          /* create-time input shape; features = c*h*w */
+    int n, in_features, units;
+    int has_bias, relu;   /* relu: fused ReLU on the output */
+
+    /* Bound buffers (the core owns them). */
+    float *w, *b;         /* w (units, in_features) row-major; b (units) or NULL */
+    float *dw, *db;
+    float *dz;            /* workspace (n, units): dout * relu'(out), when relu */
+} dense_state;
+
+/* x (n, in_features) -> y (n, units). */
+void dense_forward_cpu(const dense_state *s, int n, const float *x, float *y);
+/* dy (n, units) -> dx (n, in_features) (may be NULL); OVERWRITES dw, db. */
+void dense_backward_cpu(const dense_state *s, int n, const float *x, const float *y,
+                        const float *dy, float *dx);
+
+#endif

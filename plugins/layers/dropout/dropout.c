@@ -1,0 +1,181 @@
+/* Dropout layer plugin: no parameters; identity when ctx->training == 0. */
+#include "dropout.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+/* ABI 1.0 sizes of the structs the host hands us. */
+#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
+#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
+
+static const dm_param_def dropout_params[] = {
+    {"rate", DM_PARAM_FLOAT, NULL, 0, 1, NULL,
+     "fraction of inputs zeroed while training, in [0, 1)"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const char *device_name(dm_device d)
+{
+    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
+}
+
+static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void **state,
+                          dm_layer_info *info, dm_error *err)
+{
+    const char *name = cfg && cfg->name ? cfg->name : "dropout";
+    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: dropout: layer config/info missing or struct_size too small", name);
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: dropout has no %s implementation in this build (devices: cpu)", name,
+                       device_name(cfg->device));
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: dropout supports only the NCHW layout",
+                       name);
+    const dm_param_value *rv = dm_param_find(p, "rate");
+    if (!rv)
+        return dm_fail(err, DM_ERR_INVALID, "%s: missing required key 'rate'", name);
+    const double rate = rv->f;
+    if (!(rate >= 0.0 && rate < 1.0))
+        return dm_fail(err, DM_ERR_INVALID, "%s: rate must be in [0, 1) (got %g)", name, rate);
+    const dm_shape in = cfg->in_shape;
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+
+    dropout_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->device = cfg->device;
+    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->shape = in;
+    s->rate = (float)rate;
+    s->threshold = (uint32_t)floor(rate * 16777216.0);
+    s->scale = (float)(1.0 / (1.0 - rate));
+    info->out_shape = in;
+    info->param_count = 0;
+    info->workspace_bytes = 0;
+    info->is_loss = 0;
+    *state = s;
+    return DM_OK;
+}
+
+static int dropout_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
+{
+    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
+    return DM_OK;
+}
+
+static int dropout_init_params(void *state, float *params, uint64_t seed, dm_error *err)
+{
+    (void)state, (void)params, (void)seed, (void)err;
+    return DM_OK;
+}
+
+/* t must have the create-time per-item shape and a batch <= the create-time
+ * one (exactly n when n > 0). */
+static int check_tensor(const dropout_state *s, const dm_tensor *t, int n, const char *what,
+                        dm_error *err)
+{
+    const dm_shape e = s->shape;
+    if (!t || !t->data)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
+    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
+                       device_name(s->device));
+    if (t->shape.n < 1 || t->shape.n > e.n || (n > 0 && t->shape.n != n) || t->shape.c != e.c ||
+        t->shape.h != e.h || t->shape.w != e.w)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
+                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, e.n, e.c, e.h, e.w);
+    return DM_OK;
+}
+
+static int dropout_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                           dm_tensor *out, dm_error *err)
+{
+    dropout_state *s = state;
+    if (!ctx)
+        return dm_fail(err, DM_ERR_INVALID, "%s: forward needs a run context", s->name);
+    int rc = check_tensor(s, in, 0, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, in->shape.n, "output", err);
+    if (rc != DM_OK)
+        return rc;
+    const size_t count = dm_shape_count(in->shape);
+    if (ctx->training && s->threshold > 0)
+        dropout_forward_cpu(s, ctx->seed, count, in->data, out->data);
+    else
+        dropout_copy_cpu(count, in->data, out->data);
+    return DM_OK;
+}
+
+static int dropout_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                            const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
+                            dm_error *err)
+{
+    dropout_state *s = state;
+    (void)in, (void)out;
+    if (!din)
+        return DM_OK;
+    if (!ctx)
+        return dm_fail(err, DM_ERR_INVALID, "%s: backward needs a run context", s->name);
+    int rc = check_tensor(s, dout, 0, "dout", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, din, dout->shape.n, "din", err);
+    if (rc != DM_OK)
+        return rc;
+    const size_t count = dm_shape_count(dout->shape);
+    if (ctx->training && s->threshold > 0)
+        dropout_backward_cpu(s, ctx->seed, count, dout->data, din->data);
+    else
+        dropout_copy_cpu(count, dout->data, din->data);
+    return DM_OK;
+}
+
+static void dropout_destroy(void *state)
+{
+    free(state);
+}
+
+static const dm_layer_vtable dropout_vtable = {
+    .struct_size = sizeof(dm_layer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = dropout_create,
+    .bind = dropout_bind,
+    .init_params = dropout_init_params,
+    .forward = dropout_forward,
+    .backward = dropout_backward,
+    .destroy = dropout_destroy,
+};
+
+static const dm_component dropout_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_LAYER,
+    .type_name = "dropout",
+    .help = "inverted dropout while training (mask from the step seed), identity in evaluation",
+    .params = dropout_params,
+    .vtable = &dropout_vtable,
+};
+
+static const dm_component *const dropout_components[] = {&dropout_component};
+
+static const dm_plugin_descriptor dropout_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "dropout",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
+    .n_components = 1,
+    .components = dropout_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &dropout_descriptor : NULL;
+}

@@ -1,0 +1,33 @@
+/* Dropout on the CPU. Forward and backward apply the same mask, so both are
+ * "multiply by mask * scale". */
+#include "dropout.h"
+
+#include <string.h>
+
+static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, const float *src,
+                       float *dst)
+{
+    const uint32_t thr = s->threshold;
+    const float scale = s->scale;
+#pragma omp parallel for schedule(static) num_threads(s->nthreads)
+    for (size_t i = 0; i < count; i++)
+        dst[i] = dropout_keep(seed, i, thr) ? src[i] * scale : 0.0f;
+}
+
+void dropout_forward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *x,
+                         float *y)
+{
+    apply_mask(s, seed, count, x, y);
+}
+
+void dropout_backward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *dy,
+                          float *dx)
+{
+    apply_mask(s, seed, count, dy, dx);
+}
+
+void dropout_copy_cpu(size_t count, const float *src, float *dst)
+{
+    if (src != dst)
+        memcpy(dst, src, count * sizeof(float));
+}

@@ -1,0 +1,158 @@
+/* Flatten layer plugin: no parameters. */
+#include "flatten.h"
+
+#include <stdlib.h>
+
+/* ABI 1.0 sizes of the structs the host hands us. */
+#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
+#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
+
+static const char *device_name(dm_device d)
+{
+    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
+}
+
+static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void **state,
+                          dm_layer_info *info, dm_error *err)
+{
+    const char *name = cfg && cfg->name ? cfg->name : "flatten";
+    (void)p;
+    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: flatten: layer config/info missing or struct_size too small", name);
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: flatten has no %s implementation in this build (devices: cpu)", name,
+                       device_name(cfg->device));
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: flatten supports only the NCHW layout",
+                       name);
+    const dm_shape in = cfg->in_shape;
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+    if (dm_shape_per_item(in) > 0x7fffffff)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %zu features per item is too many", name,
+                       dm_shape_per_item(in));
+
+    flatten_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->device = cfg->device;
+    s->in = in;
+    s->out = (dm_shape){in.n, (int)dm_shape_per_item(in), 1, 1};
+    info->out_shape = s->out;
+    info->param_count = 0;
+    info->workspace_bytes = 0;
+    info->is_loss = 0;
+    *state = s;
+    return DM_OK;
+}
+
+static int flatten_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
+{
+    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
+    return DM_OK;
+}
+
+static int flatten_init_params(void *state, float *params, uint64_t seed, dm_error *err)
+{
+    (void)state, (void)params, (void)seed, (void)err;
+    return DM_OK;
+}
+
+/* t must have shape e, with batch n (or any batch <= e.n when n == 0). */
+static int check_tensor(const flatten_state *s, const dm_tensor *t, dm_shape e, int n,
+                        const char *what, dm_error *err)
+{
+    if (!t || !t->data)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
+    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
+                       device_name(s->device));
+    if (t->shape.n < 1 || t->shape.n > e.n || (n > 0 && t->shape.n != n) || t->shape.c != e.c ||
+        t->shape.h != e.h || t->shape.w != e.w)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
+                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, e.n, e.c, e.h, e.w);
+    return DM_OK;
+}
+
+static int flatten_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                           dm_tensor *out, dm_error *err)
+{
+    flatten_state *s = state;
+    (void)ctx;
+    int rc = check_tensor(s, in, s->in, 0, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, s->out, in->shape.n, "output", err);
+    if (rc != DM_OK)
+        return rc;
+    flatten_copy_cpu(dm_shape_count(in->shape), in->data, out->data);
+    return DM_OK;
+}
+
+static int flatten_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                            const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
+                            dm_error *err)
+{
+    flatten_state *s = state;
+    (void)ctx, (void)in, (void)out;
+    if (!din)
+        return DM_OK;
+    int rc = check_tensor(s, dout, s->out, 0, "dout", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, din, s->in, dout->shape.n, "din", err);
+    if (rc != DM_OK)
+        return rc;
+    flatten_copy_cpu(dm_shape_count(dout->shape), dout->data, din->data);
+    return DM_OK;
+}
+
+static void flatten_destroy(void *state)
+{
+    free(state);
+}
+
+static const dm_layer_vtable flatten_vtable = {
+    .struct_size = sizeof(dm_layer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = flatten_create,
+    .bind = flatten_bind,
+    .init_params = flatten_init_params,
+    .forward = flatten_forward,
+    .backward = flatten_backward,
+    .destroy = flatten_destroy,
+};
+
+static const dm_param_def flatten_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const dm_component flatten_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_LAYER,
+    .type_name = "flatten",
+    .help = "reshape (n, c, h, w) to (n, c*h*w, 1, 1) in NCHW order",
+    .params = flatten_params,
+    .vtable = &flatten_vtable,
+};
+
+static const dm_component *const flatten_components[] = {&flatten_component};
+
+static const dm_plugin_descriptor flatten_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "flatten",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
+    .n_components = 1,
+    .components = flatten_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &flatten_descriptor : NULL;
+}

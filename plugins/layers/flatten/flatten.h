@@ -1,0 +1,20 @@
+/* Flatten layer: state and device math. In NCHW the flattened vector has
+ * the same bytes as the input, so forward and backward are copies (skipped
+ * when the core hands the same buffer for both sides). A CUDA version adds
+ * flatten_cuda.cu with a device-to-device copy. */
+#ifndef DM_FLATTEN_H
+#define DM_FLATTEN_H
+
+#include "dmnist/layer.h"
+
+typedef struct flatten_state {
+    char name[64];
+    dm_device device;
+    dm_shape in;  /* create-time input shape */
+    dm_shape out; /* (n, c*h*w, 1, 1) */
+} flatten_state;
+
+/* dst = src, count floats (no-op when they are the same buffer). */
+void flatten_copy_cpu(size_t count, const float *src, float *dst);
+
+#endif

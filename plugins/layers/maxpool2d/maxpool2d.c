@@ -1,0 +1,178 @@
+/* MaxPool2D layer plugin: no parameters, no padding. */
+#include "maxpool2d.h"
+
+#include <omp.h>
+#include <stdlib.h>
+
+/* ABI 1.0 sizes of the structs the host hands us. */
+#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
+#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
+
+static const dm_param_def maxpool2d_params[] = {
+    {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
+    {"stride", DM_PARAM_INT, "0", 0, 1024, NULL, "step between windows; 0 = same as pool"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const char *device_name(dm_device d)
+{
+    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
+}
+
+static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
+                            dm_layer_info *info, dm_error *err)
+{
+    const char *name = cfg && cfg->name ? cfg->name : "maxpool2d";
+    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: maxpool2d: layer config/info missing or struct_size too small", name);
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: maxpool2d has no %s implementation in this build (devices: cpu)",
+                       name, device_name(cfg->device));
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: maxpool2d supports only the NCHW layout",
+                       name);
+    const dm_shape in = cfg->in_shape;
+    const int pool = (int)dm_param_int(p, "pool", 2);
+    int stride = (int)dm_param_int(p, "stride", 0);
+    if (stride == 0)
+        stride = pool;
+    if (pool < 1 || stride < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: pool and stride must be >= 1 (got %d, %d)", name,
+                       pool, stride);
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+    if (pool > in.h || pool > in.w)
+        return dm_fail(err, DM_ERR_INVALID, "%s: pool %d is larger than the %dx%d input", name,
+                       pool, in.h, in.w);
+
+    maxpool2d_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->device = cfg->device;
+    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->in = in;
+    s->pool = pool;
+    s->stride = stride;
+    /* Windows that do not fit are dropped (Keras 'valid'). */
+    s->out_h = (in.h - pool) / stride + 1;
+    s->out_w = (in.w - pool) / stride + 1;
+    info->out_shape = (dm_shape){in.n, in.c, s->out_h, s->out_w};
+    info->param_count = 0;
+    info->workspace_bytes = 0;
+    info->is_loss = 0;
+    *state = s;
+    return DM_OK;
+}
+
+static int maxpool2d_bind(void *state, float *params, float *grads, void *workspace,
+                          dm_error *err)
+{
+    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
+    return DM_OK;
+}
+
+static int maxpool2d_init_params(void *state, float *params, uint64_t seed, dm_error *err)
+{
+    (void)state, (void)params, (void)seed, (void)err;
+    return DM_OK;
+}
+
+/* t must be (n, c, h, w) with the create-time c and batch <= the create-time n
+ * (exactly n when n > 0). */
+static int check_tensor(const maxpool2d_state *s, const dm_tensor *t, int n, int h, int w,
+                        const char *what, dm_error *err)
+{
+    if (!t || !t->data)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
+    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
+                       device_name(s->device));
+    if (t->shape.n < 1 || t->shape.n > s->in.n || (n > 0 && t->shape.n != n) ||
+        t->shape.c != s->in.c || t->shape.h != h || t->shape.w != w)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
+                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, s->in.n, s->in.c, h,
+                       w);
+    return DM_OK;
+}
+
+static int maxpool2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                             dm_tensor *out, dm_error *err)
+{
+    maxpool2d_state *s = state;
+    (void)ctx;
+    int rc = check_tensor(s, in, 0, s->in.h, s->in.w, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, in->shape.n, s->out_h, s->out_w, "output", err);
+    if (rc != DM_OK)
+        return rc;
+    maxpool2d_forward_cpu(s, in->shape.n, in->data, out->data);
+    return DM_OK;
+}
+
+static int maxpool2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                              const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
+                              dm_error *err)
+{
+    maxpool2d_state *s = state;
+    (void)ctx, (void)out;
+    if (!din)
+        return DM_OK;
+    int rc = check_tensor(s, in, 0, s->in.h, s->in.w, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, dout, in->shape.n, s->out_h, s->out_w, "dout", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, din, in->shape.n, s->in.h, s->in.w, "din", err);
+    if (rc != DM_OK)
+        return rc;
+    maxpool2d_backward_cpu(s, in->shape.n, in->data, dout->data, din->data);
+    return DM_OK;
+}
+
+static void maxpool2d_destroy(void *state)
+{
+    free(state);
+}
+
+static const dm_layer_vtable maxpool2d_vtable = {
+    .struct_size = sizeof(dm_layer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = maxpool2d_create,
+    .bind = maxpool2d_bind,
+    .init_params = maxpool2d_init_params,
+    .forward = maxpool2d_forward,
+    .backward = maxpool2d_backward,
+    .destroy = maxpool2d_destroy,
+};
+
+static const dm_component maxpool2d_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_LAYER,
+    .type_name = "maxpool2d",
+    .help = "2-D max pooling (NCHW, square window, no padding)",
+    .params = maxpool2d_params,
+    .vtable = &maxpool2d_vtable,
+};
+
+static const dm_component *const maxpool2d_components[] = {&maxpool2d_component};
+
+static const dm_plugin_descriptor maxpool2d_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "maxpool2d",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
+    .n_components = 1,
+    .components = maxpool2d_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &maxpool2d_descriptor : NULL;
+}

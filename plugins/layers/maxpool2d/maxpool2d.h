@@ -1,0 +1,24 @@
+/* MaxPool2D layer: state and device math. maxpool2d.c is the
+ * device-independent glue; a CUDA version adds maxpool2d_cuda.cu. */
+#ifndef DM_MAXPOOL2D_H
+#define DM_MAXPOOL2D_H
+
+#include "dmnist/layer.h"
+
+typedef struct maxpool2d_state {
+    char name[64];
+    dm_device device;
+    int nthreads;
+    dm_shape in;          /* create-time input shape */
+    int pool, stride;     /* square window, no padding */
+    int out_h, out_w;
+} maxpool2d_state;
+
+/* x (n, c, h, w) -> y (n, c, out_h, out_w): the max of each window. */
+void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, float *y);
+/* dx = dy routed to the first maximum of each window (found again from x,
+ * exactly as forward found it); overlapping windows add up. */
+void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy,
+                            float *dx);
+
+#endif

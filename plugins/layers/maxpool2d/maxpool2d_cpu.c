@@ -1,0 +1,68 @@
+/* MaxPool2D on the CPU, one (image, channel) plane per OpenMP iteration.
+ * Backward recomputes the argmax from the input instead of storing indices:
+ * no workspace, and nothing that must survive between forward and backward. */
+#include "maxpool2d.h"
+
+#include <string.h>
+
+/* Offset in the plane of the first maximum of window (oy, ox). */
+static inline int window_argmax(const maxpool2d_state *s, const float *plane, int oy, int ox)
+{
+    const int W = s->in.w, y0 = oy * s->stride, x0 = ox * s->stride;
+    int best = y0 * W + x0;
+    float m = plane[best];
+    for (int ky = 0; ky < s->pool; ky++) {
+        const float *row = plane + (size_t)(y0 + ky) * W + x0;
+        for (int kx = 0; kx < s->pool; kx++) {
+            if (row[kx] > m) {
+                m = row[kx];
+                best = (y0 + ky) * W + x0 + kx;
+            }
+        }
+    }
+    return best;
+}
+
+void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, float *y)
+{
+    const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
+    const size_t hw = (size_t)s->in.h * s->in.w;
+#pragma omp parallel for schedule(static) num_threads(s->nthreads)
+    for (int pl = 0; pl < planes; pl++) {
+        const float *xp = x + (size_t)pl * hw;
+        float *yp = y + (size_t)pl * ohw;
+        if (s->pool == 2 && s->stride == 2) {
+            /* The common case, written out so it vectorises. */
+            const int W = s->in.w;
+            for (int oy = 0; oy < s->out_h; oy++) {
+                const float *r0 = xp + (size_t)(2 * oy) * W, *r1 = r0 + W;
+                for (int ox = 0; ox < s->out_w; ox++) {
+                    float a = r0[2 * ox] > r0[2 * ox + 1] ? r0[2 * ox] : r0[2 * ox + 1];
+                    float b = r1[2 * ox] > r1[2 * ox + 1] ? r1[2 * ox] : r1[2 * ox + 1];
+                    yp[oy * s->out_w + ox] = a > b ? a : b;
+                }
+            }
+        } else {
+            for (int oy = 0; oy < s->out_h; oy++)
+                for (int ox = 0; ox < s->out_w; ox++)
+                    yp[oy * s->out_w + ox] = xp[window_argmax(s, xp, oy, ox)];
+        }
+    }
+}
+
+void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy,
+                            float *dx)
+{
+    const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
+    const size_t hw = (size_t)s->in.h * s->in.w;
+#pragma omp parallel for schedule(static) num_threads(s->nthreads)
+    for (int pl = 0; pl < planes; pl++) {
+        const float *xp = x + (size_t)pl * hw;
+        const float *dyp = dy + (size_t)pl * ohw;
+        float *dxp = dx + (size_t)pl * hw;
+        memset(dxp, 0, hw * sizeof(float));
+        for (int oy = 0; oy < s->out_h; oy++)
+            for (int ox = 0; ox < s->out_w; ox++)
+                dxp[window_argmax(s, xp, oy, ox)] += dyp[oy * s->out_w + ox];
+    }
+}

@@ -1,0 +1,21 @@
+/* ReLU layer: state and device math. relu.c is the device-independent glue;
+ * a CUDA version adds relu_cuda.cu with the same two functions for CUDA. */
+#ifndef DM_RELU_H
+#define DM_RELU_H
+
+#include "dmnist/layer.h"
+
+typedef struct relu_state {
+    char name[64];
+    dm_device device;
+    int nthreads;
+    dm_shape shape; /* create-time input shape; n = largest batch */
+} relu_state;
+
+/* y = max(x, 0) over count floats. */
+void relu_forward_cpu(const relu_state *s, size_t count, const float *x, float *y);
+/* dx = dy where x > 0, else 0. */
+void relu_backward_cpu(const relu_state *s, size_t count, const float *x, const float *dy,
+                       float *dx);
+
+#endif

@@ -1,0 +1,190 @@
+/* Softmax cross-entropy loss layer plugin (is_loss = 1, no parameters).
+ * forward: out = softmax(in); with labels, metrics[0] += sum of -log p[label]
+ * and metrics[1] += correct argmax predictions. backward ignores dout and
+ * writes din = (p - onehot) / n, the gradient of the mean loss. */
+#include "softmax_cross_entropy.h"
+
+#include <stdlib.h>
+
+/* ABI 1.0 sizes of the structs the host hands us. */
+#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
+#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
+
+static const char *device_name(dm_device d)
+{
+    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
+}
+
+static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **state,
+                      dm_layer_info *info, dm_error *err)
+{
+    const char *name = cfg && cfg->name ? cfg->name : "softmax_cross_entropy";
+    (void)p;
+    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: softmax_cross_entropy: layer config/info missing or struct_size too "
+                       "small",
+                       name);
+    if (cfg->device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: softmax_cross_entropy has no %s implementation in this build "
+                       "(devices: cpu)",
+                       name, device_name(cfg->device));
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: softmax_cross_entropy supports only the NCHW layout", name);
+    const dm_shape in = cfg->in_shape;
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+    if (dm_shape_per_item(in) < 2 || dm_shape_per_item(in) > 0x7fffffff)
+        return dm_fail(err, DM_ERR_INVALID, "%s: needs at least 2 classes per item (got %zu)",
+                       name, dm_shape_per_item(in));
+
+    sce_state *s = calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->device = cfg->device;
+    s->in = in;
+    s->classes = (int)dm_shape_per_item(in);
+    info->out_shape = in;
+    info->param_count = 0;
+    info->workspace_bytes = 0;
+    info->is_loss = 1;
+    *state = s;
+    return DM_OK;
+}
+
+static int sce_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
+{
+    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
+    return DM_OK;
+}
+
+static int sce_init_params(void *state, float *params, uint64_t seed, dm_error *err)
+{
+    (void)state, (void)params, (void)seed, (void)err;
+    return DM_OK;
+}
+
+/* t must have the input's per-item shape and a batch <= the create-time one
+ * (exactly n when n > 0). */
+static int check_tensor(const sce_state *s, const dm_tensor *t, int n, const char *what,
+                        dm_error *err)
+{
+    const dm_shape e = s->in;
+    if (!t || !t->data)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
+    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
+                       device_name(s->device));
+    if (t->shape.n < 1 || t->shape.n > e.n || (n > 0 && t->shape.n != n) || t->shape.c != e.c ||
+        t->shape.h != e.h || t->shape.w != e.w)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
+                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, e.n, e.c, e.h, e.w);
+    return DM_OK;
+}
+
+static int check_labels(const sce_state *s, int n, const int32_t *labels, dm_error *err)
+{
+    for (int i = 0; i < n; i++)
+        if (labels[i] < 0 || labels[i] >= s->classes)
+            return dm_fail(err, DM_ERR_INVALID, "%s: label %d of item %d is outside [0, %d)",
+                           s->name, (int)labels[i], i, s->classes);
+    return DM_OK;
+}
+
+static int sce_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
+                       dm_error *err)
+{
+    sce_state *s = state;
+    int rc = check_tensor(s, in, 0, "input", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, out, in->shape.n, "output", err);
+    if (rc != DM_OK)
+        return rc;
+    const int n = in->shape.n;
+    /* Without labels (prediction only) there is no loss to report. */
+    const int32_t *labels = ctx ? ctx->labels : NULL;
+    if (labels && (rc = check_labels(s, n, labels, err)) != DM_OK)
+        return rc;
+    double loss = 0.0;
+    int correct = 0;
+    sce_forward_cpu(s, n, in->data, labels, out->data, &loss, &correct);
+    if (labels && ctx->metrics) {
+        ctx->metrics[0] += (float)loss;
+        ctx->metrics[1] += (float)correct;
+    }
+    return DM_OK;
+}
+
+static int sce_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                        const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
+                        dm_error *err)
+{
+    sce_state *s = state;
+    (void)in, (void)dout;
+    if (!din)
+        return DM_OK;
+    if (!ctx || !ctx->labels)
+        return dm_fail(err, DM_ERR_INVALID, "%s: backward needs labels in the run context",
+                       s->name);
+    int rc = check_tensor(s, out, 0, "output", err);
+    if (rc == DM_OK)
+        rc = check_tensor(s, din, out->shape.n, "din", err);
+    if (rc == DM_OK)
+        rc = check_labels(s, out->shape.n, ctx->labels, err);
+    if (rc != DM_OK)
+        return rc;
+    sce_backward_cpu(s, out->shape.n, out->data, ctx->labels, din->data);
+    return DM_OK;
+}
+
+static void sce_destroy(void *state)
+{
+    free(state);
+}
+
+static const dm_layer_vtable sce_vtable = {
+    .struct_size = sizeof(dm_layer_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = sce_create,
+    .bind = sce_bind,
+    .init_params = sce_init_params,
+    .forward = sce_forward,
+    .backward = sce_backward,
+    .destroy = sce_destroy,
+};
+
+static const dm_param_def sce_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+static const dm_component sce_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_LAYER,
+    .type_name = "softmax_cross_entropy",
+    .help = "softmax over c*h*w classes with mean cross-entropy loss (final layer)",
+    .params = sce_params,
+    .vtable = &sce_vtable,
+};
+
+static const dm_component *const sce_components[] = {&sce_component};
+
+static const dm_plugin_descriptor sce_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "softmax_cross_entropy",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
+    .n_components = 1,
+    .components = sce_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &sce_descriptor : NULL;
+}

@@ -1,0 +1,454 @@
+/* Open MPI communication backend.
+ *
+ * Collectives run on a private duplicate of MPI_COMM_WORLD with
+ * MPI_ERRORS_RETURN, so an MPI error becomes a dm_status and a message
+ * instead of an abort. MPI has no timeouts of its own: every collective,
+ * the blocking ones included, is started as its nonblocking variant
+ * (MPI_Iallreduce, MPI_Ibcast, MPI_Ibarrier) and polled with MPI_Testall
+ * until it completes or the deadline passes. A peer that stopped answering
+ * therefore gives DM_ERR_TIMEOUT instead of a hang.
+ *
+ * After a failure the communicator is marked broken: later calls fail at
+ * once with the first message, and finalize() skips MPI_Comm_free and
+ * MPI_Finalize, both of which would wait for the lost peer.
+ *
+ * Host buffers only (devices = CPU): the core stages device buffers.
+ */
+#include <limits.h>
+#include <sched.h>
+#include <stdlib.h>
+
+#include <mpi.h>
+
+#include "dmnist/comm.h"
+
+/* Largest count handed to one MPI call: counts are int. Bigger buffers are
+ * cut into chunks, each its own nonblocking operation, all in flight. */
+#define MPI_CHUNK_MAX (INT_MAX / 2)
+
+/* Polls before we start yielding the core: keeps latency low when the
+ * peers are ready, and lets oversubscribed ranks (more ranks than cores)
+ * run while we wait for them. */
+#define MPI_SPIN_POLLS 1000
+
+#define MPI_DEFAULT_TIMEOUT_S 30.0
+
+typedef struct mpi_state mpi_state;
+
+/* One allreduce_start(): one MPI request per chunk. Requests not yet
+ * waited on are kept in a list so finalize() can complete and free them. */
+struct dm_comm_request {
+    float *buf;
+    size_t n;
+    dm_reduce_op op;
+    int n_reqs;
+    MPI_Request *reqs;            /* n_reqs */
+    dm_comm_request *next;        /* list of outstanding requests */
+};
+
+struct mpi_state {
+    MPI_Comm comm;                /* our duplicate of MPI_COMM_WORLD */
+    int rank, size;
+    int we_initialised;           /* MPI_Init_thread was ours, so MPI_Finalize is too */
+    double timeout_s;
+    int broken;                   /* a collective failed: the communicator is unusable */
+    char broken_msg[DM_ERRMSG_MAX];
+    dm_comm_request *outstanding; /* started, not yet waited on, oldest first */
+};
+
+static const dm_param_def mpi_params[] = {
+    {"timeout_s", DM_PARAM_FLOAT, "0", 0.0, 86400.0, NULL,
+     "seconds any call may take before it fails; 0 = the run's comm timeout"},
+    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+/* ---- errors --------------------------------------------------------------- */
+
+/* Remember the first failure; later calls repeat it. */
+static int mpi_break(mpi_state *st, dm_error *err, int code)
+{
+    if (!st->broken) {
+        st->broken = 1;
+        snprintf(st->broken_msg, sizeof st->broken_msg, "%s", err ? err->msg : "failed");
+    }
+    return code;
+}
+
+/* An MPI error code as one line, e.g. "mpi: rank 1: MPI_Ibcast: MPI_ERR_ROOT: invalid root". */
+static int mpi_fail_rc(mpi_state *st, dm_error *err, int rc, const char *call)
+{
+    char text[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS)
+        snprintf(text, sizeof text, "MPI error %d", rc);
+    dm_fail(err, DM_ERR_COMM, "mpi: rank %d: %s: %s", st ? st->rank : -1, call, text);
+    return st ? mpi_break(st, err, DM_ERR_COMM) : DM_ERR_COMM;
+}
+
+static int mpi_check_usable(mpi_state *st, dm_device device, dm_error *err)
+{
+    if (!st)
+        return dm_fail(err, DM_ERR_INVALID, "mpi: called without init()");
+    if (st->broken)
+        return dm_fail(err, DM_ERR_COMM, "mpi: communicator unusable after an earlier failure: %s",
+                       st->broken_msg);
+    if (device != DM_DEVICE_CPU)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "mpi: buffers on device %d are not supported (host buffers only)",
+                       (int)device);
+    return DM_OK;
+}
+
+/* ---- the polling wait ------------------------------------------------------ */
+
+/* Poll reqs until all complete or timeout_s passes. `what` names the
+ * operation in messages, e.g. "allreduce of 7 floats". */
+static int mpi_poll(mpi_state *st, int n_reqs, MPI_Request *reqs, const char *what,
+                    dm_error *err)
+{
+    double deadline = MPI_Wtime() + st->timeout_s;
+    for (long polls = 0;; polls++) {
+        int done = 0;
+        int rc = MPI_Testall(n_reqs, reqs, &done, MPI_STATUSES_IGNORE);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail_rc(st, err, rc, what);
+        if (done)
+            return DM_OK;
+        if (MPI_Wtime() > deadline) {
+            dm_fail(err, DM_ERR_TIMEOUT,
+                    "mpi: rank %d: %s timed out after %g s (a peer rank is gone?)", st->rank,
+                    what, st->timeout_s);
+            return mpi_break(st, err, DM_ERR_TIMEOUT);
+        }
+        if (polls >= MPI_SPIN_POLLS)
+            sched_yield();
+    }
+}
+
+static int mpi_n_chunks(size_t count)
+{
+    return (int)((count + MPI_CHUNK_MAX - 1) / MPI_CHUNK_MAX);
+}
+
+/* Start one MPI_Iallreduce (in place, sum) per chunk of buf[n]. */
+static int mpi_start_chunks(mpi_state *st, float *buf, size_t n, int n_reqs, MPI_Request *reqs,
+                            dm_error *err)
+{
+    for (int c = 0; c < n_reqs; c++) {
+        size_t off = (size_t)c * MPI_CHUNK_MAX;
+        size_t len = n - off < MPI_CHUNK_MAX ? n - off : MPI_CHUNK_MAX;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, st->comm,
+                                &reqs[c]);
+        if (rc != MPI_SUCCESS)
+            return mpi_fail_rc(st, err, rc, "MPI_Iallreduce");
+    }
+    return DM_OK;
+}
+
+/* MPI has no mean: sum, then divide. Every rank divides the same sum by the
+ * same size, so the result stays identical on all ranks. */
+static void mpi_finish_avg(const mpi_state *st, float *buf, size_t n, dm_reduce_op op)
+{
+    if (op != DM_REDUCE_AVG || st->size == 1)
+        return;
+    float size = (float)st->size;
+    for (size_t i = 0; i < n; i++)
+        buf[i] /= size;
+}
+
+/* ---- init / finalize ------------------------------------------------------- */
+
+static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **state,
+                    dm_comm_info *info, dm_error *err)
+{
+    *state = NULL;
+    int finalized = 0, initialised = 0;
+    MPI_Finalized(&finalized);
+    if (finalized)
+        return dm_fail(err, DM_ERR_COMM,
+                       "mpi: MPI was already finalised in this process; it cannot start again");
+
+    mpi_state *st = calloc(1, sizeof *st);
+    if (!st)
+        return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
+    st->comm = MPI_COMM_NULL;
+    st->timeout_s = dm_param_float(params, "timeout_s", 0.0);
+    if (st->timeout_s <= 0.0)
+        st->timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : MPI_DEFAULT_TIMEOUT_S;
+
+    MPI_Initialized(&initialised);
+    if (!initialised) {
+        /* SERIALIZED: the core may call us from more than one thread, never at once. */
+        int provided = 0;
+        int rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
+        if (rc != MPI_SUCCESS) {
+            mpi_fail_rc(NULL, err, rc, "MPI_Init_thread");
+            free(st);
+            return DM_ERR_COMM;
+        }
+        st->we_initialised = 1;
+    }
+
+    int rc = MPI_Comm_dup(MPI_COMM_WORLD, &st->comm);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_set_errhandler(st->comm, MPI_ERRORS_RETURN);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_rank(st->comm, &st->rank);
+    if (rc == MPI_SUCCESS)
+        rc = MPI_Comm_size(st->comm, &st->size);
+    if (rc != MPI_SUCCESS) {
+        mpi_fail_rc(NULL, err, rc, "MPI_Comm_dup");
+        goto fail;
+    }
+
+    /* The launcher's view must agree with MPI's, else gradients would be
+     * averaged over the wrong set of processes. */
+    if ((cfg->rank >= 0 && cfg->rank != st->rank) || (cfg->size > 0 && cfg->size != st->size)) {
+        dm_fail(err, DM_ERR_INVALID,
+                "mpi: the launcher says rank %d of %d but MPI_COMM_WORLD has rank %d of %d "
+                "(start the program with mpirun -np %d)",
+                cfg->rank, cfg->size, st->rank, st->size, cfg->size);
+        goto fail;
+    }
+
+    int local_rank = cfg->local_rank;
+    if (local_rank < 0) {
+        MPI_Comm node = MPI_COMM_NULL;
+        rc = MPI_Comm_split_type(st->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+        if (rc == MPI_SUCCESS)
+            rc = MPI_Comm_rank(node, &local_rank);
+        if (node != MPI_COMM_NULL)
+            MPI_Comm_free(&node);
+        if (rc != MPI_SUCCESS) {
+            mpi_fail_rc(st, err, rc, "MPI_Comm_split_type");
+            goto fail;
+        }
+    }
+
+    info->rank = st->rank;
+    info->size = st->size;
+    info->local_rank = local_rank;
+    *state = st;
+    return DM_OK;
+
+fail:
+    if (st->comm != MPI_COMM_NULL)
+        MPI_Comm_free(&st->comm);
+    if (st->we_initialised)
+        MPI_Finalize();
+    free(st);
+    return err ? err->code : DM_ERR_COMM;
+}
+
+static void mpi_request_free(dm_comm_request *req)
+{
+    free(req->reqs);
+    free(req);
+}
+
+static int mpi_finalize(void *state, dm_error *err)
+{
+    mpi_state *st = state;
+    if (!st)
+        return DM_OK;
+    int status = DM_OK;
+
+    /* Complete requests nobody waited on (they are valid collectives all
+     * ranks started); after a failure, MPI may still own their buffers, so
+     * their MPI requests are left alone and only our memory is freed. */
+    while (st->outstanding) {
+        dm_comm_request *req = st->outstanding;
+        st->outstanding = req->next;
+        if (!st->broken && mpi_poll(st, req->n_reqs, req->reqs, "finalize", err) != DM_OK)
+            status = err ? err->code : DM_ERR_COMM;
+        mpi_request_free(req);
+    }
+
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!st->broken && !finalized) {
+        MPI_Comm_free(&st->comm);
+        if (st->we_initialised) {
+            int rc = MPI_Finalize();
+            if (rc != MPI_SUCCESS && status == DM_OK)
+                status = mpi_fail_rc(NULL, err, rc, "MPI_Finalize");
+        }
+    }
+    free(st);
+    return status;
+}
+
+/* ---- collectives ------------------------------------------------------------ */
+
+static int mpi_allreduce_start(void *state, float *buf, size_t n, dm_reduce_op op,
+                               dm_device device, void *cuda_stream, dm_comm_request **out,
+                               dm_error *err)
+{
+    mpi_state *st = state;
+    (void)cuda_stream;
+    *out = NULL;
+    int status = mpi_check_usable(st, device, err);
+    if (status != DM_OK)
+        return status;
+    if (op != DM_REDUCE_SUM && op != DM_REDUCE_AVG)
+        return dm_fail(err, DM_ERR_INVALID, "mpi: unknown reduce op %d", (int)op);
+    if (!buf && n > 0)
+        return dm_fail(err, DM_ERR_INVALID, "mpi: allreduce of %zu floats from a NULL buffer", n);
+
+    dm_comm_request *req = calloc(1, sizeof *req);
+    int n_reqs = mpi_n_chunks(n);
+    MPI_Request *reqs = n_reqs > 0 ? malloc((size_t)n_reqs * sizeof *reqs) : NULL;
+    if (!req || (n_reqs > 0 && !reqs)) {
+        free(req);
+        free(reqs);
+        return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
+    }
+    *req = (dm_comm_request){.buf = buf, .n = n, .op = op, .n_reqs = n_reqs, .reqs = reqs};
+    status = mpi_start_chunks(st, buf, n, n_reqs, reqs, err);
+    if (status != DM_OK) {
+        mpi_request_free(req);
+        return status;
+    }
+    /* One test now gets the first messages moving while the caller computes. */
+    int done = 0;
+    if (n_reqs > 0)
+        MPI_Testall(n_reqs, reqs, &done, MPI_STATUSES_IGNORE);
+
+    dm_comm_request **tail = &st->outstanding;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = req;
+    *out = req;
+    return DM_OK;
+}
+
+static int mpi_wait(void *state, dm_comm_request *req, dm_error *err)
+{
+    mpi_state *st = state;
+    if (!st || !req)
+        return dm_fail(err, DM_ERR_INVALID, "mpi: wait() without a state or request");
+
+    /* Unlink it; wait() frees the handle whatever happens. */
+    dm_comm_request **link = &st->outstanding;
+    while (*link && *link != req)
+        link = &(*link)->next;
+    if (!*link)
+        return dm_fail(err, DM_ERR_INVALID, "mpi: wait() on a request this communicator does not know");
+    *link = req->next;
+
+    int status;
+    if (st->broken) {
+        /* MPI may still own the buffer: leave its requests, free our memory. */
+        status = dm_fail(err, DM_ERR_COMM, "mpi: communicator unusable after an earlier failure: %s",
+                         st->broken_msg);
+    } else {
+        char what[64];
+        snprintf(what, sizeof what, "allreduce of %zu floats", req->n);
+        status = mpi_poll(st, req->n_reqs, req->reqs, what, err);
+        if (status == DM_OK)
+            mpi_finish_avg(st, req->buf, req->n, req->op);
+    }
+    mpi_request_free(req);
+    return status;
+}
+
+static int mpi_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
+                         void *cuda_stream, dm_error *err)
+{
+    dm_comm_request *req = NULL;
+    int status = mpi_allreduce_start(state, buf, n, op, device, cuda_stream, &req, err);
+    if (status != DM_OK)
+        return status;
+    return mpi_wait(state, req, err);
+}
+
+static int mpi_broadcast(void *state, void *buf, size_t bytes, int root, dm_device device,
+                         void *cuda_stream, dm_error *err)
+{
+    mpi_state *st = state;
+    (void)cuda_stream;
+    int status = mpi_check_usable(st, device, err);
+    if (status != DM_OK)
+        return status;
+    if (root < 0 || root >= st->size)
+        return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast root %d is not a rank of 0..%d", root,
+                       st->size - 1);
+    if (!buf && bytes > 0)
+        return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast of %zu bytes from a NULL buffer", bytes);
+
+    int n_reqs = mpi_n_chunks(bytes);
+    if (n_reqs == 0)
+        return DM_OK;
+    MPI_Request *reqs = malloc((size_t)n_reqs * sizeof *reqs);
+    if (!reqs)
+        return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
+    for (int c = 0; c < n_reqs; c++) {
+        size_t off = (size_t)c * MPI_CHUNK_MAX;
+        size_t len = bytes - off < MPI_CHUNK_MAX ? bytes - off : MPI_CHUNK_MAX;
+        int rc = MPI_Ibcast((char *)buf + off, (int)len, MPI_BYTE, root, st->comm, &reqs[c]);
+        if (rc != MPI_SUCCESS) {
+            free(reqs);
+            return mpi_fail_rc(st, err, rc, "MPI_Ibcast");
+        }
+    }
+    char what[80];
+    snprintf(what, sizeof what, "broadcast of %zu bytes from rank %d", bytes, root);
+    status = mpi_poll(st, n_reqs, reqs, what, err);
+    free(reqs);
+    return status;
+}
+
+static int mpi_barrier(void *state, dm_error *err)
+{
+    mpi_state *st = state;
+    int status = mpi_check_usable(st, DM_DEVICE_CPU, err);
+    if (status != DM_OK)
+        return status;
+    MPI_Request req;
+    int rc = MPI_Ibarrier(st->comm, &req);
+    if (rc != MPI_SUCCESS)
+        return mpi_fail_rc(st, err, rc, "MPI_Ibarrier");
+    return mpi_poll(st, 1, &req, "barrier", err);
+}
+
+/* ---- plugin descriptor ------------------------------------------------------- */
+
+static const dm_comm_vtable mpi_vtable = {
+    .struct_size = sizeof(dm_comm_vtable),
+    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .init = mpi_init,
+    .allreduce = mpi_allreduce,
+    .allreduce_start = mpi_allreduce_start,
+    .wait = mpi_wait,
+    .broadcast = mpi_broadcast,
+    .barrier = mpi_barrier,
+    .finalize = mpi_finalize,
+};
+
+static const dm_component mpi_component = {
+    .struct_size = sizeof(dm_component),
+    .kind = DM_KIND_COMM,
+    .type_name = "mpi",
+    .help = "Open MPI collectives on host buffers (start with mpirun), with timeouts",
+    .params = mpi_params,
+    .vtable = &mpi_vtable,
+};
+
+static const dm_component *const mpi_components[] = {&mpi_component};
+
+static const dm_plugin_descriptor mpi_descriptor = {
+    .struct_size = sizeof(dm_plugin_descriptor),
+    .abi_major = DM_ABI_MAJOR,
+    .abi_minor = DM_ABI_MINOR,
+    .name = "mpi",
+    .version = "1.0.0",
+    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";openmpi",
+    .n_components = 1,
+    .components = mpi_components,
+};
+
+DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
+                                                      uint32_t host_abi_minor)
+{
+    (void)host_abi_minor;
+    return host_abi_major == DM_ABI_MAJOR ? &mpi_descriptor : NULL;
+}

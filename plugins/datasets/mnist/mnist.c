@@ -58,6 +58,15 @@ typedef struct idx_source {
     gzFile gz;  /* gzipped */
 } idx_source;
 
+/* zlib's message is "<path>: <reason>"; keep the reason. */
+static const char *gz_reason(const char *msg, const char *path)
+{
+    size_t n = strlen(path);
+    if (msg && strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
+        return msg + n + 2;
+    return msg ? msg : "unknown zlib error";
+}
+
 /* Read up to len bytes into buf and set *got (short only at the end of
  * the data). A corrupt gzip stream is an error, not an early end. */
 static int src_read(idx_source *s, void *buf, size_t len, size_t *got, dm_error *err)
@@ -75,7 +84,8 @@ static int src_read(idx_source *s, void *buf, size_t len, size_t *got, dm_error 
             const char *msg = gzerror(s->gz, &zerr);
             /* zlib reports a stream cut short (Z_BUF_ERROR) only through gzerror. */
             if (r < 0 || zerr != Z_OK)
-                return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt gzip data (%s)", s->path, msg);
+                return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt gzip data (%s)", s->path,
+                               gz_reason(msg, s->path));
         } else {
             n = fread((char *)buf + done, 1, want, s->f);
             if (n < want && ferror(s->f))

@@ -1,0 +1,726 @@
+/* Dataset plugins (mnist, synthetic) loaded through the registry.
+ *
+ * The mnist cases write small IDX files (plain and gzipped, good and
+ * corrupted) into a fresh temporary folder; mnist_real reads the real files
+ * when they are present and skips (exit 77) otherwise.
+ *
+ *   test_datasets <case>     (cases listed in main; one ctest each)
+ */
+#define _XOPEN_SOURCE 700
+#include <ftw.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "dm_core.h"
+
+#define CHECK(cond, ...)                                                          \
+    do {                                                                          \
+        if (!(cond)) {                                                            \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__);                                         \
+            fprintf(stderr, "\n");                                                \
+            return 1;                                                             \
+        }                                                                         \
+    } while (0)
+
+#define SKIP_CODE 77
+#define PIXELS (28 * 28)
+
+/* snprintf that fails the test loudly instead of truncating a path. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void xfmt(char *out, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out, size, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= size) {
+        fprintf(stderr, "path too long: %s...\n", out);
+        exit(1);
+    }
+}
+#define FMT(buf, ...) xfmt(buf, sizeof buf, __VA_ARGS__)
+
+static dm_registry *g_reg;
+static char g_tmp[512]; /* this run's scratch folder, removed at exit */
+
+/* ---- a dataset instance -------------------------------------------------- */
+
+typedef struct ds {
+    const dm_dataset_vtable *vt;
+    dm_param_set *ps;
+    void *state;
+    dm_dataset_info info;
+} ds;
+
+static int ds_open(ds *d, const char *type, const char *spec, uint64_t seed,
+                   const char *config_dir, dm_error *err)
+{
+    memset(d, 0, sizeof *d);
+    const dm_loaded_component *lc = dm_registry_find(g_reg, DM_KIND_DATASET, type);
+    if (!lc)
+        return dm_fail(err, DM_ERR_INVALID, "dataset '%s' not found in DMNIST_PLUGIN_PATH", type);
+    d->vt = lc->component->vtable;
+    int rc = dm_param_set_parse(lc->component->params, spec, &d->ps, err);
+    if (rc != DM_OK)
+        return rc;
+    dm_dataset_config cfg = {sizeof cfg, seed, config_dir};
+    d->info.struct_size = sizeof d->info;
+    return d->vt->open(dm_param_set_params(d->ps), &cfg, &d->state, &d->info, err);
+}
+
+static void ds_close(ds *d)
+{
+    if (d->state)
+        d->vt->close(d->state);
+    dm_param_set_free(d->ps);
+    memset(d, 0, sizeof *d);
+}
+
+/* ---- writing IDX files ----------------------------------------------------- */
+
+static const char *const file_names[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"};
+enum { TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS };
+
+typedef struct blob {
+    uint8_t *data;
+    size_t len;
+} blob;
+
+static void put_be32(uint8_t *b, uint32_t v)
+{
+    b[0] = (uint8_t)(v >> 24), b[1] = (uint8_t)(v >> 16), b[2] = (uint8_t)(v >> 8), b[3] = (uint8_t)v;
+}
+
+/* The pixel and label the generated files hold, so reads can be checked. */
+static uint8_t fake_pixel(int split, int i, int p) { return (uint8_t)((i * 31 + p * 7 + split * 13) % 256); }
+static uint8_t fake_label(int split, int i) { return (uint8_t)((i * 3 + split) % 10); }
+
+static blob make_images(int split, int n, int rows, int cols)
+{
+    blob b = {malloc(16 + (size_t)n * rows * cols), 16 + (size_t)n * rows * cols};
+    put_be32(b.data, 2051);
+    put_be32(b.data + 4, (uint32_t)n);
+    put_be32(b.data + 8, (uint32_t)rows);
+    put_be32(b.data + 12, (uint32_t)cols);
+    for (int i = 0; i < n; i++)
+        for (int p = 0; p < rows * cols; p++)
+            b.data[16 + (size_t)i * rows * cols + p] = fake_pixel(split, i, p);
+    return b;
+}
+
+static blob make_labels(int split, int n)
+{
+    blob b = {malloc(8 + (size_t)n), 8 + (size_t)n};
+    put_be32(b.data, 2049);
+    put_be32(b.data + 4, (uint32_t)n);
+    for (int i = 0; i < n; i++)
+        b.data[8 + i] = fake_label(split, i);
+    return b;
+}
+
+/* The four files of a good set with n_train and n_test examples. */
+static void make_good(blob f[4], int n_train, int n_test)
+{
+    f[TRAIN_IMAGES] = make_images(0, n_train, 28, 28);
+    f[TRAIN_LABELS] = make_labels(0, n_train);
+    f[TEST_IMAGES] = make_images(1, n_test, 28, 28);
+    f[TEST_LABELS] = make_labels(1, n_test);
+}
+
+static void free_blobs(blob f[4])
+{
+    for (int k = 0; k < 4; k++)
+        free(f[k].data);
+}
+
+static int write_file(const char *path, const uint8_t *data, size_t len, int gz)
+{
+    if (gz) {
+        gzFile g = gzopen(path, "wb");
+        if (!g)
+            return -1;
+        int ok = len == 0 || gzwrite(g, data, (unsigned)len) == (int)len;
+        return gzclose(g) == Z_OK && ok ? 0 : -1;
+    }
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t put = fwrite(data, 1, len, f);
+    return fclose(f) == 0 && put == len ? 0 : -1;
+}
+
+/* A new folder g_tmp/name holding the four files (gzipped when gz). */
+static int write_set(char *dir, size_t dir_size, const char *name, blob f[4], int gz)
+{
+    xfmt(dir, dir_size, "%s/%s", g_tmp, name);
+    if (mkdir(dir, 0755) != 0)
+        return -1;
+    for (int k = 0; k < 4; k++) {
+        char path[1024];
+        FMT(path, "%s/%s%s", dir, file_names[k], gz ? ".gz" : "");
+        if (write_file(path, f[k].data, f[k].len, gz) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void remove_tmp(void)
+{
+    if (g_tmp[0])
+        nftw(g_tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- mnist on good files ------------------------------------------------- */
+
+/* Open dir and check counts, shape, and examples read by index. */
+static int check_good(const char *spec, const char *config_dir, int n_train, int n_test,
+                      int standardize)
+{
+    dm_error err = {0};
+    ds d;
+    int rc = ds_open(&d, "mnist", spec, 1, config_dir, &err);
+    CHECK(rc == DM_OK, "open '%s': %s", spec, err.msg);
+    CHECK(d.info.count[DM_SPLIT_TRAIN] == n_train && d.info.count[DM_SPLIT_TEST] == n_test,
+          "counts %lld/%lld, want %d/%d", (long long)d.info.count[0], (long long)d.info.count[1],
+          n_train, n_test);
+    CHECK(d.info.item.n == 1 && d.info.item.c == 1 && d.info.item.h == 28 && d.info.item.w == 28,
+          "item shape %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
+    CHECK(d.info.num_classes == 10, "num_classes %d", d.info.num_classes);
+
+    for (int split = 0; split < 2; split++) {
+        int n = split ? n_test : n_train;
+        int64_t idx[3] = {n - 1, 0, n / 2}; /* out of order on purpose */
+        float images[3 * PIXELS];
+        int32_t labels[3];
+        rc = d.vt->read(d.state, (dm_split)split, idx, 3, images, labels, &err);
+        CHECK(rc == DM_OK, "read: %s", err.msg);
+        for (int k = 0; k < 3; k++) {
+            CHECK(labels[k] == fake_label(split, (int)idx[k]), "split %d index %lld: label %d",
+                  split, (long long)idx[k], labels[k]);
+            for (int p = 0; p < PIXELS; p++) {
+                double x = fake_pixel(split, (int)idx[k], p) / 255.0;
+                if (standardize)
+                    x = (x - 0.1307) / 0.3081;
+                CHECK(fabs(images[k * PIXELS + p] - x) < 1e-5, "split %d index %lld pixel %d: %g, "
+                      "want %g", split, (long long)idx[k], p, images[k * PIXELS + p], x);
+            }
+        }
+    }
+    /* An index out of range is refused, not read. */
+    int64_t bad = n_train;
+    float img[PIXELS];
+    int32_t lab;
+    rc = d.vt->read(d.state, DM_SPLIT_TRAIN, &bad, 1, img, &lab, &err);
+    CHECK(rc == DM_ERR_INVALID, "read of index %lld gave %d", (long long)bad, rc);
+    ds_close(&d);
+    return 0;
+}
+
+static int test_mnist_good_plain(void)
+{
+    blob f[4];
+    char dir[1024], spec[1200];
+    make_good(f, 7, 4);
+    CHECK(write_set(dir, sizeof dir, "plain", f, 0) == 0, "cannot write %s", dir);
+    free_blobs(f);
+    FMT(spec, "path=%s", dir);
+    if (check_good(spec, NULL, 7, 4, 0))
+        return 1;
+    FMT(spec, "path=%s standardize=true", dir);
+    return check_good(spec, NULL, 7, 4, 1);
+}
+
+static int test_mnist_good_gz(void)
+{
+    blob f[4];
+    char dir[1024], spec[1200];
+    make_good(f, 5, 3);
+    CHECK(write_set(dir, sizeof dir, "gz", f, 1) == 0, "cannot write %s", dir);
+    free_blobs(f);
+    FMT(spec, "path=%s", dir);
+    return check_good(spec, NULL, 5, 3, 0);
+}
+
+/* Plain and .gz side by side: the plain files win (they hold 6/2 examples,
+ * the gzipped ones 9/5). */
+static int test_mnist_prefers_plain(void)
+{
+    blob f[4];
+    char dir[1024], spec[1200];
+    make_good(f, 9, 5);
+    CHECK(write_set(dir, sizeof dir, "both", f, 1) == 0, "cannot write %s", dir);
+    free_blobs(f);
+    make_good(f, 6, 2);
+    for (int k = 0; k < 4; k++) {
+        char path[1100];
+        FMT(path, "%s/%s", dir, file_names[k]);
+        CHECK(write_file(path, f[k].data, f[k].len, 0) == 0, "cannot write %s", path);
+    }
+    free_blobs(f);
+    FMT(spec, "path=%s", dir);
+    return check_good(spec, NULL, 6, 2, 0);
+}
+
+/* A relative path missing from the current directory is found next to
+ * the INI file (config_dir). */
+static int test_mnist_config_dir(void)
+{
+    blob f[4];
+    char dir[1024];
+    make_good(f, 3, 2);
+    CHECK(write_set(dir, sizeof dir, "relative-mnist", f, 1) == 0, "cannot write %s", dir);
+    free_blobs(f);
+    CHECK(chdir("/") == 0, "chdir /");
+    return check_good("path=relative-mnist", g_tmp, 3, 2, 0);
+}
+
+/* ---- mnist on broken files ----------------------------------------------- */
+
+/* Open a set in which file `which` was replaced by `bad` (gz: all four
+ * gzipped); expect status `want_code` and a one-line message naming that
+ * file and containing want_text. */
+static int expect_broken(const char *name, int which, blob bad, int gz, int want_code,
+                         const char *want_text)
+{
+    blob f[4];
+    char dir[1024], spec[1200], file[1100];
+    make_good(f, 6, 4);
+    free(f[which].data);
+    f[which] = bad;
+    int wrote = write_set(dir, sizeof dir, name, f, gz);
+    free_blobs(f);
+    CHECK(wrote == 0, "cannot write %s", dir);
+    FMT(file, "%s/%s%s", dir, file_names[which], gz ? ".gz" : "");
+    FMT(spec, "path=%s", dir);
+
+    dm_error err = {0};
+    ds d;
+    int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
+    printf("%-22s -> %d: %s\n", name, rc, err.msg);
+    CHECK(rc == want_code, "%s: status %d (%s), want %d", name, rc, err.msg, want_code);
+    CHECK(strstr(err.msg, file), "%s: message '%s' does not name %s", name, err.msg, file);
+    CHECK(strstr(err.msg, want_text), "%s: message '%s' lacks '%s'", name, err.msg, want_text);
+    CHECK(!strchr(err.msg, '\n'), "%s: message has a newline", name);
+    ds_close(&d);
+    return 0;
+}
+
+static blob with_be32(blob b, size_t at, uint32_t v)
+{
+    put_be32(b.data + at, v);
+    return b;
+}
+
+static blob resized(blob b, size_t len)
+{
+    uint8_t *p = realloc(b.data, len);
+    if (len > b.len)
+        memset(p + b.len, 0xAB, len - b.len);
+    return (blob){p, len};
+}
+
+static int test_mnist_corrupt(void)
+{
+    const int F = DM_ERR_FORMAT;
+    int failed = 0;
+    for (int gz = 0; gz <= 1; gz++) {
+        char name[64];
+#define CASE(label, which, bad, code, text)                                     \
+    FMT(name, "%s%s", label, gz ? "-gz" : "");                 \
+    failed |= expect_broken(name, which, bad, gz, code, text)
+
+        CASE("bad-magic-images", TRAIN_IMAGES, with_be32(make_images(0, 6, 28, 28), 0, 2049), F,
+             "bad magic 0x00000801, expected 2051");
+        CASE("bad-magic-labels", TEST_LABELS, with_be32(make_labels(1, 4), 0, 2051), F,
+             "bad magic 0x00000803, expected 2049");
+        CASE("truncated", TRAIN_IMAGES, resized(make_images(0, 6, 28, 28), 16 + 5 * PIXELS + 9),
+             F, "truncated");
+        CASE("truncated-header", TRAIN_LABELS, resized(make_labels(0, 6), 6), F,
+             "truncated header");
+        CASE("trailing", TEST_IMAGES, resized(make_images(1, 4, 28, 28), 16 + 4 * PIXELS + 3), F,
+             "trailing bytes");
+        CASE("count-mismatch", TEST_LABELS, make_labels(1, 3), F, "3 labels but");
+        CASE("wrong-dims", TRAIN_IMAGES, make_images(0, 6, 28, 27), F, "28x27, expected 28x28");
+        CASE("label-too-big", TRAIN_LABELS, with_be32(make_labels(0, 6), 8, 0x0C000000), F,
+             "label 12 at index 0");
+        /* A header claiming 4 billion images must be refused before allocating. */
+        CASE("huge-count", TRAIN_IMAGES, with_be32(make_images(0, 6, 28, 28), 4, 0xFFFFFFFFu), F,
+             "truncated");
+#undef CASE
+    }
+    return failed;
+}
+
+/* Bytes that are not gzip at all, and gzip whose stream is cut or garbled. */
+static int test_mnist_bad_gzip(void)
+{
+    int failed = 0;
+    blob junk = {malloc(4000), 4000};
+    uint64_t s = 9;
+    for (size_t i = 0; i < junk.len; i++)
+        junk.data[i] = (uint8_t)dm_rng_next(&s);
+    junk.data[0] = 0x42;
+    /* Written as plain bytes under a .gz name. */
+    blob f[4];
+    char dir[1024], path[1100], spec[1200];
+    make_good(f, 6, 4);
+    CHECK(write_set(dir, sizeof dir, "junk-gz", f, 1) == 0, "cannot write %s", dir);
+    free_blobs(f);
+    FMT(path, "%s/%s.gz", dir, file_names[TRAIN_LABELS]);
+    CHECK(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
+
+    FMT(spec, "path=%s", dir);
+    dm_error err = {0};
+    ds d;
+    int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
+    printf("junk-gz -> %d: %s\n", rc, err.msg);
+    if (rc != DM_ERR_FORMAT || !strstr(err.msg, path) || !strstr(err.msg, "not a gzip file")) {
+        fprintf(stderr, "junk-gz: status %d, message '%s'\n", rc, err.msg);
+        failed = 1;
+    }
+    ds_close(&d);
+
+    /* gzip magic, then garbage: inflate must fail cleanly. */
+    junk.data[0] = 0x1f, junk.data[1] = 0x8b, junk.data[2] = 8, junk.data[3] = 0;
+    CHECK(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
+    rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
+    printf("garbled-gz -> %d: %s\n", rc, err.msg);
+    if (rc != DM_ERR_FORMAT || !strstr(err.msg, path) || !strstr(err.msg, "gzip")) {
+        fprintf(stderr, "garbled-gz: status %d, message '%s'\n", rc, err.msg);
+        failed = 1;
+    }
+    ds_close(&d);
+    free(junk.data);
+
+    /* A real gzip file cut in half. */
+    FMT(path, "%s/%s.gz", dir, file_names[TRAIN_IMAGES]);
+    struct stat st;
+    CHECK(stat(path, &st) == 0 && truncate(path, st.st_size / 2) == 0, "cannot cut %s", path);
+    FMT(path, "%s/%s.gz", dir, file_names[TRAIN_LABELS]);
+    make_good(f, 6, 4);
+    CHECK(write_file(path, f[TRAIN_LABELS].data, f[TRAIN_LABELS].len, 1) == 0, "rewrite labels");
+    free_blobs(f);
+    FMT(path, "%s/%s.gz", dir, file_names[TRAIN_IMAGES]);
+    rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
+    printf("cut-gz -> %d: %s\n", rc, err.msg);
+    if (rc != DM_ERR_FORMAT || !strstr(err.msg, path)) {
+        fprintf(stderr, "cut-gz: status %d, message '%s'\n", rc, err.msg);
+        failed = 1;
+    }
+    ds_close(&d);
+    return failed;
+}
+
+static int test_mnist_missing(void)
+{
+    blob f[4];
+    char dir[1024], path[1100], spec[1200];
+    make_good(f, 6, 4);
+    CHECK(write_set(dir, sizeof dir, "missing-file", f, 0) == 0, "cannot write %s", dir);
+    free_blobs(f);
+    FMT(path, "%s/%s", dir, file_names[TEST_LABELS]);
+    CHECK(unlink(path) == 0, "unlink %s", path);
+    FMT(spec, "path=%s", dir);
+
+    dm_error err = {0};
+    ds d;
+    int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
+    printf("missing file -> %d: %s\n", rc, err.msg);
+    CHECK(rc == DM_ERR_IO, "missing file: status %d (%s)", rc, err.msg);
+    CHECK(strstr(err.msg, path) && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s", err.msg);
+    ds_close(&d);
+
+    FMT(spec, "path=%s/no-such-folder", g_tmp);
+    rc = ds_open(&d, "mnist", spec, 1, g_tmp, &err);
+    printf("missing folder -> %d: %s\n", rc, err.msg);
+    CHECK(rc == DM_ERR_IO, "missing folder: status %d (%s)", rc, err.msg);
+    CHECK(strstr(err.msg, "no-such-folder") && strstr(err.msg, "scripts/get-mnist.sh"),
+          "message: %s", err.msg);
+    ds_close(&d);
+
+    rc = ds_open(&d, "mnist", "path=also-missing", 1, g_tmp, &err);
+    printf("missing relative folder -> %d: %s\n", rc, err.msg);
+    CHECK(rc == DM_ERR_IO && strstr(err.msg, "also-missing"), "status %d (%s)", rc, err.msg);
+    ds_close(&d);
+    return 0;
+}
+
+/* ---- the real MNIST ------------------------------------------------------ */
+
+static int has_file(const char *dir, const char *name)
+{
+    char path[1100];
+    struct stat st;
+    FMT(path, "%s/%s", dir, name);
+    if (stat(path, &st) == 0)
+        return 1;
+    FMT(path, "%s/%s.gz", dir, name);
+    return stat(path, &st) == 0;
+}
+
+static int test_mnist_real(void)
+{
+    /* $DMNIST_MNIST_DIR, else data/mnist in the source tree, else the shared
+     * copy next to the repository. */
+    char cand[3][1024] = {{0}};
+    const char *env = getenv("DMNIST_MNIST_DIR"), *src = getenv("DMNIST_SOURCE_DIR");
+    if (env)
+        FMT(cand[0], "%s", env);
+    if (src) {
+        FMT(cand[1], "%s/data/mnist", src);
+        FMT(cand[2], "%s/../shared/data/mnist", src);
+    }
+    const char *dir = NULL;
+    for (int c = 0; c < 3 && !dir; c++) {
+        int all = cand[c][0] != 0;
+        for (int k = 0; k < 4 && all; k++)
+            all = has_file(cand[c], file_names[k]);
+        if (all)
+            dir = cand[c];
+    }
+    if (!dir) {
+        printf("SKIP: no MNIST files in $DMNIST_MNIST_DIR, $DMNIST_SOURCE_DIR/data/mnist or "
+               "../shared/data/mnist (run scripts/get-mnist.sh)\n");
+        return SKIP_CODE;
+    }
+    printf("reading MNIST from %s\n", dir);
+
+    static const int want_train[10] = {5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949};
+    static const int want_test[10] = {980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009};
+    char spec[1200];
+    FMT(spec, "path=%s standardize=true", dir);
+    dm_error err = {0};
+    ds d;
+    int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
+    CHECK(rc == DM_OK, "%s", err.msg);
+    CHECK(d.info.count[DM_SPLIT_TRAIN] == 60000 && d.info.count[DM_SPLIT_TEST] == 10000,
+          "counts %lld/%lld", (long long)d.info.count[0], (long long)d.info.count[1]);
+
+    enum { B = 1000 };
+    float *images = malloc((size_t)B * PIXELS * sizeof(float));
+    int32_t labels[B];
+    int64_t idx[B];
+    CHECK(images, "out of memory");
+    for (int split = 0; split < 2; split++) {
+        int counts[10] = {0};
+        double sum = 0, sum2 = 0;
+        for (int64_t start = 0; start < d.info.count[split]; start += B) {
+            for (int i = 0; i < B; i++)
+                idx[i] = start + i;
+            rc = d.vt->read(d.state, (dm_split)split, idx, B, images, labels, &err);
+            CHECK(rc == DM_OK, "%s", err.msg);
+            for (int i = 0; i < B; i++)
+                counts[labels[i]]++;
+            for (size_t p = 0; p < (size_t)B * PIXELS; p++)
+                sum += images[p], sum2 += (double)images[p] * images[p];
+        }
+        const int *want = split ? want_test : want_train;
+        for (int c = 0; c < 10; c++)
+            CHECK(counts[c] == want[c], "split %d class %d: %d examples, want %d", split, c,
+                  counts[c], want[c]);
+        /* Standardized with the training statistics: mean 0, std 1 on train. */
+        double n = (double)d.info.count[split] * PIXELS, mean = sum / n;
+        double sd = sqrt(sum2 / n - mean * mean);
+        printf("split %d: per-class counts match; standardized mean %.4f std %.4f\n", split,
+               mean, sd);
+        if (split == DM_SPLIT_TRAIN)
+            CHECK(fabs(mean) < 2e-3 && fabs(sd - 1.0) < 2e-3, "train mean %g std %g", mean, sd);
+    }
+    free(images);
+    ds_close(&d);
+    return 0;
+}
+
+/* ---- synthetic ------------------------------------------------------------- */
+
+static int test_synthetic_deterministic(void)
+{
+    dm_error err = {0};
+    ds a, b, c;
+    CHECK(ds_open(&a, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
+    CHECK(ds_open(&b, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
+    CHECK(ds_open(&c, "synthetic", "", 124, NULL, &err) == DM_OK, "%s", err.msg);
+    CHECK(a.info.count[0] == 60000 && a.info.count[1] == 10000 && a.info.num_classes == 10 &&
+              a.info.item.c == 1 && a.info.item.h == 28 && a.info.item.w == 28,
+          "defaults: %lld/%lld, %d classes", (long long)a.info.count[0],
+          (long long)a.info.count[1], a.info.num_classes);
+
+    /* Two instances, different batches and order: the same example either way. */
+    int64_t ia[3] = {5, 0, 59999}, ib[2] = {59999, 5};
+    float xa[3 * PIXELS], xb[2 * PIXELS], xc[3 * PIXELS], xt[3 * PIXELS];
+    int32_t la[3], lb[2], lc[3], lt[3];
+    CHECK(a.vt->read(a.state, DM_SPLIT_TRAIN, ia, 3, xa, la, &err) == DM_OK, "%s", err.msg);
+    CHECK(b.vt->read(b.state, DM_SPLIT_TRAIN, ib, 2, xb, lb, &err) == DM_OK, "%s", err.msg);
+    CHECK(c.vt->read(c.state, DM_SPLIT_TRAIN, ia, 3, xc, lc, &err) == DM_OK, "%s", err.msg);
+    int64_t it[3] = {5, 0, 9999};
+    CHECK(a.vt->read(a.state, DM_SPLIT_TEST, it, 3, xt, lt, &err) == DM_OK, "%s", err.msg);
+    CHECK(la[2] == lb[0] && la[0] == lb[1], "labels differ between instances");
+    CHECK(memcmp(xa + 2 * PIXELS, xb, PIXELS * sizeof(float)) == 0, "index 59999 differs");
+    CHECK(memcmp(xa, xb + PIXELS, PIXELS * sizeof(float)) == 0, "index 5 differs");
+    CHECK(memcmp(xa, xc, sizeof xa) != 0, "seed 123 and 124 give the same images");
+    CHECK(memcmp(xa, xt, sizeof xa) != 0, "train and test give the same images");
+    for (int p = 0; p < 3 * PIXELS; p++)
+        CHECK(xa[p] >= 0.0f && xa[p] < 1.0f, "pixel %d = %g outside [0, 1)", p, xa[p]);
+
+    int64_t bad = 10000;
+    CHECK(a.vt->read(a.state, DM_SPLIT_TEST, &bad, 1, xt, lt, &err) == DM_ERR_INVALID,
+          "index 10000 of the test split was accepted");
+    ds_close(&a), ds_close(&b), ds_close(&c);
+    return 0;
+}
+
+/* Labels are balanced, and a nearest-class-mean classifier fitted on train
+ * examples labels test examples well: there is something to learn. */
+static int test_synthetic_learnable(void)
+{
+    enum { NTRAIN = 2000, NTEST = 500, K = 10 };
+    dm_error err = {0};
+    ds d;
+    CHECK(ds_open(&d, "synthetic", "train_size=5000 test_size=1000", 7, NULL, &err) == DM_OK,
+          "%s", err.msg);
+    float *x = malloc((size_t)NTRAIN * PIXELS * sizeof(float));
+    double *mean = calloc((size_t)K * PIXELS, sizeof(double));
+    int32_t *y = malloc(NTRAIN * sizeof(int32_t));
+    int64_t *idx = malloc(NTRAIN * sizeof(int64_t));
+    int count[K] = {0};
+    CHECK(x && mean && y && idx, "out of memory");
+    for (int i = 0; i < NTRAIN; i++)
+        idx[i] = 3 * i % 5000;
+    CHECK(d.vt->read(d.state, DM_SPLIT_TRAIN, idx, NTRAIN, x, y, &err) == DM_OK, "%s", err.msg);
+    for (int i = 0; i < NTRAIN; i++) {
+        CHECK(y[i] >= 0 && y[i] < K, "label %d", y[i]);
+        count[y[i]]++;
+        for (int p = 0; p < PIXELS; p++)
+            mean[y[i] * PIXELS + p] += x[(size_t)i * PIXELS + p];
+    }
+    for (int c = 0; c < K; c++) {
+        CHECK(count[c] > NTRAIN / K / 2 && count[c] < NTRAIN / K * 2, "class %d has %d of %d",
+              c, count[c], NTRAIN);
+        for (int p = 0; p < PIXELS; p++)
+            mean[c * PIXELS + p] /= count[c];
+    }
+    for (int i = 0; i < NTEST; i++)
+        idx[i] = i;
+    CHECK(d.vt->read(d.state, DM_SPLIT_TEST, idx, NTEST, x, y, &err) == DM_OK, "%s", err.msg);
+    int right = 0;
+    for (int i = 0; i < NTEST; i++) {
+        int best = -1;
+        double best_d = INFINITY;
+        for (int c = 0; c < K; c++) {
+            double dist = 0;
+            for (int p = 0; p < PIXELS; p++) {
+                double e = x[(size_t)i * PIXELS + p] - mean[c * PIXELS + p];
+                dist += e * e;
+            }
+            if (dist < best_d)
+                best_d = dist, best = c;
+        }
+        right += best == y[i];
+    }
+    printf("nearest class mean: %d of %d test examples right\n", right, NTEST);
+    CHECK(right > NTEST * 9 / 10, "only %d of %d right", right, NTEST);
+    free(x), free(mean), free(y), free(idx);
+    ds_close(&d);
+    return 0;
+}
+
+static int test_synthetic_shapes(void)
+{
+    dm_error err = {0};
+    ds d;
+    CHECK(ds_open(&d, "synthetic", "train_size=100 test_size=7 classes=4 channels=3 height=8 "
+                  "width=5", 1, NULL, &err) == DM_OK, "%s", err.msg);
+    CHECK(d.info.count[0] == 100 && d.info.count[1] == 7 && d.info.num_classes == 4,
+          "counts %lld/%lld classes %d", (long long)d.info.count[0], (long long)d.info.count[1],
+          d.info.num_classes);
+    CHECK(d.info.item.n == 1 && d.info.item.c == 3 && d.info.item.h == 8 && d.info.item.w == 5,
+          "item %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
+    int64_t idx[7] = {0, 1, 2, 3, 4, 5, 6};
+    float x[7 * 3 * 8 * 5];
+    int32_t y[7];
+    CHECK(d.vt->read(d.state, DM_SPLIT_TEST, idx, 7, x, y, &err) == DM_OK, "%s", err.msg);
+    for (int i = 0; i < 7; i++)
+        CHECK(y[i] >= 0 && y[i] < 4, "label %d of 4 classes", y[i]);
+    ds_close(&d);
+
+    /* Out-of-range parameters are refused with the key named. */
+    CHECK(ds_open(&d, "synthetic", "classes=1", 1, NULL, &err) == DM_ERR_INVALID &&
+              strstr(err.msg, "classes"),
+          "classes=1: %s", err.msg);
+    ds_close(&d);
+    return 0;
+}
+
+/* ---- driver --------------------------------------------------------------- */
+
+typedef struct test_case {
+    const char *name;
+    int (*fn)(void);
+} test_case;
+
+static const test_case cases[] = {
+    {"mnist_good_plain", test_mnist_good_plain},
+    {"mnist_good_gz", test_mnist_good_gz},
+    {"mnist_prefers_plain", test_mnist_prefers_plain},
+    {"mnist_config_dir", test_mnist_config_dir},
+    {"mnist_corrupt", test_mnist_corrupt},
+    {"mnist_bad_gzip", test_mnist_bad_gzip},
+    {"mnist_missing", test_mnist_missing},
+    {"mnist_real", test_mnist_real},
+    {"synthetic_deterministic", test_synthetic_deterministic},
+    {"synthetic_learnable", test_synthetic_learnable},
+    {"synthetic_shapes", test_synthetic_shapes},
+};
+
+int main(int argc, char **argv)
+{
+    const int n_cases = (int)(sizeof cases / sizeof cases[0]);
+    const test_case *tc = NULL;
+    for (int i = 0; argc == 2 && i < n_cases; i++)
+        if (strcmp(argv[1], cases[i].name) == 0)
+            tc = &cases[i];
+    if (!tc) {
+        fprintf(stderr, "usage: %s <case>; cases:", argv[0]);
+        for (int i = 0; i < n_cases; i++)
+            fprintf(stderr, " %s", cases[i].name);
+        fprintf(stderr, "\n");
+        return 2;
+    }
+    const char *path = getenv("DMNIST_PLUGIN_PATH");
+    if (!path) {
+        fprintf(stderr, "DMNIST_PLUGIN_PATH is not set (run through ctest)\n");
+        return 1;
+    }
+    dm_error err = {0};
+    g_reg = dm_registry_new();
+    if (!g_reg || dm_registry_load_path(g_reg, path, &err) != DM_OK) {
+        fprintf(stderr, "loading plugins from %s: %s\n", path, err.msg);
+        return 1;
+    }
+    const char *tmp = getenv("TMPDIR");
+    FMT(g_tmp, "%s/dmnist-datasets-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
+    if (!mkdtemp(g_tmp)) {
+        fprintf(stderr, "cannot create a folder under %s\n", tmp ? tmp : "/tmp");
+        return 1;
+    }
+    int rc = tc->fn();
+    remove_tmp();
+    dm_registry_free(g_reg);
+    return rc;
+}

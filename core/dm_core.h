@@ -180,6 +180,85 @@ void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir,
                             size_t size);
 void dm_experiment_free(dm_experiment *x);
 
+/* ---- the model: layer instances over flat buffers (core/model.c) -------- */
+
+typedef struct dm_layer_inst {
+    const dm_instance_cfg *cfg;
+    const dm_layer_vtable *vt;
+    void *state;
+    dm_layer_info info;
+    dm_shape in_shape, out_shape;    /* n = largest batch */
+    size_t param_offset;             /* into the flat buffers, in floats */
+    dm_tensor out, dout;             /* activations and their gradients */
+    void *workspace;
+} dm_layer_inst;
+
+typedef struct dm_model {
+    dm_devctx *dev;
+    dm_layer_inst *layers;
+    int n_layers;
+    dm_shape in_shape;
+    size_t param_count;              /* floats, with 16-float alignment padding */
+    float *params, *grads;           /* flat, on the device */
+    float *metrics;                  /* [loss_sum, correct] on the device */
+    dm_tensor input;                 /* the batch the data loader fills */
+    int32_t *labels;                 /* on the device */
+} dm_model;
+
+/* Create every layer, propagating shapes, and lay out the flat buffers.
+ * item: one example's shape (n ignored); max_batch: largest batch. */
+int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
+                   int num_threads, dm_error *err);
+/* Rank 0's initial parameters, drawn from the seed, into the device buffer. */
+int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err);
+/* Forward through every layer for n examples (input and labels filled). */
+int dm_model_forward(dm_model *m, int n, int training, uint64_t step_seed, dm_error *err);
+/* Called after each layer's backward, last layer first: lets the trainer
+ * start a gradient bucket as soon as it is complete. */
+typedef int (*dm_backward_hook)(void *user, int layer_index, dm_error *err);
+int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook hook, void *user,
+                      dm_error *err);
+/* Print the model summary table (--dry-run). */
+void dm_model_summary(const dm_model *m, FILE *out);
+void dm_model_free(dm_model *m);
+
+/* ---- checkpoints (core/checkpoint.c; format in docs/checkpoints.md) ----- */
+
+typedef struct dm_ckpt_state {
+    uint64_t config_hash;        /* hash of everything that defines the model and optimizer */
+    int64_t step;                /* optimizer updates done */
+    int64_t epoch;               /* current epoch (0-based) */
+    int64_t epoch_pos;           /* examples of this epoch's permutation already consumed */
+    uint64_t seed;               /* experiment seed (all RNG streams derive from it and the step) */
+    int32_t world_size;          /* ranks when written (informational: resume may re-shard) */
+    uint64_t n_params, n_opt;    /* floats */
+} dm_ckpt_state;
+
+/* Atomically write dir/ckpt-<step>.dmck (temp file, fsync, rename, fsync dir)
+ * and delete all but the newest `keep`. */
+int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params,
+                        const float *opt, int keep, char *written, size_t written_size, dm_error *err);
+/* Read and verify one file: magic, version, sizes against the file length,
+ * checksum. params/opt are allocated (free()). */
+int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, float **opt, dm_error *err);
+/* Path of the newest ckpt-*.dmck in dir; DM_ERR_IO when none. */
+int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err);
+/* FNV-1a over the model-defining parts of the experiment. */
+uint64_t dm_experiment_hash(const dm_experiment *x);
+
+/* ---- training (core/train.c) -------------------------------------------- */
+
+typedef struct dm_train_opts {
+    const char *metrics_path;    /* --metrics FILE (JSON lines), or NULL */
+    const char *timeline_path;   /* --timeline FILE (Chrome trace), or NULL */
+    int resume;                  /* --resume: continue from checkpoint_dir's latest */
+    int dry_run;                 /* --dry-run: print config + model summary, no training */
+    int progress;                /* -1 auto (a terminal), 0 plain lines, 1 bar */
+} dm_train_opts;
+
+/* Run an experiment end to end. Returns DM_OK or fills err. */
+int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,245 @@
+/* Checkpoints: one self-describing file per save, written so that a crash
+ * at any moment leaves the previous checkpoint intact. Layout (little-endian):
+ *
+ *   offset  size  field
+ *   0       8     magic "DMNISTCK"
+ *   8       4     format version (1)
+ *   12      4     header bytes that follow (so later versions can grow it)
+ *   16      8     config hash
+ *   24      8     step          32  8  epoch        40  8  epoch position
+ *   48      8     seed          56  4  world size   60  4  reserved (0)
+ *   64      8     n_params      72  8  n_opt
+ *   80      4*n_params parameters, then 4*n_opt optimizer state
+ *   end-4   4     CRC-32 (zlib) of every byte before it
+ */
+#define _GNU_SOURCE
+#include "dm_core.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#define CK_MAGIC "DMNISTCK"
+#define CK_VERSION 1u
+#define CK_HEADER 80u
+
+static void put_u32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+static void put_u64(unsigned char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
+static uint32_t get_u32(const unsigned char *p) { uint32_t v = 0; for (int i = 3; i >= 0; i--) v = v << 8 | p[i]; return v; }
+static uint64_t get_u64(const unsigned char *p) { uint64_t v = 0; for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; return v; }
+
+static int write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int is_ckpt_name(const char *name, long long *step)
+{
+    char tail[16];
+    return sscanf(name, "ckpt-%lld.dmck%15s", step, tail) == 1 && strncmp(name, "ckpt-", 5) == 0 &&
+           strlen(name) > 10 && strcmp(name + strlen(name) - 5, ".dmck") == 0;
+}
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorted steps of the checkpoints in dir; caller frees. */
+static int list_steps(const char *dir, long long **steps, int *n)
+{
+    *steps = NULL;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        long long s;
+        if (!is_ckpt_name(de->d_name, &s)) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            long long *ns = realloc(*steps, (size_t)cap * sizeof *ns);
+            if (!ns) break;
+            *steps = ns;
+        }
+        (*steps)[(*n)++] = s;
+    }
+    closedir(d);
+    if (*n > 1) qsort(*steps, (size_t)*n, sizeof **steps, cmp_ll);
+    return 0;
+}
+
+int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params, const float *opt,
+                        int keep, char *written, size_t written_size, dm_error *err)
+{
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot create checkpoint directory: %s", dir, strerror(errno));
+    char final_path[4096], tmp_path[4200];
+    snprintf(final_path, sizeof final_path, "%s/ckpt-%010lld.dmck", dir, (long long)st->step);
+    snprintf(tmp_path, sizeof tmp_path, "%s.tmp.%ld", final_path, (long)getpid());
+    unsigned char h[CK_HEADER] = {0};
+    memcpy(h, CK_MAGIC, 8);
+    put_u32(h + 8, CK_VERSION);
+    put_u32(h + 12, CK_HEADER - 16);
+    put_u64(h + 16, st->config_hash);
+    put_u64(h + 24, (uint64_t)st->step);
+    put_u64(h + 32, (uint64_t)st->epoch);
+    put_u64(h + 40, (uint64_t)st->epoch_pos);
+    put_u64(h + 48, st->seed);
+    put_u32(h + 56, (uint32_t)st->world_size);
+    put_u64(h + 64, st->n_params);
+    put_u64(h + 72, st->n_opt);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc32(crc, h, CK_HEADER);
+    crc = crc32_z(crc, (const unsigned char *)params, st->n_params * 4);
+    if (st->n_opt) crc = crc32_z(crc, (const unsigned char *)opt, st->n_opt * 4);
+    unsigned char c4[4];
+    put_u32(c4, (uint32_t)crc);
+
+    int fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return dm_fail(err, DM_ERR_IO, "%s: cannot create: %s", tmp_path, strerror(errno));
+    int bad = write_all(fd, h, CK_HEADER) || write_all(fd, params, st->n_params * 4) ||
+              (st->n_opt && write_all(fd, opt, st->n_opt * 4)) || write_all(fd, c4, 4) || fsync(fd);
+    int e = errno;
+    if (close(fd) != 0 && !bad) { bad = 1; e = errno; }
+    if (bad) {
+        unlink(tmp_path);
+        return dm_fail(err, DM_ERR_IO, "%s: write failed: %s", tmp_path, strerror(e));
+    }
+    if (rename(tmp_path, final_path) != 0) {
+        e = errno;
+        unlink(tmp_path);
+        return dm_fail(err, DM_ERR_IO, "%s: rename failed: %s", final_path, strerror(e));
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) { fsync(dfd); close(dfd); }
+    if (written) snprintf(written, written_size, "%s", final_path);
+
+    long long *steps;
+    int n;
+    if (keep > 0 && list_steps(dir, &steps, &n) == 0) {
+        for (int i = 0; i + keep < n; i++) {
+            char old[4096];
+            snprintf(old, sizeof old, "%s/ckpt-%010lld.dmck", dir, steps[i]);
+            unlink(old);
+        }
+        free(steps);
+    }
+    return DM_OK;
+}
+
+int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err)
+{
+    long long *steps;
+    int n;
+    if (list_steps(dir, &steps, &n) != 0)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot open checkpoint directory: %s", dir, strerror(errno));
+    if (n == 0) {
+        free(steps);
+        return dm_fail(err, DM_ERR_IO, "%s: no checkpoint (ckpt-*.dmck) to resume from", dir);
+    }
+    snprintf(path, size, "%s/ckpt-%010lld.dmck", dir, steps[n - 1]);
+    free(steps);
+    return DM_OK;
+}
+
+int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, float **opt, dm_error *err)
+{
+    *params = *opt = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0) { fclose(f); return dm_fail(err, DM_ERR_IO, "%s: cannot stat", path); }
+    uint64_t size = (uint64_t)sb.st_size;
+    unsigned char h[CK_HEADER];
+    if (size < 16 || fread(h, 1, 16, f) != 16) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: truncated checkpoint (%llu bytes)", path, (unsigned long long)size);
+    }
+    if (memcmp(h, CK_MAGIC, 8) != 0) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: not a dmnist checkpoint (bad magic)", path);
+    }
+    uint32_t version = get_u32(h + 8), rest = get_u32(h + 12);
+    if (version != CK_VERSION || rest != CK_HEADER - 16) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: checkpoint format version %u is not supported (this dmnist "
+                       "reads version %u)", path, version, CK_VERSION);
+    }
+    if (size < CK_HEADER + 4 || fread(h + 16, 1, CK_HEADER - 16, f) != CK_HEADER - 16) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: truncated checkpoint (%llu bytes)", path, (unsigned long long)size);
+    }
+    st->config_hash = get_u64(h + 16);
+    st->step = (int64_t)get_u64(h + 24);
+    st->epoch = (int64_t)get_u64(h + 32);
+    st->epoch_pos = (int64_t)get_u64(h + 40);
+    st->seed = get_u64(h + 48);
+    st->world_size = (int32_t)get_u32(h + 56);
+    st->n_params = get_u64(h + 64);
+    st->n_opt = get_u64(h + 72);
+    /* Sizes are checked against the file before anything is allocated. */
+    if (st->n_params > (size / 4) || st->n_opt > (size / 4) ||
+        CK_HEADER + 4 * (st->n_params + st->n_opt) + 4 != size) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: truncated or padded checkpoint: header says %llu + %llu floats, "
+                       "file has %llu bytes", path, (unsigned long long)st->n_params,
+                       (unsigned long long)st->n_opt, (unsigned long long)size);
+    }
+    float *p = malloc(st->n_params * 4 + 4), *o = malloc(st->n_opt * 4 + 4);
+    unsigned char c4[4];
+    if (!p || !o) { free(p); free(o); fclose(f); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
+    if (fread(p, 4, st->n_params, f) != st->n_params || fread(o, 4, st->n_opt, f) != st->n_opt ||
+        fread(c4, 1, 4, f) != 4) {
+        free(p); free(o); fclose(f);
+        return dm_fail(err, DM_ERR_IO, "%s: read error", path);
+    }
+    fclose(f);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc32(crc, h, CK_HEADER);
+    crc = crc32_z(crc, (const unsigned char *)p, st->n_params * 4);
+    crc = crc32_z(crc, (const unsigned char *)o, st->n_opt * 4);
+    if ((uint32_t)crc != get_u32(c4)) {
+        free(p); free(o);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: checksum mismatch: the checkpoint is corrupt", path);
+    }
+    *params = p;
+    *opt = o;
+    return DM_OK;
+}
+
+static uint64_t fnv(uint64_t h, const char *s)
+{
+    for (; s && *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001B3ull; }
+    h ^= 0xFF; h *= 0x100000001B3ull; /* separator */
+    return h;
+}
+
+uint64_t dm_experiment_hash(const dm_experiment *x)
+{
+    uint64_t h = 0xCBF29CE484222325ull;
+    /* The model (layers and their keys) and the optimizer type and keys define
+     * what the parameter and state buffers mean; lr, batch, data do not. */
+    for (int i = 0; i < x->n_layers; i++) {
+        const dm_params *p = dm_param_set_params(x->layers[i].params);
+        h = fnv(h, x->layers[i].lc->component->type_name);
+        for (int k = 0; k < p->count; k++) { h = fnv(h, p->values[k].name); h = fnv(h, p->values[k].s); }
+    }
+    const dm_params *p = dm_param_set_params(x->opt.params);
+    h = fnv(h, x->opt.lc->component->type_name);
+    for (int k = 0; k < p->count; k++) { h = fnv(h, p->values[k].name); h = fnv(h, p->values[k].s); }
+    return h;
+}

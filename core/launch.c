@@ -1,0 +1,229 @@
+/* dmnist-run --np N: start N ranks on this machine.
+ *  - backend mpi: hand over to mpirun (exec), which starts the ranks;
+ *  - any other backend: fork N workers with DMNIST_RANK/DMNIST_WORLD_SIZE
+ *    and a fresh file rendezvous, prefix each output line with the rank,
+ *    and if one worker fails, stop the others and exit non-zero. */
+#define _GNU_SOURCE
+#include "launch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+void dm_set_thread_env(const dm_config *cfg)
+{
+    const dm_kv *kv = dm_section_get(dm_config_section(cfg, "experiment"), "threads");
+    int threads = kv ? atoi(kv->value) : 0;
+    if (threads <= 0) {
+        const char *ls = getenv("DMNIST_LOCAL_WORLD_SIZE");
+        if (!ls) ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+        int local = ls ? atoi(ls) : 1;
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = (int)(cores / (local > 0 ? local : 1));
+        if (threads < 1) threads = 1;
+    }
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", threads);
+    setenv("OMP_NUM_THREADS", buf, 0);
+    setenv("OPENBLAS_NUM_THREADS", buf, 0);
+    setenv("DMNIST_THREADS", buf, 1);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static const char *backend_of(const char *config_path, const char *const *sets, int n_sets, char *buf, size_t size)
+{
+    dm_config *cfg = NULL;
+    dm_error err = {0};
+    buf[0] = 0;
+    if (dm_config_load(config_path, &cfg, &err) == DM_OK) {
+        for (int i = 0; i < n_sets; i++) dm_config_set(cfg, sets[i], &err);
+        const dm_section *s = dm_config_section(cfg, "experiment");
+        const dm_kv *b = dm_section_get(s, "backend");
+        const dm_kv *d = dm_section_get(s, "device");
+        if (b && b->value[0]) snprintf(buf, size, "%s", b->value);
+        else snprintf(buf, size, "%s", d && strcmp(d->value, "cuda") == 0 ? "nccl" : "local");
+        dm_config_free(cfg);
+    }
+    return buf;
+}
+
+/* argv without "--np N" / "--np=N". */
+static char **strip_np(int argc, char **argv, const char *exe)
+{
+    char **out = calloc((size_t)argc + 1, sizeof *out);
+    int k = 0;
+    out[k++] = (char *)exe;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--np") == 0) { i++; continue; }
+        if (strncmp(argv[i], "--np=", 5) == 0) continue;
+        out[k++] = argv[i];
+    }
+    out[k] = NULL;
+    return out;
+}
+
+typedef struct worker {
+    pid_t pid;
+    int fd;                 /* read end of its stdout+stderr */
+    char line[4096];
+    size_t len;
+    int done, status;
+} worker;
+
+static void flush_line(worker *w, int rank, int force)
+{
+    char *nl;
+    while ((nl = memchr(w->line, '\n', w->len)) || (force && w->len)) {
+        size_t n = nl ? (size_t)(nl - w->line) + 1 : w->len;
+        printf("[rank %d] %.*s%s", rank, (int)n, w->line, nl ? "" : "\n");
+        memmove(w->line, w->line + n, w->len - n);
+        w->len -= n;
+    }
+    if (w->len == sizeof w->line) flush_line(w, rank, 1); /* over-long line */
+    fflush(stdout);
+}
+
+int dm_launch(int argc, char **argv, int np, const char *config_path, const char *const *sets, int n_sets)
+{
+    char backend[64];
+    backend_of(config_path, sets, n_sets, backend, sizeof backend);
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) { fprintf(stderr, "dmnist-run: --np: cannot find own executable\n"); return 2; }
+    exe[n] = 0;
+    char **child_argv = strip_np(argc, argv, exe);
+
+    if (strcmp(backend, "mpi") == 0) {
+        /* mpirun starts the ranks; the mpi backend reads rank and size from MPI. */
+        char nps[16];
+        snprintf(nps, sizeof nps, "%d", np);
+        int k = 0;
+        char **mv = calloc((size_t)argc + 16, sizeof *mv);
+        mv[k++] = "mpirun";
+        mv[k++] = "-np";
+        mv[k++] = nps;
+        if (getuid() == 0) mv[k++] = "--allow-run-as-root";
+        mv[k++] = "--oversubscribe";
+        mv[k++] = "--tag-output";
+        for (char **a = child_argv; *a; a++) mv[k++] = *a;
+        mv[k] = NULL;
+        fflush(stdout);
+        execvp("mpirun", mv);
+        fprintf(stderr, "dmnist-run: --np with backend mpi needs mpirun on the PATH: %s\n", strerror(errno));
+        free(mv);
+        free(child_argv);
+        return 2;
+    }
+    if (strcmp(backend, "local") == 0 && np > 1) {
+        fprintf(stderr, "dmnist-run: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
+                "or --set experiment.backend=gloo)\n", np);
+        free(child_argv);
+        return 2;
+    }
+
+    char rdzv_dir[] = "/tmp/dmnist-rdzv-XXXXXX";
+    if (!mkdtemp(rdzv_dir)) {
+        fprintf(stderr, "dmnist-run: --np: cannot create a rendezvous directory: %s\n", strerror(errno));
+        free(child_argv);
+        return 1;
+    }
+    char rdzv[256], nps[16];
+    snprintf(rdzv, sizeof rdzv, "file://%s", rdzv_dir);
+    snprintf(nps, sizeof nps, "%d", np);
+    worker *w = calloc((size_t)np, sizeof *w);
+    fflush(stdout);
+    fflush(stderr);
+    for (int r = 0; r < np; r++) {
+        int fds[2];
+        if (pipe2(fds, O_CLOEXEC) != 0) { perror("dmnist-run: pipe"); np = r; break; }
+        pid_t pid = fork();
+        if (pid == 0) {
+            char rs[16];
+            snprintf(rs, sizeof rs, "%d", r);
+            setenv("DMNIST_RANK", rs, 1);
+            setenv("DMNIST_LOCAL_RANK", rs, 1);
+            setenv("DMNIST_WORLD_SIZE", nps, 1);
+            setenv("DMNIST_LOCAL_WORLD_SIZE", nps, 1);
+            setenv("DMNIST_RENDEZVOUS", rdzv, 1);
+            dup2(fds[1], 1);
+            dup2(fds[1], 2);
+            setpgid(0, 0);
+            execv(exe, child_argv);
+            fprintf(stderr, "exec %s failed: %s\n", exe, strerror(errno));
+            _exit(127);
+        }
+        close(fds[1]);
+        w[r].pid = pid;
+        w[r].fd = fds[0];
+    }
+    free(child_argv);
+
+    int failed_rank = -1, exit_code = 0, running = np;
+    double kill_deadline = 0;
+    struct pollfd *pfd = calloc((size_t)np, sizeof *pfd);
+    while (running > 0) {
+        for (int r = 0; r < np; r++) pfd[r] = (struct pollfd){w[r].fd, POLLIN, 0};
+        poll(pfd, (nfds_t)np, 200);
+        for (int r = 0; r < np; r++) {
+            if (w[r].fd < 0 || !(pfd[r].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t got = read(w[r].fd, w[r].line + w[r].len, sizeof w[r].line - w[r].len);
+            if (got > 0) {
+                w[r].len += (size_t)got;
+                flush_line(&w[r], r, 0);
+            } else {
+                flush_line(&w[r], r, 1);
+                close(w[r].fd);
+                w[r].fd = -1;
+            }
+        }
+        for (int r = 0; r < np; r++) {
+            if (w[r].done) continue;
+            int st;
+            if (waitpid(w[r].pid, &st, WNOHANG) == w[r].pid) {
+                w[r].done = 1;
+                w[r].status = st;
+                running--;
+                int bad = !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+                if (bad && failed_rank < 0) {
+                    failed_rank = r;
+                    exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+                    if (WIFSIGNALED(st))
+                        fprintf(stderr, "dmnist-run: rank %d was killed by signal %d; stopping the other ranks\n",
+                                r, WTERMSIG(st));
+                    else
+                        fprintf(stderr, "dmnist-run: rank %d failed (exit %d); stopping the other ranks\n", r,
+                                WEXITSTATUS(st));
+                    for (int o = 0; o < np; o++)
+                        if (!w[o].done) kill(-w[o].pid, SIGTERM);
+                    struct timespec ts;
+                    clock_gettime(CLOCK_MONOTONIC, &ts);
+                    kill_deadline = (double)ts.tv_sec + 5;
+                }
+            }
+        }
+        if (kill_deadline > 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            if ((double)ts.tv_sec > kill_deadline)
+                for (int o = 0; o < np; o++)
+                    if (!w[o].done) kill(-w[o].pid, SIGKILL);
+        }
+    }
+    for (int r = 0; r < np; r++) if (w[r].fd >= 0) { flush_line(&w[r], r, 1); close(w[r].fd); }
+    free(pfd);
+    free(w);
+    nftw(rdzv_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return failed_rank >= 0 ? (exit_code ? exit_code : 1) : 0;
+}

@@ -1,0 +1,317 @@
+/* dmnist-run: train an experiment described by an INI file.
+ *
+ *   dmnist-run [options] CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]
+ *
+ * The positionals keep the seed script's command line working. Exit codes:
+ * 0 success, 1 failure while running, 2 bad command line, config or plugin. */
+#define _GNU_SOURCE
+#include "dm_core.h"
+#include "launch.h"
+
+#include <getopt.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: dmnist-run [options] CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n"
+            "\n"
+            "Train the experiment in CONFIG.ini. TOTAL_BATCHES and BATCH_SIZE override\n"
+            "train.total_batches and data.batch_size, as in the original script.\n"
+            "\n"
+            "options:\n"
+            "  --set SECTION.KEY=VALUE  override a key (repeatable), e.g. --set optimizer.lr=0.002\n"
+            "  --np N                   start N local worker processes (gloo: own rendezvous; mpi: via mpirun)\n"
+            "  --resume                 continue from the latest checkpoint in train.checkpoint_dir\n"
+            "  --metrics FILE           write JSON lines: one per logged step, one per evaluation, a final one\n"
+            "  --timeline FILE          write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
+            "  --dry-run                print the resolved configuration and a model summary, then exit\n"
+            "  --list-plugins           list every plugin found on the search path\n"
+            "  --help-plugin TYPE       describe a plugin type's keys (or a core section: experiment, data,\n"
+            "                           train, optimizer)\n"
+            "  --plugin-path DIRS       search these ':'-separated folders first\n"
+            "  --progress / --no-progress  force the progress bar on or off (default: on a terminal)\n"
+            "  --version, --help\n"
+            "\n"
+            "Plugins are searched in: experiment.plugin_path, $DMNIST_PLUGIN_PATH, then the build tree\n"
+            "(when run from it) or the install prefix's lib/dmnist/plugins.\n");
+}
+
+static const char *type_name(dm_param_type t)
+{
+    static const char *n[] = {"int", "float", "bool", "string", "enum"};
+    return (unsigned)t < 5 ? n[t] : "?";
+}
+
+static void print_defs(const dm_param_def *defs)
+{
+    printf("  %-18s %-7s %-12s %-22s %s\n", "key", "type", "default", "range", "help");
+    for (const dm_param_def *d = defs; d && d->name; d++) {
+        char range[64] = "";
+        if (d->type == DM_PARAM_ENUM) snprintf(range, sizeof range, "%s", d->choices);
+        else if ((d->type == DM_PARAM_INT || d->type == DM_PARAM_FLOAT) && d->min <= d->max)
+            snprintf(range, sizeof range, "[%g, %g]", d->min, d->max);
+        printf("  %-18s %-7s %-12s %-22s %s\n", d->name, type_name(d->type),
+               d->default_value ? (d->default_value[0] ? d->default_value : "\"\"") : "(required)", range,
+               d->help ? d->help : "");
+    }
+}
+
+static int load_registry(dm_registry **reg, const char *extra, dm_error *err)
+{
+    char path[4096], full[8192];
+    dm_default_plugin_path(NULL, NULL, path, sizeof path);
+    snprintf(full, sizeof full, "%s%s%s", extra ? extra : "", extra ? ":" : "", path);
+    *reg = dm_registry_new();
+    if (!*reg) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    return dm_registry_load_path(*reg, full, err);
+}
+
+static int list_plugins(const char *extra)
+{
+    dm_registry *reg;
+    dm_error err = {0};
+    if (load_registry(&reg, extra, &err)) {
+        fprintf(stderr, "dmnist-run: %s\n", err.msg);
+        dm_registry_free(reg);
+        return 2;
+    }
+    printf("%-10s %-24s %-6s %-16s %s\n", "kind", "type", "abi", "signature", "file");
+    for (int k = 0; k < DM_KIND_COUNT; k++)
+        for (int i = 0; i < dm_registry_count(reg); i++) {
+            const dm_loaded_component *c = dm_registry_at(reg, i);
+            if ((int)c->component->kind != k) continue;
+            char abi[16];
+            snprintf(abi, sizeof abi, "%u.%u", c->plugin->abi_major, c->plugin->abi_minor);
+            printf("%-10s %-24s %-6s %-16s %s\n", dm_kind_name(c->component->kind), c->component->type_name, abi,
+                   c->plugin->build_signature, c->path);
+        }
+    dm_registry_free(reg);
+    return 0;
+}
+
+static int help_plugin(const char *type, const char *extra)
+{
+    const dm_param_def *core = dm_core_section_defs(type);
+    if (core && strncmp(type, "layer.", 6) != 0) {
+        printf("[%s] (core section)\n", type);
+        print_defs(core);
+        return 0;
+    }
+    dm_registry *reg;
+    dm_error err = {0};
+    if (load_registry(&reg, extra, &err)) {
+        fprintf(stderr, "dmnist-run: %s\n", err.msg);
+        dm_registry_free(reg);
+        return 2;
+    }
+    const dm_loaded_component *c = dm_registry_find(reg, -1, type);
+    if (!c) {
+        const char *names[256];
+        int n = 0;
+        for (int i = 0; i < dm_registry_count(reg) && n < 256; i++)
+            names[n++] = dm_registry_at(reg, i)->component->type_name;
+        const char *s = dm_suggest(type, names, n);
+        fprintf(stderr, "dmnist-run: --help-plugin: unknown type '%s'%s%s%s; see --list-plugins\n", type,
+                s ? " (did you mean '" : "", s ? s : "", s ? "'?)" : "");
+        dm_registry_free(reg);
+        return 2;
+    }
+    printf("%s '%s' from %s (plugin %s %s, ABI %u.%u, %s)\n  %s\n", dm_kind_name(c->component->kind),
+           c->component->type_name, c->path, c->plugin->name, c->plugin->version, c->plugin->abi_major,
+           c->plugin->abi_minor, c->plugin->build_signature, c->component->help ? c->component->help : "");
+    if (c->component->kind == DM_KIND_LAYER) {
+        const dm_layer_vtable *vt = c->component->vtable;
+        printf("  devices: %s%s\n", vt->devices & DM_DEVICE_BIT(DM_DEVICE_CPU) ? "cpu " : "",
+               vt->devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "cuda" : "");
+    }
+    if (c->component->params && c->component->params->name) print_defs(c->component->params);
+    else printf("  (no keys)\n");
+    dm_registry_free(reg);
+    return 0;
+}
+
+static void print_config(const dm_experiment *x)
+{
+    printf("; resolved configuration of %s (defaults filled in)\n", x->cfg->path);
+    printf("[experiment]\nname = %s\nseed = %llu\ndevice = %s\nbackend = %s\nthreads = %d\ntimeout_s = %g\n",
+           x->name, (unsigned long long)x->seed, dm_device_name(x->device), x->backend, x->threads, x->timeout_s);
+    const dm_instance_cfg *insts[] = {&x->data, &x->opt, &x->comm};
+    const char *sections[] = {"data", "optimizer", "comm"};
+    for (int s = 0; s < 3; s++) {
+        printf("\n[%s]\n", sections[s]);
+        if (s == 0) printf("type = %s\nbatch_size = %d\neval_batch_size = %d\n", insts[s]->lc->component->type_name,
+                           x->batch_size, x->eval_batch_size);
+        if (s == 1) printf("type = %s\nlr = %g\nscale_lr = %s\nwarmup_steps = %d\n", insts[s]->lc->component->type_name,
+                           x->lr, x->scale_lr ? "true" : "false", x->warmup_steps);
+        const dm_params *p = dm_param_set_params(insts[s]->params);
+        for (int k = 0; p && k < p->count; k++) printf("%s = %s\n", p->values[k].name, p->values[k].s);
+    }
+    printf("\n[train]\ntotal_batches = %lld\nepochs = %g\nlog_every = %d\neval_every = %d\ncheckpoint_dir = %s\n"
+           "checkpoint_every = %d\nkeep_checkpoints = %d\nfusion_mb = %g\nnan_policy = %s\n",
+           (long long)x->total_batches, x->epochs, x->log_every, x->eval_every, x->checkpoint_dir,
+           x->checkpoint_every, x->keep_checkpoints, x->fusion_mb, x->nan_skip ? "skip" : "stop");
+    for (int i = 0; i < x->n_layers; i++) {
+        printf("\n[layer.%s]\ntype = %s\n", x->layers[i].name, x->layers[i].lc->component->type_name);
+        const dm_params *p = dm_param_set_params(x->layers[i].params);
+        for (int k = 0; p && k < p->count; k++) printf("%s = %s\n", p->values[k].name, p->values[k].s);
+    }
+    printf("\n; plugin path: %s\n\n", x->plugin_path);
+}
+
+static int dry_run(dm_experiment *x)
+{
+    print_config(x);
+    /* Build the model on the CPU for the summary: shapes and counts do not
+     * depend on the device. The dataset gives the input shape. */
+    dm_error err = {0};
+    const dm_dataset_vtable *dvt = x->data.lc->component->vtable;
+    dm_dataset_config dc = {sizeof dc, x->seed, x->cfg->dir};
+    dm_dataset_info di = {sizeof di, {0, 0}, {1, 1, 28, 28}, 10};
+    void *ds = NULL;
+    if (dvt->open(dm_param_set_params(x->data.params), &dc, &ds, &di, &err)) {
+        fprintf(stderr, "dmnist-run: %s\n", err.msg);
+        return 1;
+    }
+    dvt->close(ds);
+    dm_devctx dev = {DM_DEVICE_CPU, 0, NULL};
+    dm_model m;
+    if (dm_model_build(&m, x, &dev, di.item, x->batch_size, 1, &err)) {
+        fprintf(stderr, "dmnist-run: %s\n", err.msg);
+        return 2;
+    }
+    dm_model_summary(&m, stdout);
+    dm_model_free(&m);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
+           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS };
+    static const struct option longopts[] = {
+        {"set", required_argument, NULL, OPT_SET},
+        {"dry-run", no_argument, NULL, OPT_DRY},
+        {"list-plugins", no_argument, NULL, OPT_LIST},
+        {"help-plugin", required_argument, NULL, OPT_HELP_PLUGIN},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, OPT_VERSION},
+        {"metrics", required_argument, NULL, OPT_METRICS},
+        {"resume", no_argument, NULL, OPT_RESUME},
+        {"np", required_argument, NULL, OPT_NP},
+        {"timeline", required_argument, NULL, OPT_TIMELINE},
+        {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
+        {"progress", no_argument, NULL, OPT_PROGRESS},
+        {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+        {NULL, 0, NULL, 0}};
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    int n_sets = 0, np = 0, list = 0, dry = 0;
+    const char *help_type = NULL, *extra_path = NULL;
+    dm_train_opts topts = {NULL, NULL, 0, 0, -1};
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+        switch (c) {
+        case OPT_SET: sets[n_sets++] = optarg; break;
+        case OPT_DRY: dry = 1; break;
+        case OPT_LIST: list = 1; break;
+        case OPT_HELP_PLUGIN: help_type = optarg; break;
+        case 'h': usage(stdout); free(sets); return 0;
+        case OPT_VERSION:
+            printf("dmnist-run %s (plugin ABI %d.%d)\n", DMNIST_VERSION, DM_ABI_MAJOR, DM_ABI_MINOR);
+            free(sets);
+            return 0;
+        case OPT_METRICS: topts.metrics_path = optarg; break;
+        case OPT_RESUME: topts.resume = 1; break;
+        case OPT_NP: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > 4096) {
+                fprintf(stderr, "dmnist-run: --np %s: expected a number of processes from 1 to 4096\n", optarg);
+                free(sets);
+                return 2;
+            }
+            np = (int)v;
+            break;
+        }
+        case OPT_TIMELINE: topts.timeline_path = optarg; break;
+        case OPT_PLUGIN_PATH: extra_path = optarg; break;
+        case OPT_PROGRESS: topts.progress = 1; break;
+        case OPT_NO_PROGRESS: topts.progress = 0; break;
+        case ':':
+            fprintf(stderr, "dmnist-run: option %s needs a value (see --help)\n", argv[optind - 1]);
+            free(sets);
+            return 2;
+        default:
+            fprintf(stderr, "dmnist-run: unknown option '%s' (see --help)\n", argv[optind - 1]);
+            free(sets);
+            return 2;
+        }
+    }
+    if (list) { free(sets); return list_plugins(extra_path); }
+    if (help_type) { free(sets); return help_plugin(help_type, extra_path); }
+    int npos = argc - optind;
+    if (npos < 1 || npos > 3) {
+        fprintf(stderr, npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
+                                 : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");
+        free(sets);
+        return 2;
+    }
+    const char *config_path = argv[optind];
+    if (np > 0) {
+        /* The launcher re-executes this program N times (or mpirun does). */
+        int rc = dm_launch(argc, argv, np, config_path, (const char *const *)sets, n_sets);
+        free(sets);
+        return rc;
+    }
+
+    dm_error err = {0};
+    dm_config *cfg = NULL;
+    if (dm_config_load(config_path, &cfg, &err)) {
+        fprintf(stderr, "dmnist-run: %s\n", err.msg);
+        free(sets);
+        return 2;
+    }
+    /* Positionals as the seed script took them, then --set in order. */
+    char buf[64];
+    for (int i = 1; i < npos; i++) {
+        const char *v = argv[optind + i];
+        char *end;
+        long long x = strtoll(v, &end, 10);
+        if (!v[0] || *end || x < 1) {
+            fprintf(stderr, "dmnist-run: %s '%s' must be a positive integer\n", i == 1 ? "TOTAL_BATCHES" : "BATCH_SIZE", v);
+            dm_config_free(cfg);
+            free(sets);
+            return 2;
+        }
+        snprintf(buf, sizeof buf, i == 1 ? "train.total_batches=%lld" : "data.batch_size=%lld", x);
+        dm_config_set(cfg, buf, &err);
+    }
+    for (int i = 0; i < n_sets; i++)
+        if (dm_config_set(cfg, sets[i], &err)) {
+            fprintf(stderr, "dmnist-run: %s\n", err.msg);
+            dm_config_free(cfg);
+            free(sets);
+            return 2;
+        }
+    free(sets);
+    dm_set_thread_env(cfg);
+
+    dm_experiment *x = NULL;
+    if (dm_experiment_resolve(cfg, extra_path, &x, &err)) {
+        fprintf(stderr, "dmnist-run: %s\n", err.msg);
+        dm_config_free(cfg);
+        return 2;
+    }
+    int rc;
+    if (dry) {
+        rc = dry_run(x);
+    } else {
+        rc = dm_train_run(x, &topts, &err) ? 1 : 0;
+        if (rc) fprintf(stderr, "dmnist-run: %s\n", err.msg);
+    }
+    dm_experiment_free(x);
+    dm_config_free(cfg);
+    return rc;
+}

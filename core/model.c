@@ -1,0 +1,194 @@
+/* The model: one instance per [layer.*] section, shapes propagated from the
+ * dataset's item shape, all parameters in one flat buffer and all
+ * gradients in another (so gradients are reduced in one call or a few
+ * buckets, never one per tensor). */
+#define _GNU_SOURCE
+#include "dm_core.h"
+
+#include <stdlib.h>
+
+#define DM_PARAM_ALIGN 16 /* floats: every layer's slice starts on 64 bytes */
+
+static uint64_t layer_seed(uint64_t step_seed, int layer)
+{
+    return dm_hash64(step_seed, (uint64_t)layer + 1);
+}
+
+int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
+                   int num_threads, dm_error *err)
+{
+    memset(m, 0, sizeof *m);
+    m->dev = dev;
+    m->n_layers = x->n_layers;
+    m->layers = calloc((size_t)x->n_layers, sizeof *m->layers);
+    if (!m->layers) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    dm_shape shape = {max_batch, item.c, item.h, item.w};
+    m->in_shape = shape;
+    size_t offset = 0;
+    int rc;
+    for (int i = 0; i < x->n_layers; i++) {
+        dm_layer_inst *L = &m->layers[i];
+        L->cfg = &x->layers[i];
+        L->vt = L->cfg->lc->component->vtable;
+        char loc[512];
+        dm_where_format(&L->cfg->where, NULL, loc, sizeof loc);
+        if (!(L->vt->devices & DM_DEVICE_BIT(dev->device))) {
+            dm_model_free(m);
+            return dm_fail(err, DM_ERR_UNSUPPORTED, "%slayer type '%s' has no %s implementation", loc,
+                           L->cfg->lc->component->type_name, dm_device_name(dev->device));
+        }
+        dm_layer_config lc = {sizeof lc, L->cfg->name, dev->device, DM_LAYOUT_NCHW, shape, num_threads,
+                              dev->stream};
+        L->info.struct_size = sizeof L->info;
+        dm_error e = {0};
+        if ((rc = L->vt->create(dm_param_set_params(L->cfg->params), &lc, &L->state, &L->info, &e))) {
+            L->state = NULL;
+            dm_model_free(m);
+            return dm_fail(err, rc, "%s%s", loc, e.msg);
+        }
+        if (L->info.is_loss && i != x->n_layers - 1) {
+            dm_model_free(m);
+            return dm_fail(err, DM_ERR_INVALID, "%sloss layer '%s' must be the last layer", loc,
+                           L->cfg->lc->component->type_name);
+        }
+        L->in_shape = shape;
+        L->out_shape = L->info.out_shape;
+        L->param_offset = offset;
+        offset += (L->info.param_count + DM_PARAM_ALIGN - 1) / DM_PARAM_ALIGN * DM_PARAM_ALIGN;
+        shape = L->out_shape;
+    }
+    if (!m->layers[x->n_layers - 1].info.is_loss) {
+        dm_model_free(m);
+        return dm_fail(err, DM_ERR_INVALID, "%s: the last layer must be a loss layer (for example "
+                       "type = softmax_cross_entropy)", x->cfg->path);
+    }
+    m->param_count = offset;
+    size_t nb = (offset ? offset : 1) * sizeof(float);
+    if (!(m->params = dm_dev_alloc(dev, nb, err)) || !(m->grads = dm_dev_alloc(dev, nb, err)) ||
+        !(m->metrics = dm_dev_alloc(dev, 2 * sizeof(float), err)) ||
+        !(m->labels = dm_dev_alloc(dev, (size_t)max_batch * sizeof(int32_t), err)) ||
+        !(m->input.data = dm_dev_alloc(dev, dm_shape_count(m->in_shape) * sizeof(float), err))) {
+        dm_model_free(m);
+        return err ? err->code : DM_ERR_NOMEM;
+    }
+    m->input = (dm_tensor){m->input.data, dev->device, DM_LAYOUT_NCHW, m->in_shape};
+    for (int i = 0; i < m->n_layers; i++) {
+        dm_layer_inst *L = &m->layers[i];
+        size_t bytes = dm_shape_count(L->out_shape) * sizeof(float);
+        L->out = (dm_tensor){dm_dev_alloc(dev, bytes, err), dev->device, DM_LAYOUT_NCHW, L->out_shape};
+        L->dout = (dm_tensor){dm_dev_alloc(dev, bytes, err), dev->device, DM_LAYOUT_NCHW, L->out_shape};
+        if (L->info.workspace_bytes) L->workspace = dm_dev_alloc(dev, L->info.workspace_bytes, err);
+        if (!L->out.data || !L->dout.data || (L->info.workspace_bytes && !L->workspace)) {
+            dm_model_free(m);
+            return err ? err->code : DM_ERR_NOMEM;
+        }
+        float *p = L->info.param_count ? m->params + L->param_offset : NULL;
+        float *g = L->info.param_count ? m->grads + L->param_offset : NULL;
+        dm_error e = {0};
+        if ((rc = L->vt->bind(L->state, p, g, L->workspace, &e))) {
+            char loc[512];
+            dm_where_format(&L->cfg->where, NULL, loc, sizeof loc);
+            dm_model_free(m);
+            return dm_fail(err, rc, "%s%s", loc, e.msg);
+        }
+    }
+    return DM_OK;
+}
+
+int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err)
+{
+    float *host = calloc(m->param_count ? m->param_count : 1, sizeof(float));
+    if (!host) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    int rc = DM_OK;
+    for (int i = 0; i < m->n_layers && rc == DM_OK; i++) {
+        dm_layer_inst *L = &m->layers[i];
+        if (!L->info.param_count) continue;
+        dm_error e = {0};
+        /* Each layer draws from its own stream, so adding a layer does not
+         * change the initial weights of the others. */
+        rc = L->vt->init_params(L->state, host + L->param_offset, dm_hash64(seed, 0x1A17 + (uint64_t)i), &e);
+        if (rc) dm_fail(err, rc, "layer.%s: init_params: %s", L->cfg->name, e.msg);
+    }
+    if (rc == DM_OK)
+        rc = dm_dev_upload(m->dev, m->params, host, m->param_count * sizeof(float), err);
+    free(host);
+    return rc;
+}
+
+static dm_tensor with_n(dm_tensor t, int n)
+{
+    t.shape.n = n;
+    return t;
+}
+
+int dm_model_forward(dm_model *m, int n, int training, uint64_t step_seed, dm_error *err)
+{
+    dm_tensor in = with_n(m->input, n);
+    for (int i = 0; i < m->n_layers; i++) {
+        dm_layer_inst *L = &m->layers[i];
+        dm_run_ctx ctx = {sizeof ctx, training, layer_seed(step_seed, i), m->labels, m->metrics,
+                          m->dev->stream};
+        dm_tensor out = with_n(L->out, n);
+        dm_error e = {0};
+        int rc = L->vt->forward(L->state, &ctx, &in, &out, &e);
+        if (rc) return dm_fail(err, rc, "layer.%s: forward: %s", L->cfg->name, e.msg);
+        in = out;
+    }
+    return DM_OK;
+}
+
+int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook hook, void *user,
+                      dm_error *err)
+{
+    for (int i = m->n_layers - 1; i >= 0; i--) {
+        dm_layer_inst *L = &m->layers[i];
+        dm_run_ctx ctx = {sizeof ctx, 1, layer_seed(step_seed, i), m->labels, m->metrics, m->dev->stream};
+        dm_tensor in = with_n(i ? m->layers[i - 1].out : m->input, n);
+        dm_tensor out = with_n(L->out, n);
+        dm_tensor dout = with_n(L->dout, n);
+        dm_tensor din = i ? with_n(m->layers[i - 1].dout, n) : (dm_tensor){0};
+        dm_error e = {0};
+        int rc = L->vt->backward(L->state, &ctx, &in, &out, L->info.is_loss ? NULL : &dout,
+                                 i ? &din : NULL, &e);
+        if (rc) return dm_fail(err, rc, "layer.%s: backward: %s", L->cfg->name, e.msg);
+        if (hook && (rc = hook(user, i, err))) return rc;
+    }
+    return DM_OK;
+}
+
+void dm_model_summary(const dm_model *m, FILE *out)
+{
+    fprintf(out, "%-16s %-24s %-20s %12s\n", "layer", "type", "output shape", "params");
+    fprintf(out, "%-16s %-24s %-20s %12s\n", "input", "-", "", "0");
+    char shape[64];
+    snprintf(shape, sizeof shape, "(%d, %d, %d)", m->in_shape.c, m->in_shape.h, m->in_shape.w);
+    size_t total = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const dm_layer_inst *L = &m->layers[i];
+        snprintf(shape, sizeof shape, "(%d, %d, %d)", L->out_shape.c, L->out_shape.h, L->out_shape.w);
+        fprintf(out, "%-16s %-24s %-20s %12zu\n", L->cfg->name, L->cfg->lc->component->type_name, shape,
+                L->info.param_count);
+        total += L->info.param_count;
+    }
+    fprintf(out, "total parameters: %zu (%.1f MB of float32; flat buffer %zu floats)\n", total,
+            (double)total * 4 / 1e6, m->param_count);
+}
+
+void dm_model_free(dm_model *m)
+{
+    if (!m || !m->layers) return;
+    for (int i = 0; i < m->n_layers; i++) {
+        dm_layer_inst *L = &m->layers[i];
+        if (L->state && L->vt->destroy) L->vt->destroy(L->state);
+        dm_dev_free(m->dev, L->out.data);
+        dm_dev_free(m->dev, L->dout.data);
+        dm_dev_free(m->dev, L->workspace);
+    }
+    free(m->layers);
+    dm_dev_free(m->dev, m->params);
+    dm_dev_free(m->dev, m->grads);
+    dm_dev_free(m->dev, m->metrics);
+    dm_dev_free(m->dev, m->labels);
+    dm_dev_free(m->dev, m->input.data);
+    memset(m, 0, sizeof *m);
+}

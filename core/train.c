@@ -1,0 +1,616 @@
+/* The training loop, with the seed's semantics:
+ *  - total_batches counts batches over all ranks; each of N ranks runs
+ *    total_batches / N steps of its own batch_size (or `epochs` epochs);
+ *  - rank 0 draws the initial parameters; they and the optimizer state are
+ *    broadcast, so every rank starts identical;
+ *  - each epoch is one permutation of the training set drawn from the seed;
+ *    a step consumes N*batch examples of it, rank r taking the r-th slice;
+ *  - gradients are averaged over ranks in buckets, each started as soon as
+ *    the backward pass has produced it; the optimizer waits for all;
+ *  - the learning rate is lr * N (scale_lr) with optional linear warm-up;
+ *  - logged loss, accuracy and images/s, and the test evaluation, are
+ *    combined over ranks before rank 0 prints them.
+ */
+#define _GNU_SOURCE
+#include "dm_core.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct bucket {
+    size_t lo, hi;               /* float range of the flat gradient buffer */
+    int first_layer;             /* lowest layer index in it: start after its backward */
+    dm_comm_request *req;
+} bucket;
+
+typedef struct trainer {
+    dm_experiment *x;
+    const dm_train_opts *opts;
+    dm_devctx dev;
+    int dev_open;
+
+    const dm_comm_vtable *cvt;
+    void *comm;
+    dm_comm_info ci;
+
+    const dm_dataset_vtable *dvt;
+    void *data;
+    dm_dataset_info di;
+
+    dm_model m;
+    int model_built;
+
+    const dm_optimizer_vtable *ovt;
+    void *opt;
+    dm_optimizer_info oi;
+    float *opt_state;
+    size_t n_opt;
+
+    float *h_images;
+    int32_t *h_labels;
+    int64_t *idx;
+    int64_t *perm;
+    int64_t perm_epoch;
+    int64_t epoch, epoch_pos;
+    int64_t step;                /* optimizer updates done */
+
+    bucket *buckets;
+    int n_buckets;
+    double comm_wait_s;          /* since last log */
+    double t_fwd_bwd_s, t_data_s, t_opt_s;
+    FILE *metrics;
+} trainer;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int rank0(const trainer *t) { return t->ci.rank == 0; }
+
+/* ---- communication helpers ---------------------------------------------- */
+
+static int allreduce_host(trainer *t, float *buf, size_t n, dm_reduce_op op, dm_error *err)
+{
+    /* Small host-side vectors (metrics): the backend takes host buffers. */
+    dm_error e = {0};
+    int rc = t->cvt->allreduce(t->comm, buf, n, op, DM_DEVICE_CPU, NULL, &e);
+    if (rc) return dm_fail(err, rc, "%s: %s", t->x->backend, e.msg);
+    return DM_OK;
+}
+
+/* Broadcast a device buffer from rank 0 (staged through host when the
+ * backend cannot take device memory). */
+static int broadcast_dev(trainer *t, void *buf, size_t bytes, dm_error *err)
+{
+    if (t->ci.size == 1) return DM_OK;
+    dm_error e = {0};
+    int rc;
+    if (t->dev.device == DM_DEVICE_CPU || (t->cvt->devices & DM_DEVICE_BIT(t->dev.device))) {
+        rc = t->cvt->broadcast(t->comm, buf, bytes, 0, t->dev.device, t->dev.stream, &e);
+    } else {
+        void *h = malloc(bytes ? bytes : 1);
+        if (!h) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        rc = dm_dev_download(&t->dev, h, buf, bytes, err);
+        if (!rc) rc = t->cvt->broadcast(t->comm, h, bytes, 0, DM_DEVICE_CPU, NULL, &e);
+        if (!rc) rc = dm_dev_upload(&t->dev, buf, h, bytes, err);
+        if (!rc) rc = dm_dev_sync(&t->dev, err);
+        free(h);
+        if (rc && !e.msg[0]) return rc;
+    }
+    if (rc) return dm_fail(err, rc, "%s: broadcast: %s", t->x->backend, e.msg);
+    return DM_OK;
+}
+
+/* ---- gradient buckets ----------------------------------------------------- */
+
+static int build_buckets(trainer *t, dm_error *err)
+{
+    dm_model *m = &t->m;
+    t->buckets = calloc((size_t)m->n_layers + 1, sizeof *t->buckets);
+    if (!t->buckets) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    double limit = t->x->fusion_mb * 1e6 / sizeof(float);
+    bucket *cur = NULL;
+    /* Backward runs last layer first, so buckets are cut from the end of the
+     * flat buffer towards its start. */
+    for (int i = m->n_layers - 1; i >= 0; i--) {
+        const dm_layer_inst *L = &m->layers[i];
+        if (!L->info.param_count) continue;
+        size_t lo = L->param_offset;
+        size_t hi = (i + 1 < m->n_layers) ? m->layers[i + 1].param_offset : m->param_count;
+        if (!cur) {
+            cur = &t->buckets[t->n_buckets++];
+            cur->hi = hi;
+        }
+        cur->lo = lo;
+        cur->first_layer = i;
+        if (t->x->fusion_mb <= 0 || (double)(cur->hi - cur->lo) >= limit) cur = NULL;
+    }
+    return DM_OK;
+}
+
+static int start_bucket(trainer *t, bucket *b, dm_error *err)
+{
+    dm_error e = {0};
+    int rc = t->cvt->allreduce_start(t->comm, t->m.grads + b->lo, b->hi - b->lo, DM_REDUCE_AVG,
+                                     t->dev.device, t->dev.stream, &b->req, &e);
+    if (rc) return dm_fail(err, rc, "%s: allreduce_start: %s", t->x->backend, e.msg);
+    return DM_OK;
+}
+
+static int backward_hook(void *user, int layer, dm_error *err)
+{
+    trainer *t = user;
+    if (t->ci.size == 1) return DM_OK;
+    for (int b = 0; b < t->n_buckets; b++)
+        if (t->buckets[b].first_layer == layer) {
+            /* the bucket's gradients must be complete on the device first */
+            if (t->dev.device != DM_DEVICE_CPU && !(t->cvt->devices & DM_DEVICE_BIT(t->dev.device)))
+                continue; /* staged path: reduced after backward, see wait_buckets */
+            int rc = start_bucket(t, &t->buckets[b], err);
+            if (rc) return rc;
+        }
+    return DM_OK;
+}
+
+static int wait_buckets(trainer *t, dm_error *err)
+{
+    if (t->ci.size == 1) return DM_OK;
+    double t0 = now_s();
+    int staged = t->dev.device != DM_DEVICE_CPU && !(t->cvt->devices & DM_DEVICE_BIT(t->dev.device));
+    int rc = DM_OK;
+    if (staged) {
+        /* The backend takes host memory only: one staged allreduce of the whole buffer. */
+        size_t n = t->m.param_count;
+        float *h = malloc(n * sizeof(float));
+        if (!h) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        rc = dm_dev_download(&t->dev, h, t->m.grads, n * sizeof(float), err);
+        if (!rc) rc = allreduce_host(t, h, n, DM_REDUCE_AVG, err);
+        if (!rc) rc = dm_dev_upload(&t->dev, t->m.grads, h, n * sizeof(float), err);
+        free(h);
+    } else {
+        /* Wait in start order; keep waiting the rest after a failure so no
+         * handle leaks, but report the first error. */
+        for (int b = 0; b < t->n_buckets; b++) {
+            if (!t->buckets[b].req) continue;
+            dm_error e = {0};
+            int r = t->cvt->wait(t->comm, t->buckets[b].req, &e);
+            t->buckets[b].req = NULL;
+            if (r && !rc) rc = dm_fail(err, r, "%s: allreduce: %s", t->x->backend, e.msg);
+        }
+    }
+    t->comm_wait_s += now_s() - t0;
+    return rc;
+}
+
+/* ---- data ------------------------------------------------------------------ */
+
+static void make_perm(trainer *t, int64_t epoch)
+{
+    int64_t n = t->di.count[DM_SPLIT_TRAIN];
+    uint64_t s = dm_hash64(t->x->seed, 0xE90C0000ull + (uint64_t)epoch);
+    for (int64_t i = 0; i < n; i++) t->perm[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
+        int64_t j = (int64_t)(dm_rng_next(&s) % (uint64_t)(i + 1));
+        int64_t tmp = t->perm[i];
+        t->perm[i] = t->perm[j];
+        t->perm[j] = tmp;
+    }
+    t->perm_epoch = epoch;
+}
+
+static int load_batch(trainer *t, dm_split split, const int64_t *idx, int n, dm_error *err)
+{
+    size_t item = dm_shape_per_item(t->di.item);
+    float *img = t->dev.device == DM_DEVICE_CPU ? t->m.input.data : t->h_images;
+    int32_t *lab = t->dev.device == DM_DEVICE_CPU ? t->m.labels : t->h_labels;
+    dm_error e = {0};
+    int rc = t->dvt->read(t->data, split, idx, n, img, lab, &e);
+    if (rc) return dm_fail(err, rc, "data: %s", e.msg);
+    for (int i = 0; i < n; i++)
+        if (lab[i] < 0 || lab[i] >= t->m.layers[t->m.n_layers - 1].out_shape.c)
+            return dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)",
+                           lab[i], (long long)idx[i], t->m.layers[t->m.n_layers - 1].out_shape.c);
+    if (t->dev.device != DM_DEVICE_CPU) {
+        if ((rc = dm_dev_upload(&t->dev, t->m.input.data, img, (size_t)n * item * sizeof(float), err))) return rc;
+        if ((rc = dm_dev_upload(&t->dev, t->m.labels, lab, (size_t)n * sizeof(int32_t), err))) return rc;
+    }
+    return DM_OK;
+}
+
+/* Fill this rank's slice of the next global batch. */
+static int next_train_batch(trainer *t, dm_error *err)
+{
+    int b = t->x->batch_size;
+    int64_t global = (int64_t)b * t->ci.size;
+    if (t->epoch_pos + global > t->di.count[DM_SPLIT_TRAIN]) { /* drop the ragged tail */
+        t->epoch++;
+        t->epoch_pos = 0;
+    }
+    if (t->perm_epoch != t->epoch) make_perm(t, t->epoch);
+    const int64_t *slice = t->perm + t->epoch_pos + (int64_t)t->ci.rank * b;
+    t->epoch_pos += global;
+    return load_batch(t, DM_SPLIT_TRAIN, slice, b, err);
+}
+
+/* ---- evaluation -------------------------------------------------------------- */
+
+static int evaluate(trainer *t, double *loss, double *acc, dm_error *err)
+{
+    int64_t total = t->di.count[DM_SPLIT_TEST];
+    int64_t lo = total * t->ci.rank / t->ci.size, hi = total * (t->ci.rank + 1) / t->ci.size;
+    int eb = t->x->eval_batch_size;
+    /* keep the training accumulator for the next log line */
+    float saved[2];
+    int rc = dm_dev_download(&t->dev, saved, t->m.metrics, sizeof saved, err);
+    if (!rc) rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
+    double sum_loss = 0, sum_correct = 0;
+    for (int64_t i = lo; i < hi && rc == DM_OK; i += eb) {
+        int n = (int)(hi - i < eb ? hi - i : eb);
+        for (int k = 0; k < n; k++) t->idx[k] = i + k;
+        if ((rc = load_batch(t, DM_SPLIT_TEST, t->idx, n, err))) break;
+        rc = dm_model_forward(&t->m, n, 0, 0, err);
+        if (rc == DM_OK) {
+            /* accumulate in double on the host: float sums of 10,000 losses drift */
+            float mm[2];
+            if ((rc = dm_dev_download(&t->dev, mm, t->m.metrics, sizeof mm, err))) break;
+            sum_loss += mm[0];
+            sum_correct += mm[1];
+            rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
+        }
+    }
+    float part[3] = {(float)sum_loss, (float)sum_correct, (float)(hi - lo)};
+    if (rc == DM_OK) rc = allreduce_host(t, part, 3, DM_REDUCE_SUM, err);
+    if (rc == DM_OK) {
+        *loss = part[2] > 0 ? part[0] / part[2] : 0;
+        *acc = part[2] > 0 ? part[1] / part[2] : 0;
+    }
+    if (rc == DM_OK) rc = dm_dev_upload(&t->dev, t->m.metrics, saved, sizeof saved, err);
+    return rc;
+}
+
+/* ---- checkpoints ------------------------------------------------------------- */
+
+static int save_checkpoint(trainer *t, dm_error *err)
+{
+    if (!t->x->checkpoint_dir[0] || !rank0(t)) return DM_OK;
+    float *p = malloc(t->m.param_count * sizeof(float) + 4);
+    float *o = malloc(t->n_opt * sizeof(float) + 4);
+    int rc = (!p || !o) ? dm_fail(err, DM_ERR_NOMEM, "out of memory") : DM_OK;
+    if (!rc) rc = dm_dev_download(&t->dev, p, t->m.params, t->m.param_count * sizeof(float), err);
+    if (!rc && t->n_opt) rc = dm_dev_download(&t->dev, o, t->opt_state, t->n_opt * sizeof(float), err);
+    dm_ckpt_state st = {dm_experiment_hash(t->x), t->step, t->epoch, t->epoch_pos, t->x->seed, t->ci.size,
+                        t->m.param_count, t->n_opt};
+    char path[4096];
+    if (!rc) rc = dm_checkpoint_write(t->x->checkpoint_dir, &st, p, o, t->x->keep_checkpoints, path,
+                                      sizeof path, err);
+    if (!rc) printf("checkpoint: %s (step %lld)\n", path, (long long)t->step);
+    free(p);
+    free(o);
+    return rc;
+}
+
+/* Rank 0 reads the latest checkpoint and broadcasts it; every rank learns
+ * whether it worked, so a bad file stops all ranks with rank 0's message. */
+static int resume(trainer *t, dm_error *err)
+{
+    int64_t hdr[4] = {0, 0, 0, 0}; /* ok, step, epoch, epoch_pos */
+    float *p = NULL, *o = NULL;
+    dm_error e = {0};
+    if (rank0(t)) {
+        char path[4096];
+        dm_ckpt_state st;
+        int rc = dm_checkpoint_latest(t->x->checkpoint_dir, path, sizeof path, &e);
+        if (!rc) rc = dm_checkpoint_read(path, &st, &p, &o, &e);
+        if (!rc && st.config_hash != dm_experiment_hash(t->x))
+            rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint was written for a different model or optimizer "
+                         "(config hash %016llx, this config %016llx)", path, (unsigned long long)st.config_hash,
+                         (unsigned long long)dm_experiment_hash(t->x));
+        if (!rc && (st.n_params != t->m.param_count || st.n_opt != t->n_opt))
+            rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint holds %llu parameters and %llu optimizer floats, "
+                         "this model needs %zu and %zu", path, (unsigned long long)st.n_params,
+                         (unsigned long long)st.n_opt, t->m.param_count, t->n_opt);
+        if (!rc && st.seed != t->x->seed)
+            rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint used seed %llu, this config seed %llu", path,
+                         (unsigned long long)st.seed, (unsigned long long)t->x->seed);
+        if (!rc) {
+            hdr[0] = 1; hdr[1] = st.step; hdr[2] = st.epoch; hdr[3] = st.epoch_pos;
+            printf("resuming from %s (step %lld, written by %d rank%s)\n", path, (long long)st.step,
+                   st.world_size, st.world_size == 1 ? "" : "s");
+        }
+    }
+    int rc = DM_OK;
+    if (t->ci.size > 1) {
+        dm_error be = {0};
+        rc = t->cvt->broadcast(t->comm, hdr, sizeof hdr, 0, DM_DEVICE_CPU, NULL, &be);
+        if (rc) { free(p); free(o); return dm_fail(err, rc, "%s: broadcast: %s", t->x->backend, be.msg); }
+    }
+    if (!hdr[0]) {
+        free(p); free(o);
+        if (rank0(t)) return dm_fail(err, e.code ? e.code : DM_ERR_IO, "%s", e.msg);
+        return dm_fail(err, DM_ERR_IO, "rank 0 could not read the checkpoint (see its message)");
+    }
+    if (rank0(t)) {
+        rc = dm_dev_upload(&t->dev, t->m.params, p, t->m.param_count * sizeof(float), err);
+        if (!rc && t->n_opt) rc = dm_dev_upload(&t->dev, t->opt_state, o, t->n_opt * sizeof(float), err);
+    }
+    free(p);
+    free(o);
+    t->step = hdr[1];
+    t->epoch = hdr[2];
+    t->epoch_pos = hdr[3];
+    return rc;
+}
+
+/* ---- set-up and tear-down ------------------------------------------------------ */
+
+static int env_int(const char *const *names, int dflt)
+{
+    for (int i = 0; names[i]; i++) {
+        const char *v = getenv(names[i]);
+        if (v && v[0]) return atoi(v);
+    }
+    return dflt;
+}
+
+static int setup(trainer *t, dm_error *err)
+{
+    dm_experiment *x = t->x;
+    int rc;
+    dm_error e = {0};
+    /* comm first: it decides rank, size and the local rank (GPU choice) */
+    static const char *rank_env[] = {"DMNIST_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", NULL};
+    static const char *size_env[] = {"DMNIST_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", NULL};
+    static const char *local_env[] = {"DMNIST_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", NULL};
+    t->cvt = x->comm.lc->component->vtable;
+    dm_comm_config cc = {sizeof cc, env_int(rank_env, -1), env_int(size_env, -1), env_int(local_env, -1),
+                         getenv("DMNIST_RENDEZVOUS"), x->timeout_s, x->device};
+    t->ci.struct_size = sizeof t->ci;
+    if ((rc = t->cvt->init(dm_param_set_params(x->comm.params), &cc, &t->comm, &t->ci, &e))) {
+        t->comm = NULL;
+        return dm_fail(err, rc, "%s: %s", x->backend, e.msg);
+    }
+    if (t->ci.size < 1 || t->ci.rank < 0 || t->ci.rank >= t->ci.size)
+        return dm_fail(err, DM_ERR_COMM, "%s: bad rank %d of %d", x->backend, t->ci.rank, t->ci.size);
+
+    if ((rc = dm_dev_open(&t->dev, x->device, t->ci.local_rank, err))) return rc;
+    t->dev_open = 1;
+
+    t->dvt = x->data.lc->component->vtable;
+    dm_dataset_config dc = {sizeof dc, x->seed, x->cfg->dir};
+    t->di.struct_size = sizeof t->di;
+    if ((rc = t->dvt->open(dm_param_set_params(x->data.params), &dc, &t->data, &t->di, &e))) {
+        t->data = NULL;
+        return dm_fail(err, rc, "%s", e.msg);
+    }
+    if (t->di.count[DM_SPLIT_TRAIN] < (int64_t)x->batch_size * t->ci.size)
+        return dm_fail(err, DM_ERR_INVALID, "%s: data: %lld training examples are fewer than one global batch "
+                       "(%d ranks x %d)", x->cfg->path, (long long)t->di.count[DM_SPLIT_TRAIN], t->ci.size,
+                       x->batch_size);
+
+    int max_batch = x->batch_size > x->eval_batch_size ? x->batch_size : x->eval_batch_size;
+    if ((rc = dm_model_build(&t->m, x, &t->dev, t->di.item, max_batch, x->threads, err))) return rc;
+    t->model_built = 1;
+
+    t->ovt = x->opt.lc->component->vtable;
+    if (!(t->ovt->devices & DM_DEVICE_BIT(x->device)))
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: optimizer: type '%s' has no %s implementation", x->cfg->path,
+                       x->opt.lc->component->type_name, dm_device_name(x->device));
+    dm_optimizer_config oc = {sizeof oc, x->device, t->m.param_count, x->threads, t->dev.stream};
+    t->oi.struct_size = sizeof t->oi;
+    if ((rc = t->ovt->create(dm_param_set_params(x->opt.params), &oc, &t->opt, &t->oi, &e))) {
+        t->opt = NULL;
+        return dm_fail(err, rc, "optimizer: %s", e.msg);
+    }
+    t->n_opt = t->oi.state_floats_per_param * t->m.param_count;
+    if (t->n_opt && !(t->opt_state = dm_dev_alloc(&t->dev, t->n_opt * sizeof(float), err))) return err->code;
+    if ((rc = t->ovt->bind(t->opt, t->opt_state, &e))) return dm_fail(err, rc, "optimizer: %s", e.msg);
+
+    size_t item = dm_shape_per_item(t->di.item);
+    t->h_images = malloc((size_t)max_batch * item * sizeof(float));
+    t->h_labels = malloc((size_t)max_batch * sizeof(int32_t));
+    t->idx = malloc((size_t)max_batch * sizeof(int64_t));
+    t->perm = malloc((size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t));
+    if (!t->h_images || !t->h_labels || !t->idx || !t->perm) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    t->perm_epoch = -1;
+    return build_buckets(t, err);
+}
+
+static void teardown(trainer *t)
+{
+    if (t->opt) t->ovt->destroy(t->opt);
+    if (t->opt_state) dm_dev_free(&t->dev, t->opt_state);
+    if (t->model_built) dm_model_free(&t->m);
+    if (t->data) t->dvt->close(t->data);
+    if (t->comm) {
+        dm_error e = {0};
+        t->cvt->finalize(t->comm, &e);
+    }
+    if (t->dev_open) dm_dev_close(&t->dev);
+    free(t->h_images);
+    free(t->h_labels);
+    free(t->idx);
+    free(t->perm);
+    free(t->buckets);
+    if (t->metrics) fclose(t->metrics);
+}
+
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* ---- the loop ------------------------------------------------------------------- */
+
+int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
+{
+    trainer t = {0};
+    t.x = x;
+    t.opts = opts;
+    double t_start = now_s();
+    int rc = setup(&t, err);
+    if (rc) { teardown(&t); return rc; }
+    int N = t.ci.size;
+
+    int64_t per_epoch = t.di.count[DM_SPLIT_TRAIN] / ((int64_t)x->batch_size * N);
+    int64_t total_steps = x->epochs > 0 ? (int64_t)ceil(x->epochs * (double)per_epoch) : x->total_batches / N;
+    if (total_steps < 1) {
+        teardown(&t);
+        return dm_fail(err, DM_ERR_INVALID, "%s: train: total_batches = %lld is fewer than the %d ranks",
+                       x->cfg->path, (long long)x->total_batches, N);
+    }
+
+    if (rank0(&t)) {
+        printf("dmnist %s: %s, %d rank%s (%s), device %s, %lld steps of %d x %d images, %zu parameters\n",
+               DMNIST_VERSION, x->name, N, N == 1 ? "" : "s", x->backend, dm_device_name(x->device),
+               (long long)total_steps, N, x->batch_size, t.m.param_count);
+        fflush(stdout);
+    }
+    if (opts && opts->metrics_path && rank0(&t)) {
+        if (!(t.metrics = fopen(opts->metrics_path, "w"))) {
+            rc = dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", opts->metrics_path, strerror(errno));
+            teardown(&t);
+            return rc;
+        }
+    }
+
+    /* Identical start everywhere: rank 0 draws, everyone receives. */
+    if (rank0(&t)) rc = dm_model_init_params(&t.m, x->seed, err);
+    if (!rc) rc = dm_dev_sync(&t.dev, err);
+    if (!rc && opts && opts->resume) rc = resume(&t, err);
+    if (!rc) rc = broadcast_dev(&t, t.m.params, t.m.param_count * sizeof(float), err);
+    if (!rc && t.n_opt) rc = broadcast_dev(&t, t.opt_state, t.n_opt * sizeof(float), err);
+    if (!rc) rc = dm_dev_zero(&t.dev, t.m.metrics, 2 * sizeof(float), err);
+    if (rc) { teardown(&t); return rc; }
+
+    double lr_scale = x->scale_lr ? (double)N : 1.0;
+    double t_log = now_s(), t_train0 = t_log;
+    int64_t images_since_log = 0, step0 = t.step;
+    double train_compute_s = 0;
+    uint64_t rank_seed = dm_hash64(x->seed, 0xD0D0ull + (uint64_t)t.ci.rank);
+
+    while (t.step < total_steps && rc == DM_OK) {
+        double ta = now_s();
+        if ((rc = next_train_batch(&t, err))) break;
+        double tb = now_s();
+        uint64_t step_seed = dm_hash64(rank_seed, (uint64_t)t.step);
+        float before = 0;
+        if (x->device == DM_DEVICE_CPU) before = t.m.metrics[0];
+        if ((rc = dm_model_forward(&t.m, x->batch_size, 1, step_seed, err))) break;
+        if ((rc = dm_model_backward(&t.m, x->batch_size, step_seed, backward_hook, &t, err))) break;
+        double tc = now_s();
+        if ((rc = wait_buckets(&t, err))) break;
+        double td = now_s();
+        /* NaN/Inf check (CPU: every step, the loss is on the host). */
+        if (x->device == DM_DEVICE_CPU) {
+            float step_loss = t.m.metrics[0] - before;
+            if (!isfinite(step_loss)) {
+                if (x->nan_skip) {
+                    if (rank0(&t)) printf("step %lld: loss is %f, step skipped (nan_policy = skip)\n",
+                                          (long long)t.step + 1, (double)step_loss);
+                    t.m.metrics[0] = before;
+                    t.step++;
+                    continue;
+                }
+                rc = dm_fail(err, DM_ERR_INVALID, "step %lld: loss is %f on rank %d: training diverged "
+                             "(lower optimizer.lr, or set train.nan_policy = skip)", (long long)t.step + 1,
+                             (double)step_loss, t.ci.rank);
+                break;
+            }
+        }
+        double warm = x->warmup_steps > 0 && t.step < x->warmup_steps ? (double)(t.step + 1) / x->warmup_steps : 1.0;
+        dm_opt_step_ctx sc = {sizeof sc, t.step + 1, (float)(x->lr * lr_scale * warm), t.dev.stream};
+        dm_error e = {0};
+        if ((rc = t.ovt->step(t.opt, &sc, t.m.params, t.m.grads, t.m.param_count, &e))) {
+            rc = dm_fail(err, rc, "optimizer: step %lld: %s", (long long)t.step + 1, e.msg);
+            break;
+        }
+        double te = now_s();
+        t.step++;
+        t.t_data_s += tb - ta;
+        t.t_fwd_bwd_s += tc - tb;
+        t.t_opt_s += te - td;
+        images_since_log += (int64_t)x->batch_size * N;
+
+        int log_now = x->log_every > 0 && (t.step % x->log_every == 0 || t.step == total_steps);
+        if (log_now) {
+            float mm[2];
+            if ((rc = dm_dev_download(&t.dev, mm, t.m.metrics, sizeof mm, err))) break;
+            if ((rc = dm_dev_zero(&t.dev, t.m.metrics, 2 * sizeof(float), err))) break;
+            double elapsed = now_s() - t_log;
+            /* loss sum, correct, examples, seconds, comm wait, compute: summed over ranks */
+            float v[6] = {mm[0], mm[1], 0, (float)elapsed, (float)t.comm_wait_s, (float)t.t_fwd_bwd_s};
+            int64_t steps_in = x->log_every > 0 ? (t.step % x->log_every ? t.step % x->log_every : x->log_every) : 1;
+            v[2] = (float)(steps_in * x->batch_size);
+            if ((rc = allreduce_host(&t, v, 6, DM_REDUCE_SUM, err))) break;
+            double loss = v[0] / v[2], acc = v[1] / v[2];
+            double secs = v[3] / N, ips = images_since_log / (secs > 0 ? secs : 1e-9);
+            double comm = v[4] / N, comp = v[5] / N;
+            if (!isfinite(loss) && !x->nan_skip) {
+                rc = dm_fail(err, DM_ERR_INVALID, "step %lld: mean loss over the last %lld steps is %f: training "
+                             "diverged (lower optimizer.lr)", (long long)t.step, (long long)steps_in, loss);
+                break;
+            }
+            if (rank0(&t)) {
+                printf("step %6lld/%lld  epoch %lld  loss %.4f  acc %.4f  images/s %.1f  comm-wait %.1f%%  lr %.5g\n",
+                       (long long)t.step, (long long)total_steps, (long long)t.epoch, loss, acc, ips,
+                       secs > 0 ? 100.0 * comm / secs : 0.0, sc.lr);
+                fflush(stdout);
+                if (t.metrics) {
+                    fprintf(t.metrics, "{\"event\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.6g,\"accuracy\":%.6g,"
+                            "\"images_per_s\":%.6g,\"lr\":%.6g,\"time_s\":%.6g,\"comm_wait_s\":%.6g,\"compute_s\":%.6g}\n",
+                            (long long)t.step, (long long)t.epoch, loss, acc, ips, (double)sc.lr, now_s() - t_start,
+                            comm, comp);
+                    fflush(t.metrics);
+                }
+            }
+            train_compute_s += now_s() - t_log;
+            images_since_log = 0;
+            t.comm_wait_s = 0;
+            t.t_fwd_bwd_s = 0;
+            t_log = now_s();
+        }
+        if (x->eval_every > 0 && t.step % x->eval_every == 0 && t.step < total_steps) {
+            double tl, ta2;
+            double tev = now_s();
+            if ((rc = evaluate(&t, &tl, &ta2, err))) break;
+            if (rank0(&t)) {
+                printf("eval at step %lld: test loss %.4f  test accuracy %.4f\n", (long long)t.step, tl, ta2);
+                if (t.metrics)
+                    fprintf(t.metrics, "{\"event\":\"eval\",\"step\":%lld,\"test_loss\":%.6g,\"test_accuracy\":%.6g,"
+                            "\"time_s\":%.6g}\n", (long long)t.step, tl, ta2, now_s() - t_start);
+            }
+            t_log += now_s() - tev; /* evaluation time is not training time */
+        }
+        if (x->checkpoint_every > 0 && t.step % x->checkpoint_every == 0 && t.step < total_steps)
+            if ((rc = save_checkpoint(&t, err))) break;
+    }
+    double train_s = now_s() - t_train0;
+    if (rc == DM_OK) rc = save_checkpoint(&t, err);
+    double test_loss = 0, test_acc = 0;
+    if (rc == DM_OK) rc = evaluate(&t, &test_loss, &test_acc, err);
+    if (rc == DM_OK && rank0(&t)) {
+        int64_t steps_run = t.step - step0;
+        double ips = train_s > 0 ? (double)steps_run * x->batch_size * N / train_s : 0;
+        double wall = now_s() - t_start;
+        printf("test loss %.4f  test accuracy %.4f (%.2f%%)  steps %lld  images/s %.1f  wall %.2f s  peak RSS %.0f MB\n",
+               test_loss, test_acc, 100 * test_acc, (long long)t.step, ips, wall, peak_rss_mb());
+        if (t.metrics)
+            fprintf(t.metrics, "{\"event\":\"final\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"steps\":%lld,"
+                    "\"images_per_s\":%.6g,\"wall_s\":%.6g,\"train_s\":%.6g,\"world_size\":%d,\"backend\":\"%s\","
+                    "\"device\":\"%s\",\"batch_size\":%d,\"peak_rss_mb\":%.1f}\n",
+                    test_loss, test_acc, (long long)t.step, ips, wall, train_s, N, x->backend,
+                    dm_device_name(x->device), x->batch_size, peak_rss_mb());
+    }
+    (void)train_compute_s;
+    teardown(&t);
+    return rc;
+}

@@ -7,6 +7,7 @@
  * IDX (big-endian): images = magic 2051, count, rows, cols, then
  * count*rows*cols bytes; labels = magic 2049, count, then count bytes.
  */
+#define _POSIX_C_SOURCE 200809L /* fileno, fstat */
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>

@@ -62,13 +62,27 @@ const dm_param_def *dm_core_section_defs(const char *section)
 
 static const char *known_sections[] = {"experiment", "data", "train", "optimizer", "comm", "layer.NAME"};
 
+/* Is dir already one of the ':'-separated entries of path? */
+static int path_has(const char *path, const char *dir)
+{
+    size_t n = strlen(dir);
+    for (const char *p = path; p && *p;) {
+        const char *colon = strchr(p, ':');
+        size_t len = colon ? (size_t)(colon - p) : strlen(p);
+        if (len == n && strncmp(p, dir, n) == 0) return 1;
+        p = colon ? colon + 1 : NULL;
+    }
+    return 0;
+}
+
 void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir, char *buf, size_t size)
 {
     size_t off = 0;
     buf[0] = 0;
 #define APPEND(str)                                                                            \
     do {                                                                                       \
-        off += (size_t)snprintf(buf + off, off < size ? size - off : 0, "%s%s", off ? ":" : "", (str)); \
+        if (!path_has(buf, (str)))                                                             \
+            off += (size_t)snprintf(buf + off, off < size ? size - off : 0, "%s%s", off ? ":" : "", (str)); \
     } while (0)
     if (ini_plugin_path && ini_plugin_path[0]) {
         /* relative entries are relative to the INI file, not the cwd */

@@ -1,0 +1,67 @@
+/* The loader refuses bad plugins with one line naming the file and the
+ * reason, and a refused plugin leaves nothing registered. */
+#include "dm_core.h"
+
+#include <stdlib.h>
+
+static int failures = 0;
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) { fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); failures++; } \
+    } while (0)
+
+static void expect_refused(const char *dir, const char *file, const char *needle)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    dm_registry *r = dm_registry_new();
+    dm_error e = {0};
+    int rc = dm_registry_load_file(r, path, &e);
+    CHECK(rc != DM_OK, "%s was accepted", file);
+    CHECK(strstr(e.msg, path) != NULL, "message does not name the file: %s", e.msg);
+    CHECK(strstr(e.msg, needle) != NULL, "message for %s lacks '%s': %s", file, needle, e.msg);
+    CHECK(strchr(e.msg, '\n') == NULL, "message is not one line: %s", e.msg);
+    CHECK(dm_registry_count(r) == 0, "%s left %d components registered", file, dm_registry_count(r));
+    printf("refused %-28s %s\n", file, e.msg);
+    dm_registry_free(r);
+}
+
+int main(void)
+{
+    const char *dir = getenv("DMNIST_TEST_BAD_PLUGIN_DIR");
+    if (!dir) { fprintf(stderr, "DMNIST_TEST_BAD_PLUGIN_DIR not set\n"); return 2; }
+    dm_error e = {0};
+
+    /* The good one loads and registers its type. */
+    char good[4096];
+    snprintf(good, sizeof good, "%s/good_plugin.so", dir);
+    dm_registry *r = dm_registry_new();
+    CHECK(dm_registry_load_file(r, good, &e) == DM_OK, "good plugin refused: %s", e.msg);
+    CHECK(dm_registry_find(r, DM_KIND_COMM, "testcomm") != NULL, "type not registered");
+    CHECK(dm_registry_find(r, DM_KIND_LAYER, "testcomm") == NULL, "kind not respected");
+    /* A second plugin with the same type name is refused, naming the first. */
+    char dup[4096];
+    snprintf(dup, sizeof dup, "%s/dup_plugin.so", dir);
+    int rc = dm_registry_load_file(r, dup, &e);
+    CHECK(rc != DM_OK, "duplicate type accepted");
+    CHECK(strstr(e.msg, "already registered") && strstr(e.msg, "good_plugin.so"), "bad duplicate message: %s", e.msg);
+    CHECK(dm_registry_count(r) == 1, "duplicate left components behind (%d)", dm_registry_count(r));
+    printf("refused %-28s %s\n", "dup_plugin.so", e.msg);
+    dm_registry_free(r);
+
+    expect_refused(dir, "abi_major_plugin.so", "newer than this dmnist");
+    expect_refused(dir, "no_entry_plugin.so", "no entry point 'dm_plugin_entry'");
+    expect_refused(dir, "small_component_plugin.so", "struct too small");
+    expect_refused(dir, "does_not_exist.so", "cannot load");
+
+    /* A directory scan stops at the first refusal with the same message. */
+    r = dm_registry_new();
+    rc = dm_registry_load_path(r, dir, &e);
+    CHECK(rc != DM_OK, "scanning a folder of bad plugins succeeded");
+    dm_registry_free(r);
+
+    if (failures) { fprintf(stderr, "%d failure(s)\n", failures); return 1; }
+    printf("registry: all checks passed\n");
+    return 0;
+}

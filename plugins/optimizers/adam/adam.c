@@ -10,7 +10,6 @@
  * State: 2 floats per parameter, m in the first n floats and v in the next n,
  * zeroed by the core before step 1.
  */
-#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -31,9 +30,9 @@ typedef struct adam_state {
 static const dm_param_def adam_params[] = {
     {"beta1", DM_PARAM_FLOAT, "0.9", 0.0, 1.0, NULL, "decay of the first moment, in [0, 1)"},
     {"beta2", DM_PARAM_FLOAT, "0.999", 0.0, 1.0, NULL, "decay of the second moment, in [0, 1)"},
-    {"epsilon", DM_PARAM_FLOAT, "1e-7", 0.0, DBL_MAX, NULL,
+    {"epsilon", DM_PARAM_FLOAT, "1e-7", 0.0, 1.0, NULL,
      "added to sqrt(v) (Keras/TF default 1e-7)"},
-    {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, DBL_MAX, NULL,
+    {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, 1.0, NULL,
      "L2 penalty: weight_decay * param is added to the gradient"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 

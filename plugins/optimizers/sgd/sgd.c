@@ -9,7 +9,6 @@
  * The learning rate comes from the core in dm_opt_step_ctx.lr each step.
  * State: one float per parameter (the velocity b) when momentum > 0.
  */
-#include <float.h>
 #include <omp.h>
 #include <stdlib.h>
 
@@ -30,7 +29,7 @@ typedef struct sgd_state {
 static const dm_param_def sgd_params[] = {
     {"momentum", DM_PARAM_FLOAT, "0", 0.0, 1.0, NULL, "momentum factor in [0, 1); 0 = plain SGD"},
     {"nesterov", DM_PARAM_BOOL, "false", 0, -1, NULL, "Nesterov momentum (needs momentum > 0)"},
-    {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, DBL_MAX, NULL,
+    {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, 1.0, NULL,
      "L2 penalty: weight_decay * param is added to the gradient"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 

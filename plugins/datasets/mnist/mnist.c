@@ -9,7 +9,6 @@
  */
 #define _POSIX_C_SOURCE 200809L /* fileno, fstat */
 #include <errno.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <zlib.h>

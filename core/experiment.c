@@ -182,9 +182,10 @@ static int resolve_section(dm_experiment *x, const char *section_name, dm_kind k
         all[nc + i] = inst->lc->component->params[i];
         for (int j = 0; j < nc; j++)
             if (strcmp(core_defs[j].name, all[nc + i].name) == 0) {
+                int rc = dm_fail(err, DM_ERR_INVALID, "%s: plugin '%s' declares key '%s', which the core "
+                                 "owns in [%s]", inst->lc->path, type, all[nc + i].name, section_name);
                 free(all); free(plugin_kvs); free(core_kvs);
-                return dm_fail(err, DM_ERR_INVALID, "%s: plugin '%s' declares key '%s', which the core "
-                               "owns in [%s]", inst->lc->path, type, all[nc + i].name, section_name);
+                return rc;
             }
     }
     dm_param_set *merged = NULL;

@@ -104,7 +104,9 @@ int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
     dm_error e = {0};
     /* RTLD_LOCAL: plugins never see each other's symbols. RTLD_NOW: an
      * unresolved symbol is refused here, not at the first call. */
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    /* RTLD_NODELETE: a plugin's OpenMP/OpenBLAS worker threads may outlive
+     * dlclose(); unmapping their code under them crashes at exit. */
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!h)
         return dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, dlerror());
     dm_plugin_entry_fn entry;

@@ -18,6 +18,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -82,6 +83,40 @@ static int list_steps(const char *dir, long long **steps, int *n)
     return 0;
 }
 
+/* Test hook (tests/robustness): with DMNIST_TEST_CKPT_PAUSE_STEP=S the
+ * writer of step S's checkpoint stops half-way through, so a test can
+ * SIGKILL it there and check that nothing readable was lost. */
+static void pause_for_test(int64_t step, const char *tmp_path)
+{
+    const char *s = getenv("DMNIST_TEST_CKPT_PAUSE_STEP");
+    if (!s || !s[0] || atoll(s) != step) return;
+    fprintf(stderr, "dmnist: test hook: paused while writing %s\n", tmp_path);
+    fflush(stderr);
+    for (;;) pause();
+}
+
+/* A temp file whose writer died (SIGKILL, power loss) is never renamed and
+ * never picked by resume; remove it so the folder does not fill up. The
+ * writer's pid is its last suffix: only files of dead processes go. */
+static void remove_stale_temps(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        const char *t = strstr(de->d_name, ".dmck.tmp.");
+        if (strncmp(de->d_name, "ckpt-", 5) != 0 || !t) continue;
+        char *end;
+        long pid = strtol(t + 10, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params, const float *opt,
                         int keep, char *written, size_t written_size, dm_error *err)
 {
@@ -111,8 +146,11 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
 
     int fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return dm_fail(err, DM_ERR_IO, "%s: cannot create: %s", tmp_path, strerror(errno));
-    int bad = write_all(fd, h, CK_HEADER) || write_all(fd, params, st->n_params * 4) ||
-              (st->n_opt && write_all(fd, opt, st->n_opt * 4)) || write_all(fd, c4, 4) || fsync(fd);
+    size_t half = st->n_params / 2;
+    int bad = write_all(fd, h, CK_HEADER) || write_all(fd, params, half * 4);
+    if (!bad) pause_for_test(st->step, tmp_path);
+    bad = bad || write_all(fd, params + half, (st->n_params - half) * 4) ||
+          (st->n_opt && write_all(fd, opt, st->n_opt * 4)) || write_all(fd, c4, 4) || fsync(fd);
     int e = errno;
     if (close(fd) != 0 && !bad) { bad = 1; e = errno; }
     if (bad) {
@@ -128,6 +166,7 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
     if (dfd >= 0) { fsync(dfd); close(dfd); }
     if (written) snprintf(written, written_size, "%s", final_path);
 
+    remove_stale_temps(dir);
     long long *steps;
     int n;
     if (keep > 0 && list_steps(dir, &steps, &n) == 0) {

@@ -259,6 +259,30 @@ typedef struct dm_train_opts {
 /* Run an experiment end to end. Returns DM_OK or fills err. */
 int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
 
+/* ---- timeline: a Chrome trace of every step (core/timeline.c) ----------- */
+
+/* One recorder per process (a process is one rank). Each rank streams its
+ * events into "FILE.rank<R>.part"; after a barrier rank 0 joins the parts
+ * into FILE. Times are dm_timeline_clock() seconds (CLOCK_MONOTONIC, like
+ * the trainer's). Every call is a no-op while no timeline is open, so hot
+ * paths call them unconditionally. */
+int dm_timeline_open(const char *path, int rank, int world_size, dm_error *err);
+int dm_timeline_on(void);
+double dm_timeline_clock(void);
+/* args.step of the events that follow (< 0: none). */
+void dm_timeline_set_step(int64_t step);
+/* A span from t0 to t1 on the rank's track; the name is printf-formatted. */
+void dm_timeline_span(const char *cat, double t0, double t1, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Work in flight from t0 to t1 (an allreduce between start and wait), drawn
+ * on its own track; id tells overlapping ones apart. */
+void dm_timeline_async(const char *cat, uint64_t id, double t0, double t1, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* Close this rank's part (keep = 0: delete it, the run failed). */
+int dm_timeline_close(int keep, dm_error *err);
+/* Rank 0, after every rank closed its part: write FILE, delete the parts. */
+int dm_timeline_merge(dm_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,6 @@
-/* Shared helpers for the layer tests: create a layer through the registry
- * like dmnist-run does, and check its backward against central differences.
+/* The gradient checker shared by the layer tests (tests/layers) and
+ * dmnist-plugin-check: create a layer through the registry like dmnist-run
+ * does, and check its backward against central differences.
  *
  * The gradient check (after Caffe's GradientChecker):
  *  - the layer is created from DMNIST_PLUGIN_PATH with a "key=value" spec,
@@ -21,8 +22,8 @@
  *    tolerance are skipped and counted (Caffe skips kinks the same way);
  *  - din and grads are filled with NaN before backward, so an element
  *    backward forgets to write (or accumulates into) fails the check. */
-#ifndef DM_TESTS_GRADCHECK_H
-#define DM_TESTS_GRADCHECK_H
+#ifndef DM_GRADCHECK_H
+#define DM_GRADCHECK_H
 
 #include "dm_core.h"
 
@@ -41,6 +42,9 @@ typedef struct gc_layer {
 /* The registry loaded from $DMNIST_PLUGIN_PATH (once per process); NULL with
  * err set when the variable is missing or nothing could be loaded. */
 dm_registry *gc_registry(dm_error *err);
+/* Look layers up in r instead (a tool that loaded one plugin file); the
+ * caller keeps ownership. NULL goes back to DMNIST_PLUGIN_PATH. */
+void gc_use_registry(dm_registry *r);
 
 /* Look up `type`, parse `spec` ("filters=4 kernel=3"), create for `in` on the
  * CPU in NCHW with `threads` threads, allocate and bind params, grads and
@@ -50,7 +54,7 @@ int gc_layer_create(gc_layer *L, const char *type, const char *spec, dm_shape in
                     uint64_t seed, dm_error *err);
 void gc_layer_free(gc_layer *L);
 
-/* 64-byte aligned, zeroed; NULL for 0 bytes. Exits on failure (tests only). */
+/* 64-byte aligned, zeroed; NULL for 0 bytes. Exits on failure (tests and tools only). */
 void *gc_alloc(size_t bytes);
 /* U(lo, hi) floats from a splitmix64 stream. */
 void gc_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed);
@@ -72,6 +76,8 @@ typedef struct gc_options {
     int run_n;               /* batch passed to forward/backward; 0 = create-time n */
     int threads;             /* 0 = 2 */
     void (*tamper)(const gc_buffers *b);
+    int max_coords;          /* > 0: check a seeded sample of at most this many
+                                points per tensor (din, grads); 0 = every point */
 } gc_options;
 
 typedef struct gc_report {

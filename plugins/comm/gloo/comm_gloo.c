@@ -13,9 +13,17 @@
  * jobs fail at once with the first message, and later calls too. A job whose
  * waiter gave up is freed by the worker when Gloo lets go of it (its own
  * timeout); until finalize() returns its buffer may still be written.
+ *
+ * Gloo writes to its sockets with writev(), which raises SIGPIPE when a peer
+ * has gone, and SIGPIPE's default action ends the process. So every thread
+ * that talks to Gloo runs with SIGPIPE blocked: the worker, and Gloo's own
+ * event-loop thread, which inherits the mask because init() blocks SIGPIPE
+ * while Gloo creates it. A lost peer then is an EPIPE error, not a crash,
+ * and the host's signal handling is left as it was.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -70,6 +78,31 @@ static const dm_param_def gloo_params[] = {
     {"prefix", DM_PARAM_STRING, "", 0, -1, NULL,
      "key prefix in the store; set a new one to reuse a store; empty = dmnist"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
+
+/* ---- SIGPIPE ---------------------------------------------------------------- */
+
+static void sigpipe_block(sigset_t *old)
+{
+    sigset_t pipe_only;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, old);
+}
+
+/* Restore the caller's mask, first dropping a SIGPIPE Gloo raised on this
+ * thread meanwhile (it would otherwise be delivered now). */
+static void sigpipe_restore(const sigset_t *old)
+{
+    if (!sigismember(old, SIGPIPE)) {
+        sigset_t pipe_only;
+        sigemptyset(&pipe_only);
+        sigaddset(&pipe_only, SIGPIPE);
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &zero) == SIGPIPE) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, old, NULL);
+}
 
 /* ---- the worker ---------------------------------------------------------- */
 
@@ -212,12 +245,16 @@ static int gloo_wait(void *state, dm_comm_request *job, dm_error *err)
             dm_fail(err, status, "%s", job->msg);
         free(job);
     } else {
+        char what[80];
+        if (job->kind == JOB_ALLREDUCE)
+            snprintf(what, sizeof what, "allreduce of %zu floats", job->n);
+        else if (job->kind == JOB_BROADCAST)
+            snprintf(what, sizeof what, "broadcast of %zu bytes from rank %d", job->n, job->root);
+        else
+            snprintf(what, sizeof what, "barrier");
         status = dm_fail(err, DM_ERR_TIMEOUT,
                          "gloo: rank %d: %s timed out after %g s (a peer rank is gone?)", st->rank,
-                         job->kind == JOB_ALLREDUCE   ? "allreduce"
-                         : job->kind == JOB_BROADCAST ? "broadcast"
-                                                      : "barrier",
-                         st->timeout_s);
+                         what, st->timeout_s);
         if (!st->broken) {
             st->broken = 1;
             snprintf(st->broken_msg, sizeof st->broken_msg, "%s", err ? err->msg : "timeout");
@@ -304,6 +341,9 @@ static int gloo_init(const dm_params *params, const dm_comm_config *cfg, void **
     pthread_cond_init(&st->done_cv, &ca);
     pthread_condattr_destroy(&ca);
 
+    /* Gloo's event-loop thread and our worker inherit this mask. */
+    sigset_t old_mask;
+    sigpipe_block(&old_mask);
     dm_gloo_setup setup = {
         .rendezvous = rendezvous,
         .prefix = prefix[0] ? prefix : "dmnist",
@@ -315,14 +355,14 @@ static int gloo_init(const dm_params *params, const dm_comm_config *cfg, void **
     };
     int local_rank = -1;
     int rc = dm_gloo_connect(&setup, &st->g, &local_rank, err);
+    if (rc == DM_OK && pthread_create(&st->worker, NULL, gloo_worker, st) != 0)
+        rc = dm_fail(err, DM_ERR_INTERNAL, "gloo: cannot start the worker thread");
     if (rc != DM_OK) {
         gloo_free_state(st);
+        sigpipe_restore(&old_mask);
         return rc;
     }
-    if (pthread_create(&st->worker, NULL, gloo_worker, st) != 0) {
-        gloo_free_state(st);
-        return dm_fail(err, DM_ERR_INTERNAL, "gloo: cannot start the worker thread");
-    }
+    sigpipe_restore(&old_mask);
     st->worker_running = 1;
 
     info->rank = rank;
@@ -346,6 +386,8 @@ static int gloo_finalize(void *state, dm_error *err)
     pthread_mutex_unlock(&st->mu);
     if (st->worker_running)
         pthread_join(st->worker, NULL);
+    sigset_t old_mask; /* closing sockets to a lost peer */
+    sigpipe_block(&old_mask);
     /* Handles nobody waited on. */
     while (st->live) {
         dm_comm_request *job = st->live;
@@ -353,6 +395,7 @@ static int gloo_finalize(void *state, dm_error *err)
         free(job);
     }
     gloo_free_state(st);
+    sigpipe_restore(&old_mask);
     return DM_OK;
 }
 

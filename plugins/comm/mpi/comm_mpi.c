@@ -8,6 +8,11 @@
  * until it completes or the deadline passes. A peer that stopped answering
  * therefore gives DM_ERR_TIMEOUT instead of a hang.
  *
+ * With `timeouts = false` the blocking calls use MPI_Allreduce, MPI_Bcast
+ * and MPI_Barrier instead: Open MPI's blocking algorithms are about twice as
+ * fast on large buffers (measured: 2 ms against 4.5 ms for 9.5 MB on 2
+ * ranks), but a lost peer then hangs them. allreduce_start() always polls.
+ *
  * After a failure the communicator is marked broken: later calls fail at
  * once with the first message, and finalize() skips MPI_Comm_free and
  * MPI_Finalize, both of which would wait for the lost peer.
@@ -51,6 +56,7 @@ struct mpi_state {
     int rank, size;
     int we_initialised;           /* MPI_Init_thread was ours, so MPI_Finalize is too */
     double timeout_s;
+    int timeouts;                 /* 0: blocking calls use blocking MPI (no deadline) */
     int broken;                   /* a collective failed: the communicator is unusable */
     char broken_msg[DM_ERRMSG_MAX];
     dm_comm_request *outstanding; /* started, not yet waited on, oldest first */
@@ -59,6 +65,8 @@ struct mpi_state {
 static const dm_param_def mpi_params[] = {
     {"timeout_s", DM_PARAM_FLOAT, "0", 0.0, 86400.0, NULL,
      "seconds any call may take before it fails; 0 = the run's comm timeout"},
+    {"timeouts", DM_PARAM_BOOL, "true", 0, -1, NULL,
+     "false: blocking calls use blocking MPI, faster but a lost peer hangs them"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 /* ---- errors --------------------------------------------------------------- */
@@ -174,6 +182,7 @@ static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **s
     st->timeout_s = dm_param_float(params, "timeout_s", 0.0);
     if (st->timeout_s <= 0.0)
         st->timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : MPI_DEFAULT_TIMEOUT_S;
+    st->timeouts = (int)dm_param_int(params, "timeouts", 1);
 
     MPI_Initialized(&initialised);
     if (!initialised) {
@@ -354,6 +363,25 @@ static int mpi_wait(void *state, dm_comm_request *req, dm_error *err)
 static int mpi_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
                          void *cuda_stream, dm_error *err)
 {
+    mpi_state *st = state;
+    if (st && !st->timeouts) {
+        int status = mpi_check_usable(st, device, err);
+        if (status != DM_OK)
+            return status;
+        if (op != DM_REDUCE_SUM && op != DM_REDUCE_AVG)
+            return dm_fail(err, DM_ERR_INVALID, "mpi: unknown reduce op %d", (int)op);
+        if (!buf && n > 0)
+            return dm_fail(err, DM_ERR_INVALID, "mpi: allreduce of %zu floats from a NULL buffer",
+                           n);
+        for (size_t off = 0; off < n; off += MPI_CHUNK_MAX) {
+            size_t len = n - off < MPI_CHUNK_MAX ? n - off : MPI_CHUNK_MAX;
+            int rc = MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, st->comm);
+            if (rc != MPI_SUCCESS)
+                return mpi_fail_rc(st, err, rc, "MPI_Allreduce");
+        }
+        mpi_finish_avg(st, buf, n, op);
+        return DM_OK;
+    }
     dm_comm_request *req = NULL;
     int status = mpi_allreduce_start(state, buf, n, op, device, cuda_stream, &req, err);
     if (status != DM_OK)
@@ -375,6 +403,15 @@ static int mpi_broadcast(void *state, void *buf, size_t bytes, int root, dm_devi
     if (!buf && bytes > 0)
         return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast of %zu bytes from a NULL buffer", bytes);
 
+    if (!st->timeouts) {
+        for (size_t off = 0; off < bytes; off += MPI_CHUNK_MAX) {
+            size_t len = bytes - off < MPI_CHUNK_MAX ? bytes - off : MPI_CHUNK_MAX;
+            int rc = MPI_Bcast((char *)buf + off, (int)len, MPI_BYTE, root, st->comm);
+            if (rc != MPI_SUCCESS)
+                return mpi_fail_rc(st, err, rc, "MPI_Bcast");
+        }
+        return DM_OK;
+    }
     int n_reqs = mpi_n_chunks(bytes);
     if (n_reqs == 0)
         return DM_OK;
@@ -403,6 +440,10 @@ static int mpi_barrier(void *state, dm_error *err)
     int status = mpi_check_usable(st, DM_DEVICE_CPU, err);
     if (status != DM_OK)
         return status;
+    if (!st->timeouts) {
+        int rc = MPI_Barrier(st->comm);
+        return rc == MPI_SUCCESS ? DM_OK : mpi_fail_rc(st, err, rc, "MPI_Barrier");
+    }
     MPI_Request req;
     int rc = MPI_Ibarrier(st->comm, &req);
     if (rc != MPI_SUCCESS)

@@ -509,20 +509,29 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         double tc = now_s();
         if ((rc = wait_buckets(&t, err))) break;
         double td = now_s();
-        /* NaN/Inf check (CPU: every step, the loss is on the host). */
+        /* NaN/Inf check (CPU: every step, the loss is on the host). Ranks
+         * decide together: a skip or stop on one rank alone would leave the
+         * others applying its NaN gradients or waiting for it. */
         if (x->device == DM_DEVICE_CPU) {
             float step_loss = t.m.metrics[0] - before;
-            if (!isfinite(step_loss)) {
+            float bad_ranks = isfinite(step_loss) ? 0.0f : 1.0f;
+            if (N > 1 && (rc = allreduce_host(&t, &bad_ranks, 1, DM_REDUCE_SUM, err))) break;
+            if (bad_ranks > 0) {
+                char where[96];
+                if (isfinite(step_loss))
+                    snprintf(where, sizeof where, "is not finite on %d other rank%s", (int)bad_ranks,
+                             bad_ranks > 1 ? "s" : "");
+                else
+                    snprintf(where, sizeof where, "is %f on rank %d", (double)step_loss, t.ci.rank);
                 if (x->nan_skip) {
-                    if (rank0(&t)) printf("step %lld: loss is %f, step skipped (nan_policy = skip)\n",
-                                          (long long)t.step + 1, (double)step_loss);
+                    if (rank0(&t)) printf("step %lld: loss %s, step skipped (nan_policy = skip)\n",
+                                          (long long)t.step + 1, where);
                     t.m.metrics[0] = before;
                     t.step++;
                     continue;
                 }
-                rc = dm_fail(err, DM_ERR_INVALID, "step %lld: loss is %f on rank %d: training diverged "
-                             "(lower optimizer.lr, or set train.nan_policy = skip)", (long long)t.step + 1,
-                             (double)step_loss, t.ci.rank);
+                rc = dm_fail(err, DM_ERR_INVALID, "step %lld: loss %s: training diverged "
+                             "(lower optimizer.lr, or set train.nan_policy = skip)", (long long)t.step + 1, where);
                 break;
             }
         }

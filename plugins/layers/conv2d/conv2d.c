@@ -7,10 +7,10 @@
 #include <omp.h>
 #include <stdlib.h>
 
-/* Auto chunking: columns of about this many bytes per im2col/GEMM chunk
- * (measured in docs/cpu-path.md: big enough for efficient GEMMs, small
- * enough to stay in the L3 cache). */
-#define CONV2D_AUTO_COL_BYTES (8u << 20)
+/* Auto chunking: about this many bytes of im2col columns per task (see
+ * docs/cpu-path.md: big enough for an efficient GEMM, small enough to stay
+ * in the core's L2 cache). */
+#define CONV2D_AUTO_COL_BYTES (1u << 20)
 
 /* ABI 1.0 sizes of the structs the host hands us. */
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
@@ -25,7 +25,7 @@ static const dm_param_def conv2d_params[] = {
     {"bias", DM_PARAM_BOOL, "true", 0, -1, NULL, "add a learned bias per filter"},
     {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
     {"chunk", DM_PARAM_INT, "0", 0, 1 << 20, NULL,
-     "images per im2col/GEMM chunk on the CPU; 0 = auto (about 8 MiB of columns)"},
+     "images per im2col/GEMM task on the CPU; 0 = auto (about 1 MiB of columns)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static const char *device_name(dm_device d)
@@ -102,24 +102,25 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
     out_size(in.h, k, stride, same, &s->out_h, &s->pad_top);
     out_size(in.w, k, stride, same, &s->out_w, &s->pad_left);
 
-    size_t col_per_image = conv2d_col_floats(s, 1) * sizeof(float);
+    const size_t col_per_image = (size_t)in.c * k * k * s->out_h * s->out_w * sizeof(float);
     if (chunk > 0)
         s->chunk = chunk;
     else
         s->chunk = col_per_image >= CONV2D_AUTO_COL_BYTES
                        ? 1
                        : (int)(CONV2D_AUTO_COL_BYTES / col_per_image);
-    if (s->chunk > in.n)
-        s->chunk = in.n;
+    /* At least one task per thread. */
+    if (s->chunk > (in.n + s->nthreads - 1) / s->nthreads)
+        s->chunk = (in.n + s->nthreads - 1) / s->nthreads;
 
-    /* OpenBLAS runs the GEMMs with its own threads, between (never inside)
-     * our OpenMP loops; its thread count is process-wide. */
-    openblas_set_num_threads(s->nthreads);
+    /* One pool of threads: OpenMP hands tasks to threads and each task calls
+     * a single-threaded GEMM. OpenBLAS's own threads would fight OpenMP's
+     * spinning ones for the cores; the setting is process-wide. */
+    openblas_set_num_threads(1);
 
     info->out_shape = (dm_shape){in.n, filters, s->out_h, s->out_w};
     info->param_count = (size_t)filters * in.c * k * k + (s->has_bias ? (size_t)filters : 0);
-    info->workspace_bytes =
-        (conv2d_col_floats(s, s->chunk) + conv2d_tmp_floats(s, s->chunk)) * sizeof(float);
+    info->workspace_bytes = conv2d_workspace_bytes(s);
     info->is_loss = 0;
     *state = s;
     return DM_OK;
@@ -136,8 +137,7 @@ static int conv2d_bind(void *state, float *params, float *grads, void *workspace
     s->dw = grads;
     s->b = s->has_bias ? params + nw : NULL;
     s->db = s->has_bias ? grads + nw : NULL;
-    s->col = workspace;
-    s->tmp = s->col + conv2d_col_floats(s, s->chunk);
+    s->workspace = workspace;
     return DM_OK;
 }
 

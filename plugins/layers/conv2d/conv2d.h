@@ -18,18 +18,17 @@ typedef struct conv2d_state {
     int pad_top, pad_left;  /* 'same' puts the odd pixel at the bottom/right, like Keras */
     int out_h, out_w;
     int has_bias, relu;     /* relu: fused ReLU on the output */
-    int chunk;              /* images per im2col/GEMM chunk */
+    int chunk;              /* images per task: one im2col + GEMM on one thread */
 
     /* Bound buffers (the core owns them). */
     float *w, *b;           /* w (filters, in_c, k, k); b (filters) or NULL */
     float *dw, *db;
-    float *col;             /* workspace: (in_c*k*k, chunk*out_h*out_w) */
-    float *tmp;             /* workspace: (filters, chunk*out_h*out_w) */
+    void *workspace;        /* conv2d_workspace_bytes(s), carved up by the CPU code */
 } conv2d_state;
 
-/* Floats of workspace for a chunk of `chunk` images. */
-size_t conv2d_col_floats(const conv2d_state *s, int chunk);
-size_t conv2d_tmp_floats(const conv2d_state *s, int chunk);
+/* Workspace the CPU path needs for batches up to s->n with s->chunk and
+ * s->nthreads set. */
+size_t conv2d_workspace_bytes(const conv2d_state *s);
 
 /* x (n, in_c, in_h, in_w) -> y (n, filters, out_h, out_w). */
 void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y);

@@ -1,30 +1,58 @@
-/* Conv2D on the CPU: im2col + one OpenBLAS sgemm per chunk of images.
+/* Conv2D on the CPU: im2col + GEMM, the batch split into tasks of
+ * s->chunk images, one task at a time per OpenMP thread.
  *
- * For a chunk of B images, with K = in_c*k*k and P = out_h*out_w:
- *   col (K, B*P)  = im2col(x)              OpenMP
- *   tmp (F, B*P)  = w (F, K) * col         sgemm, OpenBLAS threads
- *   y[b] (F, P)   = act(tmp[:, b*P..] + bias)   OpenMP, fused bias+ReLU
- * Backward, per chunk:
- *   tmp (F, B*P)  = dy * relu'(y), db += row sums    OpenMP
- *   col           = im2col(x)               (recomputed: cheaper than keeping it)
- *   dw (F, K)    += tmp * col^T             sgemm
- *   col           = w^T * tmp               sgemm
- *   dx            = col2im(col)             OpenMP
- * The OpenMP loops and the sgemm calls alternate and never nest, so the two
- * thread pools do not fight over the cores. */
+ * Task of B images (K = in_c*k*k, P = out_h*out_w), on one thread:
+ *   col (K, B*P)  = im2col(x)
+ *   tmp (F, B*P)  = w (F, K) * col                    single-threaded sgemm
+ *   y[b] (F, P)   = act(tmp[:, b*P..] + bias)          fused bias + ReLU
+ * Backward task:
+ *   tmp (F, B*P)  = dy * relu'(y);  db_part[task] = row sums
+ *   col           = im2col(x)        (recomputed: cheaper than keeping it)
+ *   dw_part[task] = tmp * col^T                        sgemm
+ *   col           = w^T * tmp                          sgemm
+ *   dx            = col2im(col)
+ * then dw, db = sums of the task parts in task order, so the result does not
+ * depend on which thread ran which task.
+ *
+ * Only OpenMP's threads ever run: OpenBLAS is set to one thread (conv2d.c),
+ * because its own pool and OpenMP's spinning workers would fight over the
+ * cores (docs/cpu-path.md has the numbers). */
 #include "conv2d.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <string.h>
 
-size_t conv2d_col_floats(const conv2d_state *s, int chunk)
+/* Workspace, in floats, each part rounded up to 16 floats (64 bytes):
+ *   per thread:  col (K, chunk*P), tmp (F, chunk*P)
+ *   per task:    dw_part (F, K), db_part (F) */
+typedef struct conv2d_ws {
+    size_t col, tmp, thread; /* floats per thread slot */
+    size_t part;             /* floats per task part */
+    int ntasks_max;
+} conv2d_ws;
+
+static size_t round16(size_t x)
 {
-    return (size_t)s->in_c * s->k * s->k * chunk * s->out_h * s->out_w;
+    return (x + 15) / 16 * 16;
 }
 
-size_t conv2d_tmp_floats(const conv2d_state *s, int chunk)
+static conv2d_ws ws_layout(const conv2d_state *s)
 {
-    return (size_t)s->filters * chunk * s->out_h * s->out_w;
+    conv2d_ws l;
+    const size_t K = (size_t)s->in_c * s->k * s->k, P = (size_t)s->out_h * s->out_w;
+    l.col = round16(K * s->chunk * P);
+    l.tmp = round16((size_t)s->filters * s->chunk * P);
+    l.thread = l.col + l.tmp;
+    l.part = round16((size_t)s->filters * K + s->filters);
+    l.ntasks_max = (s->n + s->chunk - 1) / s->chunk;
+    return l;
+}
+
+size_t conv2d_workspace_bytes(const conv2d_state *s)
+{
+    const conv2d_ws l = ws_layout(s);
+    return (l.thread * s->nthreads + l.part * l.ntasks_max) * sizeof(float);
 }
 
 /* The output columns ox whose input column ox*stride - pad + kx lies in
@@ -44,14 +72,14 @@ static void valid_range(int out, int stride, int pad, int kx, int in, int *lo, i
 }
 
 /* x (B, C, H, W) -> col (K, B*P): col[(c*k+ky)*k+kx][b*P + oy*ow + ox] =
- * x[b][c][oy*s - pt + ky][ox*s - pl + kx], 0 outside the image. */
+ * x[b][c][oy*s - pt + ky][ox*s - pl + kx], 0 outside the image.
+ * Runs on the calling thread (inside a task). */
 static void im2col(const conv2d_state *s, int B, const float *x, float *col)
 {
     const int C = s->in_c, H = s->in_h, W = s->in_w, k = s->k, st = s->stride;
     const int oh = s->out_h, ow = s->out_w, P = oh * ow, K = C * k * k;
     const size_t ld = (size_t)B * P;
 
-#pragma omp parallel for collapse(2) schedule(static) num_threads(s->nthreads)
     for (int b = 0; b < B; b++) {
         for (int r = 0; r < K; r++) {
             const int c = r / (k * k), ky = (r / k) % k, kx = r % k;
@@ -81,15 +109,13 @@ static void im2col(const conv2d_state *s, int B, const float *x, float *col)
 }
 
 /* col (K, B*P) -> dx (B, C, H, W): the adjoint of im2col (sums overlaps).
- * Parallel over (image, channel) planes, so no two threads write the same
- * pixel. */
+ * Runs on the calling thread (inside a task). */
 static void col2im(const conv2d_state *s, int B, const float *col, float *dx)
 {
     const int C = s->in_c, H = s->in_h, W = s->in_w, k = s->k, st = s->stride;
     const int oh = s->out_h, ow = s->out_w, P = oh * ow;
     const size_t ld = (size_t)B * P;
 
-#pragma omp parallel for collapse(2) schedule(static) num_threads(s->nthreads)
     for (int b = 0; b < B; b++) {
         for (int c = 0; c < C; c++) {
             float *dxc = dx + ((size_t)b * C + c) * H * W;
@@ -122,22 +148,25 @@ void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y)
 {
     const int F = s->filters, K = s->in_c * s->k * s->k, P = s->out_h * s->out_w;
     const size_t x_item = (size_t)s->in_c * s->in_h * s->in_w, y_item = (size_t)F * P;
+    const conv2d_ws l = ws_layout(s);
+    const int ntasks = (n + s->chunk - 1) / s->chunk;
 
-    for (int i0 = 0; i0 < n; i0 += s->chunk) {
-        const int B = n - i0 < s->chunk ? n - i0 : s->chunk;
-        const int BP = B * P;
-        im2col(s, B, x + (size_t)i0 * x_item, s->col);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s->nthreads)
+    for (int task = 0; task < ntasks; task++) {
+        float *col = (float *)s->workspace + l.thread * omp_get_thread_num();
+        float *tmp = col + l.col;
+        const int i0 = task * s->chunk, B = n - i0 < s->chunk ? n - i0 : s->chunk, BP = B * P;
+
+        im2col(s, B, x + (size_t)i0 * x_item, col);
         /* tmp (F, B*P) = w (F, K) * col (K, B*P) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, F, BP, K, 1.0f, s->w, K, s->col,
-                    BP, 0.0f, s->tmp, BP);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, F, BP, K, 1.0f, s->w, K, col, BP,
+                    0.0f, tmp, BP);
         /* y[i0+b][f][p] = act(tmp[f][b*P + p] + bias[f]) */
-        float *yc = y + (size_t)i0 * y_item;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(s->nthreads)
         for (int b = 0; b < B; b++) {
             for (int f = 0; f < F; f++) {
                 const float bias = s->b ? s->b[f] : 0.0f;
-                const float *t = s->tmp + (size_t)f * BP + (size_t)b * P;
-                float *o = yc + (size_t)b * y_item + (size_t)f * P;
+                const float *t = tmp + (size_t)f * BP + (size_t)b * P;
+                float *o = y + (size_t)(i0 + b) * y_item + (size_t)f * P;
                 if (s->relu) {
                     for (int p = 0; p < P; p++) {
                         float v = t[p] + bias;
@@ -157,48 +186,64 @@ void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const flo
 {
     const int F = s->filters, K = s->in_c * s->k * s->k, P = s->out_h * s->out_w;
     const size_t x_item = (size_t)s->in_c * s->in_h * s->in_w, y_item = (size_t)F * P;
+    const conv2d_ws l = ws_layout(s);
+    const int ntasks = (n + s->chunk - 1) / s->chunk;
+    float *parts = (float *)s->workspace + l.thread * s->nthreads;
 
-    if (s->db)
-        memset(s->db, 0, (size_t)F * sizeof(float));
-    for (int i0 = 0; i0 < n; i0 += s->chunk) {
-        const int B = n - i0 < s->chunk ? n - i0 : s->chunk;
-        const int BP = B * P;
-        const float *yc = y + (size_t)i0 * y_item, *dyc = dy + (size_t)i0 * y_item;
+#pragma omp parallel num_threads(s->nthreads)
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int task = 0; task < ntasks; task++) {
+            float *col = (float *)s->workspace + l.thread * omp_get_thread_num();
+            float *tmp = col + l.col;
+            float *dw_part = parts + l.part * task, *db_part = dw_part + (size_t)F * K;
+            const int i0 = task * s->chunk, B = n - i0 < s->chunk ? n - i0 : s->chunk;
+            const int BP = B * P;
 
-        /* tmp (F, B*P) = dy * relu'(y) in GEMM order; db[f] += its row sum.
-         * One thread per filter row, so db needs no reduction. */
-#pragma omp parallel for schedule(static) num_threads(s->nthreads)
-        for (int f = 0; f < F; f++) {
-            float *t = s->tmp + (size_t)f * BP;
-            double sum = 0.0;
-            for (int b = 0; b < B; b++) {
-                const float *g = dyc + (size_t)b * y_item + (size_t)f * P;
-                const float *o = yc + (size_t)b * y_item + (size_t)f * P;
-                float *tb = t + (size_t)b * P;
-                if (s->relu) {
+            /* tmp (F, B*P) = dy * relu'(y) in GEMM order; db_part = its row sums */
+            for (int f = 0; f < F; f++) {
+                float *t = tmp + (size_t)f * BP;
+                double sum = 0.0;
+                for (int b = 0; b < B; b++) {
+                    const size_t off = (size_t)(i0 + b) * y_item + (size_t)f * P;
+                    const float *g = dy + off, *o = y + off;
+                    float *tb = t + (size_t)b * P;
+                    if (s->relu) {
+                        for (int p = 0; p < P; p++)
+                            tb[p] = o[p] > 0.0f ? g[p] : 0.0f;
+                    } else {
+                        memcpy(tb, g, (size_t)P * sizeof(float));
+                    }
+                    float row = 0.0f;
                     for (int p = 0; p < P; p++)
-                        tb[p] = o[p] > 0.0f ? g[p] : 0.0f;
-                } else {
-                    memcpy(tb, g, (size_t)P * sizeof(float));
+                        row += tb[p];
+                    sum += row;
                 }
-                float part = 0.0f;
-                for (int p = 0; p < P; p++)
-                    part += tb[p];
-                sum += part;
+                db_part[f] = (float)sum;
             }
-            if (s->db)
-                s->db[f] += (float)sum;
-        }
 
-        im2col(s, B, x + (size_t)i0 * x_item, s->col);
-        /* dw (F, K) (+)= tmp (F, B*P) * col^T (B*P, K) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, F, K, BP, 1.0f, s->tmp, BP, s->col,
-                    BP, i0 == 0 ? 0.0f : 1.0f, s->dw, K);
-        if (dx) {
-            /* col (K, B*P) = w^T (K, F) * tmp (F, B*P) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, BP, F, 1.0f, s->w, K, s->tmp,
-                        BP, 0.0f, s->col, BP);
-            col2im(s, B, s->col, dx + (size_t)i0 * x_item);
+            im2col(s, B, x + (size_t)i0 * x_item, col);
+            /* dw_part (F, K) = tmp (F, B*P) * col^T (B*P, K) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, F, K, BP, 1.0f, tmp, BP, col,
+                        BP, 0.0f, dw_part, K);
+            if (dx) {
+                /* col (K, B*P) = w^T (K, F) * tmp (F, B*P) */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, BP, F, 1.0f, s->w, K,
+                            tmp, BP, 0.0f, col, BP);
+                col2im(s, B, col, dx + (size_t)i0 * x_item);
+            }
+        }
+        /* (implicit barrier) dw, db = sums of the parts, in task order */
+        const int nw = F * K;
+#pragma omp for schedule(static)
+        for (int e = 0; e < nw + F; e++) {
+            float sum = 0.0f;
+            for (int task = 0; task < ntasks; task++)
+                sum += parts[l.part * task + e];
+            if (e < nw)
+                s->dw[e] = sum;
+            else if (s->db)
+                s->db[e - nw] = sum;
         }
     }
 }

@@ -61,9 +61,10 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
     s->has_bias = dm_param_int(p, "bias", 1) != 0;
     s->relu = strcmp(dm_param_str(p, "activation", "none"), "relu") == 0;
 
-    /* OpenBLAS runs the GEMMs with its own threads, between (never inside)
-     * our OpenMP loops; its thread count is process-wide. */
-    openblas_set_num_threads(s->nthreads);
+    /* One pool of threads: OpenMP splits the GEMMs and each part runs
+     * single-threaded. OpenBLAS's own threads would fight OpenMP's spinning
+     * ones for the cores; the setting is process-wide. */
+    openblas_set_num_threads(1);
 
     info->out_shape = (dm_shape){in.n, s->units, 1, 1};
     info->param_count =

@@ -1,24 +1,52 @@
-/* Dense on the CPU: one sgemm per product over the whole batch (OpenBLAS
- * threads), OpenMP for the bias/ReLU passes, never nested. */
+/* Dense on the CPU. OpenMP splits each product into column blocks and every
+ * block is one single-threaded sgemm, so only OpenMP's threads run (OpenBLAS
+ * is set to one thread in dense.c: its own pool would fight OpenMP's
+ * spinning workers for the cores; see docs/cpu-path.md). Blocks are fixed
+ * by the sizes alone, so results do not depend on thread timing. */
 #include "dense.h"
 
 #include <cblas.h>
 #include <string.h>
 
+/* Block `i` of `parts` over [0, total), boundaries on multiples of 16. */
+static void block(int total, int parts, int i, int *lo, int *hi)
+{
+    const int units16 = (total + 15) / 16;
+    *lo = (int)((long)units16 * i / parts) * 16;
+    *hi = (int)((long)units16 * (i + 1) / parts) * 16;
+    if (*lo > total)
+        *lo = total;
+    if (*hi > total)
+        *hi = total;
+}
+
+/* Blocks for a dimension: one per thread, but none thinner than 16. */
+static int nblocks(const dense_state *s, int total)
+{
+    const int most = (total + 15) / 16;
+    return s->nthreads < most ? s->nthreads : most;
+}
+
 void dense_forward_cpu(const dense_state *s, int n, const float *x, float *y)
 {
-    const int K = s->in_features, U = s->units;
-    /* y (n, U) = x (n, K) * w^T (K, U) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, U, K, 1.0f, x, K, s->w, K, 0.0f, y,
-                U);
-    if (!s->b && !s->relu)
-        return;
+    const int K = s->in_features, U = s->units, parts = nblocks(s, U);
 #pragma omp parallel for schedule(static) num_threads(s->nthreads)
-    for (int i = 0; i < n; i++) {
-        float *yi = y + (size_t)i * U;
-        for (int u = 0; u < U; u++) {
-            float v = yi[u] + (s->b ? s->b[u] : 0.0f);
-            yi[u] = s->relu && v < 0.0f ? 0.0f : v;
+    for (int part = 0; part < parts; part++) {
+        int u0, u1;
+        block(U, parts, part, &u0, &u1);
+        if (u1 <= u0)
+            continue;
+        /* y[:, u0:u1] (n, Ub) = x (n, K) * w[u0:u1]^T (K, Ub) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, u1 - u0, K, 1.0f, x, K,
+                    s->w + (size_t)u0 * K, K, 0.0f, y + u0, U);
+        if (!s->b && !s->relu)
+            continue;
+        for (int i = 0; i < n; i++) {
+            float *yi = y + (size_t)i * U;
+            for (int u = u0; u < u1; u++) {
+                float v = yi[u] + (s->b ? s->b[u] : 0.0f);
+                yi[u] = s->relu && v < 0.0f ? 0.0f : v;
+            }
         }
     }
 }
@@ -27,30 +55,46 @@ void dense_backward_cpu(const dense_state *s, int n, const float *x, const float
                         const float *dy, float *dx)
 {
     const int K = s->in_features, U = s->units;
-    const float *dz = dy;
-    if (s->relu) {
-        /* dz = dy where the output was positive */
-        const size_t count = (size_t)n * U;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads)
-        for (size_t i = 0; i < count; i++)
-            s->dz[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-        dz = s->dz;
-    }
-    if (s->db) {
-        /* db[u] = sum over the batch of dz[:, u] */
-        memset(s->db, 0, (size_t)U * sizeof(float));
-        for (int i = 0; i < n; i++) {
-            const float *r = dz + (size_t)i * U;
-            for (int u = 0; u < U; u++)
-                s->db[u] += r[u];
+    const int uparts = nblocks(s, U), kparts = nblocks(s, K);
+    const float *dz = s->relu ? s->dz : dy;
+#pragma omp parallel num_threads(s->nthreads)
+    {
+        if (s->relu) {
+            /* dz (n, U) = dy where the output was positive */
+            const int count = n * U;
+#pragma omp for schedule(static)
+            for (int i = 0; i < count; i++)
+                s->dz[i] = y[i] > 0.0f ? dy[i] : 0.0f;
         }
-    }
-    /* dw (U, K) = dz^T (U, n) * x (n, K) */
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, U, K, n, 1.0f, dz, U, x, K, 0.0f, s->dw,
-                K);
-    if (dx) {
-        /* dx (n, K) = dz (n, U) * w (U, K) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, K, U, 1.0f, dz, U, s->w, K,
-                    0.0f, dx, K);
+#pragma omp for schedule(static)
+        for (int part = 0; part < uparts; part++) {
+            int u0, u1;
+            block(U, uparts, part, &u0, &u1);
+            if (u1 <= u0)
+                continue;
+            if (s->db) {
+                /* db[u] = sum over the batch of dz[:, u] */
+                for (int u = u0; u < u1; u++)
+                    s->db[u] = 0.0f;
+                for (int i = 0; i < n; i++)
+                    for (int u = u0; u < u1; u++)
+                        s->db[u] += dz[(size_t)i * U + u];
+            }
+            /* dw[u0:u1] (Ub, K) = dz[:, u0:u1]^T (Ub, n) * x (n, K) */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, u1 - u0, K, n, 1.0f, dz + u0, U,
+                        x, K, 0.0f, s->dw + (size_t)u0 * K, K);
+        }
+        if (dx) {
+#pragma omp for schedule(static)
+            for (int part = 0; part < kparts; part++) {
+                int k0, k1;
+                block(K, kparts, part, &k0, &k1);
+                if (k1 <= k0)
+                    continue;
+                /* dx[:, k0:k1] (n, Kb) = dz (n, U) * w[:, k0:k1] (U, Kb) */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k1 - k0, U, 1.0f, dz,
+                            U, s->w + k0, K, 0.0f, dx + k0, K);
+            }
+        }
     }
 }

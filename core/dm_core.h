@@ -153,6 +153,7 @@ typedef struct dm_experiment {
     int checkpoint_every, keep_checkpoints;
     double fusion_mb;
     int nan_skip;                /* 1: skip a step whose loss is not finite */
+    int sync_check_every;        /* > 0: compare parameter hashes over ranks every N steps */
 
     /* [optimizer] */
     dm_instance_cfg opt;

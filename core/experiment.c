@@ -36,6 +36,8 @@ static const dm_param_def train_defs[] = {
     {"keep_checkpoints", DM_PARAM_INT, "3", 1, 1e6, NULL, "how many recent checkpoints to keep"},
     {"fusion_mb", DM_PARAM_FLOAT, "4", 0, 1e6, NULL, "gradient bucket size in MB (0 = one allreduce per layer)"},
     {"nan_policy", DM_PARAM_ENUM, "stop", NO_RANGE, "stop|skip", "what a NaN or Inf loss does"},
+    {"sync_check_every", DM_PARAM_INT, "0", 0, 1e9, NULL,
+     "every N steps check that all ranks hold bitwise identical parameters (0 = off)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static const dm_param_def optimizer_defs[] = {
@@ -290,6 +292,7 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     x->keep_checkpoints = (int)dm_param_int(p, "keep_checkpoints", 3);
     x->fusion_mb = dm_param_float(p, "fusion_mb", 4);
     x->nan_skip = strcmp(dm_param_str(p, "nan_policy", "stop"), "skip") == 0;
+    x->sync_check_every = (int)dm_param_int(p, "sync_check_every", 0);
     dm_param_set_free(ps);
 
     /* [optimizer] */

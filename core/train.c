@@ -348,6 +348,74 @@ static int resume(trainer *t, dm_error *err)
     return rc;
 }
 
+/* ---- parameter-sync check (train.sync_check_every) -------------------------- */
+
+/* FNV-1a, 64-bit, over the bytes of buf: cheap, and any changed bit changes
+ * the hash. tests/distributed/ckpt_hash.c computes the same over a checkpoint. */
+static uint64_t fnv1a64(const void *buf, size_t bytes)
+{
+    const unsigned char *p = buf;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < bytes; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* Every rank hashes its parameters and the hashes are gathered with one
+ * allreduce: rank r writes its hash as four 16-bit pieces (exact in float)
+ * into slots [4r, 4r+4) of a zeroed vector [4 x N], so the sum holds every
+ * rank's hash. All ranks then compare with rank 0's and, on a difference,
+ * stop together with the same message: a lone failing rank would leave the
+ * others waiting for it until the timeout. */
+static int sync_check(trainer *t, dm_error *err)
+{
+    int N = t->ci.size;
+    size_t bytes = t->m.param_count * sizeof(float);
+    uint64_t mine;
+    if (t->dev.device == DM_DEVICE_CPU) {
+        mine = fnv1a64(t->m.params, bytes);
+    } else {
+        float *h = malloc(bytes);
+        if (!h) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        int rc = dm_dev_download(&t->dev, h, t->m.params, bytes, err);
+        mine = fnv1a64(h, bytes);
+        free(h);
+        if (rc) return rc;
+    }
+    float *v = calloc((size_t)N * 4, sizeof(float));
+    uint64_t *hash = malloc((size_t)N * sizeof(uint64_t));
+    if (!v || !hash) { free(v); free(hash); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
+    for (int k = 0; k < 4; k++) v[4 * t->ci.rank + k] = (float)((mine >> (16 * k)) & 0xFFFF);
+    int rc = N > 1 ? allreduce_host(t, v, (size_t)N * 4, DM_REDUCE_SUM, err) : DM_OK;
+    char bad[256] = "";
+    int n_bad = 0;
+    for (int r = 0; r < N && rc == DM_OK; r++) {
+        hash[r] = 0;
+        for (int k = 0; k < 4; k++) hash[r] |= (uint64_t)v[4 * r + k] << (16 * k);
+        if (hash[r] != hash[0] && n_bad++ < 4) {
+            size_t len = strlen(bad);
+            snprintf(bad + len, sizeof bad - len, "%srank %d has %016llx", n_bad > 1 ? ", " : "", r,
+                     (unsigned long long)hash[r]);
+        }
+    }
+    if (rc == DM_OK && n_bad)
+        rc = dm_fail(err, DM_ERR_INTERNAL, "step %lld: parameters differ between ranks (train.sync_check_every): "
+                     "rank 0 has hash %016llx, %s%s", (long long)t->step, (unsigned long long)hash[0], bad,
+                     n_bad > 4 ? ", ..." : "");
+    if (rc == DM_OK && rank0(t)) {
+        printf("sync-check step %lld: parameter hash %016llx on all %d rank%s\n", (long long)t->step,
+               (unsigned long long)hash[0], N, N == 1 ? "" : "s");
+        if (t->metrics)
+            fprintf(t->metrics, "{\"event\":\"sync_check\",\"step\":%lld,\"hash\":\"%016llx\",\"ranks\":%d}\n",
+                    (long long)t->step, (unsigned long long)hash[0], N);
+    }
+    free(v);
+    free(hash);
+    return rc;
+}
+
 /* ---- set-up and tear-down ------------------------------------------------------ */
 
 static int env_int(const char *const *names, int dflt)
@@ -548,6 +616,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         t.t_fwd_bwd_s += tc - tb;
         t.t_opt_s += te - td;
         images_since_log += (int64_t)x->batch_size * N;
+        if (x->sync_check_every > 0 && t.step % x->sync_check_every == 0 && (rc = sync_check(&t, err))) break;
 
         int log_now = x->log_every > 0 && (t.step % x->log_every == 0 || t.step == total_steps);
         if (log_now) {

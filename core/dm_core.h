@@ -266,10 +266,12 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
  * events into "FILE.rank<R>.part"; after a barrier rank 0 joins the parts
  * into FILE. Times are dm_timeline_clock() seconds (CLOCK_MONOTONIC, like
  * the trainer's). Every call is a no-op while no timeline is open, so hot
- * paths call them unconditionally. */
-int dm_timeline_open(const char *path, int rank, int world_size, dm_error *err);
+ * paths call them unconditionally. origin: the dm_timeline_wallclock()
+ * value that every rank's trace time 0 stands for (rank 0's, broadcast). */
+int dm_timeline_open(const char *path, int rank, int world_size, double origin, dm_error *err);
 int dm_timeline_on(void);
 double dm_timeline_clock(void);
+double dm_timeline_wallclock(void);  /* CLOCK_REALTIME seconds */
 /* args.step of the events that follow (< 0: none). */
 void dm_timeline_set_step(int64_t step);
 /* A span from t0 to t1 on the rank's track; the name is printf-formatted. */

@@ -115,6 +115,18 @@ int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err)
     return rc;
 }
 
+/* --timeline: one span per layer call. On a GPU the span must end when the
+ * layer's kernels do, so wait for the device (only while recording). */
+static void trace_layer(dm_model *m, const char *what, double t0, const dm_layer_inst *L)
+{
+    if (!dm_timeline_on()) return;
+    if (m->dev->device != DM_DEVICE_CPU) {
+        dm_error e = {0};
+        dm_dev_sync(m->dev, &e); /* a failure shows up in the next checked call */
+    }
+    dm_timeline_span(what, t0, dm_timeline_clock(), "%s %s", what, L->cfg->name);
+}
+
 static dm_tensor with_n(dm_tensor t, int n)
 {
     t.shape.n = n;
@@ -130,8 +142,10 @@ int dm_model_forward(dm_model *m, int n, int training, uint64_t step_seed, dm_er
                           m->dev->stream};
         dm_tensor out = with_n(L->out, n);
         dm_error e = {0};
+        double t0 = dm_timeline_clock();
         int rc = L->vt->forward(L->state, &ctx, &in, &out, &e);
         if (rc) return dm_fail(err, rc, "layer.%s: forward: %s", L->cfg->name, e.msg);
+        trace_layer(m, training ? "forward" : "eval", t0, L);
         in = out;
     }
     return DM_OK;
@@ -148,9 +162,11 @@ int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook h
         dm_tensor dout = with_n(L->dout, n);
         dm_tensor din = i ? with_n(m->layers[i - 1].dout, n) : (dm_tensor){0};
         dm_error e = {0};
+        double t0 = dm_timeline_clock();
         int rc = L->vt->backward(L->state, &ctx, &in, &out, L->info.is_loss ? NULL : &dout,
                                  i ? &din : NULL, &e);
         if (rc) return dm_fail(err, rc, "layer.%s: backward: %s", L->cfg->name, e.msg);
+        trace_layer(m, "backward", t0, L);
         if (hook && (rc = hook(user, i, err))) return rc;
     }
     return DM_OK;

@@ -10,15 +10,17 @@
  * file system every rank writes to (always true for ranks on one host).
  *
  * Events carry pid = rank (Perfetto shows one process per rank) and tid 0.
- * Times come from CLOCK_MONOTONIC, the trainer's clock, and are written as
- * CLOCK_REALTIME microseconds (the offset between the two is taken when the
- * recorder opens), so ranks on different hosts with synchronised clocks
- * line up too.
+ * Times come from CLOCK_MONOTONIC, the trainer's clock. They are written as
+ * microseconds of wall-clock time since an origin every rank was given
+ * (rank 0's wall clock when training started), so ranks on different hosts
+ * with synchronised clocks line up too, and the numbers stay small enough
+ * for a double to hold to the nanosecond.
  */
 #define _GNU_SOURCE
 #include "dm_core.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <time.h>
@@ -29,7 +31,7 @@ typedef struct timeline {
     char part_path[4200];
     int rank, world_size;
     int64_t step;                /* args.step of the next events; < 0: none */
-    double offset_s;             /* realtime - monotonic, taken at open */
+    double shift_s;              /* monotonic + shift = seconds since the origin */
     long events;
 } timeline;
 
@@ -39,6 +41,13 @@ double dm_timeline_clock(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+double dm_timeline_wallclock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -73,7 +82,7 @@ static void put_meta(const char *what, const char *key, const char *value, int t
     }
 }
 
-int dm_timeline_open(const char *path, int rank, int world_size, dm_error *err)
+int dm_timeline_open(const char *path, int rank, int world_size, double origin, dm_error *err)
 {
     if (g_tl.part) return dm_fail(err, DM_ERR_INTERNAL, "timeline: already open");
     if (!path || !path[0]) return dm_fail(err, DM_ERR_INVALID, "--timeline: empty file name");
@@ -85,9 +94,7 @@ int dm_timeline_open(const char *path, int rank, int world_size, dm_error *err)
     g_tl.rank = rank;
     g_tl.world_size = world_size;
     g_tl.step = -1;
-    struct timespec rt;
-    clock_gettime(CLOCK_REALTIME, &rt);
-    g_tl.offset_s = (double)rt.tv_sec + 1e-9 * (double)rt.tv_nsec - dm_timeline_clock();
+    g_tl.shift_s = dm_timeline_wallclock() - dm_timeline_clock() - origin;
     char name[32];
     snprintf(name, sizeof name, "rank %d", rank);
     put_meta("process_name", "name", name, 0);
@@ -98,8 +105,9 @@ int dm_timeline_open(const char *path, int rank, int world_size, dm_error *err)
 
 void dm_timeline_set_step(int64_t step) { g_tl.step = step; }
 
-/* Microseconds since the Unix epoch, as the trace's "ts". */
-static double trace_us(double t) { return (t + g_tl.offset_s) * 1e6; }
+/* Whole nanoseconds since the origin: a span's start and end are rounded
+ * the same way, so a nested span never pokes out of its parent. */
+static long long trace_ns(double t) { return llround((t + g_tl.shift_s) * 1e9); }
 
 static void put_event_head(const char *ph, const char *cat, const char *fmt, va_list ap)
 {
@@ -124,7 +132,8 @@ void dm_timeline_span(const char *cat, double t0, double t1, const char *fmt, ..
     va_start(ap, fmt);
     put_event_head("X", cat, fmt, ap);
     va_end(ap);
-    fprintf(g_tl.part, ",\"ts\":%.1f,\"dur\":%.1f", trace_us(t0), (t1 > t0 ? t1 - t0 : 0) * 1e6);
+    long long a = trace_ns(t0), b = trace_ns(t1 > t0 ? t1 : t0);
+    fprintf(g_tl.part, ",\"ts\":%.3f,\"dur\":%.3f", (double)a / 1e3, (double)(b - a) / 1e3);
     put_args();
 }
 
@@ -136,12 +145,13 @@ void dm_timeline_async(const char *cat, uint64_t id, double t0, double t1, const
     va_start(ap, fmt);
     put_event_head("b", cat, fmt, ap);
     va_end(ap);
-    fprintf(g_tl.part, ",\"id\":\"0x%llx\",\"ts\":%.1f", (unsigned long long)id, trace_us(t0));
+    fprintf(g_tl.part, ",\"id\":\"0x%llx\",\"ts\":%.3f", (unsigned long long)id, (double)trace_ns(t0) / 1e3);
     put_args();
     va_start(ap, fmt);
     put_event_head("e", cat, fmt, ap);
     va_end(ap);
-    fprintf(g_tl.part, ",\"id\":\"0x%llx\",\"ts\":%.1f", (unsigned long long)id, trace_us(t1 > t0 ? t1 : t0));
+    fprintf(g_tl.part, ",\"id\":\"0x%llx\",\"ts\":%.3f", (unsigned long long)id,
+            (double)trace_ns(t1 > t0 ? t1 : t0) / 1e3);
     put_args();
 }
 

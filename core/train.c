@@ -25,6 +25,7 @@ typedef struct bucket {
     size_t lo, hi;               /* float range of the flat gradient buffer */
     int first_layer;             /* lowest layer index in it: start after its backward */
     dm_comm_request *req;
+    double t_start;              /* when it was started (for --timeline) */
 } bucket;
 
 typedef struct trainer {
@@ -63,6 +64,11 @@ typedef struct trainer {
     double comm_wait_s;          /* since last log */
     double t_fwd_bwd_s, t_data_s, t_opt_s;
     FILE *metrics;
+
+    int bar;                     /* rank 0 draws a progress bar */
+    int bar_shown;               /* the bar is on the terminal's last line */
+    double bar_drawn;            /* when it was last redrawn */
+    double bar_loss;             /* last logged loss, < 0 before the first */
 } trainer;
 
 static double now_s(void)
@@ -138,8 +144,10 @@ static int build_buckets(trainer *t, dm_error *err)
 static int start_bucket(trainer *t, bucket *b, dm_error *err)
 {
     dm_error e = {0};
+    b->t_start = now_s();
     int rc = t->cvt->allreduce_start(t->comm, t->m.grads + b->lo, b->hi - b->lo, DM_REDUCE_AVG,
                                      t->dev.device, t->dev.stream, &b->req, &e);
+    dm_timeline_span("comm", b->t_start, now_s(), "allreduce start bucket %d", (int)(b - t->buckets));
     if (rc) return dm_fail(err, rc, "%s: allreduce_start: %s", t->x->backend, e.msg);
     return DM_OK;
 }
@@ -174,14 +182,18 @@ static int wait_buckets(trainer *t, dm_error *err)
         if (!rc) rc = allreduce_host(t, h, n, DM_REDUCE_AVG, err);
         if (!rc) rc = dm_dev_upload(&t->dev, t->m.grads, h, n * sizeof(float), err);
         free(h);
+        dm_timeline_span("comm", t0, now_s(), "allreduce staged (all buckets)");
     } else {
         /* Wait in start order; keep waiting the rest after a failure so no
          * handle leaks, but report the first error. */
         for (int b = 0; b < t->n_buckets; b++) {
             if (!t->buckets[b].req) continue;
             dm_error e = {0};
+            double tw = now_s();
             int r = t->cvt->wait(t->comm, t->buckets[b].req, &e);
             t->buckets[b].req = NULL;
+            dm_timeline_span("comm", tw, now_s(), "allreduce wait bucket %d", b);
+            dm_timeline_async("comm", ((uint64_t)t->step << 16) | (uint64_t)b, t->buckets[b].t_start, now_s(), "allreduce bucket %d", b);
             if (r && !rc) rc = dm_fail(err, r, "%s: allreduce: %s", t->x->backend, e.msg);
         }
     }
@@ -275,6 +287,75 @@ static int evaluate(trainer *t, double *loss, double *acc, dm_error *err)
     return rc;
 }
 
+/* ---- progress bar (rank 0 on a terminal, or --progress) ------------------------ */
+
+/* Erase the bar so that a log line takes its place; the next draw puts the
+ * bar back under it. */
+static void bar_clear(trainer *t)
+{
+    if (!t->bar_shown) return;
+    fputs("\r\033[K", stdout);
+    t->bar_shown = 0;
+}
+
+/* [#########.....]  45%  step 45/100  loss 0.4213  1234 images/s  ETA 0:00:12
+ * Redrawn at most ten times a second; rates count every rank's images. */
+static void bar_draw(trainer *t, int64_t total, int64_t step0, double t0, int force)
+{
+    double now = now_s();
+    if (!t->bar || (!force && now - t->bar_drawn < 0.1)) return;
+    t->bar_drawn = now;
+    enum { WIDTH = 30 };
+    char bar[WIDTH + 1];
+    int fill = (int)(WIDTH * t->step / total);
+    for (int i = 0; i < WIDTH; i++) bar[i] = i < fill ? '#' : '.';
+    bar[WIDTH] = 0;
+    int64_t done = t->step - step0;
+    double elapsed = now - t0;
+    double ips = elapsed > 0 ? (double)done * t->x->batch_size * t->ci.size / elapsed : 0;
+    char loss[32] = "", eta[32] = "ETA --:--:--";
+    if (t->bar_loss >= 0) snprintf(loss, sizeof loss, "  loss %.4f", t->bar_loss);
+    if (done > 0) {
+        long s = lround(elapsed / (double)done * (double)(total - t->step));
+        snprintf(eta, sizeof eta, "ETA %ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    }
+    printf("\r\033[K[%s] %3d%%  step %lld/%lld%s  %.0f images/s  %s", bar, (int)(100 * t->step / total),
+           (long long)t->step, (long long)total, loss, ips, eta);
+    fflush(stdout);
+    t->bar_shown = 1;
+}
+
+/* ---- timeline -------------------------------------------------------------------- */
+
+/* Every rank's trace time 0 is rank 0's wall clock now. */
+static int open_timeline(trainer *t, dm_error *err)
+{
+    double origin = dm_timeline_wallclock();
+    if (t->ci.size > 1) {
+        dm_error e = {0};
+        int rc = t->cvt->broadcast(t->comm, &origin, sizeof origin, 0, DM_DEVICE_CPU, NULL, &e);
+        if (rc) return dm_fail(err, rc, "%s: broadcast: %s", t->x->backend, e.msg);
+    }
+    return dm_timeline_open(t->opts->timeline_path, t->ci.rank, t->ci.size, origin, err);
+}
+
+/* Each rank closes its part; once all have (barrier), rank 0 joins them.
+ * After a failure the parts are deleted and no barrier is attempted. */
+static int finish_timeline(trainer *t, int ok, dm_error *err)
+{
+    int rc = dm_timeline_close(ok, err);
+    if (!ok || rc) return rc;
+    if (t->ci.size > 1) {
+        dm_error e = {0};
+        if ((rc = t->cvt->barrier(t->comm, &e))) return dm_fail(err, rc, "%s: barrier: %s", t->x->backend, e.msg);
+    }
+    if (!rank0(t)) return DM_OK;
+    if ((rc = dm_timeline_merge(err))) return rc;
+    printf("timeline: %s (%d rank%s; open in https://ui.perfetto.dev or chrome://tracing)\n",
+           t->opts->timeline_path, t->ci.size, t->ci.size == 1 ? "" : "s");
+    return DM_OK;
+}
+
 /* ---- checkpoints ------------------------------------------------------------- */
 
 static int save_checkpoint(trainer *t, dm_error *err)
@@ -290,7 +371,10 @@ static int save_checkpoint(trainer *t, dm_error *err)
     char path[4096];
     if (!rc) rc = dm_checkpoint_write(t->x->checkpoint_dir, &st, p, o, t->x->keep_checkpoints, path,
                                       sizeof path, err);
-    if (!rc) printf("checkpoint: %s (step %lld)\n", path, (long long)t->step);
+    if (!rc) {
+        bar_clear(t);
+        printf("checkpoint: %s (step %lld)\n", path, (long long)t->step);
+    }
     free(p);
     free(o);
     return rc;
@@ -559,6 +643,10 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     if (!rc) rc = dm_dev_zero(&t.dev, t.m.metrics, 2 * sizeof(float), err);
     if (rc) { teardown(&t); return rc; }
 
+    if (opts && opts->timeline_path && (rc = open_timeline(&t, err))) { teardown(&t); return rc; }
+    t.bar = rank0(&t) && opts && (opts->progress > 0 || (opts->progress < 0 && isatty(STDOUT_FILENO)));
+    t.bar_loss = -1;
+
     double lr_scale = x->scale_lr ? (double)N : 1.0;
     double t_log = now_s(), t_train0 = t_log;
     int64_t images_since_log = 0, step0 = t.step;
@@ -567,12 +655,14 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
 
     while (t.step < total_steps && rc == DM_OK) {
         double ta = now_s();
+        dm_timeline_set_step(t.step + 1);
         if ((rc = next_train_batch(&t, err))) break;
         double tb = now_s();
         uint64_t step_seed = dm_hash64(rank_seed, (uint64_t)t.step);
         float before = 0;
         if (x->device == DM_DEVICE_CPU) before = t.m.metrics[0];
         if ((rc = dm_model_forward(&t.m, x->batch_size, 1, step_seed, err))) break;
+        double tf = now_s();
         if ((rc = dm_model_backward(&t.m, x->batch_size, step_seed, backward_hook, &t, err))) break;
         double tc = now_s();
         if ((rc = wait_buckets(&t, err))) break;
@@ -611,6 +701,12 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
             break;
         }
         double te = now_s();
+        dm_timeline_span("step", ta, te, "step %lld", (long long)t.step + 1);
+        dm_timeline_span("data", ta, tb, "data");
+        dm_timeline_span("forward", tb, tf, "forward");
+        dm_timeline_span("backward", tf, tc, "backward");
+        if (N > 1) dm_timeline_span("comm", tc, td, "allreduce wait");
+        dm_timeline_span("optimizer", td, te, "optimizer");
         t.step++;
         t.t_data_s += tb - ta;
         t.t_fwd_bwd_s += tc - tb;
@@ -637,7 +733,9 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
                              "diverged (lower optimizer.lr)", (long long)t.step, (long long)steps_in, loss);
                 break;
             }
+            t.bar_loss = loss;
             if (rank0(&t)) {
+                bar_clear(&t);
                 printf("step %6lld/%lld  epoch %lld  loss %.4f  acc %.4f  images/s %.1f  comm-wait %.1f%%  lr %.5g\n",
                        (long long)t.step, (long long)total_steps, (long long)t.epoch, loss, acc, ips,
                        secs > 0 ? 100.0 * comm / secs : 0.0, sc.lr);
@@ -660,7 +758,9 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
             double tl, ta2;
             double tev = now_s();
             if ((rc = evaluate(&t, &tl, &ta2, err))) break;
+            dm_timeline_span("eval", tev, now_s(), "eval");
             if (rank0(&t)) {
+                bar_clear(&t);
                 printf("eval at step %lld: test loss %.4f  test accuracy %.4f\n", (long long)t.step, tl, ta2);
                 if (t.metrics)
                     fprintf(t.metrics, "{\"event\":\"eval\",\"step\":%lld,\"test_loss\":%.6g,\"test_accuracy\":%.6g,"
@@ -670,11 +770,16 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         }
         if (x->checkpoint_every > 0 && t.step % x->checkpoint_every == 0 && t.step < total_steps)
             if ((rc = save_checkpoint(&t, err))) break;
+        bar_draw(&t, total_steps, step0, t_train0, t.step == total_steps);
     }
+    if (t.bar_shown) putchar('\n'); /* keep the finished bar */
     double train_s = now_s() - t_train0;
+    dm_timeline_set_step(-1);
+    double tev = now_s();
     if (rc == DM_OK) rc = save_checkpoint(&t, err);
     double test_loss = 0, test_acc = 0;
     if (rc == DM_OK) rc = evaluate(&t, &test_loss, &test_acc, err);
+    dm_timeline_span("eval", tev, now_s(), "final checkpoint and eval");
     if (rc == DM_OK && rank0(&t)) {
         int64_t steps_run = t.step - step0;
         double ips = train_s > 0 ? (double)steps_run * x->batch_size * N / train_s : 0;
@@ -689,6 +794,10 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
                     dm_device_name(x->device), x->batch_size, peak_rss_mb());
     }
     (void)train_compute_s;
+    if (opts && opts->timeline_path) {
+        int trc = finish_timeline(&t, rc == DM_OK, err);
+        if (rc == DM_OK) rc = trc;
+    }
     teardown(&t);
     return rc;
 }

@@ -332,7 +332,7 @@ static void check_broadcast(harness *h, size_t bytes, int root)
  * before the barrier; every other rank must be held in it that long. */
 static void check_barrier(harness *h)
 {
-    const double delay = 0.3;
+    const double delay = 0.5;
     float x = 1.0f;
     dm_error err = {0};
     int rc = h->vt->allreduce(h->state, &x, 1, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err);
@@ -345,7 +345,7 @@ static void check_barrier(harness *h)
     double dt = now_s() - t0;
     if (rc != DM_OK)
         report(h, 0, "barrier: %s: %s", status_name(rc), err.msg);
-    else if (!last && dt < delay * 0.66)
+    else if (!last && dt < delay * 0.5) /* half: room for scheduling skew on busy machines */
         report(h, 0, "barrier: left after %.0f ms although rank %d entered %.0f ms late",
                dt * 1e3, h->info.size - 1, delay * 1e3);
     else

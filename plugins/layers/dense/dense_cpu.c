@@ -63,8 +63,10 @@ void dense_backward_cpu(const dense_state *s, int n, const float *x, const float
             /* dz (n, U) = dy where the output was positive */
             const int count = n * U;
 #pragma omp for schedule(static)
-            for (int i = 0; i < count; i++)
-                s->dz[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+            for (int i = 0; i < count; i++) {
+                const float g = dy[i]; /* unconditional load: the loop vectorises */
+                s->dz[i] = y[i] > 0.0f ? g : 0.0f;
+            }
         }
 #pragma omp for schedule(static)
         for (int part = 0; part < uparts; part++) {

@@ -4,14 +4,16 @@
 
 #include <string.h>
 
-static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, const float *src,
+DROPOUT_CLONES static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, const float *src,
                        float *dst)
 {
     const uint32_t thr = s->threshold;
     const float scale = s->scale;
 #pragma omp parallel for schedule(static) num_threads(s->nthreads)
-    for (size_t i = 0; i < count; i++)
-        dst[i] = dropout_keep(seed, i, thr) ? src[i] * scale : 0.0f;
+    for (size_t i = 0; i < count; i++) {
+        const float v = src[i] * scale;
+        dst[i] = dropout_keep(seed, i, thr) ? v : 0.0f;
+    }
 }
 
 void dropout_forward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *x,

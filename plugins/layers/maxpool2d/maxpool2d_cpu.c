@@ -5,6 +5,16 @@
 
 #include <string.h>
 
+/* g when cond is 1, +0 when it is 0, without a branch (bit mask). */
+static inline float keep_if(int cond, float g)
+{
+    uint32_t u;
+    memcpy(&u, &g, sizeof u);
+    u &= 0u - (uint32_t)cond;
+    memcpy(&g, &u, sizeof u);
+    return g;
+}
+
 /* Offset in the plane of the first maximum of window (oy, ox). */
 static inline int window_argmax(const maxpool2d_state *s, const float *plane, int oy, int ox)
 {
@@ -61,8 +71,32 @@ void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, con
         const float *dyp = dy + (size_t)pl * ohw;
         float *dxp = dx + (size_t)pl * hw;
         memset(dxp, 0, hw * sizeof(float));
-        for (int oy = 0; oy < s->out_h; oy++)
-            for (int ox = 0; ox < s->out_w; ox++)
-                dxp[window_argmax(s, xp, oy, ox)] += dyp[oy * s->out_w + ox];
+        if (s->pool == 2 && s->stride == 2) {
+            /* The common case, without branches (random data would make
+             * them mispredict): the first maximum of (a, b) and of (c, d),
+             * then the top pair on a tie, which is window_argmax's rule.
+             * Every element of each window is written. */
+            const int W = s->in.w;
+            for (int oy = 0; oy < s->out_h; oy++) {
+                float *d0 = dxp + (size_t)(2 * oy) * W, *d1 = d0 + W;
+                const float *r0 = xp + (size_t)(2 * oy) * W, *r1 = r0 + W;
+                for (int ox = 0; ox < s->out_w; ox++) {
+                    const float a = r0[2 * ox], b = r0[2 * ox + 1];
+                    const float c = r1[2 * ox], d = r1[2 * ox + 1];
+                    const float g = dyp[oy * s->out_w + ox];
+                    const int top_b = b > a, bottom_d = d > c;
+                    const float top = top_b ? b : a, bottom = bottom_d ? d : c;
+                    const int low = bottom > top;
+                    d0[2 * ox] = keep_if(!low & !top_b, g);
+                    d0[2 * ox + 1] = keep_if(!low & top_b, g);
+                    d1[2 * ox] = keep_if(low & !bottom_d, g);
+                    d1[2 * ox + 1] = keep_if(low & bottom_d, g);
+                }
+            }
+        } else {
+            for (int oy = 0; oy < s->out_h; oy++)
+                for (int ox = 0; ox < s->out_w; ox++)
+                    dxp[window_argmax(s, xp, oy, ox)] += dyp[oy * s->out_w + ox];
+        }
     }
 }

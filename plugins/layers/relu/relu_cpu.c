@@ -13,5 +13,8 @@ void relu_backward_cpu(const relu_state *s, size_t count, const float *x, const 
 {
 #pragma omp parallel for schedule(static) num_threads(s->nthreads)
     for (size_t i = 0; i < count; i++)
-        dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+    {
+        const float g = dy[i]; /* unconditional load: the loop vectorises */
+        dx[i] = x[i] > 0.0f ? g : 0.0f;
+    }
 }

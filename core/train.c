@@ -693,6 +693,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
                 break;
             }
         }
+        double tn = now_s(); /* after the loss check, before the update */
         double warm = x->warmup_steps > 0 && t.step < x->warmup_steps ? (double)(t.step + 1) / x->warmup_steps : 1.0;
         dm_opt_step_ctx sc = {sizeof sc, t.step + 1, (float)(x->lr * lr_scale * warm), t.dev.stream};
         dm_error e = {0};
@@ -706,7 +707,8 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         dm_timeline_span("forward", tb, tf, "forward");
         dm_timeline_span("backward", tf, tc, "backward");
         if (N > 1) dm_timeline_span("comm", tc, td, "allreduce wait");
-        dm_timeline_span("optimizer", td, te, "optimizer");
+        if (N > 1 && x->device == DM_DEVICE_CPU) dm_timeline_span("comm", td, tn, "loss check (allreduce)");
+        dm_timeline_span("optimizer", tn, te, "optimizer");
         t.step++;
         t.t_data_s += tb - ta;
         t.t_fwd_bwd_s += tc - tb;

@@ -86,10 +86,11 @@ void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, con
                     const float g = dyp[oy * s->out_w + ox];
                     const int top_b = b > a, bottom_d = d > c;
                     const float top = top_b ? b : a, bottom = bottom_d ? d : c;
-                    const int low = bottom > top;
-                    d0[2 * ox] = keep_if(!low & !top_b, g);
-                    d0[2 * ox + 1] = keep_if(!low & top_b, g);
-                    d1[2 * ox] = keep_if(low & !bottom_d, g);
+                    const int low = bottom > top, high = !low;
+                    const int top_a = !top_b, bottom_c = !bottom_d;
+                    d0[2 * ox] = keep_if(high & top_a, g);
+                    d0[2 * ox + 1] = keep_if(high & top_b, g);
+                    d1[2 * ox] = keep_if(low & bottom_c, g);
                     d1[2 * ox + 1] = keep_if(low & bottom_d, g);
                 }
             }

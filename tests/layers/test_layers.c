@@ -226,10 +226,43 @@ static void test_maxpool_forward(void)
         CHECK(L.vt->forward(L.state, &ctx, &ti, &to, &err) == DM_OK, "maxpool2d: %s", err.msg);
         double d = max_rel_diff(y, ref, dm_shape_count(os));
         CHECK(d == 0.0, "maxpool2d '%s': forward differs from the reference by %g", cases[t].spec, d);
+
+        /* Backward with many ties (inputs from {0, 1, 2}): each window's
+         * gradient goes to its first maximum in row-major order, and
+         * overlapping windows add up. */
+        float *dy = gc_alloc(dm_shape_count(os) * sizeof(float));
+        float *dx = gc_alloc(dm_shape_count(in) * sizeof(float));
+        double *want = calloc(dm_shape_count(in), sizeof(double));
+        uint64_t q = 61 + t;
+        for (size_t i = 0; i < dm_shape_count(in); i++)
+            x[i] = (float)(dm_rng_next(&q) % 3);
+        gc_fill_uniform(dy, dm_shape_count(os), -1, 1, 62 + t);
+        for (int pl = 0; pl < in.n * in.c; pl++)
+            for (int oy = 0; oy < os.h; oy++)
+                for (int ox = 0; ox < os.w; ox++) {
+                    size_t best = 0;
+                    float m = -INFINITY;
+                    for (int ky = 0; ky < cases[t].pool; ky++)
+                        for (int kx = 0; kx < cases[t].pool; kx++) {
+                            size_t at = ((size_t)pl * in.h + oy * cases[t].stride + ky) * in.w +
+                                        ox * cases[t].stride + kx;
+                            if (x[at] > m)
+                                m = x[at], best = at;
+                        }
+                    want[best] += dy[((size_t)pl * os.h + oy) * os.w + ox];
+                }
+        dm_tensor tdy = tensor(dy, os), tdx = tensor(dx, in);
+        CHECK(L.vt->forward(L.state, &ctx, &ti, &to, &err) == DM_OK, "maxpool2d: %s", err.msg);
+        CHECK(L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err) == DM_OK, "maxpool2d: %s",
+              err.msg);
+        d = max_rel_diff(dx, want, dm_shape_count(in));
+        CHECK(d < 1e-6, "maxpool2d '%s': backward with ties differs from first-maximum routing by %g",
+              cases[t].spec, d);
+        free(dy), free(dx), free(want);
         free(x), free(y), free(ref);
         gc_layer_free(&L);
     }
-    printf("ok maxpool2d forward\n");
+    printf("ok maxpool2d forward, and backward with ties\n");
 }
 
 static void test_dense_relu_flatten_forward(void)

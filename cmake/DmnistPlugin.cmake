@@ -26,7 +26,9 @@ function(dm_add_plugin NAME)
     set_target_properties(${target} PROPERTIES CUDA_RUNTIME_LIBRARY Shared)
     target_compile_options(${target} PRIVATE
       $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall,-Wextra,-Werror --Werror all-warnings>)
-    set(sig "cpu;cuda${CUDAToolkit_VERSION_MAJOR}")
+    # "\073" is the C escape for ";": a plain ";" would split the definition
+    # into two list items (two -D flags)
+    set(sig "cpu\\073cuda${CUDAToolkit_VERSION_MAJOR}")
   endif()
   target_compile_definitions(${target} PRIVATE DM_PLUGIN_BUILD_SIGNATURE="${sig}")
   install(TARGETS ${target} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/dmnist/plugins)

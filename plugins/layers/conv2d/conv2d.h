@@ -24,6 +24,7 @@ typedef struct conv2d_state {
     float *w, *b;           /* w (filters, in_c, k, k); b (filters) or NULL */
     float *dw, *db;
     void *workspace;        /* conv2d_workspace_bytes(s), carved up by the CPU code */
+    void *cuda;             /* conv2d_cuda.cu's state (cuDNN handle, algorithms) on CUDA */
 } conv2d_state;
 
 /* Workspace the CPU path needs for batches up to s->n with s->chunk and
@@ -36,5 +37,19 @@ void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y);
  * OVERWRITES dw/db. y is the forward output (for the fused ReLU). */
 void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
                          const float *dy, float *dx);
+
+#ifdef DM_WITH_CUDA
+/* conv2d_cuda.cu (cuDNN): create sets s->cuda and *workspace_bytes; bind
+ * takes the core's workspace; forward/backward as the CPU versions, on
+ * `stream`, returning a dm_status. */
+int conv2d_cuda_create(conv2d_state *s, int tf32, void *stream, size_t *workspace_bytes,
+                       dm_error *err);
+void conv2d_cuda_bind(conv2d_state *s, void *workspace);
+int conv2d_forward_cuda(conv2d_state *s, void *stream, int n, const float *x, float *y,
+                        dm_error *err);
+int conv2d_backward_cuda(conv2d_state *s, void *stream, int n, const float *x, const float *y,
+                         const float *dy, float *dx, dm_error *err);
+void conv2d_cuda_destroy(conv2d_state *s);
+#endif
 
 #endif

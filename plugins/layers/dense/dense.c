@@ -12,10 +12,19 @@
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
 #define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
+/* Devices with an implementation in this build (dense_cuda.cu under DM_WITH_CUDA). */
+#ifdef DM_WITH_CUDA
+#define DENSE_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+#else
+#define DENSE_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 static const dm_param_def dense_params[] = {
     {"units", DM_PARAM_INT, NULL, 1, 1 << 24, NULL, "number of outputs"},
     {"bias", DM_PARAM_BOOL, "true", 0, -1, NULL, "add a learned bias per output"},
     {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
+    {"tf32", DM_PARAM_BOOL, "false", 0, -1, NULL,
+     "cuda: let cuBLAS use TF32 tensor cores (faster; ~1e-3 relative error)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static const char *device_name(dm_device d)
@@ -30,7 +39,7 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
     if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: dense: layer config/info missing or struct_size too small", name);
-    if (cfg->device != DM_DEVICE_CPU)
+    if (!(DENSE_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: dense has no %s implementation in this build (devices: cpu)", name,
                        device_name(cfg->device));
@@ -70,6 +79,16 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
     info->param_count =
         (size_t)s->units * s->in_features + (s->has_bias ? (size_t)s->units : 0);
     info->workspace_bytes = s->relu ? (size_t)in.n * s->units * sizeof(float) : 0;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA) {
+        int rc = dense_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
+                                   &info->workspace_bytes, err);
+        if (rc != DM_OK) {
+            free(s);
+            return rc;
+        }
+    }
+#endif
     info->is_loss = 0;
     *state = s;
     return DM_OK;
@@ -87,6 +106,10 @@ static int dense_bind(void *state, float *params, float *grads, void *workspace,
     s->b = s->has_bias ? params + nw : NULL;
     s->db = s->has_bias ? grads + nw : NULL;
     s->dz = workspace;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return dense_cuda_bind(s, workspace, err);
+#endif
     return DM_OK;
 }
 
@@ -136,6 +159,11 @@ static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in
         return rc;
     if (!s->w)
         return dm_fail(err, DM_ERR_INVALID, "%s: forward before bind", s->name);
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return dense_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
+                                  out->data, err);
+#endif
     dense_forward_cpu(s, in->shape.n, in->data, out->data);
     return DM_OK;
 }
@@ -158,18 +186,27 @@ static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
         return rc;
     if (!s->w)
         return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return dense_backward_cuda(s, ctx ? ctx->cuda_stream : NULL, n, in->data, out->data,
+                                   dout->data, din ? din->data : NULL, err);
+#endif
     dense_backward_cpu(s, n, in->data, out->data, dout->data, din ? din->data : NULL);
     return DM_OK;
 }
 
 static void dense_destroy(void *state)
 {
+#ifdef DM_WITH_CUDA
+    if (state)
+        dense_cuda_destroy(state);
+#endif
     free(state);
 }
 
 static const dm_layer_vtable dense_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = DENSE_DEVICES,
     .create = dense_create,
     .bind = dense_bind,
     .init_params = dense_init_params,

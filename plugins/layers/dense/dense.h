@@ -17,6 +17,7 @@ typedef struct dense_state {
     float *w, *b;         /* w (units, in_features) row-major; b (units) or NULL */
     float *dw, *db;
     float *dz;            /* workspace (n, units): dout * relu'(out), when relu */
+    void *cuda;           /* dense_cuda.cu's state (cuBLAS handle) on CUDA */
 } dense_state;
 
 /* x (n, in_features) -> y (n, units). */
@@ -24,5 +25,19 @@ void dense_forward_cpu(const dense_state *s, int n, const float *x, float *y);
 /* dy (n, units) -> dx (n, in_features) (may be NULL); OVERWRITES dw, db. */
 void dense_backward_cpu(const dense_state *s, int n, const float *x, const float *y,
                         const float *dy, float *dx);
+
+#ifdef DM_WITH_CUDA
+/* dense_cuda.cu (cuBLAS): create sets s->cuda and *workspace_bytes; bind
+ * takes the core's workspace; forward/backward as the CPU versions, on
+ * `stream`, returning a dm_status. */
+int dense_cuda_create(dense_state *s, int tf32, void *stream, size_t *workspace_bytes,
+                      dm_error *err);
+int dense_cuda_bind(dense_state *s, void *workspace, dm_error *err);
+int dense_forward_cuda(dense_state *s, void *stream, int n, const float *x, float *y,
+                       dm_error *err);
+int dense_backward_cuda(dense_state *s, void *stream, int n, const float *x, const float *y,
+                        const float *dy, float *dx, dm_error *err);
+void dense_cuda_destroy(dense_state *s);
+#endif
 
 #endif

@@ -9,6 +9,13 @@
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
 #define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
+/* Devices with an implementation in this build (dropout_cuda.cu under DM_WITH_CUDA). */
+#ifdef DM_WITH_CUDA
+#define DROPOUT_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+#else
+#define DROPOUT_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 static const dm_param_def dropout_params[] = {
     {"rate", DM_PARAM_FLOAT, NULL, 0, 1, NULL,
      "fraction of inputs zeroed while training, in [0, 1)"},
@@ -26,7 +33,7 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
     if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: dropout: layer config/info missing or struct_size too small", name);
-    if (cfg->device != DM_DEVICE_CPU)
+    if (!(DROPOUT_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: dropout has no %s implementation in this build (devices: cpu)", name,
                        device_name(cfg->device));
@@ -105,6 +112,13 @@ static int dropout_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *
     if (rc != DM_OK)
         return rc;
     const size_t count = dm_shape_count(in->shape);
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return ctx->training && s->threshold > 0
+                   ? dropout_forward_cuda(s, ctx->cuda_stream, ctx->seed, count, in->data,
+                                          out->data, err)
+                   : dropout_copy_cuda(s, ctx->cuda_stream, count, in->data, out->data, err);
+#endif
     if (ctx->training && s->threshold > 0)
         dropout_forward_cpu(s, ctx->seed, count, in->data, out->data);
     else
@@ -128,6 +142,13 @@ static int dropout_backward(void *state, const dm_run_ctx *ctx, const dm_tensor 
     if (rc != DM_OK)
         return rc;
     const size_t count = dm_shape_count(dout->shape);
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return ctx->training && s->threshold > 0
+                   ? dropout_backward_cuda(s, ctx->cuda_stream, ctx->seed, count, dout->data,
+                                           din->data, err)
+                   : dropout_copy_cuda(s, ctx->cuda_stream, count, dout->data, din->data, err);
+#endif
     if (ctx->training && s->threshold > 0)
         dropout_backward_cpu(s, ctx->seed, count, dout->data, din->data);
     else
@@ -142,7 +163,7 @@ static void dropout_destroy(void *state)
 
 static const dm_layer_vtable dropout_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = DROPOUT_DEVICES,
     .create = dropout_create,
     .bind = dropout_bind,
     .init_params = dropout_init_params,

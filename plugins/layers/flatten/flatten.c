@@ -7,6 +7,13 @@
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
 #define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
+/* Devices with an implementation in this build (flatten_cuda.cu under DM_WITH_CUDA). */
+#ifdef DM_WITH_CUDA
+#define FLATTEN_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+#else
+#define FLATTEN_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 static const char *device_name(dm_device d)
 {
     return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
@@ -20,7 +27,7 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
     if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: flatten: layer config/info missing or struct_size too small", name);
-    if (cfg->device != DM_DEVICE_CPU)
+    if (!(FLATTEN_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: flatten has no %s implementation in this build (devices: cpu)", name,
                        device_name(cfg->device));
@@ -89,6 +96,11 @@ static int flatten_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *
         rc = check_tensor(s, out, s->out, in->shape.n, "output", err);
     if (rc != DM_OK)
         return rc;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return flatten_copy_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(in->shape),
+                                 in->data, out->data, err);
+#endif
     flatten_copy_cpu(dm_shape_count(in->shape), in->data, out->data);
     return DM_OK;
 }
@@ -106,6 +118,11 @@ static int flatten_backward(void *state, const dm_run_ctx *ctx, const dm_tensor 
         rc = check_tensor(s, din, s->in, dout->shape.n, "din", err);
     if (rc != DM_OK)
         return rc;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return flatten_copy_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(dout->shape),
+                                 dout->data, din->data, err);
+#endif
     flatten_copy_cpu(dm_shape_count(dout->shape), dout->data, din->data);
     return DM_OK;
 }
@@ -117,7 +134,7 @@ static void flatten_destroy(void *state)
 
 static const dm_layer_vtable flatten_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = FLATTEN_DEVICES,
     .create = flatten_create,
     .bind = flatten_bind,
     .init_params = flatten_init_params,

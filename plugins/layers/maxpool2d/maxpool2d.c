@@ -8,6 +8,13 @@
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
 #define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
+/* Devices with an implementation in this build (maxpool2d_cuda.cu under DM_WITH_CUDA). */
+#ifdef DM_WITH_CUDA
+#define MAXPOOL2D_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+#else
+#define MAXPOOL2D_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 static const dm_param_def maxpool2d_params[] = {
     {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
     {"stride", DM_PARAM_INT, "0", 0, 1024, NULL, "step between windows; 0 = same as pool"},
@@ -25,7 +32,7 @@ static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void
     if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: maxpool2d: layer config/info missing or struct_size too small", name);
-    if (cfg->device != DM_DEVICE_CPU)
+    if (!(MAXPOOL2D_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: maxpool2d has no %s implementation in this build (devices: cpu)",
                        name, device_name(cfg->device));
@@ -109,6 +116,11 @@ static int maxpool2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor
         rc = check_tensor(s, out, in->shape.n, s->out_h, s->out_w, "output", err);
     if (rc != DM_OK)
         return rc;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return maxpool2d_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
+                                      out->data, err);
+#endif
     maxpool2d_forward_cpu(s, in->shape.n, in->data, out->data);
     return DM_OK;
 }
@@ -128,6 +140,11 @@ static int maxpool2d_backward(void *state, const dm_run_ctx *ctx, const dm_tenso
         rc = check_tensor(s, din, in->shape.n, s->in.h, s->in.w, "din", err);
     if (rc != DM_OK)
         return rc;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return maxpool2d_backward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
+                                       dout->data, din->data, err);
+#endif
     maxpool2d_backward_cpu(s, in->shape.n, in->data, dout->data, din->data);
     return DM_OK;
 }
@@ -139,7 +156,7 @@ static void maxpool2d_destroy(void *state)
 
 static const dm_layer_vtable maxpool2d_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = MAXPOOL2D_DEVICES,
     .create = maxpool2d_create,
     .bind = maxpool2d_bind,
     .init_params = maxpool2d_init_params,

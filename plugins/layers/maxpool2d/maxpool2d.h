@@ -21,4 +21,12 @@ void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, floa
 void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy,
                             float *dx);
 
+#ifdef DM_WITH_CUDA
+/* maxpool2d_cuda.cu: the same on device buffers, on `stream`; a dm_status. */
+int maxpool2d_forward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
+                           float *y, dm_error *err);
+int maxpool2d_backward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
+                            const float *dy, float *dx, dm_error *err);
+#endif
+
 #endif

@@ -8,6 +8,13 @@
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
 #define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
+/* Devices with an implementation in this build (relu_cuda.cu under DM_WITH_CUDA). */
+#ifdef DM_WITH_CUDA
+#define RELU_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+#else
+#define RELU_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 static const char *device_name(dm_device d)
 {
     return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
@@ -21,7 +28,7 @@ static int relu_create(const dm_params *p, const dm_layer_config *cfg, void **st
     if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: relu: layer config/info missing or struct_size too small", name);
-    if (cfg->device != DM_DEVICE_CPU)
+    if (!(RELU_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: relu has no %s implementation in this build (devices: cpu)", name,
                        device_name(cfg->device));
@@ -87,6 +94,11 @@ static int relu_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
         rc = check_tensor(s, out, in->shape.n, "output", err);
     if (rc != DM_OK)
         return rc;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return relu_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(in->shape),
+                                 in->data, out->data, err);
+#endif
     relu_forward_cpu(s, dm_shape_count(in->shape), in->data, out->data);
     return DM_OK;
 }
@@ -106,6 +118,11 @@ static int relu_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in
         rc = check_tensor(s, din, in->shape.n, "din", err);
     if (rc != DM_OK)
         return rc;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return relu_backward_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(in->shape),
+                                  in->data, dout->data, din->data, err);
+#endif
     relu_backward_cpu(s, dm_shape_count(in->shape), in->data, dout->data, din->data);
     return DM_OK;
 }
@@ -117,7 +134,7 @@ static void relu_destroy(void *state)
 
 static const dm_layer_vtable relu_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = RELU_DEVICES,
     .create = relu_create,
     .bind = relu_bind,
     .init_params = relu_init_params,

@@ -18,4 +18,12 @@ void relu_forward_cpu(const relu_state *s, size_t count, const float *x, float *
 void relu_backward_cpu(const relu_state *s, size_t count, const float *x, const float *dy,
                        float *dx);
 
+#ifdef DM_WITH_CUDA
+/* relu_cuda.cu: the same on device buffers, on `stream`; a dm_status. */
+int relu_forward_cuda(const relu_state *s, void *stream, size_t count, const float *x, float *y,
+                      dm_error *err);
+int relu_backward_cuda(const relu_state *s, void *stream, size_t count, const float *x,
+                       const float *dy, float *dx, dm_error *err);
+#endif
+
 #endif

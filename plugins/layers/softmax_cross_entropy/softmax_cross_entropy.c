@@ -10,6 +10,13 @@
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
 #define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
+/* Devices with an implementation in this build (softmax_cross_entropy_cuda.cu under DM_WITH_CUDA). */
+#ifdef DM_WITH_CUDA
+#define SCE_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+#else
+#define SCE_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 static const char *device_name(dm_device d)
 {
     return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
@@ -25,7 +32,7 @@ static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **sta
                        "%s: softmax_cross_entropy: layer config/info missing or struct_size too "
                        "small",
                        name);
-    if (cfg->device != DM_DEVICE_CPU)
+    if (!(SCE_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: softmax_cross_entropy has no %s implementation in this build "
                        "(devices: cpu)",
@@ -108,6 +115,12 @@ static int sce_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, 
     const int n = in->shape.n;
     /* Without labels (prediction only) there is no loss to report. */
     const int32_t *labels = ctx ? ctx->labels : NULL;
+#ifdef DM_WITH_CUDA
+    /* Labels live on the device: the kernel turns a bad one into a NaN loss. */
+    if (s->device == DM_DEVICE_CUDA)
+        return sce_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, n, in->data, labels, out->data,
+                                ctx ? ctx->metrics : NULL, err);
+#endif
     if (labels && (rc = check_labels(s, n, labels, err)) != DM_OK)
         return rc;
     double loss = 0.0;
@@ -134,6 +147,11 @@ static int sce_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
     int rc = check_tensor(s, out, 0, "output", err);
     if (rc == DM_OK)
         rc = check_tensor(s, din, out->shape.n, "din", err);
+#ifdef DM_WITH_CUDA
+    if (rc == DM_OK && s->device == DM_DEVICE_CUDA)
+        return sce_backward_cuda(s, ctx->cuda_stream, out->shape.n, out->data, ctx->labels,
+                                 din->data, err);
+#endif
     if (rc == DM_OK)
         rc = check_labels(s, out->shape.n, ctx->labels, err);
     if (rc != DM_OK)
@@ -149,7 +167,7 @@ static void sce_destroy(void *state)
 
 static const dm_layer_vtable sce_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = SCE_DEVICES,
     .create = sce_create,
     .bind = sce_bind,
     .init_params = sce_init_params,

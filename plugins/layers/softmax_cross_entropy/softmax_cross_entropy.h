@@ -22,4 +22,14 @@ void sce_forward_cpu(const sce_state *s, int n, const float *x, const int32_t *l
 void sce_backward_cpu(const sce_state *s, int n, const float *p, const int32_t *labels,
                       float *dx);
 
+#ifdef DM_WITH_CUDA
+/* softmax_cross_entropy_cuda.cu: the same on device buffers, on `stream`;
+ * forward adds the loss sum and hits to metrics[0], metrics[1] (device)
+ * when labels and metrics are not NULL. A dm_status. */
+int sce_forward_cuda(const sce_state *s, void *stream, int n, const float *x,
+                     const int32_t *labels, float *p, float *metrics, dm_error *err);
+int sce_backward_cuda(const sce_state *s, void *stream, int n, const float *p,
+                      const int32_t *labels, float *dx, dm_error *err);
+#endif
+
 #endif

@@ -19,10 +19,20 @@
 /* Below this many parameters a parallel region costs more than it saves. */
 #define ADAM_PARALLEL_MIN 32768
 
+#ifdef DM_WITH_CUDA
+#define ADAM_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+/* adam_cuda.cu: adam_update_cpu's update as one fused kernel on `stream`. */
+int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr_t,
+                     float b1, float b2, float eps, float wd, void *stream, dm_error *err);
+#else
+#define ADAM_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 typedef struct adam_state {
     float beta1, beta2, epsilon, weight_decay;
     int num_threads;    /* <= 0: OpenMP's default */
     size_t param_count;
+    dm_device device;   /* where params, grads, m and v live */
     float *m;           /* param_count floats */
     float *v;           /* param_count floats, right after m */
 } adam_state;
@@ -44,11 +54,9 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
     double epsilon = dm_param_float(params, "epsilon", 1e-7);
     double weight_decay = dm_param_float(params, "weight_decay", 0.0);
 
-    /* A CUDA build would accept DM_DEVICE_CUDA here once adam_cuda.cu exists. */
-    if (cfg->device != DM_DEVICE_CPU)
+    if (!(ADAM_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "adam: device %d is not supported; this plugin has only a CPU "
-                       "implementation (use device = cpu)",
+                       "adam: device %d is not supported in this build (use device = cpu)",
                        (int)cfg->device);
     if (!(beta1 >= 0.0 && beta1 < 1.0))
         return dm_fail(err, DM_ERR_INVALID, "adam: beta1 %g must be in [0, 1)", beta1);
@@ -68,6 +76,7 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
     s->weight_decay = (float)weight_decay;
     s->num_threads = cfg->num_threads;
     s->param_count = cfg->param_count;
+    s->device = cfg->device;
     info->state_floats_per_param = 2;
     *state = s;
     return DM_OK;
@@ -116,6 +125,11 @@ static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, con
     double t = (double)ctx->step;
     double lr_t = (double)ctx->lr * sqrt(1.0 - pow((double)s->beta2, t)) /
                   (1.0 - pow((double)s->beta1, t));
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return adam_update_cuda(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2,
+                                s->epsilon, s->weight_decay, ctx->cuda_stream, err);
+#endif
     int threads = s->num_threads > 0 ? s->num_threads : omp_get_max_threads();
 
     adam_update_cpu(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2, s->epsilon,
@@ -127,7 +141,7 @@ static void adam_destroy(void *state) { free(state); }
 
 static const dm_optimizer_vtable adam_vtable = {
     .struct_size = sizeof(dm_optimizer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = ADAM_DEVICES,
     .create = adam_create,
     .bind = adam_bind,
     .step = adam_step,

@@ -17,12 +17,22 @@
 /* Below this many parameters a parallel region costs more than it saves. */
 #define SGD_PARALLEL_MIN 32768
 
+#ifdef DM_WITH_CUDA
+#define SGD_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+/* sgd_cuda.cu: the three update rules below as one kernel on `stream`. */
+int sgd_update_cuda(float *p, const float *g, float *velocity, size_t n, float lr, float wd,
+                    float mu, int nesterov, void *stream, dm_error *err);
+#else
+#define SGD_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
 typedef struct sgd_state {
     float momentum;
     float weight_decay;
     int nesterov;
     int num_threads;    /* <= 0: OpenMP's default */
     size_t param_count;
+    dm_device device;   /* where params, grads and velocity live */
     float *velocity;    /* param_count floats when momentum > 0, else NULL */
 } sgd_state;
 
@@ -40,8 +50,8 @@ static int sgd_create(const dm_params *params, const dm_optimizer_config *cfg, v
     double weight_decay = dm_param_float(params, "weight_decay", 0.0);
     int nesterov = (int)dm_param_int(params, "nesterov", 0);
 
-    if (cfg->device != DM_DEVICE_CPU)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "sgd: only the CPU is supported (got device %d)",
+    if (!(SGD_DEVICES & DM_DEVICE_BIT(cfg->device)))
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "sgd: device %d is not supported in this build",
                        (int)cfg->device);
     if (!(momentum >= 0.0 && momentum < 1.0))
         return dm_fail(err, DM_ERR_INVALID, "sgd: momentum %g must be in [0, 1)", momentum);
@@ -58,6 +68,7 @@ static int sgd_create(const dm_params *params, const dm_optimizer_config *cfg, v
     s->nesterov = nesterov;
     s->num_threads = cfg->num_threads;
     s->param_count = cfg->param_count;
+    s->device = cfg->device;
     info->state_floats_per_param = momentum > 0.0 ? 1 : 0;
     *state = s;
     return DM_OK;
@@ -83,6 +94,11 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
         return dm_fail(err, DM_ERR_INVALID, "sgd: step before bind");
 
     const float lr = ctx->lr, wd = s->weight_decay, mu = s->momentum;
+#ifdef DM_WITH_CUDA
+    if (s->device == DM_DEVICE_CUDA)
+        return sgd_update_cuda(params, grads, s->velocity, n, lr, wd, mu, s->nesterov,
+                               ctx->cuda_stream, err);
+#endif
     const int threads = s->num_threads > 0 ? s->num_threads : omp_get_max_threads();
     float *restrict p = params;
     const float *restrict g = grads;
@@ -114,7 +130,7 @@ static void sgd_destroy(void *state) { free(state); }
 
 static const dm_optimizer_vtable sgd_vtable = {
     .struct_size = sizeof(dm_optimizer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .devices = SGD_DEVICES,
     .create = sgd_create,
     .bind = sgd_bind,
     .step = sgd_step,

@@ -1,0 +1,57 @@
+# dmnist_add_plugin(NAME SOURCES a.c ... [CUDA_SOURCES k.cu ...] [LIBS lib ...]
+#                   [OUTPUT_DIRECTORY dir] [NO_INSTALL])
+#
+# The installed twin of the in-tree dm_add_plugin: builds plugin NAME as the
+# loadable module dm_NAME.so into OUTPUT_DIRECTORY (default
+# ${CMAKE_BINARY_DIR}/plugins, so `plugin_path = build/plugins` in an INI file
+# next to the project finds it) and installs it into
+# <prefix>/${dmnist_PLUGIN_INSTALL_DIR}. The module sees only the dmnist
+# headers, exports only what DM_EXPORT marks, and must resolve every symbol
+# at link time. CUDA_SOURCES are compiled in when the calling project has
+# enabled CUDA (project(... LANGUAGES C CUDA)); the C sources then see
+# DM_WITH_CUDA=1. DM_PLUGIN_BUILD_SIGNATURE is "cpu" or "cpu;cudaN".
+function(dmnist_add_plugin NAME)
+  cmake_parse_arguments(P "NO_INSTALL" "OUTPUT_DIRECTORY" "SOURCES;CUDA_SOURCES;LIBS" ${ARGN})
+  if(NOT P_SOURCES)
+    message(FATAL_ERROR "dmnist_add_plugin(${NAME}): no SOURCES given")
+  endif()
+  if(P_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "dmnist_add_plugin(${NAME}): unknown arguments: ${P_UNPARSED_ARGUMENTS}")
+  endif()
+  if(NOT P_OUTPUT_DIRECTORY)
+    set(P_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/plugins)
+  endif()
+  set(target dm_${NAME})
+  set(srcs ${P_SOURCES})
+  set(sig "cpu")
+  get_property(_dm_langs GLOBAL PROPERTY ENABLED_LANGUAGES)
+  set(_dm_cuda OFF)
+  if(P_CUDA_SOURCES AND "CUDA" IN_LIST _dm_langs)
+    find_package(CUDAToolkit REQUIRED)
+    list(APPEND srcs ${P_CUDA_SOURCES})
+    set(_dm_cuda ON)
+    set(sig "cpu;cuda${CUDAToolkit_VERSION_MAJOR}")
+  elseif(P_CUDA_SOURCES)
+    message(STATUS "dmnist_add_plugin(${NAME}): CUDA is not enabled in this project; CPU only")
+  endif()
+
+  add_library(${target} MODULE ${srcs})
+  set_target_properties(${target} PROPERTIES
+    PREFIX "" OUTPUT_NAME ${target} SUFFIX ".so"
+    LIBRARY_OUTPUT_DIRECTORY ${P_OUTPUT_DIRECTORY}
+    C_VISIBILITY_PRESET hidden CXX_VISIBILITY_PRESET hidden CUDA_VISIBILITY_PRESET hidden)
+  target_link_libraries(${target} PRIVATE dmnist::headers ${P_LIBS})
+  if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang" AND NOT APPLE)
+    target_link_options(${target} PRIVATE -Wl,--no-undefined)
+  endif()
+  if(_dm_cuda)
+    target_compile_definitions(${target} PRIVATE DM_WITH_CUDA=1)
+    target_link_libraries(${target} PRIVATE CUDA::cudart)
+    # One shared CUDA runtime for every plugin in the process.
+    set_target_properties(${target} PROPERTIES CUDA_RUNTIME_LIBRARY Shared)
+  endif()
+  target_compile_definitions(${target} PRIVATE DM_PLUGIN_BUILD_SIGNATURE="${sig}")
+  if(NOT P_NO_INSTALL)
+    install(TARGETS ${target} LIBRARY DESTINATION ${dmnist_PLUGIN_INSTALL_DIR})
+  endif()
+endfunction()

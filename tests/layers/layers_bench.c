@@ -139,8 +139,9 @@ int main(int argc, char **argv)
 
     printf("batch %d, %d threads, median of %d iterations (after %d warm-up)\n\n", batch,
            threads, iters, warmup);
-    printf("| layer | forward ms | backward ms | fwd+bwd ms | GFLOP/s (fwd+bwd) |\n");
-    printf("|---|---:|---:|---:|---:|\n");
+    printf("| layer | output | params | workspace MiB | forward ms | backward ms | fwd+bwd ms | "
+           "GFLOP/s |\n");
+    printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
     double sum = 0;
     for (int l = 0; l < nl; l++) {
         const double f = median(net[l].t_fwd, iters), b = median(net[l].t_bwd, iters);
@@ -148,15 +149,17 @@ int main(int argc, char **argv)
         /* Backward of a GEMM layer is two GEMMs of the forward's size (conv1
          * has no din, so one). */
         const double mult = l == 0 ? 2.0 : 3.0;
+        const dm_shape os = net[l].L.info.out_shape;
+        printf("| %s | %dx%dx%d | %zu | %.2f | %.3f | %.3f | %.3f |", net[l].label, os.c, os.h,
+               os.w, net[l].L.info.param_count, net[l].L.info.workspace_bytes / 1048576.0, f * 1e3,
+               b * 1e3, (f + b) * 1e3);
         if (net[l].flops > 0)
-            printf("| %s | %.3f | %.3f | %.3f | %.1f |\n", net[l].label, f * 1e3, b * 1e3,
-                   (f + b) * 1e3, mult * net[l].flops * batch / (f + b) * 1e-9);
+            printf(" %.1f |\n", mult * net[l].flops * batch / (f + b) * 1e-9);
         else
-            printf("| %s | %.3f | %.3f | %.3f | |\n", net[l].label, f * 1e3, b * 1e3,
-                   (f + b) * 1e3);
+            printf(" |\n");
     }
     const double total = median(t_total, iters), fastest = t_total[0]; /* sorted by median() */
-    printf("| **all layers** | | | %.3f | |\n\n", total * 1e3);
+    printf("| **all layers** | | | | | | %.3f | |\n\n", total * 1e3);
     printf("sum of layer medians %.3f ms; whole pass median %.3f ms = %.0f images/s, "
            "fastest %.3f ms = %.0f images/s (layers only, no optimizer or data)\n",
            sum * 1e3, total * 1e3, batch / total, fastest * 1e3, batch / fastest);

@@ -118,9 +118,11 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
         s->chunk = col_per_image >= CONV2D_AUTO_COL_BYTES
                        ? 1
                        : (int)(CONV2D_AUTO_COL_BYTES / col_per_image);
-    /* At least one task per thread. */
-    if (s->chunk > (in.n + s->nthreads - 1) / s->nthreads)
-        s->chunk = (in.n + s->nthreads - 1) / s->nthreads;
+    /* At least 4 tasks per thread, so that dynamic scheduling can even out
+     * a thread slowed down by another process on its core. */
+    const int most = (in.n + 4 * s->nthreads - 1) / (4 * s->nthreads);
+    if (s->chunk > most)
+        s->chunk = most;
 
     /* One pool of threads: OpenMP hands tasks to threads and each task calls
      * a single-threaded GEMM. OpenBLAS's own threads would fight OpenMP's

@@ -168,7 +168,7 @@ void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y)
     const conv2d_ws l = ws_layout(s);
     const int ntasks = (n + s->chunk - 1) / s->chunk;
 
-#pragma omp parallel for schedule(dynamic, 1) num_threads(s->nthreads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(s->nthreads) if (ntasks > 1)
     for (int task = 0; task < ntasks; task++) {
         float *col = (float *)s->workspace + l.thread * omp_get_thread_num();
         float *tmp = col + l.col;
@@ -207,7 +207,7 @@ void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const flo
     const int ntasks = (n + s->chunk - 1) / s->chunk;
     float *parts = (float *)s->workspace + l.thread * s->nthreads;
 
-#pragma omp parallel num_threads(s->nthreads)
+#pragma omp parallel num_threads(s->nthreads) if (ntasks > 1)
     {
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < ntasks; task++) {

@@ -20,17 +20,24 @@ static void block(int total, int parts, int i, int *lo, int *hi)
         *hi = total;
 }
 
-/* Blocks for a dimension: one per thread, but none thinner than 16. */
-static int nblocks(const dense_state *s, int total)
+/* Below this many multiply-adds a product runs on the calling thread:
+ * waking the team would cost more than it saves. */
+#define DENSE_PARALLEL_MIN (1 << 20)
+
+/* Blocks for a dimension: one per thread, but none thinner than 16, and
+ * one when the product (n x units x in_features) is small. */
+static int nblocks(const dense_state *s, int n, int total)
 {
+    if ((size_t)n * s->units * s->in_features < DENSE_PARALLEL_MIN)
+        return 1;
     const int most = (total + 15) / 16;
     return s->nthreads < most ? s->nthreads : most;
 }
 
 void dense_forward_cpu(const dense_state *s, int n, const float *x, float *y)
 {
-    const int K = s->in_features, U = s->units, parts = nblocks(s, U);
-#pragma omp parallel for schedule(static) num_threads(s->nthreads)
+    const int K = s->in_features, U = s->units, parts = nblocks(s, n, U);
+#pragma omp parallel for schedule(static) num_threads(s->nthreads) if (parts > 1)
     for (int part = 0; part < parts; part++) {
         int u0, u1;
         block(U, parts, part, &u0, &u1);
@@ -55,9 +62,9 @@ void dense_backward_cpu(const dense_state *s, int n, const float *x, const float
                         const float *dy, float *dx)
 {
     const int K = s->in_features, U = s->units;
-    const int uparts = nblocks(s, U), kparts = nblocks(s, K);
+    const int uparts = nblocks(s, n, U), kparts = nblocks(s, n, K);
     const float *dz = s->relu ? s->dz : dy;
-#pragma omp parallel num_threads(s->nthreads)
+#pragma omp parallel num_threads(s->nthreads) if (uparts > 1 || kparts > 1)
     {
         if (s->relu) {
             /* dz (n, U) = dy where the output was positive */

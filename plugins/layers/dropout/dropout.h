@@ -30,6 +30,9 @@ typedef struct dropout_state {
 #define DROPOUT_CLONES
 #endif
 
+/* Below this many elements the mask runs on the calling thread. */
+#define DROPOUT_PARALLEL_MIN 32768
+
 static inline int dropout_keep(uint64_t seed, uint64_t index, uint32_t threshold)
 {
     return (dm_hash64(seed, index) >> 40) >= threshold;

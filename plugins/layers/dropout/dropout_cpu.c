@@ -9,7 +9,8 @@ DROPOUT_CLONES static void apply_mask(const dropout_state *s, uint64_t seed, siz
 {
     const uint32_t thr = s->threshold;
     const float scale = s->scale;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads)
+#pragma omp parallel for schedule(static) num_threads(s->nthreads) \
+    if (count >= DROPOUT_PARALLEL_MIN)
     for (size_t i = 0; i < count; i++) {
         const float v = src[i] * scale;
         dst[i] = dropout_keep(seed, i, thr) ? v : 0.0f;

@@ -14,6 +14,9 @@ typedef struct maxpool2d_state {
     int out_h, out_w;
 } maxpool2d_state;
 
+/* Below this many input elements a pass runs on the calling thread. */
+#define MAXPOOL2D_PARALLEL_MIN 32768
+
 /* x (n, c, h, w) -> y (n, c, out_h, out_w): the max of each window. */
 void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, float *y);
 /* dx = dy routed to the first maximum of each window (found again from x,

@@ -37,7 +37,8 @@ void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, floa
 {
     const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
     const size_t hw = (size_t)s->in.h * s->in.w;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads)
+#pragma omp parallel for schedule(static) num_threads(s->nthreads) \
+    if ((size_t)planes * hw >= MAXPOOL2D_PARALLEL_MIN)
     for (int pl = 0; pl < planes; pl++) {
         const float *xp = x + (size_t)pl * hw;
         float *yp = y + (size_t)pl * ohw;
@@ -65,7 +66,8 @@ void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, con
 {
     const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
     const size_t hw = (size_t)s->in.h * s->in.w;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads)
+#pragma omp parallel for schedule(static) num_threads(s->nthreads) \
+    if ((size_t)planes * hw >= MAXPOOL2D_PARALLEL_MIN)
     for (int pl = 0; pl < planes; pl++) {
         const float *xp = x + (size_t)pl * hw;
         const float *dyp = dy + (size_t)pl * ohw;

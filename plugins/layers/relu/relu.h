@@ -12,6 +12,10 @@ typedef struct relu_state {
     dm_shape shape; /* create-time input shape; n = largest batch */
 } relu_state;
 
+/* Below this many elements a loop runs on the calling thread: waking the
+ * team would cost more than it saves. */
+#define RELU_PARALLEL_MIN 32768
+
 /* y = max(x, 0) over count floats. */
 void relu_forward_cpu(const relu_state *s, size_t count, const float *x, float *y);
 /* dx = dy where x > 0, else 0. */

@@ -306,7 +306,16 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     snprintf(x->opt.name, sizeof x->opt.name, "optimizer");
 
     /* [comm]: the backend comes from experiment.backend; [comm] holds its keys */
-    if (!x->backend[0]) copy_str(x->backend, sizeof x->backend, "local");
+    /* Default: local, or nccl for device = cuda when a launcher started
+     * several ranks (dmnist-run --np sets DMNIST_WORLD_SIZE, mpirun OMPI_*). */
+    if (!x->backend[0]) {
+        const char *ws = getenv("DMNIST_WORLD_SIZE");
+        if (!ws || !ws[0]) ws = getenv("OMPI_COMM_WORLD_SIZE");
+        if (!ws || !ws[0]) ws = getenv("PMI_SIZE");
+        int world = ws && ws[0] ? atoi(ws) : 1;
+        copy_str(x->backend, sizeof x->backend,
+                 x->device == DM_DEVICE_CUDA && world > 1 ? "nccl" : "local");
+    }
     {
         static const dm_section empty = {0};
         const dm_section *s = dm_config_section(cfg, "comm");

@@ -13,6 +13,9 @@
  */
 #define _GNU_SOURCE
 #include "dm_core.h"
+#ifdef DMNIST_CORE_CUDA
+#include "dm_cuda.h"
+#endif
 
 #include <errno.h>
 #include <math.h>
@@ -56,6 +59,13 @@ typedef struct trainer {
     int64_t *idx;
     int64_t *perm;
     int64_t perm_epoch;
+    /* device = cuda: every example on the GPU, uploaded once (NULL when it
+     * did not fit: then batches are copied from the host each step) */
+    float *d_images[2];          /* by dm_split: (count, item) */
+    int32_t *d_labels[2];
+    int64_t *d_perm;             /* this epoch's permutation */
+    float *d_scratch;            /* staging for device-only backends (nccl) */
+    size_t d_scratch_n;
     int64_t epoch, epoch_pos;
     int64_t step;                /* optimizer updates done */
 
@@ -82,13 +92,53 @@ static int rank0(const trainer *t) { return t->ci.rank == 0; }
 
 /* ---- communication helpers ---------------------------------------------- */
 
+/* A device buffer of at least `bytes` for staging host vectors through a
+ * backend that takes device buffers only (nccl). */
+static float *scratch(trainer *t, size_t bytes, dm_error *err)
+{
+    size_t n = (bytes + sizeof(float) - 1) / sizeof(float);
+    if (n > t->d_scratch_n) {
+        dm_dev_free(&t->dev, t->d_scratch);
+        t->d_scratch_n = 0;
+        if (!(t->d_scratch = dm_dev_alloc(&t->dev, (n < 64 ? 64 : n) * sizeof(float), err))) return NULL;
+        t->d_scratch_n = n < 64 ? 64 : n;
+    }
+    return t->d_scratch;
+}
+
+static int host_staged(const trainer *t)
+{
+    return t->dev.device != DM_DEVICE_CPU && !(t->cvt->devices & DM_DEVICE_BIT(DM_DEVICE_CPU));
+}
+
 static int allreduce_host(trainer *t, float *buf, size_t n, dm_reduce_op op, dm_error *err)
 {
-    /* Small host-side vectors (metrics): the backend takes host buffers. */
+    /* Small host-side vectors (metrics): the backend takes host buffers,
+     * or (nccl) gets them through a device scratch buffer. */
     dm_error e = {0};
-    int rc = t->cvt->allreduce(t->comm, buf, n, op, DM_DEVICE_CPU, NULL, &e);
+    int rc;
+    if (host_staged(t)) {
+        float *d = scratch(t, n * sizeof(float), err);
+        if (!d) return err ? err->code : DM_ERR_NOMEM;
+        if ((rc = dm_dev_upload(&t->dev, d, buf, n * sizeof(float), err))) return rc;
+        rc = t->cvt->allreduce(t->comm, d, n, op, t->dev.device, t->dev.stream, &e);
+        if (!rc) return dm_dev_download(&t->dev, buf, d, n * sizeof(float), err);
+    } else {
+        rc = t->cvt->allreduce(t->comm, buf, n, op, DM_DEVICE_CPU, NULL, &e);
+    }
     if (rc) return dm_fail(err, rc, "%s: %s", t->x->backend, e.msg);
     return DM_OK;
+}
+
+/* Broadcast a small host buffer from rank 0 (staged like allreduce_host). */
+static int broadcast_host(trainer *t, void *buf, size_t bytes, dm_error *e)
+{
+    if (!host_staged(t)) return t->cvt->broadcast(t->comm, buf, bytes, 0, DM_DEVICE_CPU, NULL, e);
+    float *d = scratch(t, bytes, e);
+    int rc = d ? dm_dev_upload(&t->dev, d, buf, bytes, e) : (e ? e->code : DM_ERR_NOMEM);
+    if (!rc) rc = t->cvt->broadcast(t->comm, d, bytes, 0, t->dev.device, t->dev.stream, e);
+    if (!rc) rc = dm_dev_download(&t->dev, buf, d, bytes, e);
+    return rc;
 }
 
 /* Broadcast a device buffer from rank 0 (staged through host when the
@@ -236,6 +286,79 @@ static int load_batch(trainer *t, dm_split split, const int64_t *idx, int n, dm_
     return DM_OK;
 }
 
+/* device = cuda with the dataset on the GPU: examples d_idx[0..n) (a slice
+ * of the device permutation), or first..first+n when d_idx is NULL. */
+static int gather_batch(trainer *t, dm_split split, const int64_t *d_idx, int64_t first, int n,
+                        dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    return dm_cuda_gather(t->m.input.data, t->m.labels, t->d_images[split], t->d_labels[split], d_idx,
+                          first, n, dm_shape_per_item(t->di.item), t->dev.stream, err);
+#else
+    (void)t, (void)split, (void)d_idx, (void)first, (void)n;
+    return dm_fail(err, DM_ERR_INTERNAL, "gather_batch without CUDA");
+#endif
+}
+
+/* Read every example of both splits once and keep them on the GPU, so
+ * a step copies nothing from the host (60,000 MNIST images are 188 MB of
+ * float32). Without room, batches keep coming from the host. */
+static int upload_dataset(trainer *t, dm_error *err)
+{
+    const size_t item = dm_shape_per_item(t->di.item);
+    const int classes = t->m.layers[t->m.n_layers - 1].out_shape.c;
+    const int chunk = 4096;
+    int rc = DM_OK;
+    for (int split = 0; split < 2 && rc == DM_OK; split++) {
+        const int64_t count = t->di.count[split];
+        dm_error oom = {0};
+        t->d_images[split] = dm_dev_alloc(&t->dev, (size_t)count * item * sizeof(float), &oom);
+        t->d_labels[split] = dm_dev_alloc(&t->dev, (size_t)count * sizeof(int32_t), &oom);
+        if (!t->d_images[split] || !t->d_labels[split]) {
+            if (rank0(t))
+                printf("note: the dataset does not fit on the GPU (%s); batches are copied from the host\n",
+                       oom.msg);
+            for (int s = 0; s < 2; s++) {
+                dm_dev_free(&t->dev, t->d_images[s]);
+                dm_dev_free(&t->dev, t->d_labels[s]);
+                t->d_images[s] = NULL;
+                t->d_labels[s] = NULL;
+            }
+            return DM_OK;
+        }
+        float *img = malloc((size_t)chunk * item * sizeof(float));
+        int32_t *lab = malloc((size_t)chunk * sizeof(int32_t));
+        int64_t *idx = malloc((size_t)chunk * sizeof(int64_t));
+        if (!img || !lab || !idx) rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        for (int64_t i0 = 0; i0 < count && rc == DM_OK; i0 += chunk) {
+            const int n = (int)(count - i0 < chunk ? count - i0 : chunk);
+            for (int k = 0; k < n; k++) idx[k] = i0 + k;
+            dm_error e = {0};
+            if ((rc = t->dvt->read(t->data, (dm_split)split, idx, n, img, lab, &e))) {
+                rc = dm_fail(err, rc, "data: %s", e.msg);
+                break;
+            }
+            for (int k = 0; k < n && rc == DM_OK; k++)
+                if (lab[k] < 0 || lab[k] >= classes)
+                    rc = dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)",
+                                 lab[k], (long long)idx[k], classes);
+            if (rc == DM_OK)
+                rc = dm_dev_upload(&t->dev, t->d_images[split] + (size_t)i0 * item, img,
+                                   (size_t)n * item * sizeof(float), err);
+            if (rc == DM_OK)
+                rc = dm_dev_upload(&t->dev, t->d_labels[split] + i0, lab, (size_t)n * sizeof(int32_t), err);
+            if (rc == DM_OK) rc = dm_dev_sync(&t->dev, err); /* img and lab are reused */
+        }
+        free(img);
+        free(lab);
+        free(idx);
+    }
+    if (rc == DM_OK &&
+        !(t->d_perm = dm_dev_alloc(&t->dev, (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t), err)))
+        rc = err ? err->code : DM_ERR_NOMEM;
+    return rc;
+}
+
 /* Fill this rank's slice of the next global batch. */
 static int next_train_batch(trainer *t, dm_error *err)
 {
@@ -245,9 +368,17 @@ static int next_train_batch(trainer *t, dm_error *err)
         t->epoch++;
         t->epoch_pos = 0;
     }
-    if (t->perm_epoch != t->epoch) make_perm(t, t->epoch);
+    if (t->perm_epoch != t->epoch) {
+        make_perm(t, t->epoch);
+        int rc;
+        if (t->d_perm && (rc = dm_dev_upload(&t->dev, t->d_perm, t->perm,
+                                             (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t), err)))
+            return rc;
+    }
     const int64_t *slice = t->perm + t->epoch_pos + (int64_t)t->ci.rank * b;
     t->epoch_pos += global;
+    if (t->d_images[DM_SPLIT_TRAIN])
+        return gather_batch(t, DM_SPLIT_TRAIN, t->d_perm + (slice - t->perm), 0, b, err);
     return load_batch(t, DM_SPLIT_TRAIN, slice, b, err);
 }
 
@@ -266,7 +397,11 @@ static int evaluate(trainer *t, double *loss, double *acc, dm_error *err)
     for (int64_t i = lo; i < hi && rc == DM_OK; i += eb) {
         int n = (int)(hi - i < eb ? hi - i : eb);
         for (int k = 0; k < n; k++) t->idx[k] = i + k;
-        if ((rc = load_batch(t, DM_SPLIT_TEST, t->idx, n, err))) break;
+        if (t->d_images[DM_SPLIT_TEST]) {
+            if ((rc = gather_batch(t, DM_SPLIT_TEST, NULL, i, n, err))) break;
+        } else if ((rc = load_batch(t, DM_SPLIT_TEST, t->idx, n, err))) {
+            break;
+        }
         rc = dm_model_forward(&t->m, n, 0, 0, err);
         if (rc == DM_OK) {
             /* accumulate in double on the host: float sums of 10,000 losses drift */
@@ -412,7 +547,7 @@ static int resume(trainer *t, dm_error *err)
     int rc = DM_OK;
     if (t->ci.size > 1) {
         dm_error be = {0};
-        rc = t->cvt->broadcast(t->comm, hdr, sizeof hdr, 0, DM_DEVICE_CPU, NULL, &be);
+        rc = broadcast_host(t, hdr, sizeof hdr, &be);
         if (rc) { free(p); free(o); return dm_fail(err, rc, "%s: broadcast: %s", t->x->backend, be.msg); }
     }
     if (!hdr[0]) {
@@ -571,6 +706,7 @@ static int setup(trainer *t, dm_error *err)
     t->perm = malloc((size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t));
     if (!t->h_images || !t->h_labels || !t->idx || !t->perm) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     t->perm_epoch = -1;
+    if (x->device == DM_DEVICE_CUDA && (rc = upload_dataset(t, err))) return rc;
     return build_buckets(t, err);
 }
 
@@ -584,6 +720,12 @@ static void teardown(trainer *t)
         dm_error e = {0};
         t->cvt->finalize(t->comm, &e);
     }
+    for (int s = 0; s < 2; s++) {
+        dm_dev_free(&t->dev, t->d_images[s]);
+        dm_dev_free(&t->dev, t->d_labels[s]);
+    }
+    dm_dev_free(&t->dev, t->d_perm);
+    dm_dev_free(&t->dev, t->d_scratch);
     if (t->dev_open) dm_dev_close(&t->dev);
     free(t->h_images);
     free(t->h_labels);
@@ -775,6 +917,8 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         bar_draw(&t, total_steps, step0, t_train0, t.step == total_steps);
     }
     if (t.bar_shown) putchar('\n'); /* keep the finished bar */
+    /* the GPU may still be working through queued steps */
+    if (rc == DM_OK && x->device != DM_DEVICE_CPU) rc = dm_dev_sync(&t.dev, err);
     double train_s = now_s() - t_train0;
     dm_timeline_set_step(-1);
     double tev = now_s();

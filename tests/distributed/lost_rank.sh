@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# lost_rank.sh LAUNCHER BACKEND SIGNAL [VICTIM]
+#
+# A rank lost mid-run must end the whole job with a non-zero status, never
+# a hang. Two ranks train the small model (experiment.timeout_s = 6); once
+# rank 0 has logged step 20 the test sends SIGNAL to rank VICTIM's process
+# (default 1):
+#   KILL  the process is gone (its sockets close at once): the job must exit
+#         non-zero within the timeout, and the output must name the lost
+#         rank (the launcher sees which child died);
+#   STOP  the process hangs without closing anything: the others' next
+#         collective must time out after timeout_s, and the job must exit
+#         non-zero within timeout_s plus the launcher's 5 s grace for
+#         stopping the rest.
+# LAUNCHER: np (dmnist-run --np 2; for mpi that hands over to mpirun), mpirun
+# (mpirun -np 2 dmnist-run; gloo gets a file:// rendezvous through
+# comm.rendezvous), or env (gloo only: two processes started here with
+# DMNIST_RANK and friends and no launcher watching them: the survivor must
+# notice on its own; it names its own rank and the failed call, not the
+# lost rank: the gloo plugin cannot tell which peer a socket belonged to).
+source "$(dirname "$0")/lib.sh"
+launcher=${1:?launcher} backend=${2:?backend} sig=${3:?signal} victim=${4:-1}
+TIMEOUT_S=6
+args=("$CFG" "${SMALL[@]}" --set experiment.backend="$backend" --set train.total_batches=1000000
+      --set train.log_every=10 --set experiment.timeout_s=$TIMEOUT_S)
+case $sig in
+KILL) limit=$TIMEOUT_S ;;
+STOP) limit=$((TIMEOUT_S + 5 + 3)) ;;
+*) fail "signal must be KILL or STOP" ;;
+esac
+
+pids=()
+case $launcher in
+np)
+    "$RUN" --np 2 "${args[@]}" >"$TMP/job.log" 2>&1 &
+    pids=($!) ;;
+mpirun)
+    extra=()
+    [ "$backend" = gloo ] && extra=(--set comm.rendezvous="file://$TMP/rdzv")
+    "$MPIRUN" "${MPI_ARGS[@]}" -np 2 "$RUN" "${args[@]}" "${extra[@]}" >"$TMP/job.log" 2>&1 &
+    pids=($!) ;;
+env)
+    [ "$backend" = gloo ] || fail "launcher env is for gloo"
+    for r in 0 1; do
+        DMNIST_RANK=$r DMNIST_WORLD_SIZE=2 DMNIST_RENDEZVOUS="file://$TMP/rdzv" \
+            "$RUN" "${args[@]}" >"$TMP/rank$r.log" 2>&1 &
+        pids+=($!)
+    done
+    ln -s rank0.log "$TMP/job.log" ;;
+*) fail "launcher must be np, mpirun or env" ;;
+esac
+# Whatever happens, nothing of the job outlives the test.
+on_exit 'for p in ${pids[@]} $(for q in ${pids[@]}; do descendants $q; done); do kill -CONT $p; kill -KILL $p; done 2>/dev/null'
+
+wait_for_line "$TMP/job.log" "step +20/" 60 || { show "$TMP/job.log"; fail "the job did not reach step 20 in 60 s"; }
+vpid=
+for p in "${pids[@]}"; do vpid=$(rank_pid "$p" "$victim") && break; done
+[ -n "$vpid" ] || fail "no process of rank $victim found"
+t0=$(date +%s.%N)
+kill -"$sig" "$vpid" || fail "kill -$sig $vpid"
+
+# Wait for the job (for env: the survivors), at most limit + 20 s.
+survivors=("${pids[@]}")
+[ "$launcher" = env ] && survivors=("${pids[@]:0:$victim}" "${pids[@]:$((victim + 1))}")
+status=()
+for p in "${survivors[@]}"; do
+    while kill -0 "$p" 2>/dev/null && [ "$(echo "$(date +%s.%N) - $t0 < $limit + 20" | bc)" = 1 ]; do sleep 0.1; done
+    kill -0 "$p" 2>/dev/null && { show "$TMP/job.log"; fail "still running $((limit + 20)) s after kill -$sig of rank $victim: a hang"; }
+    wait "$p"
+    status+=($?)
+done
+took=$(echo "$(date +%s.%N) - $t0" | bc)
+for s in "${status[@]}"; do
+    [ "$s" != 0 ] || { show "$TMP/job.log"; fail "exit status 0 after losing rank $victim"; }
+done
+awk -v t="$took" -v l="$limit" 'BEGIN { exit !(t <= l) }' ||
+    { show "$TMP/job.log"; fail "the job took $took s to end after kill -$sig, more than $limit s"; }
+
+if [ "$sig" = KILL ] && [ "$launcher" != env ]; then
+    # dmnist-run --np: "rank 1 was killed by signal 9"; mpirun: "process rank 1 ... exited on signal 9".
+    grep -qE "rank $victim (was killed by signal 9|with PID .* exited on signal 9)" "$TMP/job.log" ||
+        { show "$TMP/job.log"; fail "no message naming the lost rank $victim"; }
+    msg=$(grep -E "rank $victim (was killed|with PID)" "$TMP/job.log" | head -1)
+elif [ "$sig" = STOP ]; then
+    grep -qE "timed out after $TIMEOUT_S s" "$TMP/job.log" ||
+        { show "$TMP/job.log"; fail "no timeout message from the ranks left waiting"; }
+    msg=$(grep -m1 -E "timed out after" "$TMP/job.log")
+else
+    grep -q "^dmnist-run: $backend" "$TMP/job.log" || { show "$TMP/job.log"; fail "the survivor gave no $backend error"; }
+    msg=$(grep -m1 "^dmnist-run: $backend" "$TMP/job.log")
+fi
+ok "$launcher/$backend: kill -$sig of rank $victim ended the job (status ${status[*]}) in $took s: $msg"

@@ -6,8 +6,8 @@
 # ${CMAKE_BINARY_DIR}/plugins, so `plugin_path = build/plugins` in an INI file
 # next to the project finds it) and installs it into
 # <prefix>/${dmnist_PLUGIN_INSTALL_DIR}. The module sees only the dmnist
-# headers, exports only what DM_EXPORT marks, and must resolve every symbol
-# at link time. CUDA_SOURCES are compiled in when the calling project has
+# headers, exports only what DM_EXPORT marks, must resolve every symbol at
+# link time, and stays mapped after dlclose (-z nodelete). CUDA_SOURCES are compiled in when the calling project has
 # enabled CUDA (project(... LANGUAGES C CUDA)); the C sources then see
 # DM_WITH_CUDA=1. DM_PLUGIN_BUILD_SIGNATURE is "cpu" or "cpu;cudaN".
 function(dmnist_add_plugin NAME)
@@ -42,7 +42,10 @@ function(dmnist_add_plugin NAME)
     C_VISIBILITY_PRESET hidden CXX_VISIBILITY_PRESET hidden CUDA_VISIBILITY_PRESET hidden)
   target_link_libraries(${target} PRIVATE dmnist::headers ${P_LIBS})
   if(CMAKE_C_COMPILER_ID MATCHES "GNU|Clang" AND NOT APPLE)
-    target_link_options(${target} PRIVATE -Wl,--no-undefined)
+    # Unresolved symbols fail the link, not dlopen. nodelete: dlclose never
+    # unmaps the plugin or what it pulled in (libgomp's idle worker threads
+    # would otherwise run unmapped code at exit).
+    target_link_options(${target} PRIVATE -Wl,--no-undefined -Wl,-z,nodelete)
   endif()
   if(_dm_cuda)
     target_compile_definitions(${target} PRIVATE DM_WITH_CUDA=1)

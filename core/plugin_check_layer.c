@@ -1,10 +1,10 @@
 /* dmnist-plugin-check, layers: draw settings and input shapes, then
- *  - gradients: the shared gradient checker (core/gradcheck.c) on each case;
  *  - init_params writes every parameter, the same way for the same seed;
  *  - forward twice gives the same bits;
  *  - poisoned (NaN) outputs are fully written, inputs and parameters are left
  *    alone, and guard zones around every buffer stay intact, also when the
  *    batch is smaller than the create-time one;
+ *  - gradients: the shared gradient checker (core/gradcheck.c) on each case;
  *  - the CUDA implementation, when there is one and a GPU, against the CPU. */
 #define _GNU_SOURCE
 #include "gradcheck.h"
@@ -428,7 +428,8 @@ static const char *buffer_case(const pc_ctx *c, const dm_loaded_component *lc, c
     if ((bad = pc_first_nonfinite(b.din.p, n_in)) >= 0)
         FAIL_WITH("buffers", "backward left din[%ld] of %zu unwritten (NaN) or not finite", bad, n_in);
     if ((bad = pc_first_nonfinite(I.grads.p, np)) >= 0)
-        FAIL_WITH("buffers", "backward left grads[%ld] of %zu unwritten (NaN) or not finite", bad, np);
+        FAIL_WITH("buffers", "backward left grads[%ld] of %zu NaN or not finite (unwritten, or "
+                  "added to instead of overwritten)", bad, np);
     if ((g = broken_guard(&I, &b)))
         FAIL_WITH("buffers", "backward wrote outside '%s'", g);
     if (!same(in0, b.in.p, n_in * sizeof(float)) || !same(p0, I.params.p, np * sizeof(float)) ||
@@ -465,7 +466,8 @@ done:
     return check;
 }
 
-static void check_buffers(const pc_ctx *c, const dm_loaded_component *lc, const lcase *cases, int n)
+/* Returns 1 when every case passed. */
+static int check_buffers(const pc_ctx *c, const dm_loaded_component *lc, const lcase *cases, int n)
 {
     int smaller = 0;
     size_t params = 0;
@@ -475,7 +477,7 @@ static void check_buffers(const pc_ctx *c, const dm_loaded_component *lc, const 
         if (check) {
             case_str(&cases[i], what, sizeof what);
             pc_row(lc, check, PC_FAIL, "%s: %s", what, why);
-            return;
+            return 0;
         }
         smaller += cases[i].run_n < cases[i].in.n;
         params += cases[i].params;
@@ -486,6 +488,7 @@ static void check_buffers(const pc_ctx *c, const dm_loaded_component *lc, const 
     pc_row(lc, "buffers", PC_OK,
            "outputs fully written, inputs untouched, guards intact (%d cases, %d smaller batches)",
            n, smaller);
+    return 1;
 }
 
 /* ---- CUDA against CPU ----------------------------------------------------------- */
@@ -661,8 +664,12 @@ void pc_check_layer(const pc_ctx *c, const dm_loaded_component *lc)
     gc_use_registry(c->reg);
     int n = collect_cases(c, lc, cases);
     if (n > 0) {
-        check_gradients(c, lc, cases, n);
-        check_buffers(c, lc, cases, n);
+        /* Guarded buffers first: a stray write is then reported as such,
+         * not as a crash inside the gradient checker's plain buffers. */
+        if (check_buffers(c, lc, cases, n))
+            check_gradients(c, lc, cases, n);
+        else
+            pc_row(lc, "gradient (cpu)", PC_SKIP, "not run: an earlier check failed");
         check_cuda(c, lc, cases, n);
     }
     free(cases);

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Stage an install of this build into a temporary prefix, move the prefix
+# (everything must be relocatable), then do what docs/writing-a-layer-plugin.md
+# tells a plugin author to do, from copies of docs/examples/plugins/:
+#   - build leaky_relu and batchnorm with find_package(dmnist) + dmnist_add_plugin,
+#     and leaky_relu again with its plain Makefile and pkg-config;
+#   - check each with the installed dmnist-plugin-check;
+#   - train a few steps of each example config with the installed dmnist-run
+#     (data/mnist when present, else the synthetic dataset), no DMNIST_PLUGIN_PATH;
+#   - install leaky_relu next to the built-in plugins and find it there.
+set -euo pipefail
+src=${DMNIST_SOURCE_DIR:?run through ctest}
+build=${DMNIST_BUILD_DIR:?run through ctest}
+unset DMNIST_PLUGIN_PATH # the installed tools must find their plugins alone
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/dmnist-sdk-test.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+step() { echo; echo "== $*"; }
+
+step "install into a staging prefix, then move it"
+cmake --install "$build" --prefix "$tmp/stage" > "$tmp/install.log" || { cat "$tmp/install.log"; fail "cmake --install"; }
+mv "$tmp/stage" "$tmp/prefix"
+P=$tmp/prefix
+for f in bin/dmnist-run bin/dmnist-plugin-check include/dmnist/abi.h include/dmnist/layer.h \
+         lib/cmake/dmnist/dmnistConfig.cmake lib/cmake/dmnist/dmnistConfigVersion.cmake \
+         lib/cmake/dmnist/dmnistTargets.cmake lib/cmake/dmnist/dmnistPlugin.cmake \
+         lib/pkgconfig/dmnist.pc lib/dmnist/plugins/dm_conv2d.so lib/dmnist/plugins/dm_local.so; do
+    [ -e "$P/$f" ] || fail "the install lacks $f"
+done
+echo "installed files present"
+
+step "the installed dmnist-run finds the installed plugins (no environment variable)"
+"$P/bin/dmnist-run" --list-plugins > "$tmp/list.txt"
+cat "$tmp/list.txt"
+grep -q "$P/lib/dmnist/plugins/dm_conv2d.so" "$tmp/list.txt" ||
+    fail "dmnist-run --list-plugins does not list $P/lib/dmnist/plugins/dm_conv2d.so"
+if grep -q "$build/plugins" "$tmp/list.txt"; then fail "the installed dmnist-run loaded plugins from the build tree"; fi
+
+step "pkg-config"
+export PKG_CONFIG_PATH=$P/lib/pkgconfig
+[ "$(pkg-config --modversion dmnist)" != "" ] || fail "pkg-config: no version"
+inc=$(pkg-config --variable=includedir dmnist)
+[ -f "$inc/dmnist/abi.h" ] || fail "pkg-config includedir $inc has no dmnist/abi.h"
+[ -d "$(pkg-config --variable=pluginsdir dmnist)" ] || fail "pkg-config pluginsdir is not a folder"
+[ -x "$(pkg-config --variable=plugin_check dmnist)" ] || fail "pkg-config plugin_check is not executable"
+echo "cflags: $(pkg-config --cflags dmnist)"
+
+step "build the examples out of tree"
+mkdir -p "$tmp/src"
+cp -r "$src/docs/examples/plugins/leaky_relu" "$src/docs/examples/plugins/batchnorm" "$tmp/src/"
+cp -r "$src/docs/examples/plugins/leaky_relu" "$tmp/src/leaky_relu_make"
+rm -rf "$tmp/src"/*/build # a stale build from the source tree must not be used
+for ex in leaky_relu batchnorm; do
+    cmake -S "$tmp/src/$ex" -B "$tmp/src/$ex/build" -DCMAKE_PREFIX_PATH="$P" \
+          -DCMAKE_C_FLAGS=-Werror > "$tmp/$ex.cmake.log" || { cat "$tmp/$ex.cmake.log"; fail "configure $ex"; }
+    cmake --build "$tmp/src/$ex/build" || fail "build $ex"
+    [ -f "$tmp/src/$ex/build/plugins/dm_$ex.so" ] || fail "no build/plugins/dm_$ex.so for $ex"
+done
+make -C "$tmp/src/leaky_relu_make" CFLAGS="-O2 -Werror" || fail "make (pkg-config) leaky_relu"
+[ -f "$tmp/src/leaky_relu_make/build/plugins/dm_leaky_relu.so" ] || fail "the Makefile built no build/plugins/dm_leaky_relu.so"
+
+step "dmnist-plugin-check on each"
+"$P/bin/dmnist-plugin-check" "$tmp/src/leaky_relu/build/plugins/dm_leaky_relu.so" || fail "check leaky_relu (cmake)"
+"$P/bin/dmnist-plugin-check" "$tmp/src/batchnorm/build/plugins/dm_batchnorm.so" || fail "check batchnorm"
+make -C "$tmp/src/leaky_relu_make" check || fail "make check (leaky_relu, pkg-config)"
+
+step "train a few steps with each example config"
+data=()
+if [ -f "$src/data/mnist/train-images-idx3-ubyte.gz" ] || [ -f "$src/data/mnist/train-images-idx3-ubyte" ]; then
+    data=(--set "data.path=$src/data/mnist")
+    echo "data: MNIST from $src/data/mnist"
+else
+    data=(--set data.type=synthetic --set data.train_size=2048 --set data.test_size=512)
+    echo "data: synthetic ($src/data/mnist not present)"
+fi
+for ex in leaky_relu batchnorm; do
+    (cd "$tmp" && "$P/bin/dmnist-run" --no-progress "${data[@]}" --set train.total_batches=4 \
+        --set train.log_every=1 "$tmp/src/$ex/$ex.ini") > "$tmp/$ex.train.log" 2>&1 || {
+        cat "$tmp/$ex.train.log"; fail "training with $ex"; }
+    cat "$tmp/$ex.train.log"
+    grep -Eq "^step +4/4 .*loss [0-9]+\.[0-9]+" "$tmp/$ex.train.log" || fail "$ex: no finite loss at step 4"
+    grep -Eq "^test loss [0-9]+\.[0-9]+ +test accuracy" "$tmp/$ex.train.log" || fail "$ex: no test evaluation"
+    # the layer really is in the model (not silently something else)
+    "$P/bin/dmnist-run" --dry-run "${data[@]}" "$tmp/src/$ex/$ex.ini" | grep -q " $ex " ||
+        fail "$ex: the model summary has no $ex layer"
+done
+
+step "install an example next to the built-in plugins"
+cmake --install "$tmp/src/leaky_relu/build" --prefix "$P" > /dev/null || fail "cmake --install leaky_relu"
+[ -f "$P/lib/dmnist/plugins/dm_leaky_relu.so" ] || fail "leaky_relu was not installed into $P/lib/dmnist/plugins"
+"$P/bin/dmnist-run" --help-plugin leaky_relu | grep -q alpha || fail "the installed dmnist-run does not find the installed leaky_relu"
+echo "found: $("$P/bin/dmnist-run" --list-plugins | grep leaky_relu)"
+
+echo
+echo "sdk examples: all steps passed"

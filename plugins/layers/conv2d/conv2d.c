@@ -10,7 +10,7 @@
 /* Auto chunking: about this many bytes of im2col columns per task (see
  * docs/cpu-path.md: big enough for an efficient GEMM, small enough to stay
  * in the core's L2 cache). */
-#define CONV2D_AUTO_COL_BYTES (1u << 20)
+#define CONV2D_AUTO_COL_BYTES (3u << 19) /* 1.5 MiB */
 
 /* ABI 1.0 sizes of the structs the host hands us. */
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
@@ -32,7 +32,7 @@ static const dm_param_def conv2d_params[] = {
     {"bias", DM_PARAM_BOOL, "true", 0, -1, NULL, "add a learned bias per filter"},
     {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
     {"chunk", DM_PARAM_INT, "0", 0, 1 << 20, NULL,
-     "images per im2col/GEMM task on the CPU; 0 = auto (about 1 MiB of columns)"},
+     "images per im2col/GEMM task on the CPU; 0 = auto (up to 1.5 MiB of columns)"},
     {"tf32", DM_PARAM_BOOL, "false", 0, -1, NULL,
      "cuda: let cuDNN use TF32 tensor cores (faster; ~1e-3 relative error)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};

@@ -11,8 +11,9 @@ parameters), and the run is repeated with one fused bucket."""
 import configparser
 import json
 import os
+import shutil
 
-from toolstest import DMNIST_RUN, TINY, check, fail, need_gloo, run, tmpdir
+from toolstest import DMNIST_RUN, SOURCE_DIR, TINY, check, check_png, fail, need_gloo, run, tmpdir
 
 need_gloo()
 tmp = tmpdir("timeline")
@@ -88,6 +89,14 @@ check_trace(path, len(with_params), "fusion_mb=0")
 path2 = os.path.join(tmp, "fused.json")
 run([DMNIST_RUN, "--np", "2", "--timeline", path2, "--set", "train.fusion_mb=100", TINY], timeout=120)
 check_trace(path2, 1, "fusion_mb=100")
+
+# The PNG rendering of two steps (scripts/plot-timeline), when gnuplot is there.
+if shutil.which("gnuplot"):
+    png = os.path.join(tmp, "trace.png")
+    run([os.path.join(SOURCE_DIR, "scripts", "plot-timeline"), path, "--steps", "2-3", "--out", png])
+    check_png(png)
+    _, err = run([os.path.join(SOURCE_DIR, "scripts", "plot-timeline"), path, "--steps", "50-60"], expect=2)
+    check("no events for steps 50-60" in err, "plot-timeline on absent steps said:\n" + err)
 
 # A folder that does not exist: one clear line, no crash.
 _, err = run([DMNIST_RUN, "--timeline", os.path.join(tmp, "no", "such", "t.json"), "--set",

@@ -117,6 +117,57 @@ done:
     return bad;
 }
 
+/* The same run with params, grads and state on the GPU; the gradient is
+ * still computed here, from the parameters downloaded after each step. */
+static int opt_run_cuda(const dm_loaded_component *lc, const char *spec, dm_devctx *dev,
+                        const quad *q, const float *p_start, int steps, float lr, opt_run *out,
+                        char *why, size_t size)
+{
+    const dm_optimizer_vtable *vt = lc->component->vtable;
+    dm_param_set *ps = NULL;
+    dm_error err = {0};
+    void *state = NULL;
+    float *dp = NULL, *dg = NULL, *dst = NULL, g[OPT_N];
+    int rc = dm_param_set_parse(lc->component->params, spec, &ps, &err);
+    dm_optimizer_config cfg = {sizeof cfg, DM_DEVICE_CUDA, OPT_N, 2, dev->stream};
+    dm_optimizer_info info = {sizeof info, 0};
+    pc_now("optimizer create on cuda '%s'", spec);
+    if (rc == DM_OK)
+        rc = vt->create(dm_param_set_params(ps), &cfg, &state, &info, &err);
+    if (rc != DM_OK)
+        state = NULL;
+    if (rc == DM_OK && (!(dp = dm_dev_alloc(dev, OPT_N * sizeof(float), &err)) ||
+                        !(dg = dm_dev_alloc(dev, OPT_N * sizeof(float), &err))))
+        rc = DM_ERR_NOMEM;
+    if (rc == DM_OK && info.state_floats_per_param &&
+        !(dst = dm_dev_alloc(dev, OPT_N * info.state_floats_per_param * sizeof(float), &err)))
+        rc = DM_ERR_NOMEM;
+    if (rc == DM_OK)
+        rc = vt->bind(state, dst, &err);
+    memcpy(out->params, p_start, OPT_N * sizeof(float));
+    if (rc == DM_OK)
+        rc = dm_dev_upload(dev, dp, out->params, OPT_N * sizeof(float), &err);
+    for (int t = 1; t <= steps && rc == DM_OK; t++) {
+        quad_value(q, out->params, g);
+        dm_opt_step_ctx ctx = {sizeof ctx, t, lr, dev->stream};
+        pc_now("optimizer '%s' cuda step %d", spec, t);
+        rc = dm_dev_upload(dev, dg, g, OPT_N * sizeof(float), &err);
+        if (rc == DM_OK)
+            rc = vt->step(state, &ctx, dp, dg, OPT_N, &err);
+        if (rc == DM_OK)
+            rc = dm_dev_download(dev, out->params, dp, OPT_N * sizeof(float), &err);
+    }
+    if (rc != DM_OK)
+        snprintf(why, size, "'%.200s' on cuda: %s", spec, err.msg);
+    if (state)
+        vt->destroy(state);
+    dm_dev_free(dev, dp);
+    dm_dev_free(dev, dg);
+    dm_dev_free(dev, dst);
+    dm_param_set_free(ps);
+    return rc != DM_OK;
+}
+
 void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
 {
     quad *q = malloc(sizeof *q);
@@ -177,10 +228,45 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
                "guards checked every step");
 
     const dm_optimizer_vtable *vt = lc->component->vtable;
-    if (!(vt->devices & DM_DEVICE_BIT(DM_DEVICE_CUDA)))
+    dm_devctx dev;
+    dm_error err = {0};
+    pc_now("opening the GPU");
+    if (!(vt->devices & DM_DEVICE_BIT(DM_DEVICE_CUDA))) {
         pc_row(lc, "cuda vs cpu", PC_SKIP, "the optimizer has no CUDA implementation");
-    else
-        pc_row(lc, "cuda vs cpu", PC_SKIP, "not compared for optimizers yet (tests/optimizers does)");
+    } else if (dm_dev_open(&dev, DM_DEVICE_CUDA, 0, &err) != DM_OK) {
+        pc_row(lc, "cuda vs cpu", PC_SKIP, "%s", err.msg);
+    } else {
+        /* The same 20 steps on both devices, every setting. */
+        double worst = 0;
+        int bad = 0;
+        for (int k = 0; k < n && !bad; k++) {
+            pc_discrete_setting(lc->component->params, c->user_spec, k, spec, sizeof spec);
+            const int rc = opt_run_quad(lc, spec, q, start, 20, OPT_LR, r1, why, sizeof why);
+            if (rc == 2 && k > 0)
+                continue;
+            if (rc || opt_run_cuda(lc, spec, &dev, q, start, 20, OPT_LR, r2, why, sizeof why)) {
+                pc_row(lc, "cuda vs cpu", PC_FAIL, "%s", why);
+                bad = 1;
+                break;
+            }
+            double scale = 0, diff = 0;
+            for (int i = 0; i < OPT_N; i++) {
+                scale = fmax(scale, fabs(r1->params[i]));
+                diff = fmax(diff, fabs((double)r1->params[i] - r2->params[i]));
+            }
+            const double rel = isfinite(diff) ? diff / scale : INFINITY;
+            worst = fmax(worst, rel);
+            if (!(rel <= 1e-4)) {
+                pc_row(lc, "cuda vs cpu", PC_FAIL, "'%s': after 20 steps the CUDA parameters differ "
+                       "by %.3g of the largest (tolerance 1e-4)", spec, rel);
+                bad = 1;
+            }
+        }
+        if (!bad)
+            pc_row(lc, "cuda vs cpu", PC_OK, "%d setting%s, 20 steps: parameters within %.2g of "
+                   "the largest", n, n == 1 ? "" : "s", worst);
+        dm_dev_close(&dev);
+    }
     free(q);
     free(start);
     free(r1);

@@ -145,7 +145,10 @@ static void retire_done(nccl_state *st)
 {
     while (st->count > 0) {
         inflight *f = &st->ring[st->head];
-        if (cudaEventQuery(f->done) == cudaErrorNotReady) break;
+        if (cudaEventQuery(f->done) == cudaErrorNotReady) {
+            (void)cudaGetLastError(); /* "not ready" is no error: keep it out of later checks */
+            break;
+        }
         cudaEventDestroy(f->done);
         st->head = (st->head + 1) % MAX_INFLIGHT;
         st->count--;
@@ -438,6 +441,7 @@ static int host_wait(nccl_state *st, cudaEvent_t done, const char *what, dm_erro
         cudaError_t ce = cudaEventQuery(done);
         if (ce == cudaSuccess) break;
         if (ce != cudaErrorNotReady) return cuda_fail(err, ce, what);
+        (void)cudaGetLastError(); /* "not ready" is no error: keep it out of later checks */
         pthread_mutex_lock(&st->mu);
         int rc = check_broken(st, err);
         if (!rc && now_s() > deadline) {

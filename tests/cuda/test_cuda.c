@@ -1,0 +1,744 @@
+/* CUDA tests: every CUDA layer and optimizer against its CPU twin, the
+ * nccl backend on one GPU, and the failure paths that need no GPU.
+ *
+ *   test_cuda layer TYPE      forward output, input gradient, parameter
+ *                             gradients (and loss metrics) of TYPE on cuda vs
+ *                             cpu, for several shapes and keys each
+ *   test_cuda optimizer TYPE  several steps of sgd/adam on cuda vs cpu
+ *   test_cuda nccl            the nccl backend with one rank on one GPU
+ *   test_cuda nccl_gpus       more local ranks than GPUs is refused clearly
+ *   test_cuda no_device       device = cuda without a GPU: one clear line,
+ *                             non-zero exit (skipped where a GPU exists)
+ *   test_cuda train           20 steps of the seed model on cuda and on cpu
+ *                             (synthetic data) end with the same test loss
+ *   test_cuda backend         default backend: nccl for cuda with several
+ *                             ranks, local otherwise
+ *   test_cuda rdzv            the nccl id rendezvous (publish, fetch,
+ *                             timeout, stale file), no GPU needed
+ *
+ * Tolerance (documented in docs/gpu.md): a CUDA value g passes against the
+ * CPU value c when |g - c| <= RTOL * (max_i |c_i| + |c|), i.e. relative to
+ * the tensor's largest magnitude plus relative to the element, with RTOL =
+ * 1e-4 for FP32 math (float32 rounding differs only through summation
+ * order: cuDNN/cuBLAS split sums differently than im2col + OpenBLAS), 5e-3
+ * with tf32 = true, and exact equality for dropout masks. The CPU backward
+ * is fed the GPU's forward output, so a pre-activation that rounds to
+ * either side of 0 cannot flip one ReLU mask and not the other.
+ *
+ * Exit 77 (ctest SKIP_RETURN_CODE) with a "SKIP: reason" line when the case
+ * needs a GPU (or a plugin) that this machine or build does not have. */
+#define _GNU_SOURCE
+#include "dm_core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define SKIP 77
+#define RTOL 1e-4
+#define RTOL_TF32 5e-3
+
+static int failures;
+
+#define CHECK(cond, ...)                                                                       \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                        \
+            printf(__VA_ARGS__);                                                               \
+            printf("\n");                                                                      \
+            failures++;                                                                        \
+        }                                                                                      \
+    } while (0)
+
+static void die(const char *what, const dm_error *e)
+{
+    printf("FAIL: %s: %s\n", what, e ? e->msg : "");
+    exit(1);
+}
+
+static void skip(const char *why)
+{
+    printf("SKIP: %s\n", why);
+    exit(SKIP);
+}
+
+static dm_registry *registry(void)
+{
+    static dm_registry *reg;
+    if (reg) return reg;
+    const char *path = getenv("DMNIST_PLUGIN_PATH");
+    if (!path || !path[0]) skip("DMNIST_PLUGIN_PATH is not set (run through ctest)");
+    dm_error e = {0};
+    reg = dm_registry_new();
+    if (!reg || dm_registry_load_path(reg, path, &e)) die("loading plugins", &e);
+    return reg;
+}
+
+static const dm_loaded_component *component(dm_kind kind, const char *type)
+{
+    const dm_loaded_component *lc = dm_registry_find(registry(), (int)kind, type);
+    if (!lc) {
+        char why[160];
+        snprintf(why, sizeof why, "plugin '%s' is not built here", type);
+        skip(why);
+    }
+    return lc;
+}
+
+/* The GPU, or a SKIP naming why there is none. */
+static dm_devctx *gpu(void)
+{
+    static dm_devctx dev;
+    static int open;
+    if (open) return &dev;
+    dm_error e = {0};
+    if (dm_dev_open(&dev, DM_DEVICE_CUDA, 0, &e) != DM_OK) skip(e.msg);
+    open = 1;
+    return &dev;
+}
+
+static void fill(float *x, size_t n, float lo, float hi, uint64_t seed)
+{
+    uint64_t s = seed;
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * dm_rng_uniform(&s);
+}
+
+/* n floats on the device: a copy of host, or zeros when host is NULL. */
+static float *dev_copy(const float *host, size_t n)
+{
+    dm_error e = {0};
+    float *d = dm_dev_alloc(gpu(), (n ? n : 1) * sizeof(float), &e);
+    if (!d) die("cudaMalloc", &e);
+    if (n && host && dm_dev_upload(gpu(), d, host, n * sizeof(float), &e)) die("upload", &e);
+    return d;
+}
+
+static float *host_copy(const float *dev, size_t n)
+{
+    dm_error e = {0};
+    float *h = malloc((n ? n : 1) * sizeof(float));
+    if (n && dm_dev_download(gpu(), h, dev, n * sizeof(float), &e)) die("download", &e);
+    return h;
+}
+
+/* Compare g (cuda) with c (cpu); 0 when all pass. rtol < 0: exact. */
+static int compare(const char *what, const float *g, const float *c, size_t n, double rtol)
+{
+    double cmax = 0;
+    for (size_t i = 0; i < n; i++) cmax = fmax(cmax, fabs((double)c[i]));
+    size_t bad = 0, first = 0;
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)g[i] - (double)c[i]);
+        int ok = rtol < 0 ? memcmp(&g[i], &c[i], sizeof(float)) == 0 : d <= rtol * (cmax + fabs((double)c[i]));
+        if (!(d == d)) ok = 0; /* NaN */
+        if (!ok && bad++ == 0) first = i;
+        if (d > worst) worst = d;
+    }
+    if (bad) {
+        printf("FAIL %s: %zu of %zu differ (first [%zu]: cuda %.9g vs cpu %.9g; largest |diff| %.3g, "
+               "max |cpu| %.3g)\n",
+               what, bad, n, first, (double)g[first], (double)c[first], worst, cmax);
+        failures++;
+        return 1;
+    }
+    printf("  ok %-34s %8zu values, largest |diff| %.3g (max |cpu| %.3g)\n", what, n, worst, cmax);
+    return 0;
+}
+
+/* ---- layers ---------------------------------------------------------------------- */
+
+typedef struct inst {
+    const dm_layer_vtable *vt;
+    dm_param_set *ps;
+    void *state;
+    dm_layer_info info;
+    float *params, *grads;
+    void *ws;
+} inst;
+
+static int make(inst *L, const dm_loaded_component *lc, const char *spec, dm_device device, dm_shape in,
+                dm_error *e)
+{
+    memset(L, 0, sizeof *L);
+    L->vt = lc->component->vtable;
+    if (dm_param_set_parse(lc->component->params, spec, &L->ps, e)) return e->code;
+    dm_layer_config cfg = {sizeof cfg, "t", device, DM_LAYOUT_NCHW, in, 2,
+                           device == DM_DEVICE_CUDA ? gpu()->stream : NULL};
+    L->info.struct_size = sizeof L->info;
+    int rc = L->vt->create(dm_param_set_params(L->ps), &cfg, &L->state, &L->info, e);
+    if (rc) {
+        L->state = NULL;
+        return rc;
+    }
+    size_t np = L->info.param_count;
+    if (device == DM_DEVICE_CUDA) {
+        L->params = np ? dm_dev_alloc(gpu(), np * sizeof(float), e) : NULL;
+        L->grads = np ? dm_dev_alloc(gpu(), np * sizeof(float), e) : NULL;
+        L->ws = L->info.workspace_bytes ? dm_dev_alloc(gpu(), L->info.workspace_bytes, e) : NULL;
+    } else {
+        L->params = np ? calloc(np, sizeof(float)) : NULL;
+        L->grads = np ? calloc(np, sizeof(float)) : NULL;
+        L->ws = L->info.workspace_bytes ? aligned_alloc(64, (L->info.workspace_bytes + 63) / 64 * 64) : NULL;
+    }
+    return L->vt->bind(L->state, L->params, L->grads, L->ws, e);
+}
+
+static void unmake(inst *L, dm_device device)
+{
+    if (L->state) L->vt->destroy(L->state);
+    if (device == DM_DEVICE_CUDA) {
+        dm_dev_free(gpu(), L->params);
+        dm_dev_free(gpu(), L->grads);
+        dm_dev_free(gpu(), L->ws);
+    } else {
+        free(L->params);
+        free(L->grads);
+        free(L->ws);
+    }
+    dm_param_set_free(L->ps);
+}
+
+/* One layer case: create on both devices for batch `n`, run with batch
+ * `run_n` (<= n), compare everything the layer produces. */
+static void layer_case(const char *type, const char *spec, dm_shape in, int run_n, double rtol)
+{
+    printf("%s [%s] input (%d, %d, %d, %d), run with n = %d\n", type, spec, in.n, in.c, in.h, in.w, run_n);
+    const dm_loaded_component *lc = component(DM_KIND_LAYER, type);
+    if (!(((const dm_layer_vtable *)lc->component->vtable)->devices & DM_DEVICE_BIT(DM_DEVICE_CUDA))) {
+        CHECK(0, "%s: the plugin has no cuda implementation in this CUDA build", type);
+        return;
+    }
+    dm_error e = {0};
+    inst C, G;
+    if (make(&C, lc, spec, DM_DEVICE_CPU, in, &e)) die("create (cpu)", &e);
+    if (make(&G, lc, spec, DM_DEVICE_CUDA, in, &e)) die("create (cuda)", &e);
+    CHECK(memcmp(&C.info.out_shape, &G.info.out_shape, sizeof(dm_shape)) == 0, "%s: output shapes differ", type);
+    CHECK(C.info.param_count == G.info.param_count, "%s: parameter counts differ", type);
+    const size_t np = C.info.param_count;
+    if (np) {
+        if (C.vt->init_params(C.state, C.params, 1234, &e)) die("init_params", &e);
+        /* bigger than Glorot, so the gradients are not all tiny */
+        fill(C.params, np, -0.5f, 0.5f, 99);
+        if (dm_dev_upload(gpu(), G.params, C.params, np * sizeof(float), &e)) die("upload", &e);
+    }
+    dm_shape xs = in, ys = C.info.out_shape;
+    xs.n = ys.n = run_n;
+    const size_t nx = dm_shape_count(xs), ny = dm_shape_count(ys);
+    const int classes = (int)dm_shape_per_item(ys);
+    float *x = malloc(nx * sizeof(float)), *dy = malloc(ny * sizeof(float));
+    fill(x, nx, -1.0f, 1.0f, 7);
+    fill(dy, ny, -1.0f, 1.0f, 8);
+    int32_t *labels = malloc((size_t)run_n * sizeof(int32_t));
+    uint64_t ls = 5;
+    for (int i = 0; i < run_n; i++) labels[i] = (int32_t)(dm_rng_next(&ls) % (uint64_t)classes);
+
+    float *dx_ = dev_copy(x, nx), *ddy = dev_copy(dy, ny), *dy_out = dev_copy(NULL, ny), *ddx = dev_copy(NULL, nx);
+    int32_t *dlab = (int32_t *)dev_copy((const float *)labels, (size_t)run_n); /* same bytes */
+    float *dmet = dev_copy((const float[2]){0.5f, 2.0f}, 2);
+    float cmet[2] = {0.5f, 2.0f};
+    float *y = calloc(ny, sizeof(float)), *dxc = calloc(nx, sizeof(float));
+
+    const uint64_t seed = 0xD00D;
+    for (int training = 1; training >= 0; training--) {
+        dm_run_ctx cc = {sizeof cc, training, seed, C.info.is_loss ? labels : NULL, cmet, NULL};
+        dm_run_ctx gc = {sizeof gc, training, seed, G.info.is_loss ? dlab : NULL, dmet, gpu()->stream};
+        dm_tensor tx = {x, DM_DEVICE_CPU, DM_LAYOUT_NCHW, xs}, ty = {y, DM_DEVICE_CPU, DM_LAYOUT_NCHW, ys};
+        dm_tensor gx = {dx_, DM_DEVICE_CUDA, DM_LAYOUT_NCHW, xs}, gy = {dy_out, DM_DEVICE_CUDA, DM_LAYOUT_NCHW, ys};
+        if (C.vt->forward(C.state, &cc, &tx, &ty, &e)) die("forward (cpu)", &e);
+        if (G.vt->forward(G.state, &gc, &gx, &gy, &e)) die("forward (cuda)", &e);
+        float *yg = host_copy(dy_out, ny);
+        char what[96];
+        snprintf(what, sizeof what, "%s forward%s", type, training ? "" : " (eval)");
+        compare(what, yg, y, ny, strcmp(type, "dropout") == 0 ? -1 : rtol);
+        if (C.info.is_loss) {
+            float gm[2];
+            if (dm_dev_download(gpu(), gm, dmet, sizeof gm, &e)) die("download", &e);
+            snprintf(what, sizeof what, "%s metrics (loss, hits)%s", type, training ? "" : " (eval)");
+            compare(what, gm, cmet, 2, rtol);
+        }
+        if (!training) {
+            free(yg);
+            break;
+        }
+        /* backward, the CPU fed the GPU's forward output (see the top) */
+        dm_tensor tyg = {yg, DM_DEVICE_CPU, DM_LAYOUT_NCHW, ys};
+        dm_tensor tdy = {dy, DM_DEVICE_CPU, DM_LAYOUT_NCHW, ys}, tdx = {dxc, DM_DEVICE_CPU, DM_LAYOUT_NCHW, xs};
+        dm_tensor gdy = {ddy, DM_DEVICE_CUDA, DM_LAYOUT_NCHW, ys}, gdx = {ddx, DM_DEVICE_CUDA, DM_LAYOUT_NCHW, xs};
+        if (C.vt->backward(C.state, &cc, &tx, &tyg, C.info.is_loss ? NULL : &tdy, &tdx, &e)) die("backward (cpu)", &e);
+        if (G.vt->backward(G.state, &gc, &gx, &gy, G.info.is_loss ? NULL : &gdy, &gdx, &e)) die("backward (cuda)", &e);
+        float *dxg = host_copy(ddx, nx);
+        snprintf(what, sizeof what, "%s input gradient", type);
+        compare(what, dxg, dxc, nx, strcmp(type, "dropout") == 0 ? -1 : rtol);
+        if (np) {
+            float *gg = host_copy(G.grads, np);
+            snprintf(what, sizeof what, "%s parameter gradients", type);
+            compare(what, gg, C.grads, np, rtol);
+            free(gg);
+        }
+        free(dxg);
+        free(yg);
+    }
+    free(x), free(dy), free(y), free(dxc), free(labels);
+    dm_dev_free(gpu(), dx_), dm_dev_free(gpu(), ddy), dm_dev_free(gpu(), dy_out), dm_dev_free(gpu(), ddx);
+    dm_dev_free(gpu(), dlab), dm_dev_free(gpu(), dmet);
+    unmake(&C, DM_DEVICE_CPU);
+    unmake(&G, DM_DEVICE_CUDA);
+}
+
+static int test_layer(const char *type)
+{
+    gpu();
+    const dm_shape img = {16, 3, 12, 12}, vec = {16, 40, 1, 1};
+    if (strcmp(type, "conv2d") == 0) {
+        layer_case(type, "filters=8 kernel=3 activation=relu", img, 16, RTOL);
+        layer_case(type, "filters=5 kernel=3 activation=none", img, 7, RTOL); /* a smaller batch */
+        layer_case(type, "filters=4 kernel=5 padding=same bias=false", img, 16, RTOL);
+        layer_case(type, "filters=6 kernel=3 stride=2 activation=relu", img, 16, RTOL);
+        layer_case(type, "filters=32 kernel=3 activation=relu", (dm_shape){64, 1, 28, 28}, 64, RTOL);
+        layer_case(type, "filters=8 kernel=3 activation=relu tf32=true", img, 16, RTOL_TF32);
+    } else if (strcmp(type, "dense") == 0) {
+        layer_case(type, "units=24 activation=relu", vec, 16, RTOL);
+        layer_case(type, "units=10", vec, 5, RTOL);
+        layer_case(type, "units=7 bias=false", img, 16, RTOL); /* 4-D input read as vectors */
+        layer_case(type, "units=256 activation=relu", (dm_shape){64, 9216, 1, 1}, 64, RTOL);
+        layer_case(type, "units=24 activation=relu tf32=true", vec, 16, RTOL_TF32);
+    } else if (strcmp(type, "relu") == 0) {
+        layer_case(type, "", img, 16, RTOL);
+        layer_case(type, "", img, 3, RTOL);
+    } else if (strcmp(type, "maxpool2d") == 0) {
+        layer_case(type, "pool=2", img, 16, RTOL);
+        layer_case(type, "pool=3 stride=2", img, 9, RTOL); /* overlapping windows */
+        layer_case(type, "pool=2 stride=3", (dm_shape){4, 2, 11, 11}, 4, RTOL); /* gaps */
+    } else if (strcmp(type, "dropout") == 0) {
+        layer_case(type, "rate=0.25", img, 16, RTOL);
+        layer_case(type, "rate=0.5", vec, 11, RTOL);
+        layer_case(type, "rate=0", vec, 16, RTOL);
+    } else if (strcmp(type, "flatten") == 0) {
+        layer_case(type, "", img, 16, RTOL);
+        layer_case(type, "", img, 2, RTOL);
+    } else if (strcmp(type, "softmax_cross_entropy") == 0) {
+        layer_case(type, "", (dm_shape){64, 10, 1, 1}, 64, RTOL);
+        layer_case(type, "", (dm_shape){300, 10, 1, 1}, 257, RTOL); /* more items than threads */
+        layer_case(type, "", (dm_shape){8, 3, 2, 2}, 8, RTOL);
+    } else {
+        printf("unknown layer type %s\n", type);
+        return 2;
+    }
+    return failures ? 1 : 0;
+}
+
+/* ---- optimizers -------------------------------------------------------------- */
+
+static void optimizer_case(const char *type, const char *spec, size_t n, int steps)
+{
+    printf("%s [%s] %zu parameters, %d steps\n", type, spec, n, steps);
+    const dm_loaded_component *lc = component(DM_KIND_OPTIMIZER, type);
+    const dm_optimizer_vtable *vt = lc->component->vtable;
+    if (!(vt->devices & DM_DEVICE_BIT(DM_DEVICE_CUDA))) {
+        CHECK(0, "%s: no cuda implementation in this CUDA build", type);
+        return;
+    }
+    dm_error e = {0};
+    dm_param_set *ps = NULL;
+    if (dm_param_set_parse(lc->component->params, spec, &ps, &e)) die("params", &e);
+    void *sc = NULL, *sg = NULL;
+    dm_optimizer_info ic = {sizeof ic, 0}, ig = {sizeof ig, 0};
+    dm_optimizer_config cc = {sizeof cc, DM_DEVICE_CPU, n, 2, NULL};
+    dm_optimizer_config cg = {sizeof cg, DM_DEVICE_CUDA, n, 2, gpu()->stream};
+    if (vt->create(dm_param_set_params(ps), &cc, &sc, &ic, &e)) die("create (cpu)", &e);
+    if (vt->create(dm_param_set_params(ps), &cg, &sg, &ig, &e)) die("create (cuda)", &e);
+    const size_t ns = ic.state_floats_per_param * n;
+    float *p = malloc(n * sizeof(float)), *g = malloc(n * sizeof(float));
+    float *st = calloc(ns ? ns : 1, sizeof(float));
+    fill(p, n, -1, 1, 11);
+    float *dp = dev_copy(p, n), *dg = dev_copy(NULL, n), *dst = dev_copy(st, ns);
+    if (vt->bind(sc, ns ? st : NULL, &e) || vt->bind(sg, ns ? dst : NULL, &e)) die("bind", &e);
+    for (int k = 1; k <= steps; k++) {
+        fill(g, n, -1, 1, 100 + (uint64_t)k);
+        if (dm_dev_upload(gpu(), dg, g, n * sizeof(float), &e)) die("upload", &e);
+        dm_opt_step_ctx c1 = {sizeof c1, k, 0.01f, NULL}, c2 = {sizeof c2, k, 0.01f, gpu()->stream};
+        if (vt->step(sc, &c1, p, g, n, &e)) die("step (cpu)", &e);
+        if (vt->step(sg, &c2, dp, dg, n, &e)) die("step (cuda)", &e);
+    }
+    float *pg = host_copy(dp, n), *sgh = host_copy(dst, ns);
+    char what[96];
+    snprintf(what, sizeof what, "%s parameters", type);
+    compare(what, pg, p, n, 1e-5);
+    if (ns) {
+        snprintf(what, sizeof what, "%s state", type);
+        compare(what, sgh, st, ns, 1e-5);
+    }
+    /* the update did something */
+    float *p0 = malloc(n * sizeof(float));
+    fill(p0, n, -1, 1, 11);
+    CHECK(memcmp(p0, pg, n * sizeof(float)) != 0, "%s: parameters unchanged after %d steps", type, steps);
+    free(p0), free(p), free(g), free(st), free(pg), free(sgh);
+    dm_dev_free(gpu(), dp), dm_dev_free(gpu(), dg), dm_dev_free(gpu(), dst);
+    vt->destroy(sc);
+    vt->destroy(sg);
+    dm_param_set_free(ps);
+}
+
+static int test_optimizer(const char *type)
+{
+    gpu();
+    if (strcmp(type, "sgd") == 0) {
+        optimizer_case(type, "", 4096, 3);
+        optimizer_case(type, "momentum=0.9", 1003, 4);
+        optimizer_case(type, "momentum=0.9 nesterov=true weight_decay=0.01", 4096, 4);
+    } else if (strcmp(type, "adam") == 0) {
+        optimizer_case(type, "", 4096, 5);  /* 16-byte path */
+        optimizer_case(type, "", 1003, 5);  /* scalar path */
+        optimizer_case(type, "beta1=0.8 beta2=0.99 epsilon=1e-5 weight_decay=0.001", 2048, 3);
+    } else {
+        printf("unknown optimizer %s\n", type);
+        return 2;
+    }
+    return failures ? 1 : 0;
+}
+
+/* ---- nccl ------------------------------------------------------------------------ */
+
+static int test_nccl(void)
+{
+    const dm_loaded_component *lc = component(DM_KIND_COMM, "nccl");
+    gpu();
+    const dm_comm_vtable *vt = lc->component->vtable;
+    CHECK(vt->devices == DM_DEVICE_BIT(DM_DEVICE_CUDA), "nccl: devices should be the cuda bit only");
+    dm_error e = {0};
+    dm_param_set *ps = NULL;
+    if (dm_param_set_parse(lc->component->params, "", &ps, &e)) die("params", &e);
+    dm_comm_config cfg = {sizeof cfg, 0, 1, 0, NULL, 20.0, DM_DEVICE_CUDA};
+    dm_comm_info info = {sizeof info, 0, 0, 0};
+    void *st = NULL;
+    if (vt->init(dm_param_set_params(ps), &cfg, &st, &info, &e)) die("nccl init (1 rank)", &e);
+    CHECK(info.rank == 0 && info.size == 1, "nccl: info says rank %d of %d", info.rank, info.size);
+
+    const size_t n = 100003;
+    float *h = malloc(n * sizeof(float));
+    fill(h, n, -1, 1, 3);
+    float *d = dev_copy(h, n);
+    if (vt->allreduce(st, d, n, DM_REDUCE_SUM, DM_DEVICE_CUDA, gpu()->stream, &e)) die("allreduce", &e);
+    dm_comm_request *req = NULL;
+    if (vt->allreduce_start(st, d, n, DM_REDUCE_AVG, DM_DEVICE_CUDA, gpu()->stream, &req, &e))
+        die("allreduce_start", &e);
+    if (vt->wait(st, req, &e)) die("wait", &e);
+    float *back = host_copy(d, n); /* host_copy syncs the stream: ordered after the reduction */
+    compare("nccl allreduce over 1 rank", back, h, n, -1);
+    if (vt->broadcast(st, d, 40, 0, DM_DEVICE_CUDA, gpu()->stream, &e)) die("broadcast", &e);
+    if (vt->barrier(st, &e)) die("barrier", &e);
+
+    float hv[4] = {1, 2, 3, 4};
+    int rc = vt->allreduce(st, hv, 4, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &e);
+    CHECK(rc == DM_ERR_UNSUPPORTED && strstr(e.msg, "host buffer"),
+          "a host buffer should be refused with a message (got %d: %s)", rc, e.msg);
+    printf("  host buffer refused: %s\n", e.msg);
+    e = (dm_error){0};
+    rc = vt->broadcast(st, d, 4, 3, DM_DEVICE_CUDA, gpu()->stream, &e);
+    CHECK(rc == DM_ERR_INVALID, "broadcast from root 3 of 1 should fail (got %d)", rc);
+    if (vt->finalize(st, &e)) die("finalize", &e);
+    dm_dev_free(gpu(), d);
+    free(h), free(back);
+    dm_param_set_free(ps);
+
+    /* device = cpu is refused at init */
+    cfg.device = DM_DEVICE_CPU;
+    rc = vt->init(NULL, &cfg, &st, &info, &e);
+    CHECK(rc != DM_OK && strstr(e.msg, "device = cuda"), "nccl with device = cpu: got %d: %s", rc, e.msg);
+    return failures ? 1 : 0;
+}
+
+/* More local ranks than GPUs: refused before NCCL sees duplicate GPUs. */
+static int test_nccl_gpus(void)
+{
+    const dm_loaded_component *lc = component(DM_KIND_COMM, "nccl");
+    const dm_comm_vtable *vt = lc->component->vtable;
+    setenv("DMNIST_LOCAL_WORLD_SIZE", "4096", 1);
+    dm_comm_config cfg = {sizeof cfg, 0, 4096, 0, "file:///nonexistent", 2.0, DM_DEVICE_CUDA};
+    dm_comm_info info = {sizeof info, 0, 0, 0};
+    void *st = NULL;
+    dm_error e = {0};
+    int rc = vt->init(NULL, &cfg, &st, &info, &e);
+    dm_devctx probe;
+    dm_error pe = {0};
+    int have_gpu = dm_dev_open(&probe, DM_DEVICE_CUDA, 0, &pe) == DM_OK;
+    if (have_gpu) dm_dev_close(&probe);
+    printf("  init with 4096 local ranks: %s\n", e.msg);
+    CHECK(rc != DM_OK, "init should fail");
+    if (have_gpu)
+        CHECK(strstr(e.msg, "one GPU per rank") != NULL, "expected 'one GPU per rank' in: %s", e.msg);
+    else
+        CHECK(strstr(e.msg, "no CUDA device") != NULL, "expected 'no CUDA device' in: %s", e.msg);
+    CHECK(!strchr(e.msg, '\n'), "the message must be one line");
+    return failures ? 1 : 0;
+}
+
+/* ---- runs of dmnist-run ------------------------------------------------------------- */
+
+static const char *build_dir(void)
+{
+    const char *b = getenv("DMNIST_BUILD_DIR");
+    if (!b || !b[0]) skip("DMNIST_BUILD_DIR is not set (run through ctest)");
+    return b;
+}
+
+/* Run a shell command, capture its output (stdout+stderr) into out. */
+static int run(const char *cmd, char *out, size_t size)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t k = fread(out, 1, size - 1, p);
+    out[k] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static const char *write_config(const char *dir, const char *device, const char *extra)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/cuda-%s.ini", dir, device);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        printf("FAIL: cannot write %s\n", path);
+        exit(1);
+    }
+    fprintf(f,
+            "[experiment]\nseed = 7\ndevice = %s\n%s\n"
+            "[data]\ntype = synthetic\ntrain_size = 2048\ntest_size = 512\nbatch_size = 32\n"
+            "eval_batch_size = 128\n"
+            "[train]\ntotal_batches = 20\nlog_every = 10\n"
+            "[optimizer]\ntype = adam\nlr = 0.001\n"
+            "[layer.conv1]\ntype = conv2d\nfilters = 8\nkernel = 3\nactivation = relu\n"
+            "[layer.conv2]\ntype = conv2d\nfilters = 16\nkernel = 3\nactivation = relu\n"
+            "[layer.pool]\ntype = maxpool2d\npool = 2\n"
+            "[layer.drop1]\ntype = dropout\nrate = 0.25\n"
+            "[layer.flatten]\ntype = flatten\n"
+            "[layer.dense1]\ntype = dense\nunits = 64\nactivation = relu\n"
+            "[layer.drop2]\ntype = dropout\nrate = 0.5\n"
+            "[layer.logits]\ntype = dense\nunits = 10\n"
+            "[layer.loss]\ntype = softmax_cross_entropy\n",
+            device, extra);
+    fclose(f);
+    return path;
+}
+
+static char *tmpdir(void)
+{
+    static char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/dmnist-cuda-test-XXXXXX");
+    if (!mkdtemp(dir)) {
+        printf("FAIL: mkdtemp\n");
+        exit(1);
+    }
+    return dir;
+}
+
+static int test_no_device(void)
+{
+    dm_devctx probe;
+    dm_error e = {0};
+    if (dm_dev_open(&probe, DM_DEVICE_CUDA, 0, &e) == DM_OK) {
+        dm_dev_close(&probe);
+        skip("a CUDA device is present: the no-device path cannot be shown here");
+    }
+    char *dir = tmpdir();
+    const char *cfg = write_config(dir, "cuda", "");
+    char cmd[2048], out[8192];
+    snprintf(cmd, sizeof cmd, "%s/dmnist-run --no-progress %s 2>&1", build_dir(), cfg);
+    int rc = run(cmd, out, sizeof out);
+    printf("  exit %d, output: %s", rc, out);
+    CHECK(rc != 0, "dmnist-run with device = cuda and no GPU must exit non-zero");
+    CHECK(strstr(out, "no CUDA device") != NULL, "the output must say 'no CUDA device'");
+    CHECK(strstr(out, "use device = cpu") != NULL, "the output must suggest device = cpu");
+    size_t lines = 0;
+    for (const char *c = out; *c; c++) lines += *c == '\n';
+    CHECK(lines == 1, "exactly one line expected, got %zu", lines);
+    unlink(cfg);
+    rmdir(dir);
+    return failures ? 1 : 0;
+}
+
+/* "test loss X" from a run's last line. */
+static double final_loss(const char *out)
+{
+    const char *p = strstr(out, "test loss ");
+    return p ? atof(p + 10) : NAN;
+}
+
+static int test_train(void)
+{
+    gpu();
+    component(DM_KIND_DATASET, "synthetic");
+    char *dir = tmpdir();
+    char cmd[2048], out_cpu[16384], out_gpu[16384];
+    char cfg_cpu[512], cfg_gpu[512];
+    snprintf(cfg_cpu, sizeof cfg_cpu, "%s", write_config(dir, "cpu", ""));
+    snprintf(cfg_gpu, sizeof cfg_gpu, "%s", write_config(dir, "cuda", ""));
+    snprintf(cmd, sizeof cmd, "%s/dmnist-run --no-progress %s 2>&1", build_dir(), cfg_cpu);
+    int rc1 = run(cmd, out_cpu, sizeof out_cpu);
+    snprintf(cmd, sizeof cmd, "%s/dmnist-run --no-progress %s 2>&1", build_dir(), cfg_gpu);
+    int rc2 = run(cmd, out_gpu, sizeof out_gpu);
+    printf("--- cpu (exit %d)\n%s--- cuda (exit %d)\n%s", rc1, out_cpu, rc2, out_gpu);
+    CHECK(rc1 == 0 && rc2 == 0, "both runs must succeed");
+    double l1 = final_loss(out_cpu), l2 = final_loss(out_gpu);
+    /* Same initial weights, data order and dropout masks: after 20 steps
+     * only float rounding separates them. */
+    CHECK(isfinite(l1) && isfinite(l2) && fabs(l1 - l2) <= 0.02 * fabs(l1) + 1e-4,
+          "test loss cpu %.6f vs cuda %.6f", l1, l2);
+    printf("  test loss cpu %.6f, cuda %.6f\n", l1, l2);
+    unlink(cfg_cpu);
+    unlink(cfg_gpu);
+    rmdir(dir);
+    return failures ? 1 : 0;
+}
+
+/* ---- default backend --------------------------------------------------------------- */
+
+static int resolve_backend(const char *device, const char *world, char *backend, size_t size, dm_error *e)
+{
+    char *dir = tmpdir();
+    const char *path = write_config(dir, device, "");
+    if (world) setenv("DMNIST_WORLD_SIZE", world, 1);
+    else unsetenv("DMNIST_WORLD_SIZE");
+    unsetenv("OMPI_COMM_WORLD_SIZE");
+    unsetenv("PMI_SIZE");
+    dm_config *cfg = NULL;
+    dm_experiment *x = NULL;
+    int rc = dm_config_load(path, &cfg, e);
+    if (!rc) rc = dm_experiment_resolve(cfg, getenv("DMNIST_PLUGIN_PATH"), &x, e);
+    if (!rc) snprintf(backend, size, "%s", x->backend);
+    dm_experiment_free(x);
+    dm_config_free(cfg);
+    unlink(path);
+    rmdir(dir);
+    return rc;
+}
+
+static int test_backend(void)
+{
+    registry();
+    char b[64] = "";
+    dm_error e = {0};
+    int rc = resolve_backend("cuda", NULL, b, sizeof b, &e);
+    CHECK(rc == DM_OK && strcmp(b, "local") == 0, "cuda, 1 rank: backend '%s' (%s)", b, e.msg);
+    rc = resolve_backend("cpu", "2", b, sizeof b, &e);
+    CHECK(rc == DM_OK && strcmp(b, "local") == 0, "cpu, 2 ranks: backend '%s' (%s)", b, e.msg);
+    b[0] = 0;
+    e = (dm_error){0};
+    rc = resolve_backend("cuda", "2", b, sizeof b, &e);
+    if (dm_registry_find(registry(), DM_KIND_COMM, "nccl"))
+        CHECK(rc == DM_OK && strcmp(b, "nccl") == 0, "cuda, 2 ranks: backend '%s' (%s)", b, e.msg);
+    else /* a build without NCCL: the default still names nccl */
+        CHECK(rc != DM_OK && strstr(e.msg, "'nccl'"), "cuda, 2 ranks without nccl: %d %s", rc, e.msg);
+    printf("  cuda with 2 ranks resolves to '%s'%s%s\n", rc ? "(error)" : b, rc ? ": " : "", rc ? e.msg : "");
+    unsetenv("DMNIST_WORLD_SIZE");
+    return failures ? 1 : 0;
+}
+
+/* ---- the nccl id rendezvous (plain C, from plugins/comm/nccl) ----------------------- */
+
+#include "nccl_rdzv.h"
+
+static int test_rdzv(void)
+{
+    char *dir = tmpdir();
+    char url[600];
+    snprintf(url, sizeof url, "file://%s", dir);
+    CHECK(nccl_rdzv_dir(url) && strcmp(nccl_rdzv_dir(url), dir) == 0, "file:// url parsing");
+    CHECK(nccl_rdzv_dir("redis://host:1") == NULL, "other schemes are not file rendezvous");
+    CHECK(nccl_rdzv_dir("file://") == NULL, "an empty directory is refused");
+    unsetenv("PMIX_NAMESPACE");
+    unsetenv("OMPI_MCA_ess_base_jobid");
+    char name[128];
+    nccl_rdzv_name(name, sizeof name);
+    CHECK(strcmp(name, "nccl-id") == 0, "default name: %s", name);
+    setenv("PMIX_NAMESPACE", "job/1 x", 1);
+    nccl_rdzv_name(name, sizeof name);
+    CHECK(strcmp(name, "nccl-id-job_1_x") == 0, "job name sanitised: %s", name);
+    unsetenv("PMIX_NAMESPACE");
+
+    unsigned char id[128], got[128];
+    for (int i = 0; i < 128; i++) id[i] = (unsigned char)(i * 7 + 1);
+    dm_error e = {0};
+    /* a fetch that starts first and waits for a publish from another process */
+    pid_t pid = fork();
+    if (pid == 0) {
+        usleep(200 * 1000);
+        dm_error ce = {0};
+        _exit(nccl_rdzv_publish(dir, "nccl-id", 3, id, sizeof id, &ce) ? 1 : 0);
+    }
+    int rc = nccl_rdzv_fetch(dir, "nccl-id", 3, got, sizeof got, 10.0, &e);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "publisher failed");
+    CHECK(rc == DM_OK && memcmp(id, got, sizeof id) == 0, "fetched id differs (%d: %s)", rc, e.msg);
+    /* no temporary files left behind */
+    char tmp[700];
+    snprintf(tmp, sizeof tmp, "%s/nccl-id.tmp.%d", dir, (int)pid);
+    CHECK(access(tmp, F_OK) != 0, "temporary file %s left behind", tmp);
+
+    /* stale: written for another world size */
+    e = (dm_error){0};
+    rc = nccl_rdzv_fetch(dir, "nccl-id", 4, got, sizeof got, 1.0, &e);
+    CHECK(rc == DM_ERR_INVALID && strstr(e.msg, "written for 3 ranks"), "stale file: %d %s", rc, e.msg);
+    printf("  stale file: %s\n", e.msg);
+
+    /* timeout when nobody publishes */
+    e = (dm_error){0};
+    rc = nccl_rdzv_fetch(dir, "nccl-id-missing", 2, got, sizeof got, 0.3, &e);
+    CHECK(rc == DM_ERR_TIMEOUT && strstr(e.msg, "did not publish"), "timeout: %d %s", rc, e.msg);
+    printf("  timeout: %s\n", e.msg);
+
+    /* not an id file */
+    char junk[700];
+    snprintf(junk, sizeof junk, "%s/junk", dir);
+    FILE *f = fopen(junk, "w");
+    fputs("hello, this is not an id\n", f);
+    fclose(f);
+    e = (dm_error){0};
+    rc = nccl_rdzv_fetch(dir, "junk", 2, got, sizeof got, 1.0, &e);
+    CHECK(rc == DM_ERR_FORMAT, "junk file: %d %s", rc, e.msg);
+
+    /* a directory that does not exist */
+    e = (dm_error){0};
+    rc = nccl_rdzv_fetch("/nonexistent/dmnist", "nccl-id", 2, got, sizeof got, 1.0, &e);
+    CHECK(rc == DM_ERR_IO, "missing directory: %d %s", rc, e.msg);
+    e = (dm_error){0};
+    rc = nccl_rdzv_publish("/nonexistent/dmnist", "nccl-id", 2, id, sizeof id, &e);
+    CHECK(rc == DM_ERR_IO, "publish into a missing directory: %d %s", rc, e.msg);
+
+    unlink(junk);
+    snprintf(tmp, sizeof tmp, "%s/nccl-id", dir);
+    unlink(tmp);
+    rmdir(dir);
+    return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_cuda layer TYPE | optimizer TYPE | nccl | nccl_gpus | no_device | "
+                        "train | backend | rdzv\n");
+        return 2;
+    }
+    const char *what = argv[1];
+    int rc;
+    if (strcmp(what, "layer") == 0 && argc > 2) rc = test_layer(argv[2]);
+    else if (strcmp(what, "optimizer") == 0 && argc > 2) rc = test_optimizer(argv[2]);
+    else if (strcmp(what, "nccl") == 0) rc = test_nccl();
+    else if (strcmp(what, "nccl_gpus") == 0) rc = test_nccl_gpus();
+    else if (strcmp(what, "no_device") == 0) rc = test_no_device();
+    else if (strcmp(what, "train") == 0) rc = test_train();
+    else if (strcmp(what, "backend") == 0) rc = test_backend();
+    else if (strcmp(what, "rdzv") == 0) rc = test_rdzv();
+    else {
+        fprintf(stderr, "test_cuda: unknown case '%s'\n", what);
+        return 2;
+    }
+    printf("%s: %s\n", what, rc == 0 ? "passed" : "FAILED");
+    return rc;
+}

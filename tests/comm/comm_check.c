@@ -489,7 +489,7 @@ int main(int argc, char **argv)
         }
         i++;
     }
-    if (fault && strcmp(fault, "exit") != 0 && strcmp(fault, "stall") != 0) {
+    if (!(h.timeout_s > 0.0) || (fault && strcmp(fault, "exit") != 0 && strcmp(fault, "stall") != 0)) {
         usage();
         return 2;
     }

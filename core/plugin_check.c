@@ -23,6 +23,9 @@
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef DMNIST_CORE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 /* ---- the result table ---------------------------------------------------- */
 
@@ -121,6 +124,13 @@ long pc_first_nonfinite(const float *p, size_t n)
         if (!isfinite(p[i]))
             return (long)i;
     return -1;
+}
+
+void pc_dev_settle(void)
+{
+#ifdef DMNIST_CORE_CUDA
+    cudaDeviceSynchronize();
+#endif
 }
 
 int pc_tmpdir(char *path, size_t size)

@@ -71,6 +71,12 @@ void pc_buf_poison(pc_buf *b);
 /* Index of the first non-finite float in p[0..n), or -1. */
 long pc_first_nonfinite(const float *p, size_t n);
 
+/* Wait until the GPU is idle. dm_dev_alloc zeroes new memory with
+ * cudaMemset on the legacy default stream, which the core's non-blocking
+ * stream does not wait for: without this, that zeroing can land after an
+ * upload or a kernel on the stream. No-op without CUDA. */
+void pc_dev_settle(void);
+
 /* A private temporary directory (mkdtemp); removed with everything in it. */
 int pc_tmpdir(char *path, size_t size);
 void pc_rmtree(const char *path);

@@ -142,6 +142,7 @@ static int opt_run_cuda(const dm_loaded_component *lc, const char *spec, dm_devc
     if (rc == DM_OK && info.state_floats_per_param &&
         !(dst = dm_dev_alloc(dev, OPT_N * info.state_floats_per_param * sizeof(float), &err)))
         rc = DM_ERR_NOMEM;
+    pc_dev_settle();
     if (rc == DM_OK)
         rc = vt->bind(state, dst, &err);
     memcpy(out->params, p_start, OPT_N * sizeof(float));

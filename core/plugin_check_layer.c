@@ -551,6 +551,7 @@ static int cuda_case(const pc_ctx *c, const dm_loaded_component *lc, const lcase
     float *gmet = dm_dev_alloc(dev, 2 * sizeof(float), &err);
     int32_t *glab = dm_dev_alloc(dev, (size_t)n * sizeof(int32_t), &err);
     rc = gx && gy && gdy && gdx && gmet && glab ? DM_OK : DM_ERR_NOMEM;
+    pc_dev_settle();
     if (rc == DM_OK)
         rc = dm_dev_upload(dev, gx, x, n_in * sizeof(float), &err);
     if (rc == DM_OK)

@@ -87,10 +87,13 @@ void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir,
             off += (size_t)snprintf(buf + off, off < size ? size - off : 0, "%s%s", off ? ":" : "", (str)); \
     } while (0)
     if (ini_plugin_path && ini_plugin_path[0]) {
-        /* relative entries are relative to the INI file, not the cwd */
+        /* relative entries are relative to the INI file, not the cwd; made
+         * absolute here because the registry refuses relative entries */
+        char abs_dir[PATH_MAX];
+        if (config_dir && config_dir[0] != '/' && realpath(config_dir, abs_dir)) config_dir = abs_dir;
         char *copy = strdup(ini_plugin_path), *save = NULL;
         for (char *t = copy ? strtok_r(copy, ":", &save) : NULL; t; t = strtok_r(NULL, ":", &save)) {
-            char full[2048];
+            char full[PATH_MAX + 2048];
             if (t[0] == '/' || !config_dir) snprintf(full, sizeof full, "%s", t);
             else snprintf(full, sizeof full, "%s/%s", config_dir, t);
             APPEND(full);

@@ -186,6 +186,28 @@ static int dry_run(dm_experiment *x)
     return 0;
 }
 
+/* --plugin-path entries are relative to the current directory where they
+ * are typed; the registry takes absolute entries only. */
+static int absolute_dirs(const char *dirs, char *out, size_t size)
+{
+    char cwd[4096];
+    size_t off = 0;
+    out[0] = 0;
+    if (!getcwd(cwd, sizeof cwd)) return -1;
+    for (const char *p = dirs; *p;) {
+        size_t len = strcspn(p, ":");
+        if (len) {
+            int n = snprintf(out + off, size - off, "%s%s%s%.*s", off ? ":" : "", p[0] == '/' ? "" : cwd,
+                             p[0] == '/' ? "" : "/", (int)len, p);
+            if (n < 0 || (size_t)n >= size - off) return -1;
+            off += (size_t)n;
+        }
+        p += len;
+        if (*p == ':') p++;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
@@ -208,6 +230,7 @@ int main(int argc, char **argv)
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     int n_sets = 0, np = 0, list = 0, dry = 0;
     const char *help_type = NULL, *extra_path = NULL;
+    static char abs_plugin_path[8192];
     dm_train_opts topts = {NULL, NULL, 0, 0, -1};
     int c;
     opterr = 0;
@@ -236,7 +259,14 @@ int main(int argc, char **argv)
             break;
         }
         case OPT_TIMELINE: topts.timeline_path = optarg; break;
-        case OPT_PLUGIN_PATH: extra_path = optarg; break;
+        case OPT_PLUGIN_PATH:
+            if (absolute_dirs(optarg, abs_plugin_path, sizeof abs_plugin_path)) {
+                fprintf(stderr, "dmnist-run: --plugin-path %s: too long, or the current directory is unknown\n", optarg);
+                free(sets);
+                return 2;
+            }
+            extra_path = abs_plugin_path;
+            break;
         case OPT_PROGRESS: topts.progress = 1; break;
         case OPT_NO_PROGRESS: topts.progress = 0; break;
         case ':':

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct dm_loaded_lib {
     void *handle;
@@ -99,14 +100,63 @@ static int check_component(const dm_registry *r, const dm_component *c, int inde
     return DM_OK;
 }
 
+/* Could someone other than us (or root) change what st describes? */
+static int writable_by_others(const struct stat *st)
+{
+    int trusted_owner = st->st_uid == geteuid() || st->st_uid == 0;
+    return (st->st_mode & S_IWOTH) || ((st->st_mode & S_IWGRP) && !trusted_owner);
+}
+
+/* Refuse a plugin that other users could replace: the file, its folder
+ * (where anyone could drop a new .so) and every folder above it (where
+ * anyone could rename ours away), except sticky folders such as /tmp above
+ * the plugin's own, whose entries only their owners may rename. */
+static int check_not_writable_by_others(const char *real, dm_error *err)
+{
+    struct stat st;
+    if (stat(real, &st) != 0)
+        return dm_fail(err, DM_ERR_IO, "cannot stat: %s", strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return dm_fail(err, DM_ERR_IO, "not a regular file");
+    if (writable_by_others(&st))
+        return dm_fail(err, DM_ERR_INVALID, "refused: the file is writable by other users (mode %04o, owner "
+                       "uid %u); chmod go-w it", (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", real);
+    for (int own_folder = 1;; own_folder = 0) {
+        char *slash = strrchr(dir, '/');
+        if (!slash) break;
+        if (slash == dir) slash[1] = 0; /* "/" itself */
+        else *slash = 0;
+        if (stat(dir, &st) != 0)
+            return dm_fail(err, DM_ERR_IO, "cannot stat folder %s: %s", dir, strerror(errno));
+        if (writable_by_others(&st) && (own_folder || !(st.st_mode & S_ISVTX)))
+            return dm_fail(err, DM_ERR_INVALID, "refused: folder %s is writable by other users (mode %04o, "
+                           "owner uid %u); chmod go-w it or move the plugin", dir,
+                           (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+        if (strcmp(dir, "/") == 0) break;
+    }
+    return DM_OK;
+}
+
 int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
 {
     dm_error e = {0};
+    /* dlopen() gets an absolute path, so it never searches LD_LIBRARY_PATH
+     * or the system folders for a bare name. */
+    char *real = realpath(path, NULL);
+    if (!real)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, strerror(errno));
+    if (check_not_writable_by_others(real, &e) != DM_OK) {
+        free(real);
+        return dm_fail(err, e.code, "%s: %s", path, e.msg);
+    }
     /* RTLD_LOCAL: plugins never see each other's symbols. RTLD_NOW: an
      * unresolved symbol is refused here, not at the first call. */
     /* RTLD_NODELETE: a plugin's OpenMP/OpenBLAS worker threads may outlive
      * dlclose(); unmapping their code under them crashes at exit. */
-    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    void *h = dlopen(real, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    free(real);
     if (!h)
         return dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, dlerror());
     dm_plugin_entry_fn entry;
@@ -229,9 +279,16 @@ int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err)
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     int rc = DM_OK;
     char *save = NULL;
-    for (char *tok = strtok_r(copy, ":", &save); tok && rc == DM_OK; tok = strtok_r(NULL, ":", &save))
-        if (tok[0])
+    /* Empty entries are skipped (never "the current directory", unlike
+     * LD_LIBRARY_PATH), and relative ones refused: they would resolve
+     * against whatever folder dmnist happens to run in. */
+    for (char *tok = strtok_r(copy, ":", &save); tok && rc == DM_OK; tok = strtok_r(NULL, ":", &save)) {
+        if (tok[0] && tok[0] != '/')
+            rc = dm_fail(err, DM_ERR_INVALID, "plugin search path entry '%s' is relative: use an absolute "
+                         "path (it would depend on the current directory)", tok);
+        else if (tok[0])
             rc = load_dir(r, tok, err);
+    }
     free(copy);
     return rc;
 }

@@ -624,6 +624,7 @@ static int sync_check(trainer *t, dm_error *err)
                      "rank 0 has hash %016llx, %s%s", (long long)t->step, (unsigned long long)hash[0], bad,
                      n_bad > 4 ? ", ..." : "");
     if (rc == DM_OK && rank0(t)) {
+        bar_clear(t);
         printf("sync-check step %lld: parameter hash %016llx on all %d rank%s\n", (long long)t->step,
                (unsigned long long)hash[0], N, N == 1 ? "" : "s");
         if (t->metrics)

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Where plugins come from, and where Gloo listens.
+#
+#   gloo_listen_addr    with comm.host = 127.0.0.2 every socket a rank listens
+#                       on (seen with `ss -ltnp` while it waits for a peer
+#                       we hold stopped) is bound to 127.0.0.2, not 0.0.0.0
+#   plugin_search_path  a plugin in the current directory is never loaded;
+#                       empty entries do not mean "."; a relative
+#                       DMNIST_PLUGIN_PATH entry is refused; --plugin-path is
+#                       relative to where it is typed, experiment.plugin_path
+#                       to the INI file's folder
+#   plugin_permissions  a plugin file, its folder, or a folder above it that
+#                       other users may write is refused with a clear line
+. "$(dirname "$0")/lib.sh"
+
+poison_so=${DMNIST_TEST_PLUGINS:?}/dm_test_poison.so
+[ -f "$poison_so" ] || fail "no $poison_so (build the dm_test_poison target)"
+use_poison=(--set data.type=poison --set data.train_size=64 --set data.test_size=16)
+
+case ${1:-} in
+gloo_listen_addr)
+    has_plugin gloo || skip "no gloo backend plugin"
+    command -v ss >/dev/null || skip "no ss (iproute2)"
+    host=127.0.0.2
+    mkdir "$TMP/rdzv"
+    args=(--set experiment.backend=gloo --set comm.host=$host --set experiment.timeout_s=30 "$CFG" 4)
+    # rank 1 announces itself, then we freeze it: rank 0 then sits in Gloo's
+    # connect, listening, waiting for rank 1's address.
+    DMNIST_RANK=1 DMNIST_WORLD_SIZE=2 DMNIST_RENDEZVOUS="file://$TMP/rdzv" "$RUN" "${args[@]}" >"$TMP/r1.log" 2>&1 &
+    p1=$!
+    on_exit "kill -KILL $p1 2>/dev/null"
+    for _ in $(seq 100); do [ -n "$(ls "$TMP/rdzv")" ] && break; sleep 0.05; done
+    [ -n "$(ls "$TMP/rdzv")" ] || { cat "$TMP/r1.log"; fail "rank 1 never wrote to the rendezvous"; }
+    kill -STOP $p1
+    DMNIST_RANK=0 DMNIST_WORLD_SIZE=2 DMNIST_RENDEZVOUS="file://$TMP/rdzv" "$RUN" "${args[@]}" >"$TMP/r0.log" 2>&1 &
+    p0=$!
+    on_exit "kill -KILL $p0 2>/dev/null"
+    listen=
+    for _ in $(seq 100); do
+        listen=$(ss -ltnpH | grep "pid=$p0,")
+        [ -n "$listen" ] && break
+        sleep 0.05
+    done
+    [ -n "$listen" ] || { cat "$TMP/r0.log"; fail "rank 0 never listened"; }
+    echo "rank 0 listens on:"
+    echo "$listen" | awk '{ print "  " $4 }'
+    bad=$(echo "$listen" | awk -v h="$host" '{ n = split($4, a, ":"); addr = substr($4, 1, length($4) - length(a[n]) - 1); if (addr != h) print $4 }')
+    [ -z "$bad" ] || fail "rank 0 listens on $bad, not only on $host"
+    kill -CONT $p1
+    wait $p0 || { cat "$TMP/r0.log"; fail "rank 0 failed after rank 1 was let go"; }
+    wait $p1 || { cat "$TMP/r1.log"; fail "rank 1 failed"; }
+    ok "every listening socket is on $host (comm.host); the job then finished"
+    ;;
+plugin_search_path)
+    mkdir -p "$TMP/cwd/plugins" "$TMP/conf/p" "$TMP/elsewhere/p"
+    cp "$poison_so" "$TMP/cwd/"
+    cp "$poison_so" "$TMP/cwd/plugins/"
+    cp "$poison_so" "$TMP/conf/p/"
+    cd "$TMP/cwd" || fail "cd"
+    # a plugin lying in the current directory is not loaded, whatever the path says
+    for path in "" ":" "::" "${DMNIST_PLUGIN_PATH:-}:" ":${DMNIST_PLUGIN_PATH:-}"; do
+        out=$(DMNIST_PLUGIN_PATH=$path "$RUN" --dry-run "${use_poison[@]}" "$CFG" 2>&1)
+        rc=$?
+        [ $rc = 2 ] && [[ $out == *"unknown dataset type 'poison'"* ]] ||
+            fail "DMNIST_PLUGIN_PATH='$path': exit $rc, the plugin in the current directory was used? $out"
+        DMNIST_PLUGIN_PATH=$path "$RUN" --list-plugins | grep -q "$TMP/cwd" && fail "--list-plugins shows a file from the current directory"
+    done
+    echo "ok: nothing loaded from the current directory (empty entries are not '.')"
+    out=$(DMNIST_PLUGIN_PATH=plugins "$RUN" --dry-run "${use_poison[@]}" "$CFG" 2>&1)
+    rc=$?
+    [ $rc = 2 ] && [[ $out == *"plugin search path entry 'plugins' is relative: use an absolute path"* ]] ||
+        fail "a relative DMNIST_PLUGIN_PATH entry was not refused (exit $rc): $out"
+    echo "ok: $out"
+    # --plugin-path is typed here: relative to here
+    "$RUN" --dry-run --plugin-path plugins "${use_poison[@]}" "$CFG" >/dev/null 2>"$TMP/err" ||
+        fail "--plugin-path plugins (relative to the current directory) failed: $(cat "$TMP/err")"
+    echo "ok: --plugin-path plugins resolves against the directory it was typed in"
+    # experiment.plugin_path is relative to the INI file, wherever we run from
+    { cat "$CFG"; } | sed 's/^\[experiment\]/[experiment]\nplugin_path = p/' >"$TMP/conf/x.ini"
+    cd "$TMP/elsewhere" || fail "cd"
+    "$RUN" --dry-run "${use_poison[@]}" "$TMP/conf/x.ini" >/dev/null 2>"$TMP/err" || fail "absolute INI: $(cat "$TMP/err")"
+    cd "$TMP" || fail "cd"
+    "$RUN" --dry-run "${use_poison[@]}" conf/x.ini >"$TMP/out" 2>"$TMP/err" || fail "relative INI: $(cat "$TMP/err")"
+    grep -q "^; plugin path: $TMP/conf/p:" "$TMP/out" || fail "plugin path is not absolute: $(grep '^; plugin path' "$TMP/out")"
+    ok "experiment.plugin_path = p means the INI's folder's p, from any directory"
+    ;;
+plugin_permissions)
+    # refused DIR WANT: loading from DIR must fail with WANT
+    refused() {
+        local out rc
+        out=$("$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" 2>&1)
+        rc=$?
+        [ $rc = 2 ] && [[ $out == *"$2"* ]] && [ "$(echo "$out" | wc -l)" = 1 ] ||
+            fail "expected exit 2 and '$2', got exit $rc: $out"
+        echo "ok refused: $out"
+    }
+    accepted() {
+        "$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" >/dev/null 2>"$TMP/err" ||
+            fail "$2 was refused: $(cat "$TMP/err")"
+        echo "ok accepted: $2"
+    }
+    d=$TMP/pp
+    mkdir -m 0755 "$d"
+    cp "$poison_so" "$d/"
+    chmod 0644 "$d/dm_test_poison.so"
+    accepted "$d" "a 0644 file in a 0755 folder"
+    chmod o+w "$d/dm_test_poison.so"
+    refused "$d" "dm_test_poison.so: refused: the file is writable by other users (mode 0646"
+    chmod 0644 "$d/dm_test_poison.so"
+    chmod 0757 "$d"
+    refused "$d" "refused: folder $d is writable by other users (mode 0757"
+    chmod 1777 "$d"
+    refused "$d" "refused: folder $d is writable by other users (mode 1777"
+    chmod 0755 "$d"
+    mkdir -m 0777 "$TMP/open"
+    chmod 0777 "$TMP/open"
+    mkdir -m 0755 "$TMP/open/pp"
+    cp "$poison_so" "$TMP/open/pp/"
+    refused "$TMP/open/pp" "refused: folder $TMP/open is writable by other users (mode 0777"
+    chmod 1777 "$TMP/open"
+    accepted "$TMP/open/pp" "a plugin folder inside a sticky world-writable folder (like /tmp)"
+    if [ "$(id -u)" = 0 ]; then
+        chmod 0664 "$d/dm_test_poison.so"
+        accepted "$d" "a group-writable file owned by us"
+        chown 4242 "$d/dm_test_poison.so"
+        refused "$d" "refused: the file is writable by other users (mode 0664, owner uid 4242)"
+        chown 0 "$d/dm_test_poison.so"
+    else
+        echo "(not root: the group-writable case with another owner is not checked)"
+    fi
+    ok "plugins others could replace are refused"
+    ;;
+*) echo "usage: security.sh gloo_listen_addr|plugin_search_path|plugin_permissions"; exit 2 ;;
+esac

@@ -464,8 +464,9 @@ static void run_checks(const pc_ctx *c, const dm_loaded_component *lc, int isola
             pc_row(lc, "crash", PC_FAIL, "killed by signal %d (%s), during: %s", sig, strsignal(sig),
                    g_sh->now);
     } else if (!g_sh->finished) {
-        pc_row(lc, "exit", PC_FAIL, "the process exited with status %d, during: %s (plugins must "
-               "return an error, never exit)", WEXITSTATUS(status), g_sh->now);
+        pc_row(lc, "exit", PC_FAIL, "the process exited with status %d, during: %s (a plugin must "
+               "return an error, never exit; a sanitizer's report would be above)",
+               WEXITSTATUS(status), g_sh->now);
     }
 }
 

@@ -370,7 +370,8 @@ static const char *buffer_case(const pc_ctx *c, const dm_loaded_component *lc, c
     float *in0 = malloc(n_in * sizeof(float)), *p0 = malloc((np ? np : 1) * sizeof(float));
     float *dout0 = malloc(n_out * sizeof(float));
     memcpy(in0, b.in.p, n_in * sizeof(float));
-    memcpy(p0, I.params.p, np * sizeof(float));
+    if (np) /* params.p is NULL for a layer without parameters */
+        memcpy(p0, I.params.p, np * sizeof(float));
     memcpy(dout0, b.dout.p, n_out * sizeof(float));
 
     dm_run_ctx ctx = {sizeof ctx, k->training, dm_hash64(seed, 5), b.labels.p, metrics, NULL};
@@ -436,7 +437,8 @@ static const char *buffer_case(const pc_ctx *c, const dm_loaded_component *lc, c
         !same(dout0, b.dout.p, n_out * sizeof(float)) ||
         !same(b.out.p, b.out2.p, n_out * sizeof(float)))
         FAIL_WITH("buffers", "backward changed in, out, dout or the parameters");
-    memcpy(b.grads1, I.grads.p, np * sizeof(float));
+    if (np)
+        memcpy(b.grads1, I.grads.p, np * sizeof(float));
 
     /* As the first layer (din NULL): the same gradients, nothing else. */
     if (!is_loss && np) {
@@ -585,7 +587,7 @@ static int cuda_case(const pc_ctx *c, const dm_loaded_component *lc, const lcase
                 rc = dm_dev_download(dev, gr[1], G.dgrads, np * sizeof(float), &err);
             if (rc == DM_OK)
                 rc = dm_dev_download(dev, met[1], gmet, 2 * sizeof(float), &err);
-        } else if (rc == DM_OK) {
+        } else if (rc == DM_OK && np) {
             memcpy(gr[0], C.grads.p, np * sizeof(float));
         }
         if (rc != DM_OK)

@@ -8,8 +8,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 SCRIPTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.path.dirname(SCRIPTS_DIR)
@@ -92,6 +94,43 @@ def failure_line(log_path):
         if ("dmnist-run:" in line or "error" in line.lower()) and not launcher.search(line):
             return line
     return lines[-1] if lines else "(no output)"
+
+
+def session_pids(sid):
+    """Every process of session sid (Linux /proc). A run is started as a
+    session leader; dmnist-run --np puts each rank in a process group of its
+    own, so killing the leader's group alone would leave the ranks running."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) "
+        if len(fields) > 3 and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def stop_session(proc, grace=5.0):
+    """SIGTERM every process of proc's session, SIGKILL what is left after
+    grace seconds, and reap proc."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in session_pids(proc.pid):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and session_pids(proc.pid):
+            proc.poll()
+            time.sleep(0.05)
+        if not session_pids(proc.pid):
+            break
+    proc.wait()
 
 
 def list_plugins(dmnist_run):

@@ -2,10 +2,11 @@
 """An interrupted sweep resumes without rerunning finished runs.
 
 dmnist-run is wrapped by a script that logs each call and, while a flag file
-exists, hangs from the third call on. The sweep (one run at a time) is
-interrupted with SIGINT once two runs have finished and the third hangs; the
-hanging run must be stopped. The same command then runs only the two
-unfinished runs and leaves the finished ones' files untouched."""
+exists, makes the third and later runs train (nearly) forever. The sweep (one
+run at a time) is interrupted with SIGINT once two runs have finished and the
+third is training; that run's launcher and rank must both be stopped. The
+same command then runs only the two unfinished runs and leaves the finished
+ones' files untouched."""
 
 import json
 import os
@@ -17,17 +18,16 @@ from toolstest import DMNIST_RUN, SWEEP, TINY, BUILD_DIR, check, fail, need_gloo
 
 need_gloo()
 tmp = tmpdir("resume")
-calls, slow, pidfile = (os.path.join(tmp, n) for n in ("calls.log", "slow", "hung.pid"))
+calls, slow = (os.path.join(tmp, n) for n in ("calls.log", "slow"))
 wrapper = os.path.join(tmp, "dmnist-run-wrapper")
 with open(wrapper, "w") as f:
     f.write("""#!/bin/bash
 echo "$*" >> '%s'
 if [ -e '%s' ] && [ "$(wc -l < '%s')" -gt 2 ]; then
-    echo $$ > '%s'
-    exec sleep 300
+    exec '%s' --set train.total_batches=100000000 --set train.log_every=0 "$@"
 fi
 exec '%s' "$@"
-""" % (calls, slow, calls, pidfile, DMNIST_RUN))
+""" % (calls, slow, calls, DMNIST_RUN, DMNIST_RUN))
 os.chmod(wrapper, 0o755)
 open(slow, "w").close()
 
@@ -57,9 +57,32 @@ def done_runs():
     return found
 
 
+def third_training():
+    log = os.path.join(out_dir, "np1_optimizer.lr=0.05_data.batch_size=16", "log.txt")
+    try:
+        with open(log) as f:
+            return "parameters" in f.read()  # the rank's first line (it logs no steps)
+    except FileNotFoundError:
+        return False
+
+
+def leftovers():
+    """Processes (other than this test) whose command line names the sweep's folder."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as f:
+                    if out_dir.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
 p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 deadline = time.monotonic() + 90
-while not (n_calls() >= 3 and len(done_runs()) >= 2 and os.path.exists(pidfile)):
+while not (n_calls() >= 3 and len(done_runs()) >= 2 and third_training()):
     if p.poll() is not None or time.monotonic() > deadline:
         p.kill()
         out, err = p.communicate()
@@ -67,8 +90,7 @@ while not (n_calls() >= 3 and len(done_runs()) >= 2 and os.path.exists(pidfile))
     time.sleep(0.05)
 finished = done_runs()
 check(len(finished) == 2, "expected 2 finished runs before the interruption, found %s" % finished)
-with open(pidfile) as f:
-    hung = int(f.read())
+check(len(leftovers()) >= 2, "the third run should have a launcher and a rank running: %s" % leftovers())
 p.send_signal(signal.SIGINT)
 try:
     out, err = p.communicate(timeout=30)
@@ -77,15 +99,15 @@ except subprocess.TimeoutExpired:
     fail("the sweep did not stop within 30 s of SIGINT")
 check(p.returncode == 130, "interrupted sweep exited %d, expected 130\n%s\n%s" % (p.returncode, out, err))
 check("resume" in err, "no hint on resuming after the interruption:\n" + err)
-for _ in range(100):  # the hung run's process group must be gone
-    try:
-        os.kill(hung, 0)
-    except ProcessLookupError:
+for _ in range(100):  # the interrupted run's launcher and rank must be gone
+    left = leftovers()
+    if not left:
         break
     time.sleep(0.05)
 else:
-    os.kill(hung, signal.SIGKILL)
-    fail("the interrupted run (pid %d) was left running" % hung)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    fail("processes of the interrupted run were left running: %s" % left)
 rows = {r["run"]: r for r in read_csv(os.path.join(out_dir, "results.csv"))}
 check(sorted(r for r in rows if rows[r]["status"] == "done") == finished,
       "results.csv after the interruption: %s" % {k: v["status"] for k, v in rows.items()})

@@ -76,7 +76,9 @@ void *dm_dev_alloc(dm_devctx *d, size_t bytes, dm_error *err)
         dm_fail(err, DM_ERR_NOMEM, "cuda: cannot allocate %zu bytes: %s", bytes, cudaGetErrorString(e));
         return NULL;
     }
-    if ((e = cudaMemset(p, 0, bytes)) != cudaSuccess) {
+    /* On the core's stream: a legacy-stream memset is not ordered with the
+     * non-blocking stream and could land after a later upload. */
+    if ((e = cudaMemsetAsync(p, 0, bytes, (cudaStream_t)d->stream)) != cudaSuccess) {
         cudaFree(p);
         dm_fail(err, DM_ERR_DEVICE, "cuda: cudaMemset failed: %s", cudaGetErrorString(e));
         return NULL;

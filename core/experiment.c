@@ -116,7 +116,7 @@ void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir,
         if (bp && strcmp(bp, exe) == 0) from_build = 1;
         if (!from_build) {
             char inst[PATH_MAX + 64];
-            snprintf(inst, sizeof inst, "%s/../lib/dmnist/plugins", exe);
+            snprintf(inst, sizeof inst, "%s/../%s", exe, DMNIST_INSTALL_PLUGIN_RELDIR);
             char real[PATH_MAX];
             if (realpath(inst, real)) APPEND(real);
         }

@@ -17,26 +17,27 @@ struct dm_param_set {
     int n;
 };
 
-static size_t levenshtein(const char *a, const char *b)
+/* Edit distance with adjacent transpositions counted as one edit
+ * ("alpah" -> "alpha" is 1), case-insensitive. Full table: names are short. */
+static size_t edit_distance(const char *a, const char *b)
 {
     size_t la = strlen(a), lb = strlen(b);
     if (la > 64 || lb > 64) return 99;
-    size_t row[65];
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
+    static _Thread_local size_t d[65][65];
+    for (size_t i = 0; i <= la; i++) d[i][0] = i;
+    for (size_t j = 0; j <= lb; j++) d[0][j] = j;
+    for (size_t i = 1; i <= la; i++)
         for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
-            size_t best = diag + cost;
-            if (row[j] + 1 < best) best = row[j] + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
+            int ca = tolower((unsigned char)a[i - 1]), cb = tolower((unsigned char)b[j - 1]);
+            size_t best = d[i - 1][j - 1] + (ca != cb);
+            if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+            if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
+                tolower((unsigned char)a[i - 2]) == cb && d[i - 2][j - 2] + 1 < best)
+                best = d[i - 2][j - 2] + 1;
+            d[i][j] = best;
         }
-    }
-    return row[lb];
+    return d[la][lb];
 }
 
 const char *dm_suggest(const char *word, const char *const *candidates, int n)
@@ -44,7 +45,7 @@ const char *dm_suggest(const char *word, const char *const *candidates, int n)
     const char *best = NULL;
     size_t best_d = (size_t)-1;
     for (int i = 0; i < n; i++) {
-        size_t d = levenshtein(word, candidates[i]);
+        size_t d = edit_distance(word, candidates[i]);
         if (d < best_d) { best_d = d; best = candidates[i]; }
     }
     /* Close enough: at most a third of the word wrong (at least 1, at most 3),

@@ -69,6 +69,7 @@ int main(void)
     const char *cands[] = {"filters", "kernel"};
     CHECK(dm_suggest("kernal", cands, 2) && strcmp(dm_suggest("kernal", cands, 2), "kernel") == 0, "kernal");
     CHECK(dm_suggest("xyz", cands, 2) == NULL, "xyz");
+    CHECK(dm_suggest("kenrel", cands, 2) && strcmp(dm_suggest("kenrel", cands, 2), "kernel") == 0, "transposition");
 
     /* INI reader: line numbers, duplicate sections, syntax errors, --set */
     char *good = write_tmp("[experiment]\nseed = 7 ; comment\n\n[layer.a]\ntype = relu\n[layer.b]\ntype = flatten\n");

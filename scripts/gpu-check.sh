@@ -5,7 +5,7 @@
 # reference (scripts/bench/torch_gpu.py: eager and torch.compile, batch 64
 # and 512) and print one table: tests passed, test accuracy, images/s,
 # seconds per epoch. Every part has a time limit; a failing part is reported
-# in the table and the script goes on. Logs go to $OUT (or ./gpu-check-out).
+# in the table and the script goes on. Logs go to $OUT (or /tmp/dmnist-gpu-check-out).
 #
 #   scripts/gpu-check.sh --prepare   on the development machine (CUDA toolkit,
 #                                    no GPU needed): build at $DMNIST_GPU_BUILD
@@ -24,11 +24,19 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${DMNIST_GPU_BUILD:-/tmp/dmnist-gpu-build} # the same path on both machines: CTest files hold it
 CARRY=$REPO/build-gpu-carry
-OUT=${OUT:-$REPO/gpu-check-out}
+OUT=${OUT:-/tmp/dmnist-gpu-check-out}
 mkdir -p "$OUT"
 T0=$(date +%s)
+# Logs are written to LOGS; at exit $OUT gets three files (the device tool
+# brings back at most 8): gpu-check.log, table.txt and logs.tar.gz.
+LOGS=$(mktemp -d /tmp/dmnist-gpu-check.XXXXXX)
+pack() {
+    cp "$LOGS"/gpu-check.log "$LOGS"/table.txt "$OUT/" 2>/dev/null || true
+    tar -C "$LOGS" -czf "$OUT/logs.tar.gz" . 2>/dev/null || true
+}
+trap pack EXIT
 
-say() { printf '%s\n' "$*" | tee -a "$OUT/gpu-check.log"; }
+say() { printf '%s\n' "$*" | tee -a "$LOGS/gpu-check.log"; }
 elapsed() { echo $(($(date +%s) - T0)); }
 
 # ---- --prepare: build here, pack what the GPU machine needs --------------------------
@@ -36,14 +44,14 @@ if [[ ${1:-} == --prepare ]]; then
     command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
     say "prepare: configuring $BUILD (CUDA arch ${CUDA_ARCH:-90})"
     cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
-        >"$OUT/prepare-configure.log" 2>&1 || { tail -20 "$OUT/prepare-configure.log"; exit 1; }
-    grep -q "building CUDA implementations" "$OUT/prepare-configure.log" ||
-        { echo "prepare: CMake did not find the CUDA toolkit (see $OUT/prepare-configure.log)"; exit 1; }
+        >"$LOGS/prepare-configure.log" 2>&1 || { tail -20 "$LOGS/prepare-configure.log"; exit 1; }
+    grep -q "building CUDA implementations" "$LOGS/prepare-configure.log" ||
+        { echo "prepare: CMake did not find the CUDA toolkit (see $LOGS/prepare-configure.log)"; exit 1; }
     targets=(dmnist-run test_cuda dm_conv2d dm_dense dm_relu dm_maxpool2d dm_dropout dm_flatten
         dm_softmax_cross_entropy dm_sgd dm_adam dm_nccl dm_local dm_mnist dm_synthetic)
     say "prepare: building ${targets[*]}"
-    cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}" >"$OUT/prepare-build.log" 2>&1 ||
-        { tail -30 "$OUT/prepare-build.log"; exit 1; }
+    cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}" >"$LOGS/prepare-build.log" 2>&1 ||
+        { tail -30 "$LOGS/prepare-build.log"; exit 1; }
     stage=$(mktemp -d)
     mkdir -p "$stage/build/plugins" "$stage/build/tests/cuda" "$stage/lib" "$stage/mnist"
     cp "$BUILD/dmnist-run" "$stage/build/"
@@ -82,7 +90,7 @@ say "== dmnist gpu-check $(date -u +%FT%TZ) in $REPO (logs: $OUT)"
     cmake --version 2>&1 | head -1 || true
     echo "python3: $(command -v python3) $(python3 --version 2>&1)"
     python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)' 2>&1 || true
-} 2>&1 | tee -a "$OUT/gpu-check.log"
+} 2>&1 | tee -a "$LOGS/gpu-check.log"
 
 # NVIDIA's libraries inside site-packages (nvidia/<name>/lib, nvidia/cu13/lib).
 NV_LIB_DIRS=$(python3 - <<'EOF' 2>/dev/null || true
@@ -121,7 +129,7 @@ if [[ -f $CARRY/bundle.tar.gz ]]; then
     rm -rf "$BUILD" /tmp/dmnist-gpu-bundle && mkdir -p /tmp/dmnist-gpu-bundle
     if tar -C /tmp/dmnist-gpu-bundle -xzf "$CARRY/bundle.tar.gz"; then
         mkdir -p "$(dirname "$BUILD")" && mv /tmp/dmnist-gpu-bundle/build "$BUILD"
-        cat /tmp/dmnist-gpu-bundle/MANIFEST | tee -a "$OUT/gpu-check.log"
+        cat /tmp/dmnist-gpu-bundle/MANIFEST | tee -a "$LOGS/gpu-check.log"
         export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:/tmp/dmnist-gpu-bundle/lib # last: the machine's own first
         DATA=/tmp/dmnist-gpu-bundle/mnist
         BUILD_NOTE="carried build"
@@ -137,15 +145,15 @@ else
     [[ -n $NCCL_LIB ]] && extra+=(-DDMNIST_NCCL_LIB="$NCCL_LIB" -DDMNIST_NCCL_INCLUDE="$(dirname "$(dirname "$NCCL_LIB")")/include")
     command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
     if timeout 120 cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-        "${extra[@]}" >"$OUT/configure.log" 2>&1 &&
+        "${extra[@]}" >"$LOGS/configure.log" 2>&1 &&
         timeout 240 cmake --build "$BUILD" -j"$(nproc)" --target dmnist-run test_cuda dm_conv2d dm_dense \
             dm_relu dm_maxpool2d dm_dropout dm_flatten dm_softmax_cross_entropy dm_sgd dm_adam dm_local \
-            dm_mnist dm_synthetic >"$OUT/build.log" 2>&1; then
-        timeout 120 cmake --build "$BUILD" -j"$(nproc)" --target dm_nccl >>"$OUT/build.log" 2>&1 || true
+            dm_mnist dm_synthetic >"$LOGS/build.log" 2>&1; then
+        timeout 120 cmake --build "$BUILD" -j"$(nproc)" --target dm_nccl >>"$LOGS/build.log" 2>&1 || true
         BUILD_NOTE="built here"
     else
         BUILD_NOTE="FAILED to build (see configure.log, build.log)"
-        tail -15 "$OUT/configure.log" "$OUT/build.log" 2>/dev/null | tee -a "$OUT/gpu-check.log" || true
+        tail -15 "$LOGS/configure.log" "$LOGS/build.log" 2>/dev/null | tee -a "$LOGS/gpu-check.log" || true
     fi
 fi
 say "-- build: $BUILD_NOTE ($(elapsed) s)"
@@ -164,13 +172,13 @@ if [[ -x $BUILD/tests/cuda/test_cuda ]]; then
     for c in "${cases[@]}"; do
         name=${c// /_}
         rc=0
-        (cd "$BUILD" && timeout 120 "$BUILD/tests/cuda/test_cuda" $c) >"$OUT/test-$name.log" 2>&1 || rc=$?
+        (cd "$BUILD" && timeout 120 "$BUILD/tests/cuda/test_cuda" $c) >"$LOGS/test-$name.log" 2>&1 || rc=$?
         case $rc in
         0) PASSED=$((PASSED + 1)); say "   pass  $name" ;;
-        77) SKIPPED=$((SKIPPED + 1)); say "   skip  $name: $(grep -m1 '^SKIP' "$OUT/test-$name.log" | cut -c7-)" ;;
+        77) SKIPPED=$((SKIPPED + 1)); say "   skip  $name: $(grep -m1 '^SKIP' "$LOGS/test-$name.log" | cut -c7-)" ;;
         *) FAILED=$((FAILED + 1)); FAILED_NAMES="$FAILED_NAMES $name"
            say "   FAIL  $name (exit $rc):"
-           { grep -m5 'FAIL' "$OUT/test-$name.log" || tail -3 "$OUT/test-$name.log"; } | sed 's/^/           /' | tee -a "$OUT/gpu-check.log" || true ;;
+           { grep -m5 'FAIL' "$LOGS/test-$name.log" || tail -3 "$LOGS/test-$name.log"; } | sed 's/^/           /' | tee -a "$LOGS/gpu-check.log" || true ;;
         esac
     done
 else
@@ -182,15 +190,15 @@ say "-- tests: $PASSED passed, $FAILED failed, $SKIPPED skipped ($(elapsed) s)"
 declare -A ACC IPS EPOCH NOTE
 run_dmnist() { # key batch
     local key=$1 batch=$2 rc=0
-    rm -f "$OUT/$key.jsonl"
+    rm -f "$LOGS/$key.jsonl"
     timeout 150 "$BUILD/dmnist-run" --no-progress "$REPO/configs/cnn-gpu.ini" --set data.path="$DATA" \
-        --set data.batch_size="$batch" --metrics "$OUT/$key.jsonl" >"$OUT/$key.log" 2>&1 || rc=$?
-    tail -3 "$OUT/$key.log" | sed 's/^/   /' | tee -a "$OUT/gpu-check.log" || true
-    if [[ $rc -ne 0 ]] || ! grep -q '"event":"final"' "$OUT/$key.jsonl" 2>/dev/null; then
+        --set data.batch_size="$batch" --metrics "$LOGS/$key.jsonl" >"$LOGS/$key.log" 2>&1 || rc=$?
+    tail -3 "$LOGS/$key.log" | sed 's/^/   /' | tee -a "$LOGS/gpu-check.log" || true
+    if [[ $rc -ne 0 ]] || ! grep -q '"event":"final"' "$LOGS/$key.jsonl" 2>/dev/null; then
         NOTE[$key]="FAILED (exit $rc, see $key.log)"
         return
     fi
-    read -r ACC[$key] IPS[$key] EPOCH[$key] < <(python3 - "$OUT/$key.jsonl" <<'EOF'
+    read -r ACC[$key] IPS[$key] EPOCH[$key] < <(python3 - "$LOGS/$key.jsonl" <<'EOF'
 import json, sys
 final = [json.loads(l) for l in open(sys.argv[1]) if '"final"' in l][-1]
 ips = final["images_per_s"]
@@ -209,14 +217,14 @@ fi
 say "-- dmnist done ($(elapsed) s)"
 
 # ---- 5. PyTorch reference ------------------------------------------------------------------
-rm -f "$OUT/torch.jsonl"
+rm -f "$LOGS/torch.jsonl"
 left=$((330 - $(elapsed)))
 if ((left < 60)); then left=60; fi
 say "-- PyTorch reference (eager, torch.compile; batch 64, 512), at most $left s"
 rc=0
 PYTHONUNBUFFERED=1 timeout "$left" python3 "$REPO/scripts/bench/torch_gpu.py" --data "$DATA" \
-    --json "$OUT/torch.jsonl" >"$OUT/torch.log" 2>&1 || rc=$?
-sed 's/^/   /' "$OUT/torch.log" | tail -8 | tee -a "$OUT/gpu-check.log" || true
+    --json "$LOGS/torch.jsonl" >"$LOGS/torch.log" 2>&1 || rc=$?
+sed 's/^/   /' "$LOGS/torch.log" | tail -8 | tee -a "$LOGS/gpu-check.log" || true
 [[ $rc -eq 0 ]] || say "   torch_gpu.py exit $rc (124 = out of time); rows it finished are kept"
 
 # ---- 6. the table ----------------------------------------------------------------------------
@@ -233,7 +241,7 @@ sed 's/^/   /' "$OUT/torch.log" | tail -8 | tee -a "$OUT/gpu-check.log" || true
             printf '%-28s %6s %10s %12s %10s\n' "dmnist (cnn-gpu.ini)" "$b" "${ACC[$key]}" "${IPS[$key]}" "${EPOCH[$key]}"
         fi
     done
-    python3 - "$OUT/torch.jsonl" <<'EOF' || echo "torch: no results (see torch.log)"
+    python3 - "$LOGS/torch.jsonl" <<'EOF' || echo "torch: no results (see torch.log)"
 import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1])] if os.path.exists(sys.argv[1]) else []
 for r in rows:
@@ -246,6 +254,6 @@ for mode in ("eager", "compile"):
 EOF
     echo "(dmnist images/s: training steps only, from the run's final line; s/epoch = 60000 / images/s."
     echo " pytorch: one timed epoch after 20 warm-up steps that include compilation.)"
-} | tee "$OUT/table.txt" | tee -a "$OUT/gpu-check.log"
+} | tee "$LOGS/table.txt" | tee -a "$LOGS/gpu-check.log"
 # Exit status: 0 only when no test failed and both dmnist runs finished.
 [[ $FAILED -eq 0 && -z ${NOTE[dmnist-b64]:-} && -z ${NOTE[dmnist-b512]:-} ]]

@@ -202,6 +202,7 @@ int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, floa
     if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0) { fclose(f); return dm_fail(err, DM_ERR_IO, "%s: cannot stat", path); }
+    if (!S_ISREG(sb.st_mode)) { fclose(f); return dm_fail(err, DM_ERR_IO, "%s: not a regular file", path); }
     uint64_t size = (uint64_t)sb.st_size;
     unsigned char h[CK_HEADER];
     if (size < 16 || fread(h, 1, 16, f) != 16) {
@@ -213,10 +214,15 @@ int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, floa
         return dm_fail(err, DM_ERR_FORMAT, "%s: not a dmnist checkpoint (bad magic)", path);
     }
     uint32_t version = get_u32(h + 8), rest = get_u32(h + 12);
-    if (version != CK_VERSION || rest != CK_HEADER - 16) {
+    if (version != CK_VERSION) {
         fclose(f);
         return dm_fail(err, DM_ERR_FORMAT, "%s: checkpoint format version %u is not supported (this dmnist "
                        "reads version %u)", path, version, CK_VERSION);
+    }
+    if (rest != CK_HEADER - 16) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt checkpoint header: it says %u header bytes follow, "
+                       "version %u has %u", path, rest, CK_VERSION, CK_HEADER - 16);
     }
     if (size < CK_HEADER + 4 || fread(h + 16, 1, CK_HEADER - 16, f) != CK_HEADER - 16) {
         fclose(f);

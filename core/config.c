@@ -8,6 +8,7 @@
 #include <ini.h>
 #include <libgen.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 typedef struct {
     dm_config *cfg;
@@ -23,9 +24,19 @@ typedef struct {
 static char *reader(char *buf, int size, void *stream)
 {
     parse_state *ps = stream;
+    if (ps->failed) return NULL; /* stop at the first error: keep its message */
     char *r = fgets(buf, size, ps->f);
     if (r) {
         ps->line++;
+        /* inih would cut a longer line in pieces and parse each one as a
+         * line of its own: refuse it instead. */
+        size_t len = strlen(r);
+        if (len == (size_t)size - 1 && r[len - 1] != '\n' && !feof(ps->f)) {
+            dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: line longer than %d characters", ps->cfg->path, ps->line,
+                    size - 2);
+            ps->failed = 1;
+            return NULL;
+        }
         const char *p = r;
         while (*p == ' ' || *p == '\t') p++;
         if (*p == '[') ps->header_line = ps->line;
@@ -95,6 +106,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
     parse_state *ps = user;
     dm_config *c = ps->cfg;
     int lineno = ps->line;
+    if (ps->failed) return 0; /* inih goes on after an error; the first one counts */
     if (!section[0]) {
         dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: key '%s' before any [section]", c->path, lineno, name);
         ps->failed = 1;
@@ -159,9 +171,20 @@ int dm_config_load(const char *path, dm_config **out, dm_error *err)
         dm_config_free(c);
         return dm_fail(err, DM_ERR_IO, "%s: cannot open: %s", path, strerror(e));
     }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || S_ISDIR(st.st_mode)) {
+        fclose(f);
+        dm_config_free(c);
+        return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(EISDIR));
+    }
     parse_state ps = {c, err, f, 0, 0, 0};
     int rc = ini_parse_stream(reader, &ps, on_entry, &ps);
+    int read_error = ferror(f) ? errno : 0;
     fclose(f);
+    if (!ps.failed && read_error) {
+        dm_config_free(c);
+        return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(read_error));
+    }
     if (ps.failed) {
         dm_config_free(c);
         return err ? err->code : DM_ERR_FORMAT;

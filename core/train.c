@@ -525,7 +525,10 @@ static int resume(trainer *t, dm_error *err)
     if (rank0(t)) {
         char path[4096];
         dm_ckpt_state st;
-        int rc = dm_checkpoint_latest(t->x->checkpoint_dir, path, sizeof path, &e);
+        int rc = t->x->checkpoint_dir[0]
+                     ? dm_checkpoint_latest(t->x->checkpoint_dir, path, sizeof path, &e)
+                     : dm_fail(&e, DM_ERR_INVALID, "%s: --resume needs train.checkpoint_dir (the folder to resume "
+                               "from)", t->x->cfg->path);
         if (!rc) rc = dm_checkpoint_read(path, &st, &p, &o, &e);
         if (!rc && st.config_hash != dm_experiment_hash(t->x))
             rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint was written for a different model or optimizer "

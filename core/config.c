@@ -15,9 +15,44 @@ typedef struct {
     dm_error *err;
     FILE *f;
     int failed;
+    int fail_line;   /* line of our first error (inih may have found an earlier one) */
     int line;        /* line just read: inih calls the handler right after */
     int header_line; /* line of the last [section] header seen */
 } parse_state;
+
+static dm_section *add_section(dm_config *c, const char *name, int line);
+
+/* A [section] header, as inih will read it: the section is registered here,
+ * so that one without keys still exists (inih reports key = value lines
+ * only) and a repeated one is refused. A header inih calls a syntax error
+ * (no ']', or a ';' comment before it) is left to inih. */
+static void on_header(parse_state *ps, const char *p)
+{
+    const char *end = p + 1;
+    while (*end && *end != ']' && !(*end == ';' && (end[-1] == ' ' || end[-1] == '\t'))) end++;
+    if (*end != ']') return;
+    size_t len = (size_t)(end - p - 1);
+    char name[64];
+    ps->header_line = ps->line;
+    ps->fail_line = ps->line;
+    if (len == 0 || len >= 50) { /* inih cuts names at 49 characters: two long ones could merge */
+        dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: %s", ps->cfg->path, ps->line,
+                len ? "section name longer than 49 characters" : "empty section name []");
+        ps->failed = 1;
+        return;
+    }
+    memcpy(name, p + 1, len);
+    name[len] = 0;
+    dm_section *prev = dm_config_section(ps->cfg, name);
+    if (prev) {
+        dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: section [%s] appears twice (first at line %d); give each layer "
+                "a unique name", ps->cfg->path, ps->line, name, prev->line);
+        ps->failed = 1;
+    } else if (!add_section(ps->cfg, name, ps->line)) {
+        dm_fail(ps->err, DM_ERR_NOMEM, "%s: out of memory", ps->cfg->path);
+        ps->failed = 1;
+    }
+}
 
 /* Debian's inih is built without line numbers in the handler, so we feed it
  * lines ourselves and count them. */
@@ -35,11 +70,15 @@ static char *reader(char *buf, int size, void *stream)
             dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: line longer than %d characters", ps->cfg->path, ps->line,
                     size - 2);
             ps->failed = 1;
+            ps->fail_line = ps->line;
             return NULL;
         }
         const char *p = r;
         while (*p == ' ' || *p == '\t') p++;
-        if (*p == '[') ps->header_line = ps->line;
+        if (*p == '[') {
+            on_header(ps, p);
+            if (ps->failed) return NULL;
+        }
     }
     return r;
 }
@@ -107,6 +146,7 @@ static int on_entry(void *user, const char *section, const char *name, const cha
     dm_config *c = ps->cfg;
     int lineno = ps->line;
     if (ps->failed) return 0; /* inih goes on after an error; the first one counts */
+    ps->fail_line = lineno;
     if (!section[0]) {
         dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: key '%s' before any [section]", c->path, lineno, name);
         ps->failed = 1;
@@ -177,7 +217,7 @@ int dm_config_load(const char *path, dm_config **out, dm_error *err)
         dm_config_free(c);
         return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(EISDIR));
     }
-    parse_state ps = {c, err, f, 0, 0, 0};
+    parse_state ps = {c, err, f, 0, 0, 0, 0};
     int rc = ini_parse_stream(reader, &ps, on_entry, &ps);
     int read_error = ferror(f) ? errno : 0;
     fclose(f);
@@ -185,7 +225,7 @@ int dm_config_load(const char *path, dm_config **out, dm_error *err)
         dm_config_free(c);
         return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(read_error));
     }
-    if (ps.failed) {
+    if (ps.failed && !(rc > 0 && rc < ps.fail_line)) {
         dm_config_free(c);
         return err ? err->code : DM_ERR_FORMAT;
     }

@@ -234,7 +234,7 @@ int main(int argc, char **argv)
     dm_train_opts topts = {NULL, NULL, 0, 0, -1};
     int c;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) { /* ":": a missing value returns ':' */
         switch (c) {
         case OPT_SET: sets[n_sets++] = optarg; break;
         case OPT_DRY: dry = 1; break;

@@ -772,14 +772,6 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
                (long long)total_steps, N, x->batch_size, t.m.param_count);
         fflush(stdout);
     }
-    if (opts && opts->metrics_path && rank0(&t)) {
-        if (!(t.metrics = fopen(opts->metrics_path, "w"))) {
-            rc = dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", opts->metrics_path, strerror(errno));
-            teardown(&t);
-            return rc;
-        }
-    }
-
     /* Identical start everywhere: rank 0 draws, everyone receives. */
     if (rank0(&t)) rc = dm_model_init_params(&t.m, x->seed, err);
     if (!rc) rc = dm_dev_sync(&t.dev, err);
@@ -788,6 +780,14 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     if (!rc && t.n_opt) rc = broadcast_dev(&t, t.opt_state, t.n_opt * sizeof(float), err);
     if (!rc) rc = dm_dev_zero(&t.dev, t.m.metrics, 2 * sizeof(float), err);
     if (rc) { teardown(&t); return rc; }
+    /* Opened only once the run can start: a refused checkpoint leaves no empty file. */
+    if (opts && opts->metrics_path && rank0(&t)) {
+        if (!(t.metrics = fopen(opts->metrics_path, "w"))) {
+            rc = dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", opts->metrics_path, strerror(errno));
+            teardown(&t);
+            return rc;
+        }
+    }
 
     if (opts && opts->timeline_path && (rc = open_timeline(&t, err))) { teardown(&t); return rc; }
     t.bar = rank0(&t) && opts && (opts->progress > 0 || (opts->progress < 0 && isatty(STDOUT_FILENO)));

@@ -56,7 +56,8 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
 
     if (!(ADAM_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "adam: device %d is not supported in this build (use device = cpu)",
+                       "adam: device %d is not supported: this build has only a CPU "
+                       "implementation (use device = cpu)",
                        (int)cfg->device);
     if (!(beta1 >= 0.0 && beta1 < 1.0))
         return dm_fail(err, DM_ERR_INVALID, "adam: beta1 %g must be in [0, 1)", beta1);

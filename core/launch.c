@@ -31,7 +31,9 @@ void dm_set_thread_env(const dm_config *cfg)
     char buf[16];
     snprintf(buf, sizeof buf, "%d", threads);
     setenv("OMP_NUM_THREADS", buf, 0);
-    setenv("OPENBLAS_NUM_THREADS", buf, 0);
+    /* All CPU parallelism goes through OpenMP in the plugins (each task runs
+     * a single-threaded sgemm): OpenBLAS's own threads would fight it. */
+    setenv("OPENBLAS_NUM_THREADS", "1", 0);
     setenv("DMNIST_THREADS", buf, 1);
 }
 

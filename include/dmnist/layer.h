@@ -35,7 +35,7 @@ typedef struct dm_layer_config {
     dm_device device;
     dm_layout layout;     /* layout of activations the core will pass */
     dm_shape in_shape;    /* n = largest batch the layer will see */
-    int num_threads;      /* CPU threads the layer may use */
+    int num_threads;      /* CPU threads the layer may use (OpenMP); 0 = OpenMP's default */
     void *cuda_stream;    /* cudaStream_t for DM_DEVICE_CUDA, else NULL */
 } dm_layer_config;
 
@@ -52,7 +52,8 @@ typedef struct dm_layer_info {
 typedef struct dm_run_ctx {
     size_t struct_size;
     int training;            /* 0 = evaluation (dropout is the identity) */
-    uint64_t seed;           /* differs per step and layer; same on every rank */
+    uint64_t seed;           /* differs per step, layer and rank; backward gets the
+                                same seed as its matching forward */
     const int32_t *labels;   /* loss layers: n labels on the layer's device */
     float *metrics;          /* loss layers: [0] += sum of losses, [1] += correct
                                 predictions, on the layer's device */

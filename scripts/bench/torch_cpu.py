@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""PyTorch reference for dmnist on the CPU: the seed CNN of configs/cnn.ini.
+
+Model: Conv2D 32 3x3 ReLU -> Conv2D 64 3x3 ReLU -> MaxPool 2 -> Dropout 0.25
+-> Flatten -> Dense 256 ReLU -> Dropout 0.5 -> Dense 10, softmax
+cross-entropy. Glorot-uniform weights and zero biases (Keras's defaults, as
+dmnist draws them), Adam (Keras epsilon 1e-7), the given batch. Data as
+dmnist reads it: the MNIST bytes stay uint8 in memory and each batch is
+converted to float32 (optionally standardised with mean 0.1307, std 0.3081),
+drawn by one random permutation per epoch with the ragged tail dropped.
+--synthetic uses random images and labels instead (no files needed).
+
+Two modes; each prints one JSON line:
+
+  speed (default): --warmup-steps untimed steps, then --steps timed steps:
+    {"impl": "torch", "batch": 64, "images_per_s": ..., "step_ms": ...,
+     "cpu_s_per_step": ..., "peak_rss_mb": ..., "torch": "1.13.0", ...}
+
+  time to accuracy (--target 0.99): trains up to --epochs epochs with an
+    evaluation of the 10,000 test images every --eval-every steps and stops
+    at the first evaluation that reaches the target:
+    {"impl": "torch", "mode": "tta", "reached": true, "time_s": ..., "step": ...,
+     "test_accuracy": ..., "evals": [[step, acc, time_s], ...]}
+    time_s counts from just after `import torch` (data loading included),
+    as dmnist's time_s counts from the start of its training set-up.
+
+  /usr/bin/python3 scripts/bench/torch_cpu.py [--data data/mnist | --synthetic]
+      [--batch 64] [--steps 100] [--warmup-steps 10] [--threads 2]
+      [--lr 0.001] [--warmup-lr-steps 0] [--standardize]
+      [--target 0.99 --epochs 5 --eval-every 200 --eval-batch 1000]
+"""
+import argparse
+import gzip
+import json
+import os
+import resource
+import sys
+import time
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def load_idx(path):
+    import numpy as np
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = int.from_bytes(data[0:4], "big") & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def find(data_dir, stem):
+    for name in (stem, stem + ".gz"):
+        p = os.path.join(data_dir, name)
+        if os.path.exists(p):
+            return p
+    sys.exit(f"torch_cpu.py: {stem}[.gz] not found in {data_dir} (scripts/get-mnist.sh, or --synthetic)")
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data/mnist")
+    ap.add_argument("--synthetic", action="store_true", help="random MNIST-shaped data")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=100, help="timed steps (speed mode)")
+    ap.add_argument("--warmup-steps", type=int, default=10, help="untimed steps first (speed mode)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=0.001)
+    ap.add_argument("--warmup-lr-steps", type=int, default=0,
+                    help="linear lr warm-up over N steps, as dmnist's optimizer.warmup_steps")
+    ap.add_argument("--standardize", action="store_true", help="as dmnist's data.standardize")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--target", type=float, default=0.0, help="time-to-accuracy mode: stop at this test accuracy")
+    ap.add_argument("--epochs", type=float, default=5, help="time-to-accuracy mode: at most this many epochs")
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--eval-batch", type=int, default=1000)
+    args = ap.parse_args()
+    if args.batch < 1 or args.steps < 1 or args.threads < 1 or args.warmup_steps < 0:
+        sys.exit("torch_cpu.py: --batch, --steps and --threads must be >= 1, --warmup-steps >= 0")
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    t_start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    if args.synthetic:
+        g = torch.Generator().manual_seed(args.seed)
+        x_train = torch.randint(0, 256, (60000, 1, 28, 28), dtype=torch.uint8, generator=g)
+        y_train = torch.randint(0, 10, (60000,), generator=g)
+        x_test = torch.randint(0, 256, (10000, 1, 28, 28), dtype=torch.uint8, generator=g)
+        y_test = torch.randint(0, 10, (10000,), generator=g)
+    else:
+        def images(stem):
+            return torch.from_numpy(load_idx(find(args.data, stem)).copy()).unsqueeze(1)
+
+        def labels(stem):
+            return torch.from_numpy(load_idx(find(args.data, stem)).astype("int64"))
+
+        x_train, y_train = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
+        x_test, y_test = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")
+
+    def to_float(xb):
+        x = xb.float().div_(255.0)
+        if args.standardize:
+            x.sub_(MNIST_MEAN).div_(MNIST_STD)
+        return x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 32, 3)
+            self.conv2 = nn.Conv2d(32, 64, 3)
+            self.drop1 = nn.Dropout(0.25)
+            self.fc1 = nn.Linear(9216, 256)
+            self.drop2 = nn.Dropout(0.5)
+            self.fc2 = nn.Linear(256, 10)
+            for m in (self.conv1, self.conv2, self.fc1, self.fc2):  # Keras's defaults
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        def forward(self, x):
+            x = F.relu(self.conv1(x))
+            x = F.relu(self.conv2(x))
+            x = self.drop1(F.max_pool2d(x, 2))
+            x = torch.flatten(x, 1)
+            x = self.drop2(F.relu(self.fc1(x)))
+            return self.fc2(x)
+
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
+    n = x_train.shape[0]
+    per_epoch = n // args.batch
+    state = {"step": 0, "perm": None, "pos": per_epoch}
+
+    def step():
+        if state["pos"] >= per_epoch:  # a new permutation per epoch, ragged tail dropped
+            state["perm"] = torch.randperm(n)
+            state["pos"] = 0
+        idx = state["perm"][state["pos"] * args.batch:(state["pos"] + 1) * args.batch]
+        state["pos"] += 1
+        state["step"] += 1
+        if args.warmup_lr_steps > 0:
+            w = min(1.0, state["step"] / args.warmup_lr_steps)
+            for group in opt.param_groups:
+                group["lr"] = args.lr * w
+        xb, yb = to_float(x_train[idx]), y_train[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+
+    def accuracy():
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, x_test.shape[0], args.eval_batch):
+                out = model(to_float(x_test[i:i + args.eval_batch]))
+                correct += (out.argmax(1) == y_test[i:i + args.eval_batch]).sum().item()
+        model.train()
+        return correct / x_test.shape[0]
+
+    rec = {"impl": "torch", "torch": torch.__version__, "torch_file": torch.__file__,
+           "python": sys.executable, "threads": torch.get_num_threads(), "batch": args.batch,
+           "data": "synthetic" if args.synthetic else "mnist"}
+    if args.target > 0:
+        total = int(args.epochs * per_epoch)
+        evals, reached = [], None
+        while state["step"] < total:
+            step()
+            if state["step"] % args.eval_every == 0 or state["step"] == total:
+                acc = accuracy()
+                evals.append([state["step"], round(acc, 4), round(time.perf_counter() - t_start, 3)])
+                print(f"eval at step {state['step']}: test accuracy {acc:.4f}  time {evals[-1][2]:.1f} s",
+                      file=sys.stderr, flush=True)
+                if acc >= args.target:
+                    reached = evals[-1]
+                    break
+        rec.update({"mode": "tta", "target": args.target, "reached": reached is not None,
+                    "time_s": reached[2] if reached else None, "step": reached[0] if reached else None,
+                    "test_accuracy": reached[1] if reached else evals[-1][1], "evals": evals,
+                    "peak_rss_mb": round(peak_rss_mb(), 1)})
+    else:
+        for _ in range(args.warmup_steps):
+            step()
+        c0, t0 = cpu_s(), time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+        rec.update({"mode": "speed", "steps": args.steps, "images_per_s": round(args.steps * args.batch / wall, 1),
+                    "step_ms": round(1e3 * wall / args.steps, 2),
+                    "cpu_s_per_step": round(cpu / args.steps, 4), "peak_rss_mb": round(peak_rss_mb(), 1)})
+    print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,9 +7,12 @@
  * costs; the median says what a run sees.
  *
  *   DMNIST_PLUGIN_PATH=build/plugins layers_bench [--batch 64] [--iters 30]
- *        [--threads 2] [--chunk 0] [--cpu-time]
- *   chunk: conv2d images per task; --cpu-time: time with the process's CPU
- *   clock (use with --threads 1 on a busy machine). */
+ *        [--threads 2] [--chunk 0] [--algo auto] [--cpu-time]
+ *   chunk: conv2d images per task; algo: conv2d's algorithm (auto, im2col,
+ *   winograd: conv1 keeps auto, which is im2col for its one channel);
+ *   --cpu-time: time with the process's CPU clock (use with --threads 1 on
+ *   a busy machine). GFLOP/s counts a direct convolution's multiply-adds,
+ *   whatever the algorithm does. */
 #include "gradcheck.h"
 
 #include <stdio.h>
@@ -51,6 +54,7 @@ static double median(double *v, int n)
 int main(int argc, char **argv)
 {
     int batch = 64, iters = 30, threads = 2, chunk = 0;
+    const char *algo = "auto";
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "--cpu-time")) {
             g_clock = CLOCK_PROCESS_CPUTIME_ID;
@@ -69,6 +73,8 @@ int main(int argc, char **argv)
             threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--chunk"))
             chunk = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--algo"))
+            algo = argv[i + 1];
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -78,9 +84,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bad options\n");
         return 2;
     }
-    char c1[64], c2[64];
+    char c1[64], c2[96];
     snprintf(c1, sizeof c1, "filters=32 kernel=3 activation=relu chunk=%d", chunk);
-    snprintf(c2, sizeof c2, "filters=64 kernel=3 activation=relu chunk=%d", chunk);
+    snprintf(c2, sizeof c2, "filters=64 kernel=3 activation=relu chunk=%d algo=%.16s", chunk, algo);
     bench_layer net[] = {
         {"conv1 3x3x32 relu", "conv2d", c1, {0}, {0}, {0}, 2.0 * 26 * 26 * 32 * 9, NULL, NULL},
         {"conv2 3x3x64 relu", "conv2d", c2, {0}, {0}, {0}, 2.0 * 24 * 24 * 64 * 288, NULL, NULL},

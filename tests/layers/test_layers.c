@@ -77,6 +77,15 @@ static void test_conv2d_forward(void)
         {"filters=5 kernel=5 padding=same activation=relu", 5, 5, 1, 1, 1, 1, {4, 2, 5, 5}, 3, 5, 5},
         {"filters=3 kernel=2 stride=3 padding=same chunk=2", 3, 2, 3, 1, 1, 0, {5, 2, 7, 8}, 0, 3, 3},
         {"filters=6 kernel=3 chunk=1", 6, 3, 1, 0, 1, 0, {3, 4, 6, 6}, 0, 4, 4},
+        /* Winograd F(4x4, 3x3): whole tiles, partial tiles at the bottom and
+         * right, 'same' padding, a batch smaller than the create-time one */
+        {"filters=16 kernel=3 activation=relu algo=winograd", 16, 3, 1, 0, 1, 1, {2, 16, 10, 14}, 0,
+         8, 12},
+        {"filters=5 kernel=3 algo=winograd", 5, 3, 1, 0, 1, 0, {3, 3, 11, 9}, 0, 9, 7},
+        {"filters=4 kernel=3 padding=same bias=false algo=winograd chunk=1", 4, 3, 1, 1, 0, 0,
+         {3, 2, 7, 6}, 2, 7, 6},
+        {"filters=64 kernel=3 activation=relu algo=winograd", 64, 3, 1, 0, 1, 1, {2, 32, 26, 26}, 0,
+         24, 24},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const conv_case *c = &cases[t];
@@ -130,8 +139,11 @@ static void test_conv2d_forward(void)
         int rc = L.vt->forward(L.state, &ctx, &ti, &to, &err);
         CHECK(rc == DM_OK, "conv2d '%s' forward: %s", c->spec, err.msg);
         double d = max_rel_diff(y, ref, dm_shape_count(ys));
-        CHECK(d < 1e-5, "conv2d '%s': forward differs from the reference by %g", c->spec, d);
-        printf("%s conv2d forward '%s' n=%d: max rel diff %.2g\n", d < 1e-5 ? "ok" : "FAIL",
+        /* Winograd's transforms round more than a dot product (seed conv2:
+         * 3e-5 measured); a wrong coefficient would be off by 0.1 or more. */
+        const double tol = strstr(c->spec, "winograd") ? 1e-4 : 1e-5;
+        CHECK(d < tol, "conv2d '%s': forward differs from the reference by %g", c->spec, d);
+        printf("%s conv2d forward '%s' n=%d: max rel diff %.2g\n", d < tol ? "ok" : "FAIL",
                c->spec, n, d);
         free(x), free(y), free(ref);
         gc_layer_free(&L);
@@ -185,6 +197,95 @@ static void test_conv2d_chunks(void)
     }
     free(x), free(y0), free(g0);
     printf("ok conv2d chunking checked\n");
+}
+
+/* Winograd against im2col on the same weights and data: forward, the input
+ * gradient and the parameter gradients agree to float rounding, and the
+ * parameter gradients do not depend on whether din is asked for. The
+ * transforms multiply by up to 8 and add up to 36 terms, so the difference
+ * is measured against the largest value of each tensor. */
+static double max_scaled_diff(const float *a, const float *b, size_t n)
+{
+    double worst = 0.0, scale = 0.0;
+    for (size_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(b[i]));
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / (scale > 0 ? scale : 1.0);
+        if (!(d <= worst))
+            worst = isnan(d) ? INFINITY : d;
+    }
+    return worst;
+}
+
+static void test_conv2d_winograd(void)
+{
+    static const struct {
+        const char *spec;
+        dm_shape in;
+        int run_n;
+    } cases[] = {
+        {"filters=64 kernel=3 activation=relu", {4, 32, 26, 26}, 0}, /* the seed's conv2 */
+        {"filters=7 kernel=3 padding=same bias=false", {3, 5, 11, 10}, 0},
+        {"filters=6 kernel=3 activation=relu chunk=2", {5, 3, 9, 13}, 3},
+        {"filters=3 kernel=3 padding=same activation=relu chunk=1", {2, 2, 3, 4}, 0},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        gc_layer L[2];
+        char spec[2][160];
+        snprintf(spec[0], sizeof spec[0], "%s algo=im2col", cases[t].spec);
+        snprintf(spec[1], sizeof spec[1], "%s algo=winograd", cases[t].spec);
+        const int n = cases[t].run_n ? cases[t].run_n : cases[t].in.n;
+        const dm_shape is = with_n(cases[t].in, n);
+        float *x = gc_alloc(dm_shape_count(is) * sizeof(float));
+        gc_fill_uniform(x, dm_shape_count(is), -1, 1, 31 + t);
+        float *y[2], *dy = NULL, *dx[2], *g[2], *g_nodin = NULL;
+        size_t ny = 0, np = 0;
+        for (int a = 0; a < 2; a++) {
+            must_create(&L[a], "conv2d", spec[a], cases[t].in);
+            const dm_shape ys = with_n(L[a].info.out_shape, n);
+            ny = dm_shape_count(ys);
+            np = L[a].info.param_count;
+            y[a] = gc_alloc(ny * sizeof(float));
+            dx[a] = gc_alloc(dm_shape_count(is) * sizeof(float));
+            g[a] = gc_alloc(np * sizeof(float));
+            if (!dy) {
+                dy = gc_alloc(ny * sizeof(float));
+                gc_fill_uniform(dy, ny, -1, 1, 41 + t);
+            }
+            gc_fill_uniform(L[a].params, np, -0.3f, 0.3f, 51 + t); /* same weights, nonzero bias */
+            dm_tensor ti = tensor(x, is), to = tensor(y[a], ys), tdy = tensor(dy, ys),
+                      tdx = tensor(dx[a], is);
+            dm_run_ctx ctx = {sizeof ctx, 1, 1, NULL, NULL, NULL};
+            dm_error err = {0};
+            int rc = L[a].vt->forward(L[a].state, &ctx, &ti, &to, &err);
+            if (rc == DM_OK && a == 1) {
+                rc = L[a].vt->backward(L[a].state, &ctx, &ti, &to, &tdy, NULL, &err);
+                g_nodin = gc_alloc(np * sizeof(float));
+                memcpy(g_nodin, L[a].grads, np * sizeof(float));
+            }
+            if (rc == DM_OK)
+                rc = L[a].vt->backward(L[a].state, &ctx, &ti, &to, &tdy, &tdx, &err);
+            CHECK(rc == DM_OK, "conv2d '%s': %s", spec[a], err.msg);
+            memcpy(g[a], L[a].grads, np * sizeof(float));
+        }
+        const double dyw = max_scaled_diff(y[1], y[0], ny);
+        const double dxw = max_scaled_diff(dx[1], dx[0], dm_shape_count(is));
+        const double dgw = max_scaled_diff(g[1], g[0], np);
+        const double tol = 2e-5; /* seed conv2: 5e-6 measured */
+        CHECK(dyw < tol && dxw < tol && dgw < tol,
+              "conv2d '%s' n=%d: winograd vs im2col: forward %g, din %g, grads %g apart",
+              cases[t].spec, n, dyw, dxw, dgw);
+        CHECK(memcmp(g_nodin, g[1], np * sizeof(float)) == 0,
+              "conv2d '%s' winograd: grads differ when din is NULL", cases[t].spec);
+        printf("%s conv2d winograd vs im2col '%s' n=%d: forward %.2g, din %.2g, grads %.2g\n",
+               dyw < tol && dxw < tol && dgw < tol ? "ok" : "FAIL", cases[t].spec, n, dyw, dxw,
+               dgw);
+        for (int a = 0; a < 2; a++) {
+            free(y[a]), free(dx[a]), free(g[a]);
+            gc_layer_free(&L[a]);
+        }
+        free(x), free(dy), free(g_nodin);
+    }
 }
 
 static void test_maxpool_forward(void)
@@ -581,6 +682,11 @@ static void test_params(void)
     /* Rejected by the layer itself, naming the layer and the sizes. */
     expect_error("conv2d", "filters=2 kernel=5", img, cpu, nchw, DM_ERR_INVALID, "layer.bad",
                  "kernel 5 is larger than the 3x3 input");
+    expect_error("conv2d", "filters=2 kernel=2 algo=winograd", img, cpu, nchw, DM_ERR_INVALID,
+                 "layer.bad", "algo=winograd needs kernel=3 and stride=1");
+    expect_error("conv2d", "filters=2 stride=2 algo=winograd", img, cpu, nchw, DM_ERR_INVALID,
+                 "layer.bad", "algo=winograd needs kernel=3 and stride=1");
+    expect_error("conv2d", "filters=2 algo=fft", img, cpu, nchw, DM_ERR_INVALID, "algo", NULL);
     expect_error("conv2d", "filters=2 kernel=4", (dm_shape){1, 1, 8, 3}, cpu, nchw, DM_ERR_INVALID,
                  "kernel 4", "8x3");
     expect_error("maxpool2d", "pool=4", img, cpu, nchw, DM_ERR_INVALID, "layer.bad", "pool 4");
@@ -694,6 +800,7 @@ int main(int argc, char **argv)
     if (!strcmp(what, "forward")) {
         test_conv2d_forward();
         test_conv2d_chunks();
+        test_conv2d_winograd();
         test_maxpool_forward();
         test_dense_relu_flatten_forward();
         test_softmax_forward();

@@ -11,6 +11,9 @@
  * docs/cpu-path.md: big enough for an efficient GEMM, small enough to stay
  * in the core's L2 cache). */
 #define CONV2D_AUTO_COL_BYTES (3u << 19) /* 1.5 MiB */
+/* The same for the Winograd path: transformed inputs and outputs (V and M in
+ * conv2d_winograd.c) per task. */
+#define CONV2D_WINO_AUTO_BYTES (2u << 20) /* 2 MiB */
 
 /* ABI 1.0 sizes of the structs the host hands us. */
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
@@ -33,6 +36,9 @@ static const dm_param_def conv2d_params[] = {
     {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
     {"chunk", DM_PARAM_INT, "0", 0, 1 << 20, NULL,
      "images per im2col/GEMM task on the CPU; 0 = auto (up to 1.5 MiB of columns)"},
+    {"algo", DM_PARAM_ENUM, "auto", 0, -1, "auto|im2col|winograd",
+     "cpu: winograd = F(4x4,3x3), 3x3 stride 1 only; auto = winograd there when in and out "
+     "channels are >= 16, else im2col"},
     {"tf32", DM_PARAM_BOOL, "false", 0, -1, NULL,
      "cuda: let cuDNN use TF32 tensor cores (faster; ~1e-3 relative error)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
@@ -111,13 +117,31 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
     out_size(in.h, k, stride, same, &s->out_h, &s->pad_top);
     out_size(in.w, k, stride, same, &s->out_w, &s->pad_left);
 
-    const size_t col_per_image = (size_t)in.c * k * k * s->out_h * s->out_w * sizeof(float);
+    /* Winograd where it applies and pays: with few channels the 36 small
+     * GEMMs cost more than im2col's one. */
+    const char *algo = dm_param_str(p, "algo", "auto");
+    const int wino_ok = k == 3 && stride == 1;
+    if (strcmp(algo, "winograd") == 0 && !wino_ok) {
+        free(s);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: algo=winograd needs kernel=3 and stride=1 (got kernel %d, stride %d)",
+                       name, k, stride);
+    }
+    s->winograd = s->device == DM_DEVICE_CPU &&
+                  (strcmp(algo, "winograd") == 0 ||
+                   (strcmp(algo, "auto") == 0 && wino_ok && in.c >= 16 && filters >= 16));
+
+    /* Bytes of per-task scratch for one image: im2col columns, or
+     * Winograd's transformed input and output (36 values per 4x4 tile). */
+    const size_t tiles = (size_t)((s->out_h + 3) / 4) * ((s->out_w + 3) / 4);
+    const size_t per_image = s->winograd
+                                 ? 36 * tiles * (size_t)(in.c + filters) * sizeof(float)
+                                 : (size_t)in.c * k * k * s->out_h * s->out_w * sizeof(float);
+    const size_t budget = s->winograd ? CONV2D_WINO_AUTO_BYTES : CONV2D_AUTO_COL_BYTES;
     if (chunk > 0)
         s->chunk = chunk;
     else
-        s->chunk = col_per_image >= CONV2D_AUTO_COL_BYTES
-                       ? 1
-                       : (int)(CONV2D_AUTO_COL_BYTES / col_per_image);
+        s->chunk = per_image >= budget ? 1 : (int)(budget / per_image);
     /* At least 4 tasks per thread, so that dynamic scheduling can even out
      * a thread slowed down by another process on its core. */
     const int most = (in.n + 4 * s->nthreads - 1) / (4 * s->nthreads);
@@ -131,7 +155,8 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
 
     info->out_shape = (dm_shape){in.n, filters, s->out_h, s->out_w};
     info->param_count = (size_t)filters * in.c * k * k + (s->has_bias ? (size_t)filters : 0);
-    info->workspace_bytes = conv2d_workspace_bytes(s);
+    info->workspace_bytes =
+        s->winograd ? conv2d_winograd_workspace_bytes(s) : conv2d_workspace_bytes(s);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
         int rc = conv2d_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
@@ -215,7 +240,10 @@ static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
         return conv2d_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
                                    out->data, err);
 #endif
-    conv2d_forward_cpu(s, in->shape.n, in->data, out->data);
+    if (s->winograd)
+        conv2d_winograd_forward_cpu(s, in->shape.n, in->data, out->data);
+    else
+        conv2d_forward_cpu(s, in->shape.n, in->data, out->data);
     return DM_OK;
 }
 
@@ -241,7 +269,12 @@ static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *
         return conv2d_backward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
                                     out->data, dout->data, din ? din->data : NULL, err);
 #endif
-    conv2d_backward_cpu(s, in->shape.n, in->data, out->data, dout->data, din ? din->data : NULL);
+    if (s->winograd)
+        conv2d_winograd_backward_cpu(s, in->shape.n, in->data, out->data, dout->data,
+                                     din ? din->data : NULL);
+    else
+        conv2d_backward_cpu(s, in->shape.n, in->data, out->data, dout->data,
+                            din ? din->data : NULL);
     return DM_OK;
 }
 

@@ -19,6 +19,7 @@ typedef struct conv2d_state {
     int out_h, out_w;
     int has_bias, relu;     /* relu: fused ReLU on the output */
     int chunk;              /* images per task: one im2col + GEMM on one thread */
+    int winograd;           /* CPU: Winograd F(4x4, 3x3) instead of im2col (3x3, stride 1) */
 
     /* Bound buffers (the core owns them). */
     float *w, *b;           /* w (filters, in_c, k, k); b (filters) or NULL */
@@ -30,6 +31,12 @@ typedef struct conv2d_state {
 /* Workspace the CPU path needs for batches up to s->n with s->chunk and
  * s->nthreads set. */
 size_t conv2d_workspace_bytes(const conv2d_state *s);
+
+/* The same for the Winograd path (conv2d_winograd.c): 3x3 kernels, stride 1. */
+size_t conv2d_winograd_workspace_bytes(const conv2d_state *s);
+void conv2d_winograd_forward_cpu(const conv2d_state *s, int n, const float *x, float *y);
+void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
+                                  const float *dy, float *dx);
 
 /* x (n, in_c, in_h, in_w) -> y (n, filters, out_h, out_w). */
 void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y);

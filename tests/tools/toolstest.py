@@ -1,6 +1,7 @@
 """Shared bits of the tools' tests: paths from ctest's environment, running
 a command with a time limit, failing with one clear line."""
 
+import atexit
 import csv
 import os
 import shutil
@@ -20,7 +21,13 @@ COMPARE = os.path.join(SOURCE_DIR, "scripts", "compare-backends")
 SKIP = 77  # ctest SKIP_RETURN_CODE
 
 
+_tmpdirs = []
+_failed = False
+
+
 def fail(msg):
+    global _failed
+    _failed = True
     print("FAIL: " + msg, flush=True)
     sys.exit(1)
 
@@ -86,7 +93,19 @@ def check_png(path):
 
 
 def tmpdir(name):
-    return tempfile.mkdtemp(prefix="dmnist-%s-" % name)
+    """A fresh folder, deleted at exit unless the test failed (then kept for a look)."""
+    path = tempfile.mkdtemp(prefix="dmnist-%s-" % name)
+    _tmpdirs.append(path)
+    return path
+
+
+@atexit.register
+def _cleanup():
+    for path in _tmpdirs:
+        if _failed:
+            print("kept %s" % path, flush=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def flat_buffer_floats(config, *sets):

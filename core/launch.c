@@ -173,7 +173,7 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
     free(child_argv);
 
     int failed_rank = -1, exit_code = 0, running = np;
-    double kill_deadline = 0;
+    double term_at = 0, kill_at = 0; /* after a failure: SIGTERM, then SIGKILL, to the ranks left */
     struct pollfd *pfd = calloc((size_t)np, sizeof *pfd);
     while (running > 0) {
         for (int r = 0; r < np; r++) pfd[r] = (struct pollfd){w[r].fd, POLLIN, 0};
@@ -190,6 +190,10 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
                 w[r].fd = -1;
             }
         }
+        /* Reap every rank that ended, then blame one: a rank killed by a
+         * signal before one that failed, since a peer's death usually makes
+         * the others fail a moment later, and both may be reaped together. */
+        int culprit = -1;
         for (int r = 0; r < np; r++) {
             if (w[r].done) continue;
             int st;
@@ -198,29 +202,33 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
                 w[r].status = st;
                 running--;
                 int bad = !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-                if (bad && failed_rank < 0) {
-                    failed_rank = r;
-                    exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
-                    if (WIFSIGNALED(st))
-                        fprintf(stderr, "dmnist-run: rank %d was killed by signal %d; stopping the other ranks\n",
-                                r, WTERMSIG(st));
-                    else
-                        fprintf(stderr, "dmnist-run: rank %d failed (exit %d); stopping the other ranks\n", r,
-                                WEXITSTATUS(st));
-                    for (int o = 0; o < np; o++)
-                        if (!w[o].done) kill(-w[o].pid, SIGTERM);
-                    struct timespec ts;
-                    clock_gettime(CLOCK_MONOTONIC, &ts);
-                    kill_deadline = (double)ts.tv_sec + 5;
-                }
+                if (bad && (culprit < 0 || (WIFSIGNALED(st) && !WIFSIGNALED(w[culprit].status)))) culprit = r;
             }
         }
-        if (kill_deadline > 0) {
+        if (culprit >= 0 && failed_rank < 0) {
+            int r = culprit, st = w[r].status;
+            failed_rank = r;
+            exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
+            if (WIFSIGNALED(st))
+                fprintf(stderr, "dmnist-run: rank %d was killed by signal %d; stopping the other ranks\n", r,
+                        WTERMSIG(st));
+            else
+                fprintf(stderr, "dmnist-run: rank %d failed (exit %d); stopping the other ranks\n", r,
+                        WEXITSTATUS(st));
+            /* A short grace first: the others usually fail at once too (a
+             * refused checkpoint, a lost peer) and their own line says why. */
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
-            if ((double)ts.tv_sec > kill_deadline)
-                for (int o = 0; o < np; o++)
-                    if (!w[o].done) kill(-w[o].pid, SIGKILL);
+            double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+            term_at = now + 2;
+            kill_at = now + 7;
+        }
+        if (term_at > 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+            for (int o = 0; o < np; o++)
+                if (!w[o].done && now > term_at) kill(-w[o].pid, now > kill_at ? SIGKILL : SIGTERM);
         }
     }
     for (int r = 0; r < np; r++) if (w[r].fd >= 0) { flush_line(&w[r], r, 1); close(w[r].fd); }

@@ -26,11 +26,12 @@ command -v clang >/dev/null || { echo "fuzz.sh: needs clang and libclang-rt-14-d
 # checks link too.
 rt=$(dirname "$(clang -print-file-name=libclang_rt.asan-x86_64.so)")
 flags="-fsanitize=fuzzer-no-link,address -shared-libsan -Wno-pass-failed"
+mkdir -p "$build"
 cmake -S . -B "$build" -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DDMNIST_WITH_CUDA=OFF -DDMNIST_SANITIZE=ON -DCMAKE_C_FLAGS="$flags" -DCMAKE_CXX_FLAGS="$flags" \
     -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath,$rt" -DCMAKE_MODULE_LINKER_FLAGS="-Wl,-rpath,$rt" \
-    >"$build.cmake.log" 2>&1 || { cat "$build.cmake.log"; exit 1; }
-cmake --build "$build" -j"${JOBS:-2}" --target "fuzz_$target" >"$build.build.log" 2>&1 || { tail -50 "$build.build.log"; exit 1; }
+    >"$build/fuzz-cmake.log" 2>&1 || { cat "$build/fuzz-cmake.log"; exit 1; }
+cmake --build "$build" -j"${JOBS:-2}" --target "fuzz_$target" >"$build/fuzz-build.log" 2>&1 || { tail -50 "$build/fuzz-build.log"; exit 1; }
 
 corpus=$build/corpus/$target
 crashes=$build/crashes/$target

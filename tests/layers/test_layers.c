@@ -200,8 +200,9 @@ static void test_conv2d_chunks(void)
 }
 
 /* Winograd against im2col on the same weights and data: forward, the input
- * gradient and the parameter gradients agree to float rounding, and the
- * parameter gradients do not depend on whether din is asked for. The
+ * gradient and the parameter gradients agree to float rounding; the
+ * parameter gradients do not depend on whether din is asked for, and one
+ * thread gives the same bits as two. The
  * transforms multiply by up to 8 and add up to 36 terms, so the difference
  * is measured against the largest value of each tensor. */
 static double max_scaled_diff(const float *a, const float *b, size_t n)
@@ -223,25 +224,33 @@ static void test_conv2d_winograd(void)
         const char *spec;
         dm_shape in;
         int run_n;
+        int chunk_fixed; /* the chunk is the same with 1 and 2 threads: compare them */
     } cases[] = {
-        {"filters=64 kernel=3 activation=relu", {4, 32, 26, 26}, 0}, /* the seed's conv2 */
-        {"filters=7 kernel=3 padding=same bias=false", {3, 5, 11, 10}, 0},
-        {"filters=6 kernel=3 activation=relu chunk=2", {5, 3, 9, 13}, 3},
-        {"filters=3 kernel=3 padding=same activation=relu chunk=1", {2, 2, 3, 4}, 0},
+        /* the seed's conv2: tasks of 2 images, transformed one at a time, and a
+         * last task of 1 */
+        {"filters=64 kernel=3 activation=relu chunk=2", {10, 32, 26, 26}, 9, 1},
+        {"filters=7 kernel=3 padding=same bias=false", {3, 5, 11, 10}, 0, 0},
+        {"filters=6 kernel=3 activation=relu chunk=2", {5, 3, 9, 13}, 3, 0},
+        {"filters=3 kernel=3 padding=same activation=relu chunk=1", {2, 2, 3, 4}, 0, 1},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
-        gc_layer L[2];
-        char spec[2][160];
+        gc_layer L[3];
+        char spec[3][160];
         snprintf(spec[0], sizeof spec[0], "%s algo=im2col", cases[t].spec);
         snprintf(spec[1], sizeof spec[1], "%s algo=winograd", cases[t].spec);
+        snprintf(spec[2], sizeof spec[2], "%s algo=winograd", cases[t].spec);
         const int n = cases[t].run_n ? cases[t].run_n : cases[t].in.n;
         const dm_shape is = with_n(cases[t].in, n);
         float *x = gc_alloc(dm_shape_count(is) * sizeof(float));
         gc_fill_uniform(x, dm_shape_count(is), -1, 1, 31 + t);
-        float *y[2], *dy = NULL, *dx[2], *g[2], *g_nodin = NULL;
+        float *y[3], *dy = NULL, *dx[3], *g[3], *g_nodin = NULL;
         size_t ny = 0, np = 0;
-        for (int a = 0; a < 2; a++) {
-            must_create(&L[a], "conv2d", spec[a], cases[t].in);
+        for (int a = 0; a < 3; a++) {
+            dm_error cerr = {0};
+            if (gc_layer_create(&L[a], "conv2d", spec[a], cases[t].in, a == 2 ? 1 : 2, 7, &cerr)) {
+                printf("FAIL: cannot create conv2d '%s': %s\n", spec[a], cerr.msg);
+                exit(1);
+            }
             const dm_shape ys = with_n(L[a].info.out_shape, n);
             ny = dm_shape_count(ys);
             np = L[a].info.param_count;
@@ -277,10 +286,16 @@ static void test_conv2d_winograd(void)
               cases[t].spec, n, dyw, dxw, dgw);
         CHECK(memcmp(g_nodin, g[1], np * sizeof(float)) == 0,
               "conv2d '%s' winograd: grads differ when din is NULL", cases[t].spec);
+        /* (tasks have at least 4 per thread: compare where that does not
+         * change the chunk) */
+        CHECK(!cases[t].chunk_fixed || (!memcmp(y[1], y[2], ny * sizeof(float)) &&
+                  !memcmp(dx[1], dx[2], dm_shape_count(is) * sizeof(float)) &&
+                  !memcmp(g[1], g[2], np * sizeof(float))),
+              "conv2d '%s' winograd: 1 thread and 2 threads give different results", cases[t].spec);
         printf("%s conv2d winograd vs im2col '%s' n=%d: forward %.2g, din %.2g, grads %.2g\n",
                dyw < tol && dxw < tol && dgw < tol ? "ok" : "FAIL", cases[t].spec, n, dyw, dxw,
                dgw);
-        for (int a = 0; a < 2; a++) {
+        for (int a = 0; a < 3; a++) {
             free(y[a]), free(dx[a]), free(g[a]);
             gc_layer_free(&L[a]);
         }

@@ -12,8 +12,8 @@
  * in the core's L2 cache). */
 #define CONV2D_AUTO_COL_BYTES (3u << 19) /* 1.5 MiB */
 /* The same for the Winograd path: transformed inputs and outputs (V and M in
- * conv2d_winograd.c) per task. */
-#define CONV2D_WINO_AUTO_BYTES (2u << 20) /* 2 MiB */
+ * conv2d_winograd.c) per sub-batch of a task. */
+#define CONV2D_WINO_AUTO_BYTES (1u << 19) /* 512 KiB */
 
 /* ABI 1.0 sizes of the structs the host hands us. */
 #define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
@@ -138,15 +138,18 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
                                  ? 36 * tiles * (size_t)(in.c + filters) * sizeof(float)
                                  : (size_t)in.c * k * k * s->out_h * s->out_w * sizeof(float);
     const size_t budget = s->winograd ? CONV2D_WINO_AUTO_BYTES : CONV2D_AUTO_COL_BYTES;
+    const int fit = per_image >= budget ? 1 : (int)(budget / per_image);
     if (chunk > 0)
         s->chunk = chunk;
-    else
-        s->chunk = per_image >= budget ? 1 : (int)(budget / per_image);
+    else /* Winograd's scratch is per sub-batch (below), so its tasks can be larger */
+        s->chunk = s->winograd ? in.n : fit;
     /* At least 4 tasks per thread, so that dynamic scheduling can even out
      * a thread slowed down by another process on its core. */
     const int most = (in.n + 4 * s->nthreads - 1) / (4 * s->nthreads);
     if (s->chunk > most)
         s->chunk = most;
+    /* Winograd transforms a task's images `sub` at a time, as many as fit. */
+    s->sub = s->winograd && fit < s->chunk ? fit : s->chunk;
 
     /* One pool of threads: OpenMP hands tasks to threads and each task calls
      * a single-threaded GEMM. OpenBLAS's own threads would fight OpenMP's

@@ -20,6 +20,7 @@ typedef struct conv2d_state {
     int has_bias, relu;     /* relu: fused ReLU on the output */
     int chunk;              /* images per task: one im2col + GEMM on one thread */
     int winograd;           /* CPU: Winograd F(4x4, 3x3) instead of im2col (3x3, stride 1) */
+    int sub;                /* Winograd: images of a task transformed together (<= chunk) */
 
     /* Bound buffers (the core owns them). */
     float *w, *b;           /* w (filters, in_c, k, k); b (filters) or NULL */

@@ -7,41 +7,47 @@
  *   U = G g G^T        3x3 filter g            -> 36 values
  *   M[f] = sum_c U[f][c] * V[c]                 elementwise, at each of the 36 positions
  *   y = AT M AT^T      36 values               -> 4x4 outputs
- * The sum over channels at each position xi is a GEMM: M_xi (F, T) =
- * U_xi (F, C) * V_xi (C, T) for T tiles. That is 36 GEMMs of F*C*T
- * multiply-adds where im2col needs F*C*9*16*T: 4x fewer. The transforms are
- * additions and small multiplications, vectorised across 16 tiles at a time.
+ * The sum over channels at each position xi is a GEMM over the T tiles of a
+ * task: M_xi (T, F) = V_xi (T, C) * U_xi^T (C, F). That is 36 GEMMs of
+ * T*C*F multiply-adds where im2col needs 9*16*T*C*F: 4x fewer.
  *
  * Backward is the exact adjoint of these steps (the gradient of what forward
  * computed), with dM = AT^T dy AT (dy masked by the fused ReLU):
- *   dU_xi (F, C) = dM_xi (F, T) * V_xi^T        dw = G^T dU G
- *   dV_xi (C, T) = U_xi^T (C, F) * dM_xi (F, T) dx += BT^T dV BT per tile (tiles overlap by 2)
+ *   dU_xi (F, C) = dM_xi^T (F, T) * V_xi (T, C)     dw = G^T dU G
+ *   dV_xi (T, C) = dM_xi (T, F) * U_xi (F, C)       dx += BT^T dV BT per tile (tiles overlap by 2)
+ *
+ * The transforms work on 16 channels (or filters) at once, one 16-float
+ * vector per value. So each image is first copied channels-last, (H, W, C),
+ * into a per-thread buffer, where the 16 channels of a pixel are adjacent;
+ * outputs are assembled channels-last and copied back to NCHW. Channel counts
+ * are padded to multiples of 16 (Cp, Fp) with zeros.
  *
  * Threads and determinism as in conv2d_cpu.c: tasks of s->chunk images run on
  * OpenMP's threads, each GEMM single-threaded; every task writes its own
- * dU/db part and the parts are added in task order.
+ * dU/db part and the parts are added in task order. A task works through its
+ * images s->sub at a time, so that its V and M stay in the core's cache.
  *
- * Layouts in the workspace (T = tiles of a task, ldt = T rounded up to 16):
- *   U (36, F, C) shared;  per thread V (36, C, ldt) and M (36, F, ldt);
- *   per task a part of 36*F*C + F floats (dU, db). */
+ * Workspace (Tmax = tiles of a sub-batch):
+ *   shared      U (36, F, C)
+ *   per thread  V (36, Tmax, Cp), M (36, Tmax, Fp), one image channels-last,
+ *               one masked dy (F, OH, OW)
+ *   per task    dU part (36, F, C) and db part (Fp) */
 #include "conv2d.h"
 
 #include <cblas.h>
 #include <omp.h>
 #include <string.h>
 
-#define WL 16 /* tiles per vector group: one 16-float vector per value */
+#define WL 16 /* channels per vector: the lanes of every transform */
 #define WN 36 /* positions in the transformed domain (6x6) */
 
 /* Build a portable and an AVX-512 copy of the transforms (picked at load
- * time), as dropout does: the 16-lane loops become single instructions. */
+ * time), as dropout does: each 16-lane loop becomes one instruction. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define WINO_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
 #else
 #define WINO_CLONES
 #endif
-
-typedef float lanes[WL];
 
 static size_t round16(size_t x)
 {
@@ -49,11 +55,14 @@ static size_t round16(size_t x)
 }
 
 typedef struct wino_ws {
-    int th, tw;         /* tiles per image, vertically and horizontally */
-    size_t ldt;         /* floats per row of V and M: tiles of a full task, rounded to 16 */
-    size_t u, v, m;     /* floats in U, per-thread V, per-thread M */
-    size_t thread;      /* floats per thread slot (V + M) */
-    size_t part;        /* floats per task part (dU + db) */
+    int th, tw;          /* tiles per image, vertically and horizontally */
+    int tiles;           /* th * tw */
+    int cp, fp;          /* channels and filters rounded up to 16 */
+    size_t tmax;         /* tiles of a full sub-batch */
+    size_t u, v, m, img; /* floats in U, V, M and the channels-last image */
+    size_t masked;       /* floats of the ReLU-masked dy of one image (NCHW) */
+    size_t thread;       /* floats per thread slot (V + M + image + masked) */
+    size_t part;         /* floats per task part (dU + db) */
     int ntasks_max;
 } wino_ws;
 
@@ -62,12 +71,19 @@ static wino_ws ws_layout(const conv2d_state *s)
     wino_ws l;
     l.th = (s->out_h + 3) / 4;
     l.tw = (s->out_w + 3) / 4;
-    l.ldt = round16((size_t)s->chunk * l.th * l.tw);
+    l.tiles = l.th * l.tw;
+    l.cp = (int)round16((size_t)s->in_c);
+    l.fp = (int)round16((size_t)s->filters);
+    l.tmax = (size_t)s->sub * l.tiles;
     l.u = round16((size_t)WN * s->filters * s->in_c);
-    l.v = (size_t)WN * s->in_c * l.ldt;
-    l.m = (size_t)WN * s->filters * l.ldt;
-    l.thread = l.v + l.m;
-    l.part = round16((size_t)WN * s->filters * s->in_c + s->filters);
+    l.v = (size_t)WN * l.tmax * l.cp;
+    l.m = (size_t)WN * l.tmax * l.fp;
+    const size_t in_img = (size_t)s->in_h * s->in_w * l.cp;
+    const size_t out_img = (size_t)s->out_h * s->out_w * l.fp;
+    l.img = in_img > out_img ? in_img : out_img;
+    l.masked = round16((size_t)s->filters * s->out_h * s->out_w);
+    l.thread = l.v + l.m + l.img + l.masked;
+    l.part = round16((size_t)WN * s->filters * s->in_c + l.fp);
     l.ntasks_max = (s->n + s->chunk - 1) / s->chunk;
     return l;
 }
@@ -78,66 +94,67 @@ size_t conv2d_winograd_workspace_bytes(const conv2d_state *s)
     return (l.u + l.thread * s->nthreads + l.part * l.ntasks_max) * sizeof(float);
 }
 
-/* ---- the 1-D transforms, each on 16 lanes ------------------------------------
- * Each reads 6 (or 3 or 4) lane vectors spaced `is` vectors apart and writes
- * 6 (or 4 or 3) spaced `os` apart, so one function serves columns and rows. */
+/* ---- the 1-D transforms, on 16 lanes ---------------------------------------
+ * Each reads 6 (or 3 or 4) vectors of 16 floats, `is` floats apart, and
+ * writes 6 (or 4 or 3) vectors `os` floats apart: the same function serves
+ * columns and rows, and reads or writes the work buffers in place. */
 
 /* BT (6x6) d: the input transform. */
-static inline void bt_1d(lanes *o, int os, const lanes *d, int is)
+static inline void bt_1d(float *restrict o, size_t os, const float *restrict d, size_t is)
 {
     for (int l = 0; l < WL; l++) {
-        const float d0 = d[0][l], d1 = d[is][l], d2 = d[2 * is][l], d3 = d[3 * is][l],
-                    d4 = d[4 * is][l], d5 = d[5 * is][l];
-        o[0][l] = 4.0f * d0 - 5.0f * d2 + d4;
-        o[os][l] = -4.0f * (d1 + d2) + d3 + d4;
-        o[2 * os][l] = 4.0f * (d1 - d2) - d3 + d4;
-        o[3 * os][l] = 2.0f * (d3 - d1) - d2 + d4;
-        o[4 * os][l] = 2.0f * (d1 - d3) - d2 + d4;
-        o[5 * os][l] = 4.0f * d1 - 5.0f * d3 + d5;
+        const float d0 = d[l], d1 = d[is + l], d2 = d[2 * is + l], d3 = d[3 * is + l],
+                    d4 = d[4 * is + l], d5 = d[5 * is + l];
+        o[l] = 4.0f * d0 - 5.0f * d2 + d4;
+        o[os + l] = -4.0f * (d1 + d2) + d3 + d4;
+        o[2 * os + l] = 4.0f * (d1 - d2) - d3 + d4;
+        o[3 * os + l] = 2.0f * (d3 - d1) - d2 + d4;
+        o[4 * os + l] = 2.0f * (d1 - d3) - d2 + d4;
+        o[5 * os + l] = 4.0f * d1 - 5.0f * d3 + d5;
     }
 }
 
 /* BT^T v: the adjoint of bt_1d (backward to the input). */
-static inline void b_1d(lanes *o, int os, const lanes *v, int is)
+static inline void b_1d(float *restrict o, size_t os, const float *restrict v, size_t is)
 {
     for (int l = 0; l < WL; l++) {
-        const float v0 = v[0][l], v1 = v[is][l], v2 = v[2 * is][l], v3 = v[3 * is][l],
-                    v4 = v[4 * is][l], v5 = v[5 * is][l];
-        o[0][l] = 4.0f * v0;
-        o[os][l] = 4.0f * (v2 - v1) + 2.0f * (v4 - v3) + 4.0f * v5;
-        o[2 * os][l] = -5.0f * v0 - 4.0f * (v1 + v2) - v3 - v4;
-        o[3 * os][l] = v1 - v2 + 2.0f * (v3 - v4) - 5.0f * v5;
-        o[4 * os][l] = v0 + v1 + v2 + v3 + v4;
-        o[5 * os][l] = v5;
+        const float v0 = v[l], v1 = v[is + l], v2 = v[2 * is + l], v3 = v[3 * is + l],
+                    v4 = v[4 * is + l], v5 = v[5 * is + l];
+        o[l] = 4.0f * v0;
+        o[os + l] = 4.0f * (v2 - v1) + 2.0f * (v4 - v3) + 4.0f * v5;
+        o[2 * os + l] = -5.0f * v0 - 4.0f * (v1 + v2) - v3 - v4;
+        o[3 * os + l] = v1 - v2 + 2.0f * (v3 - v4) - 5.0f * v5;
+        o[4 * os + l] = v0 + v1 + v2 + v3 + v4;
+        o[5 * os + l] = v5;
     }
 }
 
 /* AT (4x6) m: the output transform. */
-static inline void at_1d(lanes *o, int os, const lanes *m, int is)
+static inline void at_1d(float *restrict o, size_t os, const float *restrict m, size_t is)
 {
     for (int l = 0; l < WL; l++) {
-        const float m0 = m[0][l], m1 = m[is][l], m2 = m[2 * is][l], m3 = m[3 * is][l],
-                    m4 = m[4 * is][l], m5 = m[5 * is][l];
+        const float m0 = m[l], m1 = m[is + l], m2 = m[2 * is + l], m3 = m[3 * is + l],
+                    m4 = m[4 * is + l], m5 = m[5 * is + l];
         const float s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
-        o[0][l] = m0 + s12 + s34;
-        o[os][l] = d12 + 2.0f * d34;
-        o[2 * os][l] = s12 + 4.0f * s34;
-        o[3 * os][l] = d12 + 8.0f * d34 + m5;
+        o[l] = m0 + s12 + s34;
+        o[os + l] = d12 + 2.0f * d34;
+        o[2 * os + l] = s12 + 4.0f * s34;
+        o[3 * os + l] = d12 + 8.0f * d34 + m5;
     }
 }
 
 /* AT^T g (6 from 4): the adjoint of at_1d (backward from the output). */
-static inline void a_1d(lanes *o, int os, const lanes *g, int is)
+static inline void a_1d(float *restrict o, size_t os, const float *restrict g, size_t is)
 {
     for (int l = 0; l < WL; l++) {
-        const float g0 = g[0][l], g1 = g[is][l], g2 = g[2 * is][l], g3 = g[3 * is][l];
+        const float g0 = g[l], g1 = g[is + l], g2 = g[2 * is + l], g3 = g[3 * is + l];
         const float e = g0 + g2, od = g1 + g3, e4 = g0 + 4.0f * g2, od2 = 2.0f * g1 + 8.0f * g3;
-        o[0][l] = g0;
-        o[os][l] = e + od;
-        o[2 * os][l] = e - od;
-        o[3 * os][l] = e4 + od2;
-        o[4 * os][l] = e4 - od2;
-        o[5 * os][l] = g3;
+        o[l] = g0;
+        o[os + l] = e + od;
+        o[2 * os + l] = e - od;
+        o[3 * os + l] = e4 + od2;
+        o[4 * os + l] = e4 - od2;
+        o[5 * os + l] = g3;
     }
 }
 
@@ -182,187 +199,213 @@ static void weight_transform(const conv2d_state *s, float *U)
     }
 }
 
-/* ---- tiles ------------------------------------------------------------------ */
+/* ---- channels-last copies -------------------------------------------------- */
 
-/* Where the 16 tiles t0..t0+15 of a task sit: tile t is image t / (th*tw),
- * tile row ty, column tx; its output corner is (4ty, 4tx) and its input
- * corner (4ty - pad_top, 4tx - pad_left). Lanes past the task's last tile
- * repeat it (their results are never stored). */
-typedef struct tile_group {
-    int b[WL], oy[WL], ox[WL];
-    int full_in[WL];  /* the 6x6 input tile lies inside the image */
-    int full_out[WL]; /* the 4x4 output tile lies inside the output */
-    int valid;        /* lanes that are real tiles */
-} tile_group;
-
-static void tile_group_at(const conv2d_state *s, const wino_ws *l, int T, int t0, tile_group *g)
+/* src (rows, n) -> dst (n, ld): dst[p][r] = src[r][p], zero for rows <= r < ld.
+ * OpenBLAS's transposing copy does this at about 0.25 cycles per float here,
+ * several times faster than a plain loop. */
+static void to_channels_last(const float *src, int rows, int n, float *dst, int ld)
 {
-    const int per_image = l->th * l->tw;
-    g->valid = T - t0 < WL ? T - t0 : WL;
-    for (int k = 0; k < WL; k++) {
-        const int t = t0 + (k < g->valid ? k : g->valid - 1);
-        const int r = t % per_image;
-        g->b[k] = t / per_image;
-        g->oy[k] = 4 * (r / l->tw);
-        g->ox[k] = 4 * (r % l->tw);
-        const int iy = g->oy[k] - s->pad_top, ix = g->ox[k] - s->pad_left;
-        g->full_in[k] = iy >= 0 && ix >= 0 && iy + 6 <= s->in_h && ix + 6 <= s->in_w;
-        g->full_out[k] = g->oy[k] + 4 <= s->out_h && g->ox[k] + 4 <= s->out_w;
-    }
+    cblas_somatcopy(CblasRowMajor, CblasTrans, rows, n, 1.0f, src, n, dst, ld);
+    if (rows < ld)
+        for (int p = 0; p < n; p++)
+            memset(dst + (size_t)p * ld + rows, 0, (size_t)(ld - rows) * sizeof(float));
 }
 
-/* V (36, C, ldt) for the T tiles of the B images at x. */
-WINO_CLONES static void input_transform(const conv2d_state *s, const wino_ws *l, int B,
-                                        const float *x, float *V)
+/* src (n, ld) -> dst (rows, n): the inverse of to_channels_last. */
+static void from_channels_last(const float *src, int ld, int n, float *dst, int rows)
 {
-    const int C = s->in_c, H = s->in_h, W = s->in_w, T = B * l->th * l->tw;
-    const size_t hw = (size_t)H * W;
-    for (int t0 = 0; t0 < T; t0 += WL) {
-        tile_group g;
-        tile_group_at(s, l, T, t0, &g);
-        for (int c = 0; c < C; c++) {
-            lanes d[WN], t[WN];
-            for (int k = 0; k < WL; k++) {
-                const float *src = x + ((size_t)g.b[k] * C + c) * hw;
-                const int iy = g.oy[k] - s->pad_top, ix = g.ox[k] - s->pad_left;
-                if (g.full_in[k]) {
-                    for (int u = 0; u < 6; u++)
-                        for (int v = 0; v < 6; v++)
-                            d[u * 6 + v][k] = src[(size_t)(iy + u) * W + ix + v];
-                } else { /* zero padding outside the image */
+    cblas_somatcopy(CblasRowMajor, CblasTrans, n, rows, 1.0f, src, ld, dst, n);
+}
+
+/* ---- the per-image transforms ---------------------------------------------------
+ * Tile (ty, tx) of image b of a sub-batch is tile t = b*tiles + ty*tw + tx; its
+ * output corner is (4ty, 4tx) and its input corner (4ty - pad_top,
+ * 4tx - pad_left). V, M and dM are (36, tmax, Cp or Fp): position xi of
+ * tile t starts at (xi*tmax + t)*Cp. */
+
+/* V for image b's tiles from x_img (C, H, W); img is the channels-last scratch. */
+WINO_CLONES static void input_transform(const conv2d_state *s, const wino_ws *l, int b,
+                                        const float *x_img, float *img, float *V)
+{
+    const int H = s->in_h, W = s->in_w, cp = l->cp;
+    const size_t xs = l->tmax * cp; /* floats between positions xi and xi+1 */
+    to_channels_last(x_img, s->in_c, H * W, img, cp);
+    for (int ty = 0; ty < l->th; ty++) {
+        for (int tx = 0; tx < l->tw; tx++) {
+            const int t = b * l->tiles + ty * l->tw + tx;
+            const int iy = 4 * ty - s->pad_top, ix = 4 * tx - s->pad_left;
+            const int inside = iy >= 0 && ix >= 0 && iy + 6 <= H && ix + 6 <= W;
+            for (int c0 = 0; c0 < cp; c0 += WL) {
+                float d[WN * WL], tmp[WN * WL];
+                const float *src = d;
+                size_t su = 6 * WL, sv = WL; /* strides of u and v in src */
+                if (inside) {
+                    src = img + ((size_t)iy * W + ix) * cp + c0;
+                    su = (size_t)W * cp, sv = (size_t)cp;
+                } else { /* gather the tile with zero padding */
                     for (int u = 0; u < 6; u++)
                         for (int v = 0; v < 6; v++) {
                             const int y = iy + u, xx = ix + v;
-                            d[u * 6 + v][k] = y >= 0 && y < H && xx >= 0 && xx < W
-                                                  ? src[(size_t)y * W + xx]
-                                                  : 0.0f;
+                            if (y >= 0 && y < H && xx >= 0 && xx < W)
+                                memcpy(d + (u * 6 + v) * WL, img + ((size_t)y * W + xx) * cp + c0,
+                                       WL * sizeof(float));
+                            else
+                                memset(d + (u * 6 + v) * WL, 0, WL * sizeof(float));
                         }
                 }
-            }
-            for (int v = 0; v < 6; v++)
-                bt_1d(&t[v], 6, &d[v], 6); /* columns */
-            for (int i = 0; i < 6; i++)
-                bt_1d(&d[i * 6], 1, &t[i * 6], 1); /* rows, back into d */
-            for (int xi = 0; xi < WN; xi++)
-                memcpy(V + ((size_t)xi * C + c) * l->ldt + t0, d[xi], sizeof(lanes));
-        }
-    }
-}
-
-/* y (B, F, out_h, out_w) = act(AT M AT^T + bias) from M (36, F, ldt). */
-WINO_CLONES static void output_transform(const conv2d_state *s, const wino_ws *l, int B,
-                                         const float *M, float *y)
-{
-    const int F = s->filters, OH = s->out_h, OW = s->out_w, T = B * l->th * l->tw;
-    const size_t ohw = (size_t)OH * OW;
-    for (int t0 = 0; t0 < T; t0 += WL) {
-        tile_group g;
-        tile_group_at(s, l, T, t0, &g);
-        for (int f = 0; f < F; f++) {
-            lanes m[WN], t[24], o[16];
-            for (int xi = 0; xi < WN; xi++)
-                memcpy(m[xi], M + ((size_t)xi * F + f) * l->ldt + t0, sizeof(lanes));
-            for (int v = 0; v < 6; v++)
-                at_1d(&t[v], 6, &m[v], 6); /* columns: t (4x6) */
-            for (int i = 0; i < 4; i++)
-                at_1d(&o[i * 4], 1, &t[i * 6], 1); /* rows: o (4x4) */
-            const float bias = s->b ? s->b[f] : 0.0f;
-            for (int e = 0; e < 16; e++)
-                for (int k = 0; k < WL; k++) {
-                    const float v = o[e][k] + bias;
-                    o[e][k] = s->relu && v < 0.0f ? 0.0f : v;
-                }
-            for (int k = 0; k < g.valid; k++) {
-                float *dst = y + ((size_t)g.b[k] * F + f) * ohw + (size_t)g.oy[k] * OW + g.ox[k];
-                const int rows = g.full_out[k] ? 4 : (OH - g.oy[k] < 4 ? OH - g.oy[k] : 4);
-                const int cols = g.full_out[k] ? 4 : (OW - g.ox[k] < 4 ? OW - g.ox[k] : 4);
-                for (int i = 0; i < rows; i++)
-                    for (int j = 0; j < cols; j++)
-                        dst[(size_t)i * OW + j] = o[i * 4 + j][k];
+                for (int v = 0; v < 6; v++) /* columns: tmp (6x6) = BT d */
+                    bt_1d(tmp + v * WL, 6 * WL, src + v * sv, su);
+                float *out = V + (size_t)t * cp + c0;
+                for (int i = 0; i < 6; i++) /* rows: V = tmp BT^T */
+                    bt_1d(out + i * 6 * xs, xs, tmp + i * 6 * WL, WL);
             }
         }
     }
 }
 
-/* dM (36, F, ldt) = AT^T (dy * relu'(y)) AT per tile, and db_part[f] = the
- * sum of the masked dy (zero outside the output). */
-WINO_CLONES static void grad_output_transform(const conv2d_state *s, const wino_ws *l, int B,
-                                              const float *y, const float *dy, float *dM,
-                                              float *db_part)
+/* y_img (F, OH, OW) = act(AT M AT^T + bias) for image b's tiles. */
+WINO_CLONES static void output_transform(const conv2d_state *s, const wino_ws *l, int b,
+                                         const float *M, float *img, float *y_img)
 {
-    const int F = s->filters, OH = s->out_h, OW = s->out_w, T = B * l->th * l->tw;
-    const size_t ohw = (size_t)OH * OW;
-    for (int f = 0; f < F; f++)
-        db_part[f] = 0.0f;
-    for (int t0 = 0; t0 < T; t0 += WL) {
-        tile_group g;
-        tile_group_at(s, l, T, t0, &g);
-        for (int f = 0; f < F; f++) {
-            lanes gi[16], t[24], m[WN];
-            memset(gi, 0, sizeof gi);
-            for (int k = 0; k < g.valid; k++) {
-                const size_t off = ((size_t)g.b[k] * F + f) * ohw + (size_t)g.oy[k] * OW + g.ox[k];
-                const int rows = g.full_out[k] ? 4 : (OH - g.oy[k] < 4 ? OH - g.oy[k] : 4);
-                const int cols = g.full_out[k] ? 4 : (OW - g.ox[k] < 4 ? OW - g.ox[k] : 4);
+    const int OH = s->out_h, OW = s->out_w, fp = l->fp, relu = s->relu;
+    const size_t xs = l->tmax * fp;
+    for (int ty = 0; ty < l->th; ty++) {
+        for (int tx = 0; tx < l->tw; tx++) {
+            const int t = b * l->tiles + ty * l->tw + tx;
+            const int oy = 4 * ty, ox = 4 * tx;
+            const int rows = OH - oy < 4 ? OH - oy : 4, cols = OW - ox < 4 ? OW - ox : 4;
+            for (int f0 = 0; f0 < fp; f0 += WL) {
+                float tmp[24 * WL], o[16 * WL], bias[WL];
+                const float *m = M + (size_t)t * fp + f0;
+                for (int v = 0; v < 6; v++) /* columns: tmp (4x6) = AT m */
+                    at_1d(tmp + v * WL, 6 * WL, m + v * xs, 6 * xs);
+                for (int i = 0; i < 4; i++) /* rows: o (4x4) = tmp AT^T */
+                    at_1d(o + i * 4 * WL, WL, tmp + i * 6 * WL, WL);
+                for (int k = 0; k < WL; k++)
+                    bias[k] = s->b && f0 + k < s->filters ? s->b[f0 + k] : 0.0f;
                 for (int i = 0; i < rows; i++)
                     for (int j = 0; j < cols; j++) {
-                        const float gv = dy[off + (size_t)i * OW + j]; /* unconditional load */
-                        gi[i * 4 + j][k] = !s->relu || y[off + (size_t)i * OW + j] > 0.0f ? gv : 0.0f;
+                        float *dst = img + ((size_t)(oy + i) * OW + ox + j) * fp + f0;
+                        const float *src = o + (i * 4 + j) * WL;
+                        if (relu) {
+                            for (int k = 0; k < WL; k++) {
+                                const float v = src[k] + bias[k];
+                                dst[k] = v > 0.0f ? v : 0.0f;
+                            }
+                        } else {
+                            for (int k = 0; k < WL; k++)
+                                dst[k] = src[k] + bias[k];
+                        }
                     }
             }
-            float sum[WL] = {0};
-            for (int e = 0; e < 16; e++)
-                for (int k = 0; k < WL; k++)
-                    sum[k] += gi[e][k];
-            for (int k = 0; k < WL; k++)
-                db_part[f] += sum[k];
-            for (int j = 0; j < 4; j++)
-                a_1d(&t[j], 4, &gi[j], 4); /* columns: t (6x4) */
-            for (int u = 0; u < 6; u++)
-                a_1d(&m[u * 6], 1, &t[u * 4], 1); /* rows: m (6x6) */
-            for (int xi = 0; xi < WN; xi++)
-                memcpy(dM + ((size_t)xi * F + f) * l->ldt + t0, m[xi], sizeof(lanes));
+        }
+    }
+    from_channels_last(img, fp, OH * OW, y_img, s->filters);
+}
+
+/* dM = AT^T (dy * relu'(y)) AT for image b's tiles; db (F) += the masked dy's
+ * sums. masked: scratch for one image's masked dy. */
+WINO_CLONES static void grad_output_transform(const conv2d_state *s, const wino_ws *l, int b,
+                                              const float *y_img, const float *dy_img,
+                                              float *masked, float *img, float *dM, float *db)
+{
+    const int OH = s->out_h, OW = s->out_w, fp = l->fp, ohw = OH * OW;
+    const size_t xs = l->tmax * fp;
+    const float *g_img = dy_img;
+    if (s->relu) {
+        for (int f = 0; f < s->filters; f++) {
+            const float *g = dy_img + (size_t)f * ohw, *o = y_img + (size_t)f * ohw;
+            float *d = masked + (size_t)f * ohw;
+            for (int p = 0; p < ohw; p++) {
+                const float gp = g[p]; /* unconditional load: vectorises */
+                d[p] = o[p] > 0.0f ? gp : 0.0f;
+            }
+        }
+        g_img = masked;
+    }
+    for (int f = 0; f < s->filters; f++) { /* 8 partial sums, so it vectorises */
+        const float *g = g_img + (size_t)f * ohw;
+        float acc[8] = {0};
+        int p = 0;
+        for (; p + 8 <= ohw; p += 8)
+            for (int k = 0; k < 8; k++)
+                acc[k] += g[p + k];
+        float sum = 0.0f;
+        for (; p < ohw; p++)
+            sum += g[p];
+        for (int k = 0; k < 8; k++)
+            sum += acc[k];
+        db[f] += sum;
+    }
+    to_channels_last(g_img, s->filters, ohw, img, fp);
+    for (int ty = 0; ty < l->th; ty++) {
+        for (int tx = 0; tx < l->tw; tx++) {
+            const int t = b * l->tiles + ty * l->tw + tx;
+            const int oy = 4 * ty, ox = 4 * tx;
+            const int rows = OH - oy < 4 ? OH - oy : 4, cols = OW - ox < 4 ? OW - ox : 4;
+            for (int f0 = 0; f0 < fp; f0 += WL) {
+                float g[16 * WL], tmp[24 * WL];
+                const float *src = img + ((size_t)oy * OW + ox) * fp + f0;
+                size_t si = (size_t)OW * fp, sj = (size_t)fp;
+                if (rows < 4 || cols < 4) { /* a tile past the output's edge: zeros there */
+                    for (int i = 0; i < 4; i++)
+                        for (int j = 0; j < 4; j++) {
+                            if (i < rows && j < cols)
+                                memcpy(g + (i * 4 + j) * WL, src + i * si + j * sj,
+                                       WL * sizeof(float));
+                            else
+                                memset(g + (i * 4 + j) * WL, 0, WL * sizeof(float));
+                        }
+                    src = g, si = 4 * WL, sj = WL;
+                }
+                for (int j = 0; j < 4; j++) /* columns: tmp (6x4) = AT^T g */
+                    a_1d(tmp + j * WL, 4 * WL, src + j * sj, si);
+                float *out = dM + (size_t)t * fp + f0;
+                for (int u = 0; u < 6; u++) /* rows: dM = tmp AT */
+                    a_1d(out + u * 6 * xs, xs, tmp + u * 4 * WL, WL);
+            }
         }
     }
 }
 
-/* dx (B, C, H, W) = the sum over tiles of BT^T dV BT, placed at each tile's
- * input corner (tiles overlap; the parts outside the image are padding). */
-WINO_CLONES static void grad_input_transform(const conv2d_state *s, const wino_ws *l, int B,
-                                             const float *dV, float *dx)
+/* dx_img (C, H, W) = the sum over image b's tiles of BT^T dV BT, each at its
+ * input corner (tiles overlap; parts in the padding are dropped). */
+WINO_CLONES static void grad_input_transform(const conv2d_state *s, const wino_ws *l, int b,
+                                             const float *dV, float *img, float *dx_img)
 {
-    const int C = s->in_c, H = s->in_h, W = s->in_w, T = B * l->th * l->tw;
-    const size_t hw = (size_t)H * W;
-    memset(dx, 0, (size_t)B * C * hw * sizeof(float));
-    for (int t0 = 0; t0 < T; t0 += WL) {
-        tile_group g;
-        tile_group_at(s, l, T, t0, &g);
-        for (int c = 0; c < C; c++) {
-            lanes v[WN], t[WN];
-            for (int xi = 0; xi < WN; xi++)
-                memcpy(v[xi], dV + ((size_t)xi * C + c) * l->ldt + t0, sizeof(lanes));
-            for (int q = 0; q < 6; q++)
-                b_1d(&t[q], 6, &v[q], 6); /* columns */
-            for (int k = 0; k < 6; k++)
-                b_1d(&v[k * 6], 1, &t[k * 6], 1); /* rows, back into v */
-            for (int k = 0; k < g.valid; k++) {
-                float *dst = dx + ((size_t)g.b[k] * C + c) * hw;
-                const int iy = g.oy[k] - s->pad_top, ix = g.ox[k] - s->pad_left;
-                if (g.full_in[k]) {
-                    for (int u = 0; u < 6; u++)
-                        for (int q = 0; q < 6; q++)
-                            dst[(size_t)(iy + u) * W + ix + q] += v[u * 6 + q][k];
-                } else {
-                    for (int u = 0; u < 6; u++)
-                        for (int q = 0; q < 6; q++) {
-                            const int yy = iy + u, xx = ix + q;
-                            if (yy >= 0 && yy < H && xx >= 0 && xx < W)
-                                dst[(size_t)yy * W + xx] += v[u * 6 + q][k];
-                        }
+    const int H = s->in_h, W = s->in_w, cp = l->cp;
+    const size_t xs = l->tmax * cp;
+    memset(img, 0, (size_t)H * W * cp * sizeof(float));
+    for (int ty = 0; ty < l->th; ty++) {
+        for (int tx = 0; tx < l->tw; tx++) {
+            const int t = b * l->tiles + ty * l->tw + tx;
+            const int iy = 4 * ty - s->pad_top, ix = 4 * tx - s->pad_left;
+            for (int c0 = 0; c0 < cp; c0 += WL) {
+                float tmp[WN * WL], dd[WN * WL];
+                const float *v = dV + (size_t)t * cp + c0;
+                for (int q = 0; q < 6; q++) /* columns: tmp = BT^T dV */
+                    b_1d(tmp + q * WL, 6 * WL, v + q * xs, 6 * xs);
+                for (int k = 0; k < 6; k++) /* rows: dd = tmp BT */
+                    b_1d(dd + k * 6 * WL, WL, tmp + k * 6 * WL, WL);
+                for (int u = 0; u < 6; u++) {
+                    const int yy = iy + u;
+                    if (yy < 0 || yy >= H)
+                        continue;
+                    for (int q = 0; q < 6; q++) {
+                        const int xx = ix + q;
+                        if (xx < 0 || xx >= W)
+                            continue;
+                        float *dst = img + ((size_t)yy * W + xx) * cp + c0;
+                        const float *src = dd + (u * 6 + q) * WL;
+                        for (int k = 0; k < WL; k++)
+                            dst[k] += src[k];
+                    }
                 }
             }
         }
     }
+    from_channels_last(img, cp, H * W, dx_img, s->in_c);
 }
 
 /* ---- forward and backward ------------------------------------------------------ */
@@ -381,15 +424,19 @@ void conv2d_winograd_forward_cpu(const conv2d_state *s, int n, const float *x, f
         weight_transform(s, U); /* (ends with a barrier) */
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < ntasks; task++) {
-            float *V = slots + l.thread * omp_get_thread_num(), *M = V + l.v;
-            const int i0 = task * s->chunk, B = n - i0 < s->chunk ? n - i0 : s->chunk;
-            const int T = B * l.th * l.tw;
-            input_transform(s, &l, B, x + (size_t)i0 * x_item, V);
-            for (int xi = 0; xi < WN; xi++) /* M_xi (F, T) = U_xi (F, C) * V_xi (C, T) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, F, T, C, 1.0f,
-                            U + (size_t)xi * F * C, C, V + (size_t)xi * C * l.ldt, (int)l.ldt, 0.0f,
-                            M + (size_t)xi * F * l.ldt, (int)l.ldt);
-            output_transform(s, &l, B, M, y + (size_t)i0 * y_item);
+            float *V = slots + l.thread * omp_get_thread_num(), *M = V + l.v, *img = M + l.m;
+            const int i1 = (task + 1) * s->chunk < n ? (task + 1) * s->chunk : n;
+            for (int i0 = task * s->chunk; i0 < i1; i0 += s->sub) {
+                const int B = i1 - i0 < s->sub ? i1 - i0 : s->sub, T = B * l.tiles;
+                for (int b = 0; b < B; b++)
+                    input_transform(s, &l, b, x + (size_t)(i0 + b) * x_item, img, V);
+                for (int xi = 0; xi < WN; xi++) /* M_xi (T, F) = V_xi (T, C) * U_xi^T (C, F) */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, F, C, 1.0f,
+                                V + xi * l.tmax * l.cp, l.cp, U + (size_t)xi * F * C, C, 0.0f,
+                                M + xi * l.tmax * l.fp, l.fp);
+                for (int b = 0; b < B; b++)
+                    output_transform(s, &l, b, M, img, y + (size_t)(i0 + b) * y_item);
+            }
         }
     }
 }
@@ -412,49 +459,58 @@ void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, 
             weight_transform(s, U); /* (ends with a barrier) */
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < ntasks; task++) {
-            float *V = slots + l.thread * omp_get_thread_num(), *dM = V + l.v;
+            float *V = slots + l.thread * omp_get_thread_num(), *dM = V + l.v, *img = dM + l.m;
+            float *masked = img + l.img;
             float *dU_part = parts + l.part * task, *db_part = dU_part + WN * fc;
-            const int i0 = task * s->chunk, B = n - i0 < s->chunk ? n - i0 : s->chunk;
-            const int T = B * l.th * l.tw;
-            grad_output_transform(s, &l, B, y + (size_t)i0 * y_item, dy + (size_t)i0 * y_item,
-                                  dM, db_part);
-            input_transform(s, &l, B, x + (size_t)i0 * x_item, V);
-            for (int xi = 0; xi < WN; xi++) /* dU_xi (F, C) = dM_xi (F, T) * V_xi^T (T, C) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, F, C, T, 1.0f,
-                            dM + (size_t)xi * F * l.ldt, (int)l.ldt, V + (size_t)xi * C * l.ldt,
-                            (int)l.ldt, 0.0f, dU_part + xi * fc, C);
-            if (dx) {
-                for (int xi = 0; xi < WN; xi++) /* dV_xi (C, T) = U_xi^T (C, F) * dM_xi (F, T) */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, T, F, 1.0f,
-                                U + (size_t)xi * fc, C, dM + (size_t)xi * F * l.ldt, (int)l.ldt,
-                                0.0f, V + (size_t)xi * C * l.ldt, (int)l.ldt);
-                grad_input_transform(s, &l, B, V, dx + (size_t)i0 * x_item);
+            const int i1 = (task + 1) * s->chunk < n ? (task + 1) * s->chunk : n;
+            memset(db_part, 0, (size_t)l.fp * sizeof(float));
+            for (int i0 = task * s->chunk; i0 < i1; i0 += s->sub) {
+                const int B = i1 - i0 < s->sub ? i1 - i0 : s->sub, T = B * l.tiles;
+                const float beta = i0 == task * s->chunk ? 0.0f : 1.0f; /* dU: sum over sub-batches */
+                for (int b = 0; b < B; b++) {
+                    const size_t off = (size_t)(i0 + b) * y_item;
+                    grad_output_transform(s, &l, b, y + off, dy + off, masked, img, dM, db_part);
+                    input_transform(s, &l, b, x + (size_t)(i0 + b) * x_item, img, V);
+                }
+                for (int xi = 0; xi < WN; xi++) /* dU_xi (F, C) += dM_xi^T (F, T) * V_xi (T, C) */
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, C, T, 1.0f,
+                                dM + xi * l.tmax * l.fp, l.fp, V + xi * l.tmax * l.cp, l.cp, beta,
+                                dU_part + xi * fc, C);
+                if (!dx)
+                    continue;
+                for (int xi = 0; xi < WN; xi++) /* dV_xi (T, C) = dM_xi (T, F) * U_xi (F, C) */
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, F, 1.0f,
+                                dM + xi * l.tmax * l.fp, l.fp, U + xi * fc, C, 0.0f,
+                                V + xi * l.tmax * l.cp, l.cp);
+                for (int b = 0; b < B; b++)
+                    grad_input_transform(s, &l, b, V, img, dx + (size_t)(i0 + b) * x_item);
             }
         }
-        /* (implicit barrier) dw = G^T (sum of the dU parts, in task order) G */
+        /* (implicit barrier) dU and db = the sum of the parts in task order,
+         * into part 0 (contiguous: this pass streams through memory once) */
+        const size_t total = WN * fc + (size_t)F;
+#pragma omp for schedule(static)
+        for (size_t e = 0; e < total; e++) {
+            float sum = parts[e];
+            for (int task = 1; task < ntasks; task++)
+                sum += parts[l.part * task + e];
+            parts[e] = sum;
+        }
+        /* (implicit barrier) dw = G^T dU G */
 #pragma omp for schedule(static)
         for (int fcix = 0; fcix < F * C; fcix++) {
             float du[WN], t[3][6];
-            for (int xi = 0; xi < WN; xi++) {
-                float sum = 0.0f;
-                for (int task = 0; task < ntasks; task++)
-                    sum += parts[l.part * task + xi * fc + fcix];
-                du[xi] = sum;
-            }
+            for (int xi = 0; xi < WN; xi++)
+                du[xi] = parts[xi * fc + fcix];
             for (int j = 0; j < 6; j++)
                 gt_1d(&t[0][j], 6, du + j, 6); /* columns: t (3x6) */
             float *dw = s->dw + (size_t)fcix * 9;
             for (int k = 0; k < 3; k++)
                 gt_1d(dw + k * 3, 1, &t[k][0], 1); /* rows: dw (3x3) */
         }
-        if (s->db) {
+        if (s->db)
 #pragma omp for schedule(static)
-            for (int f = 0; f < F; f++) {
-                float sum = 0.0f;
-                for (int task = 0; task < ntasks; task++)
-                    sum += parts[l.part * task + WN * fc + f];
-                s->db[f] = sum;
-            }
-        }
+            for (int f = 0; f < F; f++)
+                s->db[f] = parts[WN * fc + f];
     }
 }

@@ -90,6 +90,16 @@ static double now_s(void)
 
 static int rank0(const trainer *t) { return t->ci.rank == 0; }
 
+/* One line for a backend's error: its own message already starts with the
+ * backend's name ("gloo: rank 0: ...") or gets it added here. */
+static int comm_fail(const trainer *t, dm_error *err, int rc, const char *msg)
+{
+    size_t n = strlen(t->x->backend);
+    if (strncmp(msg, t->x->backend, n) == 0 && msg[n] == ':') return dm_fail(err, rc, "%s", msg);
+    return dm_fail(err, rc, "%s: %s", t->x->backend, msg);
+}
+
+
 /* ---- communication helpers ---------------------------------------------- */
 
 /* A device buffer of at least `bytes` for staging host vectors through a
@@ -126,7 +136,7 @@ static int allreduce_host(trainer *t, float *buf, size_t n, dm_reduce_op op, dm_
     } else {
         rc = t->cvt->allreduce(t->comm, buf, n, op, DM_DEVICE_CPU, NULL, &e);
     }
-    if (rc) return dm_fail(err, rc, "%s: %s", t->x->backend, e.msg);
+    if (rc) return comm_fail(t, err, rc, e.msg);
     return DM_OK;
 }
 
@@ -160,7 +170,7 @@ static int broadcast_dev(trainer *t, void *buf, size_t bytes, dm_error *err)
         free(h);
         if (rc && !e.msg[0]) return rc;
     }
-    if (rc) return dm_fail(err, rc, "%s: broadcast: %s", t->x->backend, e.msg);
+    if (rc) return comm_fail(t, err, rc, e.msg);
     return DM_OK;
 }
 
@@ -198,7 +208,7 @@ static int start_bucket(trainer *t, bucket *b, dm_error *err)
     int rc = t->cvt->allreduce_start(t->comm, t->m.grads + b->lo, b->hi - b->lo, DM_REDUCE_AVG,
                                      t->dev.device, t->dev.stream, &b->req, &e);
     dm_timeline_span("comm", b->t_start, now_s(), "allreduce start bucket %d", (int)(b - t->buckets));
-    if (rc) return dm_fail(err, rc, "%s: allreduce_start: %s", t->x->backend, e.msg);
+    if (rc) return comm_fail(t, err, rc, e.msg);
     return DM_OK;
 }
 
@@ -244,7 +254,7 @@ static int wait_buckets(trainer *t, dm_error *err)
             t->buckets[b].req = NULL;
             dm_timeline_span("comm", tw, now_s(), "allreduce wait bucket %d", b);
             dm_timeline_async("comm", ((uint64_t)t->step << 16) | (uint64_t)b, t->buckets[b].t_start, now_s(), "allreduce bucket %d", b);
-            if (r && !rc) rc = dm_fail(err, r, "%s: allreduce: %s", t->x->backend, e.msg);
+            if (r && !rc) rc = comm_fail(t, err, r, e.msg);
         }
     }
     t->comm_wait_s += now_s() - t0;
@@ -469,7 +479,7 @@ static int open_timeline(trainer *t, dm_error *err)
     if (t->ci.size > 1) {
         dm_error e = {0};
         int rc = t->cvt->broadcast(t->comm, &origin, sizeof origin, 0, DM_DEVICE_CPU, NULL, &e);
-        if (rc) return dm_fail(err, rc, "%s: broadcast: %s", t->x->backend, e.msg);
+        if (rc) return comm_fail(t, err, rc, e.msg);
     }
     return dm_timeline_open(t->opts->timeline_path, t->ci.rank, t->ci.size, origin, err);
 }
@@ -482,7 +492,7 @@ static int finish_timeline(trainer *t, int ok, dm_error *err)
     if (!ok || rc) return rc;
     if (t->ci.size > 1) {
         dm_error e = {0};
-        if ((rc = t->cvt->barrier(t->comm, &e))) return dm_fail(err, rc, "%s: barrier: %s", t->x->backend, e.msg);
+        if ((rc = t->cvt->barrier(t->comm, &e))) return comm_fail(t, err, rc, e.msg);
     }
     if (!rank0(t)) return DM_OK;
     if ((rc = dm_timeline_merge(err))) return rc;
@@ -551,7 +561,7 @@ static int resume(trainer *t, dm_error *err)
     if (t->ci.size > 1) {
         dm_error be = {0};
         rc = broadcast_host(t, hdr, sizeof hdr, &be);
-        if (rc) { free(p); free(o); return dm_fail(err, rc, "%s: broadcast: %s", t->x->backend, be.msg); }
+        if (rc) { free(p); free(o); return comm_fail(t, err, rc, be.msg); }
     }
     if (!hdr[0]) {
         free(p); free(o);
@@ -665,7 +675,7 @@ static int setup(trainer *t, dm_error *err)
     t->ci.struct_size = sizeof t->ci;
     if ((rc = t->cvt->init(dm_param_set_params(x->comm.params), &cc, &t->comm, &t->ci, &e))) {
         t->comm = NULL;
-        return dm_fail(err, rc, "%s: %s", x->backend, e.msg);
+        return comm_fail(t, err, rc, e.msg);
     }
     if (t->ci.size < 1 || t->ci.rank < 0 || t->ci.rank >= t->ci.size)
         return dm_fail(err, DM_ERR_COMM, "%s: bad rank %d of %d", x->backend, t->ci.rank, t->ci.size);

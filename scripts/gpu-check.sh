@@ -157,6 +157,9 @@ else
     fi
 fi
 say "-- build: $BUILD_NOTE ($(elapsed) s)"
+missing=$(ldd "$BUILD"/dmnist-run "$BUILD"/plugins/*.so "$BUILD"/tests/cuda/test_cuda 2>/dev/null |
+    awk '/^\//{f=$1} /not found/{print f": "$1}' | sort -u || true)
+say "-- shared libraries not found: ${missing:-none}"
 # dmnist-run loads every plugin of its build tree: keep out mpi and gloo,
 # whose libraries a GPU machine may lack (this check needs neither).
 rm -f "$BUILD"/plugins/dm_mpi.so "$BUILD"/plugins/dm_gloo.so

@@ -3,13 +3,14 @@
  *
  *   offset  size  field
  *   0       8     magic "DMNISTCK"
- *   8       4     format version (1)
- *   12      4     header bytes that follow (so later versions can grow it)
+ *   8       4     format version (2; version 1 is still read)
+ *   12      4     header bytes that follow (72; 64 in version 1)
  *   16      8     config hash
  *   24      8     step          32  8  epoch        40  8  epoch position
  *   48      8     seed          56  4  world size   60  4  reserved (0)
- *   64      8     n_params      72  8  n_opt
- *   80      4*n_params parameters, then 4*n_opt optimizer state
+ *   64      8     n_params      72  8  n_opt        80  8  n_state (version 2+)
+ *   88      4*n_params parameters, then 4*n_opt optimizer state, then
+ *           4*n_state layer state (version 1: from offset 80, no state)
  *   end-4   4     CRC-32 (zlib) of every byte before it
  */
 #define _GNU_SOURCE
@@ -25,8 +26,11 @@
 #include <zlib.h>
 
 #define CK_MAGIC "DMNISTCK"
-#define CK_VERSION 1u
-#define CK_HEADER 80u
+#define CK_VERSION 2u   /* what the writer writes; the reader takes 1..CK_VERSION */
+#define CK_HEADER 88u   /* header bytes of CK_VERSION, magic included */
+
+/* Header bytes (magic included) of each version the reader knows. */
+static uint32_t header_bytes(uint32_t version) { return version == 1 ? 80u : CK_HEADER; }
 
 static void put_u32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
 static void put_u64(unsigned char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
@@ -118,7 +122,7 @@ static void remove_stale_temps(const char *dir)
 }
 
 int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params, const float *opt,
-                        int keep, char *written, size_t written_size, dm_error *err)
+                        const float *state, int keep, char *written, size_t written_size, dm_error *err)
 {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return dm_fail(err, DM_ERR_IO, "%s: cannot create checkpoint directory: %s", dir, strerror(errno));
@@ -137,10 +141,12 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
     put_u32(h + 56, (uint32_t)st->world_size);
     put_u64(h + 64, st->n_params);
     put_u64(h + 72, st->n_opt);
+    put_u64(h + 80, st->n_state);
     uLong crc = crc32(0L, Z_NULL, 0);
     crc = crc32(crc, h, CK_HEADER);
     crc = crc32_z(crc, (const unsigned char *)params, st->n_params * 4);
     if (st->n_opt) crc = crc32_z(crc, (const unsigned char *)opt, st->n_opt * 4);
+    if (st->n_state) crc = crc32_z(crc, (const unsigned char *)state, st->n_state * 4);
     unsigned char c4[4];
     put_u32(c4, (uint32_t)crc);
 
@@ -150,7 +156,8 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
     int bad = write_all(fd, h, CK_HEADER) || write_all(fd, params, half * 4);
     if (!bad) pause_for_test(st->step, tmp_path);
     bad = bad || write_all(fd, params + half, (st->n_params - half) * 4) ||
-          (st->n_opt && write_all(fd, opt, st->n_opt * 4)) || write_all(fd, c4, 4) || fsync(fd);
+          (st->n_opt && write_all(fd, opt, st->n_opt * 4)) ||
+          (st->n_state && write_all(fd, state, st->n_state * 4)) || write_all(fd, c4, 4) || fsync(fd);
     int e = errno;
     if (close(fd) != 0 && !bad) { bad = 1; e = errno; }
     if (bad) {
@@ -195,16 +202,17 @@ int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err
     return DM_OK;
 }
 
-int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, float **opt, dm_error *err)
+int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, float **opt, float **state,
+                           dm_error *err)
 {
-    *params = *opt = NULL;
+    *params = *opt = *state = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fileno(f), &sb) != 0) { fclose(f); return dm_fail(err, DM_ERR_IO, "%s: cannot stat", path); }
     if (!S_ISREG(sb.st_mode)) { fclose(f); return dm_fail(err, DM_ERR_IO, "%s: not a regular file", path); }
     uint64_t size = (uint64_t)sb.st_size;
-    unsigned char h[CK_HEADER];
+    unsigned char h[CK_HEADER] = {0};
     if (size < 16 || fread(h, 1, 16, f) != 16) {
         fclose(f);
         return dm_fail(err, DM_ERR_FORMAT, "%s: truncated checkpoint (%llu bytes)", path, (unsigned long long)size);
@@ -214,20 +222,22 @@ int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, floa
         return dm_fail(err, DM_ERR_FORMAT, "%s: not a dmnist checkpoint (bad magic)", path);
     }
     uint32_t version = get_u32(h + 8), rest = get_u32(h + 12);
-    if (version != CK_VERSION) {
+    if (version < 1 || version > CK_VERSION) {
         fclose(f);
         return dm_fail(err, DM_ERR_FORMAT, "%s: checkpoint format version %u is not supported (this dmnist "
-                       "reads version %u)", path, version, CK_VERSION);
+                       "reads versions 1 to %u)", path, version, CK_VERSION);
     }
-    if (rest != CK_HEADER - 16) {
+    const uint32_t head = header_bytes(version);
+    if (rest != head - 16) {
         fclose(f);
         return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt checkpoint header: it says %u header bytes follow, "
-                       "version %u has %u", path, rest, CK_VERSION, CK_HEADER - 16);
+                       "version %u has %u", path, rest, version, head - 16);
     }
-    if (size < CK_HEADER + 4 || fread(h + 16, 1, CK_HEADER - 16, f) != CK_HEADER - 16) {
+    if (size < head + 4 || fread(h + 16, 1, head - 16, f) != head - 16) {
         fclose(f);
         return dm_fail(err, DM_ERR_FORMAT, "%s: truncated checkpoint (%llu bytes)", path, (unsigned long long)size);
     }
+    st->version = version;
     st->config_hash = get_u64(h + 16);
     st->step = (int64_t)get_u64(h + 24);
     st->epoch = (int64_t)get_u64(h + 32);
@@ -236,34 +246,49 @@ int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, floa
     st->world_size = (int32_t)get_u32(h + 56);
     st->n_params = get_u64(h + 64);
     st->n_opt = get_u64(h + 72);
-    /* Sizes are checked against the file before anything is allocated. */
-    if (st->n_params > (size / 4) || st->n_opt > (size / 4) ||
-        CK_HEADER + 4 * (st->n_params + st->n_opt) + 4 != size) {
+    st->n_state = version >= 2 ? get_u64(h + 80) : 0; /* version 1 had no layer state */
+    /* Sizes are checked against the file before anything is allocated (each
+     * count is at most size/4, so their sum cannot overflow). */
+    if (st->n_params > (size / 4) || st->n_opt > (size / 4) || st->n_state > (size / 4) ||
+        head + 4 * (st->n_params + st->n_opt + st->n_state) + 4 != size) {
         fclose(f);
-        return dm_fail(err, DM_ERR_FORMAT, "%s: truncated or padded checkpoint: header says %llu + %llu floats, "
-                       "file has %llu bytes", path, (unsigned long long)st->n_params,
-                       (unsigned long long)st->n_opt, (unsigned long long)size);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: truncated or padded checkpoint: header says %llu + %llu + %llu "
+                       "floats, file has %llu bytes", path, (unsigned long long)st->n_params,
+                       (unsigned long long)st->n_opt, (unsigned long long)st->n_state, (unsigned long long)size);
     }
-    float *p = malloc(st->n_params * 4 + 4), *o = malloc(st->n_opt * 4 + 4);
+    float *p = malloc(st->n_params * 4 + 4), *o = malloc(st->n_opt * 4 + 4), *s = malloc(st->n_state * 4 + 4);
     unsigned char c4[4];
-    if (!p || !o) { free(p); free(o); fclose(f); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
+    if (!p || !o || !s) {
+        free(p); free(o); free(s); fclose(f);
+        return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    }
     if (fread(p, 4, st->n_params, f) != st->n_params || fread(o, 4, st->n_opt, f) != st->n_opt ||
-        fread(c4, 1, 4, f) != 4) {
-        free(p); free(o); fclose(f);
+        fread(s, 4, st->n_state, f) != st->n_state || fread(c4, 1, 4, f) != 4) {
+        free(p); free(o); free(s); fclose(f);
         return dm_fail(err, DM_ERR_IO, "%s: read error", path);
     }
     fclose(f);
     uLong crc = crc32(0L, Z_NULL, 0);
-    crc = crc32(crc, h, CK_HEADER);
+    crc = crc32(crc, h, head);
     crc = crc32_z(crc, (const unsigned char *)p, st->n_params * 4);
     crc = crc32_z(crc, (const unsigned char *)o, st->n_opt * 4);
+    crc = crc32_z(crc, (const unsigned char *)s, st->n_state * 4);
     if ((uint32_t)crc != get_u32(c4)) {
-        free(p); free(o);
+        free(p); free(o); free(s);
         return dm_fail(err, DM_ERR_FORMAT, "%s: checksum mismatch: the checkpoint is corrupt", path);
     }
     *params = p;
     *opt = o;
+    *state = s;
     return DM_OK;
+}
+
+int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, float **opt, dm_error *err)
+{
+    float *state;
+    int rc = dm_checkpoint_read_all(path, st, params, opt, &state, err);
+    free(state);
+    return rc;
 }
 
 static uint64_t fnv(uint64_t h, const char *s)

@@ -183,13 +183,29 @@ void dm_experiment_free(dm_experiment *x);
 
 /* ---- the model: layer instances over flat buffers (core/model.c) -------- */
 
+/* A layer's non-learned state (ABI 1.1), as far as its plugin knows it: a
+ * plugin built for 1.0 (vtable struct_size ending before bind_state) has no
+ * state and no methods, whatever its info struct holds past its 1.0 end. */
+typedef struct dm_layer_state_api {
+    size_t floats;                   /* info.state_floats */
+    int (*bind_state)(void *state, float *layer_state, dm_error *err);
+    int (*init_state)(void *state, float *host_state, dm_error *err); /* NULL: zeros */
+} dm_layer_state_api;
+
+/* Read the state API of a created layer; a layer asking for state without a
+ * bind_state is refused (DM_ERR_FORMAT, one line naming type_name). */
+int dm_layer_state_api_get(const dm_layer_vtable *vt, const dm_layer_info *info, const char *type_name,
+                           dm_layer_state_api *api, dm_error *err);
+
 typedef struct dm_layer_inst {
     const dm_instance_cfg *cfg;
     const dm_layer_vtable *vt;
     void *state;
     dm_layer_info info;
+    dm_layer_state_api sa;           /* ABI 1.1 state: the only way the core reaches it */
     dm_shape in_shape, out_shape;    /* n = largest batch */
     size_t param_offset;             /* into the flat buffers, in floats */
+    size_t state_offset;             /* into the flat state buffer, in floats */
     dm_tensor out, dout;             /* activations and their gradients */
     void *workspace;
 } dm_layer_inst;
@@ -201,6 +217,8 @@ typedef struct dm_model {
     dm_shape in_shape;
     size_t param_count;              /* floats, with 16-float alignment padding */
     float *params, *grads;           /* flat, on the device */
+    size_t state_count;              /* floats of layer state (ABI 1.1), padded like params; 0 = none */
+    float *state;                    /* flat, on the device; NULL when state_count is 0 */
     float *metrics;                  /* [loss_sum, correct] on the device */
     dm_tensor input;                 /* the batch the data loader fills */
     int32_t *labels;                 /* on the device */
@@ -210,7 +228,8 @@ typedef struct dm_model {
  * item: one example's shape (n ignored); max_batch: largest batch. */
 int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
                    int num_threads, dm_error *err);
-/* Rank 0's initial parameters, drawn from the seed, into the device buffer. */
+/* Rank 0's initial parameters, drawn from the seed, and the layers' initial
+ * state (init_state, or zeros), into the device buffers. */
 int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err);
 /* Forward through every layer for n examples (input and labels filled). */
 int dm_model_forward(dm_model *m, int n, int training, uint64_t step_seed, dm_error *err);
@@ -233,14 +252,21 @@ typedef struct dm_ckpt_state {
     uint64_t seed;               /* experiment seed (all RNG streams derive from it and the step) */
     int32_t world_size;          /* ranks when written (informational: resume may re-shard) */
     uint64_t n_params, n_opt;    /* floats */
+    uint64_t n_state;            /* floats of layer state (format 2; 0 in a version-1 file) */
+    uint32_t version;            /* format version of the file read (the writer ignores it) */
 } dm_ckpt_state;
 
 /* Atomically write dir/ckpt-<step>.dmck (temp file, fsync, rename, fsync dir)
- * and delete all but the newest `keep`. */
+ * and delete all but the newest `keep`. Always the newest format version. */
 int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params,
-                        const float *opt, int keep, char *written, size_t written_size, dm_error *err);
-/* Read and verify one file: magic, version, sizes against the file length,
- * checksum. params/opt are allocated (free()). */
+                        const float *opt, const float *state, int keep, char *written,
+                        size_t written_size, dm_error *err);
+/* Read and verify one file (format 1 or 2): magic, version, sizes against
+ * the file length, checksum. params/opt/state are allocated (free()). */
+int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, float **opt,
+                           float **state, dm_error *err);
+/* The same, for readers that want only the parameters and optimizer state
+ * (the layer state is verified and dropped). */
 int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, float **opt, dm_error *err);
 /* Path of the newest ckpt-*.dmck in dir; DM_ERR_IO when none. */
 int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err);

@@ -94,6 +94,7 @@ void gc_layer_free(gc_layer *L)
     free(L->params);
     free(L->grads);
     free(L->workspace);
+    free(L->layer_state);
     memset(L, 0, sizeof *L);
 }
 
@@ -125,6 +126,14 @@ int gc_layer_create(gc_layer *L, const char *type, const char *spec, dm_shape in
     L->grads = gc_alloc(L->info.param_count * sizeof(float));
     L->workspace = gc_alloc(L->info.workspace_bytes);
     rc = L->vt->bind(L->state, L->params, L->grads, L->workspace, err);
+    if (rc == DM_OK)
+        rc = dm_layer_state_api_get(L->vt, &L->info, type, &L->sa, err);
+    if (rc == DM_OK && L->sa.floats) {
+        L->layer_state = gc_alloc(L->sa.floats * sizeof(float));
+        rc = L->sa.bind_state(L->state, L->layer_state, err);
+        if (rc == DM_OK && L->sa.init_state)
+            rc = L->sa.init_state(L->state, L->layer_state, err);
+    }
     if (rc == DM_OK && L->info.param_count)
         rc = L->vt->init_params(L->state, L->params, seed, err);
     if (rc != DM_OK)

@@ -37,6 +37,8 @@ typedef struct gc_layer {
     dm_shape in_shape;
     float *params, *grads;
     void *workspace;
+    dm_layer_state_api sa;       /* ABI 1.1 layer state, bound to `state` */
+    float *layer_state;          /* sa.floats floats, from init_state (or zeros) */
 } gc_layer;
 
 /* The registry loaded from $DMNIST_PLUGIN_PATH (once per process); NULL with
@@ -47,8 +49,8 @@ dm_registry *gc_registry(dm_error *err);
 void gc_use_registry(dm_registry *r);
 
 /* Look up `type`, parse `spec` ("filters=4 kernel=3"), create for `in` on the
- * CPU in NCHW with `threads` threads, allocate and bind params, grads and
- * workspace, and init_params(seed). On failure returns the layer's (or the
+ * CPU in NCHW with `threads` threads, allocate and bind params, grads,
+ * workspace and layer state, init_params(seed) and init_state. On failure returns the layer's (or the
  * parser's) status with err set, and L holds nothing. */
 int gc_layer_create(gc_layer *L, const char *type, const char *spec, dm_shape in, int threads,
                     uint64_t seed, dm_error *err);

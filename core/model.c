@@ -14,6 +14,27 @@ static uint64_t layer_seed(uint64_t step_seed, int layer)
     return dm_hash64(step_seed, (uint64_t)layer + 1);
 }
 
+static size_t aligned(size_t floats)
+{
+    return (floats + DM_PARAM_ALIGN - 1) / DM_PARAM_ALIGN * DM_PARAM_ALIGN;
+}
+
+int dm_layer_state_api_get(const dm_layer_vtable *vt, const dm_layer_info *info, const char *type_name,
+                           dm_layer_state_api *api, dm_error *err)
+{
+    memset(api, 0, sizeof *api);
+    /* A plugin built for ABI 1.0 knows neither the methods nor info.state_floats:
+     * its vtable ends at destroy, and nothing past that is read or called. */
+    if (!DM_HAS_FIELD(vt, dm_layer_vtable, bind_state)) return DM_OK;
+    api->bind_state = vt->bind_state;
+    if (DM_HAS_FIELD(vt, dm_layer_vtable, init_state)) api->init_state = vt->init_state;
+    if (DM_HAS_FIELD(info, dm_layer_info, state_floats)) api->floats = info->state_floats;
+    if (api->floats && !api->bind_state)
+        return dm_fail(err, DM_ERR_FORMAT, "layer type '%s' asks for %zu state floats but has no bind_state "
+                       "to receive them", type_name, api->floats);
+    return DM_OK;
+}
+
 int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
                    int num_threads, dm_error *err)
 {
@@ -24,7 +45,7 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
     if (!m->layers) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     dm_shape shape = {max_batch, item.c, item.h, item.w};
     m->in_shape = shape;
-    size_t offset = 0;
+    size_t offset = 0, state_offset = 0;
     int rc;
     for (int i = 0; i < x->n_layers; i++) {
         dm_layer_inst *L = &m->layers[i];
@@ -46,6 +67,10 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
             dm_model_free(m);
             return dm_fail(err, rc, "%s%s", loc, e.msg);
         }
+        if ((rc = dm_layer_state_api_get(L->vt, &L->info, L->cfg->lc->component->type_name, &L->sa, &e))) {
+            dm_model_free(m);
+            return dm_fail(err, rc, "%s%s", loc, e.msg);
+        }
         if (L->info.is_loss && i != x->n_layers - 1) {
             dm_model_free(m);
             return dm_fail(err, DM_ERR_INVALID, "%sloss layer '%s' must be the last layer", loc,
@@ -54,7 +79,9 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         L->in_shape = shape;
         L->out_shape = L->info.out_shape;
         L->param_offset = offset;
-        offset += (L->info.param_count + DM_PARAM_ALIGN - 1) / DM_PARAM_ALIGN * DM_PARAM_ALIGN;
+        offset += aligned(L->info.param_count);
+        L->state_offset = state_offset;
+        state_offset += aligned(L->sa.floats);
         shape = L->out_shape;
     }
     if (!m->layers[x->n_layers - 1].info.is_loss) {
@@ -68,6 +95,11 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         !(m->metrics = dm_dev_alloc(dev, 2 * sizeof(float), err)) ||
         !(m->labels = dm_dev_alloc(dev, (size_t)max_batch * sizeof(int32_t), err)) ||
         !(m->input.data = dm_dev_alloc(dev, dm_shape_count(m->in_shape) * sizeof(float), err))) {
+        dm_model_free(m);
+        return err ? err->code : DM_ERR_NOMEM;
+    }
+    m->state_count = state_offset;
+    if (m->state_count && !(m->state = dm_dev_alloc(dev, m->state_count * sizeof(float), err))) {
         dm_model_free(m);
         return err ? err->code : DM_ERR_NOMEM;
     }
@@ -85,7 +117,9 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         float *p = L->info.param_count ? m->params + L->param_offset : NULL;
         float *g = L->info.param_count ? m->grads + L->param_offset : NULL;
         dm_error e = {0};
-        if ((rc = L->vt->bind(L->state, p, g, L->workspace, &e))) {
+        rc = L->vt->bind(L->state, p, g, L->workspace, &e);
+        if (!rc && L->sa.floats) rc = L->sa.bind_state(L->state, m->state + L->state_offset, &e);
+        if (rc) {
             char loc[512];
             dm_where_format(&L->cfg->where, NULL, loc, sizeof loc);
             dm_model_free(m);
@@ -111,6 +145,21 @@ int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err)
     }
     if (rc == DM_OK)
         rc = dm_dev_upload(m->dev, m->params, host, m->param_count * sizeof(float), err);
+    free(host);
+    if (rc != DM_OK || !m->state_count) return rc;
+
+    /* Layer state (ABI 1.1): init_state's values, zeros where there is none. */
+    host = calloc(m->state_count, sizeof(float));
+    if (!host) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < m->n_layers && rc == DM_OK; i++) {
+        dm_layer_inst *L = &m->layers[i];
+        if (!L->sa.floats || !L->sa.init_state) continue;
+        dm_error e = {0};
+        rc = L->sa.init_state(L->state, host + L->state_offset, &e);
+        if (rc) dm_fail(err, rc, "layer.%s: init_state: %s", L->cfg->name, e.msg);
+    }
+    if (rc == DM_OK)
+        rc = dm_dev_upload(m->dev, m->state, host, m->state_count * sizeof(float), err);
     free(host);
     return rc;
 }
@@ -188,6 +237,9 @@ void dm_model_summary(const dm_model *m, FILE *out)
     }
     fprintf(out, "total parameters: %zu (%.1f MB of float32; flat buffer %zu floats)\n", total,
             (double)total * 4 / 1e6, m->param_count);
+    if (m->state_count)
+        fprintf(out, "layer state: %zu floats (flat buffer, broadcast from rank 0 and checkpointed)\n",
+                m->state_count);
 }
 
 void dm_model_free(dm_model *m)
@@ -203,6 +255,7 @@ void dm_model_free(dm_model *m)
     free(m->layers);
     dm_dev_free(m->dev, m->params);
     dm_dev_free(m->dev, m->grads);
+    dm_dev_free(m->dev, m->state);
     dm_dev_free(m->dev, m->metrics);
     dm_dev_free(m->dev, m->labels);
     dm_dev_free(m->dev, m->input.data);

@@ -1,6 +1,7 @@
 /* dmnist-plugin-check, layers: draw settings and input shapes, then
- *  - init_params writes every parameter, the same way for the same seed;
- *  - forward twice gives the same bits;
+ *  - init_params writes every parameter, the same way for the same seed
+ *    (and init_state, ABI 1.1, every state float);
+ *  - forward twice from the same layer state gives the same bits;
  *  - poisoned (NaN) outputs are fully written, inputs and parameters are left
  *    alone, and guard zones around every buffer stay intact, also when the
  *    batch is smaller than the create-time one;
@@ -26,6 +27,8 @@ typedef struct lcase {
     int run_n;     /* batch passed to forward/backward (<= in.n) */
     int training;
     size_t params; /* param_count create reported */
+    size_t state;  /* state floats (ABI 1.1) */
+    int init_state; /* the layer has an init_state */
 } lcase;
 
 static void case_str(const lcase *k, char *buf, size_t size)
@@ -62,6 +65,9 @@ typedef struct inst {
     pc_buf params, grads, ws;    /* CPU: guarded host buffers */
     float *dparams, *dgrads;     /* CUDA: device buffers */
     void *dws;
+    dm_layer_state_api sa;       /* ABI 1.1 layer state */
+    pc_buf lstate;               /* CPU: sa.floats, guarded */
+    float *dstate;               /* CUDA */
 } inst;
 
 
@@ -73,10 +79,12 @@ static void inst_free(inst *I)
     pc_buf_free(&I->params);
     pc_buf_free(&I->grads);
     pc_buf_free(&I->ws);
+    pc_buf_free(&I->lstate);
     if (I->dev) {
         dm_dev_free(I->dev, I->dparams);
         dm_dev_free(I->dev, I->dgrads);
         dm_dev_free(I->dev, I->dws);
+        dm_dev_free(I->dev, I->dstate);
     }
     memset(I, 0, sizeof *I);
 }
@@ -121,6 +129,25 @@ static int inst_create(inst *I, const dm_loaded_component *lc, const char *spec,
         if (rc == DM_OK)
             rc = I->vt->bind(I->state, I->dparams, I->dgrads, I->dws, err);
     }
+    /* ABI 1.1 layer state: the initial values (init_state, or zeros), bound. */
+    if (rc == DM_OK)
+        rc = dm_layer_state_api_get(I->vt, &I->info, lc->component->type_name, &I->sa, err);
+    const size_t ns = I->sa.floats;
+    if (rc == DM_OK && ns) {
+        pc_buf_alloc(&I->lstate, ns * sizeof(float));
+        if (I->sa.init_state)
+            rc = I->sa.init_state(I->state, I->lstate.p, err);
+        if (rc == DM_OK && I->device == DM_DEVICE_CPU) {
+            rc = I->sa.bind_state(I->state, I->lstate.p, err);
+        } else if (rc == DM_OK) {
+            if (!(I->dstate = dm_dev_alloc(dev, ns * sizeof(float), err)))
+                rc = DM_ERR_NOMEM;
+            if (rc == DM_OK)
+                rc = dm_dev_upload(dev, I->dstate, I->lstate.p, ns * sizeof(float), err);
+            if (rc == DM_OK)
+                rc = I->sa.bind_state(I->state, I->dstate, err);
+        }
+    }
     if (rc != DM_OK)
         inst_free(I);
     return rc;
@@ -148,7 +175,7 @@ static int collect_cases(const pc_ctx *c, const dm_loaded_component *lc, lcase *
         uint64_t rng = dm_hash64(c->seed, 0x5A9E + (uint64_t)s);
         int accepted = 0;
         for (int t = 0; t < SHAPE_TRIES && accepted < CASES_PER_SETTING && n < MAX_CASES; t++) {
-            lcase k = {{0}, draw_shape(&rng), 0, 1, 0};
+            lcase k = {{0}, draw_shape(&rng), 0, 1, 0, 0, 0};
             snprintf(k.spec, sizeof k.spec, "%s", spec);
             pc_now("create '%s' for (%d,%d,%d,%d)", spec, k.in.n, k.in.c, k.in.h, k.in.w);
             inst I;
@@ -172,6 +199,8 @@ static int collect_cases(const pc_ctx *c, const dm_loaded_component *lc, lcase *
                 return -1;
             }
             k.params = I.info.param_count;
+            k.state = I.sa.floats;
+            k.init_state = I.sa.init_state != NULL;
             inst_free(&I);
             if (k.in.n > 1 && dm_rng_next(&rng) % 2)
                 k.run_n = 1 + (int)(dm_rng_next(&rng) % (uint64_t)(k.in.n - 1));
@@ -280,9 +309,9 @@ static int same(const void *p, const void *q, size_t bytes) { return bytes == 0 
 static const char *broken_guard(const inst *I, const io *b)
 {
     const pc_buf *bufs[] = {&b->in, &b->out, &b->dout, &b->din, &b->labels, &b->metrics,
-                            &I->params, &I->grads, &I->ws};
+                            &I->params, &I->grads, &I->ws, &I->lstate};
     static const char *names[] = {"in", "out", "dout", "din", "labels", "metrics",
-                                  "params", "grads", "workspace"};
+                                  "params", "grads", "workspace", "layer state"};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]->raw && !pc_buf_guards_ok(bufs[i]))
             return names[i];
@@ -334,6 +363,28 @@ static const char *buffer_case(const pc_ctx *c, const dm_loaded_component *lc, c
     }
     pc_buf_free(&h1);
     pc_buf_free(&h2);
+    /* init_state (ABI 1.1): the same checks on the state it fills. */
+    const size_t ns = I.sa.floats;
+    if (!check && ns && I.sa.init_state) {
+        pc_buf_alloc(&h1, ns * sizeof(float));
+        pc_buf_alloc(&h2, ns * sizeof(float));
+        pc_buf_poison(&h1);
+        pc_buf_poison(&h2);
+        check = "init_state";
+        if (I.sa.init_state(I.state, h1.p, &err) != DM_OK ||
+            I.sa.init_state(I.state, h2.p, &err) != DM_OK)
+            snprintf(why, size, "init_state failed: %s", err.msg);
+        else if ((bad = pc_first_nonfinite(h1.p, ns)) >= 0)
+            snprintf(why, size, "state[%ld] of %zu not written (still NaN) or not finite", bad, ns);
+        else if (!pc_buf_guards_ok(&h1))
+            snprintf(why, size, "wrote outside its %zu state floats", ns);
+        else if (!same(h1.p, h2.p, ns * sizeof(float)))
+            snprintf(why, size, "two calls gave different initial states");
+        else
+            check = NULL;
+        pc_buf_free(&h1);
+        pc_buf_free(&h2);
+    }
     if (check) {
         inst_free(&I);
         return check;
@@ -382,6 +433,11 @@ static const char *buffer_case(const pc_ctx *c, const dm_loaded_component *lc, c
     dm_tensor tdin = {b.din.p, DM_DEVICE_CPU, DM_LAYOUT_NCHW, b.is};
     const char *g;
     float m1[2];
+    /* A training forward may update the layer state: the second forward
+     * starts from the same state as the first and must leave the same. */
+    float *st0 = malloc((ns ? ns : 1) * sizeof(float)), *st1 = malloc((ns ? ns : 1) * sizeof(float));
+    if (ns)
+        memcpy(st0, I.lstate.p, ns * sizeof(float));
 
 #define FAIL_WITH(name, ...)                                                                   \
     do {                                                                                       \
@@ -401,6 +457,10 @@ static const char *buffer_case(const pc_ctx *c, const dm_loaded_component *lc, c
         FAIL_WITH("buffers", "forward failed: %s", err.msg);
     m1[0] = metrics[0] - 5.0f;
     m1[1] = metrics[1] - 7.0f;
+    if (ns) {
+        memcpy(st1, I.lstate.p, ns * sizeof(float));
+        memcpy(I.lstate.p, st0, ns * sizeof(float));
+    }
     if ((bad = pc_first_nonfinite(b.out.p, n_out)) >= 0)
         FAIL_WITH("buffers", "forward left out[%ld] of %zu unwritten (NaN) or not finite", bad, n_out);
     if ((g = broken_guard(&I, &b)))
@@ -417,6 +477,8 @@ static const char *buffer_case(const pc_ctx *c, const dm_loaded_component *lc, c
         FAIL_WITH("deterministic", "second forward failed: %s", err.msg);
     if (!same(b.out.p, b.out2.p, n_out * sizeof(float)))
         FAIL_WITH("deterministic", "two forward calls on the same input gave different outputs");
+    if (!same(st1, I.lstate.p, ns * sizeof(float)))
+        FAIL_WITH("deterministic", "two forward calls from the same layer state left different states");
     if (is_loss && (metrics[0] - 5.0f != m1[0] || metrics[1] - 7.0f != m1[1]))
         FAIL_WITH("deterministic", "two forward calls gave different loss metrics");
 
@@ -463,6 +525,8 @@ done:
     free(in0);
     free(p0);
     free(dout0);
+    free(st0);
+    free(st1);
     io_free(&b);
     inst_free(&I);
     return check;
@@ -472,7 +536,8 @@ done:
 static int check_buffers(const pc_ctx *c, const dm_loaded_component *lc, const lcase *cases, int n)
 {
     int smaller = 0;
-    size_t params = 0;
+    size_t params = 0, state = 0;
+    int init_state = 0;
     for (int i = 0; i < n; i++) {
         char why[768], what[640];
         const char *check = buffer_case(c, lc, &cases[i], i, why, sizeof why);
@@ -483,9 +548,15 @@ static int check_buffers(const pc_ctx *c, const dm_loaded_component *lc, const l
         }
         smaller += cases[i].run_n < cases[i].in.n;
         params += cases[i].params;
+        state += cases[i].state;
+        init_state |= cases[i].init_state;
     }
     pc_row(lc, "init_params", PC_OK, "%s", params ? "writes every parameter, same seed gives the same values"
                                                    : "no parameters in any case");
+    if (state)
+        pc_row(lc, "init_state", PC_OK, "%s", init_state
+                                                  ? "writes every state float, the same values each time"
+                                                  : "no init_state: the state starts at zero");
     pc_row(lc, "deterministic", PC_OK, "forward twice gives the same bits (%d cases)", n);
     pc_row(lc, "buffers", PC_OK,
            "outputs fully written, inputs untouched, guards intact (%d cases, %d smaller batches)",
@@ -536,6 +607,8 @@ static int cuda_case(const pc_ctx *c, const dm_loaded_component *lc, const lcase
     float *dx[2] = {malloc(n_in * sizeof(float)), malloc(n_in * sizeof(float))};
     float *gr[2] = {malloc((np + 1) * sizeof(float)), malloc((np + 1) * sizeof(float))};
     float met[2][2] = {{0, 0}, {0, 0}};
+    const size_t ns = C.sa.floats; /* gst: the CUDA instance's layer state after the step */
+    float *gst = malloc((ns ? ns : 1) * sizeof(float));
     int32_t *lab = malloc((size_t)n * sizeof(int32_t));
     gc_fill_uniform(x, n_in, -1.0f, 1.0f, seed ^ 1);
     gc_fill_uniform(dy, n_out, -1.0f, 1.0f, seed ^ 2);
@@ -587,6 +660,8 @@ static int cuda_case(const pc_ctx *c, const dm_loaded_component *lc, const lcase
                 rc = dm_dev_download(dev, gr[1], G.dgrads, np * sizeof(float), &err);
             if (rc == DM_OK)
                 rc = dm_dev_download(dev, met[1], gmet, 2 * sizeof(float), &err);
+            if (rc == DM_OK && ns)
+                rc = dm_dev_download(dev, gst, G.dstate, ns * sizeof(float), &err);
         } else if (rc == DM_OK && np) {
             memcpy(gr[0], C.grads.p, np * sizeof(float));
         }
@@ -594,11 +669,12 @@ static int cuda_case(const pc_ctx *c, const dm_loaded_component *lc, const lcase
             snprintf(why, size, "%s: %s", side ? "cuda" : "cpu", err.msg);
     }
     if (rc == DM_OK) {
-        const double e[4] = {rel_diff(y[0], y[1], n_out), rel_diff(dx[0], dx[1], n_in),
+        const double e[5] = {rel_diff(y[0], y[1], n_out), rel_diff(dx[0], dx[1], n_in),
                              np ? rel_diff(gr[0], gr[1], np) : 0.0,
-                             is_loss ? rel_diff(met[0], met[1], 2) : 0.0};
-        static const char *names[4] = {"out", "din", "grads", "metrics"};
-        for (int i = 0; i < 4 && rc == DM_OK; i++) {
+                             is_loss ? rel_diff(met[0], met[1], 2) : 0.0,
+                             ns ? rel_diff(C.lstate.p, gst, ns) : 0.0};
+        static const char *names[5] = {"out", "din", "grads", "metrics", "layer state"};
+        for (int i = 0; i < 5 && rc == DM_OK; i++) {
             if (!(e[i] <= CUDA_TOL)) {
                 snprintf(why, size, "%s differs by %.3g of its largest value (tolerance %g)",
                          names[i], e[i], CUDA_TOL);
@@ -617,6 +693,7 @@ static int cuda_case(const pc_ctx *c, const dm_loaded_component *lc, const lcase
     free(x);
     free(dy);
     free(lab);
+    free(gst);
     for (int i = 0; i < 2; i++) {
         free(y[i]);
         free(dx[i]);

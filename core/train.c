@@ -1,8 +1,10 @@
 /* The training loop, with the seed's semantics:
  *  - total_batches counts batches over all ranks; each of N ranks runs
  *    total_batches / N steps of its own batch_size (or `epochs` epochs);
- *  - rank 0 draws the initial parameters; they and the optimizer state are
- *    broadcast, so every rank starts identical;
+ *  - rank 0 draws the initial parameters; they, the optimizer state and the
+ *    layers' state (ABI 1.1: running statistics) are broadcast, so every
+ *    rank starts identical; the layer state, which each rank's forward
+ *    updates from its own batch, is broadcast again after every step;
  *  - each epoch is one permutation of the training set drawn from the seed;
  *    a step consumes N*batch examples of it, rank r taking the r-th slice;
  *  - gradients are averaged over ranks in buckets, each started as soon as
@@ -508,13 +510,15 @@ static int save_checkpoint(trainer *t, dm_error *err)
     if (!t->x->checkpoint_dir[0] || !rank0(t)) return DM_OK;
     float *p = malloc(t->m.param_count * sizeof(float) + 4);
     float *o = malloc(t->n_opt * sizeof(float) + 4);
-    int rc = (!p || !o) ? dm_fail(err, DM_ERR_NOMEM, "out of memory") : DM_OK;
+    float *s = malloc(t->m.state_count * sizeof(float) + 4);
+    int rc = (!p || !o || !s) ? dm_fail(err, DM_ERR_NOMEM, "out of memory") : DM_OK;
     if (!rc) rc = dm_dev_download(&t->dev, p, t->m.params, t->m.param_count * sizeof(float), err);
     if (!rc && t->n_opt) rc = dm_dev_download(&t->dev, o, t->opt_state, t->n_opt * sizeof(float), err);
+    if (!rc && t->m.state_count) rc = dm_dev_download(&t->dev, s, t->m.state, t->m.state_count * sizeof(float), err);
     dm_ckpt_state st = {dm_experiment_hash(t->x), t->step, t->epoch, t->epoch_pos, t->x->seed, t->ci.size,
-                        t->m.param_count, t->n_opt};
+                        t->m.param_count, t->n_opt, t->m.state_count, 0};
     char path[4096];
-    if (!rc) rc = dm_checkpoint_write(t->x->checkpoint_dir, &st, p, o, t->x->keep_checkpoints, path,
+    if (!rc) rc = dm_checkpoint_write(t->x->checkpoint_dir, &st, p, o, s, t->x->keep_checkpoints, path,
                                       sizeof path, err);
     if (!rc) {
         bar_clear(t);
@@ -522,6 +526,7 @@ static int save_checkpoint(trainer *t, dm_error *err)
     }
     free(p);
     free(o);
+    free(s);
     return rc;
 }
 
@@ -530,7 +535,8 @@ static int save_checkpoint(trainer *t, dm_error *err)
 static int resume(trainer *t, dm_error *err)
 {
     int64_t hdr[4] = {0, 0, 0, 0}; /* ok, step, epoch, epoch_pos */
-    float *p = NULL, *o = NULL;
+    float *p = NULL, *o = NULL, *s = NULL;
+    int with_state = 0;            /* rank 0: the file holds this model's layer state */
     dm_error e = {0};
     if (rank0(t)) {
         char path[4096];
@@ -539,15 +545,19 @@ static int resume(trainer *t, dm_error *err)
                      ? dm_checkpoint_latest(t->x->checkpoint_dir, path, sizeof path, &e)
                      : dm_fail(&e, DM_ERR_INVALID, "%s: --resume needs train.checkpoint_dir (the folder to resume "
                                "from)", t->x->cfg->path);
-        if (!rc) rc = dm_checkpoint_read(path, &st, &p, &o, &e);
+        if (!rc) rc = dm_checkpoint_read_all(path, &st, &p, &o, &s, &e);
         if (!rc && st.config_hash != dm_experiment_hash(t->x))
             rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint was written for a different model or optimizer "
                          "(config hash %016llx, this config %016llx)", path, (unsigned long long)st.config_hash,
                          (unsigned long long)dm_experiment_hash(t->x));
-        if (!rc && (st.n_params != t->m.param_count || st.n_opt != t->n_opt))
-            rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint holds %llu parameters and %llu optimizer floats, "
-                         "this model needs %zu and %zu", path, (unsigned long long)st.n_params,
-                         (unsigned long long)st.n_opt, t->m.param_count, t->n_opt);
+        /* A version-1 file predates layer state: the layers keep their initial state. */
+        int no_state_yet = !rc && st.version == 1 && st.n_state == 0 && t->m.state_count;
+        if (!rc && (st.n_params != t->m.param_count || st.n_opt != t->n_opt ||
+                    (st.n_state != t->m.state_count && !no_state_yet)))
+            rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint holds %llu parameters, %llu optimizer floats and "
+                         "%llu layer-state floats, this model needs %zu, %zu and %zu", path,
+                         (unsigned long long)st.n_params, (unsigned long long)st.n_opt,
+                         (unsigned long long)st.n_state, t->m.param_count, t->n_opt, t->m.state_count);
         if (!rc && st.seed != t->x->seed)
             rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint used seed %llu, this config seed %llu", path,
                          (unsigned long long)st.seed, (unsigned long long)t->x->seed);
@@ -555,25 +565,31 @@ static int resume(trainer *t, dm_error *err)
             hdr[0] = 1; hdr[1] = st.step; hdr[2] = st.epoch; hdr[3] = st.epoch_pos;
             printf("resuming from %s (step %lld, written by %d rank%s)\n", path, (long long)st.step,
                    st.world_size, st.world_size == 1 ? "" : "s");
+            if (no_state_yet)
+                printf("note: %s (format 1) holds no layer state: the layers' running state starts from its "
+                       "initial values\n", path);
+            with_state = !no_state_yet && t->m.state_count;
         }
     }
     int rc = DM_OK;
     if (t->ci.size > 1) {
         dm_error be = {0};
         rc = broadcast_host(t, hdr, sizeof hdr, &be);
-        if (rc) { free(p); free(o); return comm_fail(t, err, rc, be.msg); }
+        if (rc) { free(p); free(o); free(s); return comm_fail(t, err, rc, be.msg); }
     }
     if (!hdr[0]) {
-        free(p); free(o);
+        free(p); free(o); free(s);
         if (rank0(t)) return dm_fail(err, e.code ? e.code : DM_ERR_IO, "%s", e.msg);
         return dm_fail(err, DM_ERR_IO, "rank 0 could not read the checkpoint (see its message)");
     }
     if (rank0(t)) {
         rc = dm_dev_upload(&t->dev, t->m.params, p, t->m.param_count * sizeof(float), err);
         if (!rc && t->n_opt) rc = dm_dev_upload(&t->dev, t->opt_state, o, t->n_opt * sizeof(float), err);
+        if (!rc && with_state) rc = dm_dev_upload(&t->dev, t->m.state, s, t->m.state_count * sizeof(float), err);
     }
     free(p);
     free(o);
+    free(s);
     t->step = hdr[1];
     t->epoch = hdr[2];
     t->epoch_pos = hdr[3];
@@ -595,54 +611,74 @@ static uint64_t fnv1a64(const void *buf, size_t bytes)
     return h;
 }
 
-/* Every rank hashes its parameters and the hashes are gathered with one
- * allreduce: rank r writes its hash as four 16-bit pieces (exact in float)
- * into slots [4r, 4r+4) of a zeroed vector [4 x N], so the sum holds every
- * rank's hash. All ranks then compare with rank 0's and, on a difference,
- * stop together with the same message: a lone failing rank would leave the
- * others waiting for it until the timeout. */
+/* FNV-1a of n floats of a device buffer (downloaded first off the CPU). */
+static int hash_dev(trainer *t, const float *buf, size_t n, uint64_t *out, dm_error *err)
+{
+    size_t bytes = n * sizeof(float);
+    if (t->dev.device == DM_DEVICE_CPU) {
+        *out = fnv1a64(buf, bytes);
+        return DM_OK;
+    }
+    float *h = malloc(bytes ? bytes : 1);
+    if (!h) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    int rc = dm_dev_download(&t->dev, h, buf, bytes, err);
+    *out = fnv1a64(h, bytes);
+    free(h);
+    return rc;
+}
+
+/* Every rank hashes its parameters (and its layer state, when the model has
+ * any) and the hashes are gathered with one allreduce: rank r writes each
+ * hash as four 16-bit pieces (exact in float) into its own slots of a
+ * zeroed vector [4 x K x N], so the sum holds every rank's hashes. All ranks
+ * then compare with rank 0's and, on a difference, stop together with the
+ * same message: a lone failing rank would leave the others waiting for it
+ * until the timeout. */
 static int sync_check(trainer *t, dm_error *err)
 {
     int N = t->ci.size;
-    size_t bytes = t->m.param_count * sizeof(float);
-    uint64_t mine;
-    if (t->dev.device == DM_DEVICE_CPU) {
-        mine = fnv1a64(t->m.params, bytes);
-    } else {
-        float *h = malloc(bytes);
-        if (!h) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
-        int rc = dm_dev_download(&t->dev, h, t->m.params, bytes, err);
-        mine = fnv1a64(h, bytes);
-        free(h);
-        if (rc) return rc;
-    }
-    float *v = calloc((size_t)N * 4, sizeof(float));
-    uint64_t *hash = malloc((size_t)N * sizeof(uint64_t));
+    const int K = t->m.state_count ? 2 : 1; /* hash 0: parameters; hash 1: layer state */
+    uint64_t mine[2] = {0, 0};
+    int rc = hash_dev(t, t->m.params, t->m.param_count, &mine[0], err);
+    if (!rc && K > 1) rc = hash_dev(t, t->m.state, t->m.state_count, &mine[1], err);
+    if (rc) return rc;
+    float *v = calloc((size_t)N * K * 4, sizeof(float));
+    uint64_t *hash = calloc((size_t)N * K, sizeof(uint64_t));
     if (!v || !hash) { free(v); free(hash); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
-    for (int k = 0; k < 4; k++) v[4 * t->ci.rank + k] = (float)((mine >> (16 * k)) & 0xFFFF);
-    int rc = N > 1 ? allreduce_host(t, v, (size_t)N * 4, DM_REDUCE_SUM, err) : DM_OK;
-    char bad[256] = "";
-    int n_bad = 0;
-    for (int r = 0; r < N && rc == DM_OK; r++) {
-        hash[r] = 0;
-        for (int k = 0; k < 4; k++) hash[r] |= (uint64_t)v[4 * r + k] << (16 * k);
-        if (hash[r] != hash[0] && n_bad++ < 4) {
-            size_t len = strlen(bad);
-            snprintf(bad + len, sizeof bad - len, "%srank %d has %016llx", n_bad > 1 ? ", " : "", r,
-                     (unsigned long long)hash[r]);
+    for (int j = 0; j < K; j++)
+        for (int k = 0; k < 4; k++)
+            v[4 * (K * t->ci.rank + j) + k] = (float)((mine[j] >> (16 * k)) & 0xFFFF);
+    rc = N > 1 ? allreduce_host(t, v, (size_t)N * K * 4, DM_REDUCE_SUM, err) : DM_OK;
+    for (int r = 0; r < N && rc == DM_OK; r++)
+        for (int j = 0; j < K; j++)
+            for (int k = 0; k < 4; k++) hash[K * r + j] |= (uint64_t)v[4 * (K * r + j) + k] << (16 * k);
+    for (int j = 0; j < K && rc == DM_OK; j++) {
+        char bad[256] = "";
+        int n_bad = 0;
+        for (int r = 0; r < N; r++) {
+            if (hash[K * r + j] != hash[j] && n_bad++ < 4) {
+                size_t len = strlen(bad);
+                snprintf(bad + len, sizeof bad - len, "%srank %d has %016llx", n_bad > 1 ? ", " : "", r,
+                         (unsigned long long)hash[K * r + j]);
+            }
         }
+        if (n_bad)
+            rc = dm_fail(err, DM_ERR_INTERNAL, "step %lld: %s between ranks (train.sync_check_every): rank 0 "
+                         "has hash %016llx, %s%s", (long long)t->step, j ? "layer state differs" : "parameters differ",
+                         (unsigned long long)hash[j], bad, n_bad > 4 ? ", ..." : "");
     }
-    if (rc == DM_OK && n_bad)
-        rc = dm_fail(err, DM_ERR_INTERNAL, "step %lld: parameters differ between ranks (train.sync_check_every): "
-                     "rank 0 has hash %016llx, %s%s", (long long)t->step, (unsigned long long)hash[0], bad,
-                     n_bad > 4 ? ", ..." : "");
     if (rc == DM_OK && rank0(t)) {
+        char state[64] = "", state_json[64] = "";
+        if (K > 1) {
+            snprintf(state, sizeof state, ", layer state hash %016llx", (unsigned long long)hash[1]);
+            snprintf(state_json, sizeof state_json, ",\"state_hash\":\"%016llx\"", (unsigned long long)hash[1]);
+        }
         bar_clear(t);
-        printf("sync-check step %lld: parameter hash %016llx on all %d rank%s\n", (long long)t->step,
-               (unsigned long long)hash[0], N, N == 1 ? "" : "s");
+        printf("sync-check step %lld: parameter hash %016llx on all %d rank%s%s\n", (long long)t->step,
+               (unsigned long long)hash[0], N, N == 1 ? "" : "s", state);
         if (t->metrics)
-            fprintf(t->metrics, "{\"event\":\"sync_check\",\"step\":%lld,\"hash\":\"%016llx\",\"ranks\":%d}\n",
-                    (long long)t->step, (unsigned long long)hash[0], N);
+            fprintf(t->metrics, "{\"event\":\"sync_check\",\"step\":%lld,\"hash\":\"%016llx\",\"ranks\":%d%s}\n",
+                    (long long)t->step, (unsigned long long)hash[0], N, state_json);
     }
     free(v);
     free(hash);
@@ -788,6 +824,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     if (!rc && opts && opts->resume) rc = resume(&t, err);
     if (!rc) rc = broadcast_dev(&t, t.m.params, t.m.param_count * sizeof(float), err);
     if (!rc && t.n_opt) rc = broadcast_dev(&t, t.opt_state, t.n_opt * sizeof(float), err);
+    if (!rc && t.m.state_count) rc = broadcast_dev(&t, t.m.state, t.m.state_count * sizeof(float), err);
     if (!rc) rc = dm_dev_zero(&t.dev, t.m.metrics, 2 * sizeof(float), err);
     if (rc) { teardown(&t); return rc; }
     /* Opened only once the run can start: a refused checkpoint leaves no empty file. */
@@ -822,6 +859,16 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         if ((rc = dm_model_backward(&t.m, x->batch_size, step_seed, backward_hook, &t, err))) break;
         double tc = now_s();
         if ((rc = wait_buckets(&t, err))) break;
+        /* Layer state (running statistics) was updated from each rank's own
+         * batch: rank 0's wins, as with PyTorch DDP's buffers, so every rank
+         * evaluates and checkpoints the same model. Before the loss check, so
+         * that a skipped step leaves the ranks identical too. */
+        if (N > 1 && t.m.state_count) {
+            double ts = now_s();
+            if ((rc = broadcast_dev(&t, t.m.state, t.m.state_count * sizeof(float), err))) break;
+            dm_timeline_span("comm", ts, now_s(), "layer state broadcast");
+            t.comm_wait_s += now_s() - ts;
+        }
         double td = now_s();
         /* NaN/Inf check (CPU: every step, the loss is on the host). Ranks
          * decide together: a skip or stop on one rank alone would leave the

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define DM_ABI_MAJOR 1
-#define DM_ABI_MINOR 0
+#define DM_ABI_MINOR 1
 
 /* The one symbol every plugin exports. */
 #define DM_PLUGIN_ENTRY_SYMBOL "dm_plugin_entry"
@@ -183,6 +183,13 @@ typedef struct dm_plugin_descriptor {
  * library is closed; it is normally a static const object. */
 typedef const dm_plugin_descriptor *(*dm_plugin_entry_fn)(uint32_t host_abi_major,
                                                           uint32_t host_abi_minor);
+
+/* Whether the struct at p (of type `type`, filled by the other side) holds
+ * `field`: its struct_size reaches past the field's end. Check this before
+ * reading a field (or calling a method) that a later minor version added:
+ *   if (DM_HAS_FIELD(vt, dm_layer_vtable, bind_state) && vt->bind_state) ... */
+#define DM_HAS_FIELD(p, type, field) \
+    ((p)->struct_size >= offsetof(type, field) + sizeof(((const type *)0)->field))
 
 /* Smallest struct sizes the host accepts for ABI 1.0 (all fields above). */
 #define DM_DESCRIPTOR_SIZE_1_0 (offsetof(dm_plugin_descriptor, components) + sizeof(void *))

@@ -8,14 +8,19 @@
  *   bind        -> once, after the core has laid out the flat parameter and
  *                  gradient buffers: the layer gets its slices (NULL if it has
  *                  no parameters) and a workspace of the size it asked for.
+ *   bind_state  -> (ABI 1.1+, only for a layer that asked for state_floats)
+ *                  once, after bind: the layer's slice of the core's state
+ *                  buffer, which it keeps and uses in forward/backward.
  *   init_params -> once on rank 0 (others receive a broadcast): fill the
  *                  parameter slice from the seed (a host buffer, always CPU).
+ *   init_state  -> (ABI 1.1+, optional) once on rank 0, like init_params:
+ *                  the initial state values (a host buffer); NULL = zeros.
  *   forward/backward -> many times, any order forward..backward per step.
  *   destroy     -> once; frees what create allocated. Never frees buffers
  *                  the core gave it.
  *
- * Buffers: the core allocates every activation, gradient, parameter and
- * workspace buffer, on the instance's device. A layer never keeps pointers
+ * Buffers: the core allocates every activation, gradient, parameter,
+ * workspace and (ABI 1.1+) state buffer, on the instance's device. A layer never keeps pointers
  * to `in`, `out` or `dout` between calls.
  */
 #ifndef DMNIST_LAYER_H
@@ -46,6 +51,12 @@ typedef struct dm_layer_info {
     size_t param_count;      /* floats in its slice of the flat parameter buffer */
     size_t workspace_bytes;  /* scratch the core allocates and passes to bind */
     int is_loss;             /* 1: final loss layer; forward reads ctx->labels */
+    /* ABI 1.1+ (write it only when DM_HAS_FIELD(info, dm_layer_info, state_floats):
+     * a 1.0 host's struct ends before it) */
+    size_t state_floats;     /* floats of non-learned state (running statistics) the
+                                core keeps for the layer: not reduced, not updated
+                                by the optimizer, but broadcast from rank 0 and
+                                checkpointed; needs bind_state */
 } dm_layer_info;
 
 /* Per-call context. */
@@ -89,10 +100,27 @@ typedef struct dm_layer_vtable {
                     dm_error *err);
 
     void (*destroy)(void *state);
-    /* ABI 1.1+: append new methods here. */
+
+    /* ABI 1.1+. The core calls these only when the vtable's struct_size
+     * covers them and they are not NULL; a plugin built for 1.0 has neither. */
+
+    /* layer_state: the layer's state_floats floats of the core's flat state
+     * buffer, on the instance's device; called once, after bind, only when
+     * state_floats > 0. The layer keeps the pointer and reads and updates the
+     * state in forward/backward. Between steps the core may overwrite it
+     * (rank 0's values after every training step, a checkpoint's on
+     * --resume), so keep nothing derived from it across calls. */
+    int (*bind_state)(void *state, float *layer_state, dm_error *err);
+
+    /* Fill host_state (state_floats floats, a host buffer) with the initial
+     * values; called once on rank 0, like init_params (the other ranks
+     * receive a broadcast). NULL: the state starts at zero. */
+    int (*init_state)(void *state, float *host_state, dm_error *err);
+    /* Later minor versions: append new methods here. */
 } dm_layer_vtable;
 
 #define DM_LAYER_VTABLE_SIZE_1_0 (offsetof(dm_layer_vtable, destroy) + sizeof(void *))
+#define DM_LAYER_INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 #ifdef __cplusplus
 }

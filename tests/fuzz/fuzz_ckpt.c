@@ -39,19 +39,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     dm_ckpt_state st;
-    float *p = NULL, *o = NULL;
+    float *p = NULL, *o = NULL, *s = NULL;
     memset(&err, 0, sizeof err);
-    if (dm_checkpoint_read(latest, &st, &p, &o, &err) == DM_OK) {
-        /* Accepted: the header's sizes are the file's, and every float is there. */
-        if (80 + 4 * (st.n_params + st.n_opt) + 4 != size) abort();
+    if (dm_checkpoint_read_all(latest, &st, &p, &o, &s, &err) == DM_OK) {
+        /* Accepted: the header's sizes are the file's, and every float is there
+         * (header: 80 bytes in format 1, 88 with n_state in format 2). */
+        uint64_t head = st.version == 1 ? 80 : 88;
+        if (st.version < 1 || st.version > 2 || (st.version == 1 && st.n_state)) abort();
+        if (head + 4 * (st.n_params + st.n_opt + st.n_state) + 4 != size) abort();
         float sum = 0;
         for (uint64_t i = 0; i < st.n_params; i++) sum += p[i];
         for (uint64_t i = 0; i < st.n_opt; i++) sum += o[i];
+        for (uint64_t i = 0; i < st.n_state; i++) sum += s[i];
         sink = sum; /* every float was readable (ASan checks) */
         free(p);
         free(o);
+        free(s);
     } else {
-        if (p || o) abort(); /* nothing handed out on failure */
+        if (p || o || s) abort(); /* nothing handed out on failure */
         if (!err.msg[0] || strchr(err.msg, '\n')) { fprintf(stderr, "bad message: '%s'\n", err.msg); abort(); }
     }
     return 0;

@@ -653,7 +653,7 @@ static int try_create(const char *type, const char *spec, dm_shape in, dm_device
         return rc;
     const dm_layer_vtable *vt = lc->component->vtable;
     dm_layer_config cfg = {sizeof cfg, "layer.bad", dev, layout, in, 1, NULL};
-    dm_layer_info info = {sizeof info, {0, 0, 0, 0}, 0, 0, 0};
+    dm_layer_info info = {.struct_size = sizeof info};
     void *state = NULL;
     rc = vt->create(dm_param_set_params(ps), &cfg, &state, &info, err);
     if (rc == DM_OK)
@@ -725,7 +725,7 @@ static void test_params(void)
                 vals[k].i = 0, vals[k].f = 0;
         dm_params bad = {sizeof bad, p->count, vals};
         dm_layer_config cfg = {sizeof cfg, "layer.bad", DM_DEVICE_CPU, DM_LAYOUT_NCHW, img, 1, NULL};
-        dm_layer_info info = {sizeof info, {0, 0, 0, 0}, 0, 0, 0};
+        dm_layer_info info = {.struct_size = sizeof info};
         void *state = NULL;
         int rc = L.vt->create(&bad, &cfg, &state, &info, &err);
         CHECK(rc == DM_ERR_INVALID && strstr(err.msg, "filters must be >= 1"),

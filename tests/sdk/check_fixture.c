@@ -139,8 +139,9 @@ static int scale_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
 static void scale_destroy(void *state) { free(state); }
 
 static const dm_layer_vtable scale_vtable = {
-    sizeof(dm_layer_vtable), DM_DEVICE_BIT(DM_DEVICE_CPU), scale_create, scale_bind, scale_init,
-    scale_forward, scale_backward, scale_destroy};
+    .struct_size = sizeof(dm_layer_vtable), .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
+    .create = scale_create, .bind = scale_bind, .init_params = scale_init,
+    .forward = scale_forward, .backward = scale_backward, .destroy = scale_destroy};
 
 static const dm_param_def scale_params[] = {
 #ifdef BROKEN_DEFAULT_OUT_OF_RANGE

@@ -1,19 +1,24 @@
 /* ckpt_tool: look inside dmnist checkpoints from test scripts, through the
  * core's own reader (dm_checkpoint_read), so every check also exercises it.
  *
- *   ckpt_tool info FILE          header fields, FNV-1a hashes of the parameter
- *                                and optimizer bytes, and how many of those
- *                                floats are NaN or Inf, one per line
- *   ckpt_tool same A B           exit 0 when the parameters and optimizer
- *                                state are identical bit for bit, else 1 and
- *                                the first differing float
+ *   ckpt_tool info FILE          header fields, FNV-1a hashes of the parameter,
+ *                                optimizer and layer-state bytes, and how many
+ *                                of those floats are NaN or Inf, one per line
+ *   ckpt_tool same A B           exit 0 when the parameters, optimizer state
+ *                                and layer state are identical bit for bit,
+ *                                else 1 and the first differing float
  *   ckpt_tool latest DIR         the file --resume would pick
+ *   ckpt_tool v1 IN OUT          write IN again in format version 1 (as a
+ *                                dmnist before layer state wrote it), with
+ *                                this file's own writer; version 1 has no
+ *                                room for layer state, which is dropped
  *
  * A file the reader refuses prints its one-line message and exits 1. */
 #include "dm_core.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <zlib.h>
 
 static uint64_t fnv_bytes(const void *p, size_t n)
 {
@@ -30,10 +35,10 @@ static uint64_t count_nonfinite(const float *x, uint64_t n)
     return bad;
 }
 
-static int read_or_say(const char *path, dm_ckpt_state *st, float **p, float **o)
+static int read_or_say(const char *path, dm_ckpt_state *st, float **p, float **o, float **s)
 {
     dm_error err = {0};
-    if (dm_checkpoint_read(path, st, p, o, &err) != DM_OK) {
+    if (dm_checkpoint_read_all(path, st, p, o, s, &err) != DM_OK) {
         fprintf(stderr, "ckpt_tool: %s\n", err.msg);
         return 1;
     }
@@ -43,17 +48,21 @@ static int read_or_say(const char *path, dm_ckpt_state *st, float **p, float **o
 static int info(const char *path)
 {
     dm_ckpt_state st;
-    float *p, *o;
-    if (read_or_say(path, &st, &p, &o)) return 1;
-    printf("config_hash=%016llx\nstep=%lld\nepoch=%lld\nepoch_pos=%lld\nseed=%llu\nworld_size=%d\n"
-           "n_params=%llu\nn_opt=%llu\nparams_fnv=%016llx\nopt_fnv=%016llx\nnonfinite=%llu\n",
-           (unsigned long long)st.config_hash, (long long)st.step, (long long)st.epoch,
+    float *p, *o, *s;
+    if (read_or_say(path, &st, &p, &o, &s)) return 1;
+    printf("version=%u\nconfig_hash=%016llx\nstep=%lld\nepoch=%lld\nepoch_pos=%lld\nseed=%llu\nworld_size=%d\n"
+           "n_params=%llu\nn_opt=%llu\nn_state=%llu\nparams_fnv=%016llx\nopt_fnv=%016llx\nstate_fnv=%016llx\n"
+           "nonfinite=%llu\n",
+           st.version, (unsigned long long)st.config_hash, (long long)st.step, (long long)st.epoch,
            (long long)st.epoch_pos, (unsigned long long)st.seed, st.world_size,
-           (unsigned long long)st.n_params, (unsigned long long)st.n_opt,
+           (unsigned long long)st.n_params, (unsigned long long)st.n_opt, (unsigned long long)st.n_state,
            (unsigned long long)fnv_bytes(p, st.n_params * 4), (unsigned long long)fnv_bytes(o, st.n_opt * 4),
-           (unsigned long long)(count_nonfinite(p, st.n_params) + count_nonfinite(o, st.n_opt)));
+           (unsigned long long)fnv_bytes(s, st.n_state * 4),
+           (unsigned long long)(count_nonfinite(p, st.n_params) + count_nonfinite(o, st.n_opt) +
+                                count_nonfinite(s, st.n_state)));
     free(p);
     free(o);
+    free(s);
     return 0;
 }
 
@@ -68,13 +77,14 @@ static long long first_diff(const float *a, const float *b, uint64_t n)
 static int same(const char *a, const char *b)
 {
     dm_ckpt_state sa, sb;
-    float *pa, *oa, *pb, *ob;
-    if (read_or_say(a, &sa, &pa, &oa)) return 2;
-    if (read_or_say(b, &sb, &pb, &ob)) { free(pa); free(oa); return 2; }
+    float *pa, *oa, *sta, *pb, *ob, *stb;
+    if (read_or_say(a, &sa, &pa, &oa, &sta)) return 2;
+    if (read_or_say(b, &sb, &pb, &ob, &stb)) { free(pa); free(oa); free(sta); return 2; }
     int rc = 0;
-    if (sa.n_params != sb.n_params || sa.n_opt != sb.n_opt) {
-        printf("different sizes: %llu+%llu vs %llu+%llu floats\n", (unsigned long long)sa.n_params,
-               (unsigned long long)sa.n_opt, (unsigned long long)sb.n_params, (unsigned long long)sb.n_opt);
+    if (sa.n_params != sb.n_params || sa.n_opt != sb.n_opt || sa.n_state != sb.n_state) {
+        printf("different sizes: %llu+%llu+%llu vs %llu+%llu+%llu floats\n", (unsigned long long)sa.n_params,
+               (unsigned long long)sa.n_opt, (unsigned long long)sa.n_state, (unsigned long long)sb.n_params,
+               (unsigned long long)sb.n_opt, (unsigned long long)sb.n_state);
         rc = 1;
     } else {
         long long d = first_diff(pa, pb, sa.n_params);
@@ -87,6 +97,11 @@ static int same(const char *a, const char *b)
             printf("optimizer state %lld differs: %.9g vs %.9g\n", d, (double)oa[d], (double)ob[d]);
             rc = 1;
         }
+        d = first_diff(sta, stb, sa.n_state);
+        if (d >= 0) {
+            printf("layer state %lld differs: %.9g vs %.9g\n", d, (double)sta[d], (double)stb[d]);
+            rc = 1;
+        }
         if (sa.step != sb.step || sa.epoch != sb.epoch || sa.epoch_pos != sb.epoch_pos) {
             printf("positions differ: step/epoch/pos %lld/%lld/%lld vs %lld/%lld/%lld\n", (long long)sa.step,
                    (long long)sa.epoch, (long long)sa.epoch_pos, (long long)sb.step, (long long)sb.epoch,
@@ -95,16 +110,56 @@ static int same(const char *a, const char *b)
         }
     }
     if (rc == 0)
-        printf("identical: %llu parameters and %llu optimizer floats\n", (unsigned long long)sa.n_params,
-               (unsigned long long)sa.n_opt);
-    free(pa); free(oa); free(pb); free(ob);
+        printf("identical: %llu parameters, %llu optimizer floats and %llu layer-state floats\n",
+               (unsigned long long)sa.n_params, (unsigned long long)sa.n_opt, (unsigned long long)sa.n_state);
+    free(pa); free(oa); free(sta); free(pb); free(ob); free(stb);
     return rc;
+}
+
+static void put_le(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Format version 1, byte by byte as docs/checkpoints.md describes it. */
+static int write_v1(const char *in, const char *out)
+{
+    dm_ckpt_state st;
+    float *p, *o, *s;
+    if (read_or_say(in, &st, &p, &o, &s)) return 1;
+    unsigned char h[80] = {0};
+    memcpy(h, "DMNISTCK", 8);
+    put_le(h + 8, 1, 4);
+    put_le(h + 12, 64, 4);
+    put_le(h + 16, st.config_hash, 8);
+    put_le(h + 24, (uint64_t)st.step, 8);
+    put_le(h + 32, (uint64_t)st.epoch, 8);
+    put_le(h + 40, (uint64_t)st.epoch_pos, 8);
+    put_le(h + 48, st.seed, 8);
+    put_le(h + 56, (uint32_t)st.world_size, 4);
+    put_le(h + 64, st.n_params, 8);
+    put_le(h + 72, st.n_opt, 8);
+    uLong crc = crc32(0L, Z_NULL, 0);
+    crc = crc32(crc, h, sizeof h);
+    crc = crc32_z(crc, (const unsigned char *)p, st.n_params * 4);
+    crc = crc32_z(crc, (const unsigned char *)o, st.n_opt * 4);
+    unsigned char c4[4];
+    put_le(c4, (uint32_t)crc, 4);
+    FILE *f = fopen(out, "wb");
+    int bad = !f || fwrite(h, 1, sizeof h, f) != sizeof h || fwrite(p, 4, st.n_params, f) != st.n_params ||
+              fwrite(o, 4, st.n_opt, f) != st.n_opt || fwrite(c4, 1, 4, f) != 4;
+    if (f && fclose(f) != 0) bad = 1;
+    if (bad) fprintf(stderr, "ckpt_tool: %s: cannot write\n", out);
+    else printf("wrote %s (format 1, %llu layer-state floats dropped)\n", out, (unsigned long long)st.n_state);
+    free(p); free(o); free(s);
+    return bad;
 }
 
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "info") == 0) return info(argv[2]);
     if (argc == 4 && strcmp(argv[1], "same") == 0) return same(argv[2], argv[3]);
+    if (argc == 4 && strcmp(argv[1], "v1") == 0) return write_v1(argv[2], argv[3]);
     if (argc == 3 && strcmp(argv[1], "latest") == 0) {
         char path[4096];
         dm_error err = {0};
@@ -115,6 +170,6 @@ int main(int argc, char **argv)
         printf("%s\n", path);
         return 0;
     }
-    fprintf(stderr, "usage: ckpt_tool info FILE | same A B | latest DIR\n");
+    fprintf(stderr, "usage: ckpt_tool info FILE | same A B | latest DIR | v1 IN OUT\n");
     return 2;
 }

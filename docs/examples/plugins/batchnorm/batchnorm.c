@@ -1,5 +1,5 @@
 /* batchnorm: a dmnist layer plugin with learned parameters and state,
- * built out of tree (see docs/writing-a-layer-plugin.md).
+ * built out of tree (see docs/writing-a-layer-plugin.md). Needs ABI 1.1.
  *
  * Batch normalisation per channel (Ioffe & Szegedy 2015): for images
  * (n, c, h, w) the statistics of channel k are taken over n, h and w; for
@@ -16,10 +16,12 @@
  *   mean, 1/std of the last forward
  *                     the workspace the core allocates (2c floats): backward
  *                     needs them, nothing else does
- *   running mean/var  memory this plugin allocates in create. ABI 1.0 has no
- *                     buffer for state that is neither learned nor scratch,
- *                     so these are per rank and not in checkpoints: after
- *                     --resume they are re-estimated from the next steps. */
+ *   running mean/var  the core's layer-state buffer (ABI 1.1): state_floats =
+ *                     2c, [mean (c) | var (c)], bound by bind_state, set by
+ *                     init_state. Not learned (no gradient, no optimizer),
+ *                     but the core broadcasts rank 0's after every step and
+ *                     checkpoints it, so every rank evaluates with the same
+ *                     statistics and --resume continues them exactly. */
 #include <dmnist/dmnist.h>
 
 #include <math.h>
@@ -38,7 +40,7 @@ typedef struct bn_state {
     float *grads;        /* bound: [dgamma (c) | dbeta (c)] */
     float *saved;        /* workspace: [mean (c) | inv_std (c)] used by the last forward */
     int saved_training;  /* whether the last forward used batch statistics */
-    float *running;      /* own: [mean (c) | var (c)] */
+    float *running;      /* bound (layer state): [mean (c) | var (c)] */
 } bn_state;
 
 static int bn_create(const dm_params *params, const dm_layer_config *cfg, void **state,
@@ -48,27 +50,27 @@ static int bn_create(const dm_params *params, const dm_layer_config *cfg, void *
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: batchnorm runs on the CPU only", cfg->name);
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: batchnorm supports only NCHW", cfg->name);
+    /* The running statistics live in the core's state buffer: a host whose
+     * info struct has no state_floats (ABI 1.0) cannot keep them. */
+    if (!DM_HAS_FIELD(info, dm_layer_info, state_floats))
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: batchnorm needs a dmnist with ABI 1.1 (layer state)",
+                       cfg->name);
     const int c = cfg->in_shape.c;
 
     bn_state *s = calloc(1, sizeof *s);
-    if (!s || !(s->running = malloc(2 * (size_t)c * sizeof(float)))) {
-        free(s);
+    if (!s)
         return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", cfg->name);
-    }
     snprintf(s->name, sizeof s->name, "%s", cfg->name);
     s->shape = cfg->in_shape;
     s->momentum = (float)dm_param_float(params, "momentum", 0.9);
     s->epsilon = (float)dm_param_float(params, "epsilon", 1e-3);
     s->threads = cfg->num_threads > 0 ? cfg->num_threads : 1;
-    for (int k = 0; k < c; k++) {
-        s->running[k] = 0.0f;     /* mean */
-        s->running[c + k] = 1.0f; /* variance */
-    }
 
     info->out_shape = cfg->in_shape;
     info->param_count = 2 * (size_t)c;
     info->workspace_bytes = 2 * (size_t)c * sizeof(float);
     info->is_loss = 0;
+    info->state_floats = 2 * (size_t)c;
     *state = s;
     return DM_OK;
 }
@@ -80,6 +82,27 @@ static int bn_bind(void *state, float *params, float *grads, void *workspace, dm
     s->params = params;
     s->grads = grads;
     s->saved = workspace;
+    return DM_OK;
+}
+
+/* The core's slice of its layer-state buffer: kept, read and updated by forward. */
+static int bn_bind_state(void *state, float *layer_state, dm_error *err)
+{
+    bn_state *s = state;
+    (void)err;
+    s->running = layer_state;
+    return DM_OK;
+}
+
+/* Running mean 0 and variance 1 (rank 0; the other ranks receive them). */
+static int bn_init_state(void *state, float *host_state, dm_error *err)
+{
+    const bn_state *s = state;
+    (void)err;
+    for (int k = 0; k < s->shape.c; k++) {
+        host_state[k] = 0.0f;
+        host_state[s->shape.c + k] = 1.0f;
+    }
     return DM_OK;
 }
 
@@ -210,12 +233,7 @@ static int bn_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
     return DM_OK;
 }
 
-static void bn_destroy(void *state)
-{
-    bn_state *s = state;
-    free(s->running);
-    free(s);
-}
+static void bn_destroy(void *state) { free(state); }
 
 /* ---- what the core sees ------------------------------------------------------ */
 
@@ -228,6 +246,8 @@ static const dm_layer_vtable bn_vtable = {
     .forward = bn_forward,
     .backward = bn_backward,
     .destroy = bn_destroy,
+    .bind_state = bn_bind_state, /* ABI 1.1 */
+    .init_state = bn_init_state,
 };
 
 static const dm_param_def bn_params[] = {
@@ -252,7 +272,7 @@ static const dm_plugin_descriptor bn_descriptor = {
     .abi_major = DM_ABI_MAJOR,
     .abi_minor = DM_ABI_MINOR,
     .name = "batchnorm",
-    .version = "1.0.0",
+    .version = "1.1.0",
     .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
     .n_components = 1,
     .components = bn_components,
@@ -261,6 +281,7 @@ static const dm_plugin_descriptor bn_descriptor = {
 DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
                                                       uint32_t host_abi_minor)
 {
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &bn_descriptor : NULL;
+    /* Layer state came with ABI 1.1: refuse an older host (it would never
+     * bind the running statistics). */
+    return host_abi_major == DM_ABI_MAJOR && host_abi_minor >= 1 ? &bn_descriptor : NULL;
 }

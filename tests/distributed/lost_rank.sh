@@ -10,8 +10,9 @@
 #         rank (the launcher sees which child died);
 #   STOP  the process hangs without closing anything: the others' next
 #         collective must time out after timeout_s, and the job must exit
-#         non-zero within timeout_s plus the launcher's 5 s grace for
-#         stopping the rest.
+#         non-zero within timeout_s + 10 s (dmnist-run --np waits 5 to 6 s
+#         before it SIGKILLs a rank that ignored SIGTERM, as a stopped one
+#         does).
 # LAUNCHER: np (dmnist-run --np 2; for mpi that hands over to mpirun), mpirun
 # (mpirun -np 2 dmnist-run; gloo gets a file:// rendezvous through
 # comm.rendezvous), or env (gloo only: two processes started here with
@@ -25,7 +26,7 @@ args=("$CFG" "${SMALL[@]}" --set experiment.backend="$backend" --set train.total
       --set train.log_every=10 --set experiment.timeout_s=$TIMEOUT_S)
 case $sig in
 KILL) limit=$TIMEOUT_S ;;
-STOP) limit=$((TIMEOUT_S + 5 + 3)) ;;
+STOP) limit=$((TIMEOUT_S + 10)) ;;  # + the launcher's 5 to 6 s grace for stopping the rest
 *) fail "signal must be KILL or STOP" ;;
 esac
 

@@ -9,8 +9,8 @@
 # memory (/usr/bin/time's maximum RSS of the whole process, for both).
 #
 #   scripts/bench/cpu.sh [--build DIR] [--batch "64 256"] [--rounds 3]
-#       [--steps 100] [--warmup 10] [--threads 2] [--python PY] [--synthetic]
-#       [--keep DIR]
+#       [--steps 100] [--warmup 10] [--threads 2] [--wait-policy POLICY]
+#       [--python PY] [--synthetic] [--keep DIR]
 #
 #   --build DIR    dmnist build folder (default: $DMNIST_BUILD_DIR or build)
 #   --batch LIST   batch sizes (default "64 256")
@@ -20,6 +20,10 @@
 #                  to a multiple of --warmup
 #   --warmup N     untimed steps before the timed ones (default 10)
 #   --threads N    threads for both (default 2: this machine's cores)
+#   --wait-policy P   OMP_WAIT_POLICY for both (passive or active; default:
+#                  the environment's, normally unset: libgomp spins a while,
+#                  then sleeps). On a busy machine passive is much faster for
+#                  both (docs/cpu-path.md).
 #   --python PY    the Python with torch (default: $PYTHON, then Debian's
 #                  /usr/bin/python3, then python3 on PATH)
 #   --synthetic    random data for both (the default is real MNIST from
@@ -44,6 +48,7 @@ rounds=3
 steps=100
 warmup=10
 threads=2
+wait_policy=${OMP_WAIT_POLICY:-}
 python=${PYTHON:-}
 synthetic=0
 keep=""
@@ -55,6 +60,7 @@ while [ $# -gt 0 ]; do
         --steps) steps=${2:?}; shift 2 ;;
         --warmup) warmup=${2:?}; shift 2 ;;
         --threads) threads=${2:?}; shift 2 ;;
+        --wait-policy) wait_policy=${2:?}; shift 2 ;;
         --python) python=${2:?}; shift 2 ;;
         --synthetic) synthetic=1; shift ;;
         --keep) keep=${2:?}; shift 2 ;;
@@ -66,6 +72,11 @@ for v in rounds steps warmup threads; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "--$v must be a positive integer, got '${!v}'"
 done
 for b in $batches; do [[ $b =~ ^[1-9][0-9]*$ ]] || die "--batch: '$b' is not a positive integer"; done
+case "${wait_policy,,}" in
+    "") unset OMP_WAIT_POLICY ;;
+    passive|active) export OMP_WAIT_POLICY=$wait_policy ;;
+    *) die "--wait-policy must be passive or active, got '$wait_policy'" ;;
+esac
 
 case "$build" in /*) ;; *) build="$root/$build" ;; esac
 run="$build/dmnist-run"
@@ -161,7 +172,8 @@ cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 echo "dmnist CPU benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
 echo "machine: ${cpu:-unknown CPU}, $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "dmnist: $run, $(basename "$config"); PyTorch $torch_version ($torch_kind, $python)"
-echo "both: $threads threads; data: $data_note; $warmup warm-up steps, then timed steps; $rounds interleaved rounds"
+echo "both: $threads threads, OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset, the libgomp default}; data: $data_note;" \
+     "$warmup warm-up steps, then timed steps; $rounds interleaved rounds"
 echo
 
 results="$work/results.txt" # batch round impl images/s rss

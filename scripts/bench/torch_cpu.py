@@ -26,7 +26,8 @@ Two modes; each prints one JSON line:
 
   /usr/bin/python3 scripts/bench/torch_cpu.py [--data data/mnist | --synthetic]
       [--batch 64] [--steps 100] [--warmup-steps 10] [--threads 2]
-      [--lr 0.001] [--warmup-lr-steps 0] [--standardize]
+      [--lr 0.001] [--warmup-lr-steps 0] [--lr-decay-rate 1 --lr-decay-steps 0]
+      [--standardize]
       [--target 0.99 --epochs 5 --eval-every 200 --eval-batch 1000]
 """
 import argparse
@@ -78,6 +79,10 @@ def main():
     ap.add_argument("--lr", type=float, default=0.001)
     ap.add_argument("--warmup-lr-steps", type=int, default=0,
                     help="linear lr warm-up over N steps, as dmnist's optimizer.warmup_steps")
+    ap.add_argument("--lr-decay-rate", type=float, default=1.0,
+                    help="exponential decay, as dmnist adam's lr_decay_rate")
+    ap.add_argument("--lr-decay-steps", type=int, default=0,
+                    help="lr * rate^((step - 1) / N), as dmnist adam's lr_decay_steps (0 = none)")
     ap.add_argument("--standardize", action="store_true", help="as dmnist's data.standardize")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--target", type=float, default=0.0, help="time-to-accuracy mode: stop at this test accuracy")
@@ -152,8 +157,10 @@ def main():
         idx = state["perm"][state["pos"] * args.batch:(state["pos"] + 1) * args.batch]
         state["pos"] += 1
         state["step"] += 1
-        if args.warmup_lr_steps > 0:
-            w = min(1.0, state["step"] / args.warmup_lr_steps)
+        if args.warmup_lr_steps > 0 or args.lr_decay_steps > 0:
+            w = min(1.0, state["step"] / args.warmup_lr_steps) if args.warmup_lr_steps > 0 else 1.0
+            if args.lr_decay_steps > 0:
+                w *= args.lr_decay_rate ** ((state["step"] - 1) / args.lr_decay_steps)
             for group in opt.param_groups:
                 group["lr"] = args.lr * w
         xb, yb = to_float(x_train[idx]), y_train[idx]

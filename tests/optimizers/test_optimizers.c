@@ -177,12 +177,14 @@ static int test_sgd_two_steps_closed_form(void)
 
 /* ---- Adam, Keras/TF form ------------------------------------------------ */
 
-static int adam_compare(double lr, double b1, double b2, double eps, double wd, size_t n,
-                        int steps, int threads)
+static int adam_compare_decay(double lr, double b1, double b2, double eps, double wd,
+                              double decay_rate, int decay_steps, size_t n, int steps, int threads)
 {
-    char spec[160];
-    snprintf(spec, sizeof spec, "beta1=%.17g beta2=%.17g epsilon=%.17g weight_decay=%g", b1, b2,
-             eps, wd);
+    char spec[256];
+    snprintf(spec, sizeof spec,
+             "beta1=%.17g beta2=%.17g epsilon=%.17g weight_decay=%g lr_decay_rate=%.17g "
+             "lr_decay_steps=%d",
+             b1, b2, eps, wd, decay_rate, decay_steps);
     dm_error err = {0};
     opt o;
     int rc = opt_open(&o, "adam", spec, n, DM_DEVICE_CPU, threads, &err);
@@ -203,6 +205,8 @@ static int adam_compare(double lr, double b1, double b2, double eps, double wd, 
         rc = opt_step(&o, t, (float)lr, p, g, &err);
         CHECK(rc == DM_OK, "%s", err.msg);
         double lr_t = lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t));
+        if (decay_steps > 0) /* Keras's ExponentialDecay: 1 at the first step */
+            lr_t *= pow(decay_rate, (t - 1.0) / decay_steps);
         for (size_t i = 0; i < n; i++) {
             double gi = g[i] + wd * pd[i];
             m[i] = b1 * m[i] + (1.0 - b1) * gi;
@@ -224,6 +228,12 @@ static int adam_compare(double lr, double b1, double b2, double eps, double wd, 
     return 0;
 }
 
+static int adam_compare(double lr, double b1, double b2, double eps, double wd, size_t n,
+                        int steps, int threads)
+{
+    return adam_compare_decay(lr, b1, b2, eps, wd, 1.0, 0, n, steps, threads);
+}
+
 /* Bias correction matters most in the first steps: t = 1, 2, 3. */
 static int test_adam_steps(void)
 {
@@ -232,6 +242,12 @@ static int test_adam_steps(void)
 }
 static int test_adam_weight_decay(void) { return adam_compare(1e-2, 0.9, 0.999, 1e-7, 0.1, 19, 3, 1); }
 static int test_adam_parallel(void) { return adam_compare(1e-3, 0.9, 0.999, 1e-7, 1e-4, 100003, 3, 2); }
+/* Exponential lr decay: halved every 2 steps, over 6 steps (a missing or
+ * off-by-one decay moves the parameters by far more than the tolerance). */
+static int test_adam_lr_decay(void)
+{
+    return adam_compare_decay(1e-2, 0.9, 0.999, 1e-7, 0, 0.5, 2, 19, 6, 1);
+}
 
 /* With the defaults, Adam's first step moves each parameter by lr * sign(g)
  * (m / sqrt(v) = g / |g| after bias correction), whatever |g| is. */
@@ -327,6 +343,7 @@ static int test_refusals(void)
         expect_refusal("sgd", "lr=0.1", DM_DEVICE_CPU, DM_ERR_INVALID, "lr") ||
         expect_refusal("adam", "beta1=1", DM_DEVICE_CPU, DM_ERR_INVALID, "beta1") ||
         expect_refusal("adam", "beta2=1.5", DM_DEVICE_CPU, DM_ERR_INVALID, "beta2") ||
+        expect_refusal("adam", "lr_decay_rate=0", DM_DEVICE_CPU, DM_ERR_INVALID, "lr_decay_rate") ||
         (!(((const dm_optimizer_vtable *)dm_registry_find(g_reg, DM_KIND_OPTIMIZER, "adam")
                ->component->vtable)
                ->devices &
@@ -366,6 +383,7 @@ static const test_case cases[] = {
     {"adam_steps", test_adam_steps},
     {"adam_weight_decay", test_adam_weight_decay},
     {"adam_parallel", test_adam_parallel},
+    {"adam_lr_decay", test_adam_lr_decay},
     {"adam_first_step_is_lr", test_adam_first_step_is_lr},
     {"quadratic", test_quadratic},
     {"refusals", test_refusals},

@@ -5,6 +5,8 @@
  *   m    = beta1 * m + (1 - beta1) * g
  *   v    = beta2 * v + (1 - beta2) * g^2
  *   lr_t = lr * sqrt(1 - beta2^t) / (1 - beta1^t)  (t = ctx->step, 1-based)
+ *   (times lr_decay_rate^((t - 1) / lr_decay_steps) when lr_decay_steps > 0:
+ *    Keras's ExponentialDecay, applied on top of the core's lr and warm-up)
  *   p    = p - lr_t * m / (sqrt(v) + epsilon)
  *
  * State: 2 floats per parameter, m in the first n floats and v in the next n,
@@ -30,6 +32,8 @@ int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, flo
 
 typedef struct adam_state {
     float beta1, beta2, epsilon, weight_decay;
+    double decay_rate;  /* lr multiplied by decay_rate^((step - 1) / decay_steps) */
+    int64_t decay_steps; /* 0: constant lr */
     int num_threads;    /* <= 0: OpenMP's default */
     size_t param_count;
     dm_device device;   /* where params, grads, m and v live */
@@ -44,6 +48,10 @@ static const dm_param_def adam_params[] = {
      "added to sqrt(v) (Keras/TF default 1e-7)"},
     {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, 1.0, NULL,
      "L2 penalty: weight_decay * param is added to the gradient"},
+    {"lr_decay_rate", DM_PARAM_FLOAT, "1", 0.0, 1.0, NULL,
+     "exponential lr decay: lr * rate^((step - 1) / lr_decay_steps), in (0, 1]"},
+    {"lr_decay_steps", DM_PARAM_INT, "0", 0, 9e15, NULL,
+     "steps over which the lr shrinks by lr_decay_rate (0 = no decay)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, void **state,
@@ -53,6 +61,8 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
     double beta2 = dm_param_float(params, "beta2", 0.999);
     double epsilon = dm_param_float(params, "epsilon", 1e-7);
     double weight_decay = dm_param_float(params, "weight_decay", 0.0);
+    double decay_rate = dm_param_float(params, "lr_decay_rate", 1.0);
+    int64_t decay_steps = dm_param_int(params, "lr_decay_steps", 0);
 
     if (!(ADAM_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
@@ -67,6 +77,11 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
         return dm_fail(err, DM_ERR_INVALID, "adam: epsilon %g must be >= 0", epsilon);
     if (!(weight_decay >= 0.0))
         return dm_fail(err, DM_ERR_INVALID, "adam: weight_decay %g must be >= 0", weight_decay);
+    if (!(decay_rate > 0.0 && decay_rate <= 1.0))
+        return dm_fail(err, DM_ERR_INVALID, "adam: lr_decay_rate %g must be in (0, 1]", decay_rate);
+    if (decay_steps < 0)
+        return dm_fail(err, DM_ERR_INVALID, "adam: lr_decay_steps %lld must be >= 0",
+                       (long long)decay_steps);
 
     adam_state *s = calloc(1, sizeof *s);
     if (!s)
@@ -75,6 +90,8 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
     s->beta2 = (float)beta2;
     s->epsilon = (float)epsilon;
     s->weight_decay = (float)weight_decay;
+    s->decay_rate = decay_rate;
+    s->decay_steps = decay_steps;
     s->num_threads = cfg->num_threads;
     s->param_count = cfg->param_count;
     s->device = cfg->device;
@@ -126,6 +143,8 @@ static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, con
     double t = (double)ctx->step;
     double lr_t = (double)ctx->lr * sqrt(1.0 - pow((double)s->beta2, t)) /
                   (1.0 - pow((double)s->beta1, t));
+    if (s->decay_steps > 0)
+        lr_t *= pow(s->decay_rate, (t - 1.0) / (double)s->decay_steps);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA)
         return adam_update_cuda(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2,

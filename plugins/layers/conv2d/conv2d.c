@@ -1,6 +1,7 @@
 /* Conv2D layer plugin: parameters, shapes, and dispatch to the device math.
  * Weights (filters, in_c, k, k) then bias (filters) in the parameter slice. */
 #include "conv2d.h"
+#include "dmnist/layer_util.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -43,11 +44,6 @@ static const dm_param_def conv2d_params[] = {
      "cuda: let cuDNN use TF32 tensor cores (faster; ~1e-3 relative error)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const char *device_name(dm_device d)
-{
-    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
-}
-
 /* Output size and leading padding along one axis. */
 static void out_size(int in, int k, int stride, int same, int *out, int *pad_lead)
 {
@@ -73,7 +69,7 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
     if (!(CONV2D_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: conv2d has no %s implementation in this build (devices: cpu)", name,
-                       device_name(cfg->device));
+                       dm_device_str(cfg->device));
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: conv2d supports only the NCHW layout", name);
 
@@ -217,7 +213,7 @@ static int check_tensor(const conv2d_state *s, const dm_tensor *t, int c, int h,
         return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
     if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       device_name(s->device));
+                       dm_device_str(s->device));
     if (t->shape.n < 1 || t->shape.n > s->n || t->shape.c != c || t->shape.h != h ||
         t->shape.w != w)
         return dm_fail(err, DM_ERR_INVALID,

@@ -2,6 +2,7 @@
  * parameter slice. Any (n, c, h, w) input is read as (n, c*h*w) in NCHW
  * order; the output is (n, units, 1, 1). */
 #include "dense.h"
+#include "dmnist/layer_util.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -27,11 +28,6 @@ static const dm_param_def dense_params[] = {
      "cuda: let cuBLAS use TF32 tensor cores (faster; ~1e-3 relative error)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const char *device_name(dm_device d)
-{
-    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
-}
-
 static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                         dm_layer_info *info, dm_error *err)
 {
@@ -42,7 +38,7 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
     if (!(DENSE_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: dense has no %s implementation in this build (devices: cpu)", name,
-                       device_name(cfg->device));
+                       dm_device_str(cfg->device));
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: dense supports only the NCHW layout", name);
     const dm_shape in = cfg->in_shape;
@@ -138,7 +134,7 @@ static int check_tensor(const dense_state *s, const dm_tensor *t, int n, int c, 
         return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
     if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       device_name(s->device));
+                       dm_device_str(s->device));
     if (t->shape.n < 1 || t->shape.n > s->n || (n > 0 && t->shape.n != n) || t->shape.c != c ||
         t->shape.h != h || t->shape.w != w)
         return dm_fail(err, DM_ERR_INVALID,

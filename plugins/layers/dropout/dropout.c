@@ -1,5 +1,6 @@
 /* Dropout layer plugin: no parameters; identity when ctx->training == 0. */
 #include "dropout.h"
+#include "dmnist/layer_util.h"
 
 #include <math.h>
 #include <omp.h>
@@ -21,11 +22,6 @@ static const dm_param_def dropout_params[] = {
      "fraction of inputs zeroed while training, in [0, 1)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const char *device_name(dm_device d)
-{
-    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
-}
-
 static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
 {
@@ -36,7 +32,7 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
     if (!(DROPOUT_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: dropout has no %s implementation in this build (devices: cpu)", name,
-                       device_name(cfg->device));
+                       dm_device_str(cfg->device));
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: dropout supports only the NCHW layout",
                        name);
@@ -69,35 +65,12 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
     return DM_OK;
 }
 
-static int dropout_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
-{
-    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
-    return DM_OK;
-}
-
-static int dropout_init_params(void *state, float *params, uint64_t seed, dm_error *err)
-{
-    (void)state, (void)params, (void)seed, (void)err;
-    return DM_OK;
-}
-
 /* t must have the create-time per-item shape and a batch <= the create-time
  * one (exactly n when n > 0). */
 static int check_tensor(const dropout_state *s, const dm_tensor *t, int n, const char *what,
                         dm_error *err)
 {
-    const dm_shape e = s->shape;
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
-    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       device_name(s->device));
-    if (t->shape.n < 1 || t->shape.n > e.n || (n > 0 && t->shape.n != n) || t->shape.c != e.c ||
-        t->shape.h != e.h || t->shape.w != e.w)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
-                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, e.n, e.c, e.h, e.w);
-    return DM_OK;
+    return dm_check_tensor(s->name, what, t, s->device, s->shape, n, err);
 }
 
 static int dropout_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
@@ -165,8 +138,8 @@ static const dm_layer_vtable dropout_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = DROPOUT_DEVICES,
     .create = dropout_create,
-    .bind = dropout_bind,
-    .init_params = dropout_init_params,
+    .bind = dm_layer_bind_nothing,
+    .init_params = dm_layer_init_nothing,
     .forward = dropout_forward,
     .backward = dropout_backward,
     .destroy = dropout_destroy,

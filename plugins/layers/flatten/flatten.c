@@ -1,5 +1,6 @@
 /* Flatten layer plugin: no parameters. */
 #include "flatten.h"
+#include "dmnist/layer_util.h"
 
 #include <stdlib.h>
 
@@ -14,11 +15,6 @@
 #define FLATTEN_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
 #endif
 
-static const char *device_name(dm_device d)
-{
-    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
-}
-
 static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
 {
@@ -30,7 +26,7 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
     if (!(FLATTEN_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: flatten has no %s implementation in this build (devices: cpu)", name,
-                       device_name(cfg->device));
+                       dm_device_str(cfg->device));
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: flatten supports only the NCHW layout",
                        name);
@@ -57,33 +53,11 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
     return DM_OK;
 }
 
-static int flatten_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
-{
-    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
-    return DM_OK;
-}
-
-static int flatten_init_params(void *state, float *params, uint64_t seed, dm_error *err)
-{
-    (void)state, (void)params, (void)seed, (void)err;
-    return DM_OK;
-}
-
 /* t must have shape e, with batch n (or any batch <= e.n when n == 0). */
 static int check_tensor(const flatten_state *s, const dm_tensor *t, dm_shape e, int n,
                         const char *what, dm_error *err)
 {
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
-    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       device_name(s->device));
-    if (t->shape.n < 1 || t->shape.n > e.n || (n > 0 && t->shape.n != n) || t->shape.c != e.c ||
-        t->shape.h != e.h || t->shape.w != e.w)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
-                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, e.n, e.c, e.h, e.w);
-    return DM_OK;
+    return dm_check_tensor(s->name, what, t, s->device, e, n, err);
 }
 
 static int flatten_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
@@ -136,8 +110,8 @@ static const dm_layer_vtable flatten_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = FLATTEN_DEVICES,
     .create = flatten_create,
-    .bind = flatten_bind,
-    .init_params = flatten_init_params,
+    .bind = dm_layer_bind_nothing,
+    .init_params = dm_layer_init_nothing,
     .forward = flatten_forward,
     .backward = flatten_backward,
     .destroy = flatten_destroy,

@@ -1,5 +1,6 @@
 /* MaxPool2D layer plugin: no parameters, no padding. */
 #include "maxpool2d.h"
+#include "dmnist/layer_util.h"
 
 #include <omp.h>
 #include <stdlib.h>
@@ -20,11 +21,6 @@ static const dm_param_def maxpool2d_params[] = {
     {"stride", DM_PARAM_INT, "0", 0, 1024, NULL, "step between windows; 0 = same as pool"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const char *device_name(dm_device d)
-{
-    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
-}
-
 static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                             dm_layer_info *info, dm_error *err)
 {
@@ -35,7 +31,7 @@ static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void
     if (!(MAXPOOL2D_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: maxpool2d has no %s implementation in this build (devices: cpu)",
-                       name, device_name(cfg->device));
+                       name, dm_device_str(cfg->device));
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: maxpool2d supports only the NCHW layout",
                        name);
@@ -74,36 +70,13 @@ static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void
     return DM_OK;
 }
 
-static int maxpool2d_bind(void *state, float *params, float *grads, void *workspace,
-                          dm_error *err)
-{
-    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
-    return DM_OK;
-}
-
-static int maxpool2d_init_params(void *state, float *params, uint64_t seed, dm_error *err)
-{
-    (void)state, (void)params, (void)seed, (void)err;
-    return DM_OK;
-}
-
 /* t must be (n, c, h, w) with the create-time c and batch <= the create-time n
  * (exactly n when n > 0). */
 static int check_tensor(const maxpool2d_state *s, const dm_tensor *t, int n, int h, int w,
                         const char *what, dm_error *err)
 {
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
-    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       device_name(s->device));
-    if (t->shape.n < 1 || t->shape.n > s->in.n || (n > 0 && t->shape.n != n) ||
-        t->shape.c != s->in.c || t->shape.h != h || t->shape.w != w)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
-                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, s->in.n, s->in.c, h,
-                       w);
-    return DM_OK;
+    dm_shape e = {s->in.n, s->in.c, h, w};
+    return dm_check_tensor(s->name, what, t, s->device, e, n, err);
 }
 
 static int maxpool2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
@@ -158,8 +131,8 @@ static const dm_layer_vtable maxpool2d_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = MAXPOOL2D_DEVICES,
     .create = maxpool2d_create,
-    .bind = maxpool2d_bind,
-    .init_params = maxpool2d_init_params,
+    .bind = dm_layer_bind_nothing,
+    .init_params = dm_layer_init_nothing,
     .forward = maxpool2d_forward,
     .backward = maxpool2d_backward,
     .destroy = maxpool2d_destroy,

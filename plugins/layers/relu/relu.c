@@ -1,5 +1,6 @@
 /* ReLU layer plugin: no parameters, output shape = input shape. */
 #include "relu.h"
+#include "dmnist/layer_util.h"
 
 #include <omp.h>
 #include <stdlib.h>
@@ -15,11 +16,6 @@
 #define RELU_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
 #endif
 
-static const char *device_name(dm_device d)
-{
-    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
-}
-
 static int relu_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                        dm_layer_info *info, dm_error *err)
 {
@@ -31,7 +27,7 @@ static int relu_create(const dm_params *p, const dm_layer_config *cfg, void **st
     if (!(RELU_DEVICES & DM_DEVICE_BIT(cfg->device)))
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: relu has no %s implementation in this build (devices: cpu)", name,
-                       device_name(cfg->device));
+                       dm_device_str(cfg->device));
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: relu supports only the NCHW layout", name);
     const dm_shape in = cfg->in_shape;
@@ -54,34 +50,11 @@ static int relu_create(const dm_params *p, const dm_layer_config *cfg, void **st
     return DM_OK;
 }
 
-static int relu_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
-{
-    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
-    return DM_OK;
-}
-
-static int relu_init_params(void *state, float *params, uint64_t seed, dm_error *err)
-{
-    (void)state, (void)params, (void)seed, (void)err;
-    return DM_OK;
-}
-
 /* A tensor of this layer's per-item shape, at most the create-time batch. */
 static int check_tensor(const relu_state *s, const dm_tensor *t, int n, const char *what,
                         dm_error *err)
 {
-    const dm_shape e = s->shape;
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
-    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       device_name(s->device));
-    if (t->shape.n < 1 || t->shape.n > e.n || (n > 0 && t->shape.n != n) || t->shape.c != e.c ||
-        t->shape.h != e.h || t->shape.w != e.w)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
-                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, e.n, e.c, e.h, e.w);
-    return DM_OK;
+    return dm_check_tensor(s->name, what, t, s->device, s->shape, n, err);
 }
 
 static int relu_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
@@ -136,8 +109,8 @@ static const dm_layer_vtable relu_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = RELU_DEVICES,
     .create = relu_create,
-    .bind = relu_bind,
-    .init_params = relu_init_params,
+    .bind = dm_layer_bind_nothing,
+    .init_params = dm_layer_init_nothing,
     .forward = relu_forward,
     .backward = relu_backward,
     .destroy = relu_destroy,

@@ -3,6 +3,7 @@
  * and metrics[1] += correct argmax predictions. backward ignores dout and
  * writes din = (p - onehot) / n, the gradient of the mean loss. */
 #include "softmax_cross_entropy.h"
+#include "dmnist/layer_util.h"
 
 #include <stdlib.h>
 
@@ -16,11 +17,6 @@
 #else
 #define SCE_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
 #endif
-
-static const char *device_name(dm_device d)
-{
-    return d == DM_DEVICE_CPU ? "cpu" : d == DM_DEVICE_CUDA ? "cuda" : "unknown";
-}
 
 static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                       dm_layer_info *info, dm_error *err)
@@ -36,7 +32,7 @@ static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **sta
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: softmax_cross_entropy has no %s implementation in this build "
                        "(devices: cpu)",
-                       name, device_name(cfg->device));
+                       name, dm_device_str(cfg->device));
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: softmax_cross_entropy supports only the NCHW layout", name);
@@ -63,35 +59,12 @@ static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **sta
     return DM_OK;
 }
 
-static int sce_bind(void *state, float *params, float *grads, void *workspace, dm_error *err)
-{
-    (void)state, (void)params, (void)grads, (void)workspace, (void)err;
-    return DM_OK;
-}
-
-static int sce_init_params(void *state, float *params, uint64_t seed, dm_error *err)
-{
-    (void)state, (void)params, (void)seed, (void)err;
-    return DM_OK;
-}
-
 /* t must have the input's per-item shape and a batch <= the create-time one
  * (exactly n when n > 0). */
 static int check_tensor(const sce_state *s, const dm_tensor *t, int n, const char *what,
                         dm_error *err)
 {
-    const dm_shape e = s->in;
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
-    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       device_name(s->device));
-    if (t->shape.n < 1 || t->shape.n > e.n || (n > 0 && t->shape.n != n) || t->shape.c != e.c ||
-        t->shape.h != e.h || t->shape.w != e.w)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
-                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, e.n, e.c, e.h, e.w);
-    return DM_OK;
+    return dm_check_tensor(s->name, what, t, s->device, s->in, n, err);
 }
 
 static int check_labels(const sce_state *s, int n, const int32_t *labels, dm_error *err)
@@ -169,8 +142,8 @@ static const dm_layer_vtable sce_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = SCE_DEVICES,
     .create = sce_create,
-    .bind = sce_bind,
-    .init_params = sce_init_params,
+    .bind = dm_layer_bind_nothing,
+    .init_params = dm_layer_init_nothing,
     .forward = sce_forward,
     .backward = sce_backward,
     .destroy = sce_destroy,

@@ -7,7 +7,8 @@
 # (default 1):
 #   KILL  the process is gone (its sockets close at once): the job must exit
 #         non-zero within the timeout, and the output must name the lost
-#         rank (the launcher sees which child died);
+#         rank: the launcher says which child died, and a gloo survivor
+#         names the peer whose connection broke ("... (rank 1)");
 #   STOP  the process hangs without closing anything: the others' next
 #         collective must time out after timeout_s, and the job must exit
 #         non-zero within timeout_s + 10 s (dmnist-run --np waits 5 to 6 s
@@ -17,8 +18,7 @@
 # (mpirun -np 2 dmnist-run; gloo gets a file:// rendezvous through
 # comm.rendezvous), or env (gloo only: two processes started here with
 # DMNIST_RANK and friends and no launcher watching them: the survivor must
-# notice on its own; it names its own rank and the failed call, not the
-# lost rank: the gloo plugin cannot tell which peer a socket belonged to).
+# notice on its own and name the lost rank).
 source "$(dirname "$0")/lib.sh"
 launcher=${1:?launcher} backend=${2:?backend} sig=${3:?signal} victim=${4:-1}
 TIMEOUT_S=6
@@ -77,17 +77,16 @@ done
 awk -v t="$took" -v l="$limit" 'BEGIN { exit !(t <= l) }' ||
     { show "$TMP/job.log"; fail "the job took $took s to end after kill -$sig, more than $limit s"; }
 
-if [ "$sig" = KILL ] && [ "$launcher" != env ]; then
-    # dmnist-run --np: "rank 1 was killed by signal 9"; mpirun: "process rank 1 ... exited on signal 9".
-    grep -qE "rank $victim (was killed by signal 9|with PID .* exited on signal 9)" "$TMP/job.log" ||
-        { show "$TMP/job.log"; fail "no message naming the lost rank $victim"; }
-    msg=$(grep -E "rank $victim (was killed|with PID)" "$TMP/job.log" | head -1)
+if [ "$sig" = KILL ]; then
+    # dmnist-run --np: "rank 1 was killed by signal 9"; mpirun: "process rank 1 ... exited on signal 9";
+    # a gloo survivor: "... Connection closed by peer [127.0.0.1]:40119 (rank 1)".
+    named="rank $victim (was killed by signal 9|with PID .* exited on signal 9)"
+    [ "$backend" = gloo ] && named="$named|failed: .*\\(rank $victim\\)"
+    grep -qE "$named" "$TMP/job.log" || { show "$TMP/job.log"; fail "no message naming the lost rank $victim"; }
+    msg=$(grep -E "$named" "$TMP/job.log" | head -1)
 elif [ "$sig" = STOP ]; then
     grep -qE "timed out after $TIMEOUT_S s" "$TMP/job.log" ||
         { show "$TMP/job.log"; fail "no timeout message from the ranks left waiting"; }
     msg=$(grep -m1 -E "timed out after" "$TMP/job.log")
-else
-    grep -q "^dmnist-run: $backend" "$TMP/job.log" || { show "$TMP/job.log"; fail "the survivor gave no $backend error"; }
-    msg=$(grep -m1 "^dmnist-run: $backend" "$TMP/job.log")
 fi
 ok "$launcher/$backend: kill -$sig of rank $victim ended the job (status ${status[*]}) in $took s: $msg"

@@ -6,12 +6,21 @@
 // into the store and polls until every rank's key is there: this is where a
 // missing rank is noticed, and we can say how many arrived. Then Gloo's own
 // connectFullMesh exchanges addresses (under "<prefix>/gloo") and connects.
+//
+// Gloo names a lost peer only by address ("Connection closed by peer
+// [10.0.0.2]:40119"). So after connecting, every rank publishes the address
+// of its end of each pair under "<prefix>/pair/<rank>/<peer>", reads the
+// other ends of its own pairs, and failure messages get the rank added:
+// by exact address when we connected to the peer's listening socket, else
+// by host address (exact when one peer has that address, "one of ranks ..."
+// otherwise: ranks on one host share it).
 #include "gloo_shim.h"
 
 #include <errno.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
@@ -229,12 +238,45 @@ struct dm_gloo {
     double timeout_s = 0.0;
     uint32_t tag = 0; // one per collective, the same sequence on every rank
     int rank = -1;
+    std::vector<std::string> peer_addr; // [size]: rank r's end of our pair, "[ip]:port"
 };
 
 namespace {
 
+// " (rank 3)" or " (one of ranks 1, 3)" for the peer whose address a Gloo
+// message names; "" when it names none we know.
+std::string peer_ranks(const dm_gloo *g, const std::string &msg)
+{
+    if (!g)
+        return "";
+    for (size_t r = 0; r < g->peer_addr.size(); r++) {
+        const std::string &a = g->peer_addr[r];
+        size_t at = a.empty() ? std::string::npos : msg.find(a);
+        if (at != std::string::npos && !std::isdigit((unsigned char)msg[at + a.size()])) // ":6553" is not ":65530"
+            return " (rank " + std::to_string(r) + ")";
+    }
+    // the first "[ip]:port" in the message
+    size_t close = msg.find("]:");
+    size_t open = close == std::string::npos ? close : msg.rfind('[', close);
+    if (open == std::string::npos)
+        return "";
+    std::string host = msg.substr(open, close - open + 1); // "[ip]"
+    std::vector<size_t> same;
+    for (size_t r = 0; r < g->peer_addr.size(); r++)
+        if (g->peer_addr[r].compare(0, host.size(), host) == 0)
+            same.push_back(r);
+    if (same.empty())
+        return "";
+    std::string out = same.size() == 1 ? " (rank " : " (one of ranks ";
+    for (size_t k = 0; k < same.size(); k++)
+        out += (k ? ", " : "") + std::to_string(same[k]);
+    return out + ")";
+}
+
 // Run f; turn whatever it throws into a dm_status and "gloo: rank R: ...".
-template <typename F> int guarded(dm_error *err, int rank, const std::string &what, F &&f)
+// With g, a message naming a peer's address also names its rank.
+template <typename F>
+int guarded(dm_error *err, int rank, const std::string &what, F &&f, const dm_gloo *g = nullptr)
 {
     std::string msg;
     int code;
@@ -247,7 +289,7 @@ template <typename F> int guarded(dm_error *err, int rank, const std::string &wh
     } catch (const gloo::IoException &e) {
         msg = one_line(e.what());
         code = mentions_timeout(msg) ? DM_ERR_TIMEOUT : DM_ERR_COMM;
-        msg = what + (code == DM_ERR_TIMEOUT ? " timed out: " : " failed: ") + msg;
+        msg = what + (code == DM_ERR_TIMEOUT ? " timed out: " : " failed: ") + msg + peer_ranks(g, msg);
     } catch (const std::bad_alloc &) {
         code = DM_ERR_NOMEM;
         msg = what + ": out of memory";
@@ -259,6 +301,37 @@ template <typename F> int guarded(dm_error *err, int rank, const std::string &wh
         msg = what + " failed with an unknown C++ exception";
     }
     return dm_fail(err, code, "gloo: rank %d: %s", rank, msg.c_str());
+}
+
+std::string pair_key(const std::string &prefix, int owner, int peer)
+{
+    return prefix + "/pair/" + std::to_string(owner) + "/" + std::to_string(peer);
+}
+
+// See the top of the file. Everyone has connected, so the others' keys
+// follow at once; wait for them until the rendezvous deadline.
+void publish_pair_addresses(dm_gloo *g, const dm_gloo_setup *s, Clock::time_point deadline)
+{
+    for (int r = 0; r < s->size; r++)
+        if (r != s->rank) {
+            std::string a = g->context->getPair(r)->address().str();
+            g->store.store->set(pair_key(s->prefix, s->rank, r), std::vector<char>(a.begin(), a.end()));
+        }
+    g->peer_addr.assign((size_t)s->size, "");
+    for (int r = 0; r < s->size; r++) {
+        if (r == s->rank)
+            continue;
+        const std::string key = pair_key(s->prefix, r, s->rank);
+        while (!g->store.has(key)) {
+            if (Clock::now() > deadline)
+                throw ShimError{DM_ERR_TIMEOUT, "rendezvous: rank " + std::to_string(r) +
+                                                    " connected but did not publish its address in " +
+                                                    seconds_text(s->timeout_s)};
+            std::this_thread::sleep_for(Millis(2));
+        }
+        std::vector<char> v = g->store.store->get(key);
+        g->peer_addr[(size_t)r].assign(v.begin(), v.end());
+    }
 }
 
 } // namespace
@@ -306,6 +379,7 @@ extern "C" int dm_gloo_connect(const dm_gloo_setup *s, dm_gloo **out, int *local
             new gloo::rendezvous::PrefixStore(std::string(s->prefix) + "/gloo", *gp->store.store));
         gp->context->connectFullMesh(*gp->gloo_store, gp->device);
         gp->context->setTimeout(gp->timeout);
+        publish_pair_addresses(gp.get(), s, deadline);
         g = gp.release();
     });
     *out = g;
@@ -322,7 +396,7 @@ extern "C" int dm_gloo_allreduce_sum(dm_gloo *g, float *buf, size_t n, dm_error 
         opts.setTag(g->tag++);
         opts.setTimeout(g->timeout);
         gloo::allreduce(opts);
-    });
+    }, g);
 }
 
 extern "C" int dm_gloo_broadcast(dm_gloo *g, void *buf, size_t bytes, int root, dm_error *err)
@@ -337,7 +411,8 @@ extern "C" int dm_gloo_broadcast(dm_gloo *g, void *buf, size_t bytes, int root, 
                        opts.setTag(g->tag++);
                        opts.setTimeout(g->timeout);
                        gloo::broadcast(opts);
-                   });
+                   },
+                   g);
 }
 
 extern "C" int dm_gloo_barrier(dm_gloo *g, dm_error *err)
@@ -347,7 +422,7 @@ extern "C" int dm_gloo_barrier(dm_gloo *g, dm_error *err)
         opts.setTag(g->tag++);
         opts.setTimeout(g->timeout);
         gloo::barrier(opts);
-    });
+    }, g);
 }
 
 extern "C" void dm_gloo_close(dm_gloo *g)

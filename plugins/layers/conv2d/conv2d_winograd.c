@@ -160,15 +160,18 @@ static inline void a_1d(float *o, size_t os, const float *g, size_t is)
     vstore(o + 5 * os, g3);
 }
 
-/* G (6x3) g and G^T u (3 from 6), for the filters (scalars: F*C of them). */
+/* G (6x3) g and G^T u (3 from 6), for the filters (scalars: F*C of them;
+ * multiplications by the reciprocals, which cost a fraction of divisions). */
+static const float R4 = 1.0f / 4, R6 = 1.0f / 6, R12 = 1.0f / 12, R24 = 1.0f / 24;
+
 static void g_1d(float *o, int os, const float *g, int is)
 {
     const float g0 = g[0], g1 = g[is], g2 = g[2 * is];
-    o[0] = g0 / 4.0f;
-    o[os] = -(g0 + g1 + g2) / 6.0f;
-    o[2 * os] = -(g0 - g1 + g2) / 6.0f;
-    o[3 * os] = g0 / 24.0f + g1 / 12.0f + g2 / 6.0f;
-    o[4 * os] = g0 / 24.0f - g1 / 12.0f + g2 / 6.0f;
+    o[0] = g0 * R4;
+    o[os] = -(g0 + g1 + g2) * R6;
+    o[2 * os] = -(g0 - g1 + g2) * R6;
+    o[3 * os] = g0 * R24 + g1 * R12 + g2 * R6;
+    o[4 * os] = g0 * R24 - g1 * R12 + g2 * R6;
     o[5 * os] = g2;
 }
 
@@ -176,31 +179,37 @@ static void gt_1d(float *o, int os, const float *u, int is)
 {
     const float u0 = u[0], u1 = u[is], u2 = u[2 * is], u3 = u[3 * is], u4 = u[4 * is],
                 u5 = u[5 * is];
-    o[0] = u0 / 4.0f - (u1 + u2) / 6.0f + (u3 + u4) / 24.0f;
-    o[os] = (u2 - u1) / 6.0f + (u3 - u4) / 12.0f;
-    o[2 * os] = (u3 + u4 - u1 - u2) / 6.0f + u5;
+    o[0] = u0 * R4 - (u1 + u2) * R6 + (u3 + u4) * R24;
+    o[os] = (u2 - u1) * R6 + (u3 - u4) * R12;
+    o[2 * os] = (u3 + u4 - u1 - u2) * R6 + u5;
 }
 
 /* U (36, F, C) = G w[f][c] G^T for every filter and channel, and its
- * transpose Ut (36, C, F). */
+ * transpose Ut (36, C, F), in blocks of 16 filters (the transposing copy of a
+ * block's rows writes whole lines of Ut; element by element, each filter
+ * would touch 36 * C lines). */
 static void weight_transform(const conv2d_state *s, float *U, float *Ut)
 {
-    const int F = s->filters, C = s->in_c;
+    const int F = s->filters, C = s->in_c, nblocks = (F + 15) / 16;
     const size_t fc = (size_t)F * C;
 #pragma omp for schedule(static)
-    for (int f = 0; f < F; f++) {
-        for (int c = 0; c < C; c++) {
-            const float *g = s->w + ((size_t)f * C + c) * 9;
-            float t[6][3], u[6][6];
-            for (int kx = 0; kx < 3; kx++)
-                g_1d(&t[0][kx], 3, g + kx, 3); /* columns: t (6x3) = G g */
-            for (int i = 0; i < 6; i++)
-                g_1d(&u[i][0], 1, &t[i][0], 1); /* rows: u (6x6) = t G^T */
-            for (int xi = 0; xi < WN; xi++) {
-                U[xi * fc + (size_t)f * C + c] = u[xi / 6][xi % 6];
-                Ut[xi * fc + (size_t)c * F + f] = u[xi / 6][xi % 6];
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int f0 = blk * 16, f1 = f0 + 16 < F ? f0 + 16 : F;
+        for (int f = f0; f < f1; f++) {
+            for (int c = 0; c < C; c++) {
+                const float *g = s->w + ((size_t)f * C + c) * 9;
+                float t[6][3], u[6][6];
+                for (int kx = 0; kx < 3; kx++)
+                    g_1d(&t[0][kx], 3, g + kx, 3); /* columns: t (6x3) = G g */
+                for (int i = 0; i < 6; i++)
+                    g_1d(&u[i][0], 1, &t[i][0], 1); /* rows: u (6x6) = t G^T */
+                for (int xi = 0; xi < WN; xi++)
+                    U[xi * fc + (size_t)f * C + c] = u[xi / 6][xi % 6];
             }
         }
+        for (int xi = 0; xi < WN; xi++) /* Ut_xi[:, f0:f1] = U_xi[f0:f1, :]^T */
+            cblas_somatcopy(CblasRowMajor, CblasTrans, f1 - f0, C, 1.0f, U + xi * fc + (size_t)f0 * C,
+                            C, Ut + xi * fc + f0, F);
     }
 }
 

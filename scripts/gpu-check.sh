@@ -8,9 +8,10 @@
 # in the table and the script goes on. Logs go to $OUT (or /tmp/dmnist-gpu-check-out).
 #
 #   scripts/gpu-check.sh --prepare   on the development machine (CUDA toolkit,
-#                                    no GPU needed): build at $DMNIST_GPU_BUILD
-#                                    and pack build, runtime libraries and MNIST
-#                                    into build-gpu-carry/bundle.tar.gz
+#                                    no GPU needed): build the committed HEAD at
+#                                    $DMNIST_GPU_BUILD and pack build, runtime
+#                                    libraries and MNIST into
+#                                    build-gpu-carry/bundle.tar.gz
 #   scripts/gpu-check.sh             on the GPU machine, from the repository
 #                                    root; uses build-gpu-carry/ when present,
 #                                    else configures and builds there
@@ -42,8 +43,12 @@ elapsed() { echo $(($(date +%s) - T0)); }
 # ---- --prepare: build here, pack what the GPU machine needs --------------------------
 if [[ ${1:-} == --prepare ]]; then
     command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
-    say "prepare: configuring $BUILD (CUDA arch ${CUDA_ARCH:-90})"
-    cmake -S "$REPO" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
+    # Build the committed HEAD, not the working tree (others' half-written
+    # changes must not end up in the GPU run).
+    SRC=/tmp/dmnist-gpu-src
+    rm -rf "$SRC" && mkdir -p "$SRC" && git -C "$REPO" archive HEAD | tar -x -C "$SRC"
+    say "prepare: configuring $BUILD from HEAD $(git -C "$REPO" rev-parse --short HEAD) (CUDA arch ${CUDA_ARCH:-90})"
+    cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
         >"$LOGS/prepare-configure.log" 2>&1 || { tail -20 "$LOGS/prepare-configure.log"; exit 1; }
     grep -q "building CUDA implementations" "$LOGS/prepare-configure.log" ||
         { echo "prepare: CMake did not find the CUDA toolkit (see $LOGS/prepare-configure.log)"; exit 1; }

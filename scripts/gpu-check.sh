@@ -46,7 +46,7 @@ if [[ ${1:-} == --prepare ]]; then
     # Build the committed HEAD, not the working tree (others' half-written
     # changes must not end up in the GPU run).
     SRC=/tmp/dmnist-gpu-src
-    rm -rf "$SRC" && mkdir -p "$SRC" && git -C "$REPO" archive HEAD | tar -x -C "$SRC"
+    rm -rf "$SRC" "$BUILD" && mkdir -p "$SRC" && git -C "$REPO" archive HEAD | tar -x -C "$SRC"
     say "prepare: configuring $BUILD from HEAD $(git -C "$REPO" rev-parse --short HEAD) (CUDA arch ${CUDA_ARCH:-90})"
     cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
         >"$LOGS/prepare-configure.log" 2>&1 || { tail -20 "$LOGS/prepare-configure.log"; exit 1; }

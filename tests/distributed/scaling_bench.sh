@@ -10,7 +10,8 @@
 #   - for each backend, train.fusion_mb = 0 (one allreduce per layer), 4
 #     (the default) and 1000 (one bucket for the model): the share of the
 #     training time that rank waits for its gradient buckets (comm-wait),
-#     averaged over ranks.
+#     averaged over ranks; "mpi0" is mpi without its progress thread
+#     (comm.progress_us = 0), for fusion_mb 0 and 4.
 # Each configuration runs STEPS steps per rank (default 60) REPEATS times
 # (default 3), interleaved so that a burst of load elsewhere hits all of
 # them alike; the median is reported. The first logged interval (10 steps:
@@ -62,6 +63,7 @@ for be in mpi gloo; do
         names+=("${be}_f$f")
     done
 done
+names+=(mpi0_f0 mpi0_f4)
 SHORT=$((STEPS / 3))
 declare -A ips wait cpu
 for ((rep = 1; rep <= REPEATS; rep++)); do
@@ -70,9 +72,10 @@ for ((rep = 1; rep <= REPEATS; rep++)); do
             if [ "$n" = one ]; then
                 r=$(measure "$n.$rep.$len" "$CFG" --set experiment.backend=local --set train.total_batches="$len")
             else
-                be=${n%_f*} f=${n#*_f}
+                be=${n%_f*} f=${n#*_f} extra=()
+                [ "$be" = mpi0 ] && be=mpi extra=(--set comm.progress_us=0)
                 r=$(measure "$n.$rep.$len" --np 2 "$CFG" --set experiment.backend="$be" \
-                    --set train.total_batches=$((2 * len)) --set train.fusion_mb="$f")
+                    --set train.total_batches=$((2 * len)) --set train.fusion_mb="$f" "${extra[@]}")
             fi
             read -r i w c <<<"$r"
             [ "$len" = "$SHORT" ] && { c_short=$c; continue; }

@@ -28,7 +28,10 @@
 # efficiencies agree.
 #
 # Environment: DMNIST_RUN (default build/dmnist-run), DMNIST_SOURCE_DIR
-# (default: this checkout). Prints one line per run, then a table.
+# (default: this checkout), DMNIST_BENCH_CPUS (e.g. 0,1: run every job under
+# taskset on those cores, to emulate a 2-core machine on a bigger one).
+# Backends whose plugin is not found are left out. Prints one line per
+# run, then a table.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 SRC=${DMNIST_SOURCE_DIR:-$(cd "$here/../.." && pwd)}
@@ -38,6 +41,8 @@ CFG=$SRC/configs/cnn-synthetic.ini
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/dmnist-bench.XXXXXX") || exit 1
 trap 'rm -rf "$TMP"' EXIT
 common=(--set experiment.threads=1 --set train.log_every=10 --set data.test_size=64 --no-progress)
+pin=()
+[ -n "${DMNIST_BENCH_CPUS:-}" ] && pin=(taskset -c "$DMNIST_BENCH_CPUS")
 
 # measure NAME ARGS...: run once; print "ips wait_share cpu_s": images/s
 # and wait share over the logged intervals after the first (from the
@@ -45,7 +50,7 @@ common=(--set experiment.threads=1 --set train.log_every=10 --set data.test_size
 measure() {
     local name=$1
     shift
-    /usr/bin/time -f "%U %S" -o "$TMP/$name.time" "$RUN" "$@" "${common[@]}" --metrics "$TMP/$name.jsonl" \
+    /usr/bin/time -f "%U %S" -o "$TMP/$name.time" "${pin[@]}" "$RUN" "$@" "${common[@]}" --metrics "$TMP/$name.jsonl" \
         >"$TMP/$name.log" 2>&1 || { cat "$TMP/$name.log" >&2; echo "run $name failed" >&2; exit 1; }
     # time_s is since the start: interval = difference of consecutive lines;
     # images = ips x interval; wait share = comm_wait_s / interval.
@@ -58,12 +63,14 @@ measure() {
 }
 
 names=(one)
+have() { "$RUN" --list-plugins 2>/dev/null | grep -qw "$1"; }
 for be in mpi gloo; do
+    have "$be" || { echo "no $be plugin: left out"; continue; }
     for f in 0 4 1000; do
         names+=("${be}_f$f")
     done
 done
-names+=(mpi0_f0 mpi0_f4)
+have mpi && names+=(mpi0_f0 mpi0_f4)
 SHORT=$((STEPS / 3))
 declare -A ips wait cpu
 for ((rep = 1; rep <= REPEATS; rep++)); do

@@ -76,6 +76,11 @@ static char **strip_np(int argc, char **argv, const char *exe)
     return out;
 }
 
+/* Ctrl-C or a SIGTERM to the launcher reaches every rank: each rank sits in
+ * its own process group, so the terminal's signal does not. */
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
 typedef struct worker {
     pid_t pid;
     int fd;                 /* read end of its stdout+stderr */
@@ -172,10 +177,27 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
     }
     free(child_argv);
 
-    int failed_rank = -1, exit_code = 0, running = np;
+    int failed_rank = -1, exit_code = 0, running = np, forwarded = 0;
     double term_at = 0, kill_at = 0; /* after a failure: SIGTERM, then SIGKILL, to the ranks left */
     struct pollfd *pfd = calloc((size_t)np, sizeof *pfd);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     while (running > 0) {
+        if (stop_signal && !forwarded) {
+            forwarded = 1;
+            fprintf(stderr, "dmnist-run: signal %d: stopping all %d ranks\n", (int)stop_signal, np);
+            for (int o = 0; o < np; o++)
+                if (!w[o].done) { kill(-w[o].pid, (int)stop_signal); kill(-w[o].pid, SIGCONT); }
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            kill_at = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec + 5;
+            term_at = kill_at; /* SIGKILL whatever is left after 5 s */
+            if (failed_rank < 0) exit_code = 128 + (int)stop_signal;
+        }
         for (int r = 0; r < np; r++) pfd[r] = (struct pollfd){w[r].fd, POLLIN, 0};
         poll(pfd, (nfds_t)np, 200);
         for (int r = 0; r < np; r++) {
@@ -205,7 +227,7 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
                 if (bad && (culprit < 0 || (WIFSIGNALED(st) && !WIFSIGNALED(w[culprit].status)))) culprit = r;
             }
         }
-        if (culprit >= 0 && failed_rank < 0) {
+        if (culprit >= 0 && failed_rank < 0 && !forwarded) {
             int r = culprit, st = w[r].status;
             failed_rank = r;
             exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
@@ -228,12 +250,16 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
             clock_gettime(CLOCK_MONOTONIC, &ts);
             double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
             for (int o = 0; o < np; o++)
-                if (!w[o].done && now > term_at) kill(-w[o].pid, now > kill_at ? SIGKILL : SIGTERM);
+                if (!w[o].done && now > term_at) {
+                    kill(-w[o].pid, now > kill_at ? SIGKILL : SIGTERM);
+                    kill(-w[o].pid, SIGCONT); /* a stopped rank must see its SIGTERM now */
+                }
         }
     }
     for (int r = 0; r < np; r++) if (w[r].fd >= 0) { flush_line(&w[r], r, 1); close(w[r].fd); }
     free(pfd);
     free(w);
     nftw(rdzv_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (failed_rank < 0 && forwarded) return exit_code;
     return failed_rank >= 0 ? (exit_code ? exit_code : 1) : 0;
 }

@@ -6,7 +6,8 @@
 # each batch size, on the same number of threads. Prints one table: training
 # images/s of each (median over rounds), the ratio (median of the per-round
 # ratios: each round's two runs are neighbours in time), and peak resident
-# memory (/usr/bin/time's maximum RSS of the whole process, for both).
+# memory (/usr/bin/time's maximum RSS of the whole process, for both; where
+# /usr/bin/time is missing, each program's own getrusage() ru_maxrss).
 #
 #   scripts/bench/cpu.sh [--build DIR] [--batch "64 256"] [--rounds 3]
 #       [--steps 100] [--warmup 10] [--threads 2] [--wait-policy POLICY]
@@ -81,7 +82,14 @@ esac
 case "$build" in /*) ;; *) build="$root/$build" ;; esac
 run="$build/dmnist-run"
 [ -x "$run" ] || die "$run not found: build dmnist first (cmake -S . -B build && cmake --build build -j2), or pass --build DIR"
-[ -x /usr/bin/time ] || die "/usr/bin/time is missing (apt-get install time): it measures peak RSS"
+# Peak RSS from /usr/bin/time for both programs; without it, each reports its own.
+timer=()
+rss_note="/usr/bin/time maximum RSS"
+if [ -x /usr/bin/time ]; then
+    timer=(/usr/bin/time -f '%M' -o)
+else
+    rss_note="each program's own ru_maxrss (no /usr/bin/time)"
+fi
 
 # The Python that has torch: the caller's choice, Debian's, then PATH's.
 if [ -z "$python" ]; then
@@ -134,7 +142,7 @@ steps_for() {
 run_dmnist() {
     local b=$1 n=$2 tag=$3
     local m="$work/$tag.metrics.json" log="$work/$tag.log" rss="$work/$tag.rss"
-    if ! (cd "$root" && OMP_NUM_THREADS=$threads /usr/bin/time -f '%M' -o "$rss" \
+    if ! (cd "$root" && OMP_NUM_THREADS=$threads ${timer[@]+"${timer[@]}" "$rss"} \
             "$run" "$config" $((warmup + n)) "$b" --set train.log_every="$warmup" \
             --set experiment.threads="$threads" --metrics "$m" --no-progress >"$log" 2>&1); then
         tail -n 5 "$log" >&2
@@ -142,10 +150,13 @@ run_dmnist() {
     fi
     [ -z "$keep" ] || cp "$m" "$log" "$keep/"
     python3 - "$m" "$rss" "$warmup" "$((warmup + n))" "$b" <<'EOF'
-import json, sys
+import json, os, sys
 m, rss, w, last, b = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-t = {e["step"]: e["time_s"] for e in map(json.loads, open(m)) if e.get("event") == "step"}
-print(round((last - w) * b / (t[last] - t[w]), 1), round(int(open(rss).read().split()[-1]) / 1024, 1))
+events = [json.loads(l) for l in open(m)]
+t = {e["step"]: e["time_s"] for e in events if e.get("event") == "step"}
+own = [e["peak_rss_mb"] for e in events if e.get("event") == "final"]
+mb = int(open(rss).read().split()[-1]) / 1024 if os.path.exists(rss) else own[-1]
+print(round((last - w) * b / (t[last] - t[w]), 1), round(mb, 1))
 EOF
 }
 
@@ -153,7 +164,7 @@ EOF
 run_torch() {
     local b=$1 n=$2 tag=$3
     local log="$work/$tag.log" rss="$work/$tag.rss"
-    if ! (cd "$root" && OMP_NUM_THREADS=$threads /usr/bin/time -f '%M' -o "$rss" \
+    if ! (cd "$root" && OMP_NUM_THREADS=$threads ${timer[@]+"${timer[@]}" "$rss"} \
             "$python" "$here/torch_cpu.py" "${torch_data[@]}" --batch "$b" --steps "$n" \
             --warmup-steps "$warmup" --threads "$threads" >"$log" 2>&1); then
         tail -n 5 "$log" >&2
@@ -161,9 +172,10 @@ run_torch() {
     fi
     [ -z "$keep" ] || cp "$log" "$keep/"
     python3 - "$log" "$rss" <<'EOF'
-import json, sys
+import json, os, sys
 rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
-print(rec["images_per_s"], round(int(open(sys.argv[2]).read().split()[-1]) / 1024, 1))
+mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
+print(rec["images_per_s"], round(mb, 1))
 EOF
 }
 
@@ -191,7 +203,7 @@ done
 echo
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-python3 - "$results" <<'EOF'
+python3 - "$results" "$rss_note" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 med = statistics.median
@@ -205,5 +217,6 @@ for b in dict.fromkeys(r[0] for r in rows):
     print(f"| {b} | {span(list(d.values()))} | {span(list(t.values()))} | "
           f"{med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | "
           f"{max(get('dmnist', 4).values()):.0f} | {max(get('torch', 4).values()):.0f} |")
-print("\nimages/s: median (min-max) over rounds; ratio: median (min-max) of the per-round ratios; RSS: largest.")
+print("\nimages/s: median (min-max) over rounds; ratio: median (min-max) of the per-round ratios;")
+print(f"peak RSS: the largest over rounds ({sys.argv[2]}).")
 EOF

@@ -148,7 +148,7 @@ echo "time to $target test accuracy, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(
 echo "recipe ($(basename "$config")): batch $batch, Adam lr $lr, warm-up $warmup steps," \
      "lr x $decay_rate every $decay_steps steps, standardize $std," \
      "eval every $every steps (batch $eval_batch), at most $epochs epochs; $threads threads"
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset}; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$rounds"); do
     d=$(run_dmnist "dmnist-r$r")
     echo "round $r: dmnist  ${d/ / s, step } (time_s, step, accuracy)"

@@ -437,6 +437,55 @@ static void test_dense_relu_flatten_forward(void)
     printf("ok dense, relu, flatten forward\n");
 }
 
+/* dense at a size where forward and backward are split into column blocks
+ * across 2 threads (>= 2^20 multiply-adds), ReLU fused: forward, dx, dW and db
+ * against double-precision loops. (The gradient checks use sizes small
+ * enough to run on one thread.) */
+static void test_dense_blocked(void)
+{
+    const int n = 8, K = 2048, U = 80; /* 1.3M multiply-adds: 2 blocks of units, 2 of inputs */
+    const dm_shape in = {n, K, 1, 1};
+    gc_layer L;
+    must_create(&L, "dense", "units=80 activation=relu", in);
+    const dm_shape os = L.info.out_shape;
+    float *x = gc_alloc((size_t)n * K * sizeof(float)), *y = gc_alloc((size_t)n * U * sizeof(float));
+    float *dy = gc_alloc((size_t)n * U * sizeof(float)), *dx = gc_alloc((size_t)n * K * sizeof(float));
+    double *ry = calloc((size_t)n * U, sizeof(double)), *rdx = calloc((size_t)n * K, sizeof(double));
+    double *rdw = calloc((size_t)U * K + U, sizeof(double));
+    gc_fill_uniform(x, (size_t)n * K, -1, 1, 61);
+    gc_fill_uniform(dy, (size_t)n * U, -1, 1, 62);
+    gc_fill_uniform(L.params, L.info.param_count, -0.05f, 0.05f, 63);
+    const float *w = L.params, *b = L.params + (size_t)U * K;
+    for (int i = 0; i < n; i++)
+        for (int u = 0; u < U; u++) {
+            double acc = b[u];
+            for (int k = 0; k < K; k++)
+                acc += (double)w[(size_t)u * K + k] * x[(size_t)i * K + k];
+            ry[i * U + u] = acc > 0 ? acc : 0;
+            const double dz = acc > 0 ? dy[i * U + u] : 0;
+            for (int k = 0; k < K; k++) {
+                rdw[(size_t)u * K + k] += dz * x[(size_t)i * K + k];
+                rdx[(size_t)i * K + k] += dz * w[(size_t)u * K + k];
+            }
+            rdw[(size_t)U * K + u] += dz;
+        }
+    dm_tensor ti = tensor(x, in), to = tensor(y, os), tdy = tensor(dy, os), tdx = tensor(dx, in);
+    dm_run_ctx ctx = {sizeof ctx, 1, 1, NULL, NULL, NULL};
+    dm_error err = {0};
+    int rc = L.vt->forward(L.state, &ctx, &ti, &to, &err);
+    if (rc == DM_OK)
+        rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err);
+    CHECK(rc == DM_OK, "dense blocked: %s", err.msg);
+    const double dyy = max_rel_diff(y, ry, (size_t)n * U), ddx = max_rel_diff(dx, rdx, (size_t)n * K);
+    const double ddw = max_rel_diff(L.grads, rdw, L.info.param_count);
+    CHECK(dyy < 1e-5 && ddx < 1e-5 && ddw < 1e-5,
+          "dense blocked: forward %g, dx %g, dw/db %g from the reference", dyy, ddx, ddw);
+    printf("%s dense n=%d K=%d units=%d relu on 2 threads: forward %.2g, dx %.2g, dw/db %.2g\n",
+           dyy < 1e-5 && ddx < 1e-5 && ddw < 1e-5 ? "ok" : "FAIL", n, K, U, dyy, ddx, ddw);
+    free(x), free(y), free(dy), free(dx), free(ry), free(rdx), free(rdw);
+    gc_layer_free(&L);
+}
+
 static void test_softmax_forward(void)
 {
     const dm_shape in = {6, 10, 1, 1};
@@ -818,6 +867,7 @@ int main(int argc, char **argv)
         test_conv2d_winograd();
         test_maxpool_forward();
         test_dense_relu_flatten_forward();
+        test_dense_blocked();
         test_softmax_forward();
     } else if (!strcmp(what, "dropout")) {
         test_dropout();

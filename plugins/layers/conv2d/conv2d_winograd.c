@@ -500,31 +500,31 @@ void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, 
                     grad_input_transform(s, &l, b, V, img, dx + (size_t)(i0 + b) * x_item);
             }
         }
-        /* (implicit barrier) dU and db = the sum of the parts in task order,
-         * into part 0 (contiguous: this pass streams through memory once) */
-        const size_t total = WN * fc + (size_t)F;
-#pragma omp for schedule(static)
-        for (size_t e = 0; e < total; e++) {
-            float sum = parts[e];
-            for (int task = 1; task < ntasks; task++)
-                sum += parts[l.part * task + e];
-            parts[e] = sum;
-        }
-        /* (implicit barrier) dw = G^T dU G */
+        /* (implicit barrier) dw = G^T (the sum of the dU parts, in task order) G
+         * and db = the sum of the db parts. For one (f, c) the parts are 36 *
+         * ntasks floats a line apart; neighbouring (f, c) share those lines,
+         * so the pass reads each line once (ntasks is 4 per thread unless a
+         * chunk is set). */
 #pragma omp for schedule(static)
         for (int fcix = 0; fcix < F * C; fcix++) {
             float du[WN], t[3][6];
-            for (int xi = 0; xi < WN; xi++)
-                du[xi] = parts[xi * fc + fcix];
+            for (int xi = 0; xi < WN; xi++) {
+                float sum = parts[xi * fc + fcix];
+                for (int task = 1; task < ntasks; task++)
+                    sum += parts[l.part * task + xi * fc + fcix];
+                du[xi] = sum;
+            }
             for (int j = 0; j < 6; j++)
                 gt_1d(&t[0][j], 6, du + j, 6); /* columns: t (3x6) */
             float *dw = s->dw + (size_t)fcix * 9;
             for (int k = 0; k < 3; k++)
                 gt_1d(dw + k * 3, 1, &t[k][0], 1); /* rows: dw (3x3) */
+            if (s->db && fcix < F) {
+                float sum = parts[WN * fc + fcix];
+                for (int task = 1; task < ntasks; task++)
+                    sum += parts[l.part * task + WN * fc + fcix];
+                s->db[fcix] = sum;
+            }
         }
-        if (s->db)
-#pragma omp for schedule(static)
-            for (int f = 0; f < F; f++)
-                s->db[f] = parts[WN * fc + f];
     }
 }

@@ -66,21 +66,24 @@ void dense_backward_cpu(const dense_state *s, int n, const float *x, const float
     const float *dz = s->relu ? s->dz : dy;
 #pragma omp parallel num_threads(s->nthreads) if (uparts > 1 || kparts > 1)
     {
-        if (s->relu) {
-            /* dz (n, U) = dy where the output was positive */
-            const int count = n * U;
-#pragma omp for schedule(static)
-            for (int i = 0; i < count; i++) {
-                const float g = dy[i]; /* unconditional load: the loop vectorises */
-                s->dz[i] = y[i] > 0.0f ? g : 0.0f;
-            }
-        }
 #pragma omp for schedule(static)
         for (int part = 0; part < uparts; part++) {
             int u0, u1;
             block(U, uparts, part, &u0, &u1);
             if (u1 <= u0)
                 continue;
+            if (s->relu) {
+                /* dz[:, u0:u1] = dy where the output was positive: each block
+                 * masks the columns it reads, so no barrier before dW */
+                for (int i = 0; i < n; i++) {
+                    const float *gi = dy + (size_t)i * U, *yi = y + (size_t)i * U;
+                    float *zi = s->dz + (size_t)i * U;
+                    for (int u = u0; u < u1; u++) {
+                        const float g = gi[u]; /* unconditional load: the loop vectorises */
+                        zi[u] = yi[u] > 0.0f ? g : 0.0f;
+                    }
+                }
+            }
             if (s->db) {
                 /* db[u] = sum over the batch of dz[:, u] */
                 for (int u = u0; u < u1; u++)

@@ -128,6 +128,21 @@ typedef struct dm_instance_cfg {
     dm_where where;
 } dm_instance_cfg;
 
+/* The learning-rate schedule of [optimizer] (core/schedule.c). */
+enum { DM_LR_CONSTANT = 0, DM_LR_LINEAR = 1, DM_LR_COSINE = 2 };
+typedef struct dm_lr_schedule {
+    int kind;                    /* DM_LR_* */
+    int64_t warmup_steps;        /* linear warm-up from lr/W to lr */
+    int64_t decay_steps;         /* 0: decay over the rest of the run */
+    double min_lr_frac;          /* the decay ends at lr * min_lr_frac */
+} dm_lr_schedule;
+
+/* The schedule's name ("constant", "linear", "cosine") as DM_LR_*, or -1. */
+int dm_lr_schedule_kind(const char *name);
+/* The factor applied to the (scaled) lr at 0-based step `step` of
+ * `total_steps`: in (0, 1]. */
+double dm_lr_factor(const dm_lr_schedule *s, int64_t step, int64_t total_steps);
+
 typedef struct dm_experiment {
     dm_config *cfg;
     dm_registry *reg;
@@ -158,7 +173,8 @@ typedef struct dm_experiment {
     /* [optimizer] */
     dm_instance_cfg opt;
     double lr;
-    int scale_lr, warmup_steps;
+    int scale_lr;
+    dm_lr_schedule schedule;     /* warm-up and decay (core/schedule.c) */
 
     /* [comm] */
     dm_instance_cfg comm;

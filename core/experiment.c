@@ -45,6 +45,10 @@ static const dm_param_def optimizer_defs[] = {
     {"lr", DM_PARAM_FLOAT, "0.001", 0, 1e6, NULL, "learning rate (before scaling)"},
     {"scale_lr", DM_PARAM_BOOL, "true", NO_RANGE, NULL, "multiply lr by the number of ranks (as Horovod)"},
     {"warmup_steps", DM_PARAM_INT, "0", 0, 1e9, NULL, "linear warm-up from lr/steps to lr over N steps"},
+    {"schedule", DM_PARAM_ENUM, "constant", NO_RANGE, "constant|linear|cosine",
+     "lr after the warm-up: constant, or a linear or cosine decay to lr * min_lr_frac"},
+    {"decay_steps", DM_PARAM_INT, "0", 0, 1e12, NULL, "steps of the decay (0 = the rest of the run)"},
+    {"min_lr_frac", DM_PARAM_FLOAT, "0", 0, 1, NULL, "where the decay ends, as a fraction of lr"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static const dm_param_def layer_defs[] = {
@@ -304,7 +308,10 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     p = dm_param_set_params(ps);
     x->lr = dm_param_float(p, "lr", 0.001);
     x->scale_lr = (int)dm_param_int(p, "scale_lr", 1);
-    x->warmup_steps = (int)dm_param_int(p, "warmup_steps", 0);
+    x->schedule.warmup_steps = dm_param_int(p, "warmup_steps", 0);
+    x->schedule.kind = dm_lr_schedule_kind(dm_param_str(p, "schedule", "constant"));
+    x->schedule.decay_steps = dm_param_int(p, "decay_steps", 0);
+    x->schedule.min_lr_frac = dm_param_float(p, "min_lr_frac", 0);
     dm_param_set_free(ps);
     snprintf(x->opt.name, sizeof x->opt.name, "optimizer");
 

@@ -143,8 +143,13 @@ static void print_config(const dm_experiment *x)
         printf("\n[%s]\n", sections[s]);
         if (s == 0) printf("type = %s\nbatch_size = %d\neval_batch_size = %d\n", insts[s]->lc->component->type_name,
                            x->batch_size, x->eval_batch_size);
-        if (s == 1) printf("type = %s\nlr = %g\nscale_lr = %s\nwarmup_steps = %d\n", insts[s]->lc->component->type_name,
-                           x->lr, x->scale_lr ? "true" : "false", x->warmup_steps);
+        if (s == 1) {
+            static const char *kinds[] = {"constant", "linear", "cosine"};
+            printf("type = %s\nlr = %g\nscale_lr = %s\nwarmup_steps = %lld\nschedule = %s\ndecay_steps = %lld\n"
+                   "min_lr_frac = %g\n", insts[s]->lc->component->type_name, x->lr, x->scale_lr ? "true" : "false",
+                   (long long)x->schedule.warmup_steps, kinds[x->schedule.kind], (long long)x->schedule.decay_steps,
+                   x->schedule.min_lr_frac);
+        }
         const dm_params *p = dm_param_set_params(insts[s]->params);
         for (int k = 0; p && k < p->count; k++) printf("%s = %s\n", p->values[k].name, p->values[k].s);
     }

@@ -9,7 +9,8 @@
  *    a step consumes N*batch examples of it, rank r taking the r-th slice;
  *  - gradients are averaged over ranks in buckets, each started as soon as
  *    the backward pass has produced it; the optimizer waits for all;
- *  - the learning rate is lr * N (scale_lr) with optional linear warm-up;
+ *  - the learning rate is lr * N (scale_lr) times the schedule's factor
+ *    (warm-up, then constant or a linear or cosine decay: schedule.c);
  *  - logged loss, accuracy and images/s, and the test evaluation, are
  *    combined over ranks before rank 0 prints them.
  */
@@ -897,8 +898,8 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
             }
         }
         double tn = now_s(); /* after the loss check, before the update */
-        double warm = x->warmup_steps > 0 && t.step < x->warmup_steps ? (double)(t.step + 1) / x->warmup_steps : 1.0;
-        dm_opt_step_ctx sc = {sizeof sc, t.step + 1, (float)(x->lr * lr_scale * warm), t.dev.stream};
+        double f = dm_lr_factor(&x->schedule, t.step, total_steps);
+        dm_opt_step_ctx sc = {sizeof sc, t.step + 1, (float)(x->lr * lr_scale * f), t.dev.stream};
         dm_error e = {0};
         if ((rc = t.ovt->step(t.opt, &sc, t.m.params, t.m.grads, t.m.param_count, &e))) {
             rc = dm_fail(err, rc, "optimizer: step %lld: %s", (long long)t.step + 1, e.msg);

@@ -1,15 +1,10 @@
 /* Parameter validation and the INI reader, on files the test writes. */
 #define _GNU_SOURCE
+#include "check.h"
 #include "dm_core.h"
 
 #include <stdlib.h>
 #include <unistd.h>
-
-static int failures = 0;
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) { fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); failures++; } \
-    } while (0)
 
 static const dm_param_def defs[] = {
     {"filters", DM_PARAM_INT, NULL, 1, 4096, NULL, "number of filters"},

@@ -1,15 +1,9 @@
 /* The loader refuses bad plugins with one line naming the file and the
  * reason, and a refused plugin leaves nothing registered. */
+#include "check.h"
 #include "dm_core.h"
 
 #include <stdlib.h>
-
-static int failures = 0;
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) { fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); failures++; } \
-    } while (0)
 
 static void expect_refused(const char *dir, const char *file, const char *needle)
 {

@@ -28,6 +28,8 @@
  * Exit 77 (ctest SKIP_RETURN_CODE) with a "SKIP: reason" line when the case
  * needs a GPU (or a plugin) that this machine or build does not have. */
 #define _GNU_SOURCE
+#define CHECK_OUT stdout /* the cases report on stdout */
+#include "check.h"
 #include "dm_core.h"
 
 #include <math.h>
@@ -39,18 +41,6 @@
 #define SKIP 77
 #define RTOL 1e-4
 #define RTOL_TF32 5e-3
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                       \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                        \
-            printf(__VA_ARGS__);                                                               \
-            printf("\n");                                                                      \
-            failures++;                                                                        \
-        }                                                                                      \
-    } while (0)
 
 static void die(const char *what, const dm_error *e)
 {

@@ -17,17 +17,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "check.h"
 #include "dm_core.h"
-
-#define CHECK(cond, ...)                                                          \
-    do {                                                                          \
-        if (!(cond)) {                                                            \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fprintf(stderr, "\n");                                                \
-            return 1;                                                             \
-        }                                                                         \
-    } while (0)
 
 #define SKIP_CODE 77
 #define PIXELS (28 * 28)
@@ -195,13 +186,13 @@ static int check_good(const char *spec, const char *config_dir, int n_train, int
     dm_error err = {0};
     ds d;
     int rc = ds_open(&d, "mnist", spec, 1, config_dir, &err);
-    CHECK(rc == DM_OK, "open '%s': %s", spec, err.msg);
-    CHECK(d.info.count[DM_SPLIT_TRAIN] == n_train && d.info.count[DM_SPLIT_TEST] == n_test,
-          "counts %lld/%lld, want %d/%d", (long long)d.info.count[0], (long long)d.info.count[1],
-          n_train, n_test);
-    CHECK(d.info.item.n == 1 && d.info.item.c == 1 && d.info.item.h == 28 && d.info.item.w == 28,
-          "item shape %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
-    CHECK(d.info.num_classes == 10, "num_classes %d", d.info.num_classes);
+    REQUIRE(rc == DM_OK, "open '%s': %s", spec, err.msg);
+    REQUIRE(d.info.count[DM_SPLIT_TRAIN] == n_train && d.info.count[DM_SPLIT_TEST] == n_test,
+            "counts %lld/%lld, want %d/%d", (long long)d.info.count[0], (long long)d.info.count[1],
+            n_train, n_test);
+    REQUIRE(d.info.item.n == 1 && d.info.item.c == 1 && d.info.item.h == 28 && d.info.item.w == 28,
+            "item shape %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
+    REQUIRE(d.info.num_classes == 10, "num_classes %d", d.info.num_classes);
 
     for (int split = 0; split < 2; split++) {
         int n = split ? n_test : n_train;
@@ -209,16 +200,17 @@ static int check_good(const char *spec, const char *config_dir, int n_train, int
         float images[3 * PIXELS];
         int32_t labels[3];
         rc = d.vt->read(d.state, (dm_split)split, idx, 3, images, labels, &err);
-        CHECK(rc == DM_OK, "read: %s", err.msg);
+        REQUIRE(rc == DM_OK, "read: %s", err.msg);
         for (int k = 0; k < 3; k++) {
-            CHECK(labels[k] == fake_label(split, (int)idx[k]), "split %d index %lld: label %d",
-                  split, (long long)idx[k], labels[k]);
+            REQUIRE(labels[k] == fake_label(split, (int)idx[k]), "split %d index %lld: label %d",
+                    split, (long long)idx[k], labels[k]);
             for (int p = 0; p < PIXELS; p++) {
                 double x = fake_pixel(split, (int)idx[k], p) / 255.0;
                 if (standardize)
                     x = (x - 0.1307) / 0.3081;
-                CHECK(fabs(images[k * PIXELS + p] - x) < 1e-5, "split %d index %lld pixel %d: %g, "
-                      "want %g", split, (long long)idx[k], p, images[k * PIXELS + p], x);
+                REQUIRE(fabs(images[k * PIXELS + p] - x) < 1e-5,
+                        "split %d index %lld pixel %d: %g, want %g", split, (long long)idx[k], p,
+                        images[k * PIXELS + p], x);
             }
         }
     }
@@ -227,7 +219,7 @@ static int check_good(const char *spec, const char *config_dir, int n_train, int
     float img[PIXELS];
     int32_t lab;
     rc = d.vt->read(d.state, DM_SPLIT_TRAIN, &bad, 1, img, &lab, &err);
-    CHECK(rc == DM_ERR_INVALID, "read of index %lld gave %d", (long long)bad, rc);
+    REQUIRE(rc == DM_ERR_INVALID, "read of index %lld gave %d", (long long)bad, rc);
     ds_close(&d);
     return 0;
 }
@@ -237,7 +229,7 @@ static int test_mnist_good_plain(void)
     blob f[4];
     char dir[1024], spec[1200];
     make_good(f, 7, 4);
-    CHECK(write_set(dir, sizeof dir, "plain", f, 0) == 0, "cannot write %s", dir);
+    REQUIRE(write_set(dir, sizeof dir, "plain", f, 0) == 0, "cannot write %s", dir);
     free_blobs(f);
     FMT(spec, "path=%s", dir);
     if (check_good(spec, NULL, 7, 4, 0))
@@ -251,7 +243,7 @@ static int test_mnist_good_gz(void)
     blob f[4];
     char dir[1024], spec[1200];
     make_good(f, 5, 3);
-    CHECK(write_set(dir, sizeof dir, "gz", f, 1) == 0, "cannot write %s", dir);
+    REQUIRE(write_set(dir, sizeof dir, "gz", f, 1) == 0, "cannot write %s", dir);
     free_blobs(f);
     FMT(spec, "path=%s", dir);
     return check_good(spec, NULL, 5, 3, 0);
@@ -264,13 +256,13 @@ static int test_mnist_prefers_plain(void)
     blob f[4];
     char dir[1024], spec[1200];
     make_good(f, 9, 5);
-    CHECK(write_set(dir, sizeof dir, "both", f, 1) == 0, "cannot write %s", dir);
+    REQUIRE(write_set(dir, sizeof dir, "both", f, 1) == 0, "cannot write %s", dir);
     free_blobs(f);
     make_good(f, 6, 2);
     for (int k = 0; k < 4; k++) {
         char path[1100];
         FMT(path, "%s/%s", dir, file_names[k]);
-        CHECK(write_file(path, f[k].data, f[k].len, 0) == 0, "cannot write %s", path);
+        REQUIRE(write_file(path, f[k].data, f[k].len, 0) == 0, "cannot write %s", path);
     }
     free_blobs(f);
     FMT(spec, "path=%s", dir);
@@ -284,9 +276,9 @@ static int test_mnist_config_dir(void)
     blob f[4];
     char dir[1024];
     make_good(f, 3, 2);
-    CHECK(write_set(dir, sizeof dir, "relative-mnist", f, 1) == 0, "cannot write %s", dir);
+    REQUIRE(write_set(dir, sizeof dir, "relative-mnist", f, 1) == 0, "cannot write %s", dir);
     free_blobs(f);
-    CHECK(chdir("/") == 0, "chdir /");
+    REQUIRE(chdir("/") == 0, "chdir /");
     return check_good("path=relative-mnist", g_tmp, 3, 2, 0);
 }
 
@@ -305,7 +297,7 @@ static int expect_broken(const char *name, int which, blob bad, int gz, int want
     f[which] = bad;
     int wrote = write_set(dir, sizeof dir, name, f, gz);
     free_blobs(f);
-    CHECK(wrote == 0, "cannot write %s", dir);
+    REQUIRE(wrote == 0, "cannot write %s", dir);
     FMT(file, "%s/%s%s", dir, file_names[which], gz ? ".gz" : "");
     FMT(spec, "path=%s", dir);
 
@@ -313,10 +305,10 @@ static int expect_broken(const char *name, int which, blob bad, int gz, int want
     ds d;
     int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
     printf("%-22s -> %d: %s\n", name, rc, err.msg);
-    CHECK(rc == want_code, "%s: status %d (%s), want %d", name, rc, err.msg, want_code);
-    CHECK(strstr(err.msg, file), "%s: message '%s' does not name %s", name, err.msg, file);
-    CHECK(strstr(err.msg, want_text), "%s: message '%s' lacks '%s'", name, err.msg, want_text);
-    CHECK(!strchr(err.msg, '\n'), "%s: message has a newline", name);
+    REQUIRE(rc == want_code, "%s: status %d (%s), want %d", name, rc, err.msg, want_code);
+    REQUIRE(strstr(err.msg, file), "%s: message '%s' does not name %s", name, err.msg, file);
+    REQUIRE(strstr(err.msg, want_text), "%s: message '%s' lacks '%s'", name, err.msg, want_text);
+    REQUIRE(!strchr(err.msg, '\n'), "%s: message has a newline", name);
     ds_close(&d);
     return 0;
 }
@@ -380,10 +372,10 @@ static int test_mnist_bad_gzip(void)
     blob f[4];
     char dir[1024], path[1100], spec[1200];
     make_good(f, 6, 4);
-    CHECK(write_set(dir, sizeof dir, "junk-gz", f, 1) == 0, "cannot write %s", dir);
+    REQUIRE(write_set(dir, sizeof dir, "junk-gz", f, 1) == 0, "cannot write %s", dir);
     free_blobs(f);
     FMT(path, "%s/%s.gz", dir, file_names[TRAIN_LABELS]);
-    CHECK(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
+    REQUIRE(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
 
     FMT(spec, "path=%s", dir);
     dm_error err = {0};
@@ -398,7 +390,7 @@ static int test_mnist_bad_gzip(void)
 
     /* gzip magic, then garbage: inflate must fail cleanly. */
     junk.data[0] = 0x1f, junk.data[1] = 0x8b, junk.data[2] = 8, junk.data[3] = 0;
-    CHECK(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
+    REQUIRE(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
     rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
     printf("garbled-gz -> %d: %s\n", rc, err.msg);
     if (rc != DM_ERR_FORMAT || !strstr(err.msg, path) || !strstr(err.msg, "gzip")) {
@@ -411,10 +403,10 @@ static int test_mnist_bad_gzip(void)
     /* A real gzip file cut in half. */
     FMT(path, "%s/%s.gz", dir, file_names[TRAIN_IMAGES]);
     struct stat st;
-    CHECK(stat(path, &st) == 0 && truncate(path, st.st_size / 2) == 0, "cannot cut %s", path);
+    REQUIRE(stat(path, &st) == 0 && truncate(path, st.st_size / 2) == 0, "cannot cut %s", path);
     FMT(path, "%s/%s.gz", dir, file_names[TRAIN_LABELS]);
     make_good(f, 6, 4);
-    CHECK(write_file(path, f[TRAIN_LABELS].data, f[TRAIN_LABELS].len, 1) == 0, "rewrite labels");
+    REQUIRE(write_file(path, f[TRAIN_LABELS].data, f[TRAIN_LABELS].len, 1) == 0, "rewrite labels");
     free_blobs(f);
     FMT(path, "%s/%s.gz", dir, file_names[TRAIN_IMAGES]);
     rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
@@ -432,31 +424,32 @@ static int test_mnist_missing(void)
     blob f[4];
     char dir[1024], path[1100], spec[1200];
     make_good(f, 6, 4);
-    CHECK(write_set(dir, sizeof dir, "missing-file", f, 0) == 0, "cannot write %s", dir);
+    REQUIRE(write_set(dir, sizeof dir, "missing-file", f, 0) == 0, "cannot write %s", dir);
     free_blobs(f);
     FMT(path, "%s/%s", dir, file_names[TEST_LABELS]);
-    CHECK(unlink(path) == 0, "unlink %s", path);
+    REQUIRE(unlink(path) == 0, "unlink %s", path);
     FMT(spec, "path=%s", dir);
 
     dm_error err = {0};
     ds d;
     int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
     printf("missing file -> %d: %s\n", rc, err.msg);
-    CHECK(rc == DM_ERR_IO, "missing file: status %d (%s)", rc, err.msg);
-    CHECK(strstr(err.msg, path) && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s", err.msg);
+    REQUIRE(rc == DM_ERR_IO, "missing file: status %d (%s)", rc, err.msg);
+    REQUIRE(strstr(err.msg, path) && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s",
+            err.msg);
     ds_close(&d);
 
     FMT(spec, "path=%s/no-such-folder", g_tmp);
     rc = ds_open(&d, "mnist", spec, 1, g_tmp, &err);
     printf("missing folder -> %d: %s\n", rc, err.msg);
-    CHECK(rc == DM_ERR_IO, "missing folder: status %d (%s)", rc, err.msg);
-    CHECK(strstr(err.msg, "no-such-folder") && strstr(err.msg, "scripts/get-mnist.sh"),
-          "message: %s", err.msg);
+    REQUIRE(rc == DM_ERR_IO, "missing folder: status %d (%s)", rc, err.msg);
+    REQUIRE(strstr(err.msg, "no-such-folder") && strstr(err.msg, "scripts/get-mnist.sh"),
+            "message: %s", err.msg);
     ds_close(&d);
 
     rc = ds_open(&d, "mnist", "path=also-missing", 1, g_tmp, &err);
     printf("missing relative folder -> %d: %s\n", rc, err.msg);
-    CHECK(rc == DM_ERR_IO && strstr(err.msg, "also-missing"), "status %d (%s)", rc, err.msg);
+    REQUIRE(rc == DM_ERR_IO && strstr(err.msg, "also-missing"), "status %d (%s)", rc, err.msg);
     ds_close(&d);
     return 0;
 }
@@ -508,15 +501,15 @@ static int test_mnist_real(void)
     dm_error err = {0};
     ds d;
     int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
-    CHECK(rc == DM_OK, "%s", err.msg);
-    CHECK(d.info.count[DM_SPLIT_TRAIN] == 60000 && d.info.count[DM_SPLIT_TEST] == 10000,
-          "counts %lld/%lld", (long long)d.info.count[0], (long long)d.info.count[1]);
+    REQUIRE(rc == DM_OK, "%s", err.msg);
+    REQUIRE(d.info.count[DM_SPLIT_TRAIN] == 60000 && d.info.count[DM_SPLIT_TEST] == 10000,
+            "counts %lld/%lld", (long long)d.info.count[0], (long long)d.info.count[1]);
 
     enum { B = 1000 };
     float *images = malloc((size_t)B * PIXELS * sizeof(float));
     int32_t labels[B];
     int64_t idx[B];
-    CHECK(images, "out of memory");
+    REQUIRE(images, "out of memory");
     for (int split = 0; split < 2; split++) {
         int counts[10] = {0};
         double sum = 0, sum2 = 0;
@@ -524,7 +517,7 @@ static int test_mnist_real(void)
             for (int i = 0; i < B; i++)
                 idx[i] = start + i;
             rc = d.vt->read(d.state, (dm_split)split, idx, B, images, labels, &err);
-            CHECK(rc == DM_OK, "%s", err.msg);
+            REQUIRE(rc == DM_OK, "%s", err.msg);
             for (int i = 0; i < B; i++)
                 counts[labels[i]]++;
             for (size_t p = 0; p < (size_t)B * PIXELS; p++)
@@ -532,15 +525,15 @@ static int test_mnist_real(void)
         }
         const int *want = split ? want_test : want_train;
         for (int c = 0; c < 10; c++)
-            CHECK(counts[c] == want[c], "split %d class %d: %d examples, want %d", split, c,
-                  counts[c], want[c]);
+            REQUIRE(counts[c] == want[c], "split %d class %d: %d examples, want %d", split, c,
+                    counts[c], want[c]);
         /* Standardized with the training statistics: mean 0, std 1 on train. */
         double n = (double)d.info.count[split] * PIXELS, mean = sum / n;
         double sd = sqrt(sum2 / n - mean * mean);
         printf("split %d: per-class counts match; standardized mean %.4f std %.4f\n", split,
                mean, sd);
         if (split == DM_SPLIT_TRAIN)
-            CHECK(fabs(mean) < 2e-3 && fabs(sd - 1.0) < 2e-3, "train mean %g std %g", mean, sd);
+            REQUIRE(fabs(mean) < 2e-3 && fabs(sd - 1.0) < 2e-3, "train mean %g std %g", mean, sd);
     }
     free(images);
     ds_close(&d);
@@ -553,34 +546,34 @@ static int test_synthetic_deterministic(void)
 {
     dm_error err = {0};
     ds a, b, c;
-    CHECK(ds_open(&a, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
-    CHECK(ds_open(&b, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
-    CHECK(ds_open(&c, "synthetic", "", 124, NULL, &err) == DM_OK, "%s", err.msg);
-    CHECK(a.info.count[0] == 60000 && a.info.count[1] == 10000 && a.info.num_classes == 10 &&
-              a.info.item.c == 1 && a.info.item.h == 28 && a.info.item.w == 28,
-          "defaults: %lld/%lld, %d classes", (long long)a.info.count[0],
-          (long long)a.info.count[1], a.info.num_classes);
+    REQUIRE(ds_open(&a, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(ds_open(&b, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(ds_open(&c, "synthetic", "", 124, NULL, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(a.info.count[0] == 60000 && a.info.count[1] == 10000 && a.info.num_classes == 10 &&
+                a.info.item.c == 1 && a.info.item.h == 28 && a.info.item.w == 28,
+            "defaults: %lld/%lld, %d classes", (long long)a.info.count[0],
+            (long long)a.info.count[1], a.info.num_classes);
 
     /* Two instances, different batches and order: the same example either way. */
     int64_t ia[3] = {5, 0, 59999}, ib[2] = {59999, 5};
     float xa[3 * PIXELS], xb[2 * PIXELS], xc[3 * PIXELS], xt[3 * PIXELS];
     int32_t la[3], lb[2], lc[3], lt[3];
-    CHECK(a.vt->read(a.state, DM_SPLIT_TRAIN, ia, 3, xa, la, &err) == DM_OK, "%s", err.msg);
-    CHECK(b.vt->read(b.state, DM_SPLIT_TRAIN, ib, 2, xb, lb, &err) == DM_OK, "%s", err.msg);
-    CHECK(c.vt->read(c.state, DM_SPLIT_TRAIN, ia, 3, xc, lc, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(a.vt->read(a.state, DM_SPLIT_TRAIN, ia, 3, xa, la, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(b.vt->read(b.state, DM_SPLIT_TRAIN, ib, 2, xb, lb, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(c.vt->read(c.state, DM_SPLIT_TRAIN, ia, 3, xc, lc, &err) == DM_OK, "%s", err.msg);
     int64_t it[3] = {5, 0, 9999};
-    CHECK(a.vt->read(a.state, DM_SPLIT_TEST, it, 3, xt, lt, &err) == DM_OK, "%s", err.msg);
-    CHECK(la[2] == lb[0] && la[0] == lb[1], "labels differ between instances");
-    CHECK(memcmp(xa + 2 * PIXELS, xb, PIXELS * sizeof(float)) == 0, "index 59999 differs");
-    CHECK(memcmp(xa, xb + PIXELS, PIXELS * sizeof(float)) == 0, "index 5 differs");
-    CHECK(memcmp(xa, xc, sizeof xa) != 0, "seed 123 and 124 give the same images");
-    CHECK(memcmp(xa, xt, sizeof xa) != 0, "train and test give the same images");
+    REQUIRE(a.vt->read(a.state, DM_SPLIT_TEST, it, 3, xt, lt, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(la[2] == lb[0] && la[0] == lb[1], "labels differ between instances");
+    REQUIRE(memcmp(xa + 2 * PIXELS, xb, PIXELS * sizeof(float)) == 0, "index 59999 differs");
+    REQUIRE(memcmp(xa, xb + PIXELS, PIXELS * sizeof(float)) == 0, "index 5 differs");
+    REQUIRE(memcmp(xa, xc, sizeof xa) != 0, "seed 123 and 124 give the same images");
+    REQUIRE(memcmp(xa, xt, sizeof xa) != 0, "train and test give the same images");
     for (int p = 0; p < 3 * PIXELS; p++)
-        CHECK(xa[p] >= 0.0f && xa[p] < 1.0f, "pixel %d = %g outside [0, 1)", p, xa[p]);
+        REQUIRE(xa[p] >= 0.0f && xa[p] < 1.0f, "pixel %d = %g outside [0, 1)", p, xa[p]);
 
     int64_t bad = 10000;
-    CHECK(a.vt->read(a.state, DM_SPLIT_TEST, &bad, 1, xt, lt, &err) == DM_ERR_INVALID,
-          "index 10000 of the test split was accepted");
+    REQUIRE(a.vt->read(a.state, DM_SPLIT_TEST, &bad, 1, xt, lt, &err) == DM_ERR_INVALID,
+            "index 10000 of the test split was accepted");
     ds_close(&a), ds_close(&b), ds_close(&c);
     return 0;
 }
@@ -592,32 +585,32 @@ static int test_synthetic_learnable(void)
     enum { NTRAIN = 2000, NTEST = 500, K = 10 };
     dm_error err = {0};
     ds d;
-    CHECK(ds_open(&d, "synthetic", "train_size=5000 test_size=1000", 7, NULL, &err) == DM_OK,
-          "%s", err.msg);
+    REQUIRE(ds_open(&d, "synthetic", "train_size=5000 test_size=1000", 7, NULL, &err) == DM_OK,
+            "%s", err.msg);
     float *x = malloc((size_t)NTRAIN * PIXELS * sizeof(float));
     double *mean = calloc((size_t)K * PIXELS, sizeof(double));
     int32_t *y = malloc(NTRAIN * sizeof(int32_t));
     int64_t *idx = malloc(NTRAIN * sizeof(int64_t));
     int count[K] = {0};
-    CHECK(x && mean && y && idx, "out of memory");
+    REQUIRE(x && mean && y && idx, "out of memory");
     for (int i = 0; i < NTRAIN; i++)
         idx[i] = 3 * i % 5000;
-    CHECK(d.vt->read(d.state, DM_SPLIT_TRAIN, idx, NTRAIN, x, y, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(d.vt->read(d.state, DM_SPLIT_TRAIN, idx, NTRAIN, x, y, &err) == DM_OK, "%s", err.msg);
     for (int i = 0; i < NTRAIN; i++) {
-        CHECK(y[i] >= 0 && y[i] < K, "label %d", y[i]);
+        REQUIRE(y[i] >= 0 && y[i] < K, "label %d", y[i]);
         count[y[i]]++;
         for (int p = 0; p < PIXELS; p++)
             mean[y[i] * PIXELS + p] += x[(size_t)i * PIXELS + p];
     }
     for (int c = 0; c < K; c++) {
-        CHECK(count[c] > NTRAIN / K / 2 && count[c] < NTRAIN / K * 2, "class %d has %d of %d",
-              c, count[c], NTRAIN);
+        REQUIRE(count[c] > NTRAIN / K / 2 && count[c] < NTRAIN / K * 2, "class %d has %d of %d",
+                c, count[c], NTRAIN);
         for (int p = 0; p < PIXELS; p++)
             mean[c * PIXELS + p] /= count[c];
     }
     for (int i = 0; i < NTEST; i++)
         idx[i] = i;
-    CHECK(d.vt->read(d.state, DM_SPLIT_TEST, idx, NTEST, x, y, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(d.vt->read(d.state, DM_SPLIT_TEST, idx, NTEST, x, y, &err) == DM_OK, "%s", err.msg);
     int right = 0;
     for (int i = 0; i < NTEST; i++) {
         int best = -1;
@@ -634,7 +627,7 @@ static int test_synthetic_learnable(void)
         right += best == y[i];
     }
     printf("nearest class mean: %d of %d test examples right\n", right, NTEST);
-    CHECK(right > NTEST * 9 / 10, "only %d of %d right", right, NTEST);
+    REQUIRE(right > NTEST * 9 / 10, "only %d of %d right", right, NTEST);
     free(x), free(mean), free(y), free(idx);
     ds_close(&d);
     return 0;
@@ -644,25 +637,25 @@ static int test_synthetic_shapes(void)
 {
     dm_error err = {0};
     ds d;
-    CHECK(ds_open(&d, "synthetic", "train_size=100 test_size=7 classes=4 channels=3 height=8 "
-                  "width=5", 1, NULL, &err) == DM_OK, "%s", err.msg);
-    CHECK(d.info.count[0] == 100 && d.info.count[1] == 7 && d.info.num_classes == 4,
-          "counts %lld/%lld classes %d", (long long)d.info.count[0], (long long)d.info.count[1],
-          d.info.num_classes);
-    CHECK(d.info.item.n == 1 && d.info.item.c == 3 && d.info.item.h == 8 && d.info.item.w == 5,
-          "item %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
+    REQUIRE(ds_open(&d, "synthetic", "train_size=100 test_size=7 classes=4 channels=3 height=8 "
+                    "width=5", 1, NULL, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(d.info.count[0] == 100 && d.info.count[1] == 7 && d.info.num_classes == 4,
+            "counts %lld/%lld classes %d", (long long)d.info.count[0], (long long)d.info.count[1],
+            d.info.num_classes);
+    REQUIRE(d.info.item.n == 1 && d.info.item.c == 3 && d.info.item.h == 8 && d.info.item.w == 5,
+            "item %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
     int64_t idx[7] = {0, 1, 2, 3, 4, 5, 6};
     float x[7 * 3 * 8 * 5];
     int32_t y[7];
-    CHECK(d.vt->read(d.state, DM_SPLIT_TEST, idx, 7, x, y, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(d.vt->read(d.state, DM_SPLIT_TEST, idx, 7, x, y, &err) == DM_OK, "%s", err.msg);
     for (int i = 0; i < 7; i++)
-        CHECK(y[i] >= 0 && y[i] < 4, "label %d of 4 classes", y[i]);
+        REQUIRE(y[i] >= 0 && y[i] < 4, "label %d of 4 classes", y[i]);
     ds_close(&d);
 
     /* Out-of-range parameters are refused with the key named. */
-    CHECK(ds_open(&d, "synthetic", "classes=1", 1, NULL, &err) == DM_ERR_INVALID &&
-              strstr(err.msg, "classes"),
-          "classes=1: %s", err.msg);
+    REQUIRE(ds_open(&d, "synthetic", "classes=1", 1, NULL, &err) == DM_ERR_INVALID &&
+                strstr(err.msg, "classes"),
+            "classes=1: %s", err.msg);
     ds_close(&d);
     return 0;
 }

@@ -4,24 +4,14 @@
  *   test_layers init      Glorot-uniform limits and moments, zero biases, seed determinism
  *   test_layers params    bad parameters, devices, layouts and shapes give clear errors
  *   test_layers plugins   descriptors: ABI, version, build signature, devices */
+#define CHECK_OUT stdout /* the cases report on stdout */
+#include "check.h"
 #include "gradcheck.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int g_failures;
-
-#define CHECK(cond, ...)                                                                      \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                       \
-            printf(__VA_ARGS__);                                                              \
-            printf("\n");                                                                     \
-            g_failures++;                                                                     \
-        }                                                                                     \
-    } while (0)
 
 static dm_tensor tensor(float *data, dm_shape s)
 {
@@ -881,7 +871,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "unknown test '%s'\n", what);
         return 2;
     }
-    if (g_failures)
-        printf("%d checks failed\n", g_failures);
-    return g_failures ? 1 : 0;
+    if (failures)
+        printf("%d checks failed\n", failures);
+    return failures ? 1 : 0;
 }

@@ -8,17 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "dm_core.h"
-
-#define CHECK(cond, ...)                                                          \
-    do {                                                                          \
-        if (!(cond)) {                                                            \
-            fprintf(stderr, "%s:%d: CHECK(%s) failed: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                         \
-            fprintf(stderr, "\n");                                                \
-            return 1;                                                             \
-        }                                                                         \
-    } while (0)
 
 static dm_registry *g_reg;
 
@@ -97,13 +88,13 @@ static int sgd_compare(double lr, double mu, int nesterov, double wd, size_t n, 
     dm_error err = {0};
     opt o;
     int rc = opt_open(&o, "sgd", spec, n, DM_DEVICE_CPU, threads, &err);
-    CHECK(rc == DM_OK, "%s", err.msg);
-    CHECK(o.info.state_floats_per_param == (mu > 0 ? 1u : 0u), "state floats %zu for momentum %g",
-          o.info.state_floats_per_param, mu);
+    REQUIRE(rc == DM_OK, "%s", err.msg);
+    REQUIRE(o.info.state_floats_per_param == (mu > 0 ? 1u : 0u), "state floats %zu for momentum %g",
+            o.info.state_floats_per_param, mu);
 
     float *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g);
     double *pd = malloc(n * sizeof *pd), *bd = calloc(n, sizeof *bd);
-    CHECK(p && g && pd && bd, "out of memory");
+    REQUIRE(p && g && pd && bd, "out of memory");
     uint64_t seed = 42;
     for (size_t i = 0; i < n; i++)
         pd[i] = p[i] = rnd(&seed);
@@ -112,7 +103,7 @@ static int sgd_compare(double lr, double mu, int nesterov, double wd, size_t n, 
         for (size_t i = 0; i < n; i++)
             g[i] = rnd(&seed);
         rc = opt_step(&o, t, (float)lr, p, g, &err);
-        CHECK(rc == DM_OK, "%s", err.msg);
+        REQUIRE(rc == DM_OK, "%s", err.msg);
         for (size_t i = 0; i < n; i++) {
             double d = g[i] + wd * pd[i];
             if (mu > 0) {
@@ -122,12 +113,12 @@ static int sgd_compare(double lr, double mu, int nesterov, double wd, size_t n, 
             pd[i] -= lr * d;
         }
         for (size_t i = 0; i < n; i++)
-            CHECK(close_enough(p[i], pd[i], 1e-5), "step %d, param %zu: got %.8g, want %.8g", t,
-                  i, p[i], pd[i]);
+            REQUIRE(close_enough(p[i], pd[i], 1e-5), "step %d, param %zu: got %.8g, want %.8g", t,
+                    i, p[i], pd[i]);
         if (mu > 0)
             for (size_t i = 0; i < n; i++)
-                CHECK(close_enough(o.opt_state[i], bd[i], 1e-5),
-                      "step %d, velocity %zu: got %.8g, want %.8g", t, i, o.opt_state[i], bd[i]);
+                REQUIRE(close_enough(o.opt_state[i], bd[i], 1e-5),
+                        "step %d, velocity %zu: got %.8g, want %.8g", t, i, o.opt_state[i], bd[i]);
     }
     free(p), free(g), free(pd), free(bd);
     opt_close(&o);
@@ -155,20 +146,20 @@ static int test_sgd_two_steps_closed_form(void)
         opt o;
         int rc = opt_open(&o, "sgd", nesterov ? "momentum=0.5 nesterov=yes" : "momentum=0.5", 2,
                           DM_DEVICE_CPU, 1, &err);
-        CHECK(rc == DM_OK, "%s", err.msg);
+        REQUIRE(rc == DM_OK, "%s", err.msg);
         float p[2] = {1.0f, -2.0f};
         const float g1[2] = {0.25f, 1.0f}, g2[2] = {-0.5f, 2.0f};
-        CHECK(opt_step(&o, 1, lr, p, g1, &err) == DM_OK, "%s", err.msg);
+        REQUIRE(opt_step(&o, 1, lr, p, g1, &err) == DM_OK, "%s", err.msg);
         double want1[2] = {nesterov ? 1.0 - 0.5 * (0.25 + 0.5 * 0.25) : 1.0 - 0.5 * 0.25,
                            nesterov ? -2.0 - 0.5 * (1.0 + 0.5 * 1.0) : -2.0 - 0.5 * 1.0};
-        CHECK(p[0] == (float)want1[0] && p[1] == (float)want1[1], "step 1: %g %g, want %g %g",
-              p[0], p[1], want1[0], want1[1]);
-        CHECK(opt_step(&o, 2, lr, p, g2, &err) == DM_OK, "%s", err.msg);
+        REQUIRE(p[0] == (float)want1[0] && p[1] == (float)want1[1], "step 1: %g %g, want %g %g",
+                p[0], p[1], want1[0], want1[1]);
+        REQUIRE(opt_step(&o, 2, lr, p, g2, &err) == DM_OK, "%s", err.msg);
         for (int i = 0; i < 2; i++) {
             double b2 = mu * g1[i] + g2[i];
             double d = nesterov ? g2[i] + mu * b2 : b2;
-            CHECK(close_enough(p[i], want1[i] - lr * d, 1e-6), "step 2, param %d: %g, want %g",
-                  i, p[i], want1[i] - lr * d);
+            REQUIRE(close_enough(p[i], want1[i] - lr * d, 1e-6), "step 2, param %d: %g, want %g",
+                    i, p[i], want1[i] - lr * d);
         }
         opt_close(&o);
     }
@@ -188,13 +179,13 @@ static int adam_compare_decay(double lr, double b1, double b2, double eps, doubl
     dm_error err = {0};
     opt o;
     int rc = opt_open(&o, "adam", spec, n, DM_DEVICE_CPU, threads, &err);
-    CHECK(rc == DM_OK, "%s", err.msg);
-    CHECK(o.info.state_floats_per_param == 2, "adam keeps %zu floats per parameter",
-          o.info.state_floats_per_param);
+    REQUIRE(rc == DM_OK, "%s", err.msg);
+    REQUIRE(o.info.state_floats_per_param == 2, "adam keeps %zu floats per parameter",
+            o.info.state_floats_per_param);
 
     float *p = malloc(n * sizeof *p), *g = malloc(n * sizeof *g);
     double *pd = malloc(n * sizeof *pd), *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
-    CHECK(p && g && pd && m && v, "out of memory");
+    REQUIRE(p && g && pd && m && v, "out of memory");
     uint64_t seed = 7;
     for (size_t i = 0; i < n; i++)
         pd[i] = p[i] = rnd(&seed);
@@ -203,7 +194,7 @@ static int adam_compare_decay(double lr, double b1, double b2, double eps, doubl
         for (size_t i = 0; i < n; i++)
             g[i] = rnd(&seed);
         rc = opt_step(&o, t, (float)lr, p, g, &err);
-        CHECK(rc == DM_OK, "%s", err.msg);
+        REQUIRE(rc == DM_OK, "%s", err.msg);
         double lr_t = lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t));
         if (decay_steps > 0) /* Keras's ExponentialDecay: 1 at the first step */
             lr_t *= pow(decay_rate, (t - 1.0) / decay_steps);
@@ -214,13 +205,13 @@ static int adam_compare_decay(double lr, double b1, double b2, double eps, doubl
             pd[i] -= lr_t * m[i] / (sqrt(v[i]) + eps);
         }
         for (size_t i = 0; i < n; i++) {
-            CHECK(close_enough(p[i], pd[i], 2e-5), "step %d, param %zu: got %.8g, want %.8g", t,
-                  i, p[i], pd[i]);
+            REQUIRE(close_enough(p[i], pd[i], 2e-5), "step %d, param %zu: got %.8g, want %.8g", t,
+                    i, p[i], pd[i]);
             /* Documented state layout: m in the first n floats, v in the next n. */
-            CHECK(close_enough(o.opt_state[i], m[i], 1e-5), "step %d, m[%zu]: %.8g, want %.8g", t,
-                  i, o.opt_state[i], m[i]);
-            CHECK(close_enough(o.opt_state[n + i], v[i], 1e-5), "step %d, v[%zu]: %.8g, want %.8g",
-                  t, i, o.opt_state[n + i], v[i]);
+            REQUIRE(close_enough(o.opt_state[i], m[i], 1e-5), "step %d, m[%zu]: %.8g, want %.8g", t,
+                    i, o.opt_state[i], m[i]);
+            REQUIRE(close_enough(o.opt_state[n + i], v[i], 1e-5),
+                    "step %d, v[%zu]: %.8g, want %.8g", t, i, o.opt_state[n + i], v[i]);
         }
     }
     free(p), free(g), free(pd), free(m), free(v);
@@ -256,12 +247,12 @@ static int test_adam_first_step_is_lr(void)
     dm_error err = {0};
     opt o;
     int rc = opt_open(&o, "adam", "", 4, DM_DEVICE_CPU, 1, &err);
-    CHECK(rc == DM_OK, "%s", err.msg);
+    REQUIRE(rc == DM_OK, "%s", err.msg);
     float p[4] = {0, 0, 0, 0};
     const float g[4] = {1e-3f, -5.0f, 200.0f, -0.1f};
-    CHECK(opt_step(&o, 1, 0.01f, p, g, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(opt_step(&o, 1, 0.01f, p, g, &err) == DM_OK, "%s", err.msg);
     for (int i = 0; i < 4; i++)
-        CHECK(close_enough(p[i], g[i] > 0 ? -0.01 : 0.01, 1e-3), "param %d moved to %g", i, p[i]);
+        REQUIRE(close_enough(p[i], g[i] > 0 ? -0.01 : 0.01, 1e-3), "param %d moved to %g", i, p[i]);
     opt_close(&o);
     return 0;
 }
@@ -294,17 +285,17 @@ static int quad_converges(const char *type, const char *spec, float lr0, int dec
     dm_error err = {0};
     opt o;
     int rc = opt_open(&o, type, spec, N, DM_DEVICE_CPU, 1, &err);
-    CHECK(rc == DM_OK, "%s", err.msg);
+    REQUIRE(rc == DM_OK, "%s", err.msg);
     double f0 = quad_loss(p, a, c, N);
     for (int t = 1; t <= steps; t++) {
         for (int i = 0; i < N; i++)
             g[i] = (float)(a[i] * (p[i] - c[i]));
         float lr = decay ? lr0 / sqrtf((float)t) : lr0;
-        CHECK(opt_step(&o, t, lr, p, g, &err) == DM_OK, "%s", err.msg);
+        REQUIRE(opt_step(&o, t, lr, p, g, &err) == DM_OK, "%s", err.msg);
     }
     double f = quad_loss(p, a, c, N);
     printf("%s (%s): loss %.3g -> %.3g after %d steps\n", type, spec, f0, f, steps);
-    CHECK(f < f0 / factor, "%s did not converge: loss %g -> %g", type, f0, f);
+    REQUIRE(f < f0 / factor, "%s did not converge: loss %g -> %g", type, f0, f);
     opt_close(&o);
     return 0;
 }
@@ -325,11 +316,11 @@ static int expect_refusal(const char *type, const char *spec, dm_device dev, int
     dm_error err = {0};
     opt o;
     int rc = opt_open(&o, type, spec, 8, dev, 1, &err);
-    CHECK(rc == want_code, "%s '%s': got status %d (%s), want %d", type, spec, rc, err.msg,
-          want_code);
-    CHECK(strstr(err.msg, want_text), "%s '%s': message '%s' lacks '%s'", type, spec, err.msg,
-          want_text);
-    CHECK(!strchr(err.msg, '\n'), "message has a newline: '%s'", err.msg);
+    REQUIRE(rc == want_code, "%s '%s': got status %d (%s), want %d", type, spec, rc, err.msg,
+            want_code);
+    REQUIRE(strstr(err.msg, want_text), "%s '%s': message '%s' lacks '%s'", type, spec, err.msg,
+            want_text);
+    REQUIRE(!strchr(err.msg, '\n'), "message has a newline: '%s'", err.msg);
     opt_close(&o);
     return 0;
 }
@@ -354,14 +345,14 @@ static int test_refusals(void)
     /* A step with the wrong length is refused, not run past the buffers. */
     dm_error err = {0};
     opt o;
-    CHECK(opt_open(&o, "adam", "", 8, DM_DEVICE_CPU, 1, &err) == DM_OK, "%s", err.msg);
+    REQUIRE(opt_open(&o, "adam", "", 8, DM_DEVICE_CPU, 1, &err) == DM_OK, "%s", err.msg);
     float p[16] = {0}, g[16] = {0};
     dm_opt_step_ctx ctx = {sizeof ctx, 1, 0.1f, NULL};
     int rc = o.vt->step(o.state, &ctx, p, g, 16, &err);
-    CHECK(rc == DM_ERR_INVALID, "step with n = 16 for 8 params gave %d", rc);
+    REQUIRE(rc == DM_ERR_INVALID, "step with n = 16 for 8 params gave %d", rc);
     ctx.step = 0;
     rc = o.vt->step(o.state, &ctx, p, g, 8, &err);
-    CHECK(rc == DM_ERR_INVALID, "adam step 0 gave %d", rc);
+    REQUIRE(rc == DM_ERR_INVALID, "adam step 0 gave %d", rc);
     opt_close(&o);
     return 0;
 }

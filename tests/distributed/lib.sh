@@ -3,7 +3,7 @@
 # helpers that start jobs and find one rank's process.
 set -u
 RUN=${DMNIST_RUN:?DMNIST_RUN must name dmnist-run}
-CMP=${DMNIST_CKPT_COMPARE:?DMNIST_CKPT_COMPARE must name ckpt_compare}
+CMP=${DMNIST_CKPT_TOOL:?DMNIST_CKPT_TOOL must name ckpt_tool}
 SRC=${DMNIST_SOURCE_DIR:?DMNIST_SOURCE_DIR must name the source tree}
 MPIRUN=${DMNIST_MPIRUN:-mpirun}
 CFG=$SRC/configs/cnn-synthetic.ini

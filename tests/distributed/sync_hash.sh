@@ -6,7 +6,7 @@
 #     dropout on (each rank draws its own masks, so only the allreduce keeps
 #     them together) must pass the check after each of 12 steps; the hashes
 #     must change every step (they are over the live parameters), and the
-#     last one must equal the FNV-1a hash that ckpt_compare computes on its
+#     last one must equal the FNV-1a hash that ckpt_tool hash computes on its
 #     own over the final checkpoint;
 #  2. two ranks that really diverge (rank 1 runs with another learning rate,
 #     started by hand for gloo, as an MPMD job for mpirun) must be stopped at
@@ -29,7 +29,7 @@ grep -c "sync-check step .*: parameter hash [0-9a-f]\{16\} on all 2 ranks" "$TMP
 distinct=$(sed 's/.*"hash":"\([0-9a-f]*\)".*/\1/' "$TMP/checks" | sort -u | wc -l)
 [ "$distinct" = $STEPS ] || fail "only $distinct distinct hashes in $STEPS steps: the hash does not follow the parameters"
 last=$(sed -n "s/.*\"step\":$STEPS,\"hash\":\"\([0-9a-f]*\)\".*/\1/p" "$TMP/checks")
-file_hash=$("$CMP" hash "$(checkpoint "$TMP/ckpt")") || fail "ckpt_compare hash failed"
+file_hash=$("$CMP" hash "$(checkpoint "$TMP/ckpt")") || fail "ckpt_tool hash failed"
 [ "$last" = "$file_hash" ] || fail "step $STEPS: trainer's hash $last, the checkpoint's parameters hash to $file_hash"
 ok "$backend: 2 ranks identical after each of $STEPS steps; last hash $last = the checkpoint's"
 

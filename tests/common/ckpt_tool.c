@@ -1,5 +1,5 @@
 /* ckpt_tool: look inside dmnist checkpoints from test scripts, through the
- * core's own reader (dm_checkpoint_read), so every check also exercises it.
+ * core's own reader (dm_checkpoint_read_all), so every check also exercises it.
  *
  *   ckpt_tool info FILE          header fields, FNV-1a hashes of the parameter,
  *                                optimizer and layer-state bytes, and how many
@@ -12,8 +12,22 @@
  *                                dmnist before layer state wrote it), with
  *                                this file's own writer; version 1 has no
  *                                room for layer state, which is dropped
+ *   ckpt_tool hash FILE          the FNV-1a 64-bit hash of the parameter bytes
+ *                                (info's params_fnv), computed here apart from
+ *                                the trainer's train.sync_check_every code
+ *   ckpt_tool diff A B           "max_abs <x> rel_l2 <y> n <count> ..." for the
+ *                                parameters of A against B (rel_l2 = |A - B| / |B|)
+ *   ckpt_tool within A B MAX_ABS REL_L2
+ *                                as diff, but exit 1 unless both are within
+ *                                the bounds
+ *   ckpt_tool beyond A B MAX_ABS REL_L2
+ *                                as diff, but exit 1 unless A and B differ by
+ *                                more than either bound (a control: the
+ *                                tolerance must tell trajectories apart)
  *
- * A file the reader refuses prints its one-line message and exits 1. */
+ * A file the reader refuses prints its one-line message and exits 1 (info,
+ * latest, v1) or 2 (same, hash, diff, within, beyond). A bad command line
+ * exits 2. */
 #include "dm_core.h"
 
 #include <math.h>
@@ -45,6 +59,16 @@ static int read_or_say(const char *path, dm_ckpt_state *st, float **p, float **o
     return 0;
 }
 
+/* The parameters alone, or NULL after saying why. */
+static float *read_params(const char *path, dm_ckpt_state *st)
+{
+    float *p, *o, *s;
+    if (read_or_say(path, st, &p, &o, &s)) return NULL;
+    free(o);
+    free(s);
+    return p;
+}
+
 static int info(const char *path)
 {
     dm_ckpt_state st;
@@ -63,6 +87,16 @@ static int info(const char *path)
     free(p);
     free(o);
     free(s);
+    return 0;
+}
+
+static int hash(const char *path)
+{
+    dm_ckpt_state st;
+    float *p = read_params(path, &st);
+    if (!p) return 2;
+    printf("%016llx\n", (unsigned long long)fnv_bytes(p, st.n_params * sizeof(float)));
+    free(p);
     return 0;
 }
 
@@ -116,6 +150,38 @@ static int same(const char *a, const char *b)
     return rc;
 }
 
+/* diff / within / beyond: how far A's parameters are from B's. With bounds
+ * (within > 0: must be inside; within < 0: must be outside), exit 1 when not. */
+static int diff(const char *pa, const char *pb, int within, double max_abs_bound, double rel_bound)
+{
+    dm_ckpt_state sa, sb;
+    float *a = read_params(pa, &sa), *b = read_params(pb, &sb);
+    if (!a || !b) { free(a); free(b); return 2; }
+    if (sa.n_params != sb.n_params) {
+        fprintf(stderr, "ckpt_tool: %s holds %llu parameters, %s %llu\n", pa, (unsigned long long)sa.n_params,
+                pb, (unsigned long long)sb.n_params);
+        free(a); free(b);
+        return 2;
+    }
+    /* double sums: 10^5..10^6 squared differences */
+    double max_abs = 0, d2 = 0, b2 = 0;
+    for (uint64_t i = 0; i < sa.n_params; i++) {
+        double d = (double)a[i] - (double)b[i];
+        if (!isfinite(d)) d = INFINITY;
+        if (fabs(d) > max_abs) max_abs = fabs(d);
+        d2 += d * d;
+        b2 += (double)b[i] * (double)b[i];
+    }
+    double rel = b2 > 0 ? sqrt(d2 / b2) : sqrt(d2);
+    printf("max_abs %.3g rel_l2 %.3g n %llu (steps %lld and %lld)\n", max_abs, rel,
+           (unsigned long long)sa.n_params, (long long)sa.step, (long long)sb.step);
+    free(a);
+    free(b);
+    if (within > 0) return max_abs <= max_abs_bound && rel <= rel_bound ? 0 : 1;
+    if (within < 0) return max_abs > max_abs_bound || rel > rel_bound ? 0 : 1;
+    return 0;
+}
+
 static void put_le(unsigned char *p, uint64_t v, int bytes)
 {
     for (int i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
@@ -157,10 +223,19 @@ static int write_v1(const char *in, const char *out)
 
 int main(int argc, char **argv)
 {
-    if (argc == 3 && strcmp(argv[1], "info") == 0) return info(argv[2]);
-    if (argc == 4 && strcmp(argv[1], "same") == 0) return same(argv[2], argv[3]);
-    if (argc == 4 && strcmp(argv[1], "v1") == 0) return write_v1(argv[2], argv[3]);
-    if (argc == 3 && strcmp(argv[1], "latest") == 0) {
+    const char *cmd = argc > 1 ? argv[1] : "";
+    if (argc == 3 && strcmp(cmd, "info") == 0) return info(argv[2]);
+    if (argc == 4 && strcmp(cmd, "same") == 0) return same(argv[2], argv[3]);
+    if (argc == 4 && strcmp(cmd, "v1") == 0) return write_v1(argv[2], argv[3]);
+    if (argc == 3 && strcmp(cmd, "hash") == 0) return hash(argv[2]);
+    if (argc == 4 && strcmp(cmd, "diff") == 0) return diff(argv[2], argv[3], 0, 0, 0);
+    if (argc == 6 && (strcmp(cmd, "within") == 0 || strcmp(cmd, "beyond") == 0)) {
+        char *e1, *e2;
+        double max_abs = strtod(argv[4], &e1), rel = strtod(argv[5], &e2);
+        if (!*e1 && !*e2 && max_abs >= 0 && rel >= 0)
+            return diff(argv[2], argv[3], cmd[0] == 'w' ? 1 : -1, max_abs, rel);
+    }
+    if (argc == 3 && strcmp(cmd, "latest") == 0) {
         char path[4096];
         dm_error err = {0};
         if (dm_checkpoint_latest(argv[2], path, sizeof path, &err) != DM_OK) {
@@ -170,6 +245,7 @@ int main(int argc, char **argv)
         printf("%s\n", path);
         return 0;
     }
-    fprintf(stderr, "usage: ckpt_tool info FILE | same A B | latest DIR | v1 IN OUT\n");
+    fprintf(stderr, "usage: ckpt_tool info FILE | same A B | latest DIR | v1 IN OUT | hash FILE | diff A B |\n"
+                    "                 within A B MAX_ABS REL_L2 | beyond A B MAX_ABS REL_L2\n");
     return 2;
 }

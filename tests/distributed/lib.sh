@@ -1,25 +1,10 @@
-# Shared by the tests/distributed scripts (sourced): paths from ctest's
-# environment, a scratch folder removed on exit, a small model, and the
-# helpers that start jobs and find one rank's process.
-set -u
-RUN=${DMNIST_RUN:?DMNIST_RUN must name dmnist-run}
-CMP=${DMNIST_CKPT_TOOL:?DMNIST_CKPT_TOOL must name ckpt_tool}
-SRC=${DMNIST_SOURCE_DIR:?DMNIST_SOURCE_DIR must name the source tree}
+# Shared by the tests/distributed scripts (sourced): tests/common/lib.sh
+# (RUN, TOOL, SRC, $TMP, on_exit, fail/ok/skip, show, wait_for_line), then a
+# small model and the helpers that start jobs and find one rank's process.
+source "$(dirname "${BASH_SOURCE[0]}")/../common/lib.sh" dmnist-dist
+CMP=$TOOL # checkpoint comparisons: "$CMP" hash | diff | within | beyond
 MPIRUN=${DMNIST_MPIRUN:-mpirun}
 CFG=$SRC/configs/cnn-synthetic.ini
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/dmnist-dist.XXXXXX") || exit 1
-_dm_cleanup=()
-_dm_exit() {
-    local c
-    for c in "${_dm_cleanup[@]}"; do eval "$c"; done
-    rm -rf "$TMP"
-}
-trap _dm_exit EXIT
-on_exit() { _dm_cleanup+=("$1"); }
-
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-skip() { echo "skipped: $*"; exit 77; }
 
 # The seed CNN shrunk (149,424 parameters instead of 2.4 million) on
 # synthetic data, one thread per rank: the point of these tests is the
@@ -31,9 +16,6 @@ SMALL=(--set data.type=synthetic --set data.train_size=4096 --set data.test_size
 # mpirun as root needs its consent; more ranks than cores need --oversubscribe.
 MPI_ARGS=(--oversubscribe)
 [ "$(id -u)" = 0 ] && MPI_ARGS+=(--allow-run-as-root)
-
-# show LOG: print a log indented, for failure reports.
-show() { sed 's/^/    | /' "$1"; }
 
 # run_ok LOG ARGS...: the command must succeed within 100 s; else show its log.
 run_ok() {
@@ -64,16 +46,6 @@ rank_pid() {
             echo "$p"
             return 0
         fi
-    done
-    return 1
-}
-
-# wait_for_line LOG REGEX SECONDS: poll until the log has a matching line.
-wait_for_line() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        grep -qE "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
     done
     return 1
 }

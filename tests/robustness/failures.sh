@@ -26,11 +26,7 @@ poison=(--plugin-path "${DMNIST_TEST_PLUGINS:?}" --set data.type=poison --set da
 
 # wait_for FILE PATTERN SECONDS: until a line matches (or fail).
 wait_for() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        grep -Eq "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
+    wait_for_line "$1" "$2" "$3" && return 0
     cat "$1"
     fail "no line matching '$2' in $1 after $3 s"
 }

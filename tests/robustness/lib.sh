@@ -1,23 +1,8 @@
-# Shared by the robustness scripts (sourced): paths from ctest's
-# environment, a scratch folder removed on exit, and small checks.
-set -u
-RUN=${DMNIST_RUN:?DMNIST_RUN must name dmnist-run}
-TOOL=${DMNIST_CKPT_TOOL:?DMNIST_CKPT_TOOL must name ckpt_tool}
-SRC=${DMNIST_SOURCE_DIR:?DMNIST_SOURCE_DIR must name the source tree}
+# Shared by the robustness scripts (sourced): tests/common/lib.sh (RUN,
+# TOOL, SRC, $TMP, on_exit, fail/ok/skip, show, wait_for_line), then small
+# checks on dmnist-run and on checkpoints.
+source "$(dirname "${BASH_SOURCE[0]}")/../common/lib.sh" dmnist-rob
 CFG=$SRC/tests/robustness/small.ini
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/dmnist-rob.XXXXXX") || exit 1
-_dm_cleanup=()
-_dm_exit() {
-    local c
-    for c in "${_dm_cleanup[@]}"; do eval "$c"; done
-    rm -rf "$TMP"
-}
-trap _dm_exit EXIT
-on_exit() { _dm_cleanup+=("$1"); }
-
-fail() { echo "FAIL: $*"; exit 1; }
-ok() { echo "ok: $*"; }
-skip() { echo "skipped: $*"; exit 77; }
 
 # run_ok LOG ARGS...: dmnist-run must succeed (within 100 s); else show its log.
 run_ok() {

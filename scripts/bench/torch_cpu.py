@@ -8,7 +8,9 @@ dmnist draws them), Adam (Keras epsilon 1e-7), the given batch. Data as
 dmnist reads it: the MNIST bytes stay uint8 in memory and each batch is
 converted to float32 (optionally standardised with mean 0.1307, std 0.3081),
 drawn by one random permutation per epoch with the ragged tail dropped.
---synthetic uses random images and labels instead (no files needed).
+--synthetic uses random images and labels instead (no files needed). The
+model, the IDX reader and the accuracy pass are dm_torch_model.py's (shared
+with torch_gpu.py).
 
 Two modes; each prints one JSON line:
 
@@ -31,32 +33,14 @@ Two modes; each prints one JSON line:
       [--target 0.99 --epochs 5 --eval-every 200 --eval-batch 1000]
 """
 import argparse
-import gzip
 import json
-import os
 import resource
 import sys
 import time
 
+import dm_torch_model
+
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
-def load_idx(path):
-    import numpy as np
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = int.from_bytes(data[0:4], "big") & 0xFF
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def find(data_dir, stem):
-    for name in (stem, stem + ".gz"):
-        p = os.path.join(data_dir, name)
-        if os.path.exists(p):
-            return p
-    sys.exit(f"torch_cpu.py: {stem}[.gz] not found in {data_dir} (scripts/get-mnist.sh, or --synthetic)")
 
 
 def peak_rss_mb():
@@ -94,7 +78,6 @@ def main():
         sys.exit("torch_cpu.py: --batch, --steps and --threads must be >= 1, --warmup-steps >= 0")
 
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
 
     t_start = time.perf_counter()
@@ -108,14 +91,8 @@ def main():
         x_test = torch.randint(0, 256, (10000, 1, 28, 28), dtype=torch.uint8, generator=g)
         y_test = torch.randint(0, 10, (10000,), generator=g)
     else:
-        def images(stem):
-            return torch.from_numpy(load_idx(find(args.data, stem)).copy()).unsqueeze(1)
-
-        def labels(stem):
-            return torch.from_numpy(load_idx(find(args.data, stem)).astype("int64"))
-
-        x_train, y_train = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
-        x_test, y_test = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")
+        x_train, y_train, x_test, y_test = dm_torch_model.load_mnist(
+            args.data, " (scripts/get-mnist.sh, or --synthetic)")
 
     def to_float(xb):
         x = xb.float().div_(255.0)
@@ -123,28 +100,7 @@ def main():
             x.sub_(MNIST_MEAN).div_(MNIST_STD)
         return x
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3)
-            self.conv2 = nn.Conv2d(32, 64, 3)
-            self.drop1 = nn.Dropout(0.25)
-            self.fc1 = nn.Linear(9216, 256)
-            self.drop2 = nn.Dropout(0.5)
-            self.fc2 = nn.Linear(256, 10)
-            for m in (self.conv1, self.conv2, self.fc1, self.fc2):  # Keras's defaults
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-
-        def forward(self, x):
-            x = F.relu(self.conv1(x))
-            x = F.relu(self.conv2(x))
-            x = self.drop1(F.max_pool2d(x, 2))
-            x = torch.flatten(x, 1)
-            x = self.drop2(F.relu(self.fc1(x)))
-            return self.fc2(x)
-
-    model = Net()
+    model = dm_torch_model.seed_cnn(keras_init=True)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     n = x_train.shape[0]
     per_epoch = n // args.batch
@@ -170,14 +126,7 @@ def main():
         opt.step()
 
     def accuracy():
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, x_test.shape[0], args.eval_batch):
-                out = model(to_float(x_test[i:i + args.eval_batch]))
-                correct += (out.argmax(1) == y_test[i:i + args.eval_batch]).sum().item()
-        model.train()
-        return correct / x_test.shape[0]
+        return dm_torch_model.accuracy(model, x_test, y_test, args.eval_batch, to_float)
 
     rec = {"impl": "torch", "torch": torch.__version__, "torch_file": torch.__file__,
            "python": sys.executable, "threads": torch.get_num_threads(), "batch": args.batch,

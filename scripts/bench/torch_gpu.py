@@ -3,7 +3,9 @@
 (conv 32 -> conv 64 -> maxpool 2 -> dropout 0.25 -> dense 256 -> dropout 0.5
 -> dense 10, ReLU after conv and dense 256), Adam (Keras epsilon 1e-7), the
 whole of MNIST on the GPU, batches drawn by a random permutation per epoch,
-the ragged last batch dropped, as dmnist does.
+the ragged last batch dropped, as dmnist does. The model (here with
+PyTorch's own initialisation), the IDX reader and the accuracy pass are
+dm_torch_model.py's (shared with torch_cpu.py).
 
 For each mode (eager, torch.compile) and batch size it trains one full epoch
 after a short warm-up (which also pays for compilation) and prints one JSON
@@ -18,30 +20,11 @@ PyTorch's defaults are kept (cuDNN may use TF32 for convolutions, matmuls
 stay FP32); the line records them. Needs a GPU: exits 77 without one.
 """
 import argparse
-import gzip
 import json
-import os
 import sys
 import time
 
-
-def load_idx(path):
-    import numpy as np
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    magic = int.from_bytes(data[0:4], "big")
-    ndim = magic & 0xFF
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def find(data_dir, stem):
-    for name in (stem, stem + ".gz"):
-        p = os.path.join(data_dir, name)
-        if os.path.exists(p):
-            return p
-    sys.exit(f"torch_gpu.py: {stem}[.gz] not found in {data_dir}")
+import dm_torch_model
 
 
 def main():
@@ -58,7 +41,6 @@ def main():
     args = ap.parse_args()
 
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -68,48 +50,16 @@ def main():
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     torch.manual_seed(args.seed)
 
-    def tensor_images(stem):
-        x = load_idx(find(args.data, stem))
-        return torch.from_numpy(x.copy()).to(dev).float().div_(255.0).unsqueeze(1)
-
-    def tensor_labels(stem):
-        return torch.from_numpy(load_idx(find(args.data, stem)).astype("int64")).to(dev)
-
-    x_train, y_train = tensor_images("train-images-idx3-ubyte"), tensor_labels("train-labels-idx1-ubyte")
-    x_test, y_test = tensor_images("t10k-images-idx3-ubyte"), tensor_labels("t10k-labels-idx1-ubyte")
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(1, 32, 3)
-            self.conv2 = nn.Conv2d(32, 64, 3)
-            self.drop1 = nn.Dropout(0.25)
-            self.fc1 = nn.Linear(9216, 256)
-            self.drop2 = nn.Dropout(0.5)
-            self.fc2 = nn.Linear(256, 10)
-
-        def forward(self, x):
-            x = F.relu(self.conv1(x))
-            x = F.relu(self.conv2(x))
-            x = self.drop1(F.max_pool2d(x, 2))
-            x = torch.flatten(x, 1)
-            x = self.drop2(F.relu(self.fc1(x)))
-            return self.fc2(x)
-
-    def accuracy(model):
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, x_test.shape[0], 1000):
-                correct += (model(x_test[i:i + 1000]).argmax(1) == y_test[i:i + 1000]).sum().item()
-        model.train()
-        return correct / x_test.shape[0]
+    # The whole of MNIST on the device, as float32 in [0, 1].
+    x_train, y_train, x_test, y_test = dm_torch_model.load_mnist(args.data)
+    x_train, x_test = (x.to(dev).float().div_(255.0) for x in (x_train, x_test))
+    y_train, y_test = y_train.to(dev), y_test.to(dev)
 
     out = open(args.json, "a") if args.json else None
     for mode in args.mode:
         for batch in args.batch:
             torch.manual_seed(args.seed)
-            model = Net().to(dev)
+            model = dm_torch_model.seed_cnn(keras_init=False).to(dev)  # PyTorch's init
             opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
             fwd = torch.compile(model) if mode == "compile" else model
 
@@ -140,7 +90,8 @@ def main():
             rec = {
                 "impl": "torch", "mode": mode, "batch": batch, "steps": steps,
                 "images_per_s": round(steps * batch / epoch_s, 1), "epoch_s": round(epoch_s, 4),
-                "test_accuracy": round(accuracy(model), 4), "warmup_s": round(warm, 2),
+                "test_accuracy": round(dm_torch_model.accuracy(model, x_test, y_test, 1000), 4),
+                "warmup_s": round(warm, 2),
                 "torch": torch.__version__,
                 "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",
                 "cudnn_tf32": torch.backends.cudnn.allow_tf32,

@@ -147,3 +147,269 @@ int dm_dev_sync(dm_devctx *d, dm_error *err)
     return DM_ERR_DEVICE;
 #endif
 }
+
+/* ---- host staging: pinned memory, a copy stream, events ------------------- */
+
+void *dm_host_alloc(dm_devctx *d, size_t bytes, dm_error *err)
+{
+    if (bytes == 0) bytes = 64;
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        void *p = NULL;
+        cudaError_t e = cudaMallocHost(&p, bytes);
+        if (e != cudaSuccess) {
+            dm_fail(err, DM_ERR_NOMEM, "cuda: cannot allocate %zu bytes of pinned host memory: %s", bytes,
+                    cudaGetErrorString(e));
+            return NULL;
+        }
+        memset(p, 0, bytes);
+        return p;
+    }
+#else
+    (void)d;
+#endif
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, rounded);
+    if (!p) {
+        dm_fail(err, DM_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    memset(p, 0, rounded);
+    return p;
+}
+
+void dm_host_free(dm_devctx *d, void *p)
+{
+    if (!p) return;
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) { cudaFreeHost(p); return; }
+#else
+    (void)d;
+#endif
+    free(p);
+}
+
+/* The CPU stand-in for a stream: copies wait in a FIFO until something
+ * needs them done (late_copies), or are done at once. `issued` and `done`
+ * count copies ever queued and performed; an event remembers `issued`. */
+typedef struct cpu_copy {
+    void *dst;
+    const void *src;
+    size_t bytes;
+} cpu_copy;
+
+typedef struct cpu_stream {
+    int late;                    /* DM_STREAM_LATE_COPIES */
+    cpu_copy *q;                 /* pending: q[head..n) */
+    size_t head, n, cap;
+    uint64_t issued, done;
+} cpu_stream;
+
+struct dm_dev_event {
+#ifdef DMNIST_CORE_CUDA
+    cudaEvent_t cu;              /* device = cuda */
+#endif
+    cpu_stream *s;               /* CPU: the stream recorded on (NULL: the host, done) */
+    uint64_t seq;                /* CPU: done once s->done reaches it */
+    int queries;                 /* CPU, late_copies: queries since the record */
+};
+
+static void cpu_flush(cpu_stream *s, uint64_t upto)
+{
+    while (s->done < upto && s->head < s->n) {
+        cpu_copy *c = &s->q[s->head++];
+        memcpy(c->dst, c->src, c->bytes);
+        s->done++;
+    }
+    if (s->head == s->n) s->head = s->n = 0;
+}
+
+static int cpu_copy_async(cpu_stream *s, void *dst, const void *src, size_t bytes, dm_error *err)
+{
+    if (!s || !s->late) {
+        if (s) cpu_flush(s, s->issued); /* keep FIFO order behind earlier late copies */
+        memcpy(dst, src, bytes);
+        if (s) s->issued++, s->done++;
+        return DM_OK;
+    }
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? 2 * s->cap : 16;
+        cpu_copy *q = realloc(s->q, cap * sizeof *q);
+        if (!q) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        s->q = q;
+        s->cap = cap;
+    }
+    s->q[s->n++] = (cpu_copy){dst, src, bytes};
+    s->issued++;
+    return DM_OK;
+}
+
+int dm_dev_stream_new(dm_devctx *d, unsigned flags, void **stream, dm_error *err)
+{
+    *stream = NULL;
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        cudaStream_t s;
+        /* non-blocking: no implicit ordering with the legacy default stream */
+        CUDA_TRY(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+        *stream = s;
+        return DM_OK;
+    }
+#else
+    (void)d;
+#endif
+    cpu_stream *s = calloc(1, sizeof *s);
+    if (!s) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    s->late = (flags & DM_STREAM_LATE_COPIES) != 0;
+    *stream = s;
+    return DM_OK;
+}
+
+void dm_dev_stream_free(dm_devctx *d, void *stream)
+{
+    if (!stream) return;
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        cudaStreamSynchronize((cudaStream_t)stream);
+        cudaStreamDestroy((cudaStream_t)stream);
+        return;
+    }
+#else
+    (void)d;
+#endif
+    cpu_stream *s = stream;
+    cpu_flush(s, s->issued);
+    free(s->q);
+    free(s);
+}
+
+int dm_dev_download_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, (cudaStream_t)stream), "download");
+        return DM_OK;
+    }
+#endif
+    (void)d;
+    return cpu_copy_async(stream, dst, src, bytes, err);
+}
+
+int dm_dev_upload_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream), "upload");
+        return DM_OK;
+    }
+#endif
+    (void)d;
+    return cpu_copy_async(stream, dst, src, bytes, err);
+}
+
+int dm_dev_event_new(dm_devctx *d, dm_dev_event **ev, dm_error *err)
+{
+    dm_dev_event *e = calloc(1, sizeof *e);
+    if (!e) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        /* without timing: recording and waiting are cheaper */
+        cudaError_t c = cudaEventCreateWithFlags(&e->cu, cudaEventDisableTiming);
+        if (c != cudaSuccess) {
+            free(e);
+            return dm_fail(err, DM_ERR_DEVICE, "cuda: cudaEventCreate failed: %s", cudaGetErrorString(c));
+        }
+    }
+#else
+    (void)d;
+#endif
+    *ev = e;
+    return DM_OK;
+}
+
+void dm_dev_event_free(dm_devctx *d, dm_dev_event *ev)
+{
+    if (!ev) return;
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) cudaEventDestroy(ev->cu);
+#else
+    (void)d;
+#endif
+    free(ev);
+}
+
+int dm_dev_event_record(dm_devctx *d, dm_dev_event *ev, void *stream, dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        CUDA_TRY(cudaEventRecord(ev->cu, (cudaStream_t)stream), "cudaEventRecord");
+        return DM_OK;
+    }
+#else
+    (void)d, (void)err;
+#endif
+    ev->s = stream;
+    ev->seq = ev->s ? ev->s->issued : 0;
+    ev->queries = 0;
+    return DM_OK;
+}
+
+int dm_dev_stream_wait(dm_devctx *d, void *stream, dm_dev_event *ev, dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        CUDA_TRY(cudaStreamWaitEvent((cudaStream_t)stream, ev->cu, 0), "cudaStreamWaitEvent");
+        return DM_OK;
+    }
+#else
+    (void)d, (void)err;
+#endif
+    /* The CPU cannot defer the host's own work (stream NULL), nor order two
+     * queues lazily: finish the marked copies now, which is what any later
+     * work on `stream` needs. */
+    (void)stream;
+    if (ev->s) cpu_flush(ev->s, ev->seq);
+    return DM_OK;
+}
+
+int dm_dev_event_query(dm_devctx *d, dm_dev_event *ev, int *done, dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        cudaError_t c = cudaEventQuery(ev->cu);
+        if (c == cudaErrorNotReady) {
+            *done = 0;
+            return DM_OK;
+        }
+        CUDA_TRY(c, "cudaEventQuery");
+        *done = 1;
+        return DM_OK;
+    }
+#else
+    (void)d, (void)err;
+#endif
+    *done = 1;
+    if (!ev->s || ev->s->done >= ev->seq) return DM_OK;
+    /* late copies: not yet on the first query after the record, landed on
+     * the second, so callers meet both answers */
+    if (ev->s->late && ev->queries++ == 0) {
+        *done = 0;
+        return DM_OK;
+    }
+    cpu_flush(ev->s, ev->seq);
+    return DM_OK;
+}
+
+int dm_dev_event_sync(dm_devctx *d, dm_dev_event *ev, dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    if (d->device == DM_DEVICE_CUDA) {
+        CUDA_TRY(cudaEventSynchronize(ev->cu), "cudaEventSynchronize");
+        return DM_OK;
+    }
+#else
+    (void)d, (void)err;
+#endif
+    if (ev->s) cpu_flush(ev->s, ev->seq);
+    return DM_OK;
+}

@@ -118,6 +118,43 @@ int dm_dev_zero(dm_devctx *d, void *p, size_t bytes, dm_error *err);
 int dm_dev_sync(dm_devctx *d, dm_error *err);
 const char *dm_device_name(dm_device device);
 
+/* Host staging (core/device.c). A host buffer the GPU copies to and from
+ * directly: page-locked (cudaMallocHost) for CUDA, so an asynchronous copy
+ * needs no bounce through a driver buffer and really is asynchronous;
+ * 64-byte aligned malloc on the CPU. Zeroed. */
+void *dm_host_alloc(dm_devctx *d, size_t bytes, dm_error *err);
+void dm_host_free(dm_devctx *d, void *p);
+
+/* A second stream beside d->stream (the compute stream), for copies that
+ * should overlap compute. On the CPU it is a queue of memcpys, done at once
+ * unless flagged below, and stream NULL (d->stream) is the host itself.
+ * DM_STREAM_LATE_COPIES (CPU only, for tests): copies queued on the stream
+ * land late, when an event after them is waited for or on the event's
+ * second query, as a GPU's copy engine would, so that code ordering its
+ * work by events can be checked on a machine without a GPU. */
+enum { DM_STREAM_LATE_COPIES = 1 };
+int dm_dev_stream_new(dm_devctx *d, unsigned flags, void **stream, dm_error *err);
+void dm_dev_stream_free(dm_devctx *d, void *stream); /* waits for its work */
+
+/* Copies queued on `stream`, returning at once: the host must not touch
+ * the host side until an event recorded after the copy has completed. */
+int dm_dev_download_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, dm_error *err);
+int dm_dev_upload_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, dm_error *err);
+
+/* Events order streams against each other and tell the host when queued
+ * work is done (cudaEvent_t without timing). record: marks the work queued
+ * on `stream` so far; stream_wait: later work on `stream` waits for the
+ * mark (the host does not); query: *done = 1 when the marked work is
+ * finished (never blocks); sync: the host waits for it. A new event counts
+ * as done. */
+typedef struct dm_dev_event dm_dev_event;
+int dm_dev_event_new(dm_devctx *d, dm_dev_event **ev, dm_error *err);
+void dm_dev_event_free(dm_devctx *d, dm_dev_event *ev);
+int dm_dev_event_record(dm_devctx *d, dm_dev_event *ev, void *stream, dm_error *err);
+int dm_dev_stream_wait(dm_devctx *d, void *stream, dm_dev_event *ev, dm_error *err);
+int dm_dev_event_query(dm_devctx *d, dm_dev_event *ev, int *done, dm_error *err);
+int dm_dev_event_sync(dm_devctx *d, dm_dev_event *ev, dm_error *err);
+
 /* ---- experiments: a validated config (core/experiment.c) ---------------- */
 
 /* One plugin instance as configured: which component, with which params. */

@@ -11,6 +11,9 @@
  *                             non-zero exit (skipped where a GPU exists)
  *   test_cuda train           20 steps of the seed model on cuda and on cpu
  *                             (synthetic data) end with the same test loss
+ *   test_cuda staging         2 ranks on one GPU with gloo (and mpi, where
+ *                             mpirun exists): gradients staged through pinned
+ *                             host memory, against 2 ranks on the cpu
  *   test_cuda backend         default backend: nccl for cuda with several
  *                             ranks, local otherwise
  *   test_cuda rdzv            the nccl id rendezvous (publish, fetch,
@@ -585,6 +588,114 @@ static int test_train(void)
     return failures ? 1 : 0;
 }
 
+/* ---- host staging: gloo and mpi with device = cuda --------------------------------- */
+
+/* The parameters of the newest checkpoint in dir (malloc'ed; *n floats), or NULL. */
+static float *ckpt_params(const char *dir, uint64_t *n)
+{
+    char path[4096];
+    dm_ckpt_state st;
+    float *p = NULL, *o = NULL;
+    dm_error e = {0};
+    if (dm_checkpoint_latest(dir, path, sizeof path, &e) || dm_checkpoint_read(path, &st, &p, &o, &e)) {
+        printf("FAIL: reading the checkpoint in %s: %s\n", dir, e.msg);
+        failures++;
+        return NULL;
+    }
+    free(o);
+    *n = st.n_params;
+    return p;
+}
+
+/* Whole file into a malloc'ed string, or NULL. */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = size >= 0 ? malloc((size_t)size + 1) : NULL;
+    size_t k = s ? fread(s, 1, (size_t)size, f) : 0;
+    if (s) s[k] = 0;
+    fclose(f);
+    return s;
+}
+
+/* Two ranks on the one GPU (dmnist-run --np 2) with a backend that takes
+ * host memory only: the gradients go through the pinned host mirror
+ * (core/train.c, stage_out), one bucket per layer. Against two ranks on the
+ * CPU with gloo (same seed, data, dropout masks): the final test loss within
+ * the train case's tolerance, and the parameters within 1% (relative L2; a
+ * rounding difference, not another trajectory: a run whose gradients went
+ * unreduced, or reduced before their copy landed, follows another one). The
+ * run checks that both ranks hold the same parameters after every step
+ * (train.sync_check_every = 1), and its timeline must show the copies. */
+static int test_staging(void)
+{
+    gpu();
+    component(DM_KIND_DATASET, "synthetic");
+    component(DM_KIND_COMM, "gloo");
+    char *dir = tmpdir();
+    char cmd[4096], ref[16384], out[16384], cfg_cpu[512], cfg_gpu[512], ck[600], tl[600];
+    snprintf(cfg_cpu, sizeof cfg_cpu, "%s", write_config(dir, "cpu", "backend = gloo"));
+    snprintf(cfg_gpu, sizeof cfg_gpu, "%s", write_config(dir, "cuda", "backend = gloo"));
+    const char *common = "--no-progress --set train.fusion_mb=0 --set train.sync_check_every=1";
+    snprintf(ck, sizeof ck, "%s/ckpt-cpu", dir);
+    snprintf(cmd, sizeof cmd, "%s/dmnist-run --np 2 %s %s --set train.checkpoint_dir=%s 2>&1", build_dir(), common,
+             cfg_cpu, ck);
+    int rc = run(cmd, ref, sizeof ref);
+    printf("--- cpu, gloo, 2 ranks (exit %d)\n%s", rc, ref);
+    CHECK(rc == 0, "the cpu reference run must succeed");
+    double l_ref = final_loss(ref);
+    uint64_t n_ref = 0, n = 0;
+    float *p_ref = rc == 0 ? ckpt_params(ck, &n_ref) : NULL;
+
+    const char *backends[2] = {"gloo", NULL};
+    if (dm_registry_find(registry(), DM_KIND_COMM, "mpi") && system("command -v mpirun >/dev/null 2>&1") == 0)
+        backends[1] = "mpi";
+    else
+        printf("  (mpi: no mpi plugin or no mpirun here; gloo only)\n");
+    for (int i = 0; i < 2 && backends[i] && p_ref; i++) {
+        const char *be = backends[i];
+        snprintf(ck, sizeof ck, "%s/ckpt-cuda-%s", dir, be);
+        snprintf(tl, sizeof tl, "%s/timeline-%s.json", dir, be);
+        snprintf(cmd, sizeof cmd, "%s/dmnist-run --np 2 %s %s --set experiment.backend=%s "
+                 "--set train.checkpoint_dir=%s --timeline %s 2>&1", build_dir(), common, cfg_gpu, be, ck, tl);
+        rc = run(cmd, out, sizeof out);
+        printf("--- cuda, %s, 2 ranks (exit %d)\n%s", be, rc, out);
+        char banner[64];
+        snprintf(banner, sizeof banner, "2 ranks (%s), device cuda", be);
+        CHECK(rc == 0 && strstr(out, banner), "%s: the cuda run must succeed on 2 %s ranks", be, be);
+        if (rc) continue;
+        double l = final_loss(out);
+        CHECK(isfinite(l_ref) && isfinite(l) && fabs(l - l_ref) <= 0.02 * fabs(l_ref) + 1e-4,
+              "%s: test loss cpu %.6f vs cuda %.6f", be, l_ref, l);
+        char *trace = slurp(tl);
+        CHECK(trace && strstr(trace, "\"copy to host bucket 0\"") && strstr(trace, "\"allreduce wait bucket 0\""),
+              "%s: the timeline %s shows no staged bucket copies", be, tl);
+        free(trace);
+        float *p = ckpt_params(ck, &n);
+        if (!p) continue;
+        CHECK(n == n_ref, "%s: %llu parameters vs %llu", be, (unsigned long long)n, (unsigned long long)n_ref);
+        double d2 = 0, r2 = 0, dmax = 0;
+        for (uint64_t k = 0; k < n && k < n_ref; k++) {
+            double d = (double)p[k] - p_ref[k];
+            d2 += d * d;
+            r2 += (double)p_ref[k] * p_ref[k];
+            if (fabs(d) > dmax) dmax = fabs(d);
+        }
+        double rel = r2 > 0 ? sqrt(d2 / r2) : 0;
+        CHECK(rel <= 1e-2, "%s: parameters cuda vs cpu: rel_l2 %.3g > 1e-2 (max_abs %.3g)", be, rel, dmax);
+        printf("  %s: test loss cpu %.6f, cuda %.6f; parameters rel_l2 %.3g, max_abs %.3g\n", be, l_ref, l, rel, dmax);
+        free(p);
+    }
+    free(p_ref);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0) printf("  (could not remove %s)\n", dir);
+    return failures ? 1 : 0;
+}
+
 /* ---- default backend --------------------------------------------------------------- */
 
 static int resolve_backend(const char *device, const char *world, char *backend, size_t size, dm_error *e)
@@ -712,7 +823,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
         fprintf(stderr, "usage: test_cuda layer TYPE | optimizer TYPE | nccl | nccl_gpus | no_device | "
-                        "train | backend | rdzv\n");
+                        "train | staging | backend | rdzv\n");
         return 2;
     }
     const char *what = argv[1];
@@ -723,6 +834,7 @@ int main(int argc, char **argv)
     else if (strcmp(what, "nccl_gpus") == 0) rc = test_nccl_gpus();
     else if (strcmp(what, "no_device") == 0) rc = test_no_device();
     else if (strcmp(what, "train") == 0) rc = test_train();
+    else if (strcmp(what, "staging") == 0) rc = test_staging();
     else if (strcmp(what, "backend") == 0) rc = test_backend();
     else if (strcmp(what, "rdzv") == 0) rc = test_rdzv();
     else {

@@ -719,7 +719,7 @@ static int resume(trainer *t, dm_error *err)
 /* ---- parameter-sync check (train.sync_check_every) -------------------------- */
 
 /* FNV-1a, 64-bit, over the bytes of buf: cheap, and any changed bit changes
- * the hash. tests/distributed/ckpt_compare.c computes the same over a checkpoint. */
+ * the hash. tests/common/ckpt_tool.c (`hash`) computes the same over a checkpoint. */
 static uint64_t fnv1a64(const void *buf, size_t bytes)
 {
     const unsigned char *p = buf;

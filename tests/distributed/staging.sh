@@ -62,8 +62,8 @@ same() {
         fail "$3: staged and direct runs differ (per-step hashes above: < direct, > staged)"
     fi
     local a b
-    a=$("$CMP" hash "$(checkpoint "$TMP/$1")") || fail "ckpt_compare hash failed"
-    b=$("$CMP" hash "$(checkpoint "$TMP/$2")") || fail "ckpt_compare hash failed"
+    a=$("$CMP" hash "$(checkpoint "$TMP/$1")") || fail "ckpt_tool hash failed"
+    b=$("$CMP" hash "$(checkpoint "$TMP/$2")") || fail "ckpt_tool hash failed"
     [ "$a" = "$b" ] || fail "$3: final parameters differ: staged $a, direct $b"
     echo "$a"
 }

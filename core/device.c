@@ -283,28 +283,29 @@ void dm_dev_stream_free(dm_devctx *d, void *stream)
     free(s);
 }
 
-int dm_dev_download_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, dm_error *err)
+/* One asynchronous copy in either direction (to_host: device -> host). */
+static int copy_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, int to_host,
+                      dm_error *err)
 {
 #ifdef DMNIST_CORE_CUDA
     if (d->device == DM_DEVICE_CUDA) {
-        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, (cudaStream_t)stream), "download");
+        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
+                                 (cudaStream_t)stream), to_host ? "download" : "upload");
         return DM_OK;
     }
 #endif
-    (void)d;
+    (void)d, (void)to_host;
     return cpu_copy_async(stream, dst, src, bytes, err);
+}
+
+int dm_dev_download_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, dm_error *err)
+{
+    return copy_async(d, dst, src, bytes, stream, 1, err);
 }
 
 int dm_dev_upload_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, dm_error *err)
 {
-#ifdef DMNIST_CORE_CUDA
-    if (d->device == DM_DEVICE_CUDA) {
-        CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)stream), "upload");
-        return DM_OK;
-    }
-#endif
-    (void)d;
-    return cpu_copy_async(stream, dst, src, bytes, err);
+    return copy_async(d, dst, src, bytes, stream, 0, err);
 }
 
 int dm_dev_event_new(dm_devctx *d, dm_dev_event **ev, dm_error *err)

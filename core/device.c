@@ -56,19 +56,23 @@ void dm_dev_close(dm_devctx *d)
     d->stream = NULL;
 }
 
+/* Zeroed host memory, 64-byte aligned (whole cache lines for the CPU kernels). */
+static void *cpu_alloc(size_t bytes, dm_error *err)
+{
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, rounded);
+    if (!p) {
+        dm_fail(err, DM_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    memset(p, 0, rounded);
+    return p;
+}
+
 void *dm_dev_alloc(dm_devctx *d, size_t bytes, dm_error *err)
 {
     if (bytes == 0) bytes = 64;
-    if (d->device == DM_DEVICE_CPU) {
-        size_t rounded = (bytes + 63) & ~(size_t)63;
-        void *p = aligned_alloc(64, rounded);
-        if (!p) {
-            dm_fail(err, DM_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
-            return NULL;
-        }
-        memset(p, 0, rounded);
-        return p;
-    }
+    if (d->device == DM_DEVICE_CPU) return cpu_alloc(bytes, err);
 #ifdef DMNIST_CORE_CUDA
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes);
@@ -168,14 +172,7 @@ void *dm_host_alloc(dm_devctx *d, size_t bytes, dm_error *err)
 #else
     (void)d;
 #endif
-    size_t rounded = (bytes + 63) & ~(size_t)63;
-    void *p = aligned_alloc(64, rounded);
-    if (!p) {
-        dm_fail(err, DM_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
-        return NULL;
-    }
-    memset(p, 0, rounded);
-    return p;
+    return cpu_alloc(bytes, err);
 }
 
 void dm_host_free(dm_devctx *d, void *p)

@@ -184,6 +184,12 @@ done
 export DMNIST_PLUGIN_PATH=$BUILD/plugins DMNIST_BUILD_DIR=$BUILD DMNIST_SOURCE_DIR=$REPO
 [[ -f $DATA/train-images-idx3-ubyte.gz || -f $DATA/train-images-idx3-ubyte ]] || DATA=$REPO/../shared/data/mnist
 say "-- MNIST from $DATA"
+# For commands after this script on the same machine (scripts/seeds, sweep):
+# source it to get this run's libraries, plugins and data.
+cat >"$BUILD/gpu-env.sh" <<EOF
+export LD_LIBRARY_PATH='$LD_LIBRARY_PATH' DMNIST_PLUGIN_PATH='$BUILD/plugins' DMNIST_BUILD_DIR='$BUILD'
+export DMNIST_RUN='$BUILD/dmnist-run' DMNIST_GPU_DATA='$DATA'
+EOF
 
 # ---- 3. the CUDA tests ------------------------------------------------------------------
 PASSED=0 FAILED=0 SKIPPED=0 FAILED_NAMES=""
@@ -252,7 +258,21 @@ PYTHONUNBUFFERED=1 timeout "$left" python3 "$REPO/scripts/bench/torch_gpu.py" --
 sed 's/^/   /' "$LOGS/torch.log" | tail -8 | tee -a "$LOGS/gpu-check.log" || true
 [[ $rc -eq 0 ]] || say "   torch_gpu.py exit $rc (124 = out of time); rows it finished are kept"
 
-# ---- 6. the table ----------------------------------------------------------------------------
+# ---- 6. optional: the recipe over several seeds ------------------------------------------
+# GPU_CHECK_SEEDS=1,2,3,4,5 runs configs/cnn-gpu.ini once per seed (scripts/seeds),
+# plus any GPU_CHECK_RECIPES ("NAME=KEY=VALUE,... NAME=..."), within GPU_CHECK_SEEDS_S seconds.
+if [[ -n ${GPU_CHECK_SEEDS:-} && -x $BUILD/dmnist-run ]]; then
+    recipes=(--recipe config=)
+    for r in ${GPU_CHECK_RECIPES:-}; do recipes+=(--recipe "$r"); done
+    say "-- seeds $GPU_CHECK_SEEDS: ${recipes[*]} (at most ${GPU_CHECK_SEEDS_S:-240} s)"
+    rc=0
+    PYTHONUNBUFFERED=1 timeout "${GPU_CHECK_SEEDS_S:-240}" python3 "$REPO/scripts/seeds" "$REPO/configs/cnn-gpu.ini" \
+        --seeds "$GPU_CHECK_SEEDS" "${recipes[@]}" --out "$LOGS/seeds" --dmnist-run "$BUILD/dmnist-run" \
+        --set data.path="$DATA" >"$LOGS/seeds.log" 2>&1 || rc=$?
+    [[ $rc -eq 0 ]] || say "   scripts/seeds exit $rc (124 = out of time)"
+fi
+
+# ---- 7. the table ----------------------------------------------------------------------------
 {
     echo
     echo "== results ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1); $BUILD_NOTE; $(elapsed) s)"
@@ -277,6 +297,10 @@ for mode in ("eager", "compile"):
         if not any(r["mode"] == mode and r["batch"] == b for r in rows):
             print(f'{"pytorch " + mode:<28} {b:>6} not run (out of time or failed: see torch.log)')
 EOF
+    if [[ -f $LOGS/seeds/seeds.txt ]]; then
+        echo "test accuracy over seeds (scripts/seeds, one epoch each):"
+        cat "$LOGS/seeds/seeds.txt"
+    fi
     echo "(dmnist images/s: training steps only, from the run's final line; s/epoch = 60000 / images/s."
     echo " pytorch: one timed epoch after 20 warm-up steps that include compilation.)"
 } | tee "$LOGS/table.txt" | tee -a "$LOGS/gpu-check.log"

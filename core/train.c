@@ -88,6 +88,8 @@ typedef struct trainer {
     dm_dev_event *copies;        /* copy stream: the copies queued so far */
     int next_start;              /* staged: next bucket to start its allreduce */
     double comm_wait_s;          /* since last log */
+    float checked_loss_sum;      /* metrics[0] at the last NaN/Inf check */
+    int64_t checked_step;        /* the step of that check */
     double t_fwd_bwd_s, t_data_s, t_opt_s;
     FILE *metrics;
 
@@ -135,6 +137,26 @@ static float *scratch(trainer *t, size_t bytes, dm_error *err)
 static int host_staged(const trainer *t)
 {
     return t->dev.device != DM_DEVICE_CPU && !(t->cvt->devices & DM_DEVICE_BIT(DM_DEVICE_CPU));
+}
+
+/* The running loss sum of this rank's steps since the last log (metrics[0]):
+ * on the host for the CPU, one small download (a host sync) for a device. */
+static int loss_sum(trainer *t, float *sum, dm_error *err)
+{
+    if (t->dev.device == DM_DEVICE_CPU) {
+        *sum = t->m.metrics[0];
+        return DM_OK;
+    }
+    return dm_dev_download(&t->dev, sum, t->m.metrics, sizeof(float), err);
+}
+
+static int set_loss_sum(trainer *t, float sum, dm_error *err)
+{
+    if (t->dev.device == DM_DEVICE_CPU) {
+        t->m.metrics[0] = sum;
+        return DM_OK;
+    }
+    return dm_dev_upload(&t->dev, t->m.metrics, &sum, sizeof(float), err);
 }
 
 static int allreduce_host(trainer *t, float *buf, size_t n, dm_reduce_op op, dm_error *err)
@@ -974,14 +996,14 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     double train_compute_s = 0;
     uint64_t rank_seed = dm_hash64(x->seed, 0xD0D0ull + (uint64_t)t.ci.rank);
 
+    t.checked_step = t.step; /* a resumed run starts checking from its step */
+    t.checked_loss_sum = 0;
     while (t.step < total_steps && rc == DM_OK) {
         double ta = now_s();
         dm_timeline_set_step(t.step + 1);
         if ((rc = next_train_batch(&t, err))) break;
         double tb = now_s();
         uint64_t step_seed = dm_hash64(rank_seed, (uint64_t)t.step);
-        float before = 0;
-        if (x->device == DM_DEVICE_CPU) before = t.m.metrics[0];
         if ((rc = dm_model_forward(&t.m, x->batch_size, 1, step_seed, err))) break;
         double tf = now_s();
         if ((rc = dm_model_backward(&t.m, x->batch_size, step_seed, backward_hook, &t, err))) break;
@@ -998,31 +1020,44 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
             t.comm_wait_s += now_s() - ts;
         }
         double td = now_s();
-        /* NaN/Inf check (CPU: every step, the loss is on the host). Ranks
-         * decide together: a skip or stop on one rank alone would leave the
-         * others applying its NaN gradients or waiting for it. */
-        if (x->device == DM_DEVICE_CPU) {
-            float step_loss = t.m.metrics[0] - before;
-            float bad_ranks = isfinite(step_loss) ? 0.0f : 1.0f;
+        /* NaN/Inf check, before the update. CPU: every step (the loss is on
+         * the host). CUDA: every step with nan_policy = skip (one host sync
+         * per step), else before each checkpoint and at each log, which sync
+         * anyway: a checkpoint never holds what a bad step did. Ranks decide
+         * together: a skip or stop on one rank alone would leave the others
+         * applying its NaN gradients or waiting for it. */
+        int ckpt_due = x->checkpoint_every > 0 && (t.step + 1) % x->checkpoint_every == 0;
+        if (x->device == DM_DEVICE_CPU || x->nan_skip || ckpt_due) {
+            float sum;
+            if ((rc = loss_sum(&t, &sum, err))) break;
+            float window_loss = sum - t.checked_loss_sum; /* steps checked_step+1 .. step+1 */
+            float bad_ranks = isfinite(window_loss) ? 0.0f : 1.0f;
             if (N > 1 && (rc = allreduce_host(&t, &bad_ranks, 1, DM_REDUCE_SUM, err))) break;
             if (bad_ranks > 0) {
-                char where[96];
-                if (isfinite(step_loss))
+                char where[96], steps[64];
+                if (isfinite(window_loss))
                     snprintf(where, sizeof where, "is not finite on %d other rank%s", (int)bad_ranks,
                              bad_ranks > 1 ? "s" : "");
                 else
-                    snprintf(where, sizeof where, "is %f on rank %d", (double)step_loss, t.ci.rank);
+                    snprintf(where, sizeof where, "is %f on rank %d", (double)window_loss, t.ci.rank);
+                if (t.checked_step == t.step)
+                    snprintf(steps, sizeof steps, "step %lld", (long long)t.step + 1);
+                else /* CUDA without skip: one of the steps since the last check */
+                    snprintf(steps, sizeof steps, "steps %lld-%lld", (long long)t.checked_step + 1,
+                             (long long)t.step + 1);
                 if (x->nan_skip) {
-                    if (rank0(&t)) printf("step %lld: loss %s, step skipped (nan_policy = skip)\n",
-                                          (long long)t.step + 1, where);
-                    t.m.metrics[0] = before;
+                    if (rank0(&t)) printf("%s: loss %s, step skipped (nan_policy = skip)\n", steps, where);
+                    if ((rc = set_loss_sum(&t, t.checked_loss_sum, err))) break;
                     t.step++;
+                    t.checked_step = t.step;
                     continue;
                 }
-                rc = dm_fail(err, DM_ERR_INVALID, "step %lld: loss %s: training diverged "
-                             "(lower optimizer.lr, or set train.nan_policy = skip)", (long long)t.step + 1, where);
+                rc = dm_fail(err, DM_ERR_INVALID, "%s: loss %s: training diverged "
+                             "(lower optimizer.lr, or set train.nan_policy = skip)", steps, where);
                 break;
             }
+            t.checked_loss_sum = sum;
+            t.checked_step = t.step + 1;
         }
         double tn = now_s(); /* after the loss check, before the update */
         double f = dm_lr_factor(&x->schedule, t.step, total_steps);
@@ -1052,6 +1087,8 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
             float mm[2];
             if ((rc = dm_dev_download(&t.dev, mm, t.m.metrics, sizeof mm, err))) break;
             if ((rc = dm_dev_zero(&t.dev, t.m.metrics, 2 * sizeof(float), err))) break;
+            t.checked_loss_sum = 0;
+            t.checked_step = t.step; /* the check below covers the steps since the last one */
             double elapsed = now_s() - t_log;
             /* loss sum, correct, examples, seconds, comm wait, compute: summed over ranks */
             float v[6] = {mm[0], mm[1], 0, (float)elapsed, (float)t.comm_wait_s, (float)t.t_fwd_bwd_s};

@@ -53,17 +53,20 @@ if [[ ${1:-} == --prepare ]]; then
     grep -q "building CUDA implementations" "$LOGS/prepare-configure.log" ||
         { echo "prepare: CMake did not find the CUDA toolkit (see $LOGS/prepare-configure.log)"; exit 1; }
     targets=(dmnist-run test_cuda dm_conv2d dm_dense dm_relu dm_maxpool2d dm_dropout dm_flatten
-        dm_softmax_cross_entropy dm_sgd dm_adam dm_nccl dm_local dm_mnist dm_synthetic dm_gloo dm_mpi)
+        dm_softmax_cross_entropy dm_sgd dm_adam dm_nccl dm_local dm_mnist dm_synthetic dm_gloo dm_mpi dm_test_poison)
     say "prepare: building ${targets[*]}"
     cmake --build "$BUILD" -j"$(nproc)" --target "${targets[@]}" >"$LOGS/prepare-build.log" 2>&1 ||
         { tail -30 "$LOGS/prepare-build.log"; exit 1; }
     stage=$(mktemp -d)
-    mkdir -p "$stage/build/plugins" "$stage/build/tests/cuda" "$stage/lib" "$stage/mnist"
+    mkdir -p "$stage/build/plugins" "$stage/build/tests/cuda" "$stage/build/tests/robustness/plugins" "$stage/lib" \
+        "$stage/mnist"
     cp "$BUILD/dmnist-run" "$stage/build/"
     cp "$BUILD/tests/cuda/test_cuda" "$stage/build/tests/cuda/"
     for t in "${targets[@]}"; do
-        [[ $t == dm_* ]] && cp "$BUILD/plugins/$t.so" "$stage/build/plugins/"
+        [[ $t == dm_* && $t != dm_test_* ]] && cp "$BUILD/plugins/$t.so" "$stage/build/plugins/"
     done
+    # the test dataset of test_cuda nan, where the test looks for it
+    cp "$BUILD/tests/robustness/plugins/dm_test_poison.so" "$stage/build/tests/robustness/plugins/"
     # Non-CUDA shared libraries the GPU machine may lack (CUDA ones come from it);
     # Gloo's for the staging test. Open MPI is not carried (its components and
     # mpirun come with it): dm_mpi runs only where the GPU machine has its own.
@@ -156,7 +159,7 @@ else
         "${extra[@]}" >"$LOGS/configure.log" 2>&1 &&
         timeout 240 cmake --build "$BUILD" -j"$(nproc)" --target dmnist-run test_cuda dm_conv2d dm_dense \
             dm_relu dm_maxpool2d dm_dropout dm_flatten dm_softmax_cross_entropy dm_sgd dm_adam dm_local \
-            dm_mnist dm_synthetic >"$LOGS/build.log" 2>&1; then
+            dm_mnist dm_synthetic dm_test_poison >"$LOGS/build.log" 2>&1; then
         timeout 120 cmake --build "$BUILD" -j"$(nproc)" --target dm_nccl >>"$LOGS/build.log" 2>&1 || true
         for t in dm_gloo dm_mpi; do # the staging test's backends, where this machine has them
             timeout 120 cmake --build "$BUILD" -j"$(nproc)" --target $t >>"$LOGS/build.log" 2>&1 || true
@@ -194,7 +197,7 @@ EOF
 # ---- 3. the CUDA tests ------------------------------------------------------------------
 PASSED=0 FAILED=0 SKIPPED=0 FAILED_NAMES=""
 cases=("layer conv2d" "layer dense" "layer relu" "layer maxpool2d" "layer dropout" "layer flatten"
-    "layer softmax_cross_entropy" "optimizer sgd" "optimizer adam" nccl nccl_gpus no_device train staging backend rdzv)
+    "layer softmax_cross_entropy" "optimizer sgd" "optimizer adam" nccl nccl_gpus no_device train nan staging backend rdzv)
 if [[ -x $BUILD/tests/cuda/test_cuda ]]; then
     for c in "${cases[@]}"; do
         name=${c// /_}

@@ -588,6 +588,166 @@ static int test_train(void)
     return failures ? 1 : 0;
 }
 
+/* ---- nan_policy on the GPU ------------------------------------------------------------ */
+
+/* A run on the test dataset "poison" (tests/robustness/plugins): training
+ * example 300 of 512 has an Inf pixel, so exactly one of the 32 steps of
+ * batch 16 has a non-finite loss. */
+static const char *poison_config(const char *dir, const char *name, const char *device, const char *train)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s.ini", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        printf("FAIL: cannot write %s\n", path);
+        exit(1);
+    }
+    fprintf(f,
+            "[experiment]\nseed = 7\ndevice = %s\n"
+            "[data]\ntype = poison\ntrain_size = 512\ntest_size = 64\npoison_index = 300\npoison = inf\n"
+            "batch_size = 16\neval_batch_size = 64\n"
+            "[train]\nepochs = 1\nkeep_checkpoints = 1000\n%s\n"
+            "[optimizer]\ntype = adam\nlr = 0.001\n"
+            "[layer.conv1]\ntype = conv2d\nfilters = 4\nkernel = 3\nactivation = relu\n"
+            "[layer.flatten]\ntype = flatten\n"
+            "[layer.dense]\ntype = dense\nunits = 10\n"
+            "[layer.loss]\ntype = softmax_cross_entropy\n",
+            device, train);
+    fclose(f);
+    return path;
+}
+
+/* The N of the first "step N: loss" in a run's output, or -1. */
+static long loss_step(const char *out)
+{
+    const char *p = strstr(out, "step ");
+    for (; p; p = strstr(p + 1, "step ")) {
+        char *end;
+        long n = strtol(p + 5, &end, 10);
+        if (end != p + 5 && strncmp(end, ": loss", 6) == 0) return n;
+    }
+    return -1;
+}
+
+static size_t count(const char *s, const char *what)
+{
+    size_t n = 0;
+    for (const char *p = strstr(s, what); p; p = strstr(p + 1, what)) n++;
+    return n;
+}
+
+/* The newest checkpoint in dir: its step, and whether its parameters and
+ * optimizer state are all finite. */
+static int ckpt_finite(const char *dir, int64_t *step)
+{
+    char path[4096];
+    dm_ckpt_state st;
+    float *p = NULL, *o = NULL;
+    dm_error e = {0};
+    *step = -1;
+    if (dm_checkpoint_latest(dir, path, sizeof path, &e) || dm_checkpoint_read(path, &st, &p, &o, &e)) {
+        printf("  reading the checkpoint in %s: %s\n", dir, e.msg);
+        return 0;
+    }
+    int ok = 1;
+    for (uint64_t i = 0; i < st.n_params; i++) ok &= isfinite(p[i]) != 0;
+    for (uint64_t i = 0; i < st.n_opt; i++) ok &= isfinite(o[i]) != 0;
+    *step = st.step;
+    free(p);
+    free(o);
+    return ok;
+}
+
+/* With device = cuda the loss is checked without a host sync per step:
+ * nan_policy = stop checks before each checkpoint and at each log, = skip
+ * every step (core/train.c). Against the CPU, which checks every step:
+ *   stop, a checkpoint every step: stops naming the same step S as the CPU,
+ *     and the newest checkpoint is step S-1, all finite;
+ *   stop, a checkpoint every 8 steps: stops at the first checkpoint after
+ *     S, naming the 8 steps since the one before, the newest one finite;
+ *   stop, no checkpoints, one log at the end: stops (at that log);
+ *   skip: skips exactly step S and ends with a finite test loss and a
+ *     finite final checkpoint of step 32. */
+static int test_nan(void)
+{
+    gpu();
+    char plugins[1024];
+    snprintf(plugins, sizeof plugins, "%s/tests/robustness/plugins", build_dir());
+    char so[1100];
+    snprintf(so, sizeof so, "%s/dm_test_poison.so", plugins);
+    if (access(so, R_OK) != 0) skip("the test dataset plugin dm_test_poison.so is not built here");
+    char *dir = tmpdir();
+    char cmd[4096], out[32768], train[1024], ck[600];
+    const char *run_fmt = "%s/dmnist-run --no-progress --plugin-path %s %s 2>&1";
+
+    /* the CPU reference: the step that draws the poisoned example */
+    const char *cfg = poison_config(dir, "cpu-stop", "cpu", "log_every = 0");
+    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
+    int rc = run(cmd, out, sizeof out);
+    long step = loss_step(out);
+    printf("--- cpu, stop (exit %d)\n%s", rc, out);
+    REQUIRE(rc == 1 && step > 1, "the CPU run must stop naming a step after the first (exit %d, step %ld)", rc, step);
+
+    /* cuda, stop, a checkpoint after every step */
+    snprintf(ck, sizeof ck, "%s/ck-stop", dir);
+    snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 1\ncheckpoint_dir = %s", ck);
+    cfg = poison_config(dir, "cuda-stop", "cuda", train);
+    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
+    rc = run(cmd, out, sizeof out);
+    printf("--- cuda, stop, checkpoint_every = 1 (exit %d)\n%s", rc, out);
+    CHECK(rc == 1, "exit %d, expected 1", rc);
+    CHECK(loss_step(out) == step, "stopped at step %ld, the CPU at step %ld", loss_step(out), step);
+    CHECK(strstr(out, "training diverged") != NULL, "no 'training diverged' in the message");
+    int64_t last;
+    int finite = ckpt_finite(ck, &last);
+    CHECK(last == step - 1, "newest checkpoint is step %lld, expected %ld", (long long)last, step - 1);
+    CHECK(finite, "the newest checkpoint holds NaN or Inf");
+
+    /* cuda, stop, a checkpoint every 8 steps: checked before each, so the
+     * message names the 8 steps since the last check, and the newest
+     * checkpoint is the one before them */
+    snprintf(ck, sizeof ck, "%s/ck-stop8", dir);
+    snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 8\ncheckpoint_dir = %s", ck);
+    cfg = poison_config(dir, "cuda-stop8", "cuda", train);
+    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
+    rc = run(cmd, out, sizeof out);
+    printf("--- cuda, stop, checkpoint_every = 8 (exit %d)\n%s", rc, out);
+    long lo = (step - 1) / 8 * 8 + 1;
+    char want[64];
+    snprintf(want, sizeof want, "steps %ld-%ld: loss", lo, lo + 7);
+    CHECK(rc == 1 && strstr(out, want) != NULL, "exit %d, expected 1 and '%s'", rc, want);
+    finite = ckpt_finite(ck, &last);
+    CHECK(lo == 1 ? last == -1 : (last == lo - 1 && finite), "newest checkpoint: step %lld (expected %ld), finite %d",
+          (long long)last, lo - 1, finite);
+
+    /* cuda, stop, no checkpoints: found at the one log, after the last step */
+    cfg = poison_config(dir, "cuda-stop-log", "cuda", "log_every = 1000");
+    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
+    rc = run(cmd, out, sizeof out);
+    printf("--- cuda, stop, no checkpoints (exit %d)\n%s", rc, out);
+    CHECK(rc == 1 && strstr(out, "diverged") != NULL, "exit %d, expected 1 and 'diverged'", rc);
+    CHECK(strstr(out, "test loss") == NULL, "a diverged run must not evaluate and report");
+
+    /* cuda, skip */
+    snprintf(ck, sizeof ck, "%s/ck-skip", dir);
+    snprintf(train, sizeof train, "log_every = 8\ncheckpoint_every = 8\ncheckpoint_dir = %s\nnan_policy = skip", ck);
+    cfg = poison_config(dir, "cuda-skip", "cuda", train);
+    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
+    rc = run(cmd, out, sizeof out);
+    printf("--- cuda, skip (exit %d)\n%s", rc, out);
+    CHECK(rc == 0, "exit %d, expected 0", rc);
+    CHECK(count(out, "step skipped") == 1, "%zu steps skipped, expected 1", count(out, "step skipped"));
+    CHECK(loss_step(out) == step, "skipped step %ld, the CPU's bad step is %ld", loss_step(out), step);
+    CHECK(isfinite(final_loss(out)), "test loss %f is not finite", final_loss(out));
+    finite = ckpt_finite(ck, &last);
+    CHECK(last == 32 && finite, "final checkpoint: step %lld (expected 32), finite %d", (long long)last, finite);
+    printf("  bad step %ld: stop, skip and checkpoints as on the CPU\n", step);
+    char rm[700];
+    snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
+    if (system(rm) != 0) printf("  (could not remove %s)\n", dir);
+    return failures ? 1 : 0;
+}
+
 /* ---- host staging: gloo and mpi with device = cuda --------------------------------- */
 
 /* The parameters of the newest checkpoint in dir (malloc'ed; *n floats), or NULL. */
@@ -823,7 +983,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
         fprintf(stderr, "usage: test_cuda layer TYPE | optimizer TYPE | nccl | nccl_gpus | no_device | "
-                        "train | staging | backend | rdzv\n");
+                        "train | nan | staging | backend | rdzv\n");
         return 2;
     }
     const char *what = argv[1];
@@ -834,6 +994,7 @@ int main(int argc, char **argv)
     else if (strcmp(what, "nccl_gpus") == 0) rc = test_nccl_gpus();
     else if (strcmp(what, "no_device") == 0) rc = test_no_device();
     else if (strcmp(what, "train") == 0) rc = test_train();
+    else if (strcmp(what, "nan") == 0) rc = test_nan();
     else if (strcmp(what, "staging") == 0) rc = test_staging();
     else if (strcmp(what, "backend") == 0) rc = test_backend();
     else if (strcmp(what, "rdzv") == 0) rc = test_rdzv();

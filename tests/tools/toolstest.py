@@ -18,6 +18,7 @@ DMNIST_RUN = os.path.join(BUILD_DIR, "dmnist-run")
 BENCH = os.path.join(BUILD_DIR, "dmnist-bench-comm")
 SWEEP = os.path.join(SOURCE_DIR, "scripts", "sweep")
 COMPARE = os.path.join(SOURCE_DIR, "scripts", "compare-backends")
+SEEDS = os.path.join(SOURCE_DIR, "scripts", "seeds")
 SKIP = 77  # ctest SKIP_RETURN_CODE
 
 

@@ -197,7 +197,7 @@ EOF
 # ---- 3. the CUDA tests ------------------------------------------------------------------
 PASSED=0 FAILED=0 SKIPPED=0 FAILED_NAMES=""
 cases=("layer conv2d" "layer dense" "layer relu" "layer maxpool2d" "layer dropout" "layer flatten"
-    "layer softmax_cross_entropy" "optimizer sgd" "optimizer adam" nccl nccl_gpus no_device train nan staging backend rdzv)
+    "layer softmax_cross_entropy" "optimizer sgd" "optimizer adam" nccl nccl_gpus no_device train nan deterministic staging backend rdzv)
 if [[ -x $BUILD/tests/cuda/test_cuda ]]; then
     for c in "${cases[@]}"; do
         name=${c// /_}

@@ -588,6 +588,68 @@ static int test_train(void)
     return failures ? 1 : 0;
 }
 
+/* ---- the same bits every run ------------------------------------------------------------ */
+
+static float *ckpt_params(const char *dir, uint64_t *n); /* below, with the staging case */
+
+/* Train 20 steps of the seed model's shapes (conv 32 and 64, dense 256,
+ * batch 64) on synthetic data into ck; the final parameters (malloc'ed). */
+static float *train_params(const char *dir, const char *cfg, const char *tag, const char *extra, uint64_t *n)
+{
+    char cmd[4096], out[16384], ck[600];
+    snprintf(ck, sizeof ck, "%s/ck-%s", dir, tag);
+    snprintf(cmd, sizeof cmd, "%s/dmnist-run --no-progress --set train.checkpoint_dir=%s --set data.batch_size=64 "
+             "--set layer.conv1.filters=32 --set layer.conv2.filters=64 --set layer.dense1.units=256 %s %s 2>&1",
+             build_dir(), ck, extra, cfg);
+    int rc = run(cmd, out, sizeof out);
+    if (rc != 0) {
+        printf("FAIL: %s: exit %d\n%s", tag, rc, out);
+        failures++;
+        return NULL;
+    }
+    return ckpt_params(ck, n);
+}
+
+/* Two runs of one config on the GPU end with the same bits: conv2d's
+ * default deterministic = true keeps cuDNN to algorithms without atomics,
+ * the other kernels sum in a fixed order, dropout masks come from a
+ * counter-based RNG. The same pair with deterministic = false is run too
+ * and only reported (cuDNN's heuristics may or may not pick an algorithm
+ * with atomics for these shapes). */
+static int test_deterministic(void)
+{
+    gpu();
+    component(DM_KIND_DATASET, "synthetic");
+    char *dir = tmpdir();
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s", write_config(dir, "cuda", ""));
+    const char *any = "--set layer.conv1.deterministic=false --set layer.conv2.deterministic=false";
+    uint64_t n[4] = {0};
+    float *a = train_params(dir, cfg, "det1", "", &n[0]);
+    float *b = train_params(dir, cfg, "det2", "", &n[1]);
+    float *c = train_params(dir, cfg, "any1", any, &n[2]);
+    float *d = train_params(dir, cfg, "any2", any, &n[3]);
+    if (a && b) {
+        CHECK(n[0] == n[1] && memcmp(a, b, n[0] * sizeof(float)) == 0,
+              "two runs with deterministic = true differ");
+        printf("  deterministic = true: two runs, %llu parameters, bit for bit equal: %s\n",
+               (unsigned long long)n[0], n[0] == n[1] && !memcmp(a, b, n[0] * sizeof(float)) ? "yes" : "no");
+    }
+    if (c && d && n[2] == n[3]) {
+        double maxd = 0;
+        for (uint64_t i = 0; i < n[2]; i++) maxd = fmax(maxd, fabs((double)c[i] - d[i]));
+        printf("  deterministic = false: two runs, max |difference| %.3g (reported, not checked)\n", maxd);
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(d);
+    char rm[700];
+    snprintf(rm, sizeof rm, "rm -rf '%s'", dir);
+    if (system(rm) != 0) printf("  (could not remove %s)\n", dir);
+    return failures ? 1 : 0;
+}
+
 /* ---- nan_policy on the GPU ------------------------------------------------------------ */
 
 /* A run on the test dataset "poison" (tests/robustness/plugins): training
@@ -983,7 +1045,7 @@ int main(int argc, char **argv)
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
         fprintf(stderr, "usage: test_cuda layer TYPE | optimizer TYPE | nccl | nccl_gpus | no_device | "
-                        "train | nan | staging | backend | rdzv\n");
+                        "train | nan | deterministic | staging | backend | rdzv\n");
         return 2;
     }
     const char *what = argv[1];
@@ -995,6 +1057,7 @@ int main(int argc, char **argv)
     else if (strcmp(what, "no_device") == 0) rc = test_no_device();
     else if (strcmp(what, "train") == 0) rc = test_train();
     else if (strcmp(what, "nan") == 0) rc = test_nan();
+    else if (strcmp(what, "deterministic") == 0) rc = test_deterministic();
     else if (strcmp(what, "staging") == 0) rc = test_staging();
     else if (strcmp(what, "backend") == 0) rc = test_backend();
     else if (strcmp(what, "rdzv") == 0) rc = test_rdzv();

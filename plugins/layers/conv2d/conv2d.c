@@ -42,6 +42,8 @@ static const dm_param_def conv2d_params[] = {
      "channels are >= 16, else im2col"},
     {"tf32", DM_PARAM_BOOL, "false", 0, -1, NULL,
      "cuda: let cuDNN use TF32 tensor cores (faster; ~1e-3 relative error)"},
+    {"deterministic", DM_PARAM_BOOL, "true", 0, -1, NULL,
+     "cuda: only cuDNN algorithms that give the same bits every run (false: any, some use atomics)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 /* Output size and leading padding along one axis. */
@@ -158,8 +160,8 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
         s->winograd ? conv2d_winograd_workspace_bytes(s) : conv2d_workspace_bytes(s);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
-        int rc = conv2d_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
-                                    &info->workspace_bytes, err);
+        int tf32 = dm_param_int(p, "tf32", 0) != 0, deterministic = dm_param_int(p, "deterministic", 1) != 0;
+        int rc = conv2d_cuda_create(s, tf32, deterministic, cfg->cuda_stream, &info->workspace_bytes, err);
         if (rc != DM_OK) {
             free(s);
             return rc;

@@ -50,8 +50,8 @@ void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const flo
 /* conv2d_cuda.cu (cuDNN): create sets s->cuda and *workspace_bytes; bind
  * takes the core's workspace; forward/backward as the CPU versions, on
  * `stream`, returning a dm_status. */
-int conv2d_cuda_create(conv2d_state *s, int tf32, void *stream, size_t *workspace_bytes,
-                       dm_error *err);
+int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *stream,
+                       size_t *workspace_bytes, dm_error *err);
 void conv2d_cuda_bind(conv2d_state *s, void *workspace);
 int conv2d_forward_cuda(conv2d_state *s, void *stream, int n, const float *x, float *y,
                         dm_error *err);

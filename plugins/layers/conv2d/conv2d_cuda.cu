@@ -13,7 +13,8 @@
  *   dx = conv_bwd_data(w, dz)            cudnnConvolutionBackwardData (beta 0)
  *
  * Algorithms: cuDNN's heuristics (the *_v7 queries) pick, once per batch
- * size, the best-ranked algorithm whose workspace fits; the sizes for the
+ * size, the best-ranked algorithm whose workspace fits (and, by default,
+ * that cuDNN marks deterministic: the same bits every run); the sizes for the
  * create-time batch decide the workspace the layer asks the core for.
  * TF32 tensor cores only when the layer's `tf32` key is true: the default
  * FMA math keeps results within float32 rounding of the CPU path.
@@ -55,6 +56,7 @@ struct conv_cuda {
     int next_slot;
     size_t ws_bytes;         /* cuDNN's part of the workspace */
     int groups;              /* G: blocks per filter for the db partial sums */
+    int deterministic;       /* only algorithms cuDNN marks CUDNN_DETERMINISTIC */
     char *ws;                /* bound workspace */
     float *dz, *partials;
 };
@@ -159,6 +161,19 @@ int set_batch(conv2d_state *s, conv_cuda *c, int n, dm_error *err)
     return DM_OK;
 }
 
+/* An algorithm cuDNN can run here, within the workspace limit, and (with
+ * deterministic = true) giving the same bits every run: the
+ * non-deterministic ones accumulate with atomics in a varying order. */
+bool usable(const conv_cuda *c, cudnnStatus_t st, size_t memory, cudnnDeterminism_t det, size_t limit)
+{
+    return st == CUDNN_STATUS_SUCCESS && memory <= limit && (!c->deterministic || det == CUDNN_DETERMINISTIC);
+}
+
+const char *det_note(const conv_cuda *c)
+{
+    return c->deterministic ? " among the deterministic ones (deterministic = false allows the others)" : "";
+}
+
 /* The best-ranked algorithms for batch n whose workspace is at most
  * `limit` bytes (cuDNN's heuristics, no timing runs); their largest
  * workspace in *need. Tensor descriptors must hold batch n. */
@@ -174,10 +189,10 @@ int choose_algos(conv2d_state *s, conv_cuda *c, int n, size_t limit, algos *a, s
                                                      CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fp),
               "cudnnGetConvolutionForwardAlgorithm_v7");
     int k = 0;
-    while (k < got && (fp[k].status != CUDNN_STATUS_SUCCESS || fp[k].memory > limit)) k++;
+    while (k < got && !usable(c, fp[k].status, fp[k].memory, fp[k].determinism, limit)) k++;
     if (k == got)
         return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: no forward algorithm for batch %d fits in "
-                       "%zu bytes of workspace", s->name, n, limit);
+                       "%zu bytes of workspace%s", s->name, n, limit, det_note(c));
     a->fwd = fp[k].algo;
     best = fp[k].memory;
 
@@ -187,10 +202,10 @@ int choose_algos(conv2d_state *s, conv_cuda *c, int n, size_t limit, algos *a, s
                                                           &got, dp),
               "cudnnGetConvolutionBackwardDataAlgorithm_v7");
     k = 0;
-    while (k < got && (dp[k].status != CUDNN_STATUS_SUCCESS || dp[k].memory > limit)) k++;
+    while (k < got && !usable(c, dp[k].status, dp[k].memory, dp[k].determinism, limit)) k++;
     if (k == got)
         return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: no backward-data algorithm for batch %d fits "
-                       "in %zu bytes of workspace", s->name, n, limit);
+                       "in %zu bytes of workspace%s", s->name, n, limit, det_note(c));
     a->bwd_data = dp[k].algo;
     if (dp[k].memory > best) best = dp[k].memory;
 
@@ -200,10 +215,10 @@ int choose_algos(conv2d_state *s, conv_cuda *c, int n, size_t limit, algos *a, s
                                                             &got, wp),
               "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
     k = 0;
-    while (k < got && (wp[k].status != CUDNN_STATUS_SUCCESS || wp[k].memory > limit)) k++;
+    while (k < got && !usable(c, wp[k].status, wp[k].memory, wp[k].determinism, limit)) k++;
     if (k == got)
         return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: no backward-filter algorithm for batch %d "
-                       "fits in %zu bytes of workspace", s->name, n, limit);
+                       "fits in %zu bytes of workspace%s", s->name, n, limit, det_note(c));
     a->bwd_filter = wp[k].algo;
     if (wp[k].memory > best) best = wp[k].memory;
     *need = best;
@@ -251,8 +266,8 @@ int use_stream(conv2d_state *s, conv_cuda *c, void *stream, dm_error *err)
 
 } // namespace
 
-int conv2d_cuda_create(conv2d_state *s, int tf32, void *stream, size_t *workspace_bytes,
-                       dm_error *err)
+int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *stream,
+                       size_t *workspace_bytes, dm_error *err)
 {
     /* cuDNN pads symmetrically; 'same' with an odd total padding puts the
      * extra pixel at the bottom/right (Keras), which cuDNN cannot express. */
@@ -277,6 +292,7 @@ int conv2d_cuda_create(conv2d_state *s, int tf32, void *stream, size_t *workspac
     }
     STEP(cudnnCreate(&c->h), "cudnnCreate");
     c->stream = (cudaStream_t)stream;
+    c->deterministic = deterministic;
     STEP(cudnnSetStream(c->h, c->stream), "cudnnSetStream");
     STEP(cudnnCreateTensorDescriptor(&c->xd), "cudnnCreateTensorDescriptor");
     STEP(cudnnCreateTensorDescriptor(&c->yd), "cudnnCreateTensorDescriptor");

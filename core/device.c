@@ -103,29 +103,40 @@ void dm_dev_free(dm_devctx *d, void *p)
 #endif
 }
 
-int dm_dev_upload(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err)
+/* The copy directions, numbered as cudaMemcpyKind numbers them. */
+enum { COPY_TO_DEVICE = 1, COPY_TO_HOST = 2, COPY_ON_DEVICE = 3 };
+
+/* dst <- src on the run's stream (plain memcpy on the CPU); a copy to the
+ * host waits for it, so the host can read dst on return. */
+static int stream_copy(dm_devctx *d, void *dst, const void *src, size_t bytes, int kind, dm_error *err)
 {
     if (d->device == DM_DEVICE_CPU) { memcpy(dst, src, bytes); return DM_OK; }
 #ifdef DMNIST_CORE_CUDA
-    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)d->stream), "upload");
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, (enum cudaMemcpyKind)kind, (cudaStream_t)d->stream),
+             "cudaMemcpyAsync");
+    if (kind == COPY_TO_HOST)
+        CUDA_TRY(cudaStreamSynchronize((cudaStream_t)d->stream), "cudaStreamSynchronize");
     return DM_OK;
 #else
     (void)err;
+    (void)kind;
     return DM_ERR_DEVICE;
 #endif
 }
 
+int dm_dev_upload(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err)
+{
+    return stream_copy(d, dst, src, bytes, COPY_TO_DEVICE, err);
+}
+
 int dm_dev_download(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err)
 {
-    if (d->device == DM_DEVICE_CPU) { memcpy(dst, src, bytes); return DM_OK; }
-#ifdef DMNIST_CORE_CUDA
-    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, (cudaStream_t)d->stream), "download");
-    CUDA_TRY(cudaStreamSynchronize((cudaStream_t)d->stream), "cudaStreamSynchronize");
-    return DM_OK;
-#else
-    (void)err;
-    return DM_ERR_DEVICE;
-#endif
+    return stream_copy(d, dst, src, bytes, COPY_TO_HOST, err);
+}
+
+int dm_dev_copy(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err)
+{
+    return stream_copy(d, dst, src, bytes, COPY_ON_DEVICE, err);
 }
 
 int dm_dev_zero(dm_devctx *d, void *p, size_t bytes, dm_error *err)

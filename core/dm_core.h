@@ -114,6 +114,7 @@ void *dm_dev_alloc(dm_devctx *d, size_t bytes, dm_error *err); /* zeroed, 64-byt
 void dm_dev_free(dm_devctx *d, void *p);
 int dm_dev_upload(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err);
 int dm_dev_download(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err);
+int dm_dev_copy(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error *err); /* both on the device */
 int dm_dev_zero(dm_devctx *d, void *p, size_t bytes, dm_error *err);
 int dm_dev_sync(dm_devctx *d, dm_error *err);
 const char *dm_device_name(dm_device device);

@@ -72,6 +72,7 @@ typedef struct trainer {
     int32_t *d_labels[2];
     int64_t *d_perm;             /* this epoch's permutation */
     float *d_scratch;            /* staging for device-only backends (nccl) */
+    float *state_backup;         /* nan_policy = skip: the layer state before the step */
     size_t d_scratch_n;
     int64_t epoch, epoch_pos;
     int64_t step;                /* optimizer updates done */
@@ -90,6 +91,7 @@ typedef struct trainer {
     double comm_wait_s;          /* since last log */
     float checked_loss_sum;      /* metrics[0] at the last NaN/Inf check */
     int64_t checked_step;        /* the step of that check */
+    int64_t params_checked_step; /* parameters last seen finite after this step */
     double t_fwd_bwd_s, t_data_s, t_opt_s;
     FILE *metrics;
 
@@ -137,6 +139,64 @@ static float *scratch(trainer *t, size_t bytes, dm_error *err)
 static int host_staged(const trainer *t)
 {
     return t->dev.device != DM_DEVICE_CPU && !(t->cvt->devices & DM_DEVICE_BIT(DM_DEVICE_CPU));
+}
+
+/* *finite = 1 when buf[0..n) (on the run's device) holds no NaN or Inf. CPU:
+ * x * 0 is 0 for a finite x and NaN otherwise, so one sum answers (eight
+ * partial sums, which the compiler turns into vector adds). A device: a
+ * kernel and a one-word download (a host sync). */
+static int all_finite(trainer *t, const float *buf, size_t n, int *finite, dm_error *err)
+{
+    if (t->dev.device == DM_DEVICE_CPU) {
+        float acc[8] = {0}, sum = 0;
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int k = 0; k < 8; k++) acc[k] += buf[i + k] * 0.0f;
+        for (; i < n; i++) sum += buf[i] * 0.0f;
+        for (int k = 0; k < 8; k++) sum += acc[k];
+        *finite = sum == 0.0f;
+        return DM_OK;
+    }
+#ifdef DMNIST_CORE_CUDA
+    unsigned *flag = (unsigned *)scratch(t, sizeof(unsigned), err), bad = 1;
+    if (!flag) return err ? err->code : DM_ERR_NOMEM;
+    int rc = dm_cuda_any_nonfinite(buf, n, flag, t->dev.stream, err);
+    if (!rc) rc = dm_dev_download(&t->dev, &bad, flag, sizeof bad, err);
+    *finite = bad == 0;
+    return rc;
+#else
+    *finite = 0;
+    return dm_fail(err, DM_ERR_DEVICE, "NaN/Inf check: built without CUDA");
+#endif
+}
+
+/* Before a checkpoint, at each log and at the end: the parameters (and any
+ * layer state) must be finite. The per-step loss check misses a NaN that a ReLU or max pooling
+ * hides from the loss (relu(NaN) = 0) but not from the gradients; caught
+ * here, the run stops before such parameters reach a checkpoint. Every rank
+ * holds the same parameters, so all stop together. */
+static int check_params(trainer *t, dm_error *err)
+{
+    int finite = 1, state_finite = 1, rc = all_finite(t, t->m.params, t->m.param_count, &finite, err);
+    if (!rc && t->m.state_count) rc = all_finite(t, t->m.state, t->m.state_count, &state_finite, err);
+    if (rc) return rc;
+    if (!state_finite && finite)
+        return dm_fail(err, DM_ERR_INVALID, "steps %lld-%lld: layer state (running statistics) is not finite "
+                       "(NaN or Inf) though the loss and parameters are: training diverged",
+                       (long long)t->params_checked_step + 1, (long long)t->step);
+    if (!finite) {
+        char steps[64];
+        if (t->params_checked_step + 1 == t->step)
+            snprintf(steps, sizeof steps, "step %lld", (long long)t->step);
+        else
+            snprintf(steps, sizeof steps, "steps %lld-%lld", (long long)t->params_checked_step + 1,
+                     (long long)t->step);
+        return dm_fail(err, DM_ERR_INVALID, "%s: parameters are not finite (NaN or Inf) though the loss is: "
+                       "training diverged (a NaN hidden from the loss by a ReLU or max pooling reaches the "
+                       "gradients; train.nan_policy = skip checks them at every step)", steps);
+    }
+    t->params_checked_step = t->step;
+    return DM_OK;
 }
 
 /* The running loss sum of this rank's steps since the last log (metrics[0]):
@@ -921,6 +981,7 @@ static void teardown(trainer *t)
     }
     dm_dev_free(&t->dev, t->d_perm);
     dm_dev_free(&t->dev, t->d_scratch);
+    dm_dev_free(&t->dev, t->state_backup);
     /* after finalize: a backend may still hold an unwaited bucket of the mirror */
     dm_dev_event_free(&t->dev, t->computed);
     dm_dev_event_free(&t->dev, t->copies);
@@ -997,6 +1058,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     uint64_t rank_seed = dm_hash64(x->seed, 0xD0D0ull + (uint64_t)t.ci.rank);
 
     t.checked_step = t.step; /* a resumed run starts checking from its step */
+    t.params_checked_step = t.step;
     t.checked_loss_sum = 0;
     while (t.step < total_steps && rc == DM_OK) {
         double ta = now_s();
@@ -1004,6 +1066,14 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         if ((rc = next_train_batch(&t, err))) break;
         double tb = now_s();
         uint64_t step_seed = dm_hash64(rank_seed, (uint64_t)t.step);
+        /* skip must undo what the bad step's forward did to the layer state */
+        if (x->nan_skip && t.m.state_count) {
+            if (!t.state_backup && !(t.state_backup = dm_dev_alloc(&t.dev, t.m.state_count * sizeof(float), err))) {
+                rc = err ? err->code : DM_ERR_NOMEM;
+                break;
+            }
+            if ((rc = dm_dev_copy(&t.dev, t.state_backup, t.m.state, t.m.state_count * sizeof(float), err))) break;
+        }
         if ((rc = dm_model_forward(&t.m, x->batch_size, 1, step_seed, err))) break;
         double tf = now_s();
         if ((rc = dm_model_backward(&t.m, x->batch_size, step_seed, backward_hook, &t, err))) break;
@@ -1023,23 +1093,30 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         /* NaN/Inf check, before the update. CPU: every step (the loss is on
          * the host). CUDA: every step with nan_policy = skip (one host sync
          * per step), else before each checkpoint and at each log, which sync
-         * anyway: a checkpoint never holds what a bad step did. Ranks decide
-         * together: a skip or stop on one rank alone would leave the others
-         * applying its NaN gradients or waiting for it. */
+         * anyway: a checkpoint never holds what a bad step did. With skip the
+         * gradients are checked too (check_params covers them otherwise).
+         * Ranks decide together: a skip or stop on one rank alone would leave
+         * the others applying its NaN gradients or waiting for it. */
         int ckpt_due = x->checkpoint_every > 0 && (t.step + 1) % x->checkpoint_every == 0;
         if (x->device == DM_DEVICE_CPU || x->nan_skip || ckpt_due) {
             float sum;
             if ((rc = loss_sum(&t, &sum, err))) break;
             float window_loss = sum - t.checked_loss_sum; /* steps checked_step+1 .. step+1 */
-            float bad_ranks = isfinite(window_loss) ? 0.0f : 1.0f;
+            /* skip: the gradients too (already reduced, so the same on every
+             * rank): a step whose loss is finite can still carry a NaN */
+            int grads_ok = 1;
+            if (x->nan_skip && (rc = all_finite(&t, t.m.grads, t.m.param_count, &grads_ok, err))) break;
+            float bad_ranks = isfinite(window_loss) && grads_ok ? 0.0f : 1.0f;
             if (N > 1 && (rc = allreduce_host(&t, &bad_ranks, 1, DM_REDUCE_SUM, err))) break;
             if (bad_ranks > 0) {
-                char where[96], steps[64];
-                if (isfinite(window_loss))
+                char where[128], steps[64];
+                if (!isfinite(window_loss))
+                    snprintf(where, sizeof where, "is %f on rank %d", (double)window_loss, t.ci.rank);
+                else if (!grads_ok)
+                    snprintf(where, sizeof where, "is finite but the gradients are not (NaN or Inf)");
+                else
                     snprintf(where, sizeof where, "is not finite on %d other rank%s", (int)bad_ranks,
                              bad_ranks > 1 ? "s" : "");
-                else
-                    snprintf(where, sizeof where, "is %f on rank %d", (double)window_loss, t.ci.rank);
                 if (t.checked_step == t.step)
                     snprintf(steps, sizeof steps, "step %lld", (long long)t.step + 1);
                 else /* CUDA without skip: one of the steps since the last check */
@@ -1048,6 +1125,9 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
                 if (x->nan_skip) {
                     if (rank0(&t)) printf("%s: loss %s, step skipped (nan_policy = skip)\n", steps, where);
                     if ((rc = set_loss_sum(&t, t.checked_loss_sum, err))) break;
+                    if (t.state_backup && (rc = dm_dev_copy(&t.dev, t.m.state, t.state_backup,
+                                                            t.m.state_count * sizeof(float), err)))
+                        break;
                     t.step++;
                     t.checked_step = t.step;
                     continue;
@@ -1103,6 +1183,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
                              "diverged (lower optimizer.lr)", (long long)t.step, (long long)steps_in, loss);
                 break;
             }
+            if ((rc = check_params(&t, err))) break;
             t.bar_loss = loss;
             if (rank0(&t)) {
                 bar_clear(&t);
@@ -1139,7 +1220,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
             t_log += now_s() - tev; /* evaluation time is not training time */
         }
         if (x->checkpoint_every > 0 && t.step % x->checkpoint_every == 0 && t.step < total_steps)
-            if ((rc = save_checkpoint(&t, err))) break;
+            if ((rc = check_params(&t, err)) || (rc = save_checkpoint(&t, err))) break;
         bar_draw(&t, total_steps, step0, t_train0, t.step == total_steps);
     }
     if (t.bar_shown) putchar('\n'); /* keep the finished bar */
@@ -1148,6 +1229,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     double train_s = now_s() - t_train0;
     dm_timeline_set_step(-1);
     double tev = now_s();
+    if (rc == DM_OK) rc = check_params(&t, err);
     if (rc == DM_OK) rc = save_checkpoint(&t, err);
     double test_loss = 0, test_acc = 0;
     if (rc == DM_OK) rc = evaluate(&t, &test_loss, &test_acc, err);

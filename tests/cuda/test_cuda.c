@@ -655,7 +655,8 @@ static int test_deterministic(void)
 /* A run on the test dataset "poison" (tests/robustness/plugins): training
  * example 300 of 512 has an Inf pixel, so exactly one of the 32 steps of
  * batch 16 has a non-finite loss. */
-static const char *poison_config(const char *dir, const char *name, const char *device, const char *train)
+static const char *poison_config(const char *dir, const char *name, const char *device, const char *train,
+                                 const char *poison)
 {
     static char path[512];
     snprintf(path, sizeof path, "%s/%s.ini", dir, name);
@@ -666,7 +667,7 @@ static const char *poison_config(const char *dir, const char *name, const char *
     }
     fprintf(f,
             "[experiment]\nseed = 7\ndevice = %s\n"
-            "[data]\ntype = poison\ntrain_size = 512\ntest_size = 64\npoison_index = 300\npoison = inf\n"
+            "[data]\ntype = poison\ntrain_size = 512\ntest_size = 64\npoison_index = 300\npoison = %s\n"
             "batch_size = 16\neval_batch_size = 64\n"
             "[train]\nepochs = 1\nkeep_checkpoints = 1000\n%s\n"
             "[optimizer]\ntype = adam\nlr = 0.001\n"
@@ -674,7 +675,7 @@ static const char *poison_config(const char *dir, const char *name, const char *
             "[layer.flatten]\ntype = flatten\n"
             "[layer.dense]\ntype = dense\nunits = 10\n"
             "[layer.loss]\ntype = softmax_cross_entropy\n",
-            device, train);
+            device, poison, train);
     fclose(f);
     return path;
 }
@@ -729,7 +730,9 @@ static int ckpt_finite(const char *dir, int64_t *step)
  *     S, naming the 8 steps since the one before, the newest one finite;
  *   stop, no checkpoints, one log at the end: stops (at that log);
  *   skip: skips exactly step S and ends with a finite test loss and a
- *     finite final checkpoint of step 32. */
+ *     finite final checkpoint of step 32;
+ *   a NaN pixel instead, which the ReLU hides from the loss: stop names
+ *     step S and the parameters, skip skips S on its gradients. */
 static int test_nan(void)
 {
     gpu();
@@ -743,7 +746,7 @@ static int test_nan(void)
     const char *run_fmt = "%s/dmnist-run --no-progress --plugin-path %s %s 2>&1";
 
     /* the CPU reference: the step that draws the poisoned example */
-    const char *cfg = poison_config(dir, "cpu-stop", "cpu", "log_every = 0");
+    const char *cfg = poison_config(dir, "cpu-stop", "cpu", "log_every = 0", "inf");
     snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
     int rc = run(cmd, out, sizeof out);
     long step = loss_step(out);
@@ -753,7 +756,7 @@ static int test_nan(void)
     /* cuda, stop, a checkpoint after every step */
     snprintf(ck, sizeof ck, "%s/ck-stop", dir);
     snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 1\ncheckpoint_dir = %s", ck);
-    cfg = poison_config(dir, "cuda-stop", "cuda", train);
+    cfg = poison_config(dir, "cuda-stop", "cuda", train, "inf");
     snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
     rc = run(cmd, out, sizeof out);
     printf("--- cuda, stop, checkpoint_every = 1 (exit %d)\n%s", rc, out);
@@ -770,12 +773,12 @@ static int test_nan(void)
      * checkpoint is the one before them */
     snprintf(ck, sizeof ck, "%s/ck-stop8", dir);
     snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 8\ncheckpoint_dir = %s", ck);
-    cfg = poison_config(dir, "cuda-stop8", "cuda", train);
+    cfg = poison_config(dir, "cuda-stop8", "cuda", train, "inf");
     snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
     rc = run(cmd, out, sizeof out);
     printf("--- cuda, stop, checkpoint_every = 8 (exit %d)\n%s", rc, out);
     long lo = (step - 1) / 8 * 8 + 1;
-    char want[64];
+    char want[128];
     snprintf(want, sizeof want, "steps %ld-%ld: loss", lo, lo + 7);
     CHECK(rc == 1 && strstr(out, want) != NULL, "exit %d, expected 1 and '%s'", rc, want);
     finite = ckpt_finite(ck, &last);
@@ -783,7 +786,7 @@ static int test_nan(void)
           (long long)last, lo - 1, finite);
 
     /* cuda, stop, no checkpoints: found at the one log, after the last step */
-    cfg = poison_config(dir, "cuda-stop-log", "cuda", "log_every = 1000");
+    cfg = poison_config(dir, "cuda-stop-log", "cuda", "log_every = 1000", "inf");
     snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
     rc = run(cmd, out, sizeof out);
     printf("--- cuda, stop, no checkpoints (exit %d)\n%s", rc, out);
@@ -793,7 +796,7 @@ static int test_nan(void)
     /* cuda, skip */
     snprintf(ck, sizeof ck, "%s/ck-skip", dir);
     snprintf(train, sizeof train, "log_every = 8\ncheckpoint_every = 8\ncheckpoint_dir = %s\nnan_policy = skip", ck);
-    cfg = poison_config(dir, "cuda-skip", "cuda", train);
+    cfg = poison_config(dir, "cuda-skip", "cuda", train, "inf");
     snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
     rc = run(cmd, out, sizeof out);
     printf("--- cuda, skip (exit %d)\n%s", rc, out);
@@ -801,6 +804,31 @@ static int test_nan(void)
     CHECK(count(out, "step skipped") == 1, "%zu steps skipped, expected 1", count(out, "step skipped"));
     CHECK(loss_step(out) == step, "skipped step %ld, the CPU's bad step is %ld", loss_step(out), step);
     CHECK(isfinite(final_loss(out)), "test loss %f is not finite", final_loss(out));
+    finite = ckpt_finite(ck, &last);
+    CHECK(last == 32 && finite, "final checkpoint: step %lld (expected 32), finite %d", (long long)last, finite);
+    /* A NaN pixel: the fused ReLU hides it from the loss, not from conv1's
+     * weight gradient. stop: the parameters are checked before each
+     * checkpoint; skip: the gradients after every step. */
+    snprintf(ck, sizeof ck, "%s/ck-hidden", dir);
+    snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 1\ncheckpoint_dir = %s", ck);
+    cfg = poison_config(dir, "cuda-hidden-stop", "cuda", train, "nan");
+    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
+    rc = run(cmd, out, sizeof out);
+    printf("--- cuda, NaN pixel, stop, checkpoint_every = 1 (exit %d)\n%s", rc, out);
+    snprintf(want, sizeof want, "step %ld: parameters are not finite", step);
+    CHECK(rc == 1 && strstr(out, want) != NULL, "exit %d, expected 1 and '%s'", rc, want);
+    finite = ckpt_finite(ck, &last);
+    CHECK(last == step - 1 && finite, "newest checkpoint: step %lld (expected %ld), finite %d", (long long)last,
+          step - 1, finite);
+    snprintf(ck, sizeof ck, "%s/ck-hidden-skip", dir);
+    snprintf(train, sizeof train, "log_every = 8\ncheckpoint_every = 8\ncheckpoint_dir = %s\nnan_policy = skip", ck);
+    cfg = poison_config(dir, "cuda-hidden-skip", "cuda", train, "nan");
+    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
+    rc = run(cmd, out, sizeof out);
+    printf("--- cuda, NaN pixel, skip (exit %d)\n%s", rc, out);
+    snprintf(want, sizeof want, "step %ld: loss is finite but the gradients are not", step);
+    CHECK(rc == 0 && strstr(out, want) != NULL && count(out, "step skipped") == 1,
+          "exit %d, expected 0 and one skipped step: '%s'", rc, want);
     finite = ckpt_finite(ck, &last);
     CHECK(last == 32 && finite, "final checkpoint: step %lld (expected 32), finite %d", (long long)last, finite);
     printf("  bad step %ld: stop, skip and checkpoints as on the CPU\n", step);

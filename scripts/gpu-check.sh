@@ -15,6 +15,9 @@
 #   scripts/gpu-check.sh             on the GPU machine, from the repository
 #                                    root; uses build-gpu-carry/ when present,
 #                                    else configures and builds there
+#   scripts/gpu-check.sh --tests-only [CASE...]
+#                                    the same, the CUDA tests alone (all, or
+#                                    the test_cuda cases named: nan "layer dense")
 #
 # CUDA libraries: where the GPU machine has cuDNN, cuBLAS and NCCL only
 # inside Python's site-packages (nvidia/*/lib, as PyTorch wheels install
@@ -198,6 +201,13 @@ EOF
 PASSED=0 FAILED=0 SKIPPED=0 FAILED_NAMES=""
 cases=("layer conv2d" "layer dense" "layer relu" "layer maxpool2d" "layer dropout" "layer flatten"
     "layer softmax_cross_entropy" "optimizer sgd" "optimizer adam" nccl nccl_gpus no_device train nan deterministic staging backend rdzv)
+# --tests-only [CASE...]: the tests alone (those named, e.g. nan "layer conv2d"), no runs, no table
+TESTS_ONLY=0
+if [[ ${1:-} == --tests-only ]]; then
+    TESTS_ONLY=1
+    shift
+    (($# == 0)) || cases=("$@")
+fi
 if [[ -x $BUILD/tests/cuda/test_cuda ]]; then
     for c in "${cases[@]}"; do
         name=${c// /_}
@@ -215,6 +225,11 @@ else
     say "   no test_cuda binary: tests not run"
 fi
 say "-- tests: $PASSED passed, $FAILED failed, $SKIPPED skipped ($(elapsed) s)"
+
+if ((TESTS_ONLY)); then
+    [[ $FAILED -eq 0 ]] && exit 0
+    exit 1
+fi
 
 # ---- 4. dmnist: one epoch of configs/cnn-gpu.ini, batch 64 and 512 -------------------------
 declare -A ACC IPS EPOCH NOTE

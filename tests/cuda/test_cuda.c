@@ -653,8 +653,10 @@ static int test_deterministic(void)
 /* ---- nan_policy on the GPU ------------------------------------------------------------ */
 
 /* A run on the test dataset "poison" (tests/robustness/plugins): training
- * example 300 of 512 has an Inf pixel, so exactly one of the 32 steps of
- * batch 16 has a non-finite loss. */
+ * example 300 of 512 has an Inf (or NaN) pixel, so exactly one of the 32
+ * steps of batch 16 goes bad. The ReLU is a layer of its own, which maps NaN
+ * to 0 (on both devices): a NaN pixel then leaves the loss finite and only
+ * the gradients NaN; an Inf passes it and makes the loss NaN. */
 static const char *poison_config(const char *dir, const char *name, const char *device, const char *train,
                                  const char *poison)
 {
@@ -671,7 +673,8 @@ static const char *poison_config(const char *dir, const char *name, const char *
             "batch_size = 16\neval_batch_size = 64\n"
             "[train]\nepochs = 1\nkeep_checkpoints = 1000\n%s\n"
             "[optimizer]\ntype = adam\nlr = 0.001\n"
-            "[layer.conv1]\ntype = conv2d\nfilters = 4\nkernel = 3\nactivation = relu\n"
+            "[layer.conv1]\ntype = conv2d\nfilters = 4\nkernel = 3\n"
+            "[layer.act1]\ntype = relu\n"
             "[layer.flatten]\ntype = flatten\n"
             "[layer.dense]\ntype = dense\nunits = 10\n"
             "[layer.loss]\ntype = softmax_cross_entropy\n",
@@ -806,7 +809,7 @@ static int test_nan(void)
     CHECK(isfinite(final_loss(out)), "test loss %f is not finite", final_loss(out));
     finite = ckpt_finite(ck, &last);
     CHECK(last == 32 && finite, "final checkpoint: step %lld (expected 32), finite %d", (long long)last, finite);
-    /* A NaN pixel: the fused ReLU hides it from the loss, not from conv1's
+    /* A NaN pixel: the ReLU layer hides it from the loss, not from conv1's
      * weight gradient. stop: the parameters are checked before each
      * checkpoint; skip: the gradients after every step. */
     snprintf(ck, sizeof ck, "%s/ck-hidden", dir);

@@ -187,7 +187,7 @@ void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y)
                 if (s->relu) {
                     for (int p = 0; p < P; p++) {
                         float v = t[p] + bias;
-                        o[p] = v > 0.0f ? v : 0.0f;
+                        o[p] = v < 0.0f ? 0.0f : v; /* NaN stays NaN, as on the GPU and in dense */
                     }
                 } else {
                     for (int p = 0; p < P; p++)

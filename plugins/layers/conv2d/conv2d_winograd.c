@@ -305,7 +305,7 @@ WINO_CLONES static void output_transform(const conv2d_state *s, const wino_ws *l
                         if (relu) {
                             for (int k = 0; k < WL; k++) {
                                 const float v = src[k] + bias[k];
-                                dst[k] = v > 0.0f ? v : 0.0f;
+                                dst[k] = v < 0.0f ? 0.0f : v; /* NaN stays NaN */
                             }
                         } else {
                             for (int k = 0; k < WL; k++)

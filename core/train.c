@@ -136,7 +136,9 @@ static float *scratch(trainer *t, size_t bytes, dm_error *err)
     return t->d_scratch;
 }
 
-static int host_staged(const trainer *t)
+/* The backend takes device buffers only (nccl with device = cuda): small
+ * host vectors travel through a device scratch buffer. */
+static int host_via_device(const trainer *t)
 {
     return t->dev.device != DM_DEVICE_CPU && !(t->cvt->devices & DM_DEVICE_BIT(DM_DEVICE_CPU));
 }
@@ -225,7 +227,7 @@ static int allreduce_host(trainer *t, float *buf, size_t n, dm_reduce_op op, dm_
      * or (nccl) gets them through a device scratch buffer. */
     dm_error e = {0};
     int rc;
-    if (host_staged(t)) {
+    if (host_via_device(t)) {
         float *d = scratch(t, n * sizeof(float), err);
         if (!d) return err ? err->code : DM_ERR_NOMEM;
         if ((rc = dm_dev_upload(&t->dev, d, buf, n * sizeof(float), err))) return rc;
@@ -241,7 +243,7 @@ static int allreduce_host(trainer *t, float *buf, size_t n, dm_reduce_op op, dm_
 /* Broadcast a small host buffer from rank 0 (staged like allreduce_host). */
 static int broadcast_host(trainer *t, void *buf, size_t bytes, dm_error *e)
 {
-    if (!host_staged(t)) return t->cvt->broadcast(t->comm, buf, bytes, 0, DM_DEVICE_CPU, NULL, e);
+    if (!host_via_device(t)) return t->cvt->broadcast(t->comm, buf, bytes, 0, DM_DEVICE_CPU, NULL, e);
     float *d = scratch(t, bytes, e);
     int rc = d ? dm_dev_upload(&t->dev, d, buf, bytes, e) : (e ? e->code : DM_ERR_NOMEM);
     if (!rc) rc = t->cvt->broadcast(t->comm, d, bytes, 0, t->dev.device, t->dev.stream, e);

@@ -489,15 +489,24 @@ static int run(const char *cmd, char *out, size_t size)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
-static const char *write_config(const char *dir, const char *device, const char *extra)
+/* dir/name.ini, created for writing (path receives its name), or FAIL. */
+static FILE *create_config(const char *dir, const char *name, char *path, size_t size)
 {
-    static char path[512];
-    snprintf(path, sizeof path, "%s/cuda-%s.ini", dir, device);
+    snprintf(path, size, "%s/%s.ini", dir, name);
     FILE *f = fopen(path, "w");
     if (!f) {
         printf("FAIL: cannot write %s\n", path);
         exit(1);
     }
+    return f;
+}
+
+static const char *write_config(const char *dir, const char *device, const char *extra)
+{
+    static char path[512];
+    char name[64];
+    snprintf(name, sizeof name, "cuda-%s", device);
+    FILE *f = create_config(dir, name, path, sizeof path);
     fprintf(f,
             "[experiment]\nseed = 7\ndevice = %s\n%s\n"
             "[data]\ntype = synthetic\ntrain_size = 2048\ntest_size = 512\nbatch_size = 32\n"
@@ -590,7 +599,34 @@ static int test_train(void)
 
 /* ---- the same bits every run ------------------------------------------------------------ */
 
-static float *ckpt_params(const char *dir, uint64_t *n); /* below, with the staging case */
+/* The newest checkpoint in dir: its header, parameters and optimizer state
+ * (malloc'ed); 0 after saying why not. */
+static int read_newest(const char *dir, dm_ckpt_state *st, float **p, float **o)
+{
+    char path[4096];
+    dm_error e = {0};
+    *p = *o = NULL;
+    if (dm_checkpoint_latest(dir, path, sizeof path, &e) || dm_checkpoint_read(path, st, p, o, &e)) {
+        printf("  reading the checkpoint in %s: %s\n", dir, e.msg);
+        return 0;
+    }
+    return 1;
+}
+
+/* The parameters of the newest checkpoint in dir (malloc'ed; *n floats), or NULL. */
+static float *ckpt_params(const char *dir, uint64_t *n)
+{
+    dm_ckpt_state st;
+    float *p, *o;
+    if (!read_newest(dir, &st, &p, &o)) {
+        printf("FAIL: no checkpoint to read in %s\n", dir);
+        failures++;
+        return NULL;
+    }
+    free(o);
+    *n = st.n_params;
+    return p;
+}
 
 /* Train 20 steps of the seed model's shapes (conv 32 and 64, dense 256,
  * batch 64) on synthetic data into ck; the final parameters (malloc'ed). */
@@ -661,12 +697,7 @@ static const char *poison_config(const char *dir, const char *name, const char *
                                  const char *poison)
 {
     static char path[512];
-    snprintf(path, sizeof path, "%s/%s.ini", dir, name);
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        printf("FAIL: cannot write %s\n", path);
-        exit(1);
-    }
+    FILE *f = create_config(dir, name, path, sizeof path);
     fprintf(f,
             "[experiment]\nseed = 7\ndevice = %s\n"
             "[data]\ntype = poison\ntrain_size = 512\ntest_size = 64\npoison_index = 300\npoison = %s\n"
@@ -706,15 +737,10 @@ static size_t count(const char *s, const char *what)
  * optimizer state are all finite. */
 static int ckpt_finite(const char *dir, int64_t *step)
 {
-    char path[4096];
     dm_ckpt_state st;
-    float *p = NULL, *o = NULL;
-    dm_error e = {0};
+    float *p, *o;
     *step = -1;
-    if (dm_checkpoint_latest(dir, path, sizeof path, &e) || dm_checkpoint_read(path, &st, &p, &o, &e)) {
-        printf("  reading the checkpoint in %s: %s\n", dir, e.msg);
-        return 0;
-    }
+    if (!read_newest(dir, &st, &p, &o)) return 0;
     int ok = 1;
     for (uint64_t i = 0; i < st.n_params; i++) ok &= isfinite(p[i]) != 0;
     for (uint64_t i = 0; i < st.n_opt; i++) ok &= isfinite(o[i]) != 0;
@@ -736,37 +762,47 @@ static int ckpt_finite(const char *dir, int64_t *step)
  *     finite final checkpoint of step 32;
  *   a NaN pixel instead, which the ReLU hides from the loss: stop names
  *     step S and the parameters, skip skips S on its gradients. */
+/* One run of poison_config(NAME, device, poison) with the [train] keys
+ * `keys`, and with ckpt_every > 0 a checkpoint every ckpt_every steps into
+ * ck = dir/ck-NAME (ck: 600 bytes). Prints and returns the output in out and
+ * the exit status. */
+static int poison_run(const char *dir, const char *name, const char *device, const char *poison,
+                      const char *keys, int ckpt_every, char *ck, char *out, size_t size)
+{
+    char train[1024], cmd[4096];
+    snprintf(ck, 600, "%s/ck-%s", dir, name);
+    if (ckpt_every > 0)
+        snprintf(train, sizeof train, "%s\ncheckpoint_every = %d\ncheckpoint_dir = %s", keys, ckpt_every, ck);
+    else
+        snprintf(train, sizeof train, "%s", keys);
+    const char *cfg = poison_config(dir, name, device, train, poison);
+    snprintf(cmd, sizeof cmd, "%s/dmnist-run --no-progress --plugin-path %s/tests/robustness/plugins %s 2>&1",
+             build_dir(), build_dir(), cfg);
+    int rc = run(cmd, out, size);
+    printf("--- %s (exit %d)\n%s", name, rc, out);
+    return rc;
+}
+
 static int test_nan(void)
 {
     gpu();
-    char plugins[1024];
-    snprintf(plugins, sizeof plugins, "%s/tests/robustness/plugins", build_dir());
     char so[1100];
-    snprintf(so, sizeof so, "%s/dm_test_poison.so", plugins);
+    snprintf(so, sizeof so, "%s/tests/robustness/plugins/dm_test_poison.so", build_dir());
     if (access(so, R_OK) != 0) skip("the test dataset plugin dm_test_poison.so is not built here");
     char *dir = tmpdir();
-    char cmd[4096], out[32768], train[1024], ck[600];
-    const char *run_fmt = "%s/dmnist-run --no-progress --plugin-path %s %s 2>&1";
+    char out[32768], ck[600], want[128];
+    int64_t last;
 
     /* the CPU reference: the step that draws the poisoned example */
-    const char *cfg = poison_config(dir, "cpu-stop", "cpu", "log_every = 0", "inf");
-    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
-    int rc = run(cmd, out, sizeof out);
+    int rc = poison_run(dir, "cpu-stop", "cpu", "inf", "log_every = 0", 0, ck, out, sizeof out);
     long step = loss_step(out);
-    printf("--- cpu, stop (exit %d)\n%s", rc, out);
     REQUIRE(rc == 1 && step > 1, "the CPU run must stop naming a step after the first (exit %d, step %ld)", rc, step);
 
     /* cuda, stop, a checkpoint after every step */
-    snprintf(ck, sizeof ck, "%s/ck-stop", dir);
-    snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 1\ncheckpoint_dir = %s", ck);
-    cfg = poison_config(dir, "cuda-stop", "cuda", train, "inf");
-    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
-    rc = run(cmd, out, sizeof out);
-    printf("--- cuda, stop, checkpoint_every = 1 (exit %d)\n%s", rc, out);
+    rc = poison_run(dir, "cuda-stop", "cuda", "inf", "log_every = 0", 1, ck, out, sizeof out);
     CHECK(rc == 1, "exit %d, expected 1", rc);
     CHECK(loss_step(out) == step, "stopped at step %ld, the CPU at step %ld", loss_step(out), step);
     CHECK(strstr(out, "training diverged") != NULL, "no 'training diverged' in the message");
-    int64_t last;
     int finite = ckpt_finite(ck, &last);
     CHECK(last == step - 1, "newest checkpoint is step %lld, expected %ld", (long long)last, step - 1);
     CHECK(finite, "the newest checkpoint holds NaN or Inf");
@@ -774,14 +810,8 @@ static int test_nan(void)
     /* cuda, stop, a checkpoint every 8 steps: checked before each, so the
      * message names the 8 steps since the last check, and the newest
      * checkpoint is the one before them */
-    snprintf(ck, sizeof ck, "%s/ck-stop8", dir);
-    snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 8\ncheckpoint_dir = %s", ck);
-    cfg = poison_config(dir, "cuda-stop8", "cuda", train, "inf");
-    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
-    rc = run(cmd, out, sizeof out);
-    printf("--- cuda, stop, checkpoint_every = 8 (exit %d)\n%s", rc, out);
+    rc = poison_run(dir, "cuda-stop8", "cuda", "inf", "log_every = 0", 8, ck, out, sizeof out);
     long lo = (step - 1) / 8 * 8 + 1;
-    char want[128];
     snprintf(want, sizeof want, "steps %ld-%ld: loss", lo, lo + 7);
     CHECK(rc == 1 && strstr(out, want) != NULL, "exit %d, expected 1 and '%s'", rc, want);
     finite = ckpt_finite(ck, &last);
@@ -789,46 +819,30 @@ static int test_nan(void)
           (long long)last, lo - 1, finite);
 
     /* cuda, stop, no checkpoints: found at the one log, after the last step */
-    cfg = poison_config(dir, "cuda-stop-log", "cuda", "log_every = 1000", "inf");
-    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
-    rc = run(cmd, out, sizeof out);
-    printf("--- cuda, stop, no checkpoints (exit %d)\n%s", rc, out);
+    rc = poison_run(dir, "cuda-stop-log", "cuda", "inf", "log_every = 1000", 0, ck, out, sizeof out);
     CHECK(rc == 1 && strstr(out, "diverged") != NULL, "exit %d, expected 1 and 'diverged'", rc);
     CHECK(strstr(out, "test loss") == NULL, "a diverged run must not evaluate and report");
 
     /* cuda, skip */
-    snprintf(ck, sizeof ck, "%s/ck-skip", dir);
-    snprintf(train, sizeof train, "log_every = 8\ncheckpoint_every = 8\ncheckpoint_dir = %s\nnan_policy = skip", ck);
-    cfg = poison_config(dir, "cuda-skip", "cuda", train, "inf");
-    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
-    rc = run(cmd, out, sizeof out);
-    printf("--- cuda, skip (exit %d)\n%s", rc, out);
+    rc = poison_run(dir, "cuda-skip", "cuda", "inf", "log_every = 8\nnan_policy = skip", 8, ck, out, sizeof out);
     CHECK(rc == 0, "exit %d, expected 0", rc);
     CHECK(count(out, "step skipped") == 1, "%zu steps skipped, expected 1", count(out, "step skipped"));
     CHECK(loss_step(out) == step, "skipped step %ld, the CPU's bad step is %ld", loss_step(out), step);
     CHECK(isfinite(final_loss(out)), "test loss %f is not finite", final_loss(out));
     finite = ckpt_finite(ck, &last);
     CHECK(last == 32 && finite, "final checkpoint: step %lld (expected 32), finite %d", (long long)last, finite);
+
     /* A NaN pixel: the ReLU layer hides it from the loss, not from conv1's
      * weight gradient. stop: the parameters are checked before each
      * checkpoint; skip: the gradients after every step. */
-    snprintf(ck, sizeof ck, "%s/ck-hidden", dir);
-    snprintf(train, sizeof train, "log_every = 0\ncheckpoint_every = 1\ncheckpoint_dir = %s", ck);
-    cfg = poison_config(dir, "cuda-hidden-stop", "cuda", train, "nan");
-    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
-    rc = run(cmd, out, sizeof out);
-    printf("--- cuda, NaN pixel, stop, checkpoint_every = 1 (exit %d)\n%s", rc, out);
+    rc = poison_run(dir, "cuda-hidden-stop", "cuda", "nan", "log_every = 0", 1, ck, out, sizeof out);
     snprintf(want, sizeof want, "step %ld: parameters are not finite", step);
     CHECK(rc == 1 && strstr(out, want) != NULL, "exit %d, expected 1 and '%s'", rc, want);
     finite = ckpt_finite(ck, &last);
     CHECK(last == step - 1 && finite, "newest checkpoint: step %lld (expected %ld), finite %d", (long long)last,
           step - 1, finite);
-    snprintf(ck, sizeof ck, "%s/ck-hidden-skip", dir);
-    snprintf(train, sizeof train, "log_every = 8\ncheckpoint_every = 8\ncheckpoint_dir = %s\nnan_policy = skip", ck);
-    cfg = poison_config(dir, "cuda-hidden-skip", "cuda", train, "nan");
-    snprintf(cmd, sizeof cmd, run_fmt, build_dir(), plugins, cfg);
-    rc = run(cmd, out, sizeof out);
-    printf("--- cuda, NaN pixel, skip (exit %d)\n%s", rc, out);
+    rc = poison_run(dir, "cuda-hidden-skip", "cuda", "nan", "log_every = 8\nnan_policy = skip", 8, ck, out,
+                    sizeof out);
     snprintf(want, sizeof want, "step %ld: loss is finite but the gradients are not", step);
     CHECK(rc == 0 && strstr(out, want) != NULL && count(out, "step skipped") == 1,
           "exit %d, expected 0 and one skipped step: '%s'", rc, want);
@@ -842,23 +856,6 @@ static int test_nan(void)
 }
 
 /* ---- host staging: gloo and mpi with device = cuda --------------------------------- */
-
-/* The parameters of the newest checkpoint in dir (malloc'ed; *n floats), or NULL. */
-static float *ckpt_params(const char *dir, uint64_t *n)
-{
-    char path[4096];
-    dm_ckpt_state st;
-    float *p = NULL, *o = NULL;
-    dm_error e = {0};
-    if (dm_checkpoint_latest(dir, path, sizeof path, &e) || dm_checkpoint_read(path, &st, &p, &o, &e)) {
-        printf("FAIL: reading the checkpoint in %s: %s\n", dir, e.msg);
-        failures++;
-        return NULL;
-    }
-    free(o);
-    *n = st.n_params;
-    return p;
-}
 
 /* Whole file into a malloc'ed string, or NULL. */
 static char *slurp(const char *path)

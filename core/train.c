@@ -173,10 +173,10 @@ static int all_finite(trainer *t, const float *buf, size_t n, int *finite, dm_er
 }
 
 /* Before a checkpoint, at each log and at the end: the parameters (and any
- * layer state) must be finite. The per-step loss check misses a NaN that a ReLU or max pooling
- * hides from the loss (relu(NaN) = 0) but not from the gradients; caught
- * here, the run stops before such parameters reach a checkpoint. Every rank
- * holds the same parameters, so all stop together. */
+ * layer state) must be finite. The per-step loss check misses a NaN that a
+ * relu layer (NaN -> 0) or max pooling hides from the loss but not from the
+ * gradients; caught here, the run stops before such parameters reach a
+ * checkpoint. Every rank holds the same parameters, so all stop together. */
 static int check_params(trainer *t, dm_error *err)
 {
     int finite = 1, state_finite = 1, rc = all_finite(t, t->m.params, t->m.param_count, &finite, err);

@@ -177,28 +177,32 @@ static int all_finite(trainer *t, const float *buf, size_t n, int *finite, dm_er
  * relu layer (NaN -> 0) or max pooling hides from the loss but not from the
  * gradients; caught here, the run stops before such parameters reach a
  * checkpoint. Every rank holds the same parameters, so all stop together. */
+/* "step N" or "steps A-B": the steps (1-based) since the last check. */
+static const char *step_range(char *buf, size_t size, int64_t first, int64_t last)
+{
+    if (first == last)
+        snprintf(buf, size, "step %lld", (long long)last);
+    else
+        snprintf(buf, size, "steps %lld-%lld", (long long)first, (long long)last);
+    return buf;
+}
+
 static int check_params(trainer *t, dm_error *err)
 {
     int finite = 1, state_finite = 1, rc = all_finite(t, t->m.params, t->m.param_count, &finite, err);
     if (!rc && t->m.state_count) rc = all_finite(t, t->m.state, t->m.state_count, &state_finite, err);
-    if (rc) return rc;
-    if (!state_finite && finite)
-        return dm_fail(err, DM_ERR_INVALID, "steps %lld-%lld: layer state (running statistics) is not finite "
-                       "(NaN or Inf) though the loss and parameters are: training diverged",
-                       (long long)t->params_checked_step + 1, (long long)t->step);
-    if (!finite) {
-        char steps[64];
-        if (t->params_checked_step + 1 == t->step)
-            snprintf(steps, sizeof steps, "step %lld", (long long)t->step);
-        else
-            snprintf(steps, sizeof steps, "steps %lld-%lld", (long long)t->params_checked_step + 1,
-                     (long long)t->step);
+    if (rc || (finite && state_finite)) {
+        if (!rc) t->params_checked_step = t->step;
+        return rc;
+    }
+    char steps[64];
+    step_range(steps, sizeof steps, t->params_checked_step + 1, t->step);
+    if (!finite)
         return dm_fail(err, DM_ERR_INVALID, "%s: parameters are not finite (NaN or Inf) though the loss is: "
                        "training diverged (a NaN hidden from the loss by a ReLU or max pooling reaches the "
                        "gradients; train.nan_policy = skip checks them at every step)", steps);
-    }
-    t->params_checked_step = t->step;
-    return DM_OK;
+    return dm_fail(err, DM_ERR_INVALID, "%s: layer state (running statistics) is not finite (NaN or Inf) "
+                   "though the loss and parameters are: training diverged", steps);
 }
 
 /* The running loss sum of this rank's steps since the last log (metrics[0]):
@@ -1119,11 +1123,8 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
                 else
                     snprintf(where, sizeof where, "is not finite on %d other rank%s", (int)bad_ranks,
                              bad_ranks > 1 ? "s" : "");
-                if (t.checked_step == t.step)
-                    snprintf(steps, sizeof steps, "step %lld", (long long)t.step + 1);
-                else /* CUDA without skip: one of the steps since the last check */
-                    snprintf(steps, sizeof steps, "steps %lld-%lld", (long long)t.checked_step + 1,
-                             (long long)t.step + 1);
+                /* more than one step only on CUDA without skip */
+                step_range(steps, sizeof steps, t.checked_step + 1, t.step + 1);
                 if (x->nan_skip) {
                     if (rank0(&t)) printf("%s: loss %s, step skipped (nan_policy = skip)\n", steps, where);
                     if ((rc = set_loss_sum(&t, t.checked_loss_sum, err))) break;

@@ -4,6 +4,7 @@ Python standard library only; plots are drawn by gnuplot (Debian package
 gnuplot-nox), called as a program.
 """
 
+import csv
 import json
 import os
 import re
@@ -64,6 +65,15 @@ def read_metrics(path):
     except FileNotFoundError:
         pass
     return steps, final
+
+
+def read_results(path):
+    """The rows of a sweep's results.csv (dicts by column), or [] when it is missing."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        return []
 
 
 def step_split(steps, final):

@@ -15,7 +15,6 @@ here (--dmnist-run, --set, --timeout) go to both stages.
 
 import argparse
 import collections
-import csv
 import os
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.dirname(HERE)
+sys.path.insert(0, SCRIPTS)
+import dmnist_experiments as dx  # noqa: E402
 
 
 def main(argv):
@@ -44,10 +45,9 @@ def main(argv):
         return 2
     keys = [g.split("=", 1)[0] for g in a.grid]
     acc = collections.defaultdict(list)
-    with open(os.path.join(screen, "results.csv"), encoding="utf-8") as f:
-        for r in csv.DictReader(f):
-            if r["status"] == "done":
-                acc[tuple(r[k] for k in keys)].append(100.0 * float(r["test_accuracy"]))
+    for r in dx.read_results(os.path.join(screen, "results.csv")):
+        if r["status"] == "done":
+            acc[tuple(r[k] for k in keys)].append(100.0 * float(r["test_accuracy"]))
     n_seeds = len(a.seeds.split(","))
     ranked = sorted(((statistics.mean(v), k) for k, v in acc.items() if len(v) == n_seeds), reverse=True)
     print("\nscreen: %d recipes x seeds %s, best first" % (len(ranked), a.seeds))

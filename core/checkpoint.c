@@ -49,11 +49,20 @@ static int write_all(int fd, const void *buf, size_t n)
     return 0;
 }
 
+/* Exactly "ckpt-" + ten digits + ".dmck": nothing else in the folder is
+ * taken for a checkpoint (not "ckpt-0000000900-best1.dmck", not a temp
+ * file, not "ckpt-12.dmck"), so neither resume nor retention can be led
+ * astray by a file that merely starts like one. */
 static int is_ckpt_name(const char *name, long long *step)
 {
-    char tail[16];
-    return sscanf(name, "ckpt-%lld.dmck%15s", step, tail) == 1 && strncmp(name, "ckpt-", 5) == 0 &&
-           strlen(name) > 10 && strcmp(name + strlen(name) - 5, ".dmck") == 0;
+    if (strlen(name) != 20 || strncmp(name, "ckpt-", 5) != 0 || strcmp(name + 15, ".dmck") != 0) return 0;
+    long long v = 0;
+    for (int i = 5; i < 15; i++) {
+        if (name[i] < '0' || name[i] > '9') return 0;
+        v = v * 10 + (name[i] - '0');
+    }
+    *step = v;
+    return 1;
 }
 
 static int cmp_ll(const void *a, const void *b)
@@ -62,29 +71,68 @@ static int cmp_ll(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Sorted steps of the checkpoints in dir; caller frees. */
-static int list_steps(const char *dir, long long **steps, int *n)
+/* Is dir/name a checkpoint this experiment wrote: a regular file (not a
+ * symlink) whose header has our magic, a known version and config_hash? */
+static int is_own_checkpoint(int dfd, const char *name, uint64_t config_hash)
+{
+    struct stat sb;
+    if (fstatat(dfd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode)) return 0;
+    int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return 0;
+    unsigned char h[24];
+    ssize_t got = read(fd, h, sizeof h);
+    close(fd);
+    if (got != (ssize_t)sizeof h || memcmp(h, CK_MAGIC, 8) != 0) return 0;
+    uint32_t version = get_u32(h + 8);
+    return version >= 1 && version <= CK_VERSION && get_u32(h + 12) == header_bytes(version) - 16 &&
+           get_u64(h + 16) == config_hash;
+}
+
+/* Sorted steps of the checkpoints in dir; caller frees. With own != NULL,
+ * only the files is_own_checkpoint() proves are *own's. */
+static int list_steps(const char *dir, const uint64_t *own, long long **steps, int *n)
 {
     *steps = NULL;
     *n = 0;
     DIR *d = opendir(dir);
     if (!d) return -1;
-    int cap = 0;
+    int cap = 0, rc = 0;
     struct dirent *de;
     while ((de = readdir(d))) {
         long long s;
         if (!is_ckpt_name(de->d_name, &s)) continue;
+        if (own && !is_own_checkpoint(dirfd(d), de->d_name, *own)) continue;
         if (*n == cap) {
             cap = cap ? 2 * cap : 16;
             long long *ns = realloc(*steps, (size_t)cap * sizeof *ns);
-            if (!ns) break;
+            if (!ns) { rc = -1; errno = ENOMEM; break; }
             *steps = ns;
         }
         (*steps)[(*n)++] = s;
     }
     closedir(d);
+    if (rc) { free(*steps); *steps = NULL; *n = 0; return rc; }
     if (*n > 1) qsort(*steps, (size_t)*n, sizeof **steps, cmp_ll);
     return 0;
+}
+
+/* Retention: of this experiment's own checkpoints at or below the step just
+ * written, keep the newest `keep` (the one just written among them) and
+ * delete the rest. Files it cannot prove are its own, and checkpoints of
+ * later steps (an earlier, longer run's), are never touched. */
+static void apply_retention(const char *dir, uint64_t config_hash, int64_t step, int keep)
+{
+    long long *steps;
+    int n;
+    if (keep <= 0 || list_steps(dir, &config_hash, &steps, &n) != 0) return;
+    int upto = 0; /* steps[0 .. upto) are <= step */
+    while (upto < n && steps[upto] <= step) upto++;
+    for (int i = 0; i + keep < upto; i++) {
+        char old[4096];
+        snprintf(old, sizeof old, "%s/ckpt-%010lld.dmck", dir, steps[i]);
+        unlink(old);
+    }
+    free(steps);
 }
 
 /* Test hook (tests/robustness): with DMNIST_TEST_CKPT_PAUSE_STEP=S the
@@ -124,6 +172,9 @@ static void remove_stale_temps(const char *dir)
 int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params, const float *opt,
                         const float *state, int keep, char *written, size_t written_size, dm_error *err)
 {
+    if (st->step < 0 || st->step > DM_CKPT_MAX_STEP)
+        return dm_fail(err, DM_ERR_INVALID, "%s: step %lld does not fit a checkpoint name (ckpt-<10 digits>.dmck)",
+                       dir, (long long)st->step);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return dm_fail(err, DM_ERR_IO, "%s: cannot create checkpoint directory: %s", dir, strerror(errno));
     char final_path[4096], tmp_path[4200];
@@ -174,16 +225,7 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
     if (written) snprintf(written, written_size, "%s", final_path);
 
     remove_stale_temps(dir);
-    long long *steps;
-    int n;
-    if (keep > 0 && list_steps(dir, &steps, &n) == 0) {
-        for (int i = 0; i + keep < n; i++) {
-            char old[4096];
-            snprintf(old, sizeof old, "%s/ckpt-%010lld.dmck", dir, steps[i]);
-            unlink(old);
-        }
-        free(steps);
-    }
+    apply_retention(dir, st->config_hash, st->step, keep);
     return DM_OK;
 }
 
@@ -191,7 +233,7 @@ int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err
 {
     long long *steps;
     int n;
-    if (list_steps(dir, &steps, &n) != 0)
+    if (list_steps(dir, NULL, &steps, &n) != 0)
         return dm_fail(err, DM_ERR_IO, "%s: cannot open checkpoint directory: %s", dir, strerror(errno));
     if (n == 0) {
         free(steps);
@@ -247,6 +289,16 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
     st->n_params = get_u64(h + 64);
     st->n_opt = get_u64(h + 72);
     st->n_state = version >= 2 ? get_u64(h + 80) : 0; /* version 1 had no layer state */
+    /* Every field is range-checked before anything uses it: a file with a
+     * valid checksum can still be crafted. */
+    if (st->step < 0 || st->step > DM_CKPT_MAX_STEP || st->epoch < 0 || st->epoch > st->step ||
+        st->epoch_pos < 0 || st->world_size < 1) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt checkpoint header: step %lld, epoch %lld, epoch position "
+                       "%lld, world size %d (need 0 <= epoch <= step <= %lld, position >= 0, world size >= 1)",
+                       path, (long long)st->step, (long long)st->epoch, (long long)st->epoch_pos,
+                       (int)st->world_size, (long long)DM_CKPT_MAX_STEP);
+    }
     /* Sizes are checked against the file before anything is allocated (each
      * count is at most size/4, so their sum cannot overflow). */
     if (st->n_params > (size / 4) || st->n_opt > (size / 4) || st->n_state > (size / 4) ||
@@ -280,6 +332,14 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
     *params = p;
     *opt = o;
     *state = s;
+    return DM_OK;
+}
+
+int dm_checkpoint_check_position(const char *path, const dm_ckpt_state *st, int64_t train_count, dm_error *err)
+{
+    if (st->epoch_pos < 0 || st->epoch_pos > train_count)
+        return dm_fail(err, DM_ERR_INVALID, "%s: checkpoint's epoch position %lld is outside this data set's %lld "
+                       "training examples", path, (long long)st->epoch_pos, (long long)train_count);
     return DM_OK;
 }
 

@@ -310,8 +310,13 @@ typedef struct dm_ckpt_state {
     uint32_t version;            /* format version of the file read (the writer ignores it) */
 } dm_ckpt_state;
 
+/* The largest step a checkpoint can hold: its file name has ten digits. */
+#define DM_CKPT_MAX_STEP 9999999999LL
+
 /* Atomically write dir/ckpt-<step>.dmck (temp file, fsync, rename, fsync dir)
- * and delete all but the newest `keep`. Always the newest format version. */
+ * and delete all but the newest `keep` of this experiment's own checkpoints
+ * (exact names, regular files, same config hash; none of a later step).
+ * Always the newest format version; a step over DM_CKPT_MAX_STEP is refused. */
 int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params,
                         const float *opt, const float *state, int keep, char *written,
                         size_t written_size, dm_error *err);
@@ -322,6 +327,9 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
 /* The same, for readers that want only the parameters and optimizer state
  * (the layer state is verified and dropped). */
 int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, float **opt, dm_error *err);
+/* Is the file's position in the data (epoch_pos) inside a training split
+ * of train_count examples? (read_all checks what needs no data set.) */
+int dm_checkpoint_check_position(const char *path, const dm_ckpt_state *st, int64_t train_count, dm_error *err);
 /* Path of the newest ckpt-*.dmck in dir; DM_ERR_IO when none. */
 int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err);
 /* FNV-1a over the model-defining parts of the experiment. */

@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include "dm_core.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #define DM_PARAM_ALIGN 16 /* floats: every layer's slice starts on 64 bytes */
@@ -35,6 +37,24 @@ int dm_layer_state_api_get(const dm_layer_vtable *vt, const dm_layer_info *info,
     return DM_OK;
 }
 
+/* Every refusal of dm_model_build goes through here: the message is
+ * formatted first, while the arguments (which may point into m) are still
+ * alive, and only then is the half-built model freed. */
+static int model_fail(dm_model *m, dm_error *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int model_fail(dm_model *m, dm_error *err, int code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    dm_model_free(m);
+    return code;
+}
+
 int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
                    int num_threads, dm_error *err)
 {
@@ -53,29 +73,22 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         L->vt = L->cfg->lc->component->vtable;
         char loc[512];
         dm_where_format(&L->cfg->where, NULL, loc, sizeof loc);
-        if (!(L->vt->devices & DM_DEVICE_BIT(dev->device))) {
-            dm_model_free(m);
-            return dm_fail(err, DM_ERR_UNSUPPORTED, "%slayer type '%s' has no %s implementation", loc,
-                           L->cfg->lc->component->type_name, dm_device_name(dev->device));
-        }
+        const char *type = L->cfg->lc->component->type_name; /* owned by the registry, not m */
+        if (!(L->vt->devices & DM_DEVICE_BIT(dev->device)))
+            return model_fail(m, err, DM_ERR_UNSUPPORTED, "%slayer type '%s' has no %s implementation", loc,
+                              type, dm_device_name(dev->device));
         dm_layer_config lc = {sizeof lc, L->cfg->name, dev->device, DM_LAYOUT_NCHW, shape, num_threads,
                               dev->stream};
         L->info.struct_size = sizeof L->info;
         dm_error e = {0};
         if ((rc = L->vt->create(dm_param_set_params(L->cfg->params), &lc, &L->state, &L->info, &e))) {
             L->state = NULL;
-            dm_model_free(m);
-            return dm_fail(err, rc, "%s%s", loc, e.msg);
+            return model_fail(m, err, rc, "%s%s", loc, e.msg);
         }
-        if ((rc = dm_layer_state_api_get(L->vt, &L->info, L->cfg->lc->component->type_name, &L->sa, &e))) {
-            dm_model_free(m);
-            return dm_fail(err, rc, "%s%s", loc, e.msg);
-        }
-        if (L->info.is_loss && i != x->n_layers - 1) {
-            dm_model_free(m);
-            return dm_fail(err, DM_ERR_INVALID, "%sloss layer '%s' must be the last layer", loc,
-                           L->cfg->lc->component->type_name);
-        }
+        if ((rc = dm_layer_state_api_get(L->vt, &L->info, type, &L->sa, &e)))
+            return model_fail(m, err, rc, "%s%s", loc, e.msg);
+        if (L->info.is_loss && i != x->n_layers - 1)
+            return model_fail(m, err, DM_ERR_INVALID, "%sloss layer '%s' must be the last layer", loc, type);
         L->in_shape = shape;
         L->out_shape = L->info.out_shape;
         L->param_offset = offset;
@@ -84,11 +97,9 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         state_offset += aligned(L->sa.floats);
         shape = L->out_shape;
     }
-    if (!m->layers[x->n_layers - 1].info.is_loss) {
-        dm_model_free(m);
-        return dm_fail(err, DM_ERR_INVALID, "%s: the last layer must be a loss layer (for example "
-                       "type = softmax_cross_entropy)", x->cfg->path);
-    }
+    if (!m->layers[x->n_layers - 1].info.is_loss)
+        return model_fail(m, err, DM_ERR_INVALID, "%s: the last layer must be a loss layer (for example "
+                          "type = softmax_cross_entropy)", x->cfg->path);
     m->param_count = offset;
     size_t nb = (offset ? offset : 1) * sizeof(float);
     if (!(m->params = dm_dev_alloc(dev, nb, err)) || !(m->grads = dm_dev_alloc(dev, nb, err)) ||
@@ -122,8 +133,7 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         if (rc) {
             char loc[512];
             dm_where_format(&L->cfg->where, NULL, loc, sizeof loc);
-            dm_model_free(m);
-            return dm_fail(err, rc, "%s%s", loc, e.msg);
+            return model_fail(m, err, rc, "%s%s", loc, e.msg);
         }
     }
     return DM_OK;

@@ -731,6 +731,7 @@ static int save_checkpoint(trainer *t, dm_error *err)
     if (!rc) {
         bar_clear(t);
         printf("checkpoint: %s (step %lld)\n", path, (long long)t->step);
+        fflush(stdout);
     }
     free(p);
     free(o);
@@ -766,6 +767,7 @@ static int resume(trainer *t, dm_error *err)
                          "%llu layer-state floats, this model needs %zu, %zu and %zu", path,
                          (unsigned long long)st.n_params, (unsigned long long)st.n_opt,
                          (unsigned long long)st.n_state, t->m.param_count, t->n_opt, t->m.state_count);
+        if (!rc) rc = dm_checkpoint_check_position(path, &st, t->di.count[DM_SPLIT_TRAIN], &e);
         if (!rc && st.seed != t->x->seed)
             rc = dm_fail(&e, DM_ERR_INVALID, "%s: checkpoint used seed %llu, this config seed %llu", path,
                          (unsigned long long)st.seed, (unsigned long long)t->x->seed);
@@ -773,6 +775,7 @@ static int resume(trainer *t, dm_error *err)
             hdr[0] = 1; hdr[1] = st.step; hdr[2] = st.epoch; hdr[3] = st.epoch_pos;
             printf("resuming from %s (step %lld, written by %d rank%s)\n", path, (long long)st.step,
                    st.world_size, st.world_size == 1 ? "" : "s");
+            fflush(stdout); /* said when it happens, not at the next log */
             if (no_state_yet)
                 printf("note: %s (format 1) holds no layer state: the layers' running state starts from its "
                        "initial values\n", path);

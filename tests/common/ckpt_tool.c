@@ -20,6 +20,11 @@
  *   ckpt_tool within A B MAX_ABS REL_L2
  *                                as diff, but exit 1 unless both are within
  *                                the bounds
+ *   ckpt_tool set FILE FIELD VALUE
+ *                                overwrite one header field (step, epoch,
+ *                                epoch_pos, seed, world_size) with any signed
+ *                                value, unchecked, and recompute the CRC: a
+ *                                crafted file whose checksum is valid
  *   ckpt_tool beyond A B MAX_ABS REL_L2
  *                                as diff, but exit 1 unless A and B differ by
  *                                more than either bound (a control: the
@@ -221,6 +226,34 @@ static int write_v1(const char *in, const char *out)
     return bad;
 }
 
+/* set: the raw bytes, one field replaced, the CRC made right again. */
+static int set_field(const char *path, const char *field, const char *value)
+{
+    static const struct { const char *name; int offset, bytes; } fields[] = {
+        {"step", 24, 8}, {"epoch", 32, 8}, {"epoch_pos", 40, 8}, {"seed", 48, 8}, {"world_size", 56, 4}};
+    int k = -1;
+    for (int i = 0; i < 5; i++)
+        if (strcmp(field, fields[i].name) == 0) k = i;
+    char *end;
+    long long v = strtoll(value, &end, 10);
+    if (k < 0 || !value[0] || *end) { fprintf(stderr, "ckpt_tool: set: bad field or value\n"); return 2; }
+    FILE *f = fopen(path, "r+b");
+    if (!f) { fprintf(stderr, "ckpt_tool: %s: cannot open\n", path); return 1; }
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    unsigned char *b = size >= 92 ? malloc((size_t)size) : NULL;
+    int bad = !b || fseek(f, 0, SEEK_SET) != 0 || fread(b, 1, (size_t)size, f) != (size_t)size;
+    if (!bad) {
+        put_le(b + fields[k].offset, (uint64_t)v, fields[k].bytes);
+        put_le(b + size - 4, (uint32_t)crc32(crc32(0L, Z_NULL, 0), b, (uInt)(size - 4)), 4);
+        bad = fseek(f, 0, SEEK_SET) != 0 || fwrite(b, 1, (size_t)size, f) != (size_t)size;
+    }
+    if (fclose(f) != 0) bad = 1;
+    free(b);
+    if (bad) fprintf(stderr, "ckpt_tool: %s: cannot rewrite\n", path);
+    return bad;
+}
+
 int main(int argc, char **argv)
 {
     const char *cmd = argc > 1 ? argv[1] : "";
@@ -228,6 +261,7 @@ int main(int argc, char **argv)
     if (argc == 4 && strcmp(cmd, "same") == 0) return same(argv[2], argv[3]);
     if (argc == 4 && strcmp(cmd, "v1") == 0) return write_v1(argv[2], argv[3]);
     if (argc == 3 && strcmp(cmd, "hash") == 0) return hash(argv[2]);
+    if (argc == 5 && strcmp(cmd, "set") == 0) return set_field(argv[2], argv[3], argv[4]);
     if (argc == 4 && strcmp(cmd, "diff") == 0) return diff(argv[2], argv[3], 0, 0, 0);
     if (argc == 6 && (strcmp(cmd, "within") == 0 || strcmp(cmd, "beyond") == 0)) {
         char *e1, *e2;
@@ -246,6 +280,7 @@ int main(int argc, char **argv)
         return 0;
     }
     fprintf(stderr, "usage: ckpt_tool info FILE | same A B | latest DIR | v1 IN OUT | hash FILE | diff A B |\n"
+                    "                 set FILE FIELD VALUE |\n"
                     "                 within A B MAX_ABS REL_L2 | beyond A B MAX_ABS REL_L2\n");
     return 2;
 }

@@ -131,5 +131,60 @@ ckpt_kill_loop)
     [ "$last" -gt 0 ] || fail "no checkpoint was ever written"
     ok "$kills kills at random moments: the latest checkpoint was always readable (reached step $last)"
     ;;
-*) echo "usage: checkpoints.sh ckpt_refused|ckpt_refused_gloo|ckpt_kill_mid_write|ckpt_kill_loop"; exit 2 ;;
+ckpt_foreign_names)
+    # Files that only look like checkpoints, a symlink, another experiment's
+    # checkpoint and an earlier, longer run's: retention must delete none of
+    # them, count none of them, and keep exactly its own newest files.
+    make_good
+    dir=$TMP/mixed
+    mkdir "$dir"
+    good=$(ckpt "$TMP/good" 10)
+    for name in ckpt-0000000900-best1.dmck ckpt-0000000900.dmck.bak ckpt-900.dmck ckpt-00000009000.dmck \
+        ckpt-000000090a.dmck Ckpt-0000000900.dmck ckpt-0000000900.DMCK ckpt-+000000900.dmck ckpt--000000001.dmck \
+        'ckpt-0000000900.dmck ' ckpt-0000000900.dmck.tmp.1; do
+        cp "$good" "$dir/$name"
+    done
+    ln -s "$good" "$dir/ckpt-0000000002.dmck"                       # a symlink with an exact name
+    mkdir "$dir/ckpt-0000000001.dmck"                               # a folder with an exact name
+    run_ok "$TMP/other.log" --set train.checkpoint_dir="$TMP/other" --set layer.conv1.filters=8 "$CFG" 3
+    cp "$(ckpt "$TMP/other" 3)" "$(ckpt "$dir" 3)"                  # another model's checkpoint
+    cp "$(ckpt "$TMP/good" 10)" "$(ckpt "$dir" 5000)"               # a later step of this experiment
+    printf 'not a checkpoint' >"$(ckpt "$dir" 4)"
+    before=$(cd "$dir" && find . -mindepth 1 -printf '%p %y %s\n' | sort)
+    run_ok "$TMP/mixed.log" --set train.checkpoint_dir="$dir" --set train.checkpoint_every=5 \
+        --set train.keep_checkpoints=2 "$CFG" 20
+    after=$(cd "$dir" && find . -mindepth 1 -printf '%p %y %s\n' | sort)
+    gone=$(comm -23 <(echo "$before") <(echo "$after"))
+    [ -z "$gone" ] || fail "retention deleted files that are not its own: $gone"
+    own=$(comm -13 <(echo "$before") <(echo "$after") | awk '{print $1}' | tr '\n' ' ')
+    [ "$own" = "./ckpt-0000000015.dmck ./ckpt-0000000020.dmck " ] ||
+        { cat "$TMP/mixed.log"; fail "kept '$own', expected steps 15 and 20 (keep_checkpoints = 2)"; }
+    grep -q "^checkpoint: $(ckpt "$dir" 20) (step 20)" "$TMP/mixed.log" || { cat "$TMP/mixed.log"; fail "no checkpoint line"; }
+    "$TOOL" same "$(ckpt "$TMP/good" 10)" "$(ckpt "$dir" 5000)" || fail "the later run's checkpoint changed"
+    # resume reads the newest exact name (step 5000 here): with it moved away, step 20
+    mv "$(ckpt "$dir" 5000)" "$TMP/later.dmck"
+    run_ok "$TMP/mixed2.log" --resume --set train.checkpoint_dir="$dir" "$CFG" 25
+    grep -q "resuming from $(ckpt "$dir" 20) (step 20" "$TMP/mixed2.log" || { cat "$TMP/mixed2.log"; fail "did not resume from step 20"; }
+    ok "11 look-alike names, a symlink, a folder, another model's and a later run's checkpoint: none deleted or counted; kept steps 15 and 20"
+    ;;
+ckpt_impossible_fields)
+    # A valid checksum over impossible header fields (ckpt_tool set rewrites
+    # one field and recomputes the CRC): each refused with one line.
+    make_good
+    try() { # NAME FIELD VALUE WANT
+        local f
+        f=$(variant "$1")
+        "$TOOL" set "$f" "$2" "$3" || fail "ckpt_tool set $2 $3 failed"
+        refused "$1" "$4"
+    }
+    try negpos epoch_pos -1 "corrupt checkpoint header"
+    try bigpos epoch_pos 2001 "epoch position 2001 is outside this data set's 2000 training examples"
+    try negstep step -5 "corrupt checkpoint header"
+    try hugestep step 10000000000 "corrupt checkpoint header"
+    try negepoch epoch -1 "corrupt checkpoint header"
+    try epochstep epoch 11 "corrupt checkpoint header"
+    try world world_size 0 "corrupt checkpoint header"
+    ok "7 impossible header fields behind a valid checksum refused"
+    ;;
+*) echo "usage: checkpoints.sh ckpt_refused|ckpt_refused_gloo|ckpt_kill_mid_write|ckpt_kill_loop|ckpt_foreign_names|ckpt_impossible_fields"; exit 2 ;;
 esac

@@ -229,6 +229,41 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
     return DM_OK;
 }
 
+int dm_checkpoint_dir_check(const char *dir, dm_error *err)
+{
+    struct stat sb;
+    if (stat(dir, &sb) != 0) {
+        if (errno != ENOENT)
+            return dm_fail(err, DM_ERR_IO, "%s: checkpoint directory: %s", dir, strerror(errno));
+        /* The writer creates it (one level, as mkdir does): its parent must take it. */
+        char parent[4096];
+        snprintf(parent, sizeof parent, "%s", dir);
+        size_t n = strlen(parent);
+        while (n > 1 && parent[n - 1] == '/') parent[--n] = 0;
+        char *slash = strrchr(parent, '/');
+        if (!slash) snprintf(parent, sizeof parent, ".");
+        else if (slash == parent) slash[1] = 0;
+        else *slash = 0;
+        if (stat(parent, &sb) != 0 || !S_ISDIR(sb.st_mode))
+            return dm_fail(err, DM_ERR_IO, "%s: cannot create checkpoint directory: %s does not exist", dir, parent);
+        if (access(parent, W_OK | X_OK) != 0)
+            return dm_fail(err, DM_ERR_IO, "%s: cannot create checkpoint directory in %s: %s", dir, parent,
+                           strerror(errno));
+        return DM_OK;
+    }
+    if (!S_ISDIR(sb.st_mode))
+        return dm_fail(err, DM_ERR_IO, "%s: cannot open checkpoint directory: %s", dir, strerror(ENOTDIR));
+    /* A real write, not access(): root passes access() on a read-only mount. */
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.dmnist-write-test.XXXXXX", dir);
+    int fd = mkstemp(probe);
+    if (fd < 0)
+        return dm_fail(err, DM_ERR_IO, "%s: checkpoint directory is not writable: %s", dir, strerror(errno));
+    close(fd);
+    unlink(probe);
+    return DM_OK;
+}
+
 int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err)
 {
     long long *steps;

@@ -24,7 +24,7 @@ static dm_section *add_section(dm_config *c, const char *name, int line);
 
 /* A [section] header, as inih will read it: the section is registered here,
  * so that one without keys still exists (inih reports key = value lines
- * only) and a repeated one is refused. A header inih calls a syntax error
+ * only). A header inih calls a syntax error
  * (no ']', or a ';' comment before it) is left to inih. */
 static void on_header(parse_state *ps, const char *p)
 {
@@ -43,12 +43,8 @@ static void on_header(parse_state *ps, const char *p)
     }
     memcpy(name, p + 1, len);
     name[len] = 0;
-    dm_section *prev = dm_config_section(ps->cfg, name);
-    if (prev) {
-        dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: section [%s] appears twice (first at line %d); give each layer "
-                "a unique name", ps->cfg->path, ps->line, name, prev->line);
-        ps->failed = 1;
-    } else if (!add_section(ps->cfg, name, ps->line)) {
+    /* A repeated name is found after parsing (find_repeats), in n log n. */
+    if (!add_section(ps->cfg, name, ps->line)) {
         dm_fail(ps->err, DM_ERR_NOMEM, "%s: out of memory", ps->cfg->path);
         ps->failed = 1;
     }
@@ -100,11 +96,37 @@ static dm_section *add_section(dm_config *c, const char *name, int line)
     return s;
 }
 
+/* c->order: the section indices sorted by name, then by position, so that
+ * lookups are binary searches and repeated names are neighbours. */
+static const dm_config *sort_cfg; /* qsort has no context argument; loading is single-threaded */
+
+static int cmp_section(const void *a, const void *b)
+{
+    int i = *(const int *)a, j = *(const int *)b;
+    int c = strcmp(sort_cfg->sections[i].name, sort_cfg->sections[j].name);
+    return c ? c : (i > j) - (i < j);
+}
+
+static int sort_sections(dm_config *c)
+{
+    int *order = realloc(c->order, (size_t)(c->n ? c->n : 1) * sizeof *order);
+    if (!order) return -1;
+    c->order = order;
+    for (int i = 0; i < c->n; i++) order[i] = i;
+    sort_cfg = c;
+    qsort(order, (size_t)c->n, sizeof *order, cmp_section);
+    return 0;
+}
+
 dm_section *dm_config_section(const dm_config *c, const char *name)
 {
-    for (int i = 0; c && i < c->n; i++)
-        if (strcmp(c->sections[i].name, name) == 0) return &c->sections[i];
-    return NULL;
+    if (!c || !c->order) return NULL;
+    int lo = 0, hi = c->n - 1, found = -1;
+    while (lo <= hi) { /* the first of equal names */
+        int mid = lo + (hi - lo) / 2, cmp = strcmp(c->sections[c->order[mid]].name, name);
+        if (cmp >= 0) { if (cmp == 0) found = mid; hi = mid - 1; } else lo = mid + 1;
+    }
+    return found < 0 ? NULL : &c->sections[c->order[found]];
 }
 
 const dm_kv *dm_section_get(const dm_section *s, const char *key)
@@ -115,18 +137,8 @@ const dm_kv *dm_section_get(const dm_section *s, const char *key)
 }
 
 /* Set or replace key in section. */
-static int put(dm_section *s, const char *key, const char *value, int line)
+static int append(dm_section *s, const char *key, const char *value, int line, const char *origin)
 {
-    for (int i = 0; i < s->n; i++) {
-        if (strcmp(s->kvs[i].key, key) == 0) {
-            char *v = strdup(value);
-            if (!v) return -1;
-            free((char *)s->kvs[i].value);
-            s->kvs[i].value = v;
-            s->kvs[i].line = line;
-            return 0;
-        }
-    }
     if (s->n == s->cap) {
         int cap = s->cap ? 2 * s->cap : 8;
         dm_kv *nk = realloc(s->kvs, (size_t)cap * sizeof *nk);
@@ -136,8 +148,75 @@ static int put(dm_section *s, const char *key, const char *value, int line)
     }
     char *k = strdup(key), *v = strdup(value);
     if (!k || !v) { free(k); free(v); return -1; }
-    s->kvs[s->n++] = (dm_kv){k, v, line};
+    s->kvs[s->n++] = (dm_kv){k, v, line, origin};
     return 0;
+}
+
+/* Set key (replacing its value where it exists: --set). */
+static int put(dm_section *s, const char *key, const char *value, int line, const char *origin)
+{
+    for (int i = 0; i < s->n; i++) {
+        if (strcmp(s->kvs[i].key, key) == 0) {
+            char *v = strdup(value);
+            if (!v) return -1;
+            free((char *)s->kvs[i].value);
+            s->kvs[i].value = v;
+            s->kvs[i].line = line;
+            s->kvs[i].origin = origin;
+            return 0;
+        }
+    }
+    return append(s, key, value, line, origin);
+}
+
+static const dm_section *sort_sec; /* as sort_cfg, for cmp_key */
+
+static int cmp_key(const void *a, const void *b)
+{
+    int i = *(const int *)a, j = *(const int *)b;
+    int c = strcmp(sort_sec->kvs[i].key, sort_sec->kvs[j].key);
+    return c ? c : (i > j) - (i < j);
+}
+
+/* After parsing: the earliest line at which a section name or a key within
+ * a section is repeated (0 if none), with its message. Sorting makes this
+ * n log n: 100,000 keys take milliseconds, not minutes. */
+static int find_repeats(dm_config *c, char *msg, size_t size)
+{
+    int first = 0;
+    if (sort_sections(c) != 0) return -1;
+    for (int k = 1; k < c->n; k++) {
+        const dm_section *a = &c->sections[c->order[k - 1]], *b = &c->sections[c->order[k]];
+        if (strcmp(a->name, b->name) == 0 && (k < 2 || strcmp(c->sections[c->order[k - 2]].name, a->name) != 0) &&
+            (!first || b->line < first)) {
+            first = b->line;
+            snprintf(msg, size, "%s:%d: section [%s] appears twice (first at line %d); give each layer a unique "
+                     "name", c->path, b->line, b->name, a->line);
+        }
+    }
+    int *idx = NULL, cap = 0;
+    for (int i = 0; i < c->n; i++) {
+        const dm_section *s = &c->sections[i];
+        if (s->n < 2) continue;
+        if (s->n > cap) {
+            int *n = realloc(idx, (size_t)s->n * sizeof *n);
+            if (!n) { free(idx); return -1; }
+            idx = n;
+            cap = s->n;
+        }
+        for (int k = 0; k < s->n; k++) idx[k] = k;
+        sort_sec = s;
+        qsort(idx, (size_t)s->n, sizeof *idx, cmp_key);
+        for (int k = 1; k < s->n; k++) {
+            const dm_kv *a = &s->kvs[idx[k - 1]], *b = &s->kvs[idx[k]];
+            if (strcmp(a->key, b->key) == 0 && (!first || b->line < first)) {
+                first = b->line;
+                snprintf(msg, size, "%s:%d: %s: key '%s' given twice", c->path, b->line, s->name, b->key);
+            }
+        }
+    }
+    free(idx);
+    return first;
 }
 
 static int on_entry(void *user, const char *section, const char *name, const char *value)
@@ -153,24 +232,9 @@ static int on_entry(void *user, const char *section, const char *name, const cha
         return 0;
     }
     dm_section *s = c->n ? &c->sections[c->n - 1] : NULL;
-    if (!s || strcmp(s->name, section) != 0) {
-        /* A section that reappears after another one is almost always a
-         * copy-paste mistake (two [layer.conv1]): refuse it. */
-        dm_section *prev = dm_config_section(c, section);
-        if (prev) {
-            dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: section [%s] appears twice (first at line %d); "
-                    "give each layer a unique name", c->path, lineno, section, prev->line);
-            ps->failed = 1;
-            return 0;
-        }
-        if (!(s = add_section(c, section, ps->header_line))) goto nomem;
-    }
-    if (dm_section_get(s, name)) {
-        dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: %s: key '%s' given twice", c->path, lineno, section, name);
-        ps->failed = 1;
-        return 0;
-    }
-    if (put(s, name, value, lineno) != 0) goto nomem;
+    if ((!s || strcmp(s->name, section) != 0) && !(s = add_section(c, section, ps->header_line))) goto nomem;
+    /* Appended as read: a key given twice is found after parsing (find_repeats). */
+    if (append(s, name, value, lineno, NULL) != 0) goto nomem;
     return 1;
 nomem:
     dm_fail(ps->err, DM_ERR_NOMEM, "%s: out of memory", c->path);
@@ -190,9 +254,45 @@ void dm_config_free(dm_config *c)
         free(c->sections[i].name);
     }
     free(c->sections);
+    free(c->order);
     free(c->path);
     free(c->dir);
     free(c);
+}
+
+/* The whole file, at most DM_CONFIG_MAX_BYTES: /dev/zero, a FIFO that never
+ * ends or a 100 MB file stop here with a message instead of running on. */
+static int read_capped(const char *path, char **text, size_t *len, dm_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || S_ISDIR(st.st_mode)) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(EISDIR));
+    }
+    size_t cap = 64 * 1024, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap || cap > DM_CONFIG_MAX_BYTES) break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) { free(buf); buf = NULL; break; }
+        buf = nb;
+        cap *= 2;
+    }
+    int read_error = ferror(f) ? errno : 0;
+    fclose(f);
+    if (!buf) return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", path);
+    if (read_error || n > DM_CONFIG_MAX_BYTES) {
+        free(buf);
+        if (read_error) return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(read_error));
+        return dm_fail(err, DM_ERR_FORMAT, "%s: larger than %d bytes: not an experiment file", path,
+                       DM_CONFIG_MAX_BYTES);
+    }
+    *text = buf;
+    *len = n;
+    return DM_OK;
 }
 
 int dm_config_load(const char *path, dm_config **out, dm_error *err)
@@ -205,25 +305,41 @@ int dm_config_load(const char *path, dm_config **out, dm_error *err)
     if (!c->path || !tmp) { free(tmp); dm_config_free(c); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
     c->dir = strdup(dirname(tmp));
     free(tmp);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        int e = errno;
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_capped(path, &text, &len, err);
+    if (rc) { dm_config_free(c); return rc; }
+    /* inih would stop reading a line at a NUL and silently drop the rest
+     * of it ("seed = 4\0002" would train with seed 4). */
+    const char *nul = memchr(text, 0, len);
+    if (nul) {
+        int line = 1;
+        for (const char *q = text; q < nul; q++) line += *q == '\n';
+        free(text);
         dm_config_free(c);
-        return dm_fail(err, DM_ERR_IO, "%s: cannot open: %s", path, strerror(e));
+        return dm_fail(err, DM_ERR_FORMAT, "%s:%d: NUL byte in the file (is it a text file?)", path, line);
     }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || S_ISDIR(st.st_mode)) {
-        fclose(f);
+    FILE *f = len ? fmemopen(text, len, "r") : NULL;
+    if (len && !f) {
+        free(text);
         dm_config_free(c);
-        return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(EISDIR));
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", path);
     }
     parse_state ps = {c, err, f, 0, 0, 0, 0};
-    int rc = ini_parse_stream(reader, &ps, on_entry, &ps);
-    int read_error = ferror(f) ? errno : 0;
-    fclose(f);
-    if (!ps.failed && read_error) {
+    rc = f ? ini_parse_stream(reader, &ps, on_entry, &ps) : 0;
+    if (f) fclose(f);
+    free(text);
+    /* The earliest of: our own error, inih's syntax error, a repeat. */
+    char repeat_msg[DM_ERRMSG_MAX];
+    int repeat_line = find_repeats(c, repeat_msg, sizeof repeat_msg);
+    if (repeat_line < 0) {
         dm_config_free(c);
-        return dm_fail(err, DM_ERR_IO, "%s: cannot read: %s", path, strerror(read_error));
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", path);
+    }
+    int our_line = ps.failed ? ps.fail_line : 0, inih_line = rc > 0 ? rc : 0;
+    if (repeat_line && (!our_line || repeat_line <= our_line) && (!inih_line || repeat_line < inih_line)) {
+        dm_config_free(c);
+        return dm_fail(err, DM_ERR_FORMAT, "%s", repeat_msg);
     }
     if (ps.failed && !(rc > 0 && rc < ps.fail_line)) {
         dm_config_free(c);
@@ -240,6 +356,11 @@ int dm_config_load(const char *path, dm_config **out, dm_error *err)
 }
 
 int dm_config_set(dm_config *c, const char *assignment, dm_error *err)
+{
+    return dm_config_set_as(c, assignment, "--set", err);
+}
+
+int dm_config_set_as(dm_config *c, const char *assignment, const char *origin, dm_error *err)
 {
     const char *eq = strchr(assignment, '=');
     if (!eq)
@@ -261,9 +382,9 @@ int dm_config_set(dm_config *c, const char *assignment, dm_error *err)
     *dot = 0;
     const char *key = dot + 1;
     dm_section *s = dm_config_section(c, lhs);
-    if (!s && !(s = add_section(c, lhs, 0)))
+    if (!s && (!(s = add_section(c, lhs, 0)) || sort_sections(c) != 0))
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
-    if (put(s, key, value, -1) != 0)
+    if (put(s, key, value, -1, origin) != 0)
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     return DM_OK;
 }

@@ -42,7 +42,8 @@ typedef struct dm_param_set dm_param_set;
 typedef struct dm_kv {
     const char *key;
     const char *value;
-    int line;                    /* INI line, 0 when not from a file */
+    int line;                    /* INI line, 0 when not from a file, -1 from the command line */
+    const char *origin;          /* line -1: what the user typed it as ("--set", "BATCH_SIZE"; static) */
 } dm_kv;
 
 /* Where a section came from, for messages:
@@ -85,15 +86,22 @@ typedef struct dm_section {
 typedef struct dm_config {
     char *path;                  /* as given on the command line */
     char *dir;                   /* its directory, for relative paths */
-    dm_section *sections;
+    dm_section *sections;        /* in file order */
     int n, cap;
+    int *order;                  /* section indices sorted by name (lookups) */
 } dm_config;
+
+/* An experiment file larger than this is refused (real ones are a few KB). */
+#define DM_CONFIG_MAX_BYTES (1024 * 1024)
 
 /* Parse an INI file. Errors: "<path>:<line>: <reason>", or "<path>: <strerror>". */
 int dm_config_load(const char *path, dm_config **out, dm_error *err);
 /* Apply "section.key=value" (the section may contain dots: the key is the
  * part after the last one). Creates the section or key when absent. */
 int dm_config_set(dm_config *c, const char *assignment, dm_error *err);
+/* The same for a value the user typed otherwise (a positional argument):
+ * messages about it name `origin` (a static string) instead of "--set". */
+int dm_config_set_as(dm_config *c, const char *assignment, const char *origin, dm_error *err);
 dm_section *dm_config_section(const dm_config *c, const char *name);
 const dm_kv *dm_section_get(const dm_section *s, const char *key);
 void dm_config_free(dm_config *c);
@@ -330,6 +338,9 @@ int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, floa
 /* Is the file's position in the data (epoch_pos) inside a training split
  * of train_count examples? (read_all checks what needs no data set.) */
 int dm_checkpoint_check_position(const char *path, const dm_ckpt_state *st, int64_t train_count, dm_error *err);
+/* Can checkpoints be written into dir (or dir be created)? Checked at
+ * start-up, so that a bad folder stops the run before its training. */
+int dm_checkpoint_dir_check(const char *dir, dm_error *err);
 /* Path of the newest ckpt-*.dmck in dir; DM_ERR_IO when none. */
 int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err);
 /* FNV-1a over the model-defining parts of the experiment. */
@@ -337,12 +348,22 @@ uint64_t dm_experiment_hash(const dm_experiment *x);
 
 /* ---- training (core/train.c) -------------------------------------------- */
 
+/* dmnist-run's exit codes: 0 success, 1 a failure while running, 2 a bad
+ * command line, config or plugin, 3 this rank stopped because another rank
+ * failed first (its message says why; the launcher blames that rank). */
+#define DM_EXIT_FAILURE 1
+#define DM_EXIT_CONFIG 2
+#define DM_EXIT_PEER 3
+
 typedef struct dm_train_opts {
     const char *metrics_path;    /* --metrics FILE (JSON lines), or NULL */
     const char *timeline_path;   /* --timeline FILE (Chrome trace), or NULL */
     int resume;                  /* --resume: continue from checkpoint_dir's latest */
     int dry_run;                 /* --dry-run: print config + model summary, no training */
     int progress;                /* -1 auto (a terminal), 0 plain lines, 1 bar */
+    int *exit_code;              /* out, may be NULL: on failure, DM_EXIT_CONFIG when the experiment itself
+                                  * is refused (as --dry-run would), DM_EXIT_PEER when this rank stops only
+                                  * because another one failed first; left alone otherwise (exit 1) */
 } dm_train_opts;
 
 /* Run an experiment end to end. Returns DM_OK or fills err. */

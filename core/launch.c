@@ -81,6 +81,22 @@ static char **strip_np(int argc, char **argv, const char *exe)
 static volatile sig_atomic_t stop_signal = 0;
 static void on_stop_signal(int sig) { stop_signal = sig; }
 
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* How much a rank's end says it caused the failure: 3 killed by a signal,
+ * 2 failed on its own, 1 stopped because another rank failed, 0 succeeded. */
+static int blame(int status)
+{
+    if (WIFSIGNALED(status)) return 3;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) == 0) return 0;
+    return WEXITSTATUS(status) == DM_EXIT_PEER ? 1 : 2;
+}
+
 typedef struct worker {
     pid_t pid;
     int fd;                 /* read end of its stdout+stderr */
@@ -178,6 +194,7 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
     free(child_argv);
 
     int failed_rank = -1, exit_code = 0, running = np, forwarded = 0;
+    double peer_wait_until = 0; /* a DM_EXIT_PEER rank waits this long for the rank it points at */
     double term_at = 0, kill_at = 0; /* after a failure: SIGTERM, then SIGKILL, to the ranks left */
     struct pollfd *pfd = calloc((size_t)np, sizeof *pfd);
     struct sigaction sa = {0};
@@ -214,18 +231,24 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
         }
         /* Reap every rank that ended, then blame one: a rank killed by a
          * signal before one that failed, since a peer's death usually makes
-         * the others fail a moment later, and both may be reaped together. */
-        int culprit = -1;
+         * the others fail a moment later, and both may be reaped together; a
+         * rank that says it stopped only because another failed
+         * (DM_EXIT_PEER) last, and only after a grace for the one it means. */
         for (int r = 0; r < np; r++) {
-            if (w[r].done) continue;
             int st;
-            if (waitpid(w[r].pid, &st, WNOHANG) == w[r].pid) {
+            if (!w[r].done && waitpid(w[r].pid, &st, WNOHANG) == w[r].pid) {
                 w[r].done = 1;
                 w[r].status = st;
                 running--;
-                int bad = !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-                if (bad && (culprit < 0 || (WIFSIGNALED(st) && !WIFSIGNALED(w[culprit].status)))) culprit = r;
             }
+        }
+        int culprit = -1;
+        for (int r = 0; r < np; r++)
+            if (w[r].done && blame(w[r].status) > (culprit < 0 ? 0 : blame(w[culprit].status))) culprit = r;
+        if (culprit >= 0 && blame(w[culprit].status) == 1) {
+            double now = mono_now();
+            if (peer_wait_until == 0) peer_wait_until = now + 2;
+            if (now < peer_wait_until && running > 0) culprit = -1;
         }
         if (culprit >= 0 && failed_rank < 0 && !forwarded) {
             int r = culprit, st = w[r].status;

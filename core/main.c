@@ -3,11 +3,13 @@
  *   dmnist-run [options] CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]
  *
  * The positionals keep the seed script's command line working. Exit codes:
- * 0 success, 1 failure while running, 2 bad command line, config or plugin. */
+ * 0 success, 1 failure while running, 2 bad command line, config or plugin,
+ * 3 a rank that stopped because another rank failed first (dm_core.h). */
 #define _GNU_SOURCE
 #include "dm_core.h"
 #include "launch.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -236,7 +238,7 @@ int main(int argc, char **argv)
     int n_sets = 0, np = 0, list = 0, dry = 0;
     const char *help_type = NULL, *extra_path = NULL;
     static char abs_plugin_path[8192];
-    dm_train_opts topts = {NULL, NULL, 0, 0, -1};
+    dm_train_opts topts = {NULL, NULL, 0, 0, -1, NULL};
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) { /* ":": a missing value returns ':' */
@@ -311,17 +313,24 @@ int main(int argc, char **argv)
     /* Positionals as the seed script took them, then --set in order. */
     char buf[64];
     for (int i = 1; i < npos; i++) {
-        const char *v = argv[optind + i];
+        const char *v = argv[optind + i], *what = i == 1 ? "TOTAL_BATCHES" : "BATCH_SIZE";
         char *end;
+        errno = 0;
         long long x = strtoll(v, &end, 10);
-        if (!v[0] || *end || x < 1) {
-            fprintf(stderr, "dmnist-run: %s '%s' must be a positive integer\n", i == 1 ? "TOTAL_BATCHES" : "BATCH_SIZE", v);
+        if (!v[0] || *end || x < 1 || errno == ERANGE) {
+            fprintf(stderr, "dmnist-run: %s '%s' must be a positive integer%s\n", what, v,
+                    errno == ERANGE ? " (this one is too large)" : "");
             dm_config_free(cfg);
             free(sets);
             return 2;
         }
         snprintf(buf, sizeof buf, i == 1 ? "train.total_batches=%lld" : "data.batch_size=%lld", x);
-        dm_config_set(cfg, buf, &err);
+        if (dm_config_set_as(cfg, buf, what, &err)) { /* later messages name the positional, not a --set */
+            fprintf(stderr, "dmnist-run: %s\n", err.msg);
+            dm_config_free(cfg);
+            free(sets);
+            return 2;
+        }
     }
     for (int i = 0; i < n_sets; i++)
         if (dm_config_set(cfg, sets[i], &err)) {
@@ -343,7 +352,9 @@ int main(int argc, char **argv)
     if (dry) {
         rc = dry_run(x);
     } else {
-        rc = dm_train_run(x, &topts, &err) ? 1 : 0;
+        int code = DM_EXIT_FAILURE;
+        topts.exit_code = &code;
+        rc = dm_train_run(x, &topts, &err) ? code : 0;
         if (rc) fprintf(stderr, "dmnist-run: %s\n", err.msg);
     }
     dm_experiment_free(x);

@@ -164,7 +164,11 @@ void dm_where_format(const dm_where *where, const dm_kv *kv, char *buf, size_t s
     size_t off = 0;
     if (kv && kv->line < 0) {
         /* came from the command line, not the file */
-        snprintf(buf, size, "--set %s.%s: ", where->section ? where->section : "?", kv->key);
+        const char *sec = where->section ? where->section : "?";
+        if (kv->origin && strcmp(kv->origin, "--set") != 0)
+            snprintf(buf, size, "%s (%s.%s): ", kv->origin, sec, kv->key);
+        else
+            snprintf(buf, size, "--set %s.%s: ", sec, kv->key);
         return;
     }
     if (where->file) {
@@ -255,7 +259,7 @@ int dm_param_set_parse(const dm_param_def *defs, const char *spec, dm_param_set 
         if (!eq || eq == tok) { rc = dm_fail(err, DM_ERR_INVALID, "bad spec item '%s' (want key=value)", tok); break; }
         if (n == 64) { rc = dm_fail(err, DM_ERR_INVALID, "too many items in spec"); break; }
         *eq = 0;
-        kvs[n++] = (dm_kv){tok, eq + 1, 0};
+        kvs[n++] = (dm_kv){tok, eq + 1, 0, NULL};
     }
     if (rc == DM_OK) rc = dm_param_set_build(defs, kvs, n, NULL, out, err);
     free(copy);

@@ -112,6 +112,13 @@ static int rank0(const trainer *t) { return t->ci.rank == 0; }
 
 /* One line for a backend's error: its own message already starts with the
  * backend's name ("gloo: rank 0: ...") or gets it added here. */
+/* Say which exit code this run's failure deserves (dm_train_opts.exit_code). */
+static int exit_as(const trainer *t, int code)
+{
+    if (t->opts && t->opts->exit_code) *t->opts->exit_code = code;
+    return 1;
+}
+
 static int comm_fail(const trainer *t, dm_error *err, int rc, const char *msg)
 {
     size_t n = strlen(t->x->backend);
@@ -642,6 +649,17 @@ static int evaluate(trainer *t, double *loss, double *acc, dm_error *err)
     return rc;
 }
 
+/* The bar by default: only where stdout is a terminal, and never under an
+ * MPI launcher, which hands each rank a pseudo-terminal even when its own
+ * output goes to a log file (the escape codes would land there). */
+static int bar_wanted(void)
+{
+    static const char *launcher_env[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", NULL};
+    for (int i = 0; launcher_env[i]; i++)
+        if (getenv(launcher_env[i])) return 0;
+    return isatty(STDOUT_FILENO);
+}
+
 /* ---- progress bar (rank 0 on a terminal, or --progress) ------------------------ */
 
 /* Erase the bar so that a log line takes its place; the next draw puts the
@@ -791,6 +809,7 @@ static int resume(trainer *t, dm_error *err)
     if (!hdr[0]) {
         free(p); free(o); free(s);
         if (rank0(t)) return dm_fail(err, e.code ? e.code : DM_ERR_IO, "%s", e.msg);
+        exit_as(t, DM_EXIT_PEER);
         return dm_fail(err, DM_ERR_IO, "rank 0 could not read the checkpoint (see its message)");
     }
     if (rank0(t)) {
@@ -927,6 +946,10 @@ static int setup(trainer *t, dm_error *err)
     if (t->ci.size < 1 || t->ci.rank < 0 || t->ci.rank >= t->ci.size)
         return dm_fail(err, DM_ERR_COMM, "%s: bad rank %d of %d", x->backend, t->ci.rank, t->ci.size);
 
+    /* Only rank 0 writes checkpoints: find a folder it cannot write now, not
+     * after the training it was meant to protect. */
+    if (t->ci.rank == 0 && x->checkpoint_dir[0] && (rc = dm_checkpoint_dir_check(x->checkpoint_dir, err)))
+        return rc;
     if ((rc = dm_dev_open(&t->dev, x->device, t->ci.local_rank, err))) return rc;
     t->dev_open = 1;
 
@@ -943,11 +966,14 @@ static int setup(trainer *t, dm_error *err)
                        x->batch_size);
 
     int max_batch = x->batch_size > x->eval_batch_size ? x->batch_size : x->eval_batch_size;
-    if ((rc = dm_model_build(&t->m, x, &t->dev, t->di.item, max_batch, x->threads, err))) return rc;
+    if ((rc = dm_model_build(&t->m, x, &t->dev, t->di.item, max_batch, x->threads, err))) {
+        if (rc != DM_ERR_NOMEM && rc != DM_ERR_DEVICE) exit_as(t, DM_EXIT_CONFIG);
+        return rc;
+    }
     t->model_built = 1;
 
     t->ovt = x->opt.lc->component->vtable;
-    if (!(t->ovt->devices & DM_DEVICE_BIT(x->device)))
+    if (!(t->ovt->devices & DM_DEVICE_BIT(x->device)) && exit_as(t, DM_EXIT_CONFIG))
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: optimizer: type '%s' has no %s implementation", x->cfg->path,
                        x->opt.lc->component->type_name, dm_device_name(x->device));
     dm_optimizer_config oc = {sizeof oc, x->device, t->m.param_count, x->threads, t->dev.stream};
@@ -1057,7 +1083,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     }
 
     if (opts && opts->timeline_path && (rc = open_timeline(&t, err))) { teardown(&t); return rc; }
-    t.bar = rank0(&t) && opts && (opts->progress > 0 || (opts->progress < 0 && isatty(STDOUT_FILENO)));
+    t.bar = rank0(&t) && opts && (opts->progress > 0 || (opts->progress < 0 && bar_wanted()));
     t.bar_loss = -1;
 
     double lr_scale = x->scale_lr ? (double)N : 1.0;

@@ -80,6 +80,8 @@ ckpt_refused_gloo)
     grep -q '^\[rank 0\] dmnist-run: .*checksum mismatch' "$TMP/g.log" || { cat "$TMP/g.log"; fail "rank 0 did not name the damage"; }
     grep -q '^\[rank 1\] dmnist-run: rank 0 could not read the checkpoint' "$TMP/g.log" ||
         { cat "$TMP/g.log"; fail "rank 1 did not point at rank 0"; }
+    grep -q '^dmnist-run: rank 0 failed (exit 1)' "$TMP/g.log" || { cat "$TMP/g.log"; fail "the launcher did not blame rank 0"; }
+    grep -q '^dmnist-run: rank 1 failed' "$TMP/g.log" && { cat "$TMP/g.log"; fail "the launcher blamed rank 1, which only followed rank 0"; }
     [ $took -lt 15 ] || fail "the job took $took s to stop (timeout 20 s: it waited instead of being told)"
     ok "2 ranks refuse a corrupt checkpoint together in $took s"
     ;;

@@ -40,4 +40,12 @@ forced, _ = run(base + ["--progress", TINY])
 check(BAR in forced, "--progress drew no bar into a pipe")
 off = on_tty(["--no-progress"])
 check(BAR not in off, "--no-progress still drew a bar on a terminal")
-print("ok: bar on a terminal, plain lines in a pipe, both flags obeyed")
+# Under an MPI launcher every rank gets a pseudo-terminal although the job's
+# output usually goes to a log file: no bar there unless --progress asks.
+for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+    cmd = " ".join(shlex.quote(a) for a in base + [TINY])
+    launched, _ = run(["script", "-qec", "env %s=0 %s" % (var, cmd), "/dev/null"], timeout=120)
+    check(BAR not in launched and "\x1b[K" not in launched,
+          "a bar under a launcher (%s set) on its pseudo-terminal:\n%r" % (var, launched[-500:]))
+    check("step     12/12" in launched, "no plain step lines under a launcher (%s):\n%s" % (var, launched))
+print("ok: bar on a terminal, plain lines in a pipe and under mpirun/PMI, both flags obeyed")

@@ -281,6 +281,17 @@ static int join(char *out, const char *dir, const char *name, const char *suffix
     return DM_OK;
 }
 
+/* Why path is there but unusable (a symlink loop, no permission, a file
+ * where a folder should be, ...), or NULL when it is simply absent. */
+static const char *unusable(const char *path, int want_dir)
+{
+    struct stat st;
+    if (stat(path, &st) != 0) return errno == ENOENT ? NULL : strerror(errno);
+    if (want_dir && !S_ISDIR(st.st_mode)) return "not a folder";
+    if (!want_dir && !S_ISREG(st.st_mode)) return "not a regular file";
+    return NULL;
+}
+
 /* path as given if it is a folder (absolute or relative to the current
  * directory), else config_dir/path. */
 static int find_dir(const char *path, const char *config_dir, char *out, dm_error *err)
@@ -288,6 +299,8 @@ static int find_dir(const char *path, const char *config_dir, char *out, dm_erro
     if (path[0] == '\0')
         return dm_fail(err, DM_ERR_INVALID, "mnist: path is empty");
     if (is_dir(path) || path[0] == '/' || !config_dir || !config_dir[0]) {
+        if (!is_dir(path) && unusable(path, 1))
+            return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", path, unusable(path, 1));
         if (!is_dir(path))
             return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found; run "
                            "scripts/get-mnist.sh to download MNIST", path);
@@ -298,6 +311,10 @@ static int find_dir(const char *path, const char *config_dir, char *out, dm_erro
     int rc = join(out, config_dir, path, "", err);
     if (rc != DM_OK)
         return rc;
+    if (!is_dir(out) && (unusable(path, 1) || unusable(out, 1))) {
+        const char *bad = unusable(path, 1) ? path : out;
+        return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", bad, unusable(bad, 1));
+    }
     if (!is_dir(out))
         return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found (nor %s); run "
                        "scripts/get-mnist.sh to download MNIST", path, out);
@@ -321,6 +338,10 @@ static int find_file(const char *dir, const char *name, char *out, int *is_gz, d
         *is_gz = 1;
         return DM_OK;
     }
+    char plain[MNIST_PATH_MAX];
+    if (join(plain, dir, name, "", err) == DM_OK && unusable(plain, 0))
+        return dm_fail(err, DM_ERR_IO, "%s: %s", plain, unusable(plain, 0));
+    if (unusable(out, 0)) return dm_fail(err, DM_ERR_IO, "%s: %s", out, unusable(out, 0));
     return dm_fail(err, DM_ERR_IO, "%s/%s: not found (nor %s.gz); run scripts/get-mnist.sh to "
                    "download MNIST", dir, name, name);
 }

@@ -1031,6 +1031,11 @@ static int test_rdzv(void)
     snprintf(tmp, sizeof tmp, "%s/nccl-id.tmp.%d", dir, (int)pid);
     CHECK(access(tmp, F_OK) != 0, "temporary file %s left behind", tmp);
 
+    /* a second publish under the same name is refused, not a silent replacement */
+    e = (dm_error){0};
+    rc = nccl_rdzv_publish(dir, "nccl-id", 3, id, sizeof id, &e);
+    CHECK(rc == DM_ERR_INVALID && strstr(e.msg, "already holds"), "second publish: %d %s", rc, e.msg);
+
     /* stale: written for another world size */
     e = (dm_error){0};
     rc = nccl_rdzv_fetch(dir, "nccl-id", 4, got, sizeof got, 1.0, &e);

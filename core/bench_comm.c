@@ -351,7 +351,7 @@ static int bench_backend(const dm_experiment *x, const bench_opts *o, rows *out,
     dm_job_id(job_id, sizeof job_id);
     snprintf(fp_hex, sizeof fp_hex, "%016llx", (unsigned long long)dm_job_fingerprint(x, cc.size, job_id));
     cc.job_id = job_id;
-    cc.fingerprint = fp_hex;
+    cc.fingerprint = dm_job_check_skipped() ? "" : fp_hex;
     b.ci.struct_size = sizeof b.ci;
     dm_error e = {0};
     if ((rc = b.cvt->init(dm_param_set_params(x->comm.params), &cc, &b.comm, &b.ci, &e))) {

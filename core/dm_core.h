@@ -250,6 +250,10 @@ uint64_t dm_job_fingerprint(const dm_experiment *x, int world_size, const char *
  * and an allreduce tells all how many differ, so every rank refuses together
  * with one line naming both fingerprints and ranks. Fixed-size collectives
  * only. */
+/* Tests only: DMNIST_TEST_SKIP_JOB_CHECK=1 turns the check off (and the
+ * backends get no fingerprint), so that a test can start ranks that differ
+ * on purpose (tests/distributed/sync_hash.sh: replicas that drift apart). */
+int dm_job_check_skipped(void);
 int dm_job_agree(const dm_comm_vtable *vt, void *comm, int rank, int size, uint64_t fp, dm_error *err);
 
 /* ---- the model: layer instances over flat buffers (core/model.c) -------- */

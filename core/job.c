@@ -55,6 +55,12 @@ static void fnv_instance(fnv *f, const char *what, const dm_instance_cfg *c)
     }
 }
 
+int dm_job_check_skipped(void)
+{
+    const char *v = getenv("DMNIST_TEST_SKIP_JOB_CHECK");
+    return v && v[0] == '1';
+}
+
 void dm_job_id(char *buf, size_t size)
 {
     static const char *const names[] = {"DMNIST_JOB_ID", "SLURM_JOB_ID", "PMIX_NAMESPACE",
@@ -118,7 +124,7 @@ int dm_job_agree(const dm_comm_vtable *vt, void *comm, int rank, int size, uint6
 {
     static const char why[] = "(different config: model, optimizer, data, seed, world size or step budget; "
                               "or another job's rank)";
-    if (size <= 1) return DM_OK;
+    if (size <= 1 || dm_job_check_skipped()) return DM_OK;
     dm_error e = {0};
     /* 1: rank 0's fingerprint, as bytes (exact) */
     uint64_t fp0 = fp;

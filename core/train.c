@@ -921,7 +921,7 @@ static int setup(trainer *t, dm_error *err)
     dm_job_id(job_id, sizeof job_id);
     snprintf(fp_hex, sizeof fp_hex, "%016llx", (unsigned long long)dm_job_fingerprint(x, cc.size, job_id));
     cc.job_id = job_id;
-    cc.fingerprint = fp_hex;
+    cc.fingerprint = dm_job_check_skipped() ? "" : fp_hex;
     t->ci.struct_size = sizeof t->ci;
     if ((rc = t->cvt->init(dm_param_set_params(x->comm.params), &cc, &t->comm, &t->ci, &e))) {
         t->comm = NULL;

@@ -345,14 +345,26 @@ static int bench_backend(const dm_experiment *x, const bench_opts *o, rows *out,
     static const char *size_env[] = {"DMNIST_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", NULL};
     static const char *local_env[] = {"DMNIST_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", NULL};
     dm_comm_config cc = {sizeof cc, env_int(rank_env, -1), env_int(size_env, -1), env_int(local_env, -1),
-                         getenv("DMNIST_RENDEZVOUS"), x->timeout_s, x->device};
+                         getenv("DMNIST_RENDEZVOUS"), x->timeout_s, x->device, NULL, NULL};
+    /* the job's identity: its rendezvous names carry it, and the ranks compare it below */
+    char job_id[128], fp_hex[17];
+    dm_job_id(job_id, sizeof job_id);
+    snprintf(fp_hex, sizeof fp_hex, "%016llx", (unsigned long long)dm_job_fingerprint(x, cc.size, job_id));
+    cc.job_id = job_id;
+    cc.fingerprint = dm_job_check_skipped() ? "" : fp_hex;
     b.ci.struct_size = sizeof b.ci;
     dm_error e = {0};
     if ((rc = b.cvt->init(dm_param_set_params(x->comm.params), &cc, &b.comm, &b.ci, &e))) {
         b.comm = NULL;
+        size_t n = strlen(x->backend); /* the backend's message usually names it already */
+        if (strncmp(e.msg, x->backend, n) == 0 && e.msg[n] == ':') return dm_fail(err, rc, "%s", e.msg);
         return dm_fail(err, rc, "%s: %s", x->backend, e.msg);
     }
     *rank_out = b.ci.rank;
+    if ((rc = dm_job_agree(b.cvt, b.comm, b.ci.rank, b.ci.size, dm_job_fingerprint(x, b.ci.size, job_id), err))) {
+        bench_free(&b);
+        return rc;
+    }
 
     size_t max_count = o->max_bytes / sizeof(float);
     if (model_count > max_count) max_count = model_count;
@@ -501,6 +513,7 @@ int main(int argc, char **argv)
         {"rank-output", required_argument, NULL, OPT_RANK_OUTPUT}, /* internal: a launched rank's results */
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
+    dm_launch_prog = "dmnist-bench-comm";
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     const char **fwd = calloc((size_t)argc + 1, sizeof *fwd); /* name, value: options the ranks get too */
     int n_sets = 0, n_fwd = 0, np = 0, c;

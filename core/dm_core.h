@@ -243,6 +243,27 @@ void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir,
                             size_t size);
 void dm_experiment_free(dm_experiment *x);
 
+/* ---- which job a rank belongs to (core/job.c) ---------------------------- */
+
+/* The launcher's job id: DMNIST_JOB_ID (dmnist-run --np sets it), SLURM_JOB_ID
+ * (with .SLURM_STEP_ID), PMIX_NAMESPACE or OMPI_MCA_ess_base_jobid, made one
+ * plain name ([A-Za-z0-9._-]); "" when none is set. */
+void dm_job_id(char *buf, size_t size);
+/* FNV-1a over what every rank of one job must share: the layers, optimizer
+ * and data (type and every validated key), seed, world size, step budget,
+ * device and job id. Not the comm keys, threads or paths: those may differ. */
+uint64_t dm_job_fingerprint(const dm_experiment *x, int world_size, const char *job_id);
+/* Right after comm init, before any collective whose size depends on the
+ * config: rank 0's fingerprint is broadcast (8 bytes), every rank compares,
+ * and an allreduce tells all how many differ, so every rank refuses together
+ * with one line naming both fingerprints and ranks. Fixed-size collectives
+ * only. */
+/* Tests only: DMNIST_TEST_SKIP_JOB_CHECK=1 turns the check off (and the
+ * backends get no fingerprint), so that a test can start ranks that differ
+ * on purpose (tests/distributed/sync_hash.sh: replicas that drift apart). */
+int dm_job_check_skipped(void);
+int dm_job_agree(const dm_comm_vtable *vt, void *comm, int rank, int size, uint64_t fp, dm_error *err);
+
 /* ---- the model: layer instances over flat buffers (core/model.c) -------- */
 
 /* A layer's non-learned state (ABI 1.1), as far as its plugin knows it: a

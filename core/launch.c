@@ -118,15 +118,24 @@ static void flush_line(worker *w, int rank, int force)
     fflush(stdout);
 }
 
+const char *dm_launch_prog = "dmnist-run";
+
 int dm_launch(int argc, char **argv, int np, const char *config_path, const char *const *sets, int n_sets)
 {
     char backend[64];
     backend_of(config_path, sets, n_sets, backend, sizeof backend);
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) { fprintf(stderr, "dmnist-run: --np: cannot find own executable\n"); return 2; }
+    if (n <= 0) { fprintf(stderr, "%s: --np: cannot find own executable\n", dm_launch_prog); return 2; }
     exe[n] = 0;
     char **child_argv = strip_np(argc, argv, exe);
+    /* One id for this job's ranks: it keys their rendezvous and their job
+     * fingerprint, so two jobs sharing a rendezvous never pair up. */
+    char job_id[64];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    snprintf(job_id, sizeof job_id, "run-%ld-%lx%09ld", (long)getpid(), (unsigned long)now.tv_sec, now.tv_nsec);
+    setenv("DMNIST_JOB_ID", job_id, 0);
 
     if (strcmp(backend, "mpi") == 0) {
         /* mpirun starts the ranks; the mpi backend reads rank and size from MPI. */
@@ -144,21 +153,21 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
         mv[k] = NULL;
         fflush(stdout);
         execvp("mpirun", mv);
-        fprintf(stderr, "dmnist-run: --np with backend mpi needs mpirun on the PATH: %s\n", strerror(errno));
+        fprintf(stderr, "%s: --np with backend mpi needs mpirun on the PATH: %s\n", dm_launch_prog, strerror(errno));
         free(mv);
         free(child_argv);
         return 2;
     }
     if (strcmp(backend, "local") == 0 && np > 1) {
-        fprintf(stderr, "dmnist-run: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
-                "or --set experiment.backend=gloo)\n", np);
+        fprintf(stderr, "%s: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
+                "or --set experiment.backend=gloo)\n", dm_launch_prog, np);
         free(child_argv);
         return 2;
     }
 
     char rdzv_dir[] = "/tmp/dmnist-rdzv-XXXXXX";
     if (!mkdtemp(rdzv_dir)) {
-        fprintf(stderr, "dmnist-run: --np: cannot create a rendezvous directory: %s\n", strerror(errno));
+        fprintf(stderr, "%s: --np: cannot create a rendezvous directory: %s\n", dm_launch_prog, strerror(errno));
         free(child_argv);
         return 1;
     }
@@ -170,7 +179,7 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
     fflush(stderr);
     for (int r = 0; r < np; r++) {
         int fds[2];
-        if (pipe2(fds, O_CLOEXEC) != 0) { perror("dmnist-run: pipe"); np = r; break; }
+        if (pipe2(fds, O_CLOEXEC) != 0) { fprintf(stderr, "%s: pipe: %s\n", dm_launch_prog, strerror(errno)); np = r; break; }
         pid_t pid = fork();
         if (pid == 0) {
             char rs[16];
@@ -206,7 +215,7 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
     while (running > 0) {
         if (stop_signal && !forwarded) {
             forwarded = 1;
-            fprintf(stderr, "dmnist-run: signal %d: stopping all %d ranks\n", (int)stop_signal, np);
+            fprintf(stderr, "%s: signal %d: stopping all %d ranks\n", dm_launch_prog, (int)stop_signal, np);
             for (int o = 0; o < np; o++)
                 if (!w[o].done) { kill(-w[o].pid, (int)stop_signal); kill(-w[o].pid, SIGCONT); }
             struct timespec ts;
@@ -255,10 +264,10 @@ int dm_launch(int argc, char **argv, int np, const char *config_path, const char
             failed_rank = r;
             exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
             if (WIFSIGNALED(st))
-                fprintf(stderr, "dmnist-run: rank %d was killed by signal %d; stopping the other ranks\n", r,
+                fprintf(stderr, "%s: rank %d was killed by signal %d; stopping the other ranks\n", dm_launch_prog, r,
                         WTERMSIG(st));
             else
-                fprintf(stderr, "dmnist-run: rank %d failed (exit %d); stopping the other ranks\n", r,
+                fprintf(stderr, "%s: rank %d failed (exit %d); stopping the other ranks\n", dm_launch_prog, r,
                         WEXITSTATUS(st));
             /* A short grace first: the others usually fail at once too (a
              * refused checkpoint, a lost peer) and their own line says why. */

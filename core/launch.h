@@ -5,6 +5,9 @@
 
 #include "dm_core.h"
 
+/* The name the launcher's messages start with ("dmnist-run" by default). */
+extern const char *dm_launch_prog;
+
 /* Start np copies of this program as ranks 0..np-1 and wait for them.
  * Returns the exit code dmnist-run should exit with. */
 int dm_launch(int argc, char **argv, int np, const char *config_path, const char *const *sets, int n_sets);

@@ -38,7 +38,16 @@ typedef struct dm_comm_config {
     const char *rendezvous;  /* e.g. "file:///tmp/dmnist-rdzv-1234", or NULL */
     double timeout_s;        /* every call returns within this */
     dm_device device;        /* where the gradient buffers live */
+    /* ABI 1.2+ (read only when DM_HAS_FIELD says so; NULL = not given) */
+    const char *job_id;      /* the launcher's job id (DMNIST_JOB_ID, SLURM_JOB_ID, Open
+                                MPI's jobid), "" when there is none: a rendezvous puts it
+                                in its names, so two jobs sharing one never pair up */
+    const char *fingerprint; /* 16 hex digits: this job's config (model, optimizer, data,
+                                seed, world size, step budget) and job id; every rank of a
+                                job has the same. The core compares it right after init. */
 } dm_comm_config;
+
+#define DM_COMM_CONFIG_SIZE_1_0 (offsetof(dm_comm_config, device) + sizeof(dm_device))
 
 typedef struct dm_comm_info {
     size_t struct_size;

@@ -289,6 +289,22 @@ static int gloo_rank_from_env(int *rank, int *size, const char **source)
     return 0;
 }
 
+/* Every rank on this machine: one rank, or a launcher saying the local
+ * world is the whole world (dmnist-run --np, mpirun on one host). */
+static int gloo_single_host(int size)
+{
+    static const char *const local[] = {"DMNIST_LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                        "MPI_LOCALNRANKS", NULL};
+    if (size == 1)
+        return 1;
+    for (int k = 0; local[k]; k++) {
+        const char *v = getenv(local[k]);
+        if (v && *v)
+            return atoi(v) == size;
+    }
+    return 0;
+}
+
 /* ---- init / finalize -------------------------------------------------------- */
 
 static void gloo_free_state(gloo_state *st)
@@ -352,6 +368,9 @@ static int gloo_init(const dm_params *params, const dm_comm_config *cfg, void **
         .rank = rank,
         .size = size,
         .timeout_s = timeout_s,
+        .job_id = DM_HAS_FIELD(cfg, dm_comm_config, job_id) && cfg->job_id ? cfg->job_id : "",
+        .fingerprint = DM_HAS_FIELD(cfg, dm_comm_config, fingerprint) && cfg->fingerprint ? cfg->fingerprint : "",
+        .single_host = gloo_single_host(size),
     };
     int local_rank = -1;
     int rc = dm_gloo_connect(&setup, &st->g, &local_rank, err);

@@ -34,7 +34,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mpi.h>
 
@@ -217,8 +219,98 @@ static void *mpi_progress_main(void *arg)
 
 /* ---- init / finalize ------------------------------------------------------- */
 
+/* ---- start-up watchdog -------------------------------------------------------
+ * MPI_Init_thread, MPI_Comm_dup and MPI_Comm_split_type are blocking and have
+ * no timeout: a peer that never starts, or a launcher that never wires the
+ * ranks up, would hang them for ever. No MPI call can be cancelled, so a
+ * watchdog thread ends the process with one line when start-up outlives its
+ * bound (the one exception to "a plugin never exits", documented in
+ * docs/distributed.md). The bound is the configured timeout, at least
+ * MPI_STARTUP_MIN_S: Open MPI's own start-up takes seconds on a busy machine. */
+#define MPI_STARTUP_MIN_S 20.0
+
+extern char *program_invocation_short_name; /* glibc */
+
+typedef struct mpi_watchdog {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, running;
+    double bound_s;
+} mpi_watchdog;
+
+static void *mpi_watchdog_main(void *arg)
+{
+    mpi_watchdog *w = arg;
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)w->bound_s;
+    deadline.tv_nsec += (long)((w->bound_s - (double)(time_t)w->bound_s) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->mu);
+    while (!w->done)
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &deadline) != 0 && !w->done) {
+            char line[512];
+            const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+            int n = snprintf(line, sizeof line,
+                             "%s: mpi: rank %s: MPI start-up (MPI_Init_thread, MPI_Comm_dup) did not finish "
+                             "within %g s (comm.timeout_s, else experiment.timeout_s; at least %g s): a rank "
+                             "that never started, or a launcher that cannot reach it?\n",
+                             program_invocation_short_name, rank ? rank : "?", w->bound_s, MPI_STARTUP_MIN_S);
+            if (n > 0 && write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1) < 0) {
+            }
+            _exit(1);
+        }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static void mpi_watchdog_start(mpi_watchdog *w, double timeout_s)
+{
+    memset(w, 0, sizeof *w);
+    w->bound_s = timeout_s > MPI_STARTUP_MIN_S ? timeout_s : MPI_STARTUP_MIN_S;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->running = pthread_create(&w->thread, NULL, mpi_watchdog_main, w) == 0;
+}
+
+static void mpi_watchdog_stop(mpi_watchdog *w)
+{
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (w->running)
+        pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+}
+
+static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg, void **state,
+                              dm_comm_info *info, dm_error *err);
+
 static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **state,
                     dm_comm_info *info, dm_error *err)
+{
+    double timeout_s = dm_param_float(params, "timeout_s", 0.0);
+    if (timeout_s <= 0.0)
+        timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : MPI_DEFAULT_TIMEOUT_S;
+    mpi_watchdog w;
+    mpi_watchdog_start(&w, timeout_s);
+    int rc = mpi_init_unguarded(params, cfg, state, info, err);
+    mpi_watchdog_stop(&w);
+    return rc;
+}
+
+static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg, void **state,
+                              dm_comm_info *info, dm_error *err)
 {
     *state = NULL;
     int finalized = 0, initialised = 0;

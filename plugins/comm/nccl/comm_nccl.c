@@ -275,6 +275,9 @@ static int nccl_init(const dm_params *params, const dm_comm_config *cfg, void **
                            "rendezvous '%s' is not supported: use file:///DIR", url);
         char name[256];
         nccl_rdzv_name(name, sizeof name);
+        /* ABI 1.2: the core's job id (DMNIST_JOB_ID, Slurm, Open MPI), already one plain name */
+        if (DM_HAS_FIELD(cfg, dm_comm_config, job_id) && cfg->job_id && cfg->job_id[0])
+            snprintf(name, sizeof name, "nccl-id-%s", cfg->job_id);
         int rc = rank == 0 ? nccl_rdzv_publish(dir, name, size, &id, sizeof id, err)
                            : nccl_rdzv_fetch(dir, name, size, &id, sizeof id, timeout_s, err);
         if (rc) return rc;

@@ -74,12 +74,19 @@ int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const v
                        wrote < 0 ? strerror(e) : "short write");
     }
     close(fd);
-    if (rename(tmp, path) != 0) {
-        e = errno;
-        unlink(tmp);
-        return dm_fail(err, DM_ERR_IO, "rendezvous: cannot rename %s to %s: %s", tmp, path,
-                       strerror(e));
-    }
+    /* link() creates path only if it does not exist, atomically: a file left
+     * by another job (or an earlier one with the same name) is refused, never
+     * replaced under a rank that may already have read it. */
+    int rc = link(tmp, path);
+    e = errno;
+    unlink(tmp);
+    if (rc != 0 && e == EEXIST)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "rendezvous %s already holds an NCCL id (%s: another job, or an earlier one): use "
+                       "a fresh directory or give each job its own DMNIST_JOB_ID",
+                       dir, name);
+    if (rc != 0)
+        return dm_fail(err, DM_ERR_IO, "rendezvous: cannot link %s to %s: %s", tmp, path, strerror(e));
     return DM_OK;
 }
 

@@ -17,7 +17,8 @@ const char *nccl_rdzv_dir(const char *url);
 void nccl_rdzv_name(char *buf, size_t size);
 
 /* Rank 0: write blob (size bytes) and the world size to DIR/NAME through a
- * temporary file and rename(), so readers never see half a file. */
+ * temporary file and link(), so readers never see half a file; a NAME that
+ * exists already is refused (DM_ERR_INVALID), never replaced. */
 int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const void *blob,
                       size_t size, dm_error *err);
 

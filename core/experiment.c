@@ -135,7 +135,7 @@ void dm_experiment_free(dm_experiment *x)
     dm_param_set_free(x->data.params);
     dm_param_set_free(x->opt.params);
     dm_param_set_free(x->comm.params);
-    for (int i = 0; i < x->n_layers; i++) dm_param_set_free(x->layers[i].params);
+    for (int i = 0; x->layers && i < x->n_layers; i++) dm_param_set_free(x->layers[i].params);
     free(x->layers);
     dm_registry_free(x->reg);
     free(x);

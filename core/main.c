@@ -235,6 +235,10 @@ int main(int argc, char **argv)
         {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
         {NULL, 0, NULL, 0}};
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    if (!sets) {
+        fprintf(stderr, "dmnist-run: out of memory\n");
+        return 1;
+    }
     int n_sets = 0, np = 0, list = 0, dry = 0;
     const char *help_type = NULL, *extra_path = NULL;
     static char abs_plugin_path[8192];
@@ -305,10 +309,13 @@ int main(int argc, char **argv)
 
     dm_error err = {0};
     dm_config *cfg = NULL;
+    /* exit 2 is for a bad command line, configuration or plugin; running out
+     * of memory while reading them is a failure while running (1) */
+#define CONFIG_STATUS (err.code == DM_ERR_NOMEM ? 1 : 2)
     if (dm_config_load(config_path, &cfg, &err)) {
         fprintf(stderr, "dmnist-run: %s\n", err.msg);
         free(sets);
-        return 2;
+        return CONFIG_STATUS;
     }
     /* Positionals as the seed script took them, then --set in order. */
     char buf[64];
@@ -329,7 +336,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "dmnist-run: %s\n", err.msg);
             dm_config_free(cfg);
             free(sets);
-            return 2;
+            return CONFIG_STATUS;
         }
     }
     for (int i = 0; i < n_sets; i++)
@@ -337,7 +344,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "dmnist-run: %s\n", err.msg);
             dm_config_free(cfg);
             free(sets);
-            return 2;
+            return CONFIG_STATUS;
         }
     free(sets);
     dm_set_thread_env(cfg);
@@ -346,8 +353,9 @@ int main(int argc, char **argv)
     if (dm_experiment_resolve(cfg, extra_path, &x, &err)) {
         fprintf(stderr, "dmnist-run: %s\n", err.msg);
         dm_config_free(cfg);
-        return 2;
+        return CONFIG_STATUS;
     }
+#undef CONFIG_STATUS
     int rc;
     if (dry) {
         rc = dry_run(x);

@@ -230,8 +230,12 @@ static int cmp_str(const void *a, const void *b)
 static int load_dir(dm_registry *r, const char *dir, dm_error *err)
 {
     DIR *d = opendir(dir);
-    if (!d)
+    if (!d) {
+        /* out of memory or descriptors: say so, not "unknown type" later */
+        if (errno == ENOMEM || errno == EMFILE || errno == ENFILE)
+            return dm_fail(err, DM_ERR_NOMEM, "%s: cannot open plugin directory: %s", dir, strerror(errno));
         return DM_OK; /* missing search dirs are normal (install vs build tree) */
+    }
     char **names = NULL;
     int n = 0, cap = 0, rc = DM_OK;
     struct dirent *de;

@@ -1273,6 +1273,11 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     if (rc == DM_OK) rc = check_params(&t, err);
     if (rc == DM_OK) rc = save_checkpoint(&t, err);
     double test_loss = 0, test_acc = 0;
+    if (rc == DM_OK && rank0(&t)) {
+        /* the final evaluation can take a while (seconds per 10,000 images on a CPU): say so */
+        printf("evaluating on %lld test images\n", (long long)t.di.count[DM_SPLIT_TEST]);
+        fflush(stdout);
+    }
     if (rc == DM_OK) rc = evaluate(&t, &test_loss, &test_acc, err);
     dm_timeline_span("eval", tev, now_s(), "final checkpoint and eval");
     if (rc == DM_OK && rank0(&t)) {

@@ -1,19 +1,107 @@
 #!/usr/bin/env bash
-# Install what dmnist needs to build and test on Debian 12 (run as root, or with sudo).
-# The CUDA toolkit is optional: without /usr/local/cuda the CUDA plugins are skipped.
+# Install what dmnist needs on Debian 12 (run as root, or as a user with sudo).
+#
+#   scripts/install-deps.sh [--runtime | --tests | --all] [--check]
+#
+# Two groups, installed in this order:
+#   runtime  what building dmnist, fetching MNIST and training needs: the
+#            compiler and CMake, inih, zlib, OpenBLAS, Open MPI, Gloo, curl
+#            (scripts/get-mnist.sh), Python 3 (scripts/sweep, seeds,
+#            compare-backends, plot-timeline: standard library only)
+#   tests    what the test suite (scripts/test.sh, .ci/run) and the comparison
+#            scripts call besides: procps (ps, pgrep), iproute2 (ip, ss),
+#            redis-server (gloo's redis:// rendezvous), gnuplot (the tools'
+#            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
+#            PyTorch (the reference in scripts/bench)
+#
+#   --runtime  only the runtime group (also: --runtime-only)
+#   --tests    only the tests group (also: --tests-only)
+#   --all      both groups (the default: everything scripts/test.sh needs)
+#   --check    install nothing; list the commands of the chosen groups that
+#              are missing, exit 1 if any is
+#
+# The CUDA toolkit is not installed here: without /usr/local/cuda the CUDA
+# plugins are left out of the build and their tests skip (docs/gpu.md).
 set -euo pipefail
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-packages=(
+prog=$(basename "$0")
+die() { echo "$prog: $*" >&2; exit 1; }
+
+runtime_packages=(
   build-essential cmake pkg-config git
   libinih-dev zlib1g-dev libopenblas-dev     # INI files, .gz IDX files, sgemm
   libopenmpi-dev openmpi-bin                 # mpi backend and mpirun
   libgloo-dev                                # gloo backend
-  redis-server                               # gloo's redis:// rendezvous (tests)
-  iproute2                                   # network-namespace tests
-  python3 python3-torch python3-matplotlib gnuplot-nox  # PyTorch reference, plots
-  clang libclang-rt-14-dev valgrind          # fuzzing, sanitizers
+  curl ca-certificates                       # scripts/get-mnist.sh downloads over https
+  python3                                    # the experiment scripts (standard library only)
 )
+tests_packages=(
+  procps                                     # ps, pgrep: the tests find and count rank processes
+  iproute2                                   # ip, ss: network-namespace and listen-address tests
+  bsdutils                                   # script: the progress-bar test's pseudo-terminal
+  redis-server                               # gloo's redis:// rendezvous (tests/comm)
+  gnuplot-nox                                # PNGs of scripts/sweep, compare-backends, plot-timeline
+  valgrind                                   # tests/robustness/valgrind.sh
+  clang libclang-rt-14-dev                   # scripts/fuzz.sh (libFuzzer, ASan runtime)
+  python3-torch                              # the PyTorch reference of scripts/bench
+)
+# COMMAND:PACKAGE pairs that --check (and the check after installing) looks for.
+runtime_commands=(cc:build-essential c++:build-essential make:build-essential cmake:cmake
+  pkg-config:pkg-config git:git mpirun:openmpi-bin curl:curl python3:python3
+  sha256sum:coreutils timeout:coreutils)
+tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
+  taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang)
+
+groups=(runtime tests) check=0
+for a in "$@"; do
+  case $a in
+    --runtime | --runtime-only) groups=(runtime) ;;
+    --tests | --tests-only) groups=(tests) ;;
+    --all) groups=(runtime tests) ;;
+    --check) check=1 ;;
+    -h | --help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "$prog: unknown argument '$a' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+# missing GROUP: print the missing commands of GROUP as "cmd (package)".
+missing() {
+  local -n cmds=${1}_commands
+  local c
+  for c in "${cmds[@]}"; do
+    command -v "${c%%:*}" >/dev/null 2>&1 || echo "${c%%:*} (${c#*:})"
+  done
+}
+
+report() {
+  local g m bad=0
+  for g in "${groups[@]}"; do
+    m=$(missing "$g" | paste -sd, - | sed 's/,/, /g')
+    if [ -n "$m" ]; then
+      echo "$prog: $g group: missing $m" >&2
+      bad=1
+    else
+      echo "$prog: $g group: every command present"
+    fi
+  done
+  return $bad
+}
+
+if [ $check = 1 ]; then
+  report
+  exit
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || die "not root and no sudo: run this as root"
+  SUDO=(sudo)
+fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${packages[@]}"
+"${SUDO[@]}" apt-get update -qq
+for g in "${groups[@]}"; do
+  if [ "$g" = runtime ]; then pk=("${runtime_packages[@]}"); else pk=("${tests_packages[@]}"); fi
+  echo "$prog: installing the $g group: ${pk[*]}"
+  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${pk[@]}" ||
+    die "apt-get could not install the $g group"
+done
+report || die "some commands are still missing after the install"

@@ -25,12 +25,49 @@ skip() { echo "skipped: $*"; exit 77; }
 # show LOG: print a log indented, for failure reports.
 show() { sed 's/^/    | /' "$1"; }
 
-# wait_for_line LOG REGEX SECONDS: poll until the log has a matching line.
+# now_ms: a wall clock in milliseconds (bash's EPOCHREALTIME; no bc, no fork).
+now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((t / 1000)); }
+# since_s T0_MS: seconds since now_ms gave T0_MS, as 1.234.
+since_s() { local d=$(($(now_ms) - $1)); printf '%d.%03d' $((d / 1000)) $((d % 1000)); }
+
+# wait_for_line LOG REGEX SECONDS [PID...]: poll until the log has a line
+# matching REGEX. Returns 1 after SECONDS, or as soon as one of the PIDs
+# (processes whose output goes to LOG) has exited without the line: a job
+# that died at start is reported at once, not after SECONDS. Either way it
+# prints why, with each PID's exit status (when it is a child of this
+# shell) and the last lines of LOG.
 wait_for_line() {
-    local i
-    for ((i = 0; i < $3 * 10; i++)); do
-        grep -qE "$2" "$1" 2>/dev/null && return 0
+    local log=$1 re=$2 secs=$3 t0 p gone=
+    shift 3
+    t0=$(now_ms)
+    while :; do
+        grep -qE "$re" "$log" 2>/dev/null && return 0
+        for p in "$@"; do kill -0 "$p" 2>/dev/null || gone=1; done
+        if [ -n "$gone" ]; then
+            grep -qE "$re" "$log" 2>/dev/null && return 0 # the line came just before the exit
+            echo "no line matching '$re' in $log: the process exited after $(since_s "$t0") s"
+            break
+        fi
+        if (($(now_ms) - t0 >= secs * 1000)); then
+            echo "no line matching '$re' in $log after $secs s"
+            break
+        fi
         sleep 0.1
     done
+    for p in "$@"; do
+        if kill -0 "$p" 2>/dev/null; then
+            echo "  process $p: still running"
+        else
+            wait "$p" 2>/dev/null
+            local rc=$?
+            if [ $rc = 127 ]; then
+                echo "  process $p: exited (not a child of this shell: status unknown)"
+            else
+                echo "  process $p: exited with status $rc$( ((rc > 128)) && echo " (signal $((rc - 128)))")"
+            fi
+        fi
+    done
+    echo "  last lines of $log:"
+    tail -n 15 "$log" 2>/dev/null | sed 's/^/    | /'
     return 1
 }

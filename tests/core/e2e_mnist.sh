@@ -12,7 +12,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$src"
 if [ "$mode" = seed ]; then cfg=configs/cnn.ini; want=0.90; else cfg=configs/cnn-epoch.ini; want=0.983; fi
-"$run" "$cfg" --metrics "$tmp/m.jsonl" 2>&1 | tee "$tmp/log" | tail -5
+# Every log line as it comes (ctest -V shows them live): the two-epoch run takes minutes.
+echo "training $cfg (mode $mode); a log line every train.log_every steps"
+"$run" "$cfg" --no-progress --metrics "$tmp/m.jsonl" 2>&1 | tee "$tmp/log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "FAIL: dmnist-run failed"; exit 1; }
 final=$(grep '"event":"final"' "$tmp/m.jsonl")
 [ -n "$final" ] || { echo "FAIL: no final metrics line"; exit 1; }

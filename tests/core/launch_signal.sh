@@ -2,6 +2,7 @@
 # A SIGTERM (or Ctrl-C) to `dmnist-run --np 2` stops every rank, not just the launcher:
 # exit 128+15 within a few seconds and no rank left running.
 set -u
+command -v pgrep >/dev/null || { echo "skipped: no pgrep to count the ranks left (Debian package procps)"; exit 77; }
 run=$1
 src=${DMNIST_SOURCE_DIR:?}
 tmp=$(mktemp -d)
@@ -11,8 +12,13 @@ tag="sigtest-$$"
     --set experiment.name="$tag" --set experiment.threads=1 --set data.train_size=4096 \
     --set train.total_batches=1000000 --set train.log_every=1 > "$tmp/log" 2>&1 &
 pid=$!
-for _ in $(seq 1 200); do grep -qE "step +[0-9]+/" "$tmp/log" && break; sleep 0.1; done
-grep -qE "step +[0-9]+/" "$tmp/log" || { echo "FAIL: training never started"; cat "$tmp/log"; kill -9 $pid; exit 1; }
+for _ in $(seq 1 200); do grep -qE "step +[0-9]+/" "$tmp/log" && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+if ! grep -qE "step +[0-9]+/" "$tmp/log"; then
+    if kill -0 $pid 2>/dev/null; then kill -9 $pid; echo "FAIL: training never started (20 s)"
+    else wait $pid; echo "FAIL: dmnist-run --np 2 exited with status $? before the first step"; fi
+    tail -n 15 "$tmp/log"
+    exit 1
+fi
 kill -TERM $pid
 start=$(date +%s)
 wait $pid; rc=$?

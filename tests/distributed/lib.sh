@@ -5,6 +5,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../common/lib.sh" dmnist-dist
 CMP=$TOOL # checkpoint comparisons: "$CMP" hash | diff | within | beyond
 MPIRUN=${DMNIST_MPIRUN:-mpirun}
 CFG=$SRC/configs/cnn-synthetic.ini
+# descendants and rank_pid find the ranks with ps (scripts/install-deps.sh installs procps).
+command -v ps >/dev/null || skip "no ps command (Debian package procps)"
 
 # The seed CNN shrunk (149,424 parameters instead of 2.4 million) on
 # synthetic data, one thread per rank: the point of these tests is the

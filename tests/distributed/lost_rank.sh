@@ -62,11 +62,15 @@ attempt() (
     # Whatever happens, nothing of the job outlives the test.
     on_exit 'for p in ${pids[@]} $(for q in ${pids[@]}; do descendants $q; done); do kill -CONT $p; kill -KILL $p; done 2>/dev/null'
 
-    wait_for_line "$TMP/job.log" "step +20/" 60 || { show "$TMP/job.log"; fail "the job did not reach step 20 in 60 s"; }
+    # Stops early, with exit statuses and the log's tail, if the job dies before step 20.
+    if ! wait_for_line "$TMP/job.log" "step +20/" 60 "${pids[@]}"; then
+        [ "$launcher" = env ] && { echo "  rank 1's log:"; tail -n 15 "$TMP/rank1.log" | sed 's/^/    | /'; }
+        fail "the job did not reach step 20"
+    fi
     vpid=
     for p in "${pids[@]}"; do vpid=$(rank_pid "$p" "$victim") && break; done
     [ -n "$vpid" ] || fail "no process of rank $victim found"
-    t0=$(date +%s.%N)
+    t0=$(now_ms)
     kill -"$sig" "$vpid" || fail "kill -$sig $vpid"
 
     # Wait for the job (for env: the survivors), at most limit + 20 s.
@@ -74,12 +78,12 @@ attempt() (
     [ "$launcher" = env ] && survivors=("${pids[@]:0:$victim}" "${pids[@]:$((victim + 1))}")
     status=()
     for p in "${survivors[@]}"; do
-        while kill -0 "$p" 2>/dev/null && [ "$(echo "$(date +%s.%N) - $t0 < $limit + 20" | bc)" = 1 ]; do sleep 0.1; done
+        while kill -0 "$p" 2>/dev/null && (($(now_ms) - t0 < (limit + 20) * 1000)); do sleep 0.1; done
         kill -0 "$p" 2>/dev/null && { show "$TMP/job.log"; fail "still running $((limit + 20)) s after kill -$sig of rank $victim: a hang"; }
         wait "$p"
         status+=($?)
     done
-    took=$(echo "$(date +%s.%N) - $t0" | bc)
+    took=$(since_s "$t0")
     for s in "${status[@]}"; do
         [ "$s" != 0 ] || { show "$TMP/job.log"; fail "exit status 0 after losing rank $victim"; }
     done

@@ -14,11 +14,12 @@ if [ ! -e "$data/train-images-idx3-ubyte.gz" ] && [ ! -e "$data/train-images-idx
     skip "no MNIST in $data (scripts/get-mnist.sh --from DIR puts it there)"
 fi
 cd "$SRC" || fail "cd $SRC"
+# Rank 0's log lines as they come (ctest -V shows them live): this takes minutes.
+echo "training configs/cnn-epoch.ini on 2 ranks ($backend): 936 steps, a log line every 100"
 timeout -k 10 1700 "$RUN" --np 2 configs/cnn-epoch.ini --set experiment.backend="$backend" \
     --set train.log_every=100 --set train.sync_check_every=100 --no-progress \
-    --metrics "$TMP/m.jsonl" >"$TMP/job.log" 2>&1
-rc=$?
-tail -n 5 "$TMP/job.log"
+    --metrics "$TMP/m.jsonl" 2>&1 | tee "$TMP/job.log" | grep --line-buffered -E '^\[rank 0\] |dmnist-run: '
+rc=${PIPESTATUS[0]}
 [ $rc = 0 ] || { show "$TMP/job.log"; fail "dmnist-run --np 2 exited with status $rc"; }
 final=$(grep '"event":"final"' "$TMP/m.jsonl") || fail "no final metrics line"
 acc=$(sed 's/.*"test_accuracy":\([^,]*\),.*/\1/' <<<"$final")

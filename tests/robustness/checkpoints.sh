@@ -91,12 +91,7 @@ ckpt_kill_mid_write)
         "$CFG" 40 >"$TMP/k.log" 2>&1 &
     pid=$!
     on_exit "kill -KILL $pid 2>/dev/null"
-    for _ in $(seq 300); do
-        grep -q 'test hook: paused while writing' "$TMP/k.log" && break
-        kill -0 $pid 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q 'test hook: paused while writing' "$TMP/k.log" || { cat "$TMP/k.log"; fail "the writer never reached the pause"; }
+    wait_for_line "$TMP/k.log" 'test hook: paused while writing' 30 $pid || fail "the writer never reached the pause"
     kill -KILL $pid
     wait $pid 2>/dev/null
     partial=$(ls "$TMP/k" | grep '^ckpt-0000000020\.dmck\.tmp\.') || fail "no partial file: the hook did not pause mid-write"

@@ -29,11 +29,11 @@
 poison=(--plugin-path "${DMNIST_TEST_PLUGINS:?}" --set data.type=poison --set data.train_size=512
         --set data.test_size=64 --set data.poison_index=300 --set data.poison=inf)
 
-# wait_for FILE PATTERN SECONDS: until a line matches (or fail).
+# wait_for FILE PATTERN SECONDS PID...: until a line matches; fail after
+# SECONDS, or at once when one of the PIDs (writing FILE) has exited.
 wait_for() {
-    wait_for_line "$1" "$2" "$3" && return 0
-    cat "$1"
-    fail "no line matching '$2' in $1 after $3 s"
+    wait_for_line "$@" && return 0
+    fail "no line matching '$2' in $1"
 }
 
 # wait_exit PID SECONDS: true when PID exits within SECONDS.
@@ -148,7 +148,7 @@ rank_dies_gloo)
     env "$tag" "$RUN" --np 2 "${args[@]}" >"$TMP/np.log" 2>&1 &
     pid=$!
     on_exit "kill -KILL $pid 2>/dev/null"
-    wait_for "$TMP/np.log" '^\[rank 0\] step +50/' 30
+    wait_for "$TMP/np.log" '^\[rank 0\] step +50/' 30 $pid
     victim=$(pids_with_env "$tag" | while read -r p; do tr '\0' '\n' <"/proc/$p/environ" | grep -qx DMNIST_RANK=1 && echo "$p"; done)
     [ -n "$victim" ] || fail "cannot find rank 1's process"
     start=$SECONDS
@@ -166,7 +166,7 @@ rank_dies_gloo)
         eval "p$r=\$!"
         on_exit "kill -KILL $! 2>/dev/null"
     done
-    wait_for "$TMP/h0.log" '^step +50/' 30
+    wait_for "$TMP/h0.log" '^step +50/' 30 "$p0" "$p1"
     start=$SECONDS
     kill -KILL "$p1"
     wait_exit "$p0" 15 || fail "rank 0 still runs 15 s after rank 1 died (timeout 10 s)"
@@ -186,7 +186,7 @@ rank_dies_mpi)
         "$CFG" 100000000 >"$TMP/mpi.log" 2>&1 &
     pid=$!
     on_exit "kill -KILL $pid 2>/dev/null"
-    wait_for "$TMP/mpi.log" 'step +50/' 60
+    wait_for "$TMP/mpi.log" 'step +50/' 60 $pid
     victim=$(pids_with_env "$tag" | while read -r p; do tr '\0' '\n' <"/proc/$p/environ" | grep -qx OMPI_COMM_WORLD_RANK=1 && echo "$p"; done)
     [ -n "$victim" ] || fail "cannot find rank 1's process"
     start=$SECONDS
@@ -226,7 +226,7 @@ link_cut_netns)
         eval "p$r=\$!"
         on_exit "kill -KILL $! 2>/dev/null"
     done
-    wait_for "$TMP/n0.log" '^step +100/' 30
+    wait_for "$TMP/n0.log" '^step +100/' 30 "$p0" "$p1"
     # the ranks really talk over the veth pair
     ip netns exec "$a" ss -tnH | grep -q "${net}1:[0-9]* *${net}2:" || fail "no TCP connection between ${net}1 and ${net}2"
     start=$SECONDS

@@ -29,8 +29,8 @@ gloo_listen_addr)
     DMNIST_RANK=1 DMNIST_WORLD_SIZE=2 DMNIST_RENDEZVOUS="file://$TMP/rdzv" "$RUN" "${args[@]}" >"$TMP/r1.log" 2>&1 &
     p1=$!
     on_exit "kill -KILL $p1 2>/dev/null"
-    for _ in $(seq 100); do [ -n "$(ls "$TMP/rdzv")" ] && break; sleep 0.05; done
-    [ -n "$(ls "$TMP/rdzv")" ] || { cat "$TMP/r1.log"; fail "rank 1 never wrote to the rendezvous"; }
+    for _ in $(seq 100); do [ -n "$(ls "$TMP/rdzv")" ] && break; kill -0 $p1 2>/dev/null || break; sleep 0.05; done
+    [ -n "$(ls "$TMP/rdzv")" ] || { cat "$TMP/r1.log"; kill -0 $p1 2>/dev/null || wait $p1; fail "rank 1 never wrote to the rendezvous (exit status $?)"; }
     kill -STOP $p1
     DMNIST_RANK=0 DMNIST_WORLD_SIZE=2 DMNIST_RENDEZVOUS="file://$TMP/rdzv" "$RUN" "${args[@]}" >"$TMP/r0.log" 2>&1 &
     p0=$!
@@ -39,6 +39,7 @@ gloo_listen_addr)
     for _ in $(seq 100); do
         listen=$(ss -ltnpH | grep "pid=$p0,")
         [ -n "$listen" ] && break
+        kill -0 $p0 2>/dev/null || break
         sleep 0.05
     done
     [ -n "$listen" ] || { cat "$TMP/r0.log"; fail "rank 0 never listened"; }

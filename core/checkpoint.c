@@ -208,20 +208,31 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
     if (!bad) pause_for_test(st->step, tmp_path);
     bad = bad || write_all(fd, params + half, (st->n_params - half) * 4) ||
           (st->n_opt && write_all(fd, opt, st->n_opt * 4)) ||
-          (st->n_state && write_all(fd, state, st->n_state * 4)) || write_all(fd, c4, 4) || fsync(fd);
+          (st->n_state && write_all(fd, state, st->n_state * 4)) || write_all(fd, c4, 4);
+    const char *what = "write";
+    if (!bad && fsync(fd) != 0) { bad = 1; what = "fsync"; }
     int e = errno;
-    if (close(fd) != 0 && !bad) { bad = 1; e = errno; }
+    if (close(fd) != 0 && !bad) { bad = 1; e = errno; what = "close"; }
     if (bad) {
         unlink(tmp_path);
-        return dm_fail(err, DM_ERR_IO, "%s: write failed: %s", tmp_path, strerror(e));
+        return dm_fail(err, DM_ERR_IO, "%s: %s failed: %s", tmp_path, what, strerror(e));
     }
     if (rename(tmp_path, final_path) != 0) {
         e = errno;
         unlink(tmp_path);
         return dm_fail(err, DM_ERR_IO, "%s: rename failed: %s", final_path, strerror(e));
     }
+    /* The rename is durable only once the folder is: a failure here is an
+     * error (the file may vanish at a power cut), except where the file
+     * system cannot sync folders at all (EINVAL). */
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) { fsync(dfd); close(dfd); }
+    if (dfd < 0 || (fsync(dfd) != 0 && errno != EINVAL)) {
+        e = errno;
+        if (dfd >= 0) close(dfd);
+        return dm_fail(err, DM_ERR_IO, "%s: fsync of the folder after writing %s failed: %s", dir, final_path,
+                       strerror(e));
+    }
+    close(dfd);
     if (written) snprintf(written, written_size, "%s", final_path);
 
     remove_stale_temps(dir);

@@ -22,6 +22,6 @@ static const dm_param_def leaky_params[] = {
 
 /* The descriptor and the one exported symbol, dm_plugin_entry. */
 DM_PLUGIN_DEFINE("leaky_relu", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
-                 DM_LAYER_COMPONENT("leaky_relu",
-                                    "leaky rectified linear unit: x if x > 0, else alpha * x (elementwise)",
-                                    leaky_params, &leaky_relu_vtable));
+    DM_LAYER_COMPONENT("leaky_relu",
+                       "leaky rectified linear unit: x if x > 0, else alpha * x (elementwise)",
+                       leaky_params, &leaky_relu_vtable));

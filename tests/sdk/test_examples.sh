@@ -80,8 +80,12 @@ done
 echo "$listings listings built and checked"
 
 step "dmnist-plugin-check on each"
-"$P/bin/dmnist-plugin-check" "$tmp/src/leaky_relu/build/plugins/dm_leaky_relu.so" || fail "check leaky_relu (cmake)"
-"$P/bin/dmnist-plugin-check" "$tmp/src/batchnorm/build/plugins/dm_batchnorm.so" || fail "check batchnorm"
+# through dmnist_add_plugin_test() in the examples' CMakeLists.txt
+for ex in leaky_relu batchnorm; do
+    ctest --test-dir "$tmp/src/$ex/build" --output-on-failure > "$tmp/$ex.ctest.log" 2>&1 || {
+        cat "$tmp/$ex.ctest.log"; fail "ctest (dmnist_add_plugin_test) for $ex"; }
+    grep -q "plugin_check_$ex .*Passed" "$tmp/$ex.ctest.log" || { cat "$tmp/$ex.ctest.log"; fail "no plugin_check_$ex test ran"; }
+done
 make -C "$tmp/src/leaky_relu_make" check || fail "make check (leaky_relu, pkg-config)"
 
 step "train a few steps with each example config"

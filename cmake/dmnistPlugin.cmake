@@ -58,3 +58,29 @@ function(dmnist_add_plugin NAME)
     install(TARGETS ${target} LIBRARY DESTINATION ${dmnist_PLUGIN_INSTALL_DIR})
   endif()
 endfunction()
+
+# dmnist_add_plugin_test(NAME [TEST_NAME name] [ARGS checker options ...])
+#
+# Registers `dmnist-plugin-check [ARGS] dm_NAME.so` as a ctest test (named
+# plugin_check_NAME unless TEST_NAME says otherwise) for a plugin built with
+# dmnist_add_plugin(NAME ...): the installed checker loads it as dmnist-run
+# does and exits non-zero on any failed row. ARGS are the checker's options,
+# e.g. ARGS --params "path=${CMAKE_CURRENT_SOURCE_DIR}/data" --seed 7.
+# Call enable_testing() first.
+function(dmnist_add_plugin_test NAME)
+  cmake_parse_arguments(T "" "TEST_NAME" "ARGS" ${ARGN})
+  if(T_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "dmnist_add_plugin_test(${NAME}): unknown arguments: ${T_UNPARSED_ARGUMENTS}")
+  endif()
+  if(NOT TARGET dm_${NAME})
+    message(FATAL_ERROR "dmnist_add_plugin_test(${NAME}): no target dm_${NAME}; call dmnist_add_plugin(${NAME} ...) first")
+  endif()
+  if(NOT dmnist_PLUGIN_CHECK_EXECUTABLE)
+    message(FATAL_ERROR "dmnist_add_plugin_test(${NAME}): dmnist_PLUGIN_CHECK_EXECUTABLE is not set (find_package(dmnist) sets it)")
+  endif()
+  if(NOT T_TEST_NAME)
+    set(T_TEST_NAME plugin_check_${NAME})
+  endif()
+  add_test(NAME ${T_TEST_NAME}
+    COMMAND ${dmnist_PLUGIN_CHECK_EXECUTABLE} ${T_ARGS} $<TARGET_FILE:dm_${NAME}>)
+endfunction()

@@ -7,4 +7,5 @@
 #include "dmnist/optimizer.h"
 #include "dmnist/dataset.h"
 #include "dmnist/comm.h"
+#include "dmnist/plugin.h"
 #endif

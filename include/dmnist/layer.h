@@ -119,7 +119,11 @@ typedef struct dm_layer_vtable {
     /* Later minor versions: append new methods here. */
 } dm_layer_vtable;
 
+/* ABI 1.0 sizes: the smallest struct_size the host accepts for a layer
+ * vtable, and the smallest a plugin should accept for the config and info
+ * the host hands to create (every field a 1.0 host fills). */
 #define DM_LAYER_VTABLE_SIZE_1_0 (offsetof(dm_layer_vtable, destroy) + sizeof(void *))
+#define DM_LAYER_CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
 #define DM_LAYER_INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 #ifdef __cplusplus

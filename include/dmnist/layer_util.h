@@ -9,6 +9,16 @@
 extern "C" {
 #endif
 
+/* ---- when a CPU pass goes parallel --------------------------------------
+ * Below these sizes a pass runs on the calling thread. Memory-bound passes
+ * are cheap (the seed's 2.4M-element maxpool takes 0.7 ms on one core), and
+ * on a busy machine each parallel region costs a wait for the other threads
+ * to be scheduled, milliseconds with OpenMP's default spinning
+ * (docs/cpu-path.md: serial passes made training 25-45% faster at load 13).
+ * Use them in `if (...)` clauses of `#pragma omp parallel`. */
+#define DM_PARALLEL_MIN_ELEMENTS (1u << 23) /* elementwise and pooling passes, in elements */
+#define DM_PARALLEL_MIN_MACS (1u << 20)     /* products (dense), in multiply-adds */
+
 static inline const char *dm_device_str(dm_device d)
 {
     return d == DM_DEVICE_CUDA ? "cuda" : "cpu";

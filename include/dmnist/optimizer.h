@@ -55,6 +55,10 @@ typedef struct dm_optimizer_vtable {
     /* ABI 1.1+: append new methods here. */
 } dm_optimizer_vtable;
 
+/* Not ABI: below this many parameters an optimizer's CPU update runs on the
+ * calling thread (a parallel region costs more than it saves). */
+#define DM_OPTIMIZER_PARALLEL_MIN 32768u
+
 #define DM_OPTIMIZER_VTABLE_SIZE_1_0 (offsetof(dm_optimizer_vtable, destroy) + sizeof(void *))
 
 #ifdef __cplusplus

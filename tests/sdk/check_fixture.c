@@ -156,10 +156,6 @@ static const dm_param_def scale_params[] = {
 #endif
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const dm_component scale_component = {sizeof(dm_component), DM_KIND_LAYER, "fixture_scale",
-                                             "per-channel scale and shift (test fixture)",
-                                             scale_params, &scale_vtable};
-
 /* ---- optimizer: plain SGD --------------------------------------------------- */
 
 static int sgd_create(const dm_params *p, const dm_optimizer_config *cfg, void **state,
@@ -200,9 +196,6 @@ static const dm_optimizer_vtable sgd_vtable = {sizeof(dm_optimizer_vtable),
                                                DM_DEVICE_BIT(DM_DEVICE_CPU), sgd_create, sgd_bind,
                                                sgd_step, free};
 
-static const dm_component sgd_component = {sizeof(dm_component), DM_KIND_OPTIMIZER, "fixture_sgd",
-                                           "plain SGD (test fixture)", NULL, &sgd_vtable};
-
 /* ---- dataset: a counting pattern ------------------------------------------------ */
 
 #define DATA_COUNT 100
@@ -241,10 +234,6 @@ static int data_read(void *state, dm_split split, const int64_t *idx, int n, flo
 
 static const dm_dataset_vtable data_vtable = {sizeof(dm_dataset_vtable), data_open, data_read,
                                               free};
-
-static const dm_component data_component = {sizeof(dm_component), DM_KIND_DATASET, "fixture_data",
-                                            "a counting pattern (test fixture)", NULL,
-                                            &data_vtable};
 
 /* ---- comm: one rank ----------------------------------------------------------------- */
 
@@ -310,20 +299,11 @@ static const dm_comm_vtable comm_vtable = {sizeof(dm_comm_vtable), DM_DEVICE_BIT
                                            comm_init, comm_allreduce, comm_start, comm_wait,
                                            comm_broadcast, comm_barrier, comm_finalize};
 
-static const dm_component comm_component = {sizeof(dm_component), DM_KIND_COMM, "fixture_comm",
-                                            "world size 1 (test fixture)", NULL, &comm_vtable};
-
 /* ---- descriptor -------------------------------------------------------------------------- */
 
-static const dm_component *const components[] = {&scale_component, &sgd_component,
-                                                 &data_component, &comm_component};
-
-static const dm_plugin_descriptor descriptor = {
-    sizeof(dm_plugin_descriptor), DM_ABI_MAJOR, DM_ABI_MINOR, "fixture", "1.0.0", "cpu", 4,
-    components};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t major, uint32_t minor)
-{
-    (void)minor;
-    return major == DM_ABI_MAJOR ? &descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("fixture", "1.0.0", "cpu",
+    DM_LAYER_COMPONENT("fixture_scale", "per-channel scale and shift (test fixture)", scale_params,
+                       &scale_vtable),
+    DM_OPTIMIZER_COMPONENT("fixture_sgd", "plain SGD (test fixture)", NULL, &sgd_vtable),
+    DM_DATASET_COMPONENT("fixture_data", "a counting pattern (test fixture)", NULL, &data_vtable),
+    DM_COMM_COMPONENT("fixture_comm", "world size 1 (test fixture)", NULL, &comm_vtable));

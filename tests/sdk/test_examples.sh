@@ -4,6 +4,7 @@
 # tells a plugin author to do, from copies of docs/examples/plugins/:
 #   - build leaky_relu and batchnorm with find_package(dmnist) + dmnist_add_plugin,
 #     and leaky_relu again with its plain Makefile and pkg-config;
+#   - build every complete C listing of the guide with the cc command it gives;
 #   - check each with the installed dmnist-plugin-check;
 #   - train a few steps of each example config with the installed dmnist-run
 #     (data/mnist when present, else the synthetic dataset), no DMNIST_PLUGIN_PATH;
@@ -60,9 +61,31 @@ done
 make -C "$tmp/src/leaky_relu_make" CFLAGS="-O2 -Werror" || fail "make (pkg-config) leaky_relu"
 [ -f "$tmp/src/leaky_relu_make/build/plugins/dm_leaky_relu.so" ] || fail "the Makefile built no build/plugins/dm_leaky_relu.so"
 
+step "the guide's complete C listings build with pkg-config as it says, and pass the checker"
+mkdir -p "$tmp/guide"
+awk -v dir="$tmp/guide" '
+    /^```c$/ { inb = 1; n++; file = sprintf("%s/listing%d.c", dir, n); next }
+    /^```$/  { if (inb) close(file); inb = 0; next }
+    inb      { print > file }' "$src/docs/writing-a-layer-plugin.md"
+listings=0
+for c in "$tmp/guide"/listing*.c; do
+    head -1 "$c" | grep -q '^#include' || continue # a fragment, not a file
+    so=${c%.c}.so
+    cc -std=c11 -fPIC -fvisibility=hidden -Wall -Wextra -Werror $(pkg-config --cflags dmnist) -O2 \
+       -shared -Wl,--no-undefined -o "$so" "$c" $(pkg-config --libs dmnist) || fail "guide listing $(basename "$c") does not build"
+    "$P/bin/dmnist-plugin-check" "$so" > "$c.check" || { cat "$c.check"; fail "guide listing $(basename "$c") fails the checker"; }
+    listings=$((listings + 1))
+done
+[ "$listings" -ge 3 ] || fail "only $listings complete C listings found in docs/writing-a-layer-plugin.md"
+echo "$listings listings built and checked"
+
 step "dmnist-plugin-check on each"
-"$P/bin/dmnist-plugin-check" "$tmp/src/leaky_relu/build/plugins/dm_leaky_relu.so" || fail "check leaky_relu (cmake)"
-"$P/bin/dmnist-plugin-check" "$tmp/src/batchnorm/build/plugins/dm_batchnorm.so" || fail "check batchnorm"
+# through dmnist_add_plugin_test() in the examples' CMakeLists.txt
+for ex in leaky_relu batchnorm; do
+    ctest --test-dir "$tmp/src/$ex/build" --output-on-failure > "$tmp/$ex.ctest.log" 2>&1 || {
+        cat "$tmp/$ex.ctest.log"; fail "ctest (dmnist_add_plugin_test) for $ex"; }
+    grep -q "plugin_check_$ex .*Passed" "$tmp/$ex.ctest.log" || { cat "$tmp/$ex.ctest.log"; fail "no plugin_check_$ex test ran"; }
+done
 make -C "$tmp/src/leaky_relu_make" check || fail "make check (leaky_relu, pkg-config)"
 
 step "train a few steps with each example config"

@@ -70,32 +70,6 @@ static const dm_comm_vtable local_vtable = {
     .finalize = local_finalize,
 };
 
-static const dm_param_def local_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
-
-static const dm_component local_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_COMM,
-    .type_name = "local",
-    .help = "single process (world size 1): every collective is the identity",
-    .params = local_params,
-    .vtable = &local_vtable,
-};
-
-static const dm_component *const components[] = {&local_component};
-
-static const dm_plugin_descriptor descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "local",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_major, uint32_t host_minor)
-{
-    (void)host_minor;
-    return host_major == DM_ABI_MAJOR ? &descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("local", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_COMM_COMPONENT("local", "single process (world size 1): every collective is the identity",
+                      NULL, &local_vtable));

@@ -446,31 +446,8 @@ static const dm_dataset_vtable mnist_vtable = {
     .close = mnist_close,
 };
 
-static const dm_component mnist_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_DATASET,
-    .type_name = "mnist",
-    .help = "MNIST digits from the original IDX files (60000 train, 10000 test, 1x28x28)",
-    .params = mnist_params,
-    .vtable = &mnist_vtable,
-};
-
-static const dm_component *const mnist_components[] = {&mnist_component};
-
-static const dm_plugin_descriptor mnist_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "mnist",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";zlib",
-    .n_components = 1,
-    .components = mnist_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &mnist_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("mnist", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";zlib",
+    DM_DATASET_COMPONENT("mnist",
+                         "MNIST digits from the original IDX files "
+                         "(60000 train, 10000 test, 1x28x28)",
+                         mnist_params, &mnist_vtable));

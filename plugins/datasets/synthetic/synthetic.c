@@ -137,31 +137,8 @@ static const dm_dataset_vtable synthetic_vtable = {
     .close = synthetic_close,
 };
 
-static const dm_component synthetic_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_DATASET,
-    .type_name = "synthetic",
-    .help = "deterministic random images, one noisy template per class (no files needed)",
-    .params = synthetic_params,
-    .vtable = &synthetic_vtable,
-};
-
-static const dm_component *const synthetic_components[] = {&synthetic_component};
-
-static const dm_plugin_descriptor synthetic_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "synthetic",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = synthetic_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &synthetic_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("synthetic", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_DATASET_COMPONENT("synthetic",
+                         "deterministic random images, one noisy template per class "
+                         "(no files needed)",
+                         synthetic_params, &synthetic_vtable));

@@ -2,6 +2,7 @@
  * Weights (filters, in_c, k, k) then bias (filters) in the parameter slice. */
 #include "conv2d.h"
 #include "dmnist/layer_util.h"
+#include "dmnist/plugin.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -15,10 +16,6 @@
 /* The same for the Winograd path: transformed inputs and outputs (V and M in
  * conv2d_winograd.c) per sub-batch of a task. */
 #define CONV2D_WINO_AUTO_BYTES (1u << 19) /* 512 KiB */
-
-/* ABI 1.0 sizes of the structs the host hands us. */
-#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
-#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 /* Devices with an implementation in this build (conv2d_cuda.cu under DM_WITH_CUDA). */
 #ifdef DM_WITH_CUDA
@@ -65,7 +62,8 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
                          dm_layer_info *info, dm_error *err)
 {
     const char *name = cfg && cfg->name ? cfg->name : "conv2d";
-    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: conv2d: layer config/info missing or struct_size too small", name);
     if (!(CONV2D_DEVICES & DM_DEVICE_BIT(cfg->device)))
@@ -299,31 +297,7 @@ static const dm_layer_vtable conv2d_vtable = {
     .destroy = conv2d_destroy,
 };
 
-static const dm_component conv2d_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_LAYER,
-    .type_name = "conv2d",
-    .help = "2-D convolution (NCHW, square kernel), optional bias and fused ReLU",
-    .params = conv2d_params,
-    .vtable = &conv2d_vtable,
-};
-
-static const dm_component *const conv2d_components[] = {&conv2d_component};
-
-static const dm_plugin_descriptor conv2d_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "conv2d",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";openblas",
-    .n_components = 1,
-    .components = conv2d_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &conv2d_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("conv2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
+    DM_LAYER_COMPONENT("conv2d",
+                       "2-D convolution (NCHW, square kernel), optional bias and fused ReLU",
+                       conv2d_params, &conv2d_vtable));

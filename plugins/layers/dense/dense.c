@@ -3,15 +3,12 @@
  * order; the output is (n, units, 1, 1). */
 #include "dense.h"
 #include "dmnist/layer_util.h"
+#include "dmnist/plugin.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
-
-/* ABI 1.0 sizes of the structs the host hands us. */
-#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
-#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 /* Devices with an implementation in this build (dense_cuda.cu under DM_WITH_CUDA). */
 #ifdef DM_WITH_CUDA
@@ -32,7 +29,8 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
                         dm_layer_info *info, dm_error *err)
 {
     const char *name = cfg && cfg->name ? cfg->name : "dense";
-    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: dense: layer config/info missing or struct_size too small", name);
     if (!(DENSE_DEVICES & DM_DEVICE_BIT(cfg->device)))
@@ -211,31 +209,6 @@ static const dm_layer_vtable dense_vtable = {
     .destroy = dense_destroy,
 };
 
-static const dm_component dense_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_LAYER,
-    .type_name = "dense",
-    .help = "fully connected layer, optional bias and fused ReLU",
-    .params = dense_params,
-    .vtable = &dense_vtable,
-};
-
-static const dm_component *const dense_components[] = {&dense_component};
-
-static const dm_plugin_descriptor dense_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "dense",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";openblas",
-    .n_components = 1,
-    .components = dense_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &dense_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("dense", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
+    DM_LAYER_COMPONENT("dense", "fully connected layer, optional bias and fused ReLU",
+                       dense_params, &dense_vtable));

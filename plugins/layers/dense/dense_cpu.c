@@ -4,6 +4,7 @@
  * spinning workers for the cores; see docs/cpu-path.md). Blocks are fixed
  * by the sizes alone, so results do not depend on thread timing. */
 #include "dense.h"
+#include "dmnist/layer_util.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -20,15 +21,11 @@ static void block(int total, int parts, int i, int *lo, int *hi)
         *hi = total;
 }
 
-/* Below this many multiply-adds a product runs on the calling thread:
- * waking the team would cost more than it saves. */
-#define DENSE_PARALLEL_MIN (1 << 20)
-
 /* Blocks for a dimension: one per thread, but none thinner than 16, and
  * one when the product (n x units x in_features) is small. */
 static int nblocks(const dense_state *s, int n, int total)
 {
-    if ((size_t)n * s->units * s->in_features < DENSE_PARALLEL_MIN)
+    if ((size_t)n * s->units * s->in_features < DM_PARALLEL_MIN_MACS)
         return 1;
     const int most = (total + 15) / 16;
     return s->nthreads < most ? s->nthreads : most;

@@ -1,14 +1,11 @@
 /* Dropout layer plugin: no parameters; identity when ctx->training == 0. */
 #include "dropout.h"
 #include "dmnist/layer_util.h"
+#include "dmnist/plugin.h"
 
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
-
-/* ABI 1.0 sizes of the structs the host hands us. */
-#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
-#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 /* Devices with an implementation in this build (dropout_cuda.cu under DM_WITH_CUDA). */
 #ifdef DM_WITH_CUDA
@@ -26,7 +23,8 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
                           dm_layer_info *info, dm_error *err)
 {
     const char *name = cfg && cfg->name ? cfg->name : "dropout";
-    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: dropout: layer config/info missing or struct_size too small", name);
     if (!(DROPOUT_DEVICES & DM_DEVICE_BIT(cfg->device)))
@@ -145,31 +143,8 @@ static const dm_layer_vtable dropout_vtable = {
     .destroy = dropout_destroy,
 };
 
-static const dm_component dropout_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_LAYER,
-    .type_name = "dropout",
-    .help = "inverted dropout while training (mask from the step seed), identity in evaluation",
-    .params = dropout_params,
-    .vtable = &dropout_vtable,
-};
-
-static const dm_component *const dropout_components[] = {&dropout_component};
-
-static const dm_plugin_descriptor dropout_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "dropout",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = dropout_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &dropout_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("dropout", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_LAYER_COMPONENT("dropout",
+                       "inverted dropout while training (mask from the step seed), "
+                       "identity in evaluation",
+                       dropout_params, &dropout_vtable));

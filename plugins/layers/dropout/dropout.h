@@ -30,13 +30,6 @@ typedef struct dropout_state {
 #define DROPOUT_CLONES
 #endif
 
-/* Below this many elements a pass runs on the calling thread. These passes
- * are memory-bound and cheap (the seed's 2.4M-element maxpool takes 0.7 ms
- * on one core); on a busy machine each parallel region costs a wait for the
- * other thread to be scheduled, milliseconds with OpenMP's default spinning
- * (docs/cpu-path.md: serial passes made training 25-45% faster at load 13). */
-#define DROPOUT_PARALLEL_MIN (1u << 23)
-
 static inline int dropout_keep(uint64_t seed, uint64_t index, uint32_t threshold)
 {
     return (dm_hash64(seed, index) >> 40) >= threshold;

@@ -1,6 +1,7 @@
 /* Dropout on the CPU. Forward and backward apply the same mask, so both are
  * "multiply by mask * scale". */
 #include "dropout.h"
+#include "dmnist/layer_util.h"
 
 #include <string.h>
 
@@ -10,7 +11,7 @@ DROPOUT_CLONES static void apply_mask(const dropout_state *s, uint64_t seed, siz
     const uint32_t thr = s->threshold;
     const float scale = s->scale;
 #pragma omp parallel for schedule(static) num_threads(s->nthreads) \
-    if (count >= DROPOUT_PARALLEL_MIN)
+    if (count >= DM_PARALLEL_MIN_ELEMENTS)
     for (size_t i = 0; i < count; i++) {
         const float v = src[i] * scale;
         dst[i] = dropout_keep(seed, i, thr) ? v : 0.0f;

@@ -1,12 +1,9 @@
 /* Flatten layer plugin: no parameters. */
 #include "flatten.h"
 #include "dmnist/layer_util.h"
+#include "dmnist/plugin.h"
 
 #include <stdlib.h>
-
-/* ABI 1.0 sizes of the structs the host hands us. */
-#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
-#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 /* Devices with an implementation in this build (flatten_cuda.cu under DM_WITH_CUDA). */
 #ifdef DM_WITH_CUDA
@@ -20,7 +17,8 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
 {
     const char *name = cfg && cfg->name ? cfg->name : "flatten";
     (void)p;
-    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: flatten: layer config/info missing or struct_size too small", name);
     if (!(FLATTEN_DEVICES & DM_DEVICE_BIT(cfg->device)))
@@ -119,31 +117,6 @@ static const dm_layer_vtable flatten_vtable = {
 
 static const dm_param_def flatten_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const dm_component flatten_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_LAYER,
-    .type_name = "flatten",
-    .help = "reshape (n, c, h, w) to (n, c*h*w, 1, 1) in NCHW order",
-    .params = flatten_params,
-    .vtable = &flatten_vtable,
-};
-
-static const dm_component *const flatten_components[] = {&flatten_component};
-
-static const dm_plugin_descriptor flatten_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "flatten",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = flatten_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &flatten_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("flatten", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_LAYER_COMPONENT("flatten", "reshape (n, c, h, w) to (n, c*h*w, 1, 1) in NCHW order",
+                       flatten_params, &flatten_vtable));

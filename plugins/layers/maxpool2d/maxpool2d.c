@@ -1,13 +1,10 @@
 /* MaxPool2D layer plugin: no parameters, no padding. */
 #include "maxpool2d.h"
 #include "dmnist/layer_util.h"
+#include "dmnist/plugin.h"
 
 #include <omp.h>
 #include <stdlib.h>
-
-/* ABI 1.0 sizes of the structs the host hands us. */
-#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
-#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 /* Devices with an implementation in this build (maxpool2d_cuda.cu under DM_WITH_CUDA). */
 #ifdef DM_WITH_CUDA
@@ -25,7 +22,8 @@ static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void
                             dm_layer_info *info, dm_error *err)
 {
     const char *name = cfg && cfg->name ? cfg->name : "maxpool2d";
-    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: maxpool2d: layer config/info missing or struct_size too small", name);
     if (!(MAXPOOL2D_DEVICES & DM_DEVICE_BIT(cfg->device)))
@@ -138,31 +136,6 @@ static const dm_layer_vtable maxpool2d_vtable = {
     .destroy = maxpool2d_destroy,
 };
 
-static const dm_component maxpool2d_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_LAYER,
-    .type_name = "maxpool2d",
-    .help = "2-D max pooling (NCHW, square window, no padding)",
-    .params = maxpool2d_params,
-    .vtable = &maxpool2d_vtable,
-};
-
-static const dm_component *const maxpool2d_components[] = {&maxpool2d_component};
-
-static const dm_plugin_descriptor maxpool2d_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "maxpool2d",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = maxpool2d_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &maxpool2d_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("maxpool2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_LAYER_COMPONENT("maxpool2d", "2-D max pooling (NCHW, square window, no padding)",
+                       maxpool2d_params, &maxpool2d_vtable));

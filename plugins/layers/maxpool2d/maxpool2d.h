@@ -14,13 +14,6 @@ typedef struct maxpool2d_state {
     int out_h, out_w;
 } maxpool2d_state;
 
-/* Below this many elements a pass runs on the calling thread. These passes
- * are memory-bound and cheap (the seed's 2.4M-element maxpool takes 0.7 ms
- * on one core); on a busy machine each parallel region costs a wait for the
- * other thread to be scheduled, milliseconds with OpenMP's default spinning
- * (docs/cpu-path.md: serial passes made training 25-45% faster at load 13). */
-#define MAXPOOL2D_PARALLEL_MIN (1u << 23)
-
 /* x (n, c, h, w) -> y (n, c, out_h, out_w): the max of each window. */
 void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, float *y);
 /* dx = dy routed to the first maximum of each window (found again from x,

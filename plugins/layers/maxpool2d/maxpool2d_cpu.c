@@ -2,6 +2,7 @@
  * Backward recomputes the argmax from the input instead of storing indices:
  * no workspace, and nothing that must survive between forward and backward. */
 #include "maxpool2d.h"
+#include "dmnist/layer_util.h"
 
 #include <string.h>
 
@@ -38,7 +39,7 @@ void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, floa
     const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
     const size_t hw = (size_t)s->in.h * s->in.w;
 #pragma omp parallel for schedule(static) num_threads(s->nthreads) \
-    if ((size_t)planes * hw >= MAXPOOL2D_PARALLEL_MIN)
+    if ((size_t)planes * hw >= DM_PARALLEL_MIN_ELEMENTS)
     for (int pl = 0; pl < planes; pl++) {
         const float *xp = x + (size_t)pl * hw;
         float *yp = y + (size_t)pl * ohw;
@@ -67,7 +68,7 @@ void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, con
     const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
     const size_t hw = (size_t)s->in.h * s->in.w;
 #pragma omp parallel for schedule(static) num_threads(s->nthreads) \
-    if ((size_t)planes * hw >= MAXPOOL2D_PARALLEL_MIN)
+    if ((size_t)planes * hw >= DM_PARALLEL_MIN_ELEMENTS)
     for (int pl = 0; pl < planes; pl++) {
         const float *xp = x + (size_t)pl * hw;
         const float *dyp = dy + (size_t)pl * ohw;

@@ -1,11 +1,8 @@
 /* ReLU on CUDA: one grid-stride elementwise kernel each way, on the core's
- * stream. Same semantics as relu_cpu.c: dx = dy where x > 0, else 0. */
+ * stream: the RELU and RELU_DX of relu.h, the same expressions as on the CPU. */
 #include <cuda_runtime.h>
 
-#include "dmnist/layer.h"
-extern "C" {
 #include "relu.h"
-}
 
 #define THREADS 256
 
@@ -15,14 +12,14 @@ __global__ void relu_fwd_kernel(const float *x, float *y, size_t count)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x)
-        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+        y[i] = RELU(x[i], 0);
 }
 
 __global__ void relu_bwd_kernel(const float *x, const float *dy, float *dx, size_t count)
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x)
-        dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
+        dx[i] = RELU_DX(x[i], 0, dy[i], 0);
 }
 
 int grid_for(size_t total)
@@ -31,7 +28,7 @@ int grid_for(size_t total)
     return (int)(blocks < 65535 ? (blocks ? blocks : 1) : 65535);
 }
 
-int launched(const relu_state *s, const char *what, dm_error *err)
+int launched(const dm_elementwise *s, const char *what, dm_error *err)
 {
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess)
@@ -42,16 +39,17 @@ int launched(const relu_state *s, const char *what, dm_error *err)
 
 } // namespace
 
-int relu_forward_cuda(const relu_state *s, void *stream, size_t count, const float *x, float *y,
+int relu_forward_cuda(const dm_elementwise *s, void *stream, size_t count, const float *x, float *y,
                       dm_error *err)
 {
     relu_fwd_kernel<<<grid_for(count), THREADS, 0, (cudaStream_t)stream>>>(x, y, count);
     return launched(s, "relu forward", err);
 }
 
-int relu_backward_cuda(const relu_state *s, void *stream, size_t count, const float *x,
-                       const float *dy, float *dx, dm_error *err)
+int relu_backward_cuda(const dm_elementwise *s, void *stream, size_t count, const float *x,
+                       const float *y, const float *dy, float *dx, dm_error *err)
 {
+    (void)y;
     relu_bwd_kernel<<<grid_for(count), THREADS, 0, (cudaStream_t)stream>>>(x, dy, dx, count);
     return launched(s, "relu backward", err);
 }

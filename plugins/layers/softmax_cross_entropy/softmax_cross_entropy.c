@@ -4,12 +4,9 @@
  * writes din = (p - onehot) / n, the gradient of the mean loss. */
 #include "softmax_cross_entropy.h"
 #include "dmnist/layer_util.h"
+#include "dmnist/plugin.h"
 
 #include <stdlib.h>
-
-/* ABI 1.0 sizes of the structs the host hands us. */
-#define CONFIG_SIZE_1_0 (offsetof(dm_layer_config, cuda_stream) + sizeof(void *))
-#define INFO_SIZE_1_0 (offsetof(dm_layer_info, is_loss) + sizeof(int))
 
 /* Devices with an implementation in this build (softmax_cross_entropy_cuda.cu under DM_WITH_CUDA). */
 #ifdef DM_WITH_CUDA
@@ -23,7 +20,8 @@ static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **sta
 {
     const char *name = cfg && cfg->name ? cfg->name : "softmax_cross_entropy";
     (void)p;
-    if (!cfg || cfg->struct_size < CONFIG_SIZE_1_0 || !info || info->struct_size < INFO_SIZE_1_0)
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: softmax_cross_entropy: layer config/info missing or struct_size too "
                        "small",
@@ -151,31 +149,7 @@ static const dm_layer_vtable sce_vtable = {
 
 static const dm_param_def sce_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const dm_component sce_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_LAYER,
-    .type_name = "softmax_cross_entropy",
-    .help = "softmax over c*h*w classes with mean cross-entropy loss (final layer)",
-    .params = sce_params,
-    .vtable = &sce_vtable,
-};
-
-static const dm_component *const sce_components[] = {&sce_component};
-
-static const dm_plugin_descriptor sce_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "softmax_cross_entropy",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = sce_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &sce_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("softmax_cross_entropy", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_LAYER_COMPONENT("softmax_cross_entropy",
+                       "softmax over c*h*w classes with mean cross-entropy loss (final layer)",
+                       sce_params, &sce_vtable));

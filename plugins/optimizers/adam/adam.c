@@ -18,9 +18,6 @@
 
 #include "dmnist/dmnist.h"
 
-/* Below this many parameters a parallel region costs more than it saves. */
-#define ADAM_PARALLEL_MIN 32768
-
 #ifdef DM_WITH_CUDA
 #define ADAM_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
 /* adam_cuda.cu: adam_update_cpu's update as one fused kernel on `stream`. */
@@ -117,7 +114,7 @@ static void adam_update_cpu(float *restrict p, const float *restrict g, float *r
                             float *restrict v, size_t n, float lr_t, float b1, float b2,
                             float eps, float wd, int threads)
 {
-#pragma omp parallel for simd num_threads(threads) if (n >= ADAM_PARALLEL_MIN)
+#pragma omp parallel for simd num_threads(threads) if (n >= DM_OPTIMIZER_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) {
         float gi = g[i] + wd * p[i];
         m[i] = b1 * m[i] + (1.0f - b1) * gi;
@@ -168,31 +165,7 @@ static const dm_optimizer_vtable adam_vtable = {
     .destroy = adam_destroy,
 };
 
-static const dm_component adam_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_OPTIMIZER,
-    .type_name = "adam",
-    .help = "Adam, Keras/TF form (bias correction in the step size, epsilon 1e-7)",
-    .params = adam_params,
-    .vtable = &adam_vtable,
-};
-
-static const dm_component *const adam_components[] = {&adam_component};
-
-static const dm_plugin_descriptor adam_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "adam",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = adam_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &adam_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("adam", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_OPTIMIZER_COMPONENT("adam",
+                           "Adam, Keras/TF form (bias correction in the step size, epsilon 1e-7)",
+                           adam_params, &adam_vtable));

@@ -14,9 +14,6 @@
 
 #include "dmnist/dmnist.h"
 
-/* Below this many parameters a parallel region costs more than it saves. */
-#define SGD_PARALLEL_MIN 32768
-
 #ifdef DM_WITH_CUDA
 #define SGD_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
 /* sgd_cuda.cu: the three update rules below as one kernel on `stream`. */
@@ -105,18 +102,18 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
     float *restrict b = s->velocity;
 
     if (mu == 0.0f) {
-#pragma omp parallel for simd num_threads(threads) if (n >= SGD_PARALLEL_MIN)
+#pragma omp parallel for simd num_threads(threads) if (n >= DM_OPTIMIZER_PARALLEL_MIN)
         for (size_t i = 0; i < n; i++)
             p[i] -= lr * (g[i] + wd * p[i]);
     } else if (!s->nesterov) {
-#pragma omp parallel for simd num_threads(threads) if (n >= SGD_PARALLEL_MIN)
+#pragma omp parallel for simd num_threads(threads) if (n >= DM_OPTIMIZER_PARALLEL_MIN)
         for (size_t i = 0; i < n; i++) {
             float d = g[i] + wd * p[i];
             b[i] = mu * b[i] + d;
             p[i] -= lr * b[i];
         }
     } else {
-#pragma omp parallel for simd num_threads(threads) if (n >= SGD_PARALLEL_MIN)
+#pragma omp parallel for simd num_threads(threads) if (n >= DM_OPTIMIZER_PARALLEL_MIN)
         for (size_t i = 0; i < n; i++) {
             float d = g[i] + wd * p[i];
             b[i] = mu * b[i] + d;
@@ -137,31 +134,7 @@ static const dm_optimizer_vtable sgd_vtable = {
     .destroy = sgd_destroy,
 };
 
-static const dm_component sgd_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_OPTIMIZER,
-    .type_name = "sgd",
-    .help = "SGD with momentum, Nesterov and L2 weight decay (PyTorch's formulas)",
-    .params = sgd_params,
-    .vtable = &sgd_vtable,
-};
-
-static const dm_component *const sgd_components[] = {&sgd_component};
-
-static const dm_plugin_descriptor sgd_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "sgd",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = sgd_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &sgd_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("sgd", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_OPTIMIZER_COMPONENT("sgd",
+                           "SGD with momentum, Nesterov and L2 weight decay (PyTorch's formulas)",
+                           sgd_params, &sgd_vtable));

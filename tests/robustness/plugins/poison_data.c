@@ -76,30 +76,7 @@ static const dm_dataset_vtable poison_vtable = {
     .close = poison_close,
 };
 
-static const dm_component poison_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_DATASET,
-    .type_name = "poison",
-    .help = "test data: random 12x12 images, one training example with a NaN/Inf pixel",
-    .params = poison_params,
-    .vtable = &poison_vtable,
-};
-
-static const dm_component *const poison_components[] = {&poison_component};
-
-static const dm_plugin_descriptor poison_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "poison",
-    .version = "1.0.0",
-    .build_signature = "cpu;test",
-    .n_components = 1,
-    .components = poison_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major, uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &poison_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("poison", "1.0.0", "cpu;test",
+    DM_DATASET_COMPONENT("poison",
+                         "test data: random 12x12 images, one training example with a NaN/Inf pixel",
+                         poison_params, &poison_vtable));

@@ -27,10 +27,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-#ifndef DM_PLUGIN_BUILD_SIGNATURE
-#define DM_PLUGIN_BUILD_SIGNATURE "cpu"
-#endif
-
 typedef struct bn_state {
     char name[64];
     dm_shape shape;      /* create-time input shape; n = the largest batch */
@@ -256,32 +252,10 @@ static const dm_param_def bn_params[] = {
     {"epsilon", DM_PARAM_FLOAT, "0.001", 1e-9, 1.0, NULL, "added to the variance before sqrt"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
-static const dm_component bn_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_LAYER,
-    .type_name = "batchnorm",
-    .help = "batch normalisation per channel, learned scale and shift, running statistics for evaluation",
-    .params = bn_params,
-    .vtable = &bn_vtable,
-};
-
-static const dm_component *const bn_components[] = {&bn_component};
-
-static const dm_plugin_descriptor bn_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "batchnorm",
-    .version = "1.1.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE,
-    .n_components = 1,
-    .components = bn_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    /* Layer state came with ABI 1.1: refuse an older host (it would never
-     * bind the running statistics). */
-    return host_abi_major == DM_ABI_MAJOR && host_abi_minor >= 1 ? &bn_descriptor : NULL;
-}
+/* Layer state came with ABI 1.1: an older host (which would never bind the
+ * running statistics) gets no descriptor and refuses the plugin. */
+DM_PLUGIN_DEFINE_FOR_HOST(1, "batchnorm", "1.1.0", DM_PLUGIN_BUILD_SIGNATURE,
+    DM_LAYER_COMPONENT("batchnorm",
+                       "batch normalisation per channel, learned scale and shift, "
+                       "running statistics for evaluation",
+                       bn_params, &bn_vtable));

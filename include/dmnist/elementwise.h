@@ -1,0 +1,232 @@
+/* Elementwise activation layers from two expressions: the function and its
+ * derivative applied to the incoming gradient. Optional and header-only.
+ *
+ *   #define RELU(x, a)         ((x) > 0.0f ? (x) : 0.0f)      // y = f(x)
+ *   #define RELU_DX(x, y, dy, a) ((x) > 0.0f ? (dy) : 0.0f)   // dx = f'(x) * dy
+ *   DM_ELEMENTWISE_LAYER(relu, RELU, RELU_DX);
+ *
+ * defines relu_vtable: a layer with no parameters whose output has the
+ * input's shape, on the CPU (OpenMP-parallel above DM_PARALLEL_MIN_ELEMENTS
+ * when built with -fopenmp), with the usual checks and one-line errors. In
+ * the two expressions `x` is the input element, `y` the output of the
+ * matching forward (for f' = y (1 - y) and the like), `dy` dL/dy, and `a`
+ * the layer's FLOAT keys in the order of its parameter table (a[0] is
+ * leaky_relu's alpha); F and DX may be macros or static inline functions.
+ * DX is written with dy rather than returning f' alone so that a select
+ * (`x > 0 ? dy : 0`) stays a select: it is exact and vectorises.
+ *
+ * A layer with a CUDA implementation passes its two entry points too (see
+ * plugins/layers/relu):
+ *   DM_ELEMENTWISE_LAYER_CUDA(relu, RELU, RELU_DX, relu_forward_cuda, relu_backward_cuda);
+ *
+ * The DM_ELEMENTWISE_LAYER* macros are C (they use designated
+ * initialisers); the struct and function types also compile as C++/CUDA. */
+#ifndef DMNIST_ELEMENTWISE_H
+#define DMNIST_ELEMENTWISE_H
+
+#include "dmnist/layer_util.h"
+
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DM_ELEMENTWISE_MAX_ARGS 4
+
+/* One instance of an elementwise layer. */
+typedef struct dm_elementwise {
+    char name[64];      /* section name, for messages */
+    const char *type;   /* layer type, for messages */
+    dm_device device;
+    int nthreads;       /* cfg->num_threads, or OpenMP's default */
+    dm_shape shape;     /* create-time input shape; n = the largest batch */
+    float a[DM_ELEMENTWISE_MAX_ARGS]; /* the FLOAT keys of the table, in order */
+} dm_elementwise;
+
+/* The per-device passes over `count` floats. The CUDA ones run on `stream`
+ * and return a dm_status. */
+typedef void (*dm_elementwise_cpu_fwd)(const dm_elementwise *s, size_t count, const float *x,
+                                       float *y);
+typedef void (*dm_elementwise_cpu_bwd)(const dm_elementwise *s, size_t count, const float *x,
+                                       const float *y, const float *dy, float *dx);
+typedef int (*dm_elementwise_cuda_fwd)(const dm_elementwise *s, void *stream, size_t count,
+                                       const float *x, float *y, dm_error *err);
+typedef int (*dm_elementwise_cuda_bwd)(const dm_elementwise *s, void *stream, size_t count,
+                                       const float *x, const float *y, const float *dy, float *dx,
+                                       dm_error *err);
+
+static inline int dm_elementwise_create(const char *type, unsigned devices, const dm_params *p,
+                                        const dm_layer_config *cfg, void **state,
+                                        dm_layer_info *info, dm_error *err)
+{
+    const char *name = cfg && cfg->name ? cfg->name : type;
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s: layer config/info missing or struct_size too small", name, type);
+    if (!(devices & DM_DEVICE_BIT(cfg->device)))
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: %s has no %s implementation in this build (devices: %s)", name, type,
+                       dm_device_str(cfg->device),
+                       devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "cpu, cuda" : "cpu");
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s supports only the NCHW layout", name, type);
+    const dm_shape in = cfg->in_shape;
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+
+    dm_elementwise *s = (dm_elementwise *)calloc(1, sizeof *s);
+    if (!s)
+        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->type = type;
+    s->device = cfg->device;
+#ifdef _OPENMP
+    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+#else
+    s->nthreads = 1;
+#endif
+    s->shape = in;
+    for (int k = 0, j = 0; p && k < p->count && j < DM_ELEMENTWISE_MAX_ARGS; k++)
+        if (p->values[k].type == DM_PARAM_FLOAT)
+            s->a[j++] = (float)p->values[k].f;
+    info->out_shape = in;
+    info->param_count = 0;
+    info->workspace_bytes = 0;
+    info->is_loss = 0;
+    *state = s;
+    return DM_OK;
+}
+
+static inline int dm_elementwise_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                                         dm_tensor *out, dm_error *err, dm_elementwise_cpu_fwd cpu,
+                                         dm_elementwise_cuda_fwd cuda)
+{
+    const dm_elementwise *s = (const dm_elementwise *)state;
+    int rc = dm_check_tensor(s->name, "input", in, s->device, s->shape, 0, err);
+    if (rc == DM_OK)
+        rc = dm_check_tensor(s->name, "output", out, s->device, s->shape, in->shape.n, err);
+    if (rc != DM_OK)
+        return rc;
+    const size_t count = dm_shape_count(in->shape); /* this batch, not the largest */
+    if (s->device == DM_DEVICE_CUDA)
+        return cuda ? cuda(s, ctx ? ctx->cuda_stream : NULL, count, in->data, out->data, err)
+                    : dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s has no cuda implementation",
+                              s->name, s->type);
+    cpu(s, count, in->data, out->data);
+    return DM_OK;
+}
+
+static inline int dm_elementwise_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
+                                          const dm_tensor *out, const dm_tensor *dout,
+                                          dm_tensor *din, dm_error *err,
+                                          dm_elementwise_cpu_bwd cpu, dm_elementwise_cuda_bwd cuda)
+{
+    const dm_elementwise *s = (const dm_elementwise *)state;
+    if (!din)
+        return DM_OK; /* first layer: nothing to propagate, no parameters */
+    int rc = dm_check_tensor(s->name, "input", in, s->device, s->shape, 0, err);
+    if (rc == DM_OK)
+        rc = dm_check_tensor(s->name, "output", out, s->device, s->shape, in->shape.n, err);
+    if (rc == DM_OK)
+        rc = dm_check_tensor(s->name, "dout", dout, s->device, s->shape, in->shape.n, err);
+    if (rc == DM_OK)
+        rc = dm_check_tensor(s->name, "din", din, s->device, s->shape, in->shape.n, err);
+    if (rc != DM_OK)
+        return rc;
+    const size_t count = dm_shape_count(in->shape);
+    if (s->device == DM_DEVICE_CUDA)
+        return cuda ? cuda(s, ctx ? ctx->cuda_stream : NULL, count, in->data, out->data,
+                           dout->data, din->data, err)
+                    : dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s has no cuda implementation",
+                              s->name, s->type);
+    cpu(s, count, in->data, out->data, dout->data, din->data);
+    return DM_OK;
+}
+
+static inline void dm_elementwise_destroy(void *state)
+{
+    free(state);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+/* `#pragma omp parallel for` over a pass when built with OpenMP and `cond`
+ * holds; nothing (and no unknown-pragma warning) without OpenMP. */
+#ifdef _OPENMP
+#define DM_PRAGMA_(x) _Pragma(#x)
+#define DM_OMP_PARALLEL_FOR_IF(threads, cond) \
+    DM_PRAGMA_(omp parallel for schedule(static) num_threads(threads) if (cond))
+#else
+#define DM_OMP_PARALLEL_FOR_IF(threads, cond)
+#endif
+
+#define DM_ELEMENTWISE_LAYER(NAME, F, DX) \
+    DM_ELEMENTWISE_LAYER_(NAME, F, DX, DM_DEVICE_BIT(DM_DEVICE_CPU), NULL, NULL)
+#define DM_ELEMENTWISE_LAYER_CUDA(NAME, F, DX, CUDA_FWD, CUDA_BWD)                         \
+    DM_ELEMENTWISE_LAYER_(NAME, F, DX,                                                    \
+                          DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA),   \
+                          CUDA_FWD, CUDA_BWD)
+
+/* The loops load every operand unconditionally so that a select in F or DX
+ * vectorises. */
+#define DM_ELEMENTWISE_LAYER_(NAME, F, DX, DEVICES, CUDA_FWD, CUDA_BWD)                          \
+    static void NAME##_forward_cpu(const dm_elementwise *s, size_t count, const float *x,         \
+                                   float *y)                                                      \
+    {                                                                                             \
+        const float *a = s->a;                                                                    \
+        (void)a;                                                                                  \
+        DM_OMP_PARALLEL_FOR_IF(s->nthreads, count >= DM_PARALLEL_MIN_ELEMENTS)                    \
+        for (size_t i = 0; i < count; i++) {                                                      \
+            const float xi = x[i];                                                                \
+            y[i] = F(xi, a);                                                                      \
+        }                                                                                         \
+    }                                                                                             \
+    static void NAME##_backward_cpu(const dm_elementwise *s, size_t count, const float *x,        \
+                                    const float *y, const float *dy, float *dx)                   \
+    {                                                                                             \
+        const float *a = s->a;                                                                    \
+        (void)a;                                                                                  \
+        DM_OMP_PARALLEL_FOR_IF(s->nthreads, count >= DM_PARALLEL_MIN_ELEMENTS)                    \
+        for (size_t i = 0; i < count; i++) {                                                      \
+            const float xi = x[i], yi = y[i], dyi = dy[i];                                        \
+            (void)xi, (void)yi;                                                                   \
+            dx[i] = DX(xi, yi, dyi, a);                                                           \
+        }                                                                                         \
+    }                                                                                             \
+    static int NAME##_create(const dm_params *p, const dm_layer_config *cfg, void **state,        \
+                             dm_layer_info *info, dm_error *err)                                  \
+    {                                                                                             \
+        return dm_elementwise_create(#NAME, (DEVICES), p, cfg, state, info, err);                 \
+    }                                                                                             \
+    static int NAME##_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,            \
+                              dm_tensor *out, dm_error *err)                                      \
+    {                                                                                             \
+        return dm_elementwise_forward(state, ctx, in, out, err, NAME##_forward_cpu, CUDA_FWD);    \
+    }                                                                                             \
+    static int NAME##_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,           \
+                               const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,       \
+                               dm_error *err)                                                     \
+    {                                                                                             \
+        return dm_elementwise_backward(state, ctx, in, out, dout, din, err, NAME##_backward_cpu,  \
+                                       CUDA_BWD);                                                 \
+    }                                                                                             \
+    static const dm_layer_vtable NAME##_vtable = {                                                \
+        .struct_size = sizeof(dm_layer_vtable),                                                   \
+        .devices = (DEVICES),                                                                     \
+        .create = NAME##_create,                                                                  \
+        .bind = dm_layer_bind_nothing,                                                            \
+        .init_params = dm_layer_init_nothing,                                                     \
+        .forward = NAME##_forward,                                                                \
+        .backward = NAME##_backward,                                                              \
+        .destroy = dm_elementwise_destroy,                                                        \
+    }
+
+#endif /* DMNIST_ELEMENTWISE_H */

@@ -28,6 +28,7 @@
 #include <time.h>
 
 #include "dmnist/comm.h"
+#include "dmnist/plugin.h"
 #include "gloo_shim.h"
 
 #define GLOO_DEFAULT_TIMEOUT_S 30.0
@@ -492,31 +493,6 @@ static const dm_comm_vtable gloo_vtable = {
     .finalize = gloo_finalize,
 };
 
-static const dm_component gloo_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_COMM,
-    .type_name = "gloo",
-    .help = "Gloo collectives over TCP on host buffers; rendezvous via file:// or redis://",
-    .params = gloo_params,
-    .vtable = &gloo_vtable,
-};
-
-static const dm_component *const gloo_components[] = {&gloo_component};
-
-static const dm_plugin_descriptor gloo_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "gloo",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";gloo",
-    .n_components = 1,
-    .components = gloo_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &gloo_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("gloo", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";gloo",
+    DM_COMM_COMPONENT("gloo", "Gloo collectives over TCP on host buffers; rendezvous via file:// or redis://",
+                      gloo_params, &gloo_vtable));

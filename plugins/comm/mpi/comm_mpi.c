@@ -41,6 +41,7 @@
 #include <mpi.h>
 
 #include "dmnist/comm.h"
+#include "dmnist/plugin.h"
 
 /* Largest count handed to one MPI call: counts are int. Bigger buffers are
  * cut into chunks, each its own nonblocking operation, all in flight. */
@@ -688,31 +689,6 @@ static const dm_comm_vtable mpi_vtable = {
     .finalize = mpi_finalize,
 };
 
-static const dm_component mpi_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_COMM,
-    .type_name = "mpi",
-    .help = "Open MPI collectives on host buffers (start with mpirun), with timeouts",
-    .params = mpi_params,
-    .vtable = &mpi_vtable,
-};
-
-static const dm_component *const mpi_components[] = {&mpi_component};
-
-static const dm_plugin_descriptor mpi_descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "mpi",
-    .version = "1.0.0",
-    .build_signature = DM_PLUGIN_BUILD_SIGNATURE ";openmpi",
-    .n_components = 1,
-    .components = mpi_components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,
-                                                      uint32_t host_abi_minor)
-{
-    (void)host_abi_minor;
-    return host_abi_major == DM_ABI_MAJOR ? &mpi_descriptor : NULL;
-}
+DM_PLUGIN_DEFINE("mpi", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openmpi",
+    DM_COMM_COMPONENT("mpi", "Open MPI collectives on host buffers (start with mpirun), with timeouts",
+                      mpi_params, &mpi_vtable));

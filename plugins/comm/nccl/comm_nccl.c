@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "dmnist/comm.h"
+#include "dmnist/plugin.h"
 #include "nccl_rdzv.h"
 
 #define NCCL_DEFAULT_TIMEOUT_S 60.0
@@ -594,34 +595,9 @@ static const dm_comm_vtable nccl_vtable = {
     .finalize = nccl_finalize,
 };
 
-static const dm_component nccl_component = {
-    .struct_size = sizeof(dm_component),
-    .kind = DM_KIND_COMM,
-    .type_name = "nccl",
-    .help = "NCCL collectives on GPU buffers, one rank per GPU; id shared through a file:// rendezvous",
-    .params = nccl_params,
-    .vtable = &nccl_vtable,
-};
-
-static const dm_component *const components[] = {&nccl_component};
-
 #define STR_(x) #x
 #define STR(x) STR_(x)
-/* No CUDA sources (only runtime and NCCL calls), so say it here. */
-
-static const dm_plugin_descriptor descriptor = {
-    .struct_size = sizeof(dm_plugin_descriptor),
-    .abi_major = DM_ABI_MAJOR,
-    .abi_minor = DM_ABI_MINOR,
-    .name = "nccl",
-    .version = "1.0.0",
-    .build_signature = "cuda;nccl" STR(NCCL_MAJOR) "." STR(NCCL_MINOR),
-    .n_components = 1,
-    .components = components,
-};
-
-DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_major, uint32_t host_minor)
-{
-    (void)host_minor;
-    return host_major == DM_ABI_MAJOR ? &descriptor : NULL;
-}
+/* No CUDA sources (only runtime and NCCL calls), so the signature is said here. */
+DM_PLUGIN_DEFINE("nccl", "1.0.0", "cuda;nccl" STR(NCCL_MAJOR) "." STR(NCCL_MINOR),
+    DM_COMM_COMPONENT("nccl", "NCCL collectives on GPU buffers, one rank per GPU; id shared through a file:// "
+                      "rendezvous", nccl_params, &nccl_vtable));

@@ -81,10 +81,14 @@ static void on_alarm(int sig)
     _exit(2);
 }
 
-static void on_exit_hook(void)
+/* Not a signal handler: snprintf is fine here. */
+static void on_exit_hook(int status, void *arg)
 {
-    if (g_active)
-        DIE("called exit() ");
+    (void)arg;
+    if (!g_active) return;
+    char event[48];
+    int n = snprintf(event, sizeof event, "called exit(%d) ", status);
+    die_named(event, n > 0 ? (size_t)n : 0);
 }
 
 double dm_plugin_load_timeout_s(dm_error *err)
@@ -121,7 +125,7 @@ void dm_plugin_guard_begin(const char *path, double timeout_s, const char *fmt, 
     n = vsnprintf(g_what, sizeof g_what, fmt, ap);
     va_end(ap);
     g_what_len = n < 0 ? 0 : (size_t)n < sizeof g_what ? (size_t)n : sizeof g_what - 1;
-    if (!g_atexit_set) g_atexit_set = atexit(on_exit_hook) == 0;
+    if (!g_atexit_set) g_atexit_set = on_exit(on_exit_hook, NULL) == 0;
 
     /* an alternate stack, so a stack overflow in the plugin still reaches us */
     stack_t ss = {.ss_sp = g_stack, .ss_size = sizeof g_stack, .ss_flags = 0};

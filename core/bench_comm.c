@@ -223,7 +223,7 @@ static int model_floats(const dm_experiment *x, size_t *count, dm_error *err)
     dm_dataset_info di = {sizeof di, {0, 0}, {1, 1, 28, 28}, 10};
     void *ds = NULL;
     dm_error e = {0};
-    if (dvt->open(dm_param_set_params(x->data.params), &dc, &ds, &di, &e))
+    if (DM_GUARDED(x->data.lc, "open", dvt->open(dm_param_set_params(x->data.params), &dc, &ds, &di, &e)))
         return dm_fail(err, e.code ? e.code : DM_ERR_IO, "%s", e.msg);
     dvt->close(ds);
     dm_devctx cpu = {DM_DEVICE_CPU, 0, NULL};

@@ -34,6 +34,38 @@ void dm_registry_free(dm_registry *r);
 
 const char *dm_kind_name(dm_kind kind);
 
+/* ---- plugin trust and guard (core/plugin_trust.c, core/plugin_guard.c) -- */
+
+struct stat;
+/* Walk the absolute path component by component, following symlinks
+ * ourselves, and refuse it ("refused: ...") when anyone but root or us could
+ * change where it leads (docs/plugin-abi.md, "Which files are trusted").
+ * want_dir: the path must end at a folder (a search folder), else at a
+ * regular file. Fills real (the resolved path) and *st (its lstat);
+ * *missing says the failure was a missing entry. */
+int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, struct stat *st,
+                  int *missing, dm_error *err);
+/* DMNIST_PLUGIN_LOAD_TIMEOUT_S (default 10, 0 = no limit); -1 and err if malformed. */
+double dm_plugin_load_timeout_s(dm_error *err);
+/* Until dm_plugin_guard_end(), a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+ * SIGABRT), an exit() or, when timeout_s > 0, a call still running after
+ * timeout_s prints "<program>: <path>: crashed (...) <what>" and exits 2.
+ * what is a printf format: "in dataset 'mnist' open()". */
+void dm_plugin_guard_begin(const char *path, double timeout_s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void dm_plugin_guard_what(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void dm_plugin_guard_end(void);
+/* One guarded call of a component's method (an int-returning expression):
+ * DM_GUARDED(lc, "open", vt->open(...)). */
+#define DM_GUARDED(lc, method, expr)                                                                  \
+    __extension__({                                                                                   \
+        dm_plugin_guard_begin((lc)->path, 0, "in %s '%s' %s()", dm_kind_name((lc)->component->kind), \
+                              (lc)->component->type_name, method);                                    \
+        int dm_guarded_rc_ = (expr);                                                                  \
+        dm_plugin_guard_end();                                                                        \
+        dm_guarded_rc_;                                                                               \
+    })
+
 /* ---- parameter sets (core/params.c) ------------------------------------- */
 
 /* An owned, validated dm_params for one component instance. */

@@ -177,7 +177,7 @@ static int dry_run(dm_experiment *x)
     dm_dataset_config dc = {sizeof dc, x->seed, x->cfg->dir};
     dm_dataset_info di = {sizeof di, {0, 0}, {1, 1, 28, 28}, 10};
     void *ds = NULL;
-    if (dvt->open(dm_param_set_params(x->data.params), &dc, &ds, &di, &err)) {
+    if (DM_GUARDED(x->data.lc, "open", dvt->open(dm_param_set_params(x->data.params), &dc, &ds, &di, &err))) {
         fprintf(stderr, "dmnist-run: %s\n", err.msg);
         return 1;
     }

@@ -81,7 +81,8 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
                               dev->stream};
         L->info.struct_size = sizeof L->info;
         dm_error e = {0};
-        if ((rc = L->vt->create(dm_param_set_params(L->cfg->params), &lc, &L->state, &L->info, &e))) {
+        if ((rc = DM_GUARDED(L->cfg->lc, "create",
+                              L->vt->create(dm_param_set_params(L->cfg->params), &lc, &L->state, &L->info, &e)))) {
             L->state = NULL;
             return model_fail(m, err, rc, "%s%s", loc, e.msg);
         }

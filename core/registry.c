@@ -9,13 +9,20 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct dm_loaded_lib {
     void *handle;
-    char *path;
+    char *path;  /* as found on the search path (messages) */
+    char *real;  /* resolved by dm_trust_path (a file reached twice loads once) */
     const dm_plugin_descriptor *desc;
 } dm_loaded_lib;
 
@@ -100,97 +107,110 @@ static int check_component(const dm_registry *r, const dm_component *c, int inde
     return DM_OK;
 }
 
-/* Could someone other than us (or root) change what st describes? */
-static int writable_by_others(const struct stat *st)
+/* ---- loading one file ------------------------------------------------------ */
+
+/* Where a load can be when a plugin misbehaves: the probe child reports the
+ * phase through its pipe, the in-process guard names it in its message. */
+enum { PH_CTOR = 'L', PH_ENTRY = 'E', PH_CHECK = 'C', PH_OK = 'O', PH_FAIL = 'F' };
+
+static const char *phase_what(int ph)
 {
-    int trusted_owner = st->st_uid == geteuid() || st->st_uid == 0;
-    return (st->st_mode & S_IWOTH) || ((st->st_mode & S_IWGRP) && !trusted_owner);
+    switch (ph) {
+    case PH_ENTRY: return "in dm_plugin_entry";
+    case PH_CHECK: return "while its descriptor was read";
+    default: return "while loading (in a constructor or a library it needs)";
+    }
 }
 
-/* Refuse a plugin that other users could replace: the file, its folder
- * (where anyone could drop a new .so) and every folder above it (where
- * anyone could rename ours away), except sticky folders such as /tmp above
- * the plugin's own, whose entries only their owners may rename. */
-static int check_not_writable_by_others(const char *real, dm_error *err)
+static void phase(int fd, char ph)
 {
-    struct stat st;
-    if (stat(real, &st) != 0)
-        return dm_fail(err, DM_ERR_IO, "cannot stat: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode))
-        return dm_fail(err, DM_ERR_IO, "not a regular file");
-    if (writable_by_others(&st))
-        return dm_fail(err, DM_ERR_INVALID, "refused: the file is writable by other users (mode %04o, owner "
-                       "uid %u); chmod go-w it", (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", real);
-    for (int own_folder = 1;; own_folder = 0) {
-        char *slash = strrchr(dir, '/');
-        if (!slash) break;
-        if (slash == dir) slash[1] = 0; /* "/" itself */
-        else *slash = 0;
-        if (stat(dir, &st) != 0)
-            return dm_fail(err, DM_ERR_IO, "cannot stat folder %s: %s", dir, strerror(errno));
-        if (writable_by_others(&st) && (own_folder || !(st.st_mode & S_ISVTX)))
-            return dm_fail(err, DM_ERR_INVALID, "refused: folder %s is writable by other users (mode %04o, "
-                           "owner uid %u); chmod go-w it or move the plugin", dir,
-                           (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
-        if (strcmp(dir, "/") == 0) break;
+    if (fd >= 0) {
+        while (write(fd, &ph, 1) < 0 && errno == EINTR)
+            ;
+    } else {
+        dm_plugin_guard_what("%s", phase_what(ph));
     }
-    return DM_OK;
 }
 
-int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
+/* dlopen real, call its entry point and check the descriptor. Reports each
+ * phase (see phase()). On failure the library is closed and e holds the
+ * reason without the path. */
+static int open_plugin(const dm_registry *r, const char *real, int phase_fd, void **hp,
+                       const dm_plugin_descriptor **dp, dm_error *e)
 {
-    dm_error e = {0};
-    /* dlopen() gets an absolute path, so it never searches LD_LIBRARY_PATH
-     * or the system folders for a bare name. */
-    char *real = realpath(path, NULL);
-    if (!real)
-        return dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, strerror(errno));
-    if (check_not_writable_by_others(real, &e) != DM_OK) {
-        free(real);
-        return dm_fail(err, e.code, "%s: %s", path, e.msg);
-    }
     /* RTLD_LOCAL: plugins never see each other's symbols. RTLD_NOW: an
      * unresolved symbol is refused here, not at the first call. */
     /* RTLD_NODELETE: a plugin's OpenMP/OpenBLAS worker threads may outlive
      * dlclose(); unmapping their code under them crashes at exit. */
-    void *h = dlopen(real, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
-    free(real);
+    /* The probe child binds lazily (much cheaper for libraries as large as
+     * cuDNN): an unresolved symbol is still refused by the real load. */
+    phase(phase_fd, PH_CTOR);
+    void *h = dlopen(real, (phase_fd >= 0 ? RTLD_LAZY : RTLD_NOW) | RTLD_LOCAL | RTLD_NODELETE);
     if (!h)
-        return dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, dlerror());
+        return dm_fail(e, DM_ERR_IO, "cannot load: %s", dlerror());
     dm_plugin_entry_fn entry;
     *(void **)&entry = dlsym(h, DM_PLUGIN_ENTRY_SYMBOL);
     if (!entry) {
         dlclose(h);
-        return dm_fail(err, DM_ERR_FORMAT, "%s: no entry point '%s' (not a dmnist plugin?)", path,
-                       DM_PLUGIN_ENTRY_SYMBOL);
+        return dm_fail(e, DM_ERR_FORMAT, "no entry point '%s' (not a dmnist plugin?)", DM_PLUGIN_ENTRY_SYMBOL);
     }
+    phase(phase_fd, PH_ENTRY);
     const dm_plugin_descriptor *d = entry(DM_ABI_MAJOR, DM_ABI_MINOR);
+    phase(phase_fd, PH_CHECK);
     int rc = DM_OK;
     if (!d) {
-        rc = dm_fail(&e, DM_ERR_FORMAT, "entry point returned no descriptor (plugin refused host ABI %d.%d)",
+        rc = dm_fail(e, DM_ERR_FORMAT, "entry point returned no descriptor (plugin refused host ABI %d.%d)",
                      DM_ABI_MAJOR, DM_ABI_MINOR);
     } else if (d->struct_size < DM_DESCRIPTOR_SIZE_1_0) {
-        rc = dm_fail(&e, DM_ERR_FORMAT, "descriptor struct too small (%zu bytes, need %zu)",
+        rc = dm_fail(e, DM_ERR_FORMAT, "descriptor struct too small (%zu bytes, need %zu)",
                      d->struct_size, (size_t)DM_DESCRIPTOR_SIZE_1_0);
     } else if (d->abi_major > DM_ABI_MAJOR) {
-        rc = dm_fail(&e, DM_ERR_FORMAT, "built for ABI %u.%u, newer than this dmnist (ABI %d.%d): rebuild "
+        rc = dm_fail(e, DM_ERR_FORMAT, "built for ABI %u.%u, newer than this dmnist (ABI %d.%d): rebuild "
                      "dmnist or use an older plugin", d->abi_major, d->abi_minor, DM_ABI_MAJOR, DM_ABI_MINOR);
     } else if (d->abi_major < DM_ABI_MAJOR) {
-        rc = dm_fail(&e, DM_ERR_FORMAT, "built for ABI %u.%u, older major than this dmnist (ABI %d.%d): "
+        rc = dm_fail(e, DM_ERR_FORMAT, "built for ABI %u.%u, older major than this dmnist (ABI %d.%d): "
                      "rebuild the plugin", d->abi_major, d->abi_minor, DM_ABI_MAJOR, DM_ABI_MINOR);
     } else if (!d->name || !d->version || !d->build_signature) {
-        rc = dm_fail(&e, DM_ERR_FORMAT, "descriptor lacks name, version or build signature");
+        rc = dm_fail(e, DM_ERR_FORMAT, "descriptor lacks name, version or build signature");
     } else if (d->n_components < 0 || (d->n_components > 0 && !d->components)) {
-        rc = dm_fail(&e, DM_ERR_FORMAT, "descriptor has a bad component list");
+        rc = dm_fail(e, DM_ERR_FORMAT, "descriptor has a bad component list");
     }
     for (int i = 0; rc == DM_OK && i < d->n_components; i++)
-        rc = check_component(r, d->components[i], i, d->components, &e);
+        rc = check_component(r, d->components[i], i, d->components, e);
     if (rc != DM_OK) {
         dlclose(h);
-        return dm_fail(err, rc, "%s: %s", path, e.msg);
+        return rc;
     }
+    *hp = h;
+    *dp = d;
+    return DM_OK;
+}
+
+/* Load a file whose path dm_trust_path() accepted (real, with lstat st):
+ * in this process, under the guard. */
+static int load_trusted(dm_registry *r, const char *path, const char *real, const struct stat *st,
+                        double timeout_s, dm_error *err)
+{
+    /* The walk saw st at real; make sure the file we hand to dlopen() is
+     * still that one (not swapped for a symlink or another file since). */
+    int fd = open(real, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    struct stat now;
+    if (fd < 0)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, strerror(errno));
+    int same = fstat(fd, &now) == 0 && now.st_dev == st->st_dev && now.st_ino == st->st_ino &&
+               S_ISREG(now.st_mode);
+    close(fd);
+    if (!same)
+        return dm_fail(err, DM_ERR_IO, "%s: refused: the file changed while it was checked", path);
+
+    dm_error e = {0};
+    void *h = NULL;
+    const dm_plugin_descriptor *d = NULL;
+    dm_plugin_guard_begin(path, timeout_s, "%s", phase_what(PH_CTOR));
+    int rc = open_plugin(r, real, -1, &h, &d, &e);
+    dm_plugin_guard_end();
+    if (rc != DM_OK)
+        return dm_fail(err, rc, "%s: %s", path, e.msg);
 
     /* Commit: nothing can fail below except allocation, which we undo. */
     if (r->n_libs == r->cap_libs) {
@@ -209,9 +229,9 @@ int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
         r->comps = nc;
         r->cap_comps = cap;
     }
-    char *p = strdup(path);
-    if (!p) goto nomem;
-    r->libs[r->n_libs++] = (dm_loaded_lib){h, p, d};
+    char *p = strdup(path), *rp = strdup(real);
+    if (!p || !rp) { free(p); free(rp); goto nomem; }
+    r->libs[r->n_libs++] = (dm_loaded_lib){h, p, rp, d};
     for (int i = 0; i < d->n_components; i++)
         r->comps[r->n_comps++] = (dm_loaded_component){d->components[i], d, p};
     return DM_OK;
@@ -220,22 +240,234 @@ nomem:
     return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", path);
 }
 
+/* path made absolute against the current directory (dlopen() then never
+ * searches LD_LIBRARY_PATH or the system folders for a bare name). */
+static int absolute(const char *path, char *out, size_t size)
+{
+    if (path[0] == '/') return snprintf(out, size, "%s", path) < (int)size ? 0 : -1;
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd)) return -1;
+    return snprintf(out, size, "%s/%s", cwd, path) < (int)size ? 0 : -1;
+}
+
+int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
+{
+    char abs_path[PATH_MAX], real[PATH_MAX];
+    struct stat st;
+    dm_error e = {0};
+    int missing = 0;
+    if (absolute(path, abs_path, sizeof abs_path) != 0)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot load: path too long", path);
+    if (dm_trust_path(abs_path, 0, real, sizeof real, &st, &missing, &e) != DM_OK) {
+        if (missing)
+            return dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, strerror(ENOENT));
+        return dm_fail(err, e.code, "%s: %s", path, e.msg);
+    }
+    double timeout_s = dm_plugin_load_timeout_s(&e);
+    if (timeout_s < 0)
+        return dm_fail(err, e.code, "%s", e.msg);
+    return load_trusted(r, path, real, &st, timeout_s, err);
+}
+
+/* ---- probing files in a child process ------------------------------------ */
+
+typedef struct probe {
+    char *path, *real;
+    struct stat st;
+    int phase;          /* the last phase the child reported */
+    int result;         /* PH_OK, PH_FAIL, or 0: the child died or hung in it */
+    int status;         /* the child's wait status when it died here */
+    int timed_out;
+    char msg[sizeof(((dm_error *)0)->msg)];
+    size_t n;
+} probe;
+
+/* In the probe child, an exit() from a plugin ends the child at once, with
+ * its status, before any exit handler of the parent's could run. */
+static void probe_on_exit(int status, void *arg)
+{
+    (void)arg;
+    _exit(status);
+}
+
+/* Child: load ps[from..n) one after the other as the parent would, telling
+ * through fd how far it got: per file its phases, then 'O', or 'F', the
+ * reason and a NUL. A crash, exit() or hang leaves the file unfinished. */
+static void probe_child(const dm_registry *r, const probe *ps, int from, int n, int fd)
+{
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) { dup2(null, 1); dup2(null, 2); }
+    static const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGALRM};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
+    on_exit(probe_on_exit, NULL);
+    for (int i = from; i < n; i++) {
+        dm_error e = {0};
+        void *h = NULL;
+        const dm_plugin_descriptor *d = NULL;
+        if (open_plugin(r, ps[i].real, fd, &h, &d, &e) == DM_OK) {
+            phase(fd, PH_OK);
+        } else {
+            char rec[sizeof e.msg + 2];
+            size_t len = strnlen(e.msg, sizeof e.msg - 1);
+            rec[0] = PH_FAIL;
+            memcpy(rec + 1, e.msg, len);
+            rec[len + 1] = 0;
+            (void)!write(fd, rec, len + 2);
+        }
+    }
+    _exit(0); /* no atexit handlers, no destructors of the parent's state */
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* What a probe that neither accepted nor refused the plugin saw, as
+ * "crashed (...) while loading (...)"; NULL when it finished. */
+static const char *probe_failure(const probe *p, double timeout_s, char *buf, size_t size)
+{
+    if (p->result)
+        return NULL;
+    const char *what = phase_what(p->phase);
+    if (p->timed_out)
+        snprintf(buf, size, "did not return within %g s (DMNIST_PLUGIN_LOAD_TIMEOUT_S) %s", timeout_s, what);
+    else if (WIFSIGNALED(p->status))
+        snprintf(buf, size, "crashed (%s%s) %s", sigabbrev_np(WTERMSIG(p->status)) ? "SIG" : "signal",
+                 sigabbrev_np(WTERMSIG(p->status)) ? sigabbrev_np(WTERMSIG(p->status)) : "", what);
+    else
+        snprintf(buf, size, "called exit(%d) %s", WEXITSTATUS(p->status), what);
+    return buf;
+}
+
+/* Act on the probe's verdict on p (probed = 0: there was none), in file
+ * order: load it in this process, refuse it, or skip it with a warning. */
+static int settle(dm_registry *r, const probe *p, int probed, double timeout_s, dm_error *err)
+{
+    char why[512];
+    const char *bad = probed ? probe_failure(p, timeout_s, why, sizeof why) : NULL;
+    if (bad) {
+        fprintf(stderr, "%s: warning: %s: %s; skipped\n", program_invocation_short_name, p->path, bad);
+        return DM_OK;
+    }
+    if (probed && p->result == PH_FAIL) /* refused (bad ABI ...): never run it here */
+        return dm_fail(err, DM_ERR_FORMAT, "%s: %s", p->path, p->msg);
+    /* the real load can still refuse it: an unresolved symbol (the probe
+     * binds lazily), a type name another file of this folder registered */
+    return load_trusted(r, p->path, p->real, &p->st, timeout_s, err);
+}
+
+/* Probe ps[0..n) in a child process, each file within timeout_s (0: no
+ * limit), and settle() each as soon as its verdict is in, so this process
+ * loads a file while the child goes on with the next. Files share the
+ * child, so the libraries they need load once; when the child dies or
+ * hangs in a file, a new one goes on after it. */
+static int probe_all(dm_registry *r, probe *ps, int n, double timeout_s, dm_error *err)
+{
+    int cur = 0, rc = DM_OK;
+    while (cur < n) {
+        int pfd[2];
+        fflush(stdout);
+        fflush(stderr);
+        if (pipe2(pfd, O_CLOEXEC) != 0)
+            return dm_fail(err, DM_ERR_IO, "cannot probe plugins: pipe: %s", strerror(errno));
+        pid_t pid = fork();
+        if (pid < 0) {
+            close(pfd[0]);
+            close(pfd[1]);
+            return dm_fail(err, DM_ERR_IO, "cannot probe plugins: fork: %s", strerror(errno));
+        }
+        if (pid == 0) {
+            close(pfd[0]);
+            probe_child(r, ps, cur, n, pfd[1]);
+        }
+        close(pfd[1]);
+        int in_msg = 0, timed_out = 0;
+        double deadline = now_s() + timeout_s;
+        while (rc == DM_OK) {
+            int wait_ms = -1;
+            if (timeout_s > 0) {
+                double left = deadline - now_s();
+                if (left <= 0) { timed_out = 1; break; }
+                wait_ms = (int)(left * 1000) + 1;
+            }
+            struct pollfd pf = {pfd[0], POLLIN, 0};
+            int k = poll(&pf, 1, wait_ms);
+            if (k < 0 && errno == EINTR) continue;
+            if (k == 0) continue; /* the deadline is checked above */
+            char buf[512];
+            ssize_t got = read(pfd[0], buf, sizeof buf);
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) break;
+            for (ssize_t j = 0; j < got && cur < n && rc == DM_OK; j++) {
+                probe *p = &ps[cur];
+                char c = buf[j];
+                if (in_msg) {
+                    if (c == 0) in_msg = 0, p->result = PH_FAIL;
+                    else if (p->n + 1 < sizeof p->msg) { p->msg[p->n++] = c; p->msg[p->n] = 0; }
+                } else if (c == PH_OK) {
+                    p->result = PH_OK;
+                } else if (c == PH_FAIL) {
+                    in_msg = 1;
+                } else {
+                    p->phase = c;
+                }
+                if (p->result) {
+                    rc = settle(r, p, 1, timeout_s, err);
+                    cur++;
+                    deadline = now_s() + timeout_s;
+                }
+            }
+        }
+        if (timed_out || rc != DM_OK) kill(pid, SIGKILL);
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        close(pfd[0]);
+        if (rc == DM_OK && cur < n) { /* it died (or hung) in ps[cur]: go on after it */
+            ps[cur].status = status;
+            ps[cur].timed_out = timed_out;
+            if (in_msg) ps[cur].result = PH_FAIL; /* died after its message: keep it */
+            rc = settle(r, &ps[cur], 1, timeout_s, err);
+            cur++;
+        }
+        if (rc != DM_OK) break;
+    }
+    return rc;
+}
+
+/* ---- search folders --------------------------------------------------------- */
+
 static int cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static int already_loaded(const dm_registry *r, const probe *ps, int n, const char *real)
+{
+    for (int k = 0; k < r->n_libs; k++)
+        if (strcmp(r->libs[k].real, real) == 0) return 1;
+    for (int k = 0; k < n; k++)
+        if (strcmp(ps[k].real, real) == 0) return 1;
+    return 0;
+}
+
 /* Load every *.so in one directory, in name order (so duplicates are
  * reported the same way every time). */
-static int load_dir(dm_registry *r, const char *dir, dm_error *err)
+static int load_dir(dm_registry *r, const char *dir, double timeout_s, int probe_first, dm_error *err)
 {
-    DIR *d = opendir(dir);
-    if (!d) {
-        /* out of memory or descriptors: say so, not "unknown type" later */
-        if (errno == ENOMEM || errno == EMFILE || errno == ENFILE)
-            return dm_fail(err, DM_ERR_NOMEM, "%s: cannot open plugin directory: %s", dir, strerror(errno));
-        return DM_OK; /* missing search dirs are normal (install vs build tree) */
-    }
+    char real_dir[PATH_MAX];
+    dm_error e = {0};
+    int missing = 0;
+    if (dm_trust_path(dir, 1, real_dir, sizeof real_dir, NULL, &missing, &e) != DM_OK)
+        /* missing search dirs are normal (install vs build tree) */
+        return missing ? DM_OK : dm_fail(err, e.code, "plugin search folder %s: %s", dir, e.msg);
+    DIR *d = opendir(real_dir);
+    if (!d) /* out of memory or descriptors: say so, not "unknown type" later */
+        return dm_fail(err, errno == ENOMEM ? DM_ERR_NOMEM : DM_ERR_IO, "%s: cannot open plugin directory: %s",
+                       dir, strerror(errno));
     char **names = NULL;
     int n = 0, cap = 0, rc = DM_OK;
     struct dirent *de;
@@ -254,21 +486,36 @@ static int load_dir(dm_registry *r, const char *dir, dm_error *err)
     }
     closedir(d);
     if (n > 1) qsort(names, (size_t)n, sizeof *names, cmp_str);
+    probe *ps = n ? calloc((size_t)n, sizeof *ps) : NULL;
+    if (n && !ps && rc == DM_OK) rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    int np = 0;
+    /* Every file is checked before any is loaded; the same file reached
+     * twice (two path entries, a symlink) loads once. */
     for (int i = 0; i < n && rc == DM_OK; i++) {
-        char path[4096];
+        char path[PATH_MAX], real[PATH_MAX];
+        struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        /* The same file reached through two search-path entries loads once. */
-        char *real = realpath(path, NULL);
-        int seen = 0;
-        for (int k = 0; real && k < r->n_libs; k++) {
-            char *other = realpath(r->libs[k].path, NULL);
-            if (other && strcmp(other, real) == 0) seen = 1;
-            free(other);
+        if (dm_trust_path(path, 0, real, sizeof real, &st, &missing, &e) != DM_OK) {
+            rc = missing ? dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, e.msg)
+                         : dm_fail(err, e.code, "%s: %s", path, e.msg);
+            break;
         }
-        free(real);
-        if (!seen)
-            rc = dm_registry_load_file(r, path, err);
+        if (already_loaded(r, ps, np, real)) continue;
+        ps[np] = (probe){.path = strdup(path), .real = strdup(real), .st = st, .phase = PH_CTOR};
+        if (!ps[np].path || !ps[np].real) {
+            free(ps[np].path);
+            free(ps[np].real);
+            rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
+            break;
+        }
+        np++;
     }
+    if (rc == DM_OK && probe_first && np > 0)
+        rc = probe_all(r, ps, np, timeout_s, err);
+    for (int i = 0; i < np && rc == DM_OK && !probe_first; i++)
+        rc = settle(r, &ps[i], 0, timeout_s, err);
+    for (int i = 0; i < np; i++) { free(ps[i].path); free(ps[i].real); }
+    free(ps);
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
     return rc;
@@ -278,6 +525,13 @@ int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err)
 {
     if (!dirs)
         return DM_OK;
+    dm_error e = {0};
+    double timeout_s = dm_plugin_load_timeout_s(&e);
+    if (timeout_s < 0)
+        return dm_fail(err, e.code, "%s", e.msg);
+    /* DMNIST_PLUGIN_PROBE=0 loads every file in this process (a debugger). */
+    const char *pv = getenv("DMNIST_PLUGIN_PROBE");
+    int probe_first = !(pv && strcmp(pv, "0") == 0);
     char *copy = strdup(dirs);
     if (!copy)
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
@@ -291,7 +545,7 @@ int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err)
             rc = dm_fail(err, DM_ERR_INVALID, "plugin search path entry '%s' is relative: use an absolute "
                          "path (it would depend on the current directory)", tok);
         else if (tok[0])
-            rc = load_dir(r, tok, err);
+            rc = load_dir(r, tok, timeout_s, probe_first, err);
     }
     free(copy);
     return rc;
@@ -303,6 +557,7 @@ void dm_registry_free(dm_registry *r)
     for (int i = r->n_libs - 1; i >= 0; i--) {
         dlclose(r->libs[i].handle);
         free(r->libs[i].path);
+        free(r->libs[i].real);
     }
     free(r->libs);
     free(r->comps);

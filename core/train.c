@@ -945,7 +945,8 @@ static int setup(trainer *t, dm_error *err)
     cc.job_id = job_id;
     cc.fingerprint = dm_job_check_skipped() ? "" : fp_hex;
     t->ci.struct_size = sizeof t->ci;
-    if ((rc = t->cvt->init(dm_param_set_params(x->comm.params), &cc, &t->comm, &t->ci, &e))) {
+    if ((rc = DM_GUARDED(x->comm.lc, "init",
+                          t->cvt->init(dm_param_set_params(x->comm.params), &cc, &t->comm, &t->ci, &e)))) {
         t->comm = NULL;
         return comm_fail(t, err, rc, e.msg);
     }
@@ -965,7 +966,8 @@ static int setup(trainer *t, dm_error *err)
     t->dvt = x->data.lc->component->vtable;
     dm_dataset_config dc = {sizeof dc, x->seed, x->cfg->dir};
     t->di.struct_size = sizeof t->di;
-    if ((rc = t->dvt->open(dm_param_set_params(x->data.params), &dc, &t->data, &t->di, &e))) {
+    if ((rc = DM_GUARDED(x->data.lc, "open",
+                          t->dvt->open(dm_param_set_params(x->data.params), &dc, &t->data, &t->di, &e)))) {
         t->data = NULL;
         return dm_fail(err, rc, "%s", e.msg);
     }
@@ -987,7 +989,8 @@ static int setup(trainer *t, dm_error *err)
                        x->opt.lc->component->type_name, dm_device_name(x->device));
     dm_optimizer_config oc = {sizeof oc, x->device, t->m.param_count, x->threads, t->dev.stream};
     t->oi.struct_size = sizeof t->oi;
-    if ((rc = t->ovt->create(dm_param_set_params(x->opt.params), &oc, &t->opt, &t->oi, &e))) {
+    if ((rc = DM_GUARDED(x->opt.lc, "create",
+                          t->ovt->create(dm_param_set_params(x->opt.params), &oc, &t->opt, &t->oi, &e)))) {
         t->opt = NULL;
         return dm_fail(err, rc, "optimizer: %s", e.msg);
     }

@@ -9,6 +9,8 @@
 #   cmd: $RUN --resume --set train.checkpoint_dir=ck "$FIX/base.ini" 4
 #   exit: 1
 #   message: ck/ckpt-0000000002\.dmck: not a dmnist checkpoint \(bad magic\)
+#   requires: root    (optional: skipped unless run as root, e.g. to act as
+#                      another user with `runuser -u nobody -- ...`)
 #
 # The case runs in a scratch copy of its folder: `setup` first (it must
 # succeed), then `cmd` under bash with a time limit. It passes when
@@ -29,6 +31,10 @@ BAD=${DMNIST_BAD_PLUGINS:?DMNIST_BAD_PLUGINS must name the bad plugin folder}
 LIMIT=${DMNIST_BAD_INPUT_LIMIT:-30}
 W=$(mktemp -d "${TMPDIR:-/tmp}/dmnist-bad.XXXXXX") || exit 1
 trap 'rm -rf "$W"' EXIT
+# Others may enter (not list or write) the work folder, so a case can act
+# as another user (runuser -u nobody) inside its scratch folder.
+chmod 0711 "$W"
+mkdir -m 0755 "$W/cases" "$W/logs"
 FIX=$W/fixtures
 export RUN BAD FIX
 
@@ -89,6 +95,10 @@ run_case() {
     local dir=$1 name=${1##*/} scratch=$W/cases/${1##*/} logs=$W/logs/${1##*/}
     local setup cmd want_exit want_msg rc lines msg before after
     [ -f "$dir/case" ] || { echo "FAIL $name: no case file"; return 1; }
+    if [ "$(field requires "$dir/case")" = root ] && [ "$(id -u)" != 0 ]; then
+        echo "skip $name: needs root"
+        return 0
+    fi
     setup=$(field setup "$dir/case")
     cmd=$(field cmd "$dir/case")
     want_exit=$(field exit "$dir/case")
@@ -96,6 +106,7 @@ run_case() {
     [ -n "$cmd" ] && [ -n "$want_exit" ] && [ -n "$want_msg" ] ||
         { echo "FAIL $name: the case file needs cmd:, exit: and message:"; return 1; }
     mkdir -p "$scratch" "$logs"
+    chmod 0755 "$scratch"
     cp -a "$dir/." "$scratch/"
     rm "$scratch/case"
     if [ -n "$setup" ] && ! (cd "$scratch" && bash -c "$setup") >"$logs/setup" 2>&1; then

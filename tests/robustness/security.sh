@@ -11,6 +11,11 @@
 #                       to the INI file's folder
 #   plugin_permissions  a plugin file, its folder, or a folder above it that
 #                       other users may write is refused with a clear line
+#   plugin_symlinks     symlinks through folders only we (or root) can change
+#                       still load: a search folder that is a symlink, a file
+#                       that is a chain of relative and absolute symlinks,
+#                       '..' in a link, a sticky /tmp-like folder above; the
+#                       same links made by nobody in a sticky folder do not
 . "$(dirname "$0")/lib.sh"
 
 poison_so=${DMNIST_TEST_PLUGINS:?}/dm_test_poison.so
@@ -120,16 +125,62 @@ plugin_permissions)
     refused "$TMP/open/pp" "refused: folder $TMP/open is writable by other users (mode 0777"
     chmod 1777 "$TMP/open"
     accepted "$TMP/open/pp" "a plugin folder inside a sticky world-writable folder (like /tmp)"
+    # group members are other users: a group-writable file is refused even when it is ours
+    chmod 0664 "$d/dm_test_poison.so"
+    refused "$d" "refused: the file is writable by other users (mode 0664"
+    chmod 0644 "$d/dm_test_poison.so"
     if [ "$(id -u)" = 0 ]; then
-        chmod 0664 "$d/dm_test_poison.so"
-        accepted "$d" "a group-writable file owned by us"
         chown 4242 "$d/dm_test_poison.so"
-        refused "$d" "refused: the file is writable by other users (mode 0664, owner uid 4242)"
+        refused "$d" "refused: the file $d/dm_test_poison.so is owned by uid 4242, neither root nor us (uid 0)"
         chown 0 "$d/dm_test_poison.so"
     else
-        echo "(not root: the group-writable case with another owner is not checked)"
+        echo "(not root: the file owned by another user is not checked)"
     fi
     ok "plugins others could replace are refused"
     ;;
-*) echo "usage: security.sh gloo_listen_addr|plugin_search_path|plugin_permissions"; exit 2 ;;
+plugin_symlinks)
+    # loads DIR DESCRIPTION: the poison dataset from DIR is used
+    loads() {
+        "$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" >/dev/null 2>"$TMP/err" ||
+            fail "$2 was refused: $(cat "$TMP/err")"
+        [ -s "$TMP/err" ] && fail "$2: unexpected output on stderr: $(cat "$TMP/err")"
+        echo "ok accepted: $2"
+    }
+    refused() {
+        local out rc
+        out=$("$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" 2>&1)
+        rc=$?
+        [ $rc = 2 ] && [[ $out == *"$2"* ]] && [ "$(echo "$out" | wc -l)" = 1 ] ||
+            fail "expected exit 2 and '$2', got exit $rc: $out"
+        echo "ok refused: $out"
+    }
+    chmod 0755 "$TMP"
+    mkdir -m 0755 "$TMP/real" "$TMP/links" "$TMP/hop" "$TMP/p"
+    cp "$poison_so" "$TMP/real/"
+    chmod 0644 "$TMP/real/dm_test_poison.so"
+    ln -s "$TMP/real" "$TMP/links/folder"
+    loads "$TMP/links/folder" "a search folder that is an absolute symlink"
+    ln -s ../hop/h1 "$TMP/p/dm_test_poison.so"
+    ln -s "$TMP/hop/h2" "$TMP/hop/h1"
+    ln -s ../real/./dm_test_poison.so "$TMP/hop/h2"
+    loads "$TMP/p" "a plugin that is a chain of three symlinks (relative, absolute, '..' and '.')"
+    loads "$TMP/links/../p" "'..' in the search path"
+    mkdir -m 1777 "$TMP/sticky"
+    mkdir -m 0755 "$TMP/sticky/mine"
+    ln -s ../../real/dm_test_poison.so "$TMP/sticky/mine/dm_test_poison.so"
+    loads "$TMP/sticky/mine" "a folder of ours inside a sticky world-writable folder, holding a symlink"
+    if [ "$(id -u)" = 0 ] && id nobody >/dev/null 2>&1; then
+        runuser -u nobody -- mkdir -m 0755 "$TMP/sticky/theirs" || fail "runuser -u nobody failed"
+        runuser -u nobody -- ln -s "$TMP/real/dm_test_poison.so" "$TMP/sticky/theirs/dm_test_poison.so"
+        refused "$TMP/sticky/theirs" "refused: folder $TMP/sticky/theirs is owned by uid $(id -u nobody)"
+        runuser -u nobody -- ln -s "$TMP/real" "$TMP/sticky/planted"
+        refused "$TMP/sticky/planted" "refused: folder $TMP/sticky (it holds the symlink) is writable by other users (mode 1777"
+        ln -s "$TMP/sticky/planted" "$TMP/links/via"
+        refused "$TMP/links/via" "refused: folder $TMP/sticky (it holds the symlink) is writable by other users"
+    else
+        echo "(not root: the links made by nobody are not checked)"
+    fi
+    ok "symlinks through trusted folders load, those others could change do not"
+    ;;
+*) echo "usage: security.sh gloo_listen_addr|plugin_search_path|plugin_permissions|plugin_symlinks"; exit 2 ;;
 esac

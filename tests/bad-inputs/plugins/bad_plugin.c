@@ -18,8 +18,44 @@
  *   BAD_ENUM_NO_CHOICES   an enum parameter without choices
  *   BAD_CORE_KEY          declares "batch_size", a key the core owns in [data]
  *   BAD_UNDEFINED_SYMBOL  needs a symbol nothing provides (RTLD_NOW refuses it)
+ *
+ * Plugins that misbehave instead of declaring something wrong (the core
+ * must name the file, and an unused one must not stop the run):
+ *
+ *   BAD_CRASH_IN_CTOR     a constructor writes to an invalid address (SIGSEGV)
+ *   BAD_CRASH_IN_ENTRY    dm_plugin_entry does
+ *   BAD_CRASH_IN_CREATE   the dataset's open() does (the dataset's "create")
+ *   BAD_ABORT_IN_ENTRY    dm_plugin_entry calls abort() (SIGABRT)
+ *   BAD_EXIT_IN_CTOR      a constructor calls exit(0)
+ *   BAD_EXIT_IN_ENTRY     dm_plugin_entry calls exit(0)
+ *   BAD_EXIT_IN_CREATE    open() calls exit(0)
+ *   BAD_HANG_IN_CTOR      a constructor never returns
+ *   BAD_HANG_IN_ENTRY     dm_plugin_entry never returns
  */
 #include "dmnist/dmnist.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* An address no mapping holds; volatile, so neither the compiler nor
+ * UBSan's null check sees what the store does. */
+static volatile uintptr_t bad_address = 16;
+__attribute__((unused)) static void crash(void) { *(volatile int *)bad_address = 1; }
+__attribute__((unused)) static void hang(void) { for (;;) pause(); }
+
+#if defined(BAD_CRASH_IN_CTOR) || defined(BAD_EXIT_IN_CTOR) || defined(BAD_HANG_IN_CTOR)
+__attribute__((constructor)) static void bad_ctor(void)
+{
+#if defined(BAD_CRASH_IN_CTOR)
+    crash();
+#elif defined(BAD_EXIT_IN_CTOR)
+    exit(0);
+#else
+    hang();
+#endif
+}
+#endif
 
 #ifdef BAD_UNDEFINED_SYMBOL
 extern int dm_bad_test_missing_function(void);
@@ -28,6 +64,12 @@ extern int dm_bad_test_missing_function(void);
 static int bt_open(const dm_params *p, const dm_dataset_config *c, void **s, dm_dataset_info *i, dm_error *e)
 {
     (void)p; (void)c; (void)s; (void)i;
+#ifdef BAD_CRASH_IN_CREATE
+    crash();
+#endif
+#ifdef BAD_EXIT_IN_CREATE
+    exit(0);
+#endif
 #ifdef BAD_UNDEFINED_SYMBOL
     if (dm_bad_test_missing_function()) return DM_OK;
 #endif
@@ -122,6 +164,15 @@ DM_EXPORT int dm_plugin_entry_misspelled(void) { return 0; }
 DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t major, uint32_t minor)
 {
     (void)major; (void)minor;
+#if defined(BAD_CRASH_IN_ENTRY)
+    crash();
+#elif defined(BAD_ABORT_IN_ENTRY)
+    abort();
+#elif defined(BAD_EXIT_IN_ENTRY)
+    exit(0);
+#elif defined(BAD_HANG_IN_ENTRY)
+    hang();
+#endif
 #ifdef BAD_NULL_DESCRIPTOR
     return NULL;
 #else

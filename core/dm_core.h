@@ -45,7 +45,7 @@ struct stat;
  * *missing says the failure was a missing entry. */
 int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, struct stat *st,
                   int *missing, dm_error *err);
-/* DMNIST_PLUGIN_LOAD_TIMEOUT_S (default 10, 0 = no limit); -1 and err if malformed. */
+/* DMNIST_PLUGIN_LOAD_TIMEOUT_S (default 60, 0 = no limit); -1 and err if malformed. */
 double dm_plugin_load_timeout_s(dm_error *err);
 /* Until dm_plugin_guard_end(), a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
  * SIGABRT), an exit() or, when timeout_s > 0, a call still running after

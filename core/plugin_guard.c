@@ -94,7 +94,7 @@ static void on_exit_hook(int status, void *arg)
 double dm_plugin_load_timeout_s(dm_error *err)
 {
     const char *v = getenv("DMNIST_PLUGIN_LOAD_TIMEOUT_S");
-    if (!v || !v[0]) return 10;
+    if (!v || !v[0]) return 60; /* generous: cuBLAS alone takes seconds to load on a busy or slow machine */
     char *end = NULL;
     errno = 0;
     double s = strtod(v, &end);

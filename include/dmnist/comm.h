@@ -72,7 +72,7 @@ typedef struct dm_comm_vtable {
     int (*barrier)(void *state, dm_error *err);
     /* Frees everything; safe after any failure. */
     int (*finalize)(void *state, dm_error *err);
-    /* ABI 1.1+: append new methods here. */
+    /* Later minor versions append new methods here, never in between (docs/plugin-abi.md). */
 } dm_comm_vtable;
 
 #define DM_COMM_VTABLE_SIZE_1_0 (offsetof(dm_comm_vtable, finalize) + sizeof(void *))

@@ -46,7 +46,7 @@ typedef struct dm_dataset_vtable {
     int (*read)(void *state, dm_split split, const int64_t *idx, int n, float *images,
                 int32_t *labels, dm_error *err);
     void (*close)(void *state);
-    /* ABI 1.1+: append new methods here. */
+    /* Later minor versions append new methods here, never in between (docs/plugin-abi.md). */
 } dm_dataset_vtable;
 
 #define DM_DATASET_VTABLE_SIZE_1_0 (offsetof(dm_dataset_vtable, close) + sizeof(void *))

@@ -52,7 +52,7 @@ typedef struct dm_optimizer_vtable {
     int (*step)(void *state, const dm_opt_step_ctx *ctx, float *params, const float *grads,
                 size_t n, dm_error *err);
     void (*destroy)(void *state);
-    /* ABI 1.1+: append new methods here. */
+    /* Later minor versions append new methods here, never in between (docs/plugin-abi.md). */
 } dm_optimizer_vtable;
 
 /* Not ABI: below this many parameters an optimizer's CPU update runs on the

@@ -14,6 +14,8 @@ valgrind_train)
     vg=(valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
         --show-leak-kinds=definite --num-callers=30 --log-file="$TMP/vg.%p.log"
         --suppressions="$SRC/tests/cuda/valgrind-ld.supp") # the loader on CUDA libraries
+    # Everything runs tens of times slower under memcheck: no bound on plugin loading.
+    export DMNIST_PLUGIN_LOAD_TIMEOUT_S=0
     args=(--set experiment.threads=1 --set data.train_size=256 --set data.test_size=64
           --set train.checkpoint_dir="$TMP/ck" --set train.log_every=2)
     OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 timeout -k 5 500 "${vg[@]}" "$RUN" "${args[@]}" "$CFG" 6 >"$TMP/a.log" 2>&1

@@ -45,14 +45,14 @@
 
 /* Largest count handed to one MPI call: counts are int. Bigger buffers are
  * cut into chunks, each its own nonblocking operation, all in flight. */
-#define MPI_CHUNK_MAX (INT_MAX / 2)
+#define DM_MPI_CHUNK_MAX (INT_MAX / 2)
 
 /* Polls before we start yielding the core: keeps latency low when the
  * peers are ready, and lets oversubscribed ranks (more ranks than cores)
  * run while we wait for them. */
-#define MPI_SPIN_POLLS 1000
+#define DM_MPI_SPIN_POLLS 1000
 
-#define MPI_DEFAULT_TIMEOUT_S 30.0
+#define DM_MPI_DEFAULT_TIMEOUT_S 30.0
 
 typedef struct mpi_state mpi_state;
 
@@ -153,14 +153,14 @@ static int mpi_poll(mpi_state *st, int n_reqs, MPI_Request *reqs, const char *wh
                     what, st->timeout_s);
             return mpi_break(st, err, DM_ERR_TIMEOUT);
         }
-        if (polls >= MPI_SPIN_POLLS)
+        if (polls >= DM_MPI_SPIN_POLLS)
             sched_yield();
     }
 }
 
 static int mpi_n_chunks(size_t count)
 {
-    return (int)((count + MPI_CHUNK_MAX - 1) / MPI_CHUNK_MAX);
+    return (int)((count + DM_MPI_CHUNK_MAX - 1) / DM_MPI_CHUNK_MAX);
 }
 
 /* Start one MPI_Iallreduce (in place, sum) per chunk of buf[n]. */
@@ -168,8 +168,8 @@ static int mpi_start_chunks(mpi_state *st, float *buf, size_t n, int n_reqs, MPI
                             dm_error *err)
 {
     for (int c = 0; c < n_reqs; c++) {
-        size_t off = (size_t)c * MPI_CHUNK_MAX;
-        size_t len = n - off < MPI_CHUNK_MAX ? n - off : MPI_CHUNK_MAX;
+        size_t off = (size_t)c * DM_MPI_CHUNK_MAX;
+        size_t len = n - off < DM_MPI_CHUNK_MAX ? n - off : DM_MPI_CHUNK_MAX;
         int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, st->comm,
                                 &reqs[c]);
         if (rc != MPI_SUCCESS)
@@ -227,8 +227,8 @@ static void *mpi_progress_main(void *arg)
  * watchdog thread ends the process with one line when start-up outlives its
  * bound (the one exception to "a plugin never exits", documented in
  * docs/distributed.md). The bound is the configured timeout, at least
- * MPI_STARTUP_MIN_S: Open MPI's own start-up takes seconds on a busy machine. */
-#define MPI_STARTUP_MIN_S 20.0
+ * DM_MPI_STARTUP_MIN_S: Open MPI's own start-up takes seconds on a busy machine. */
+#define DM_MPI_STARTUP_MIN_S 20.0
 
 extern char *program_invocation_short_name; /* glibc */
 
@@ -260,7 +260,7 @@ static void *mpi_watchdog_main(void *arg)
                              "%s: mpi: rank %s: MPI start-up (MPI_Init_thread, MPI_Comm_dup) did not finish "
                              "within %g s (comm.timeout_s, else experiment.timeout_s; at least %g s): a rank "
                              "that never started, or a launcher that cannot reach it?\n",
-                             program_invocation_short_name, rank ? rank : "?", w->bound_s, MPI_STARTUP_MIN_S);
+                             program_invocation_short_name, rank ? rank : "?", w->bound_s, DM_MPI_STARTUP_MIN_S);
             if (n > 0 && write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1) < 0) {
             }
             _exit(1);
@@ -272,7 +272,7 @@ static void *mpi_watchdog_main(void *arg)
 static void mpi_watchdog_start(mpi_watchdog *w, double timeout_s)
 {
     memset(w, 0, sizeof *w);
-    w->bound_s = timeout_s > MPI_STARTUP_MIN_S ? timeout_s : MPI_STARTUP_MIN_S;
+    w->bound_s = timeout_s > DM_MPI_STARTUP_MIN_S ? timeout_s : DM_MPI_STARTUP_MIN_S;
     pthread_mutex_init(&w->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -302,7 +302,7 @@ static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **s
 {
     double timeout_s = dm_param_float(params, "timeout_s", 0.0);
     if (timeout_s <= 0.0)
-        timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : MPI_DEFAULT_TIMEOUT_S;
+        timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : DM_MPI_DEFAULT_TIMEOUT_S;
     mpi_watchdog w;
     mpi_watchdog_start(&w, timeout_s);
     int rc = mpi_init_unguarded(params, cfg, state, info, err);
@@ -326,7 +326,7 @@ static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg
     st->comm = MPI_COMM_NULL;
     st->timeout_s = dm_param_float(params, "timeout_s", 0.0);
     if (st->timeout_s <= 0.0)
-        st->timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : MPI_DEFAULT_TIMEOUT_S;
+        st->timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : DM_MPI_DEFAULT_TIMEOUT_S;
     st->timeouts = (int)dm_param_int(params, "timeouts", 1);
 
     MPI_Initialized(&initialised);
@@ -536,8 +536,8 @@ static int mpi_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm_
         if (!buf && n > 0)
             return dm_fail(err, DM_ERR_INVALID, "mpi: allreduce of %zu floats from a NULL buffer",
                            n);
-        for (size_t off = 0; off < n; off += MPI_CHUNK_MAX) {
-            size_t len = n - off < MPI_CHUNK_MAX ? n - off : MPI_CHUNK_MAX;
+        for (size_t off = 0; off < n; off += DM_MPI_CHUNK_MAX) {
+            size_t len = n - off < DM_MPI_CHUNK_MAX ? n - off : DM_MPI_CHUNK_MAX;
             int rc = MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, st->comm);
             if (rc != MPI_SUCCESS)
                 return mpi_fail_rc(st, err, rc, "MPI_Allreduce");
@@ -567,8 +567,8 @@ static int mpi_broadcast(void *state, void *buf, size_t bytes, int root, dm_devi
         return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast of %zu bytes from a NULL buffer", bytes);
 
     if (!st->timeouts) {
-        for (size_t off = 0; off < bytes; off += MPI_CHUNK_MAX) {
-            size_t len = bytes - off < MPI_CHUNK_MAX ? bytes - off : MPI_CHUNK_MAX;
+        for (size_t off = 0; off < bytes; off += DM_MPI_CHUNK_MAX) {
+            size_t len = bytes - off < DM_MPI_CHUNK_MAX ? bytes - off : DM_MPI_CHUNK_MAX;
             int rc = MPI_Bcast((char *)buf + off, (int)len, MPI_BYTE, root, st->comm);
             if (rc != MPI_SUCCESS)
                 return mpi_fail_rc(st, err, rc, "MPI_Bcast");
@@ -582,8 +582,8 @@ static int mpi_broadcast(void *state, void *buf, size_t bytes, int root, dm_devi
     if (!reqs)
         return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
     for (int c = 0; c < n_reqs; c++) {
-        size_t off = (size_t)c * MPI_CHUNK_MAX;
-        size_t len = bytes - off < MPI_CHUNK_MAX ? bytes - off : MPI_CHUNK_MAX;
+        size_t off = (size_t)c * DM_MPI_CHUNK_MAX;
+        size_t len = bytes - off < DM_MPI_CHUNK_MAX ? bytes - off : DM_MPI_CHUNK_MAX;
         int rc = MPI_Ibcast((char *)buf + off, (int)len, MPI_BYTE, root, st->comm, &reqs[c]);
         if (rc != MPI_SUCCESS) {
             free(reqs);

@@ -1,7 +1,9 @@
 /* Conv2D layer: per-instance state and the device math behind the vtable.
  * conv2d.c is the device-independent glue (params, shapes, dispatch);
- * conv2d_cpu.c holds the CPU math. A CUDA version adds conv2d_cuda.cu with
- * conv2d_forward_cuda/conv2d_backward_cuda taking the same arguments. */
+ * conv2d_cpu.c holds the CPU math (im2col + sgemm), conv2d_winograd.c the
+ * CPU's Winograd F(2x2, 3x3) path for 3x3 stride-1 layers, and
+ * conv2d_cuda.cu the cuDNN path (built with DM_WITH_CUDA), whose
+ * conv2d_forward_cuda/conv2d_backward_cuda take the same arguments. */
 #ifndef DM_CONV2D_H
 #define DM_CONV2D_H
 

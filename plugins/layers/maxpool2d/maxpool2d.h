@@ -1,5 +1,6 @@
 /* MaxPool2D layer: state and device math. maxpool2d.c is the
- * device-independent glue; a CUDA version adds maxpool2d_cuda.cu. */
+ * device-independent glue, maxpool2d_cpu.c the CPU pass and maxpool2d_cuda.cu
+ * the CUDA kernels (built with DM_WITH_CUDA). */
 #ifndef DM_MAXPOOL2D_H
 #define DM_MAXPOOL2D_H
 

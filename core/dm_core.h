@@ -367,7 +367,7 @@ int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err
 /* FNV-1a over the model-defining parts of the experiment. */
 uint64_t dm_experiment_hash(const dm_experiment *x);
 
-/* ---- training (core/train.c) -------------------------------------------- */
+/* ---- training (core/train*.c) ------------------------------------------- */
 
 /* dmnist-run's exit codes: 0 success, 1 a failure while running, 2 a bad
  * command line, config or plugin, 3 this rank stopped because another rank

@@ -261,6 +261,21 @@ int tr_wait_buckets(trainer *t, dm_error *err)
     return rc;
 }
 
+/* Layer state (running statistics) was updated from each rank's own batch:
+ * rank 0's wins, as with PyTorch DDP's buffers, so every rank evaluates and
+ * checkpoints the same model. Before the loss check, so that a skipped step
+ * leaves the ranks identical too. */
+int tr_sync_layer_state(trainer *t, dm_error *err)
+{
+    if (t->ci.size == 1 || !t->m.state_count) return DM_OK;
+    double ts = now_s();
+    int rc = tr_broadcast_dev(t, t->m.state, t->m.state_count * sizeof(float), err);
+    if (rc) return rc;
+    dm_timeline_span("comm", ts, now_s(), "layer state broadcast");
+    t->comm_wait_s += now_s() - ts;
+    return DM_OK;
+}
+
 /* Set up host staging (see stage_out) when device buffers must pass through
  * host memory. DMNIST_TEST_STAGING=1 with device = cpu runs the same path
  * with memcpy copies that land late (DM_STREAM_LATE_COPIES), so that

@@ -60,6 +60,11 @@ typedef struct trainer {
     size_t d_scratch_n;
     int64_t epoch, epoch_pos;
     int64_t step;                /* optimizer updates done */
+    int64_t total_steps;         /* this rank's steps in the run */
+    int64_t step0;               /* the step the run started from (> 0 when resumed) */
+    uint64_t rank_seed;          /* this rank's dropout stream */
+    double lr_scale;             /* the ranks (scale_lr) or 1 */
+    float lr;                    /* the last update's learning rate */
 
     bucket *buckets;
     int n_buckets;
@@ -77,6 +82,10 @@ typedef struct trainer {
     int64_t checked_step;        /* the step of that check */
     int64_t params_checked_step; /* parameters last seen finite after this step */
     double t_fwd_bwd_s;          /* forward + backward time since last log */
+    int64_t images_since_log;    /* over all ranks */
+    double t_start;              /* dm_train_run began */
+    double t_train0;             /* the first step began */
+    double t_log;                /* the last log line (evaluations not counted) */
     FILE *metrics;
 
     int bar;                     /* rank 0 draws a progress bar */
@@ -84,6 +93,11 @@ typedef struct trainer {
     double bar_drawn;            /* when it was last redrawn */
     double bar_loss;             /* last logged loss, < 0 before the first */
 } trainer;
+
+/* When each phase of a step ended (now_s()), for the timeline. */
+typedef struct tr_step_clock {
+    double start, data, forward, backward, comm, guard, end;
+} tr_step_clock;
 
 static inline double now_s(void)
 {
@@ -116,6 +130,8 @@ int tr_setup_staging(trainer *t, dm_error *err);
 /* dm_model_backward's hook: starts each bucket its layer completes. */
 int tr_backward_hook(void *user, int layer, dm_error *err);
 int tr_wait_buckets(trainer *t, dm_error *err);
+/* Layer state (running statistics) from rank 0 to every rank. */
+int tr_sync_layer_state(trainer *t, dm_error *err);
 
 /* ---- train_data.c: batches, the permutation, dataset upload, evaluation --- */
 
@@ -130,14 +146,18 @@ int tr_guard_step(trainer *t, int *skipped, dm_error *err);
 int tr_check_params(trainer *t, dm_error *err);
 int tr_sync_check(trainer *t, dm_error *err);
 
-/* ---- train_report.c: progress bar, timeline -------------------------------- */
+/* ---- train_report.c: start line, log lines, metrics, bar, timeline -------- */
 
-int tr_bar_wanted(void);
+void tr_report_start(const trainer *t);
+int tr_report_open(trainer *t, dm_error *err);
+void tr_timeline_step(const trainer *t, const tr_step_clock *c);
+int tr_log_step(trainer *t, dm_error *err);
+void tr_report_eval(trainer *t, double loss, double acc);
+void tr_report_final(const trainer *t, double test_loss, double test_acc, double train_s);
 void tr_bar_clear(trainer *t);
-void tr_bar_draw(trainer *t, int64_t total, int64_t step0, double t0, int force);
+void tr_bar_draw(trainer *t, int force);
 int tr_open_timeline(trainer *t, dm_error *err);
 int tr_finish_timeline(trainer *t, int ok, dm_error *err);
-double tr_peak_rss_mb(void);
 
 /* ---- train_ckpt.c: save and resume ------------------------------------------ */
 

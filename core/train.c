@@ -13,6 +13,8 @@
  *    (warm-up, then constant or a linear or cosine decay: schedule.c);
  *  - logged loss, accuracy and images/s, and the test evaluation, are
  *    combined over ranks before rank 0 prints them.
+ * This file is the loop; its parts live in train_*.c, named for what they
+ * do (see trainer.h).
  */
 #define _GNU_SOURCE
 #include "trainer.h"

@@ -97,6 +97,9 @@ void dm_where_format(const dm_where *where, const dm_kv *kv, char *buf, size_t s
 /* Convenience for tests and tools: spec is "key=value key=value" (spaces or commas). */
 int dm_param_set_parse(const dm_param_def *defs, const char *spec, dm_param_set **out,
                        dm_error *err);
+/* Replace one key's value by a value derived from the others (e.g. the
+ * resolved experiment.backend), validated against the same table entry. */
+int dm_param_set_replace(dm_param_set *ps, const char *name, const char *text, dm_error *err);
 const dm_params *dm_param_set_params(const dm_param_set *ps);
 void dm_param_set_free(dm_param_set *ps);
 
@@ -202,6 +205,7 @@ int dm_dev_event_sync(dm_devctx *d, dm_dev_event *ev, dm_error *err);
 typedef struct dm_instance_cfg {
     const dm_loaded_component *lc;
     dm_param_set *params;        /* the plugin's own keys only */
+    dm_param_set *core_params;   /* the core's keys of the section (type, batch_size, ...), resolved */
     char name[64];               /* "conv1" for [layer.conv1], else the section */
     dm_where where;
 } dm_instance_cfg;
@@ -225,6 +229,12 @@ typedef struct dm_experiment {
     dm_config *cfg;
     dm_registry *reg;
     char plugin_path[4096];      /* the search path actually used */
+
+    /* The core's keys of [experiment] and [train], validated against the
+     * tables of dm_core_section_defs() and resolved (derived values such as
+     * the default backend written back). The fields below are read from
+     * them, and --dry-run prints them. */
+    dm_param_set *experiment_params, *train_params;
 
     /* [experiment] */
     char name[128];
@@ -399,7 +409,7 @@ int dm_checkpoint_latest(const char *dir, char *path, size_t size, dm_error *err
 /* FNV-1a over the model-defining parts of the experiment. */
 uint64_t dm_experiment_hash(const dm_experiment *x);
 
-/* ---- training (core/train.c) -------------------------------------------- */
+/* ---- training (core/train*.c) ------------------------------------------- */
 
 /* dmnist-run's exit codes: 0 success, 1 a failure while running, 2 a bad
  * command line, config or plugin, 3 this rank stopped because another rank

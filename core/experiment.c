@@ -132,25 +132,35 @@ void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir,
 void dm_experiment_free(dm_experiment *x)
 {
     if (!x) return;
+    dm_param_set_free(x->experiment_params);
+    dm_param_set_free(x->train_params);
     dm_param_set_free(x->data.params);
+    dm_param_set_free(x->data.core_params);
     dm_param_set_free(x->opt.params);
+    dm_param_set_free(x->opt.core_params);
     dm_param_set_free(x->comm.params);
-    for (int i = 0; x->layers && i < x->n_layers; i++) dm_param_set_free(x->layers[i].params);
+    for (int i = 0; x->layers && i < x->n_layers; i++) {
+        dm_param_set_free(x->layers[i].params);
+        dm_param_set_free(x->layers[i].core_params);
+    }
     free(x->layers);
     dm_registry_free(x->reg);
     free(x);
 }
 
-/* Validate a section that mixes core keys (core_defs) with the keys of the
- * plugin named by its `type`. The plugin gets a param set of its own keys. */
+/* Validate a section that mixes core keys (core_defs, whose `type` entry
+ * gives the default type) with the keys of the plugin named by its `type`.
+ * The plugin gets a param set of its own keys, inst->core_params the core's. */
 static int resolve_section(dm_experiment *x, const char *section_name, dm_kind kind,
-                           const dm_param_def *core_defs, const char *default_type,
-                           dm_instance_cfg *inst, dm_param_set **core_out, dm_error *err)
+                           const dm_param_def *core_defs, dm_instance_cfg *inst, dm_error *err)
 {
     static const dm_section empty = {0};
     const dm_section *s = dm_config_section(x->cfg, section_name);
     if (!s) s = &empty;
     inst->where = (dm_where){x->cfg->path, section_name, s->line};
+    const char *default_type = NULL;
+    for (const dm_param_def *d = core_defs; d->name; d++)
+        if (strcmp(d->name, "type") == 0) default_type = d->default_value;
     const dm_kv *tkv = dm_section_get(s, "type");
     const char *type = tkv ? tkv->value : default_type;
     char loc[512];
@@ -210,8 +220,8 @@ static int resolve_section(dm_experiment *x, const char *section_name, dm_kind k
     if (rc == DM_OK)
         rc = dm_param_set_build(inst->lc->component->params, plugin_kvs, npk, &inst->where,
                                 &inst->params, err);
-    if (rc == DM_OK && core_out)
-        rc = dm_param_set_build(core_defs, core_kvs, nck, &inst->where, core_out, err);
+    if (rc == DM_OK)
+        rc = dm_param_set_build(core_defs, core_kvs, nck, &inst->where, &inst->core_params, err);
     free(all); free(plugin_kvs); free(core_kvs);
     return rc;
 }
@@ -226,6 +236,56 @@ static int core_only(dm_experiment *x, const char *section, dm_param_set **out, 
 }
 
 static void copy_str(char *dst, size_t size, const char *src) { snprintf(dst, size, "%s", src ? src : ""); }
+
+/* A core key's validated value. The set holds every key of its table, the
+ * defaults filled in: the tables above are the only place a default is
+ * written. A name missing from the table is a bug in this file. */
+static const dm_param_value *key(const dm_param_set *ps, const char *name)
+{
+    const dm_param_value *v = dm_param_find(dm_param_set_params(ps), name);
+    if (!v) {
+        fprintf(stderr, "dmnist: internal error: core key '%s' is not in its table\n", name);
+        abort();
+    }
+    return v;
+}
+
+/* [comm]: the backend comes from experiment.backend; [comm] holds its keys.
+ * Default: local, or nccl for device = cuda when a launcher started
+ * several ranks (dmnist-run --np sets DMNIST_WORLD_SIZE, mpirun OMPI_*). */
+static int resolve_comm(dm_experiment *x, dm_error *err)
+{
+    dm_config *cfg = x->cfg;
+    if (!x->backend[0]) {
+        const char *ws = getenv("DMNIST_WORLD_SIZE");
+        if (!ws || !ws[0]) ws = getenv("OMPI_COMM_WORLD_SIZE");
+        if (!ws || !ws[0]) ws = getenv("PMI_SIZE");
+        int world = ws && ws[0] ? atoi(ws) : 1;
+        copy_str(x->backend, sizeof x->backend,
+                 x->device == DM_DEVICE_CUDA && world > 1 ? "nccl" : "local");
+        int rc = dm_param_set_replace(x->experiment_params, "backend", x->backend, err);
+        if (rc) return rc;
+    }
+    static const dm_section empty = {0};
+    const dm_section *s = dm_config_section(cfg, "comm");
+    if (!s) s = &empty;
+    x->comm.where = (dm_where){cfg->path, "comm", s->line};
+    x->comm.lc = dm_registry_find(x->reg, DM_KIND_COMM, x->backend);
+    if (!x->comm.lc) {
+        const char *names[64];
+        int n = 0;
+        for (int i = 0; i < dm_registry_count(x->reg) && n < 64; i++)
+            if (dm_registry_at(x->reg, i)->component->kind == DM_KIND_COMM)
+                names[n++] = dm_registry_at(x->reg, i)->component->type_name;
+        const char *sug = dm_suggest(x->backend, names, n);
+        char hint[96] = "";
+        if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
+        return dm_fail(err, DM_ERR_INVALID, "%s: experiment: unknown backend '%s'%s; see dmnist-run "
+                       "--list-plugins", cfg->path, x->backend, hint);
+    }
+    snprintf(x->comm.name, sizeof x->comm.name, "comm");
+    return dm_param_set_build(x->comm.lc->component->params, s->kvs, s->n, &x->comm.where, &x->comm.params, err);
+}
 
 int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_experiment **out, dm_error *err)
 {
@@ -251,22 +311,18 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     dm_experiment *x = calloc(1, sizeof *x);
     if (!x) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     x->cfg = cfg;
-    dm_param_set *ps = NULL;
-    int rc = core_only(x, "experiment", &ps, err);
+    int rc = core_only(x, "experiment", &x->experiment_params, err);
     if (rc != DM_OK) { dm_experiment_free(x); return rc; }
-    const dm_params *p = dm_param_set_params(ps);
-    copy_str(x->name, sizeof x->name, dm_param_str(p, "name", "dmnist"));
-    x->seed = (uint64_t)dm_param_int(p, "seed", 42);
-    x->device = strcmp(dm_param_str(p, "device", "cpu"), "cuda") == 0 ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
-    copy_str(x->backend, sizeof x->backend, dm_param_str(p, "backend", ""));
-    x->threads = (int)dm_param_int(p, "threads", 0);
-    x->timeout_s = dm_param_float(p, "timeout_s", 60);
-    char ini_path[2048];
-    copy_str(ini_path, sizeof ini_path, dm_param_str(p, "plugin_path", ""));
-    dm_param_set_free(ps);
+    const dm_param_set *ps = x->experiment_params;
+    copy_str(x->name, sizeof x->name, key(ps, "name")->s);
+    x->seed = (uint64_t)key(ps, "seed")->i;
+    x->device = strcmp(key(ps, "device")->s, "cuda") == 0 ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
+    copy_str(x->backend, sizeof x->backend, key(ps, "backend")->s);
+    x->threads = (int)key(ps, "threads")->i;
+    x->timeout_s = key(ps, "timeout_s")->f;
 
     char path[4096];
-    dm_default_plugin_path(ini_path, cfg->dir, path, sizeof path);
+    dm_default_plugin_path(key(ps, "plugin_path")->s, cfg->dir, path, sizeof path);
     int len = snprintf(x->plugin_path, sizeof x->plugin_path, "%s%s%s",
                        extra_plugin_path ? extra_plugin_path : "",
                        extra_plugin_path && extra_plugin_path[0] ? ":" : "", path);
@@ -278,78 +334,45 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     if (!x->reg) { dm_experiment_free(x); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
     if ((rc = dm_registry_load_path(x->reg, x->plugin_path, err)) != DM_OK) { dm_experiment_free(x); return rc; }
 
-    /* [data] */
-    if ((rc = resolve_section(x, "data", DM_KIND_DATASET, data_defs, "mnist", &x->data, &ps, err))) goto fail;
-    p = dm_param_set_params(ps);
-    x->batch_size = (int)dm_param_int(p, "batch_size", 64);
-    x->eval_batch_size = (int)dm_param_int(p, "eval_batch_size", 0);
-    if (x->eval_batch_size <= 0) x->eval_batch_size = x->batch_size;
-    dm_param_set_free(ps);
+    /* [data]; eval_batch_size = 0 means batch_size */
+    if ((rc = resolve_section(x, "data", DM_KIND_DATASET, data_defs, &x->data, err))) goto fail;
+    ps = x->data.core_params;
+    x->batch_size = (int)key(ps, "batch_size")->i;
+    x->eval_batch_size = (int)key(ps, "eval_batch_size")->i;
+    if (x->eval_batch_size <= 0) {
+        char text[32];
+        snprintf(text, sizeof text, "%d", x->batch_size);
+        if ((rc = dm_param_set_replace(x->data.core_params, "eval_batch_size", text, err))) goto fail;
+        x->eval_batch_size = x->batch_size;
+    }
     snprintf(x->data.name, sizeof x->data.name, "data");
 
     /* [train] */
-    if ((rc = core_only(x, "train", &ps, err))) goto fail;
-    p = dm_param_set_params(ps);
-    x->total_batches = dm_param_int(p, "total_batches", 100);
-    x->epochs = dm_param_float(p, "epochs", 0);
-    x->log_every = (int)dm_param_int(p, "log_every", 10);
-    x->eval_every = (int)dm_param_int(p, "eval_every", 0);
-    copy_str(x->checkpoint_dir, sizeof x->checkpoint_dir, dm_param_str(p, "checkpoint_dir", ""));
-    x->checkpoint_every = (int)dm_param_int(p, "checkpoint_every", 0);
-    x->keep_checkpoints = (int)dm_param_int(p, "keep_checkpoints", 3);
-    x->fusion_mb = dm_param_float(p, "fusion_mb", 4);
-    x->nan_skip = strcmp(dm_param_str(p, "nan_policy", "stop"), "skip") == 0;
-    x->sync_check_every = (int)dm_param_int(p, "sync_check_every", 0);
-    dm_param_set_free(ps);
+    if ((rc = core_only(x, "train", &x->train_params, err))) goto fail;
+    ps = x->train_params;
+    x->total_batches = key(ps, "total_batches")->i;
+    x->epochs = key(ps, "epochs")->f;
+    x->log_every = (int)key(ps, "log_every")->i;
+    x->eval_every = (int)key(ps, "eval_every")->i;
+    copy_str(x->checkpoint_dir, sizeof x->checkpoint_dir, key(ps, "checkpoint_dir")->s);
+    x->checkpoint_every = (int)key(ps, "checkpoint_every")->i;
+    x->keep_checkpoints = (int)key(ps, "keep_checkpoints")->i;
+    x->fusion_mb = key(ps, "fusion_mb")->f;
+    x->nan_skip = strcmp(key(ps, "nan_policy")->s, "skip") == 0;
+    x->sync_check_every = (int)key(ps, "sync_check_every")->i;
 
     /* [optimizer] */
-    if ((rc = resolve_section(x, "optimizer", DM_KIND_OPTIMIZER, optimizer_defs, "adam", &x->opt, &ps, err)))
-        goto fail;
-    p = dm_param_set_params(ps);
-    x->lr = dm_param_float(p, "lr", 0.001);
-    x->scale_lr = (int)dm_param_int(p, "scale_lr", 1);
-    x->schedule.warmup_steps = dm_param_int(p, "warmup_steps", 0);
-    x->schedule.kind = dm_lr_schedule_kind(dm_param_str(p, "schedule", "constant"));
-    x->schedule.decay_steps = dm_param_int(p, "decay_steps", 0);
-    x->schedule.min_lr_frac = dm_param_float(p, "min_lr_frac", 0);
-    dm_param_set_free(ps);
+    if ((rc = resolve_section(x, "optimizer", DM_KIND_OPTIMIZER, optimizer_defs, &x->opt, err))) goto fail;
+    ps = x->opt.core_params;
+    x->lr = key(ps, "lr")->f;
+    x->scale_lr = (int)key(ps, "scale_lr")->i;
+    x->schedule.warmup_steps = key(ps, "warmup_steps")->i;
+    x->schedule.kind = dm_lr_schedule_kind(key(ps, "schedule")->s);
+    x->schedule.decay_steps = key(ps, "decay_steps")->i;
+    x->schedule.min_lr_frac = key(ps, "min_lr_frac")->f;
     snprintf(x->opt.name, sizeof x->opt.name, "optimizer");
 
-    /* [comm]: the backend comes from experiment.backend; [comm] holds its keys */
-    /* Default: local, or nccl for device = cuda when a launcher started
-     * several ranks (dmnist-run --np sets DMNIST_WORLD_SIZE, mpirun OMPI_*). */
-    if (!x->backend[0]) {
-        const char *ws = getenv("DMNIST_WORLD_SIZE");
-        if (!ws || !ws[0]) ws = getenv("OMPI_COMM_WORLD_SIZE");
-        if (!ws || !ws[0]) ws = getenv("PMI_SIZE");
-        int world = ws && ws[0] ? atoi(ws) : 1;
-        copy_str(x->backend, sizeof x->backend,
-                 x->device == DM_DEVICE_CUDA && world > 1 ? "nccl" : "local");
-    }
-    {
-        static const dm_section empty = {0};
-        const dm_section *s = dm_config_section(cfg, "comm");
-        if (!s) s = &empty;
-        x->comm.where = (dm_where){cfg->path, "comm", s->line};
-        x->comm.lc = dm_registry_find(x->reg, DM_KIND_COMM, x->backend);
-        if (!x->comm.lc) {
-            const char *names[64];
-            int n = 0;
-            for (int i = 0; i < dm_registry_count(x->reg) && n < 64; i++)
-                if (dm_registry_at(x->reg, i)->component->kind == DM_KIND_COMM)
-                    names[n++] = dm_registry_at(x->reg, i)->component->type_name;
-            const char *sug = dm_suggest(x->backend, names, n);
-            char hint[96] = "";
-            if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
-            rc = dm_fail(err, DM_ERR_INVALID, "%s: experiment: unknown backend '%s'%s; see dmnist-run "
-                         "--list-plugins", cfg->path, x->backend, hint);
-            goto fail;
-        }
-        if ((rc = dm_param_set_build(x->comm.lc->component->params, s->kvs, s->n, &x->comm.where,
-                                     &x->comm.params, err)))
-            goto fail;
-        snprintf(x->comm.name, sizeof x->comm.name, "comm");
-    }
+    if ((rc = resolve_comm(x, err))) goto fail;
 
     /* [layer.*] in file order */
     for (int i = 0; i < cfg->n; i++)
@@ -365,7 +388,7 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
         const char *name = cfg->sections[i].name;
         if (strncmp(name, "layer.", 6) != 0) continue;
         dm_instance_cfg *L = &x->layers[k++];
-        if ((rc = resolve_section(x, name, DM_KIND_LAYER, layer_defs, NULL, L, NULL, err))) goto fail;
+        if ((rc = resolve_section(x, name, DM_KIND_LAYER, layer_defs, L, err))) goto fail;
         snprintf(L->name, sizeof L->name, "%s", name + 6);
         L->where.section = cfg->sections[i].name;
     }

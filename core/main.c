@@ -134,35 +134,47 @@ static int help_plugin(const char *type, const char *extra)
     return 0;
 }
 
+/* A validated value as the INI file would say it. */
+static void print_value(const dm_param_value *v)
+{
+    switch (v->type) {
+    case DM_PARAM_INT: printf("%s = %lld\n", v->name, (long long)v->i); break;
+    case DM_PARAM_FLOAT: printf("%s = %g\n", v->name, v->f); break;
+    case DM_PARAM_BOOL: printf("%s = %s\n", v->name, v->i ? "true" : "false"); break;
+    default: printf("%s = %s\n", v->name, v->s); break;
+    }
+}
+
+/* One section: the core's keys in its table's order (dm_core_section_defs,
+ * resolved values), then the plugin's own keys as given or defaulted. */
+static void print_section(const char *name, const char *table, const dm_param_set *core,
+                          const dm_instance_cfg *inst)
+{
+    printf("[%s]\n", name);
+    const dm_params *cp = dm_param_set_params(core);
+    for (const dm_param_def *d = dm_core_section_defs(table); d && d->name; d++)
+        print_value(dm_param_find(cp, d->name));
+    const dm_params *p = inst ? dm_param_set_params(inst->params) : NULL;
+    for (int k = 0; p && k < p->count; k++) printf("%s = %s\n", p->values[k].name, p->values[k].s);
+}
+
 static void print_config(const dm_experiment *x)
 {
     printf("; resolved configuration of %s (defaults filled in)\n", x->cfg->path);
-    printf("[experiment]\nname = %s\nseed = %llu\ndevice = %s\nbackend = %s\nthreads = %d\ntimeout_s = %g\n",
-           x->name, (unsigned long long)x->seed, dm_device_name(x->device), x->backend, x->threads, x->timeout_s);
-    const dm_instance_cfg *insts[] = {&x->data, &x->opt, &x->comm};
-    const char *sections[] = {"data", "optimizer", "comm"};
-    for (int s = 0; s < 3; s++) {
-        printf("\n[%s]\n", sections[s]);
-        if (s == 0) printf("type = %s\nbatch_size = %d\neval_batch_size = %d\n", insts[s]->lc->component->type_name,
-                           x->batch_size, x->eval_batch_size);
-        if (s == 1) {
-            static const char *kinds[] = {"constant", "linear", "cosine"};
-            printf("type = %s\nlr = %g\nscale_lr = %s\nwarmup_steps = %lld\nschedule = %s\ndecay_steps = %lld\n"
-                   "min_lr_frac = %g\n", insts[s]->lc->component->type_name, x->lr, x->scale_lr ? "true" : "false",
-                   (long long)x->schedule.warmup_steps, kinds[x->schedule.kind], (long long)x->schedule.decay_steps,
-                   x->schedule.min_lr_frac);
-        }
-        const dm_params *p = dm_param_set_params(insts[s]->params);
-        for (int k = 0; p && k < p->count; k++) printf("%s = %s\n", p->values[k].name, p->values[k].s);
-    }
-    printf("\n[train]\ntotal_batches = %lld\nepochs = %g\nlog_every = %d\neval_every = %d\ncheckpoint_dir = %s\n"
-           "checkpoint_every = %d\nkeep_checkpoints = %d\nfusion_mb = %g\nnan_policy = %s\n",
-           (long long)x->total_batches, x->epochs, x->log_every, x->eval_every, x->checkpoint_dir,
-           x->checkpoint_every, x->keep_checkpoints, x->fusion_mb, x->nan_skip ? "skip" : "stop");
+    print_section("experiment", "experiment", x->experiment_params, NULL);
+    printf("\n");
+    print_section("data", "data", x->data.core_params, &x->data);
+    printf("\n");
+    print_section("optimizer", "optimizer", x->opt.core_params, &x->opt);
+    printf("\n");
+    print_section("comm", "comm", NULL, &x->comm);
+    printf("\n");
+    print_section("train", "train", x->train_params, NULL);
     for (int i = 0; i < x->n_layers; i++) {
-        printf("\n[layer.%s]\ntype = %s\n", x->layers[i].name, x->layers[i].lc->component->type_name);
-        const dm_params *p = dm_param_set_params(x->layers[i].params);
-        for (int k = 0; p && k < p->count; k++) printf("%s = %s\n", p->values[k].name, p->values[k].s);
+        char name[96];
+        snprintf(name, sizeof name, "layer.%s", x->layers[i].name);
+        printf("\n");
+        print_section(name, "layer.", x->layers[i].core_params, &x->layers[i]);
     }
     printf("\n; plugin path: %s\n\n", x->plugin_path);
 }

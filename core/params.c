@@ -12,6 +12,7 @@
 
 struct dm_param_set {
     dm_params params;
+    const dm_param_def *defs;     /* the table it was built from */
     dm_param_value *values;
     char **texts; /* owned copies of every value text */
     int n;
@@ -240,11 +241,29 @@ int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const 
             return dm_fail(err, e.code, "%s%s", loc, e.msg);
         }
     }
+    ps->defs = defs;
     ps->params.struct_size = sizeof ps->params;
     ps->params.count = nd;
     ps->params.values = ps->values;
     *out = ps;
     return DM_OK;
+}
+
+int dm_param_set_replace(dm_param_set *ps, const char *name, const char *text, dm_error *err)
+{
+    for (int i = 0; ps && i < ps->n; i++) {
+        if (strcmp(ps->defs[i].name, name) != 0) continue;
+        dm_param_value v;
+        char *copy = strdup(text);
+        if (!copy) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        int rc = convert(&ps->defs[i], copy, &v, err);
+        if (rc) { free(copy); return rc; }
+        free(ps->texts[i]);
+        ps->texts[i] = copy;
+        ps->values[i] = v;
+        return DM_OK;
+    }
+    return dm_fail(err, DM_ERR_INTERNAL, "no key '%s' to replace", name);
 }
 
 int dm_param_set_parse(const dm_param_def *defs, const char *spec, dm_param_set **out, dm_error *err)

@@ -1,4 +1,4 @@
-/* Batches from a dataset kept whole on the GPU (core/train.c uploads every
+/* Batches from a dataset kept whole on the GPU (core/train_data.c uploads every
  * example once): one kernel copies the n examples of a step, picked by the
  * epoch's permutation already on the device, so a training step moves no
  * data between host and device and never waits for the host. */

@@ -1,5 +1,5 @@
 /* Whether a device buffer holds a NaN or an Inf: the NaN/Inf checks of the
- * training loop (core/train.c) read gradients and parameters with it. One
+ * training loop (core/train_guard.c) read gradients and parameters with it. One
  * pass, a flag OR-ed per block (the result is the same whatever the order). */
 #include <cuda_runtime.h>
 

@@ -752,7 +752,7 @@ static int ckpt_finite(const char *dir, int64_t *step)
 
 /* With device = cuda the loss is checked without a host sync per step:
  * nan_policy = stop checks before each checkpoint and at each log, = skip
- * every step (core/train.c). Against the CPU, which checks every step:
+ * every step (core/train_guard.c). Against the CPU, which checks every step:
  *   stop, a checkpoint every step: stops naming the same step S as the CPU,
  *     and the newest checkpoint is step S-1, all finite;
  *   stop, a checkpoint every 8 steps: stops at the first checkpoint after
@@ -874,7 +874,7 @@ static char *slurp(const char *path)
 
 /* Two ranks on the one GPU (dmnist-run --np 2) with a backend that takes
  * host memory only: the gradients go through the pinned host mirror
- * (core/train.c, stage_out), one bucket per layer. Against two ranks on the
+ * (core/train_comm.c, stage_out), one bucket per layer. Against two ranks on the
  * CPU with gloo (same seed, data, dropout masks): the final test loss within
  * the train case's tolerance, and the parameters within 1% (relative L2; a
  * rounding difference, not another trajectory: a run whose gradients went

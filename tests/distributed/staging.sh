@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # staging.sh BACKEND
 #
-# The host-staged gradient pipeline (core/train.c, stage_out): with
+# The host-staged gradient pipeline (core/train_comm.c, stage_out): with
 # device = cuda and a backend that takes host memory only (mpi, gloo) every
 # bucket is copied to a pinned host mirror on a copy stream, reduced there
 # once its copy has landed, and copied back before the optimizer. This

@@ -1,0 +1,181 @@
+/* The trainer's data: the epoch's permutation, this rank's slice of each
+ * global batch (read through the dataset plugin, or gathered on the GPU
+ * when the whole dataset was uploaded there), and the test evaluation. */
+#define _GNU_SOURCE
+#include "trainer.h"
+#ifdef DMNIST_CORE_CUDA
+#include "dm_cuda.h"
+#endif
+
+#include <stdlib.h>
+
+/* ---- data ------------------------------------------------------------------ */
+
+static void make_perm(trainer *t, int64_t epoch)
+{
+    int64_t n = t->di.count[DM_SPLIT_TRAIN];
+    uint64_t s = dm_hash64(t->x->seed, 0xE90C0000ull + (uint64_t)epoch);
+    for (int64_t i = 0; i < n; i++) t->perm[i] = i;
+    for (int64_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
+        int64_t j = (int64_t)(dm_rng_next(&s) % (uint64_t)(i + 1));
+        int64_t tmp = t->perm[i];
+        t->perm[i] = t->perm[j];
+        t->perm[j] = tmp;
+    }
+    t->perm_epoch = epoch;
+}
+
+static int load_batch(trainer *t, dm_split split, const int64_t *idx, int n, dm_error *err)
+{
+    size_t item = dm_shape_per_item(t->di.item);
+    float *img = t->dev.device == DM_DEVICE_CPU ? t->m.input.data : t->h_images;
+    int32_t *lab = t->dev.device == DM_DEVICE_CPU ? t->m.labels : t->h_labels;
+    dm_error e = {0};
+    int rc = t->dvt->read(t->data, split, idx, n, img, lab, &e);
+    if (rc) return dm_fail(err, rc, "data: %s", e.msg);
+    for (int i = 0; i < n; i++)
+        if (lab[i] < 0 || lab[i] >= t->m.layers[t->m.n_layers - 1].out_shape.c)
+            return dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)",
+                           lab[i], (long long)idx[i], t->m.layers[t->m.n_layers - 1].out_shape.c);
+    if (t->dev.device != DM_DEVICE_CPU) {
+        if ((rc = dm_dev_upload(&t->dev, t->m.input.data, img, (size_t)n * item * sizeof(float), err))) return rc;
+        if ((rc = dm_dev_upload(&t->dev, t->m.labels, lab, (size_t)n * sizeof(int32_t), err))) return rc;
+    }
+    return DM_OK;
+}
+
+/* device = cuda with the dataset on the GPU: examples d_idx[0..n) (a slice
+ * of the device permutation), or first..first+n when d_idx is NULL. */
+static int gather_batch(trainer *t, dm_split split, const int64_t *d_idx, int64_t first, int n,
+                        dm_error *err)
+{
+#ifdef DMNIST_CORE_CUDA
+    return dm_cuda_gather(t->m.input.data, t->m.labels, t->d_images[split], t->d_labels[split], d_idx,
+                          first, n, dm_shape_per_item(t->di.item), t->dev.stream, err);
+#else
+    (void)t, (void)split, (void)d_idx, (void)first, (void)n;
+    return dm_fail(err, DM_ERR_INTERNAL, "gather_batch without CUDA");
+#endif
+}
+
+/* Read every example of both splits once and keep them on the GPU, so
+ * a step copies nothing from the host (60,000 MNIST images are 188 MB of
+ * float32). Without room, batches keep coming from the host. */
+int tr_upload_dataset(trainer *t, dm_error *err)
+{
+    const size_t item = dm_shape_per_item(t->di.item);
+    const int classes = t->m.layers[t->m.n_layers - 1].out_shape.c;
+    const int chunk = 4096;
+    int rc = DM_OK;
+    for (int split = 0; split < 2 && rc == DM_OK; split++) {
+        const int64_t count = t->di.count[split];
+        dm_error oom = {0};
+        t->d_images[split] = dm_dev_alloc(&t->dev, (size_t)count * item * sizeof(float), &oom);
+        t->d_labels[split] = dm_dev_alloc(&t->dev, (size_t)count * sizeof(int32_t), &oom);
+        if (!t->d_images[split] || !t->d_labels[split]) {
+            if (rank0(t))
+                printf("note: the dataset does not fit on the GPU (%s); batches are copied from the host\n",
+                       oom.msg);
+            for (int s = 0; s < 2; s++) {
+                dm_dev_free(&t->dev, t->d_images[s]);
+                dm_dev_free(&t->dev, t->d_labels[s]);
+                t->d_images[s] = NULL;
+                t->d_labels[s] = NULL;
+            }
+            return DM_OK;
+        }
+        float *img = malloc((size_t)chunk * item * sizeof(float));
+        int32_t *lab = malloc((size_t)chunk * sizeof(int32_t));
+        int64_t *idx = malloc((size_t)chunk * sizeof(int64_t));
+        if (!img || !lab || !idx) rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        for (int64_t i0 = 0; i0 < count && rc == DM_OK; i0 += chunk) {
+            const int n = (int)(count - i0 < chunk ? count - i0 : chunk);
+            for (int k = 0; k < n; k++) idx[k] = i0 + k;
+            dm_error e = {0};
+            if ((rc = t->dvt->read(t->data, (dm_split)split, idx, n, img, lab, &e))) {
+                rc = dm_fail(err, rc, "data: %s", e.msg);
+                break;
+            }
+            for (int k = 0; k < n && rc == DM_OK; k++)
+                if (lab[k] < 0 || lab[k] >= classes)
+                    rc = dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)",
+                                 lab[k], (long long)idx[k], classes);
+            if (rc == DM_OK)
+                rc = dm_dev_upload(&t->dev, t->d_images[split] + (size_t)i0 * item, img,
+                                   (size_t)n * item * sizeof(float), err);
+            if (rc == DM_OK)
+                rc = dm_dev_upload(&t->dev, t->d_labels[split] + i0, lab, (size_t)n * sizeof(int32_t), err);
+            if (rc == DM_OK) rc = dm_dev_sync(&t->dev, err); /* img and lab are reused */
+        }
+        free(img);
+        free(lab);
+        free(idx);
+    }
+    if (rc == DM_OK &&
+        !(t->d_perm = dm_dev_alloc(&t->dev, (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t), err)))
+        rc = err ? err->code : DM_ERR_NOMEM;
+    return rc;
+}
+
+/* Fill this rank's slice of the next global batch. */
+int tr_next_train_batch(trainer *t, dm_error *err)
+{
+    int b = t->x->batch_size;
+    int64_t global = (int64_t)b * t->ci.size;
+    if (t->epoch_pos + global > t->di.count[DM_SPLIT_TRAIN]) { /* drop the ragged tail */
+        t->epoch++;
+        t->epoch_pos = 0;
+    }
+    if (t->perm_epoch != t->epoch) {
+        make_perm(t, t->epoch);
+        int rc;
+        if (t->d_perm && (rc = dm_dev_upload(&t->dev, t->d_perm, t->perm,
+                                             (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t), err)))
+            return rc;
+    }
+    const int64_t *slice = t->perm + t->epoch_pos + (int64_t)t->ci.rank * b;
+    t->epoch_pos += global;
+    if (t->d_images[DM_SPLIT_TRAIN])
+        return gather_batch(t, DM_SPLIT_TRAIN, t->d_perm + (slice - t->perm), 0, b, err);
+    return load_batch(t, DM_SPLIT_TRAIN, slice, b, err);
+}
+
+/* ---- evaluation -------------------------------------------------------------- */
+
+int tr_evaluate(trainer *t, double *loss, double *acc, dm_error *err)
+{
+    int64_t total = t->di.count[DM_SPLIT_TEST];
+    int64_t lo = total * t->ci.rank / t->ci.size, hi = total * (t->ci.rank + 1) / t->ci.size;
+    int eb = t->x->eval_batch_size;
+    /* keep the training accumulator for the next log line */
+    float saved[2];
+    int rc = dm_dev_download(&t->dev, saved, t->m.metrics, sizeof saved, err);
+    if (!rc) rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
+    double sum_loss = 0, sum_correct = 0;
+    for (int64_t i = lo; i < hi && rc == DM_OK; i += eb) {
+        int n = (int)(hi - i < eb ? hi - i : eb);
+        for (int k = 0; k < n; k++) t->idx[k] = i + k;
+        if (t->d_images[DM_SPLIT_TEST]) {
+            if ((rc = gather_batch(t, DM_SPLIT_TEST, NULL, i, n, err))) break;
+        } else if ((rc = load_batch(t, DM_SPLIT_TEST, t->idx, n, err))) {
+            break;
+        }
+        rc = dm_model_forward(&t->m, n, 0, 0, err);
+        if (rc == DM_OK) {
+            /* accumulate in double on the host: float sums of 10,000 losses drift */
+            float mm[2];
+            if ((rc = dm_dev_download(&t->dev, mm, t->m.metrics, sizeof mm, err))) break;
+            sum_loss += mm[0];
+            sum_correct += mm[1];
+            rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
+        }
+    }
+    float part[3] = {(float)sum_loss, (float)sum_correct, (float)(hi - lo)};
+    if (rc == DM_OK) rc = tr_allreduce_host(t, part, 3, DM_REDUCE_SUM, err);
+    if (rc == DM_OK) {
+        *loss = part[2] > 0 ? part[0] / part[2] : 0;
+        *acc = part[2] > 0 ? part[1] / part[2] : 0;
+    }
+    if (rc == DM_OK) rc = dm_dev_upload(&t->dev, t->m.metrics, saved, sizeof saved, err);
+    return rc;
+}

@@ -122,11 +122,23 @@ static const char *phase_what(int ph)
     }
 }
 
+/* The probe child's own exit status when it cannot report through its pipe
+ * (a full disk, a fault injected in a test): the parent then loads the file
+ * under the in-process guard instead of blaming the plugin. */
+#define PROBE_LOST 125
+
+static void report(int fd, const void *buf, size_t len)
+{
+    ssize_t w;
+    while ((w = write(fd, buf, len)) < 0 && errno == EINTR)
+        ;
+    if (w != (ssize_t)len) _exit(PROBE_LOST);
+}
+
 static void phase(int fd, char ph)
 {
     if (fd >= 0) {
-        while (write(fd, &ph, 1) < 0 && errno == EINTR)
-            ;
+        report(fd, &ph, 1);
     } else {
         dm_plugin_guard_what("%s", phase_what(ph));
     }
@@ -312,7 +324,7 @@ static void probe_child(const dm_registry *r, const probe *ps, int from, int n, 
             rec[0] = PH_FAIL;
             memcpy(rec + 1, e.msg, len);
             rec[len + 1] = 0;
-            (void)!write(fd, rec, len + 2);
+            report(fd, rec, len + 2);
         }
     }
     _exit(0); /* no atexit handlers, no destructors of the parent's state */
@@ -430,7 +442,8 @@ static int probe_all(dm_registry *r, probe *ps, int n, double timeout_s, dm_erro
             ps[cur].status = status;
             ps[cur].timed_out = timed_out;
             if (in_msg) ps[cur].result = PH_FAIL; /* died after its message: keep it */
-            rc = settle(r, &ps[cur], 1, timeout_s, err);
+            int lost = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == PROBE_LOST;
+            rc = settle(r, &ps[cur], !lost, timeout_s, err);
             cur++;
         }
         if (rc != DM_OK) break;

@@ -5,7 +5,7 @@
  *  - poisoned (NaN) outputs are fully written, inputs and parameters are left
  *    alone, and guard zones around every buffer stay intact, also when the
  *    batch is smaller than the create-time one;
- *  - gradients: the shared gradient checker (core/gradcheck.c) on each case;
+ *  - gradients: the shared gradient checker (tools/gradcheck/gradcheck.c) on each case;
  *  - the CUDA implementation, when there is one and a GPU, against the CPU. */
 #define _GNU_SOURCE
 #include "gradcheck.h"

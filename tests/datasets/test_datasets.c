@@ -423,14 +423,14 @@ static int test_mnist_not_found_lists(void)
     REQUIRE(chdir(run) == 0, "chdir %s", run);
     dm_error err = {0};
     char want[4][1100];
-    FMT(want[0], "data/mnist (current folder)");
+    FMT(want[0], "%s/data/mnist (current folder)", run);
     FMT(want[1], "%s/data/mnist (INI folder)", cfg);
     FMT(want[2], "%s/dd/mnist ($DMNIST_DATA)", g_tmp);
     FMT(want[3], "%s/user/.local/share/dmnist/mnist (per-user)", g_tmp);
     set_home_env("dd", "user", "");
     int64_t n = opened_count("data/mnist", cfg, &err);
     printf("not found -> %s\n", err.msg);
-    REQUIRE(n == -1 && strncmp(err.msg, "data/mnist: MNIST folder not found", 34) == 0,
+    REQUIRE(n == -1 && strncmp(err.msg, "data/mnist: MNIST folder not found; looked in ", 46) == 0,
             "message: %s", err.msg);
     REQUIRE(!strchr(err.msg, '\n') && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s",
             err.msg);

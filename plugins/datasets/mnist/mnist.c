@@ -371,12 +371,34 @@ typedef struct place {
     int data_home;
 } place;
 
-/* Append "path (why)" to the list of places searched. */
-static void list_place(char *list, size_t size, const place *p)
+/* Append s to the string in buf (size bytes), cutting it if needed. */
+static void append(char *buf, size_t size, const char *s)
 {
-    size_t len = strlen(list);
-    snprintf(list + len, size - len, "%s%s%s%s%s", len ? ", " : "", p->path, p->why[0] ? " (" : "",
-             p->why, p->why[0] ? ")" : "");
+    size_t len = strlen(buf), n = strlen(s);
+    if (len + 1 >= size)
+        return;
+    if (n > size - len - 1)
+        n = size - len - 1;
+    memcpy(buf + len, s, n);
+    buf[len + n] = '\0';
+}
+
+/* Append "path (why)" to the list of places searched, a relative path shown
+ * from cwd (NULL: as it is). */
+static void list_place(char *list, size_t size, const char *cwd, const place *p)
+{
+    if (list[0])
+        append(list, size, ", ");
+    if (cwd && p->path[0] != '/') {
+        append(list, size, cwd);
+        append(list, size, "/");
+    }
+    append(list, size, p->path);
+    if (p->why[0]) {
+        append(list, size, " (");
+        append(list, size, p->why);
+        append(list, size, ")");
+    }
 }
 
 /* The folder for data.path = path, searched in this order:
@@ -452,9 +474,10 @@ static int find_dir(const char *path, const char *config_dir, char *out, int *da
         if (unusable(cand, 1))
             return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", cand, unusable(cand, 1));
     }
-    char list[5 * MNIST_PATH_MAX + 256] = "";
+    char list[5 * MNIST_PATH_MAX + 256] = "", cwd[MNIST_PATH_MAX];
+    int have_cwd = getcwd(cwd, sizeof cwd) != NULL;
     for (int k = 0; k < n; k++)
-        list_place(list, sizeof list, &places[k]);
+        list_place(list, sizeof list, have_cwd ? cwd : NULL, &places[k]);
     return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found; looked in %s%s; fetch it "
                    "with scripts/get-mnist.sh%s", path, list, skipped,
                    strstr(path, "fashion") ? " --fashion" : "");

@@ -12,7 +12,8 @@
 #            scripts call besides: procps (ps, pgrep), iproute2 (ip, ss),
 #            redis-server (gloo's redis:// rendezvous), gnuplot (the tools'
 #            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
-#            PyTorch (the reference in scripts/bench)
+#            PyTorch (the reference in scripts/bench), Fashion-MNIST
+#            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh)
 #
 #   --runtime  only the runtime group (also: --runtime-only)
 #   --tests    only the tests group (also: --tests-only)
@@ -43,6 +44,7 @@ tests_packages=(
   valgrind                                   # tests/robustness/valgrind.sh
   clang libclang-rt-14-dev                   # scripts/fuzz.sh (libFuzzer, ASan runtime)
   python3-torch                              # the PyTorch reference of scripts/bench
+  dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
 )
 # COMMAND:PACKAGE pairs that --check (and the check after installing) looks for.
 runtime_commands=(cc:build-essential c++:build-essential make:build-essential cmake:cmake

@@ -12,13 +12,14 @@
 #            scripts call besides: procps (ps, pgrep), iproute2 (ip, ss),
 #            redis-server (gloo's redis:// rendezvous), gnuplot (the tools'
 #            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
-#            PyTorch (the reference in scripts/bench)
+#            PyTorch (the reference in scripts/bench), Fashion-MNIST
+#            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh)
 #
 #   --runtime  only the runtime group (also: --runtime-only)
 #   --tests    only the tests group (also: --tests-only)
 #   --all      both groups (the default: everything scripts/test.sh needs)
-#   --check    install nothing; list the commands of the chosen groups that
-#              are missing, exit 1 if any is
+#   --check    install nothing; list the commands (and data files) of the
+#              chosen groups that are missing, exit 1 if any is
 #
 # The CUDA toolkit is not installed here: without /usr/local/cuda the CUDA
 # plugins are left out of the build and their tests skip (docs/gpu.md).
@@ -43,6 +44,7 @@ tests_packages=(
   valgrind                                   # tests/robustness/valgrind.sh
   clang libclang-rt-14-dev                   # scripts/fuzz.sh (libFuzzer, ASan runtime)
   python3-torch                              # the PyTorch reference of scripts/bench
+  dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
 )
 # COMMAND:PACKAGE pairs that --check (and the check after installing) looks for.
 runtime_commands=(cc:build-essential c++:build-essential make:build-essential cmake:cmake
@@ -50,6 +52,9 @@ runtime_commands=(cc:build-essential c++:build-essential make:build-essential cm
   sha256sum:coreutils timeout:coreutils)
 tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
   taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang)
+# FILE:PACKAGE pairs for packages that install data, not a command.
+runtime_files=()
+tests_files=(/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist)
 
 groups=(runtime tests) check=0
 for a in "$@"; do
@@ -63,12 +68,15 @@ for a in "$@"; do
   esac
 done
 
-# missing GROUP: print the missing commands of GROUP as "cmd (package)".
+# missing GROUP: print the missing commands and files of GROUP as "what (package)".
 missing() {
-  local -n cmds=${1}_commands
+  local -n cmds=${1}_commands files=${1}_files
   local c
   for c in "${cmds[@]}"; do
     command -v "${c%%:*}" >/dev/null 2>&1 || echo "${c%%:*} (${c#*:})"
+  done
+  for c in ${files[@]+"${files[@]}"}; do
+    [ -f "${c%%:*}" ] || echo "${c%%:*} (${c#*:})"
   done
 }
 

@@ -282,6 +282,216 @@ static int test_mnist_config_dir(void)
     return check_good("path=relative-mnist", g_tmp, 3, 2, 0);
 }
 
+/* ---- the data home ------------------------------------------------------- */
+
+static int is_dir_(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* mkdir -p g_tmp/rel (each level 0755). */
+static int mkdirs(char *dir, size_t size, const char *rel)
+{
+    xfmt(dir, size, "%s/%s", g_tmp, rel);
+    for (char *p = dir + strlen(g_tmp) + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int bad = mkdir(dir, 0755) != 0 && !is_dir_(dir);
+        *p = '/';
+        if (bad)
+            return -1;
+    }
+    return mkdir(dir, 0755) != 0 && !is_dir_(dir) ? -1 : 0;
+}
+
+/* A good set of n_train/n_test examples written to g_tmp/rel (parents made). */
+static int write_set_at(const char *rel, int n_train, int n_test)
+{
+    char dir[1024];
+    if (mkdirs(dir, sizeof dir, rel) != 0)
+        return -1;
+    blob f[4];
+    make_good(f, n_train, n_test);
+    int rc = 0;
+    for (int k = 0; k < 4 && rc == 0; k++) {
+        char path[1100];
+        FMT(path, "%s/%s.gz", dir, file_names[k]);
+        rc = write_file(path, f[k].data, f[k].len, 1);
+    }
+    free_blobs(f);
+    return rc;
+}
+
+/* Train-split size of the set that path=spec_path resolves to from the
+ * current directory (config_dir as given), or -1 with the message in err. */
+static int64_t opened_count(const char *spec_path, const char *config_dir, dm_error *err)
+{
+    char spec[1200];
+    FMT(spec, "path=%s", spec_path);
+    ds d;
+    int rc = ds_open(&d, "mnist", spec, 1, config_dir, err);
+    int64_t n = rc == DM_OK ? d.info.count[DM_SPLIT_TRAIN] : -1;
+    ds_close(&d);
+    return n;
+}
+
+/* Point the data-home variables at folders under g_tmp ("" = unset). */
+static void set_home_env(const char *data, const char *home, const char *xdg)
+{
+    char buf[1024];
+    const char *names[3] = {"DMNIST_DATA", "HOME", "XDG_DATA_HOME"};
+    const char *vals[3] = {data, home, xdg};
+    for (int k = 0; k < 3; k++) {
+        if (!vals[k][0]) {
+            unsetenv(names[k]);
+            continue;
+        }
+        if (vals[k][0] == '/' || vals[k][0] == '.')
+            FMT(buf, "%s", vals[k]);
+        else
+            FMT(buf, "%s/%s", g_tmp, vals[k]);
+        setenv(names[k], buf, 1);
+    }
+}
+
+/* A relative data.path, run from an empty folder: $DMNIST_DATA/<path without
+ * data/>, then the per-user folder ($XDG_DATA_HOME/dmnist when absolute, else
+ * $HOME/.local/share/dmnist), each after the INI file's folder. Each set has
+ * its own size, so the count tells which one was opened. */
+static int test_mnist_data_home(void)
+{
+    char run[1024], cfg[1024];
+    REQUIRE(mkdirs(run, sizeof run, "run") == 0 && mkdirs(cfg, sizeof cfg, "cfg") == 0,
+            "mkdir under %s", g_tmp);
+    REQUIRE(chdir(run) == 0, "chdir %s", run);
+    REQUIRE(write_set_at("dd/mnist", 11, 2) == 0 && write_set_at("dd/nested/set", 12, 2) == 0 &&
+                write_set_at("user/.local/share/dmnist/mnist", 13, 2) == 0 &&
+                write_set_at("xdg/dmnist/mnist", 14, 2) == 0,
+            "cannot write the sets");
+    dm_error err = {0};
+    int64_t n;
+
+    set_home_env("dd", "user", "");
+    n = opened_count("data/mnist", cfg, &err);
+    printf("DMNIST_DATA, data/mnist -> %lld %s\n", (long long)n, err.msg);
+    REQUIRE(n == 11, "data/mnist with DMNIST_DATA: %lld (%s)", (long long)n, err.msg);
+    REQUIRE(opened_count("./data/mnist", cfg, &err) == 11, "./data/mnist: %s", err.msg);
+    REQUIRE(opened_count("mnist", NULL, &err) == 11, "mnist: %s", err.msg);
+    REQUIRE(opened_count("data/nested/set", cfg, &err) == 12, "data/nested/set: %s", err.msg);
+
+    /* A path that would leave the data home is not looked for there. */
+    n = opened_count("data/../mnist", cfg, &err);
+    printf("data/../mnist -> %lld: %s\n", (long long)n, err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, "data home was not searched"), "data/../mnist: %lld %s",
+            (long long)n, err.msg);
+
+    /* Without DMNIST_DATA: the per-user folder under HOME. */
+    set_home_env("", "user", "");
+    n = opened_count("data/mnist", cfg, &err);
+    printf("HOME only -> %lld %s\n", (long long)n, err.msg);
+    REQUIRE(n == 13, "per-user under HOME: %lld (%s)", (long long)n, err.msg);
+    /* An absolute XDG_DATA_HOME replaces ~/.local/share; a relative one is ignored. */
+    set_home_env("", "user", "xdg");
+    REQUIRE(opened_count("data/mnist", cfg, &err) == 14, "XDG_DATA_HOME: %s", err.msg);
+    set_home_env("", "user", "./xdg");
+    REQUIRE(opened_count("data/mnist", cfg, &err) == 13, "relative XDG_DATA_HOME: %s", err.msg);
+    /* DMNIST_DATA comes before the per-user folder... */
+    set_home_env("dd", "user", "xdg");
+    REQUIRE(opened_count("data/mnist", cfg, &err) == 11, "DMNIST_DATA first: %s", err.msg);
+    /* ...and the INI file's folder, then the current one, before both. */
+    REQUIRE(write_set_at("cfg/data/mnist", 15, 2) == 0, "cannot write cfg/data/mnist");
+    REQUIRE(opened_count("data/mnist", cfg, &err) == 15, "INI folder first: %s", err.msg);
+    REQUIRE(write_set_at("run/data/mnist", 16, 2) == 0, "cannot write run/data/mnist");
+    REQUIRE(opened_count("data/mnist", cfg, &err) == 16, "current folder first: %s", err.msg);
+    /* An absolute path is only itself. */
+    char abs[1100];
+    FMT(abs, "%s/nowhere/mnist", g_tmp);
+    n = opened_count(abs, cfg, &err);
+    REQUIRE(n == -1 && strstr(err.msg, "not found") && !strstr(err.msg, "DMNIST_DATA"),
+            "absolute path: %lld %s", (long long)n, err.msg);
+    return 0;
+}
+
+/* Not found anywhere: one line naming every place searched, in order. */
+static int test_mnist_not_found_lists(void)
+{
+    char run[1024], cfg[1024];
+    REQUIRE(mkdirs(run, sizeof run, "run") == 0 && mkdirs(cfg, sizeof cfg, "cfg") == 0,
+            "mkdir under %s", g_tmp);
+    REQUIRE(chdir(run) == 0, "chdir %s", run);
+    dm_error err = {0};
+    char want[4][1100];
+    FMT(want[0], "%s/data/mnist (current folder)", run);
+    FMT(want[1], "%s/data/mnist (INI folder)", cfg);
+    FMT(want[2], "%s/dd/mnist ($DMNIST_DATA)", g_tmp);
+    FMT(want[3], "%s/user/.local/share/dmnist/mnist (per-user)", g_tmp);
+    set_home_env("dd", "user", "");
+    int64_t n = opened_count("data/mnist", cfg, &err);
+    printf("not found -> %s\n", err.msg);
+    REQUIRE(n == -1 && strncmp(err.msg, "data/mnist: MNIST folder not found; looked in ", 46) == 0,
+            "message: %s", err.msg);
+    REQUIRE(!strchr(err.msg, '\n') && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s",
+            err.msg);
+    const char *at = err.msg;
+    for (int k = 0; k < 4; k++) {
+        const char *hit = strstr(at, want[k]);
+        REQUIRE(hit, "place %d '%s' missing or out of order in: %s", k, want[k], err.msg);
+        at = hit + strlen(want[k]);
+    }
+    /* Without DMNIST_DATA the message says so; XDG_DATA_HOME is named when used. */
+    set_home_env("", "user", "xdg");
+    opened_count("data/mnist", cfg, &err);
+    printf("not found -> %s\n", err.msg);
+    FMT(want[0], "%s/xdg/dmnist/mnist (per-user, $XDG_DATA_HOME)", g_tmp);
+    REQUIRE(strstr(err.msg, want[0]) && strstr(err.msg, "DMNIST_DATA is not set"), "message: %s",
+            err.msg);
+    return 0;
+}
+
+/* Something in the data home that anyone can write to is refused, with the
+ * path and the reason; sticky world-writable folders above (like /tmp) are
+ * fine; the same folder named explicitly in data.path is the user's choice. */
+static int test_mnist_data_home_world_writable(void)
+{
+    char run[1024], dir[1024], file[1100];
+    REQUIRE(mkdirs(run, sizeof run, "run") == 0, "mkdir under %s", g_tmp);
+    REQUIRE(chdir(run) == 0, "chdir %s", run);
+    REQUIRE(write_set_at("dd/mnist", 5, 2) == 0, "cannot write the set");
+    set_home_env("dd", "user", "");
+    dm_error err = {0};
+    REQUIRE(opened_count("data/mnist", NULL, &err) == 5, "good data home: %s", err.msg);
+
+    FMT(dir, "%s/dd/mnist", g_tmp);
+    REQUIRE(chmod(dir, 0757) == 0, "chmod %s", dir);
+    int64_t n = opened_count("data/mnist", NULL, &err);
+    printf("world-writable folder -> %s\n", err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, dir) && strstr(err.msg, "world-writable"),
+            "world-writable folder: %lld %s", (long long)n, err.msg);
+    REQUIRE(opened_count(dir, NULL, &err) == 5, "explicit path refused: %s", err.msg);
+    REQUIRE(chmod(dir, 0755) == 0, "chmod %s", dir);
+
+    FMT(file, "%s/%s.gz", dir, file_names[TEST_LABELS]);
+    REQUIRE(chmod(file, 0646) == 0, "chmod %s", file);
+    n = opened_count("data/mnist", NULL, &err);
+    printf("world-writable file -> %s\n", err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, file) && strstr(err.msg, "world-writable"),
+            "world-writable file: %lld %s", (long long)n, err.msg);
+    REQUIRE(chmod(file, 0644) == 0, "chmod %s", file);
+
+    FMT(dir, "%s/dd", g_tmp);
+    REQUIRE(chmod(dir, 0777) == 0, "chmod %s", dir);
+    n = opened_count("data/mnist", NULL, &err);
+    printf("world-writable folder above -> %s\n", err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, dir) && strstr(err.msg, "no sticky bit"),
+            "world-writable parent: %lld %s", (long long)n, err.msg);
+    REQUIRE(chmod(dir, 01777) == 0, "chmod %s", dir);
+    REQUIRE(opened_count("data/mnist", NULL, &err) == 5, "sticky parent refused: %s", err.msg);
+    REQUIRE(chmod(dir, 0755) == 0, "chmod %s", dir);
+    return 0;
+}
+
 /* ---- mnist on broken files ----------------------------------------------- */
 
 /* Open a set in which file `which` was replaced by `bad` (gz: all four
@@ -540,6 +750,62 @@ static int test_mnist_real(void)
     return 0;
 }
 
+/* Fashion-MNIST through the same plugin, from $DMNIST_FASHION_DIR or the
+ * Debian package's folder (skipped when neither holds it): 6000 training and
+ * 1000 test images per class (MNIST's classes are uneven), and its own pixel
+ * statistics, given through the mean and std keys. */
+static int test_fashion_real(void)
+{
+    const char *env = getenv("DMNIST_FASHION_DIR");
+    const char *dir = env && env[0] ? env : "/usr/share/datasets/fashion-mnist";
+    for (int k = 0; k < 4; k++)
+        if (!has_file(dir, file_names[k])) {
+            printf("SKIP: no Fashion-MNIST in %s (apt-get install dataset-fashion-mnist, or set "
+                   "DMNIST_FASHION_DIR)\n", dir);
+            return SKIP_CODE;
+        }
+    printf("reading Fashion-MNIST from %s\n", dir);
+    char spec[1200];
+    FMT(spec, "path=%s standardize=true mean=0.2860 std=0.3530", dir);
+    dm_error err = {0};
+    ds d;
+    int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
+    REQUIRE(rc == DM_OK, "%s", err.msg);
+    REQUIRE(d.info.count[DM_SPLIT_TRAIN] == 60000 && d.info.count[DM_SPLIT_TEST] == 10000,
+            "counts %lld/%lld", (long long)d.info.count[0], (long long)d.info.count[1]);
+    enum { B = 1000 };
+    float *images = malloc((size_t)B * PIXELS * sizeof(float));
+    int32_t labels[B];
+    int64_t idx[B];
+    REQUIRE(images, "out of memory");
+    for (int split = 0; split < 2; split++) {
+        int counts[10] = {0};
+        double sum = 0, sum2 = 0;
+        for (int64_t start = 0; start < d.info.count[split]; start += B) {
+            for (int i = 0; i < B; i++)
+                idx[i] = start + i;
+            rc = d.vt->read(d.state, (dm_split)split, idx, B, images, labels, &err);
+            REQUIRE(rc == DM_OK, "%s", err.msg);
+            for (int i = 0; i < B; i++)
+                counts[labels[i]]++;
+            for (size_t p = 0; p < (size_t)B * PIXELS; p++)
+                sum += images[p], sum2 += (double)images[p] * images[p];
+        }
+        for (int c = 0; c < 10; c++)
+            REQUIRE(counts[c] == (split ? 1000 : 6000), "split %d class %d: %d examples", split,
+                    c, counts[c]);
+        double n = (double)d.info.count[split] * PIXELS, mean = sum / n;
+        double sd = sqrt(sum2 / n - mean * mean);
+        printf("split %d: 10 classes of %d; standardized mean %.4f std %.4f\n", split,
+               split ? 1000 : 6000, mean, sd);
+        if (split == DM_SPLIT_TRAIN)
+            REQUIRE(fabs(mean) < 2e-3 && fabs(sd - 1.0) < 2e-3, "train mean %g std %g", mean, sd);
+    }
+    free(images);
+    ds_close(&d);
+    return 0;
+}
+
 /* ---- synthetic ------------------------------------------------------------- */
 
 static int test_synthetic_deterministic(void)
@@ -676,6 +942,10 @@ static const test_case cases[] = {
     {"mnist_bad_gzip", test_mnist_bad_gzip},
     {"mnist_missing", test_mnist_missing},
     {"mnist_real", test_mnist_real},
+    {"mnist_data_home", test_mnist_data_home},
+    {"mnist_not_found_lists", test_mnist_not_found_lists},
+    {"mnist_data_home_world_writable", test_mnist_data_home_world_writable},
+    {"fashion_real", test_fashion_real},
     {"synthetic_deterministic", test_synthetic_deterministic},
     {"synthetic_learnable", test_synthetic_learnable},
     {"synthetic_shapes", test_synthetic_shapes},

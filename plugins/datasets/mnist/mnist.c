@@ -1,4 +1,5 @@
-/* MNIST from the four original IDX files, plain or gzipped.
+/* MNIST (or Fashion-MNIST, same files and format) from the four IDX files,
+ * plain or gzipped.
  *
  * open() reads both splits into memory once as bytes (47 MB for the
  * training images) and checks every header against the file; read() turns
@@ -7,7 +8,7 @@
  * IDX (big-endian): images = magic 2051, count, rows, cols, then
  * count*rows*cols bytes; labels = magic 2049, count, then count bytes.
  */
-#define _POSIX_C_SOURCE 200809L /* fileno, fstat */
+#define _XOPEN_SOURCE 700 /* fileno, fstat, realpath, S_ISVTX */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -23,7 +24,8 @@
 #define IDX_LABELS_MAGIC 2049u
 #define MNIST_PATH_MAX 4096
 
-/* Mean and standard deviation of the training pixels scaled to [0, 1]. */
+/* Mean and standard deviation of MNIST's training pixels scaled to [0, 1]:
+ * the defaults of the mean and std keys (Fashion-MNIST: 0.2860, 0.3530). */
 #define MNIST_MEAN 0.1307f
 #define MNIST_STD 0.3081f
 
@@ -44,9 +46,14 @@ typedef struct mnist_state {
 static const dm_param_def mnist_params[] = {
     {"path", DM_PARAM_STRING, "data/mnist", 0, -1, NULL,
      "folder with the four IDX files (.gz or not); relative: to the current "
-     "directory, then to the INI file's folder"},
+     "directory, the INI file's folder, then the data home ($DMNIST_DATA, "
+     "~/.local/share/dmnist) without a leading data/"},
     {"standardize", DM_PARAM_BOOL, "false", 0, -1, NULL,
-     "false: pixels in [0, 1]; true: also (x - 0.1307) / 0.3081"},
+     "false: pixels in [0, 1]; true: also (x - mean) / std"},
+    {"mean", DM_PARAM_FLOAT, "0.1307", 0, 1, NULL,
+     "training-pixel mean for standardize (MNIST's; Fashion-MNIST: 0.2860)"},
+    {"std", DM_PARAM_FLOAT, "0.3081", 1e-6, 1, NULL,
+     "training-pixel standard deviation for standardize (MNIST's; Fashion-MNIST: 0.3530)"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 /* ---- reading one IDX file ---------------------------------------------- */
@@ -292,33 +299,188 @@ static const char *unusable(const char *path, int want_dir)
     return NULL;
 }
 
-/* path as given if it is a folder (absolute or relative to the current
- * directory), else config_dir/path. */
-static int find_dir(const char *path, const char *config_dir, char *out, dm_error *err)
+/* ---- the data home ------------------------------------------------------ */
+
+/* A relative data.path inside a data home: leading "./" segments and one
+ * leading "data/" segment are dropped (the data home stands for a checkout's
+ * data/ folder), so "data/mnist" is looked for as <home>/mnist. NULL when
+ * nothing is left or a ".." segment would leave the data home. */
+static const char *home_relative(const char *path)
+{
+    while (path[0] == '.' && path[1] == '/')
+        for (path += 2; *path == '/'; path++) {}
+    if (strncmp(path, "data/", 5) == 0)
+        for (path += 5; *path == '/'; path++) {}
+    if (path[0] == '\0')
+        return NULL;
+    for (const char *p = path; *p;) {
+        size_t n = strcspn(p, "/");
+        if (n == 2 && p[0] == '.' && p[1] == '.')
+            return NULL;
+        p += n;
+        while (*p == '/')
+            p++;
+    }
+    return path;
+}
+
+/* A data home's files are read as they are, so a folder or file anyone can
+ * write to could feed the run other data without a word. Refuse dir (a
+ * folder found in a data home) when it, or one of the IDX files later, is
+ * world-writable, or when a folder above it is world-writable without the
+ * sticky bit (anyone could rename it away and put another in its place);
+ * /tmp-like sticky folders above are fine. */
+static int check_not_world_writable(const char *path, int is_folder, dm_error *err)
+{
+    char real[MNIST_PATH_MAX];
+    if (!realpath(path, real))
+        return dm_fail(err, DM_ERR_IO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (stat(real, &st) != 0)
+        return dm_fail(err, DM_ERR_IO, "%s: %s", real, strerror(errno));
+    if (st.st_mode & S_IWOTH)
+        return dm_fail(err, DM_ERR_IO, "%s: refused: the %s is in the data home and anyone can "
+                       "write to it (world-writable%s); chmod o-w it, or name it in data.path",
+                       path, is_folder ? "folder" : "file",
+                       strcmp(real, path) ? ", through a symbolic link" : "");
+    if (!is_folder)
+        return DM_OK;
+    for (char *slash = strrchr(real, '/'); slash; slash = strrchr(real, '/')) {
+        if (slash == real)
+            slash[1] = '\0'; /* "/" itself */
+        else
+            *slash = '\0';
+        if (stat(real, &st) != 0)
+            return dm_fail(err, DM_ERR_IO, "%s: %s", real, strerror(errno));
+        if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+            return dm_fail(err, DM_ERR_IO, "%s: refused: the data home folder %s above it can be "
+                           "changed by anyone (world-writable, no sticky bit); chmod o-w it",
+                           path, real);
+        if (slash == real)
+            break;
+    }
+    return DM_OK;
+}
+
+/* ---- locating the folder ------------------------------------------------ */
+
+/* One place searched: the path tried and how it is described. */
+typedef struct place {
+    char path[MNIST_PATH_MAX];
+    char why[64];
+    int data_home;
+} place;
+
+/* Append s to the string in buf (size bytes), cutting it if needed. */
+static void append(char *buf, size_t size, const char *s)
+{
+    size_t len = strlen(buf), n = strlen(s);
+    if (len + 1 >= size)
+        return;
+    if (n > size - len - 1)
+        n = size - len - 1;
+    memcpy(buf + len, s, n);
+    buf[len + n] = '\0';
+}
+
+/* Append "path (why)" to the list of places searched, a relative path shown
+ * from cwd (NULL: as it is). */
+static void list_place(char *list, size_t size, const char *cwd, const place *p)
+{
+    if (list[0])
+        append(list, size, ", ");
+    if (cwd && p->path[0] != '/') {
+        append(list, size, cwd);
+        append(list, size, "/");
+    }
+    append(list, size, p->path);
+    if (p->why[0]) {
+        append(list, size, " (");
+        append(list, size, p->why);
+        append(list, size, ")");
+    }
+}
+
+/* The folder for data.path = path, searched in this order:
+ *   1. path itself (absolute, or relative to the current directory);
+ *   and for a relative path only:
+ *   2. config_dir/path (the INI file's folder);
+ *   3. $DMNIST_DATA/<rel>            (when DMNIST_DATA is set and not empty);
+ *   4. $XDG_DATA_HOME/dmnist/<rel>   (when XDG_DATA_HOME is an absolute path),
+ *      else $HOME/.local/share/dmnist/<rel>;
+ * where <rel> is home_relative(path). The first folder found wins; a place
+ * that is there but unusable (no permission, not a folder) stops the search
+ * with the reason. *data_home tells whether the folder is in a data home. */
+static int find_dir(const char *path, const char *config_dir, char *out, int *data_home,
+                    dm_error *err)
 {
     if (path[0] == '\0')
         return dm_fail(err, DM_ERR_INVALID, "mnist: path is empty");
-    if (is_dir(path) || path[0] == '/' || !config_dir || !config_dir[0]) {
-        if (!is_dir(path) && unusable(path, 1))
-            return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", path, unusable(path, 1));
-        if (!is_dir(path))
-            return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found; run "
-                           "scripts/get-mnist.sh to download MNIST", path);
-        return snprintf(out, MNIST_PATH_MAX, "%s", path) < MNIST_PATH_MAX
-                   ? DM_OK
-                   : dm_fail(err, DM_ERR_INVALID, "mnist: path too long: %s", path);
+    place places[4];
+    int n = 0;
+    memset(places, 0, sizeof places);
+    if (path[0] != '/')
+        snprintf(places[n].why, sizeof places[n].why, "current folder");
+    snprintf(places[n++].path, MNIST_PATH_MAX, "%s", path);
+    char skipped[160] = "";
+    if (path[0] != '/') {
+        if (config_dir && config_dir[0]) {
+            snprintf(places[n].why, sizeof places[n].why, "INI folder");
+            snprintf(places[n++].path, MNIST_PATH_MAX, "%s/%s", config_dir, path);
+        }
+        const char *rel = home_relative(path);
+        const char *env = getenv("DMNIST_DATA");
+        const char *xdg = getenv("XDG_DATA_HOME");
+        const char *home = getenv("HOME");
+        if (!rel) {
+            snprintf(skipped, sizeof skipped, "; the data home was not searched: '%s' does not "
+                     "name a folder inside it", path);
+        } else {
+            if (env && env[0]) {
+                snprintf(places[n].why, sizeof places[n].why, "$DMNIST_DATA");
+                places[n].data_home = 1;
+                snprintf(places[n++].path, MNIST_PATH_MAX, "%s/%s", env, rel);
+            }
+            if (xdg && xdg[0] == '/') {
+                snprintf(places[n].why, sizeof places[n].why, "per-user, $XDG_DATA_HOME");
+                places[n].data_home = 1;
+                snprintf(places[n++].path, MNIST_PATH_MAX, "%s/dmnist/%s", xdg, rel);
+            } else if (home && home[0]) {
+                snprintf(places[n].why, sizeof places[n].why, "per-user");
+                places[n].data_home = 1;
+                snprintf(places[n++].path, MNIST_PATH_MAX, "%s/.local/share/dmnist/%s", home,
+                         rel);
+            }
+            if (!(env && env[0]))
+                snprintf(skipped, sizeof skipped, "; DMNIST_DATA is not set");
+        }
     }
-    int rc = join(out, config_dir, path, "", err);
-    if (rc != DM_OK)
-        return rc;
-    if (!is_dir(out) && (unusable(path, 1) || unusable(out, 1))) {
-        const char *bad = unusable(path, 1) ? path : out;
-        return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", bad, unusable(bad, 1));
+    for (int k = 0; k < n; k++)
+        if (strlen(places[k].path) >= MNIST_PATH_MAX - 1)
+            return dm_fail(err, DM_ERR_INVALID, "mnist: path too long: %.200s...",
+                           places[k].path);
+    for (int k = 0; k < n; k++) {
+        const char *cand = places[k].path;
+        if (is_dir(cand)) {
+            if (places[k].data_home) {
+                int rc = check_not_world_writable(cand, 1, err);
+                if (rc != DM_OK)
+                    return rc;
+            }
+            memcpy(out, cand, strlen(cand) + 1); /* shorter than MNIST_PATH_MAX - 1 */
+            *data_home = places[k].data_home;
+            return DM_OK;
+        }
+        if (unusable(cand, 1))
+            return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", cand, unusable(cand, 1));
     }
-    if (!is_dir(out))
-        return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found (nor %s); run "
-                       "scripts/get-mnist.sh to download MNIST", path, out);
-    return DM_OK;
+    char list[5 * MNIST_PATH_MAX + 256] = "", cwd[MNIST_PATH_MAX];
+    int have_cwd = getcwd(cwd, sizeof cwd) != NULL;
+    for (int k = 0; k < n; k++)
+        list_place(list, sizeof list, have_cwd ? cwd : NULL, &places[k]);
+    return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found; looked in %s%s; fetch it "
+                   "with scripts/get-mnist.sh%s", path, list, skipped,
+                   strstr(path, "fashion") ? " --fashion" : "");
 }
 
 /* dir/name if it exists, else dir/name.gz. */
@@ -342,8 +504,8 @@ static int find_file(const char *dir, const char *name, char *out, int *is_gz, d
     if (join(plain, dir, name, "", err) == DM_OK && unusable(plain, 0))
         return dm_fail(err, DM_ERR_IO, "%s: %s", plain, unusable(plain, 0));
     if (unusable(out, 0)) return dm_fail(err, DM_ERR_IO, "%s: %s", out, unusable(out, 0));
-    return dm_fail(err, DM_ERR_IO, "%s/%s: not found (nor %s.gz); run scripts/get-mnist.sh to "
-                   "download MNIST", dir, name, name);
+    return dm_fail(err, DM_ERR_IO, "%s/%s: not found (nor %s.gz); run scripts/get-mnist.sh "
+                   "(--fashion for Fashion-MNIST)", dir, name, name);
 }
 
 /* ---- the component ------------------------------------------------------ */
@@ -360,7 +522,7 @@ static void mnist_close(void *state)
     free(s);
 }
 
-static int load_split(mnist_split *sp, const char *dir, int k, dm_error *err)
+static int load_split(mnist_split *sp, const char *dir, int data_home, int k, dm_error *err)
 {
     char img_path[MNIST_PATH_MAX], lab_path[MNIST_PATH_MAX];
     int img_gz, lab_gz;
@@ -368,6 +530,10 @@ static int load_split(mnist_split *sp, const char *dir, int k, dm_error *err)
     int rc = find_file(dir, image_files[k], img_path, &img_gz, err);
     if (rc == DM_OK)
         rc = find_file(dir, label_files[k], lab_path, &lab_gz, err);
+    if (rc == DM_OK && data_home)
+        rc = check_not_world_writable(img_path, 0, err);
+    if (rc == DM_OK && data_home)
+        rc = check_not_world_writable(lab_path, 0, err);
     if (rc == DM_OK)
         rc = read_idx(img_path, img_gz, 1, &n_img, &sp->images, err);
     if (rc == DM_OK)
@@ -390,8 +556,11 @@ static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, voi
 {
     const char *path = dm_param_str(params, "path", "data/mnist");
     int standardize = (int)dm_param_int(params, "standardize", 0);
+    float mean = (float)dm_param_float(params, "mean", MNIST_MEAN);
+    float std = (float)dm_param_float(params, "std", MNIST_STD);
     char dir[MNIST_PATH_MAX];
-    int rc = find_dir(path, cfg->config_dir, dir, err);
+    int data_home = 0;
+    int rc = find_dir(path, cfg->config_dir, dir, &data_home, err);
     if (rc != DM_OK)
         return rc;
 
@@ -399,7 +568,7 @@ static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, voi
     if (!s)
         return dm_fail(err, DM_ERR_NOMEM, "mnist: out of memory");
     for (int k = 0; k < 2; k++) {
-        rc = load_split(&s->split[k], dir, k, err);
+        rc = load_split(&s->split[k], dir, data_home, k, err);
         if (rc != DM_OK) {
             mnist_close(s);
             return rc;
@@ -407,7 +576,7 @@ static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, voi
     }
     for (int v = 0; v < 256; v++) {
         float x = (float)v / 255.0f;
-        s->pixel[v] = standardize ? (x - MNIST_MEAN) / MNIST_STD : x;
+        s->pixel[v] = standardize ? (x - mean) / std : x;
     }
 
     info->count[DM_SPLIT_TRAIN] = s->split[DM_SPLIT_TRAIN].count;
@@ -448,6 +617,6 @@ static const dm_dataset_vtable mnist_vtable = {
 
 DM_PLUGIN_DEFINE("mnist", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";zlib",
     DM_DATASET_COMPONENT("mnist",
-                         "MNIST digits from the original IDX files "
+                         "MNIST digits (or Fashion-MNIST) from the IDX files "
                          "(60000 train, 10000 test, 1x28x28)",
                          mnist_params, &mnist_vtable));

@@ -33,15 +33,26 @@ def need(module, package):
              "(scripts/install-deps.sh --export)" % (module, e, package))
 
 
-def export(*args):
-    """Run dmnist-export CKPT configs/cnn.ini ARGS from the source tree."""
-    cmd = [EXPORT, CKPT, CONFIG] + list(args)
+def export(*args, ckpt=CKPT, config=CONFIG):
+    """Run dmnist-export CKPT CONFIG ARGS from the source tree."""
+    cmd = [EXPORT, ckpt, config] + list(args)
     print("$ " + " ".join(cmd))
     p = subprocess.run(cmd, cwd=SRC, capture_output=True, text=True)
     sys.stdout.write(p.stdout + p.stderr)
     if p.returncode != 0:
         fail("dmnist-export exited %d" % p.returncode)
     return p.stdout
+
+
+def train(config, ckpt_dir):
+    """A short dmnist-run of CONFIG, checkpointed into ckpt_dir."""
+    cmd = [os.environ["DMNIST_RUN"], config, "--no-progress", "--set", "train.checkpoint_dir=" + ckpt_dir]
+    print("$ " + " ".join(cmd))
+    p = subprocess.run(cmd, cwd=SRC, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stdout.write(p.stdout + p.stderr)
+        fail("dmnist-run exited %d" % p.returncode)
+    print(p.stdout.strip().splitlines()[-1])
 
 
 def mnist_test():

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install what dmnist needs on Debian 12 (run as root, or as a user with sudo).
 #
-#   scripts/install-deps.sh [--runtime | --tests | --all] [--check]
+#   scripts/install-deps.sh [--runtime | --tests | --export | --all] [--check]
 #
-# Two groups, installed in this order:
+# Three groups, installed in this order:
 #   runtime  what building dmnist, fetching MNIST and training needs: the
 #            compiler and CMake, inih, zlib, OpenBLAS, Open MPI, Gloo, curl
 #            (scripts/get-mnist.sh), Python 3 (scripts/sweep, seeds,
@@ -14,10 +14,17 @@
 #            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
 #            PyTorch (the reference in scripts/bench), Fashion-MNIST
 #            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh)
+#   export   dmnist-export (tools/export, docs/export.md): protobuf-c, its
+#            compiler and the ONNX schema (libonnx-dev's onnx.proto) to build
+#            it; then a Python virtual environment .venv at the top of the
+#            checkout (--system-site-packages, so Debian's python3-torch is
+#            seen) with onnxruntime, onnx and safetensors from PyPI, for
+#            tests/export (override the folder with DMNIST_VENV)
 #
 #   --runtime  only the runtime group (also: --runtime-only)
 #   --tests    only the tests group (also: --tests-only)
-#   --all      both groups (the default: everything scripts/test.sh needs)
+#   --export   only the export group (also: --export-only)
+#   --all      every group (the default: everything scripts/test.sh needs)
 #   --check    install nothing; list the commands (and data files) of the
 #              chosen groups that are missing, exit 1 if any is
 #
@@ -46,24 +53,34 @@ tests_packages=(
   python3-torch                              # the PyTorch reference of scripts/bench
   dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
 )
+export_packages=(
+  libprotobuf-c-dev protobuf-c-compiler      # dmnist-export: protobuf-c and protoc-c
+  libonnx-dev                                # the ONNX schema (/usr/include/onnx/onnx.proto)
+  python3-venv python3-torch                 # .venv for tests/export; PyTorch loads the safetensors
+)
+# PyPI packages of the export group's virtual environment.
+export_pip=(onnxruntime onnx safetensors)
 # COMMAND:PACKAGE pairs that --check (and the check after installing) looks for.
 runtime_commands=(cc:build-essential c++:build-essential make:build-essential cmake:cmake
   pkg-config:pkg-config git:git mpirun:openmpi-bin curl:curl python3:python3
   sha256sum:coreutils timeout:coreutils)
+export_commands=(protoc-c:protobuf-c-compiler)
 tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
   taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang)
 # FILE:PACKAGE pairs for packages that install data, not a command.
 runtime_files=()
+export_files=()
 tests_files=(/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist)
 
-groups=(runtime tests) check=0
+groups=(runtime tests export) check=0
 for a in "$@"; do
   case $a in
     --runtime | --runtime-only) groups=(runtime) ;;
     --tests | --tests-only) groups=(tests) ;;
-    --all) groups=(runtime tests) ;;
+    --export | --export-only) groups=(export) ;;
+    --all) groups=(runtime tests export) ;;
     --check) check=1 ;;
-    -h | --help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,33s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "$prog: unknown argument '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -107,9 +124,21 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -qq
 for g in "${groups[@]}"; do
-  if [ "$g" = runtime ]; then pk=("${runtime_packages[@]}"); else pk=("${tests_packages[@]}"); fi
+  case $g in
+    runtime) pk=("${runtime_packages[@]}") ;;
+    tests) pk=("${tests_packages[@]}") ;;
+    *) pk=("${export_packages[@]}") ;;
+  esac
   echo "$prog: installing the $g group: ${pk[*]}"
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${pk[@]}" ||
     die "apt-get could not install the $g group"
 done
+if [[ " ${groups[*]} " == *" export "* ]]; then
+  # The tests' Python: Debian's python3 (not a pyenv shim), seeing Debian's torch.
+  venv=${DMNIST_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
+  echo "$prog: export group: virtual environment $venv with ${export_pip[*]}"
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv" ||
+    die "could not create the virtual environment $venv"
+  "$venv/bin/python" -m pip install -q "${export_pip[@]}" || die "pip could not install ${export_pip[*]} into $venv"
+fi
 report || die "some commands are still missing after the install"

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 #define DM_ABI_MAJOR 1
-#define DM_ABI_MINOR 2
+#define DM_ABI_MINOR 3
 
 /* The one symbol every plugin exports. */
 #define DM_PLUGIN_ENTRY_SYMBOL "dm_plugin_entry"

@@ -4,6 +4,7 @@
 #include "dmnist/abi.h"
 #include "dmnist/tensor.h"
 #include "dmnist/layer.h"
+#include "dmnist/onnx.h"
 #include "dmnist/optimizer.h"
 #include "dmnist/dataset.h"
 #include "dmnist/comm.h"

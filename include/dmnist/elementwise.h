@@ -169,15 +169,41 @@ static inline void dm_elementwise_destroy(void *state)
 #endif
 
 #define DM_ELEMENTWISE_LAYER(NAME, F, DX) \
-    DM_ELEMENTWISE_LAYER_(NAME, F, DX, DM_DEVICE_BIT(DM_DEVICE_CPU), NULL, NULL)
+    DM_ELEMENTWISE_LAYER_(NAME, F, DX, DM_DEVICE_BIT(DM_DEVICE_CPU), NULL, NULL, NULL)
 #define DM_ELEMENTWISE_LAYER_CUDA(NAME, F, DX, CUDA_FWD, CUDA_BWD)                         \
     DM_ELEMENTWISE_LAYER_(NAME, F, DX,                                                    \
                           DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA),   \
-                          CUDA_FWD, CUDA_BWD)
+                          CUDA_FWD, CUDA_BWD, NULL)
+
+/* The same for a layer that is one ONNX operator without attributes
+ * (ABI 1.3, dmnist-export): OP is its op_type, e.g. "Relu".
+ *   DM_ELEMENTWISE_LAYER_ONNX(relu, RELU, RELU_DX, "Relu");
+ *   DM_ELEMENTWISE_LAYER_CUDA_ONNX(relu, RELU, RELU_DX, relu_forward_cuda, relu_backward_cuda, "Relu");
+ */
+#define DM_ELEMENTWISE_LAYER_ONNX(NAME, F, DX, OP)                                           \
+    DM_ELEMENTWISE_ONNX_FN_(NAME, OP)                                                        \
+    DM_ELEMENTWISE_LAYER_(NAME, F, DX, DM_DEVICE_BIT(DM_DEVICE_CPU), NULL, NULL, NAME##_onnx)
+#define DM_ELEMENTWISE_LAYER_CUDA_ONNX(NAME, F, DX, CUDA_FWD, CUDA_BWD, OP)                  \
+    DM_ELEMENTWISE_ONNX_FN_(NAME, OP)                                                        \
+    DM_ELEMENTWISE_LAYER_(NAME, F, DX,                                                       \
+                          DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA),      \
+                          CUDA_FWD, CUDA_BWD, NAME##_onnx)
+
+/* One node OP from the layer's input to its output (any rank). */
+static inline int dm_elementwise_onnx(const char *op, dm_onnx_builder *b, dm_error *err)
+{
+    return dm_onnx_unary(b, op, b->input, b->output, err);
+}
+#define DM_ELEMENTWISE_ONNX_FN_(NAME, OP)                                                    \
+    static int NAME##_onnx(void *state, dm_onnx_builder *b, dm_error *err)                   \
+    {                                                                                        \
+        (void)state;                                                                         \
+        return dm_elementwise_onnx((OP), b, err);                                            \
+    }
 
 /* The loops load every operand unconditionally so that a select in F or DX
  * vectorises. */
-#define DM_ELEMENTWISE_LAYER_(NAME, F, DX, DEVICES, CUDA_FWD, CUDA_BWD)                          \
+#define DM_ELEMENTWISE_LAYER_(NAME, F, DX, DEVICES, CUDA_FWD, CUDA_BWD, ONNX)                    \
     static void NAME##_forward_cpu(const dm_elementwise *s, size_t count, const float *x,         \
                                    float *y)                                                      \
     {                                                                                             \
@@ -227,6 +253,7 @@ static inline void dm_elementwise_destroy(void *state)
         .forward = NAME##_forward,                                                                \
         .backward = NAME##_backward,                                                              \
         .destroy = dm_elementwise_destroy,                                                        \
+        .onnx = (ONNX),                                                                           \
     }
 
 #endif /* DMNIST_ELEMENTWISE_H */

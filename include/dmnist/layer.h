@@ -16,6 +16,8 @@
  *   init_state  -> (ABI 1.1+, optional) once on rank 0, like init_params:
  *                  the initial state values (a host buffer); NULL = zeros.
  *   forward/backward -> many times, any order forward..backward per step.
+ *   onnx        -> (ABI 1.3+, optional) dmnist-export only, after bind: the
+ *                  layer at inference as ONNX nodes (dmnist/onnx.h).
  *   destroy     -> once; frees what create allocated. Never frees buffers
  *                  the core gave it.
  *
@@ -27,6 +29,7 @@
 #define DMNIST_LAYER_H
 
 #include "dmnist/abi.h"
+#include "dmnist/onnx.h"
 #include "dmnist/tensor.h"
 
 #ifdef __cplusplus
@@ -116,6 +119,15 @@ typedef struct dm_layer_vtable {
      * values; called once on rank 0, like init_params (the other ranks
      * receive a broadcast). NULL: the state starts at zero. */
     int (*init_state)(void *state, float *host_state, dm_error *err);
+
+    /* ABI 1.3+. Optional; the host calls it only when the vtable's
+     * struct_size covers it and it is not NULL. */
+
+    /* Describe the layer at inference (training = 0) as ONNX nodes and
+     * initializers through b (dmnist/onnx.h): dmnist-export, after create
+     * and bind, on a CPU instance. NULL: the layer cannot be exported to
+     * ONNX or safetensors, and the exporter refuses it by name. */
+    int (*onnx)(void *state, dm_onnx_builder *b, dm_error *err);
     /* Later minor versions: append new methods here. */
 } dm_layer_vtable;
 

@@ -286,6 +286,44 @@ static void conv2d_destroy(void *state)
     free(state);
 }
 
+/* ONNX (dmnist-export): Conv with the weights (filters, in_c, k, k) and bias as
+ * initializers "<layer>.weight", "<layer>.bias" (torch.nn.Conv2d's layout),
+ * explicit pads ('same' puts the odd pixel at the bottom/right, as create
+ * does), then Relu when it is fused. */
+static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
+{
+    const conv2d_state *s = state;
+    if (b->in_rank != 4)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: conv2d needs a 4-D (N, C, H, W) input in the graph, got rank %d",
+                       s->name, b->in_rank);
+    const size_t nw = (size_t)s->filters * s->in_c * s->k * s->k;
+    if (!b->params || b->param_count < nw + (s->has_bias ? (size_t)s->filters : 0))
+        return dm_fail(err, DM_ERR_INVALID, "%s: onnx: parameters missing", s->name);
+    char wname[128], bname[128], conv[128];
+    dm_onnx_name(b, "weight", wname, sizeof wname);
+    dm_onnx_name(b, "bias", bname, sizeof bname);
+    dm_onnx_name(b, "conv", conv, sizeof conv);
+    const int64_t wdims[4] = {s->filters, s->in_c, s->k, s->k}, bdims[1] = {s->filters};
+    int rc = b->add_initializer(b, wname, wdims, 4, b->params, err);
+    if (rc == DM_OK && s->has_bias)
+        rc = b->add_initializer(b, bname, bdims, 1, b->params + nw, err);
+    if (rc != DM_OK)
+        return rc;
+    int th = (s->out_h - 1) * s->stride + s->k - s->in_h, tw = (s->out_w - 1) * s->stride + s->k - s->in_w;
+    th = th > 0 ? th : 0;
+    tw = tw > 0 ? tw : 0;
+    const int64_t kernel[2] = {s->k, s->k}, strides[2] = {s->stride, s->stride};
+    const int64_t pads[4] = {s->pad_top, s->pad_left, th - s->pad_top, tw - s->pad_left};
+    const char *in[3] = {b->input, wname, bname}, *out[1] = {s->relu ? conv : b->output};
+    if ((rc = b->add_node(b, "Conv", in, s->has_bias ? 3 : 2, out, 1, err)) ||
+        (rc = b->attr_ints(b, "kernel_shape", kernel, 2, err)) ||
+        (rc = b->attr_ints(b, "strides", strides, 2, err)) ||
+        (rc = b->attr_ints(b, "pads", pads, 4, err)))
+        return rc;
+    return s->relu ? dm_onnx_unary(b, "Relu", conv, b->output, err) : DM_OK;
+}
+
 static const dm_layer_vtable conv2d_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = CONV2D_DEVICES,
@@ -295,6 +333,7 @@ static const dm_layer_vtable conv2d_vtable = {
     .forward = conv2d_forward,
     .backward = conv2d_backward,
     .destroy = conv2d_destroy,
+    .onnx = conv2d_onnx,
 };
 
 DM_PLUGIN_DEFINE("conv2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",

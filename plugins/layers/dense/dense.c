@@ -198,6 +198,41 @@ static void dense_destroy(void *state)
     free(state);
 }
 
+/* ONNX (dmnist-export): Flatten (a 4-D input), Gemm with transB = 1 over the
+ * weights (units, in_features) and bias as "<layer>.weight", "<layer>.bias"
+ * (torch.nn.Linear's layout), then Relu when it is fused. Output (N, units). */
+static int dense_onnx(void *state, dm_onnx_builder *b, dm_error *err)
+{
+    const dense_state *s = state;
+    const size_t nw = (size_t)s->units * s->in_features;
+    if (!b->params || b->param_count < nw + (s->has_bias ? (size_t)s->units : 0))
+        return dm_fail(err, DM_ERR_INVALID, "%s: onnx: parameters missing", s->name);
+    char wname[128], bname[128], flat[128], gemm[128];
+    dm_onnx_name(b, "weight", wname, sizeof wname);
+    dm_onnx_name(b, "bias", bname, sizeof bname);
+    dm_onnx_name(b, "flat", flat, sizeof flat);
+    dm_onnx_name(b, "gemm", gemm, sizeof gemm);
+    const int64_t wdims[2] = {s->units, s->in_features}, bdims[1] = {s->units};
+    int rc = b->add_initializer(b, wname, wdims, 2, b->params, err);
+    if (rc == DM_OK && s->has_bias)
+        rc = b->add_initializer(b, bname, bdims, 1, b->params + nw, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *x = b->input;
+    if (b->in_rank != 2) { /* (N, C, H, W) -> (N, C*H*W), NCHW order as dense reads it */
+        if ((rc = dm_onnx_unary(b, "Flatten", b->input, flat, err)) ||
+            (rc = b->attr_int(b, "axis", 1, err)))
+            return rc;
+        x = flat;
+    }
+    const char *in[3] = {x, wname, bname}, *out[1] = {s->relu ? gemm : b->output};
+    if ((rc = b->add_node(b, "Gemm", in, s->has_bias ? 3 : 2, out, 1, err)) ||
+        (rc = b->attr_int(b, "transB", 1, err)))
+        return rc;
+    b->out_rank = 2;
+    return s->relu ? dm_onnx_unary(b, "Relu", gemm, b->output, err) : DM_OK;
+}
+
 static const dm_layer_vtable dense_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = DENSE_DEVICES,
@@ -207,6 +242,7 @@ static const dm_layer_vtable dense_vtable = {
     .forward = dense_forward,
     .backward = dense_backward,
     .destroy = dense_destroy,
+    .onnx = dense_onnx,
 };
 
 DM_PLUGIN_DEFINE("dense", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",

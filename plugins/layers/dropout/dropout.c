@@ -132,6 +132,14 @@ static void dropout_destroy(void *state)
     free(state);
 }
 
+/* ONNX (dmnist-export): the identity, as at evaluation (inverted dropout
+ * scales while training, so inference needs no factor). */
+static int dropout_onnx(void *state, dm_onnx_builder *b, dm_error *err)
+{
+    (void)state;
+    return dm_onnx_unary(b, "Identity", b->input, b->output, err);
+}
+
 static const dm_layer_vtable dropout_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = DROPOUT_DEVICES,
@@ -141,6 +149,7 @@ static const dm_layer_vtable dropout_vtable = {
     .forward = dropout_forward,
     .backward = dropout_backward,
     .destroy = dropout_destroy,
+    .onnx = dropout_onnx,
 };
 
 DM_PLUGIN_DEFINE("dropout", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,

@@ -104,6 +104,18 @@ static void flatten_destroy(void *state)
     free(state);
 }
 
+/* ONNX (dmnist-export): Flatten(axis = 1), (N, C, H, W) -> (N, C*H*W). */
+static int flatten_onnx(void *state, dm_onnx_builder *b, dm_error *err)
+{
+    (void)state;
+    int rc = dm_onnx_unary(b, "Flatten", b->input, b->output, err);
+    if (rc == DM_OK)
+        rc = b->attr_int(b, "axis", 1, err);
+    if (rc == DM_OK)
+        b->out_rank = 2;
+    return rc;
+}
+
 static const dm_layer_vtable flatten_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = FLATTEN_DEVICES,
@@ -113,6 +125,7 @@ static const dm_layer_vtable flatten_vtable = {
     .forward = flatten_forward,
     .backward = flatten_backward,
     .destroy = flatten_destroy,
+    .onnx = flatten_onnx,
 };
 
 static const dm_param_def flatten_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};

@@ -125,6 +125,24 @@ static void maxpool2d_destroy(void *state)
     free(state);
 }
 
+/* ONNX (dmnist-export): MaxPool, no padding, windows that do not fit dropped
+ * (ONNX's default floor mode). */
+static int maxpool2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
+{
+    const maxpool2d_state *s = state;
+    if (b->in_rank != 4)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: maxpool2d needs a 4-D (N, C, H, W) input in the graph, got rank %d",
+                       s->name, b->in_rank);
+    const int64_t kernel[2] = {s->pool, s->pool}, strides[2] = {s->stride, s->stride};
+    int rc;
+    if ((rc = dm_onnx_unary(b, "MaxPool", b->input, b->output, err)) ||
+        (rc = b->attr_ints(b, "kernel_shape", kernel, 2, err)) ||
+        (rc = b->attr_ints(b, "strides", strides, 2, err)))
+        return rc;
+    return DM_OK;
+}
+
 static const dm_layer_vtable maxpool2d_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = MAXPOOL2D_DEVICES,
@@ -134,6 +152,7 @@ static const dm_layer_vtable maxpool2d_vtable = {
     .forward = maxpool2d_forward,
     .backward = maxpool2d_backward,
     .destroy = maxpool2d_destroy,
+    .onnx = maxpool2d_onnx,
 };
 
 DM_PLUGIN_DEFINE("maxpool2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,

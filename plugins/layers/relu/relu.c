@@ -3,9 +3,9 @@
 #include "dmnist/dmnist.h"
 
 #ifdef DM_WITH_CUDA
-DM_ELEMENTWISE_LAYER_CUDA(relu, RELU, RELU_DX, relu_forward_cuda, relu_backward_cuda);
+DM_ELEMENTWISE_LAYER_CUDA_ONNX(relu, RELU, RELU_DX, relu_forward_cuda, relu_backward_cuda, "Relu");
 #else
-DM_ELEMENTWISE_LAYER(relu, RELU, RELU_DX);
+DM_ELEMENTWISE_LAYER_ONNX(relu, RELU, RELU_DX, "Relu");
 #endif
 
 DM_PLUGIN_DEFINE("relu", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,

@@ -136,6 +136,32 @@ static void sce_destroy(void *state)
     free(state);
 }
 
+/* ONNX (dmnist-export): at inference the loss layer passes its input on as the
+ * model's output (the logits, (N, classes)) and adds a second graph output,
+ * "probabilities" = Softmax(logits, axis = 1). */
+static int sce_onnx(void *state, dm_onnx_builder *b, dm_error *err)
+{
+    const sce_state *s = state;
+    char flat[128];
+    int rc;
+    const char *x = b->input;
+    if (b->in_rank != 2) { /* classes over c*h*w, as forward counts them */
+        dm_onnx_name(b, "flat", flat, sizeof flat);
+        if ((rc = dm_onnx_unary(b, "Flatten", b->input, flat, err)) ||
+            (rc = b->attr_int(b, "axis", 1, err)))
+            return rc;
+        x = flat;
+    }
+    b->out_rank = 2;
+    const int64_t dims[2] = {-1, s->classes};
+    if ((rc = dm_onnx_unary(b, "Identity", x, b->output, err)) ||
+        (rc = dm_onnx_unary(b, "Softmax", b->output, "probabilities", err)) ||
+        (rc = b->attr_int(b, "axis", 1, err)) ||
+        (rc = b->add_output(b, "probabilities", dims, 2, err)))
+        return rc;
+    return DM_OK;
+}
+
 static const dm_layer_vtable sce_vtable = {
     .struct_size = sizeof(dm_layer_vtable),
     .devices = SCE_DEVICES,
@@ -145,6 +171,7 @@ static const dm_layer_vtable sce_vtable = {
     .forward = sce_forward,
     .backward = sce_backward,
     .destroy = sce_destroy,
+    .onnx = sce_onnx,
 };
 
 static const dm_param_def sce_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};

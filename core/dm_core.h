@@ -427,10 +427,16 @@ typedef struct dm_train_opts {
     int *exit_code;              /* out, may be NULL: on failure, DM_EXIT_CONFIG when the experiment itself
                                   * is refused (as --dry-run would), DM_EXIT_PEER when this rank stops only
                                   * because another one failed first; left alone otherwise (exit 1) */
+    const char *eval_path;       /* --eval CHECKPOINT: evaluate it (dm_eval_run), or NULL */
+    const char *confusion_path;  /* --confusion FILE.csv (with --eval), or NULL */
 } dm_train_opts;
 
 /* Run an experiment end to end. Returns DM_OK or fills err. */
 int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
+/* --eval: read opts->eval_path (checked as --resume checks its file), then
+ * evaluate it on the test set over every rank: loss, accuracy, per-class
+ * accuracy and the confusion matrix; no training step. core/train_eval.c */
+int dm_eval_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
 
 /* ---- timeline: a Chrome trace of every step (core/timeline.c) ----------- */
 
@@ -457,6 +463,8 @@ void dm_timeline_async(const char *cat, uint64_t id, double t0, double t1, const
 int dm_timeline_close(int keep, dm_error *err);
 /* Rank 0, after every rank closed its part: write FILE, delete the parts. */
 int dm_timeline_merge(dm_error *err);
+/* A JSON string's body: quotes, backslashes and control characters escaped. */
+void dm_put_json_string(FILE *f, const char *s);
 
 #ifdef __cplusplus
 }

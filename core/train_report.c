@@ -220,3 +220,82 @@ void tr_report_final(const trainer *t, double test_loss, double test_acc, double
                 test_loss, test_acc, (long long)t->step, ips, wall, train_s, N, x->backend,
                 dm_device_name(x->device), x->batch_size, peak_rss_mb());
 }
+
+/* ---- --eval: a checkpoint's evaluation (rank 0) -------------------------------- */
+
+/* The confusion matrix as CSV: a header row of predicted classes, then one
+ * row per true class. */
+static int write_confusion_csv(const char *path, const float *cm, int classes, dm_error *err)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", path, strerror(errno));
+    fprintf(f, "true\\predicted");
+    for (int j = 0; j < classes; j++) fprintf(f, ",%d", j);
+    fputc('\n', f);
+    for (int i = 0; i < classes; i++) {
+        fprintf(f, "%d", i);
+        for (int j = 0; j < classes; j++) fprintf(f, ",%.0f", cm[(size_t)i * classes + j]);
+        fputc('\n', f);
+    }
+    if (fclose(f) != 0) return dm_fail(err, DM_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return DM_OK;
+}
+
+/* The eval event of --metrics with the per-class accuracy and the matrix. */
+static void write_eval_json(FILE *f, const trainer *t, double loss, double acc, const float *cm, int classes,
+                            double secs)
+{
+    fprintf(f, "{\"event\":\"eval\",\"step\":%lld,\"checkpoint\":\"", (long long)t->step);
+    dm_put_json_string(f, t->opts->eval_path);
+    fprintf(f, "\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"test_images\":%lld,\"world_size\":%d,"
+            "\"eval_s\":%.6g,\"per_class_accuracy\":[", loss, acc, (long long)t->di.count[DM_SPLIT_TEST],
+            t->ci.size, secs);
+    for (int i = 0; i < classes; i++) {
+        double row = 0;
+        for (int j = 0; j < classes; j++) row += cm[(size_t)i * classes + j];
+        fprintf(f, "%s%.6g", i ? "," : "", row > 0 ? cm[(size_t)i * classes + i] / row : 0.0);
+    }
+    fprintf(f, "],\"confusion\":[");
+    for (int i = 0; i < classes; i++) {
+        fprintf(f, "%s[", i ? "," : "");
+        for (int j = 0; j < classes; j++) fprintf(f, "%s%.0f", j ? "," : "", cm[(size_t)i * classes + j]);
+        fputc(']', f);
+    }
+    fprintf(f, "]}\n");
+}
+
+int tr_report_checkpoint_eval(trainer *t, double loss, double acc, const float *cm, int classes, double secs,
+                              dm_error *err)
+{
+    if (!rank0(t)) return DM_OK;
+    const dm_train_opts *o = t->opts;
+    int rc;
+    if (o->confusion_path && (rc = write_confusion_csv(o->confusion_path, cm, classes, err))) return rc;
+    if (o->metrics_path) {
+        FILE *f = fopen(o->metrics_path, "w");
+        if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", o->metrics_path, strerror(errno));
+        write_eval_json(f, t, loss, acc, cm, classes, secs);
+        if (fclose(f) != 0) return dm_fail(err, DM_ERR_IO, "%s: write failed: %s", o->metrics_path, strerror(errno));
+    }
+    printf("test loss %.4f  test accuracy %.4f (%.2f%%)  %lld images, %d rank%s, %.2f s\n", loss, acc, 100 * acc,
+           (long long)t->di.count[DM_SPLIT_TEST], t->ci.size, t->ci.size == 1 ? "" : "s", secs);
+    printf("class  images  correct  accuracy\n");
+    for (int i = 0; i < classes; i++) {
+        double row = 0;
+        for (int j = 0; j < classes; j++) row += cm[(size_t)i * classes + j];
+        double hit = cm[(size_t)i * classes + i];
+        printf("%5d  %6.0f  %7.0f  %.4f\n", i, row, hit, row > 0 ? hit / row : 0.0);
+    }
+    printf("confusion matrix (rows: true class, columns: predicted class)\n     ");
+    for (int j = 0; j < classes; j++) printf(" %5d", j);
+    putchar('\n');
+    for (int i = 0; i < classes; i++) {
+        printf("%5d", i);
+        for (int j = 0; j < classes; j++) printf(" %5.0f", cm[(size_t)i * classes + j]);
+        putchar('\n');
+    }
+    if (o->confusion_path)
+        printf("confusion: %s (draw it: scripts/plot-confusion %s)\n", o->confusion_path, o->confusion_path);
+    fflush(stdout);
+    return DM_OK;
+}

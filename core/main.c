@@ -35,6 +35,7 @@ static void usage(FILE *out)
             "                           draws it as a PNG)\n"
             "  --metrics FILE           write JSON lines: one per logged step, one per evaluation, a final one\n"
             "  --timeline FILE          write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
+            "  --tensorboard DIR        write TensorBoard event files into DIR (tensorboard --logdir DIR)\n"
             "  --dry-run                print the resolved configuration and a model summary, then exit\n"
             "  --list-plugins           list every plugin found on the search path\n"
             "  --help-plugin TYPE       describe a plugin type's keys (or a core section: experiment, data,\n"
@@ -212,6 +213,24 @@ static int dry_run(dm_experiment *x)
     return 0;
 }
 
+/* --tensorboard's "settings" text: what this command line sets, as a
+ * Markdown table (a sweep's grid point is its --set values). */
+static char *settings_markdown(const char *config, char **pos, int npos, const char **sets, int n_sets)
+{
+    char *md = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&md, &n);
+    if (!m) return NULL;
+    fprintf(m, "| setting | value |\n|---|---|\n| config | %s |\n", config);
+    for (int i = 0; i < npos; i++) fprintf(m, "| %s | %s |\n", i ? "data.batch_size" : "train.total_batches", pos[i]);
+    for (int i = 0; i < n_sets; i++) {
+        const char *eq = strchr(sets[i], '=');
+        if (eq) fprintf(m, "| %.*s | %s |\n", (int)(eq - sets[i]), sets[i], eq + 1);
+    }
+    fclose(m);
+    return md;
+}
+
 /* --plugin-path entries are relative to the current directory where they
  * are typed; the registry takes absolute entries only. */
 static int absolute_dirs(const char *dirs, char *out, size_t size)
@@ -237,7 +256,7 @@ static int absolute_dirs(const char *dirs, char *out, size_t size)
 int main(int argc, char **argv)
 {
     enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
-           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION };
+           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION, OPT_TENSORBOARD };
     static const struct option longopts[] = {
         {"set", required_argument, NULL, OPT_SET},
         {"dry-run", no_argument, NULL, OPT_DRY},
@@ -254,6 +273,7 @@ int main(int argc, char **argv)
         {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
         {"eval", required_argument, NULL, OPT_EVAL},
         {"confusion", required_argument, NULL, OPT_CONFUSION},
+        {"tensorboard", required_argument, NULL, OPT_TENSORBOARD},
         {NULL, 0, NULL, 0}};
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     if (!sets) {
@@ -263,7 +283,7 @@ int main(int argc, char **argv)
     int n_sets = 0, np = 0, list = 0, dry = 0;
     const char *help_type = NULL, *extra_path = NULL;
     static char abs_plugin_path[8192];
-    dm_train_opts topts = {NULL, NULL, 0, 0, -1, NULL, NULL, NULL};
+    dm_train_opts topts = {NULL, NULL, 0, 0, -1, NULL, NULL, NULL, NULL, NULL};
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) { /* ":": a missing value returns ':' */
@@ -303,6 +323,7 @@ int main(int argc, char **argv)
         case OPT_NO_PROGRESS: topts.progress = 0; break;
         case OPT_EVAL: topts.eval_path = optarg; break;
         case OPT_CONFUSION: topts.confusion_path = optarg; break;
+        case OPT_TENSORBOARD: topts.tensorboard_dir = optarg; break;
         case ':':
             fprintf(stderr, "dmnist-run: option %s needs a value (see --help)\n", argv[optind - 1]);
             free(sets);
@@ -381,6 +402,9 @@ int main(int argc, char **argv)
             free(sets);
             return CONFIG_STATUS;
         }
+    char *tb_text = topts.tensorboard_dir ? settings_markdown(config_path, argv + optind + 1, npos - 1, sets, n_sets)
+                                          : NULL;
+    topts.tensorboard_text = tb_text;
     free(sets);
     dm_set_thread_env(cfg);
 
@@ -402,5 +426,6 @@ int main(int argc, char **argv)
     }
     dm_experiment_free(x);
     dm_config_free(cfg);
+    free(tb_text);
     return rc;
 }

@@ -146,6 +146,11 @@ static int finish(trainer *t, int rc, dm_error *err)
     if (rc == DM_OK) rc = tr_evaluate(t, &test_loss, &test_acc, NULL, err);
     dm_timeline_span("eval", t0, now_s(), "final checkpoint and eval");
     if (rc == DM_OK) tr_report_final(t, test_loss, test_acc, train_s);
+    if (t->tb) {
+        int brc = dm_tb_close(t->tb, rc == DM_OK ? err : &(dm_error){0});
+        t->tb = NULL;
+        if (rc == DM_OK) rc = brc;
+    }
     if (t->opts && t->opts->timeline_path) {
         int trc = tr_finish_timeline(t, rc == DM_OK, err);
         if (rc == DM_OK) rc = trc;

@@ -30,6 +30,11 @@ int dm_eval_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     if (!rc) rc = tr_evaluate(&t, &loss, &acc, confusion, err);
     if (!rc) rc = tr_report_checkpoint_eval(&t, loss, acc, confusion, classes, now_s() - t0, err);
     free(confusion);
+    if (t.tb) {
+        int brc = dm_tb_close(t.tb, rc == DM_OK ? err : &(dm_error){0});
+        t.tb = NULL;
+        if (rc == DM_OK) rc = brc;
+    }
     tr_teardown(&t);
     return rc;
 }

@@ -131,4 +131,8 @@ void tr_teardown(trainer *t)
     free(t->perm);
     free(t->buckets);
     if (t->metrics) fclose(t->metrics);
+    if (t->tb) {
+        dm_error e = {0};
+        dm_tb_close(t->tb, &e); /* after a failure: the run's own error is the one reported */
+    }
 }

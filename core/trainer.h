@@ -87,6 +87,7 @@ typedef struct trainer {
     double t_train0;             /* the first step began */
     double t_log;                /* the last log line (evaluations not counted) */
     FILE *metrics;
+    dm_tb *tb;                   /* --tensorboard (rank 0) */
 
     int bar;                     /* rank 0 draws a progress bar */
     int bar_shown;               /* the bar is on the terminal's last line */
@@ -152,6 +153,7 @@ int tr_sync_check(trainer *t, dm_error *err);
 
 void tr_report_start(const trainer *t);
 int tr_report_open(trainer *t, dm_error *err);
+int tr_open_tensorboard(trainer *t, dm_error *err);
 void tr_timeline_step(const trainer *t, const tr_step_clock *c);
 int tr_log_step(trainer *t, dm_error *err);
 void tr_report_eval(trainer *t, double loss, double acc);

@@ -7,13 +7,20 @@
 #   runtime  what building dmnist, fetching MNIST and training needs: the
 #            compiler and CMake, inih, zlib, OpenBLAS, Open MPI, Gloo, curl
 #            (scripts/get-mnist.sh), Python 3 (scripts/sweep, seeds,
-#            compare-backends, plot-timeline: standard library only)
+#            compare-backends, plot-timeline: standard library only),
+#            protobuf-c and protoc-c (dmnist-run --tensorboard's event files)
 #   tests    what the test suite (scripts/test.sh, .ci/run) and the comparison
 #            scripts call besides: procps (ps, pgrep), iproute2 (ip, ss),
 #            redis-server (gloo's redis:// rendezvous), gnuplot (the tools'
 #            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
 #            PyTorch (the reference in scripts/bench), Fashion-MNIST
-#            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh)
+#            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh);
+#            then a virtual environment .venv at the repository root
+#            (python3-venv, --system-site-packages) with the PyPI packages
+#            of python_packages below (tensorboard: tests/tensorboard reads
+#            the event files with TensorBoard's own reader). Creating it is
+#            idempotent: an existing .venv is kept and only missing
+#            packages are installed; add a package to the list, not a step.
 #
 #   --runtime  only the runtime group (also: --runtime-only)
 #   --tests    only the tests group (also: --tests-only)
@@ -34,6 +41,7 @@ runtime_packages=(
   libgloo-dev                                # gloo backend
   curl ca-certificates                       # scripts/get-mnist.sh downloads over https
   python3                                    # the experiment scripts (standard library only)
+  libprotobuf-c-dev protobuf-c-compiler      # --tensorboard: protobuf-c and protoc-c (build time)
 )
 tests_packages=(
   procps                                     # ps, pgrep: the tests find and count rank processes
@@ -45,11 +53,17 @@ tests_packages=(
   clang libclang-rt-14-dev                   # scripts/fuzz.sh (libFuzzer, ASan runtime)
   python3-torch                              # the PyTorch reference of scripts/bench
   dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
+  python3-venv python3-pip                   # the tests' .venv (PyPI packages below)
+)
+# PyPI packages of the tests' virtual environment .venv (repository root),
+# as "import-name:pip-name" (the import --check and the install look for).
+python_packages=(
+  tensorboard:tensorboard                    # tests/tensorboard: TensorBoard's own event reader
 )
 # COMMAND:PACKAGE pairs that --check (and the check after installing) looks for.
 runtime_commands=(cc:build-essential c++:build-essential make:build-essential cmake:cmake
   pkg-config:pkg-config git:git mpirun:openmpi-bin curl:curl python3:python3
-  sha256sum:coreutils timeout:coreutils)
+  sha256sum:coreutils timeout:coreutils protoc-c:protobuf-c-compiler)
 tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
   taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang)
 # FILE:PACKAGE pairs for packages that install data, not a command.
@@ -78,6 +92,26 @@ missing() {
   for c in ${files[@]+"${files[@]}"}; do
     [ -f "${c%%:*}" ] || echo "${c%%:*} (${c#*:})"
   done
+  if [ "$1" = tests ]; then
+    for c in "${python_packages[@]}"; do
+      "$venv/bin/python" -c "import ${c%%:*}" >/dev/null 2>&1 || echo "${c%%:*} in .venv (pip ${c#*:})"
+    done
+  fi
+}
+
+# The tests' virtual environment: created once (kept when it exists), then
+# every package of python_packages that it cannot import is installed.
+venv=$(cd "$(dirname "$0")/.." && pwd)/.venv
+make_venv() {
+  local c want=()
+  [ -x "$venv/bin/python" ] || python3 -m venv --system-site-packages "$venv" ||
+    die "python3 -m venv $venv failed"
+  for c in "${python_packages[@]}"; do
+    "$venv/bin/python" -c "import ${c%%:*}" >/dev/null 2>&1 || want+=("${c#*:}")
+  done
+  [ ${#want[@]} -eq 0 ] && return 0
+  echo "$prog: installing into $venv: ${want[*]}"
+  "$venv/bin/pip" install -q "${want[@]}" || die "pip could not install ${want[*]} into $venv"
 }
 
 report() {
@@ -111,5 +145,6 @@ for g in "${groups[@]}"; do
   echo "$prog: installing the $g group: ${pk[*]}"
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${pk[@]}" ||
     die "apt-get could not install the $g group"
+  if [ "$g" = tests ]; then make_venv; fi
 done
 report || die "some commands are still missing after the install"

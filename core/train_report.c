@@ -138,13 +138,14 @@ int tr_report_open(trainer *t, dm_error *err)
 {
     const dm_train_opts *opts = t->opts;
     int rc;
-    /* Opened only once the run can start: a refused checkpoint leaves no empty file. */
+    /* Opened only once the run can start: a refused checkpoint leaves no empty file.
+     * The event folder first: a folder that cannot be made leaves no metrics file. */
+    if ((rc = tr_open_tensorboard(t, err))) return rc;
     if (opts && opts->metrics_path && rank0(t)) {
         if (!(t->metrics = fopen(opts->metrics_path, "w")))
             return dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", opts->metrics_path, strerror(errno));
     }
     if (opts && opts->timeline_path && (rc = tr_open_timeline(t, err))) return rc;
-    if ((rc = tr_open_tensorboard(t, err))) return rc;
     t->bar = rank0(t) && opts && (opts->progress > 0 || (opts->progress < 0 && bar_wanted()));
     t->bar_loss = -1;
     return DM_OK;

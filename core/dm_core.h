@@ -427,10 +427,18 @@ typedef struct dm_train_opts {
     int *exit_code;              /* out, may be NULL: on failure, DM_EXIT_CONFIG when the experiment itself
                                   * is refused (as --dry-run would), DM_EXIT_PEER when this rank stops only
                                   * because another one failed first; left alone otherwise (exit 1) */
+    const char *eval_path;       /* --eval CHECKPOINT: evaluate it (dm_eval_run), or NULL */
+    const char *confusion_path;  /* --confusion FILE.csv (with --eval), or NULL */
+    const char *tensorboard_dir; /* --tensorboard DIR: event files (rank 0), or NULL */
+    const char *tensorboard_text;/* Markdown for its "settings" text (the command line), or NULL */
 } dm_train_opts;
 
 /* Run an experiment end to end. Returns DM_OK or fills err. */
 int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
+/* --eval: read opts->eval_path (checked as --resume checks its file), then
+ * evaluate it on the test set over every rank: loss, accuracy, per-class
+ * accuracy and the confusion matrix; no training step. core/train_eval.c */
+int dm_eval_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
 
 /* ---- timeline: a Chrome trace of every step (core/timeline.c) ----------- */
 
@@ -457,6 +465,26 @@ void dm_timeline_async(const char *cat, uint64_t id, double t0, double t1, const
 int dm_timeline_close(int keep, dm_error *err);
 /* Rank 0, after every rank closed its part: write FILE, delete the parts. */
 int dm_timeline_merge(dm_error *err);
+/* ---- --tensorboard: TensorBoard event files (core/tensorboard.c) -------- */
+
+/* One event file in DIR (created with its parents), named as TensorBoard
+ * names its own: events.out.tfevents.<time>.<host>.<pid>.dmnist. Writes
+ * only buffer; dm_tb_flush reports the first failed write (one line). A
+ * build without protobuf-c refuses dm_tb_open with DM_ERR_UNSUPPORTED. */
+typedef struct dm_tb dm_tb;
+int dm_tb_open(const char *dir, dm_tb **tb, dm_error *err);
+const char *dm_tb_path(const dm_tb *tb);
+/* n scalars (simple_value) at one step; tb NULL: nothing. */
+void dm_tb_scalars(dm_tb *tb, int64_t step, const char *const *tags, const double *values, int n);
+/* A text value (TensorBoard's text plugin shows it as Markdown). */
+void dm_tb_text(dm_tb *tb, int64_t step, const char *tag, const char *markdown);
+int dm_tb_flush(dm_tb *tb, dm_error *err);
+int dm_tb_close(dm_tb *tb, dm_error *err);
+/* CRC-32C (Castagnoli), as TFRecord frames use it. */
+uint32_t dm_crc32c(const void *data, size_t n);
+
+/* A JSON string's body: quotes, backslashes and control characters escaped. */
+void dm_put_json_string(FILE *f, const char *s);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 /* dmnist-run: train an experiment described by an INI file.
  *
  *   dmnist-run [options] CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]
+ *   dmnist-run --eval CHECKPOINT [--confusion FILE.csv] [options] CONFIG.ini
  *
  * The positionals keep the seed script's command line working. Exit codes:
  * 0 success, 1 failure while running, 2 bad command line, config or plugin,
@@ -18,16 +19,23 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: dmnist-run [options] CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n"
+            "       dmnist-run --eval CHECKPOINT [--confusion FILE.csv] [options] CONFIG.ini\n"
             "\n"
             "Train the experiment in CONFIG.ini. TOTAL_BATCHES and BATCH_SIZE override\n"
             "train.total_batches and data.batch_size, as in the original script.\n"
+            "With --eval, train nothing: evaluate CHECKPOINT (a ckpt-*.dmck file of this\n"
+            "experiment) on the test set: loss, accuracy, per-class accuracy, confusion matrix.\n"
             "\n"
             "options:\n"
             "  --set SECTION.KEY=VALUE  override a key (repeatable), e.g. --set optimizer.lr=0.002\n"
             "  --np N                   start N local worker processes (gloo: own rendezvous; mpi: via mpirun)\n"
             "  --resume                 continue from the latest checkpoint in train.checkpoint_dir\n"
+            "  --eval CHECKPOINT        evaluate this checkpoint on the test set (any --np), no training\n"
+            "  --confusion FILE         with --eval: write the confusion matrix as CSV (scripts/plot-confusion\n"
+            "                           draws it as a PNG)\n"
             "  --metrics FILE           write JSON lines: one per logged step, one per evaluation, a final one\n"
             "  --timeline FILE          write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
+            "  --tensorboard DIR        write TensorBoard event files into DIR (tensorboard --logdir DIR)\n"
             "  --dry-run                print the resolved configuration and a model summary, then exit\n"
             "  --list-plugins           list every plugin found on the search path\n"
             "  --help-plugin TYPE       describe a plugin type's keys (or a core section: experiment, data,\n"
@@ -205,6 +213,24 @@ static int dry_run(dm_experiment *x)
     return 0;
 }
 
+/* --tensorboard's "settings" text: what this command line sets, as a
+ * Markdown table (a sweep's grid point is its --set values). */
+static char *settings_markdown(const char *config, char **pos, int npos, const char **sets, int n_sets)
+{
+    char *md = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&md, &n);
+    if (!m) return NULL;
+    fprintf(m, "| setting | value |\n|---|---|\n| config | %s |\n", config);
+    for (int i = 0; i < npos; i++) fprintf(m, "| %s | %s |\n", i ? "data.batch_size" : "train.total_batches", pos[i]);
+    for (int i = 0; i < n_sets; i++) {
+        const char *eq = strchr(sets[i], '=');
+        if (eq) fprintf(m, "| %.*s | %s |\n", (int)(eq - sets[i]), sets[i], eq + 1);
+    }
+    fclose(m);
+    return md;
+}
+
 /* --plugin-path entries are relative to the current directory where they
  * are typed; the registry takes absolute entries only. */
 static int absolute_dirs(const char *dirs, char *out, size_t size)
@@ -230,7 +256,7 @@ static int absolute_dirs(const char *dirs, char *out, size_t size)
 int main(int argc, char **argv)
 {
     enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
-           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS };
+           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION, OPT_TENSORBOARD };
     static const struct option longopts[] = {
         {"set", required_argument, NULL, OPT_SET},
         {"dry-run", no_argument, NULL, OPT_DRY},
@@ -245,6 +271,9 @@ int main(int argc, char **argv)
         {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
         {"progress", no_argument, NULL, OPT_PROGRESS},
         {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+        {"eval", required_argument, NULL, OPT_EVAL},
+        {"confusion", required_argument, NULL, OPT_CONFUSION},
+        {"tensorboard", required_argument, NULL, OPT_TENSORBOARD},
         {NULL, 0, NULL, 0}};
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     if (!sets) {
@@ -254,7 +283,7 @@ int main(int argc, char **argv)
     int n_sets = 0, np = 0, list = 0, dry = 0;
     const char *help_type = NULL, *extra_path = NULL;
     static char abs_plugin_path[8192];
-    dm_train_opts topts = {NULL, NULL, 0, 0, -1, NULL};
+    dm_train_opts topts = {NULL, NULL, 0, 0, -1, NULL, NULL, NULL, NULL, NULL};
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) { /* ":": a missing value returns ':' */
@@ -292,6 +321,9 @@ int main(int argc, char **argv)
             break;
         case OPT_PROGRESS: topts.progress = 1; break;
         case OPT_NO_PROGRESS: topts.progress = 0; break;
+        case OPT_EVAL: topts.eval_path = optarg; break;
+        case OPT_CONFUSION: topts.confusion_path = optarg; break;
+        case OPT_TENSORBOARD: topts.tensorboard_dir = optarg; break;
         case ':':
             fprintf(stderr, "dmnist-run: option %s needs a value (see --help)\n", argv[optind - 1]);
             free(sets);
@@ -308,6 +340,18 @@ int main(int argc, char **argv)
     if (npos < 1 || npos > 3) {
         fprintf(stderr, npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
                                  : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");
+        free(sets);
+        return 2;
+    }
+    /* --eval trains nothing: options and positionals that shape a training run are refused. */
+    const char *clash = !topts.eval_path ? (topts.confusion_path ? "--confusion needs --eval CHECKPOINT" : NULL)
+                        : topts.resume ? "--eval and --resume exclude each other"
+                        : topts.timeline_path ? "--timeline traces training steps: not with --eval"
+                        : npos > 1 ? "--eval takes CONFIG.ini only (no TOTAL_BATCHES or BATCH_SIZE)"
+                        : !topts.eval_path[0] ? "--eval needs a checkpoint file"
+                        : NULL;
+    if (clash) {
+        fprintf(stderr, "dmnist-run: %s (see --help)\n", clash);
         free(sets);
         return 2;
     }
@@ -358,6 +402,9 @@ int main(int argc, char **argv)
             free(sets);
             return CONFIG_STATUS;
         }
+    char *tb_text = topts.tensorboard_dir ? settings_markdown(config_path, argv + optind + 1, npos - 1, sets, n_sets)
+                                          : NULL;
+    topts.tensorboard_text = tb_text;
     free(sets);
     dm_set_thread_env(cfg);
 
@@ -374,10 +421,11 @@ int main(int argc, char **argv)
     } else {
         int code = DM_EXIT_FAILURE;
         topts.exit_code = &code;
-        rc = dm_train_run(x, &topts, &err) ? code : 0;
+        rc = (topts.eval_path ? dm_eval_run(x, &topts, &err) : dm_train_run(x, &topts, &err)) ? code : 0;
         if (rc) fprintf(stderr, "dmnist-run: %s\n", err.msg);
     }
     dm_experiment_free(x);
     dm_config_free(cfg);
+    free(tb_text);
     return rc;
 }

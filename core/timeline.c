@@ -59,7 +59,7 @@ static void part_path(char *buf, size_t size, const char *path, int rank)
 }
 
 /* JSON string body: quotes, backslashes and control characters escaped. */
-static void put_json_string(FILE *f, const char *s)
+void dm_put_json_string(FILE *f, const char *s)
 {
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
@@ -75,7 +75,7 @@ static void put_meta(const char *what, const char *key, const char *value, int t
             tid, key);
     if (value) {
         fputc('"', g_tl.part);
-        put_json_string(g_tl.part, value);
+        dm_put_json_string(g_tl.part, value);
         fputs("\"}}\n", g_tl.part);
     } else {
         fprintf(g_tl.part, "%d}}\n", g_tl.rank); /* sort index: ranks in order */
@@ -114,7 +114,7 @@ static void put_event_head(const char *ph, const char *cat, const char *fmt, va_
     char name[256];
     vsnprintf(name, sizeof name, fmt, ap);
     fprintf(g_tl.part, "{\"ph\":\"%s\",\"cat\":\"%s\",\"name\":\"", ph, cat);
-    put_json_string(g_tl.part, name);
+    dm_put_json_string(g_tl.part, name);
     fprintf(g_tl.part, "\",\"pid\":%d,\"tid\":0", g_tl.rank);
 }
 

@@ -110,7 +110,7 @@ static int maybe_eval(trainer *t, dm_error *err)
 {
     if (!every(t->step, t->x->eval_every) || t->step >= t->total_steps) return DM_OK;
     double loss, acc, t0 = now_s();
-    int rc = tr_evaluate(t, &loss, &acc, err);
+    int rc = tr_evaluate(t, &loss, &acc, NULL, err);
     if (rc) return rc;
     dm_timeline_span("eval", t0, now_s(), "eval");
     tr_report_eval(t, loss, acc);
@@ -143,9 +143,14 @@ static int finish(trainer *t, int rc, dm_error *err)
         printf("evaluating on %lld test images\n", (long long)t->di.count[DM_SPLIT_TEST]);
         fflush(stdout);
     }
-    if (rc == DM_OK) rc = tr_evaluate(t, &test_loss, &test_acc, err);
+    if (rc == DM_OK) rc = tr_evaluate(t, &test_loss, &test_acc, NULL, err);
     dm_timeline_span("eval", t0, now_s(), "final checkpoint and eval");
     if (rc == DM_OK) tr_report_final(t, test_loss, test_acc, train_s);
+    if (t->tb) {
+        int brc = dm_tb_close(t->tb, rc == DM_OK ? err : &(dm_error){0});
+        t->tb = NULL;
+        if (rc == DM_OK) rc = brc;
+    }
     if (t->opts && t->opts->timeline_path) {
         int trc = tr_finish_timeline(t, rc == DM_OK, err);
         if (rc == DM_OK) rc = trc;

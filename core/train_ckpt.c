@@ -33,8 +33,10 @@ int tr_save_checkpoint(trainer *t, dm_error *err)
     return rc;
 }
 
-/* Rank 0 reads the latest checkpoint and broadcasts it; every rank learns
- * whether it worked, so a bad file stops all ranks with rank 0's message. */
+/* Rank 0 reads the latest checkpoint (--eval: the file it names) and checks
+ * it against this model (config hash, sizes, position, seed); every rank
+ * learns whether it worked, so a bad file stops all ranks with rank 0's
+ * message. The caller broadcasts what rank 0 uploaded. */
 int tr_resume(trainer *t, dm_error *err)
 {
     int64_t hdr[4] = {0, 0, 0, 0}; /* ok, step, epoch, epoch_pos */
@@ -44,7 +46,10 @@ int tr_resume(trainer *t, dm_error *err)
     if (rank0(t)) {
         char path[4096];
         dm_ckpt_state st;
-        int rc = t->x->checkpoint_dir[0]
+        const char *given = t->opts ? t->opts->eval_path : NULL; /* --eval names its file */
+        int rc = given ? (snprintf(path, sizeof path, "%s", given) < (int)sizeof path
+                              ? DM_OK : dm_fail(&e, DM_ERR_INVALID, "--eval: checkpoint path too long"))
+                 : t->x->checkpoint_dir[0]
                      ? dm_checkpoint_latest(t->x->checkpoint_dir, path, sizeof path, &e)
                      : dm_fail(&e, DM_ERR_INVALID, "%s: --resume needs train.checkpoint_dir (the folder to resume "
                                "from)", t->x->cfg->path);
@@ -67,8 +72,8 @@ int tr_resume(trainer *t, dm_error *err)
                          (unsigned long long)st.seed, (unsigned long long)t->x->seed);
         if (!rc) {
             hdr[0] = 1; hdr[1] = st.step; hdr[2] = st.epoch; hdr[3] = st.epoch_pos;
-            printf("resuming from %s (step %lld, written by %d rank%s)\n", path, (long long)st.step,
-                   st.world_size, st.world_size == 1 ? "" : "s");
+            printf("%s %s (step %lld, written by %d rank%s)\n", given ? "evaluating" : "resuming from", path,
+                   (long long)st.step, st.world_size, st.world_size == 1 ? "" : "s");
             fflush(stdout); /* said when it happens, not at the next log */
             if (no_state_yet)
                 printf("note: %s (format 1) holds no layer state: the layers' running state starts from its "

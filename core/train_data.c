@@ -142,40 +142,80 @@ int tr_next_train_batch(trainer *t, dm_error *err)
 
 /* ---- evaluation -------------------------------------------------------------- */
 
-int tr_evaluate(trainer *t, double *loss, double *acc, dm_error *err)
+/* The test set in batches of eval_batch_size over the global index, each
+ * rank taking a contiguous run of whole batches. Every batch's loss sum
+ * goes into its own slot of a vector that one allreduce combines (a slot
+ * plus zeros is exact) and is added up in batch order: the same batches
+ * and the same sums on any number of ranks, so 1 rank and N ranks give
+ * identical numbers. confusion (classes x classes floats, rows the true
+ * class, columns the predicted one, zeroed here) may be NULL; its counts
+ * are the argmax of the loss layer's input, first maximum winning, as the
+ * loss layers count correct predictions. */
+int tr_evaluate(trainer *t, double *loss, double *acc, float *confusion, dm_error *err)
 {
-    int64_t total = t->di.count[DM_SPLIT_TEST];
-    int64_t lo = total * t->ci.rank / t->ci.size, hi = total * (t->ci.rank + 1) / t->ci.size;
-    int eb = t->x->eval_batch_size;
+    const int64_t total = t->di.count[DM_SPLIT_TEST];
+    const int eb = t->x->eval_batch_size, N = t->ci.size, r = t->ci.rank;
+    const int64_t nb = (total + eb - 1) / eb;
+    const int64_t b_lo = nb * r / N, b_hi = nb * (r + 1) / N;
+    const dm_layer_inst *last = &t->m.layers[t->m.n_layers - 1];
+    const int classes = last->out_shape.c;
+    const dm_tensor *logits = t->m.n_layers >= 2 ? &t->m.layers[t->m.n_layers - 2].out : &t->m.input;
+    const size_t cc = confusion ? (size_t)classes * (size_t)classes : 0;
+    /* [batch loss sums (nb)] [correct] [examples] [confusion (cc)] */
+    const size_t nv = (size_t)nb + 2 + cc;
+    float *v = calloc(nv, sizeof(float));
+    float *h_logits = confusion ? malloc((size_t)eb * (size_t)classes * sizeof(float)) : NULL;
+    int32_t *h_lab = confusion ? malloc((size_t)eb * sizeof(int32_t)) : NULL;
+    if (!v || (confusion && (!h_logits || !h_lab))) {
+        free(v); free(h_logits); free(h_lab);
+        return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    }
     /* keep the training accumulator for the next log line */
     float saved[2];
     int rc = dm_dev_download(&t->dev, saved, t->m.metrics, sizeof saved, err);
     if (!rc) rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
-    double sum_loss = 0, sum_correct = 0;
-    for (int64_t i = lo; i < hi && rc == DM_OK; i += eb) {
-        int n = (int)(hi - i < eb ? hi - i : eb);
+    for (int64_t b = b_lo; b < b_hi && rc == DM_OK; b++) {
+        const int64_t i = b * eb;
+        const int n = (int)(total - i < eb ? total - i : eb);
         for (int k = 0; k < n; k++) t->idx[k] = i + k;
         if (t->d_images[DM_SPLIT_TEST]) {
             if ((rc = gather_batch(t, DM_SPLIT_TEST, NULL, i, n, err))) break;
         } else if ((rc = load_batch(t, DM_SPLIT_TEST, t->idx, n, err))) {
             break;
         }
-        rc = dm_model_forward(&t->m, n, 0, 0, err);
-        if (rc == DM_OK) {
-            /* accumulate in double on the host: float sums of 10,000 losses drift */
-            float mm[2];
-            if ((rc = dm_dev_download(&t->dev, mm, t->m.metrics, sizeof mm, err))) break;
-            sum_loss += mm[0];
-            sum_correct += mm[1];
-            rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
+        if ((rc = dm_model_forward(&t->m, n, 0, 0, err))) break;
+        float mm[2];
+        if ((rc = dm_dev_download(&t->dev, mm, t->m.metrics, sizeof mm, err))) break;
+        v[b] = mm[0];
+        v[nb] += mm[1]; /* whole numbers: exact in float up to 2^24 */
+        v[nb + 1] += (float)n;
+        if ((rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err))) break;
+        if (confusion) {
+            if ((rc = dm_dev_download(&t->dev, h_logits, logits->data, (size_t)n * classes * sizeof(float), err)))
+                break;
+            if ((rc = dm_dev_download(&t->dev, h_lab, t->m.labels, (size_t)n * sizeof(int32_t), err))) break;
+            float *cm = v + nb + 2;
+            for (int k = 0; k < n; k++) {
+                const float *x = h_logits + (size_t)k * classes;
+                int arg = 0;
+                for (int j = 1; j < classes; j++)
+                    if (x[j] > x[arg]) arg = j;
+                cm[(size_t)h_lab[k] * classes + arg] += 1;
+            }
         }
     }
-    float part[3] = {(float)sum_loss, (float)sum_correct, (float)(hi - lo)};
-    if (rc == DM_OK) rc = tr_allreduce_host(t, part, 3, DM_REDUCE_SUM, err);
+    if (rc == DM_OK) rc = tr_allreduce_host(t, v, nv, DM_REDUCE_SUM, err);
     if (rc == DM_OK) {
-        *loss = part[2] > 0 ? part[0] / part[2] : 0;
-        *acc = part[2] > 0 ? part[1] / part[2] : 0;
+        double sum = 0;
+        for (int64_t b = 0; b < nb; b++) sum += v[b];
+        const double count = v[nb + 1];
+        *loss = count > 0 ? sum / count : 0;
+        *acc = count > 0 ? v[nb] / count : 0;
+        if (confusion) memcpy(confusion, v + nb + 2, cc * sizeof(float));
     }
     if (rc == DM_OK) rc = dm_dev_upload(&t->dev, t->m.metrics, saved, sizeof saved, err);
+    free(v);
+    free(h_logits);
+    free(h_lab);
     return rc;
 }

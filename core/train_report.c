@@ -112,12 +112,35 @@ void tr_report_start(const trainer *t)
     fflush(stdout);
 }
 
+/* --tensorboard on rank 0: the event file, and the run's settings as text. */
+int tr_open_tensorboard(trainer *t, dm_error *err)
+{
+    const dm_train_opts *opts = t->opts;
+    if (!opts || !opts->tensorboard_dir || !rank0(t) || t->tb) return DM_OK;
+    int rc = dm_tb_open(opts->tensorboard_dir, &t->tb, err);
+    if (rc) return rc;
+    if (opts->tensorboard_text) {
+        char *md = NULL;
+        size_t n = 0;
+        FILE *m = open_memstream(&md, &n);
+        if (!m) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        fprintf(m, "%s\n\n%d rank%s (%s), device %s", opts->tensorboard_text, t->ci.size, t->ci.size == 1 ? "" : "s",
+                t->x->backend, dm_device_name(t->x->device));
+        fclose(m);
+        dm_tb_text(t->tb, t->step, "settings", md);
+        free(md);
+    }
+    return dm_tb_flush(t->tb, err);
+}
+
 /* The metrics file, the timeline and the bar, once the run can start. */
 int tr_report_open(trainer *t, dm_error *err)
 {
     const dm_train_opts *opts = t->opts;
     int rc;
-    /* Opened only once the run can start: a refused checkpoint leaves no empty file. */
+    /* Opened only once the run can start: a refused checkpoint leaves no empty file.
+     * The event folder first: a folder that cannot be made leaves no metrics file. */
+    if ((rc = tr_open_tensorboard(t, err))) return rc;
     if (opts && opts->metrics_path && rank0(t)) {
         if (!(t->metrics = fopen(opts->metrics_path, "w")))
             return dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", opts->metrics_path, strerror(errno));
@@ -155,6 +178,10 @@ static void log_line(trainer *t, double loss, double acc, double ips, double sec
                 comm, comp);
         fflush(t->metrics);
     }
+    static const char *const tags[] = {"train/loss", "train/accuracy", "train/learning_rate", "train/images_per_s",
+                                       "train/comm_wait_percent"};
+    const double v[] = {loss, acc, t->lr, ips, secs > 0 ? 100.0 * comm / secs : 0.0};
+    dm_tb_scalars(t->tb, t->step, tags, v, 5);
 }
 
 /* Every log_every steps (and at the last): the loss sum, correct count,
@@ -186,6 +213,7 @@ int tr_log_step(trainer *t, dm_error *err)
     if ((rc = tr_check_params(t, err))) return rc;
     t->bar_loss = loss;
     if (rank0(t)) log_line(t, loss, acc, ips, secs, comm, comp);
+    if (rank0(t) && (rc = dm_tb_flush(t->tb, err))) return rc;
     t->images_since_log = 0;
     t->comm_wait_s = 0;
     t->t_fwd_bwd_s = 0;
@@ -201,6 +229,9 @@ void tr_report_eval(trainer *t, double loss, double acc)
     if (t->metrics)
         fprintf(t->metrics, "{\"event\":\"eval\",\"step\":%lld,\"test_loss\":%.6g,\"test_accuracy\":%.6g,"
                 "\"time_s\":%.6g}\n", (long long)t->step, loss, acc, now_s() - t->t_start);
+    static const char *const tags[] = {"test/loss", "test/accuracy"};
+    const double v[] = {loss, acc};
+    dm_tb_scalars(t->tb, t->step, tags, v, 2);
 }
 
 void tr_report_final(const trainer *t, double test_loss, double test_acc, double train_s)
@@ -213,10 +244,110 @@ void tr_report_final(const trainer *t, double test_loss, double test_acc, double
     double wall = now_s() - t->t_start;
     printf("test loss %.4f  test accuracy %.4f (%.2f%%)  steps %lld  images/s %.1f  wall %.2f s  peak RSS %.0f MB\n",
            test_loss, test_acc, 100 * test_acc, (long long)t->step, ips, wall, peak_rss_mb());
+    if (t->tb)
+        printf("tensorboard: %s (view: tensorboard --logdir %s)\n", dm_tb_path(t->tb), t->opts->tensorboard_dir);
     if (t->metrics)
         fprintf(t->metrics, "{\"event\":\"final\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"steps\":%lld,"
                 "\"images_per_s\":%.6g,\"wall_s\":%.6g,\"train_s\":%.6g,\"world_size\":%d,\"backend\":\"%s\","
                 "\"device\":\"%s\",\"batch_size\":%d,\"peak_rss_mb\":%.1f}\n",
                 test_loss, test_acc, (long long)t->step, ips, wall, train_s, N, x->backend,
                 dm_device_name(x->device), x->batch_size, peak_rss_mb());
+    static const char *const tags[] = {"test/loss", "test/accuracy"};
+    const double v[] = {test_loss, test_acc};
+    dm_tb_scalars(t->tb, t->step, tags, v, 2);
+}
+
+/* ---- --eval: a checkpoint's evaluation (rank 0) -------------------------------- */
+
+/* The confusion matrix as CSV: a header row of predicted classes, then one
+ * row per true class. */
+static int write_confusion_csv(const char *path, const float *cm, int classes, dm_error *err)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", path, strerror(errno));
+    fprintf(f, "true\\predicted");
+    for (int j = 0; j < classes; j++) fprintf(f, ",%d", j);
+    fputc('\n', f);
+    for (int i = 0; i < classes; i++) {
+        fprintf(f, "%d", i);
+        for (int j = 0; j < classes; j++) fprintf(f, ",%.0f", cm[(size_t)i * classes + j]);
+        fputc('\n', f);
+    }
+    if (fclose(f) != 0) return dm_fail(err, DM_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return DM_OK;
+}
+
+/* The eval event of --metrics with the per-class accuracy and the matrix. */
+static void write_eval_json(FILE *f, const trainer *t, double loss, double acc, const float *cm, int classes,
+                            double secs)
+{
+    fprintf(f, "{\"event\":\"eval\",\"step\":%lld,\"checkpoint\":\"", (long long)t->step);
+    dm_put_json_string(f, t->opts->eval_path);
+    fprintf(f, "\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"test_images\":%lld,\"world_size\":%d,"
+            "\"eval_s\":%.6g,\"per_class_accuracy\":[", loss, acc, (long long)t->di.count[DM_SPLIT_TEST],
+            t->ci.size, secs);
+    for (int i = 0; i < classes; i++) {
+        double row = 0;
+        for (int j = 0; j < classes; j++) row += cm[(size_t)i * classes + j];
+        fprintf(f, "%s%.6g", i ? "," : "", row > 0 ? cm[(size_t)i * classes + i] / row : 0.0);
+    }
+    fprintf(f, "],\"confusion\":[");
+    for (int i = 0; i < classes; i++) {
+        fprintf(f, "%s[", i ? "," : "");
+        for (int j = 0; j < classes; j++) fprintf(f, "%s%.0f", j ? "," : "", cm[(size_t)i * classes + j]);
+        fputc(']', f);
+    }
+    fprintf(f, "]}\n");
+}
+
+int tr_report_checkpoint_eval(trainer *t, double loss, double acc, const float *cm, int classes, double secs,
+                              dm_error *err)
+{
+    if (!rank0(t)) return DM_OK;
+    const dm_train_opts *o = t->opts;
+    int rc;
+    if ((rc = tr_open_tensorboard(t, err))) return rc;
+    if (t->tb) {
+        static const char *const tags[] = {"test/loss", "test/accuracy"};
+        const double v[] = {loss, acc};
+        dm_tb_scalars(t->tb, t->step, tags, v, 2);
+        for (int i = 0; i < classes; i++) {
+            char tag[48];
+            const char *tp = tag;
+            double row = 0;
+            for (int j = 0; j < classes; j++) row += cm[(size_t)i * classes + j];
+            snprintf(tag, sizeof tag, "test/accuracy_class_%d", i);
+            double a = row > 0 ? cm[(size_t)i * classes + i] / row : 0.0;
+            dm_tb_scalars(t->tb, t->step, &tp, &a, 1);
+        }
+        if ((rc = dm_tb_flush(t->tb, err))) return rc;
+    }
+    if (o->confusion_path && (rc = write_confusion_csv(o->confusion_path, cm, classes, err))) return rc;
+    if (o->metrics_path) {
+        FILE *f = fopen(o->metrics_path, "w");
+        if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open for writing: %s", o->metrics_path, strerror(errno));
+        write_eval_json(f, t, loss, acc, cm, classes, secs);
+        if (fclose(f) != 0) return dm_fail(err, DM_ERR_IO, "%s: write failed: %s", o->metrics_path, strerror(errno));
+    }
+    printf("test loss %.4f  test accuracy %.4f (%.2f%%)  %lld images, %d rank%s, %.2f s\n", loss, acc, 100 * acc,
+           (long long)t->di.count[DM_SPLIT_TEST], t->ci.size, t->ci.size == 1 ? "" : "s", secs);
+    printf("class  images  correct  accuracy\n");
+    for (int i = 0; i < classes; i++) {
+        double row = 0;
+        for (int j = 0; j < classes; j++) row += cm[(size_t)i * classes + j];
+        double hit = cm[(size_t)i * classes + i];
+        printf("%5d  %6.0f  %7.0f  %.4f\n", i, row, hit, row > 0 ? hit / row : 0.0);
+    }
+    printf("confusion matrix (rows: true class, columns: predicted class)\n     ");
+    for (int j = 0; j < classes; j++) printf(" %5d", j);
+    putchar('\n');
+    for (int i = 0; i < classes; i++) {
+        printf("%5d", i);
+        for (int j = 0; j < classes; j++) printf(" %5.0f", cm[(size_t)i * classes + j]);
+        putchar('\n');
+    }
+    if (o->confusion_path)
+        printf("confusion: %s (draw it: scripts/plot-confusion %s)\n", o->confusion_path, o->confusion_path);
+    fflush(stdout);
+    return DM_OK;
 }

@@ -47,8 +47,8 @@ int tr_setup(trainer *t, dm_error *err)
         return rc;
 
     /* Only rank 0 writes checkpoints: find a folder it cannot write now, not
-     * after the training it was meant to protect. */
-    if (t->ci.rank == 0 && x->checkpoint_dir[0] && (rc = dm_checkpoint_dir_check(x->checkpoint_dir, err)))
+     * after the training it was meant to protect. (--eval writes none.) */
+    if (t->ci.rank == 0 && x->checkpoint_dir[0] && !(t->opts && t->opts->eval_path) && (rc = dm_checkpoint_dir_check(x->checkpoint_dir, err)))
         return rc;
     if ((rc = dm_dev_open(&t->dev, x->device, t->ci.local_rank, err))) return rc;
     t->dev_open = 1;
@@ -131,4 +131,8 @@ void tr_teardown(trainer *t)
     free(t->perm);
     free(t->buckets);
     if (t->metrics) fclose(t->metrics);
+    if (t->tb) {
+        dm_error e = {0};
+        dm_tb_close(t->tb, &e); /* after a failure: the run's own error is the one reported */
+    }
 }

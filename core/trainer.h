@@ -87,6 +87,7 @@ typedef struct trainer {
     double t_train0;             /* the first step began */
     double t_log;                /* the last log line (evaluations not counted) */
     FILE *metrics;
+    dm_tb *tb;                   /* --tensorboard (rank 0) */
 
     int bar;                     /* rank 0 draws a progress bar */
     int bar_shown;               /* the bar is on the terminal's last line */
@@ -137,7 +138,9 @@ int tr_sync_layer_state(trainer *t, dm_error *err);
 
 int tr_upload_dataset(trainer *t, dm_error *err);
 int tr_next_train_batch(trainer *t, dm_error *err);
-int tr_evaluate(trainer *t, double *loss, double *acc, dm_error *err);
+/* Test loss and accuracy over every rank (identical on any number of ranks);
+ * confusion: NULL, or classes x classes floats to fill (rows: true class). */
+int tr_evaluate(trainer *t, double *loss, double *acc, float *confusion, dm_error *err);
 
 /* ---- train_guard.c: NaN/Inf policy, parameter checks, the sync check ----- */
 
@@ -150,10 +153,14 @@ int tr_sync_check(trainer *t, dm_error *err);
 
 void tr_report_start(const trainer *t);
 int tr_report_open(trainer *t, dm_error *err);
+int tr_open_tensorboard(trainer *t, dm_error *err);
 void tr_timeline_step(const trainer *t, const tr_step_clock *c);
 int tr_log_step(trainer *t, dm_error *err);
 void tr_report_eval(trainer *t, double loss, double acc);
 void tr_report_final(const trainer *t, double test_loss, double test_acc, double train_s);
+/* --eval's report: the lines, --confusion's CSV and --metrics' eval event. */
+int tr_report_checkpoint_eval(trainer *t, double loss, double acc, const float *cm, int classes, double secs,
+                              dm_error *err);
 void tr_bar_clear(trainer *t);
 void tr_bar_draw(trainer *t, int force);
 int tr_open_timeline(trainer *t, dm_error *err);

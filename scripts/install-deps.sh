@@ -7,19 +7,25 @@
 #   runtime  what building dmnist, fetching MNIST and training needs: the
 #            compiler and CMake, inih, zlib, OpenBLAS, Open MPI, Gloo, curl
 #            (scripts/get-mnist.sh), Python 3 (scripts/sweep, seeds,
-#            compare-backends, plot-timeline: standard library only)
+#            compare-backends, plot-timeline: standard library only),
+#            protobuf-c and protoc-c (dmnist-run --tensorboard's event files)
 #   tests    what the test suite (scripts/test.sh, .ci/run) and the comparison
 #            scripts call besides: procps (ps, pgrep), iproute2 (ip, ss),
 #            redis-server (gloo's redis:// rendezvous), gnuplot (the tools'
 #            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
 #            PyTorch (the reference in scripts/bench), Fashion-MNIST
 #            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh)
-#   export   dmnist-export (tools/export, docs/export.md): protobuf-c, its
-#            compiler and the ONNX schema (libonnx-dev's onnx.proto) to build
-#            it; then a Python virtual environment .venv at the top of the
-#            checkout (--system-site-packages, so Debian's python3-torch is
-#            seen) with onnxruntime, onnx and safetensors from PyPI, for
-#            tests/export (override the folder with DMNIST_VENV)
+#   export   dmnist-export (tools/export, docs/export.md): the ONNX schema
+#            (libonnx-dev's onnx.proto) to build it, and PyTorch to load the
+#            safetensors in its test
+#
+#   Both the tests and the export group then make a virtual environment
+#   .venv at the repository root (or $DMNIST_VENV), with Debian's python3
+#   and --system-site-packages so that python3-torch is seen, holding the
+#   PyPI packages of python_packages below (tensorboard: tests/tensorboard;
+#   onnxruntime, onnx, safetensors: tests/export). Creating it is
+#   idempotent: an existing .venv is kept and only missing packages are
+#   installed; add a package to the list, not a step.
 #
 #   --runtime  only the runtime group (also: --runtime-only)
 #   --tests    only the tests group (also: --tests-only)
@@ -41,6 +47,7 @@ runtime_packages=(
   libgloo-dev                                # gloo backend
   curl ca-certificates                       # scripts/get-mnist.sh downloads over https
   python3                                    # the experiment scripts (standard library only)
+  libprotobuf-c-dev protobuf-c-compiler      # --tensorboard: protobuf-c and protoc-c (build time)
 )
 tests_packages=(
   procps                                     # ps, pgrep: the tests find and count rank processes
@@ -52,18 +59,24 @@ tests_packages=(
   clang libclang-rt-14-dev                   # scripts/fuzz.sh (libFuzzer, ASan runtime)
   python3-torch                              # the PyTorch reference of scripts/bench
   dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
+  python3-venv python3-pip                   # the tests' .venv (PyPI packages below)
+)
+# PyPI packages of the tests' virtual environment .venv (repository root),
+# as "import-name:pip-name" (the import --check and the install look for).
+python_packages=(
+  tensorboard:tensorboard                    # tests/tensorboard: TensorBoard's own event reader
+  onnxruntime:onnxruntime onnx:onnx          # tests/export: run and check the exported model
+  safetensors:safetensors                    # tests/export: load the parameters into PyTorch
 )
 export_packages=(
   libprotobuf-c-dev protobuf-c-compiler      # dmnist-export: protobuf-c and protoc-c
   libonnx-dev                                # the ONNX schema (/usr/include/onnx/onnx.proto)
-  python3-venv python3-torch                 # .venv for tests/export; PyTorch loads the safetensors
+  python3-venv python3-pip python3-torch     # .venv for tests/export; PyTorch loads the safetensors
 )
-# PyPI packages of the export group's virtual environment.
-export_pip=(onnxruntime onnx safetensors)
 # COMMAND:PACKAGE pairs that --check (and the check after installing) looks for.
 runtime_commands=(cc:build-essential c++:build-essential make:build-essential cmake:cmake
   pkg-config:pkg-config git:git mpirun:openmpi-bin curl:curl python3:python3
-  sha256sum:coreutils timeout:coreutils)
+  sha256sum:coreutils timeout:coreutils protoc-c:protobuf-c-compiler)
 export_commands=(protoc-c:protobuf-c-compiler)
 tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
   taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang)
@@ -95,6 +108,28 @@ missing() {
   for c in ${files[@]+"${files[@]}"}; do
     [ -f "${c%%:*}" ] || echo "${c%%:*} (${c#*:})"
   done
+  if [ "$1" = tests ]; then
+    for c in "${python_packages[@]}"; do
+      "$venv/bin/python" -c "import ${c%%:*}" >/dev/null 2>&1 || echo "${c%%:*} in .venv (pip ${c#*:})"
+    done
+  fi
+}
+
+# The tests' virtual environment: created once (kept when it exists), then
+# every package of python_packages that it cannot import is installed.
+venv=${DMNIST_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
+make_venv() {
+  local c want=()
+  # Debian's python3 (not a pyenv or other shim first on PATH): its system
+  # site packages hold python3-torch.
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv" ||
+    die "python3 -m venv $venv failed"
+  for c in "${python_packages[@]}"; do
+    "$venv/bin/python" -c "import ${c%%:*}" >/dev/null 2>&1 || want+=("${c#*:}")
+  done
+  [ ${#want[@]} -eq 0 ] && return 0
+  echo "$prog: installing into $venv: ${want[*]}"
+  "$venv/bin/pip" install -q "${want[@]}" || die "pip could not install ${want[*]} into $venv"
 }
 
 report() {
@@ -132,13 +167,6 @@ for g in "${groups[@]}"; do
   echo "$prog: installing the $g group: ${pk[*]}"
   "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${pk[@]}" ||
     die "apt-get could not install the $g group"
+  if [ "$g" = tests ] || [ "$g" = export ]; then make_venv; fi
 done
-if [[ " ${groups[*]} " == *" export "* ]]; then
-  # The tests' Python: Debian's python3 (not a pyenv shim), seeing Debian's torch.
-  venv=${DMNIST_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
-  echo "$prog: export group: virtual environment $venv with ${export_pip[*]}"
-  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv" ||
-    die "could not create the virtual environment $venv"
-  "$venv/bin/python" -m pip install -q "${export_pip[@]}" || die "pip could not install ${export_pip[*]} into $venv"
-fi
 report || die "some commands are still missing after the install"

@@ -3,6 +3,7 @@
  * the plugin's table, and every message names file, line and key. */
 #define _GNU_SOURCE
 #include "dm_core.h"
+#include "launch.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -257,14 +258,13 @@ static int resolve_comm(dm_experiment *x, dm_error *err)
 {
     dm_config *cfg = x->cfg;
     if (!x->backend[0]) {
-        const char *ws = getenv("DMNIST_WORLD_SIZE");
-        if (!ws || !ws[0]) ws = getenv("OMPI_COMM_WORLD_SIZE");
-        if (!ws || !ws[0]) ws = getenv("PMI_SIZE");
-        int world = ws && ws[0] ? atoi(ws) : 1;
+        dm_launch_env env;
+        int rc = dm_launch_env_read(&env, err);
+        if (rc) return rc;
+        int world = env.size > 0 ? env.size : 1;
         copy_str(x->backend, sizeof x->backend,
                  x->device == DM_DEVICE_CUDA && world > 1 ? "nccl" : "local");
-        int rc = dm_param_set_replace(x->experiment_params, "backend", x->backend, err);
-        if (rc) return rc;
+        if ((rc = dm_param_set_replace(x->experiment_params, "backend", x->backend, err))) return rc;
     }
     static const dm_section empty = {0};
     const dm_section *s = dm_config_section(cfg, "comm");

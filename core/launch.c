@@ -16,14 +16,79 @@
 #include <time.h>
 #include <unistd.h>
 
+/* One launcher's variables, in the order rank, size, local rank, local size. */
+static const struct {
+    const char *name, *vars[4];
+} launchers[] = {
+    {"dmnist-run --np", {"DMNIST_RANK", "DMNIST_WORLD_SIZE", "DMNIST_LOCAL_RANK", "DMNIST_LOCAL_WORLD_SIZE"}},
+    {"mpirun", {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
+                "OMPI_COMM_WORLD_LOCAL_SIZE"}},
+    {"a PMI launcher", {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"}},
+    {"a PMIx launcher", {"PMIX_RANK", NULL, NULL, NULL}}, /* srun --mpi=pmix: the rank only */
+};
+
+/* A variable's value as a number >= min, -1 when unset; else an error. */
+static int env_number(const char *name, int min, int *out, dm_error *err)
+{
+    const char *v = name ? getenv(name) : NULL;
+    *out = -1;
+    if (!v || !v[0]) return DM_OK;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || n < min || n > 1 << 24)
+        return dm_fail(err, DM_ERR_INVALID, "environment: %s='%s' is not a number from %d to %d", name, v, min,
+                       1 << 24);
+    *out = (int)n;
+    return DM_OK;
+}
+
+int dm_launch_env_read(dm_launch_env *env, dm_error *err)
+{
+    *env = (dm_launch_env){-1, -1, -1, -1, NULL};
+    for (size_t k = 0; k < sizeof launchers / sizeof launchers[0]; k++) {
+        const char *const *v = launchers[k].vars;
+        if (!getenv(v[0]) && !(v[1] && getenv(v[1]))) continue;
+        int rc;
+        if ((rc = env_number(v[0], 0, &env->rank, err)) || (rc = env_number(v[1], 1, &env->size, err)) ||
+            (rc = env_number(v[2], 0, &env->local_rank, err)) || (rc = env_number(v[3], 1, &env->local_size, err)))
+            return rc;
+        if (env->rank >= 0 && env->size > 0 && env->rank >= env->size)
+            return dm_fail(err, DM_ERR_INVALID, "environment: %s=%d is not a rank of %s=%d", v[0], env->rank, v[1],
+                           env->size);
+        if (env->local_rank >= 0 && env->local_size > 0 && env->local_rank >= env->local_size)
+            return dm_fail(err, DM_ERR_INVALID, "environment: %s=%d is not a rank of %s=%d", v[2],
+                           env->local_rank, v[3], env->local_size);
+        env->launcher = launchers[k].name;
+        return DM_OK;
+    }
+    return DM_OK;
+}
+
+int dm_comm_config_init(dm_comm_config *cc, dm_comm_ids *ids, const dm_experiment *x, dm_error *err)
+{
+    dm_launch_env env;
+    int rc = dm_launch_env_read(&env, err);
+    if (rc) return rc;
+    *cc = (dm_comm_config){sizeof *cc, env.rank, env.size, env.local_rank, getenv("DMNIST_RENDEZVOUS"),
+                           x->timeout_s, x->device, NULL, NULL, env.local_size};
+    /* the job's identity: its rendezvous names carry it, and the ranks compare it after init */
+    dm_job_id(ids->job_id, sizeof ids->job_id);
+    snprintf(ids->fingerprint, sizeof ids->fingerprint, "%016llx",
+             (unsigned long long)dm_job_fingerprint(x, cc->size, ids->job_id));
+    cc->job_id = ids->job_id;
+    cc->fingerprint = dm_job_check_skipped() ? "" : ids->fingerprint;
+    return DM_OK;
+}
+
 void dm_set_thread_env(const dm_config *cfg)
 {
     const dm_kv *kv = dm_section_get(dm_config_section(cfg, "experiment"), "threads");
     int threads = kv ? atoi(kv->value) : 0;
     if (threads <= 0) {
-        const char *ls = getenv("DMNIST_LOCAL_WORLD_SIZE");
-        if (!ls) ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
-        int local = ls ? atoi(ls) : 1;
+        dm_launch_env env;
+        dm_error e = {0};
+        int local = dm_launch_env_read(&env, &e) == DM_OK && env.local_size > 0 ? env.local_size : 1;
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = (int)(cores / (local > 0 ? local : 1));
         if (threads < 1) threads = 1;

@@ -5,6 +5,31 @@
 
 #include "dm_core.h"
 
+/* Where this process sits in a job, as its launcher told it through the
+ * environment: the one place those variables are read (dmnist-run --np
+ * writes DMNIST_*, mpirun OMPI_COMM_WORLD_*, MPICH's hydra PMI_*). Fields
+ * are -1 where no launcher says; launcher is NULL for a process started
+ * alone. Backends get the result through dm_comm_config. */
+typedef struct dm_launch_env {
+    int rank, size;              /* in the whole job */
+    int local_rank, local_size;  /* on this machine */
+    const char *launcher;        /* "dmnist-run --np", "mpirun", "a PMI launcher", or NULL */
+} dm_launch_env;
+
+/* Read it; a value that is not a number, or a rank outside its world, is a
+ * one-line error naming the variable. */
+int dm_launch_env_read(dm_launch_env *env, dm_error *err);
+
+/* The comm config every rank of experiment x starts its backend with: rank,
+ * size and local rank from the launcher (dm_launch_env_read), the
+ * rendezvous (DMNIST_RENDEZVOUS), timeout, device, and the job's id and
+ * fingerprint, whose strings live in *ids. */
+typedef struct dm_comm_ids {
+    char job_id[128];
+    char fingerprint[17];
+} dm_comm_ids;
+int dm_comm_config_init(dm_comm_config *cc, dm_comm_ids *ids, const dm_experiment *x, dm_error *err);
+
 /* The name the launcher's messages start with ("dmnist-run" by default). */
 extern const char *dm_launch_prog;
 

@@ -3,6 +3,7 @@
  * and every rank's part of the timeline (--timeline). */
 #define _GNU_SOURCE
 #include "trainer.h"
+#include "launch.h"
 
 #include <errno.h>
 #include <math.h>
@@ -22,9 +23,10 @@ static double peak_rss_mb(void)
  * output goes to a log file (the escape codes would land there). */
 static int bar_wanted(void)
 {
-    static const char *launcher_env[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", NULL};
-    for (int i = 0; launcher_env[i]; i++)
-        if (getenv(launcher_env[i])) return 0;
+    dm_launch_env env;
+    dm_error e = {0};
+    if (dm_launch_env_read(&env, &e) != DM_OK || (env.launcher && strcmp(env.launcher, "dmnist-run --np") != 0))
+        return 0;
     return isatty(STDOUT_FILENO);
 }
 

@@ -2,19 +2,11 @@
  * optimizer, buffers, buckets, staging), and its tear-down. */
 #define _GNU_SOURCE
 #include "trainer.h"
+#include "launch.h"
 
 #include <stdlib.h>
 
 /* ---- set-up and tear-down ------------------------------------------------------ */
-
-static int env_int(const char *const *names, int dflt)
-{
-    for (int i = 0; names[i]; i++) {
-        const char *v = getenv(names[i]);
-        if (v && v[0]) return atoi(v);
-    }
-    return dflt;
-}
 
 int tr_setup(trainer *t, dm_error *err)
 {
@@ -22,18 +14,10 @@ int tr_setup(trainer *t, dm_error *err)
     int rc;
     dm_error e = {0};
     /* comm first: it decides rank, size and the local rank (GPU choice) */
-    static const char *rank_env[] = {"DMNIST_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", NULL};
-    static const char *size_env[] = {"DMNIST_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", NULL};
-    static const char *local_env[] = {"DMNIST_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", NULL};
     t->cvt = x->comm.lc->component->vtable;
-    dm_comm_config cc = {sizeof cc, env_int(rank_env, -1), env_int(size_env, -1), env_int(local_env, -1),
-                         getenv("DMNIST_RENDEZVOUS"), x->timeout_s, x->device, NULL, NULL};
-    /* the job's identity: its rendezvous names carry it, and the ranks compare it below */
-    char job_id[128], fp_hex[17];
-    dm_job_id(job_id, sizeof job_id);
-    snprintf(fp_hex, sizeof fp_hex, "%016llx", (unsigned long long)dm_job_fingerprint(x, cc.size, job_id));
-    cc.job_id = job_id;
-    cc.fingerprint = dm_job_check_skipped() ? "" : fp_hex;
+    dm_comm_config cc;
+    dm_comm_ids ids;
+    if ((rc = dm_comm_config_init(&cc, &ids, x, err))) return rc;
     t->ci.struct_size = sizeof t->ci;
     if ((rc = DM_GUARDED(x->comm.lc, "init",
                           t->cvt->init(dm_param_set_params(x->comm.params), &cc, &t->comm, &t->ci, &e)))) {
@@ -43,7 +27,7 @@ int tr_setup(trainer *t, dm_error *err)
     if (t->ci.size < 1 || t->ci.rank < 0 || t->ci.rank >= t->ci.size)
         return dm_fail(err, DM_ERR_COMM, "%s: bad rank %d of %d", x->backend, t->ci.rank, t->ci.size);
     /* the same job everywhere, before the first collective whose size depends on the config */
-    if ((rc = dm_job_agree(t->cvt, t->comm, t->ci.rank, t->ci.size, dm_job_fingerprint(x, t->ci.size, job_id), err)))
+    if ((rc = dm_job_agree(t->cvt, t->comm, t->ci.rank, t->ci.size, dm_job_fingerprint(x, t->ci.size, ids.job_id), err)))
         return rc;
 
     /* Only rank 0 writes checkpoints: find a folder it cannot write now, not

@@ -45,6 +45,11 @@ typedef struct dm_comm_config {
     const char *fingerprint; /* 16 hex digits: this job's config (model, optimizer, data,
                                 seed, world size, step budget) and job id; every rank of a
                                 job has the same. The core compares it right after init. */
+    /* ABI 1.3+ (read only when DM_HAS_FIELD says so) */
+    int local_size;          /* ranks on this machine, from the launcher; -1 when unknown.
+                                The core reads every launcher's variables (DMNIST_*,
+                                OMPI_COMM_WORLD_*, PMI_*): a backend trusts this struct
+                                and reads no environment of its own. */
 } dm_comm_config;
 
 #define DM_COMM_CONFIG_SIZE_1_0 (offsetof(dm_comm_config, device) + sizeof(dm_device))

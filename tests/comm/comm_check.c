@@ -538,6 +538,7 @@ int main(int argc, char **argv)
         .rendezvous = getenv("DMNIST_RENDEZVOUS"),
         .timeout_s = h.timeout_s,
         .device = DM_DEVICE_CPU,
+        .local_size = env_int("DMNIST_LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", NULL, -1),
     };
     h.info.struct_size = sizeof h.info;
     double t0 = now_s();

@@ -404,7 +404,7 @@ static int test_nccl(void)
     dm_error e = {0};
     dm_param_set *ps = NULL;
     if (dm_param_set_parse(lc->component->params, "", &ps, &e)) die("params", &e);
-    dm_comm_config cfg = {sizeof cfg, 0, 1, 0, NULL, 20.0, DM_DEVICE_CUDA, NULL, NULL};
+    dm_comm_config cfg = {sizeof cfg, 0, 1, 0, NULL, 20.0, DM_DEVICE_CUDA, NULL, NULL, 1};
     dm_comm_info info = {sizeof info, 0, 0, 0};
     void *st = NULL;
     if (vt->init(dm_param_set_params(ps), &cfg, &st, &info, &e)) die("nccl init (1 rank)", &e);
@@ -450,7 +450,7 @@ static int test_nccl_gpus(void)
     const dm_loaded_component *lc = component(DM_KIND_COMM, "nccl");
     const dm_comm_vtable *vt = lc->component->vtable;
     setenv("DMNIST_LOCAL_WORLD_SIZE", "4096", 1);
-    dm_comm_config cfg = {sizeof cfg, 0, 4096, 0, "file:///nonexistent", 2.0, DM_DEVICE_CUDA, NULL, NULL};
+    dm_comm_config cfg = {sizeof cfg, 0, 4096, 0, "file:///nonexistent", 2.0, DM_DEVICE_CUDA, NULL, NULL, 1};
     dm_comm_info info = {sizeof info, 0, 0, 0};
     void *st = NULL;
     dm_error e = {0};

@@ -205,15 +205,6 @@ typedef struct bench {
     const char *backend;
 } bench;
 
-static int env_int(const char *const *names, int dflt)
-{
-    for (int i = 0; names[i]; i++) {
-        const char *v = getenv(names[i]);
-        if (v && v[0]) return atoi(v);
-    }
-    return dflt;
-}
-
 /* The trainer's flat gradient buffer size: build the model as --dry-run does
  * (the dataset gives the input shape). */
 static int model_floats(const dm_experiment *x, size_t *count, dm_error *err)
@@ -341,17 +332,9 @@ static int bench_backend(const dm_experiment *x, const bench_opts *o, rows *out,
     bench b = {0};
     b.backend = x->backend;
     b.cvt = x->comm.lc->component->vtable;
-    static const char *rank_env[] = {"DMNIST_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", NULL};
-    static const char *size_env[] = {"DMNIST_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", NULL};
-    static const char *local_env[] = {"DMNIST_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", NULL};
-    dm_comm_config cc = {sizeof cc, env_int(rank_env, -1), env_int(size_env, -1), env_int(local_env, -1),
-                         getenv("DMNIST_RENDEZVOUS"), x->timeout_s, x->device, NULL, NULL};
-    /* the job's identity: its rendezvous names carry it, and the ranks compare it below */
-    char job_id[128], fp_hex[17];
-    dm_job_id(job_id, sizeof job_id);
-    snprintf(fp_hex, sizeof fp_hex, "%016llx", (unsigned long long)dm_job_fingerprint(x, cc.size, job_id));
-    cc.job_id = job_id;
-    cc.fingerprint = dm_job_check_skipped() ? "" : fp_hex;
+    dm_comm_config cc;
+    dm_comm_ids ids;
+    if ((rc = dm_comm_config_init(&cc, &ids, x, err))) return rc;
     b.ci.struct_size = sizeof b.ci;
     dm_error e = {0};
     if ((rc = b.cvt->init(dm_param_set_params(x->comm.params), &cc, &b.comm, &b.ci, &e))) {
@@ -361,7 +344,7 @@ static int bench_backend(const dm_experiment *x, const bench_opts *o, rows *out,
         return dm_fail(err, rc, "%s: %s", x->backend, e.msg);
     }
     *rank_out = b.ci.rank;
-    if ((rc = dm_job_agree(b.cvt, b.comm, b.ci.rank, b.ci.size, dm_job_fingerprint(x, b.ci.size, job_id), err))) {
+    if ((rc = dm_job_agree(b.cvt, b.comm, b.ci.rank, b.ci.size, dm_job_fingerprint(x, b.ci.size, ids.job_id), err))) {
         bench_free(&b);
         return rc;
     }

@@ -465,7 +465,7 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
         return;
     }
     snprintf(rdzv, sizeof rdzv, "file://%s", dir);
-    dm_comm_config cfg = {sizeof cfg, 0, 1, 0, rdzv, 30.0, DM_DEVICE_CPU, NULL, NULL};
+    dm_comm_config cfg = {sizeof cfg, 0, 1, 0, rdzv, 30.0, DM_DEVICE_CPU, NULL, NULL, 1};
     dm_comm_info info = {sizeof info, -1, -1, -1};
     void *state = NULL;
     pc_now("comm init '%s' (world 1, rendezvous %s)", spec, rdzv);

@@ -268,42 +268,13 @@ static int gloo_wait(void *state, dm_comm_request *job, dm_error *err)
 
 /* ---- rank discovery ------------------------------------------------------- */
 
-/* First pair of variables that is set, as launchers export them. */
-static int gloo_rank_from_env(int *rank, int *size, const char **source)
-{
-    static const char *const pairs[][2] = {{"DMNIST_RANK", "DMNIST_WORLD_SIZE"},
-                                           {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"},
-                                           {"PMI_RANK", "PMI_SIZE"}};
-    for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
-        const char *r = getenv(pairs[k][0]), *s = getenv(pairs[k][1]);
-        if (r && *r && s && *s) {
-            char *end_r, *end_s;
-            long rv = strtol(r, &end_r, 10), sv = strtol(s, &end_s, 10);
-            if (*end_r || *end_s)
-                return 0;
-            *rank = (int)rv;
-            *size = (int)sv;
-            *source = pairs[k][0];
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* Every rank on this machine: one rank, or a launcher saying the local
  * world is the whole world (dmnist-run --np, mpirun on one host). */
-static int gloo_single_host(int size)
+static int gloo_single_host(const dm_comm_config *cfg, int size)
 {
-    static const char *const local[] = {"DMNIST_LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE",
-                                        "MPI_LOCALNRANKS", NULL};
     if (size == 1)
         return 1;
-    for (int k = 0; local[k]; k++) {
-        const char *v = getenv(local[k]);
-        if (v && *v)
-            return atoi(v) == size;
-    }
-    return 0;
+    return DM_HAS_FIELD(cfg, dm_comm_config, local_size) && cfg->local_size == size;
 }
 
 /* ---- init / finalize -------------------------------------------------------- */
@@ -322,16 +293,12 @@ static int gloo_init(const dm_params *params, const dm_comm_config *cfg, void **
 {
     *state = NULL;
     int rank = cfg->rank, size = cfg->size;
-    const char *source = "the config";
-    if (rank < 0 || size <= 0) {
-        if (!gloo_rank_from_env(&rank, &size, &source))
-            return dm_fail(err, DM_ERR_INVALID,
-                           "gloo: rank and world size unknown: set them in the launcher or "
-                           "export DMNIST_RANK and DMNIST_WORLD_SIZE");
-    }
-    if (size <= 0 || rank < 0 || rank >= size)
-        return dm_fail(err, DM_ERR_INVALID, "gloo: rank %d is not in 0..%d (from %s)", rank,
-                       size - 1, source);
+    if (rank < 0 || size <= 0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "gloo: rank and world size unknown: start the ranks with dmnist-run --np N or "
+                       "mpirun, or export DMNIST_RANK and DMNIST_WORLD_SIZE");
+    if (rank >= size)
+        return dm_fail(err, DM_ERR_INVALID, "gloo: rank %d is not in 0..%d", rank, size - 1);
 
     const char *rendezvous = dm_param_str(params, "rendezvous", "");
     if (!rendezvous[0])
@@ -371,7 +338,7 @@ static int gloo_init(const dm_params *params, const dm_comm_config *cfg, void **
         .timeout_s = timeout_s,
         .job_id = DM_HAS_FIELD(cfg, dm_comm_config, job_id) && cfg->job_id ? cfg->job_id : "",
         .fingerprint = DM_HAS_FIELD(cfg, dm_comm_config, fingerprint) && cfg->fingerprint ? cfg->fingerprint : "",
-        .single_host = gloo_single_host(size),
+        .single_host = gloo_single_host(cfg, size),
     };
     int local_rank = -1;
     int rc = dm_gloo_connect(&setup, &st->g, &local_rank, err);

@@ -238,6 +238,7 @@ typedef struct mpi_watchdog {
     pthread_cond_t cv;
     int done, running;
     double bound_s;
+    int rank;                 /* from the launcher (dm_comm_config), -1 when unknown */
 } mpi_watchdog;
 
 static void *mpi_watchdog_main(void *arg)
@@ -255,12 +256,13 @@ static void *mpi_watchdog_main(void *arg)
     while (!w->done)
         if (pthread_cond_timedwait(&w->cv, &w->mu, &deadline) != 0 && !w->done) {
             char line[512];
-            const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+            char rank[16] = "?";
+            if (w->rank >= 0) snprintf(rank, sizeof rank, "%d", w->rank);
             int n = snprintf(line, sizeof line,
                              "%s: mpi: rank %s: MPI start-up (MPI_Init_thread, MPI_Comm_dup) did not finish "
                              "within %g s (comm.timeout_s, else experiment.timeout_s; at least %g s): a rank "
                              "that never started, or a launcher that cannot reach it?\n",
-                             program_invocation_short_name, rank ? rank : "?", w->bound_s, DM_MPI_STARTUP_MIN_S);
+                             program_invocation_short_name, rank, w->bound_s, DM_MPI_STARTUP_MIN_S);
             if (n > 0 && write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1) < 0) {
             }
             _exit(1);
@@ -269,9 +271,10 @@ static void *mpi_watchdog_main(void *arg)
     return NULL;
 }
 
-static void mpi_watchdog_start(mpi_watchdog *w, double timeout_s)
+static void mpi_watchdog_start(mpi_watchdog *w, double timeout_s, int rank)
 {
     memset(w, 0, sizeof *w);
+    w->rank = rank;
     w->bound_s = timeout_s > DM_MPI_STARTUP_MIN_S ? timeout_s : DM_MPI_STARTUP_MIN_S;
     pthread_mutex_init(&w->mu, NULL);
     pthread_condattr_t ca;
@@ -304,7 +307,7 @@ static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **s
     if (timeout_s <= 0.0)
         timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : DM_MPI_DEFAULT_TIMEOUT_S;
     mpi_watchdog w;
-    mpi_watchdog_start(&w, timeout_s);
+    mpi_watchdog_start(&w, timeout_s, cfg->rank);
     int rc = mpi_init_unguarded(params, cfg, state, info, err);
     mpi_watchdog_stop(&w);
     return rc;

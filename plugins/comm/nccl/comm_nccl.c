@@ -112,15 +112,6 @@ static ncclResult_t settle(ncclComm_t comm, ncclResult_t r, double deadline)
     return r;
 }
 
-static int env_int(const char *const *names, int dflt)
-{
-    for (int i = 0; names[i]; i++) {
-        const char *v = getenv(names[i]);
-        if (v && v[0]) return atoi(v);
-    }
-    return dflt;
-}
-
 /* Abort once, under mu; later calls report why. */
 static void break_comm(nccl_state *st, dm_status code, const char *msg)
 {
@@ -225,15 +216,9 @@ static int nccl_init(const dm_params *params, const dm_comm_config *cfg, void **
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "needs device = cuda (NCCL reduces GPU buffers); use backend = gloo or "
                        "mpi for device = cpu");
-    static const char *rank_env[] = {"DMNIST_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", NULL};
-    static const char *size_env[] = {"DMNIST_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", NULL};
-    static const char *local_env[] = {"DMNIST_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-                                      "MPI_LOCALRANKID", NULL};
-    static const char *local_size_env[] = {"DMNIST_LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE",
-                                           NULL};
-    int rank = cfg->rank >= 0 ? cfg->rank : env_int(rank_env, 0);
-    int size = cfg->size > 0 ? cfg->size : env_int(size_env, 1);
-    int local_rank = cfg->local_rank >= 0 ? cfg->local_rank : env_int(local_env, rank);
+    int rank = cfg->rank >= 0 ? cfg->rank : 0;
+    int size = cfg->size > 0 ? cfg->size : 1;
+    int local_rank = cfg->local_rank >= 0 ? cfg->local_rank : rank;
     if (size < 1 || rank < 0 || rank >= size)
         return dm_fail(err, DM_ERR_INVALID, "rank %d is not in 0..%d", rank, size - 1);
 
@@ -242,7 +227,7 @@ static int nccl_init(const dm_params *params, const dm_comm_config *cfg, void **
     if (ce != cudaSuccess || gpus == 0)
         return dm_fail(err, DM_ERR_DEVICE, "no CUDA device: %s; use device = cpu",
                        ce != cudaSuccess ? cudaGetErrorString(ce) : "no GPU found");
-    int local_size = env_int(local_size_env, size);
+    int local_size = DM_HAS_FIELD(cfg, dm_comm_config, local_size) && cfg->local_size > 0 ? cfg->local_size : size;
     if (local_size > gpus)
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%d ranks on this host but %d GPU%s: NCCL needs one GPU per rank; start "

@@ -17,7 +17,17 @@ typedef struct dm_loaded_component {
     const dm_component *component;
     const dm_plugin_descriptor *plugin;
     const char *path;            /* file it came from */
+    int folder;                  /* search folder it came from: 1 = first; 0 = loaded by file */
 } dm_loaded_component;
+
+/* A component not registered because a folder earlier on the search path
+ * has one of the same type name (that one wins). */
+typedef struct dm_shadowed {
+    const dm_component *component;
+    const dm_plugin_descriptor *plugin;
+    const char *path;            /* the file whose component lost */
+    const char *by;              /* the file whose component won */
+} dm_shadowed;
 
 dm_registry *dm_registry_new(void);
 /* dlopen one plugin file and register its components. On any refusal the
@@ -30,6 +40,8 @@ int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err);
 const dm_loaded_component *dm_registry_find(const dm_registry *r, int kind, const char *type_name);
 int dm_registry_count(const dm_registry *r);
 const dm_loaded_component *dm_registry_at(const dm_registry *r, int i);
+int dm_registry_shadowed_count(const dm_registry *r);
+const dm_shadowed *dm_registry_shadowed_at(const dm_registry *r, int i);
 void dm_registry_free(dm_registry *r);
 
 const char *dm_kind_name(dm_kind kind);

@@ -361,6 +361,10 @@ typedef struct dm_model {
     int32_t *labels;                 /* on the device */
 } dm_model;
 
+/* Whether every layer and the optimizer has an implementation for
+ * `device`: the run's refusal (DM_ERR_UNSUPPORTED, "<where>layer type 'X'
+ * has no cuda implementation"), for --dry-run, which builds on the CPU. */
+int dm_model_check_device(const dm_experiment *x, dm_device device, dm_error *err);
 /* Create every layer, propagating shapes, and lay out the flat buffers.
  * item: one example's shape (n ignored); max_batch: largest batch. */
 int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,

@@ -207,6 +207,13 @@ static void print_config(const dm_experiment *x)
 static int dry_run(dm_experiment *x)
 {
     print_config(x);
+    /* The summary is built on the CPU, but the run would use x->device:
+     * refuse what it would refuse, with its message and exit status. */
+    dm_error derr = {0};
+    if (dm_model_check_device(x, x->device, &derr)) {
+        fprintf(stderr, "dmnist-run: %s\n", derr.msg);
+        return 2;
+    }
     /* Build the model on the CPU for the summary: shapes and counts do not
      * depend on the device. The dataset gives the input shape. */
     dm_error err = {0};

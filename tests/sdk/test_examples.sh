@@ -8,6 +8,9 @@
 #   - check each with the installed dmnist-plugin-check;
 #   - train a few steps of each example config with the installed dmnist-run
 #     (data/mnist when present, else the synthetic dataset), no DMNIST_PLUGIN_PATH;
+#   - test a comm backend with the installed multi-rank harness through
+#     dmnist_add_comm_test() (a copy of the installed local backend standing
+#     in for the author's, and gloo on 2 ranks when installed);
 #   - install leaky_relu next to the built-in plugins and find it there.
 set -euo pipefail
 src=${DMNIST_SOURCE_DIR:?run through ctest}
@@ -23,7 +26,7 @@ step "install into a staging prefix, then move it"
 cmake --install "$build" --prefix "$tmp/stage" > "$tmp/install.log" || { cat "$tmp/install.log"; fail "cmake --install"; }
 mv "$tmp/stage" "$tmp/prefix"
 P=$tmp/prefix
-for f in bin/dmnist-run bin/dmnist-plugin-check include/dmnist/abi.h include/dmnist/layer.h \
+for f in bin/dmnist-run bin/dmnist-plugin-check bin/dmnist-comm-check bin/dmnist-comm-job include/dmnist/abi.h include/dmnist/layer.h \
          lib/cmake/dmnist/dmnistConfig.cmake lib/cmake/dmnist/dmnistConfigVersion.cmake \
          lib/cmake/dmnist/dmnistTargets.cmake lib/cmake/dmnist/dmnistPlugin.cmake \
          lib/pkgconfig/dmnist.pc lib/dmnist/plugins/dm_conv2d.so lib/dmnist/plugins/dm_local.so; do
@@ -108,6 +111,26 @@ for ex in leaky_relu batchnorm; do
     "$P/bin/dmnist-run" --dry-run "${data[@]}" "$tmp/src/$ex/$ex.ini" | grep -q " $ex " ||
         fail "$ex: the model summary has no $ex layer"
 done
+
+step "the installed comm harness: dmnist_add_comm_test() in a project of its own"
+mkdir -p "$tmp/src/commtest/build/plugins"
+cp "$P/lib/dmnist/plugins/dm_local.so" "$tmp/src/commtest/build/plugins/" # the author's backend, built here
+cat > "$tmp/src/commtest/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(commtest C)
+find_package(dmnist REQUIRED)
+enable_testing()
+dmnist_add_comm_test(comm_local_np1 local 1)
+if(EXISTS ${dmnist_PLUGIN_DIR}/dm_gloo.so)
+  dmnist_add_comm_test(comm_gloo_np2 gloo 2 TIMEOUT 90)
+endif()
+CMAKE
+cmake -S "$tmp/src/commtest" -B "$tmp/src/commtest/build" -DCMAKE_PREFIX_PATH="$P" > "$tmp/commtest.cmake.log" ||
+    { cat "$tmp/commtest.cmake.log"; fail "configure the comm test project"; }
+ctest --test-dir "$tmp/src/commtest/build" --output-on-failure > "$tmp/commtest.log" 2>&1 || {
+    cat "$tmp/commtest.log"; fail "ctest (dmnist_add_comm_test)"; }
+grep -q "comm_local_np1 .*Passed" "$tmp/commtest.log" || { cat "$tmp/commtest.log"; fail "no comm_local_np1 test ran"; }
+grep -E "comm_.*(Passed|Skipped)" "$tmp/commtest.log"
 
 step "install an example next to the built-in plugins"
 cmake --install "$tmp/src/leaky_relu/build" --prefix "$P" > /dev/null || fail "cmake --install leaky_relu"

@@ -4,7 +4,9 @@
 # tells a plugin author to do, from copies of docs/examples/plugins/:
 #   - build leaky_relu and batchnorm with find_package(dmnist) + dmnist_add_plugin,
 #     and leaky_relu again with its plain Makefile and pkg-config;
-#   - build every complete C listing of the guide with the cc command it gives;
+#   - build every complete C listing of the layer, optimizer and dataset guides
+#     with the cc command they give, check each (the optimizer guide's with its
+#     --reference file) and train with the dataset guide's config;
 #   - check each with the installed dmnist-plugin-check;
 #   - train a few steps of each example config with the installed dmnist-run
 #     (data/mnist when present, else the synthetic dataset), no DMNIST_PLUGIN_PATH;
@@ -64,23 +66,53 @@ done
 make -C "$tmp/src/leaky_relu_make" CFLAGS="-O2 -Werror" || fail "make (pkg-config) leaky_relu"
 [ -f "$tmp/src/leaky_relu_make/build/plugins/dm_leaky_relu.so" ] || fail "the Makefile built no build/plugins/dm_leaky_relu.so"
 
-step "the guide's complete C listings build with pkg-config as it says, and pass the checker"
-mkdir -p "$tmp/guide"
-awk -v dir="$tmp/guide" '
-    /^```c$/ { inb = 1; n++; file = sprintf("%s/listing%d.c", dir, n); next }
-    /^```$/  { if (inb) close(file); inb = 0; next }
-    inb      { print > file }' "$src/docs/writing-a-layer-plugin.md"
-listings=0
-for c in "$tmp/guide"/listing*.c; do
-    head -1 "$c" | grep -q '^#include' || continue # a fragment, not a file
-    so=${c%.c}.so
-    cc -std=c11 -fPIC -fvisibility=hidden -Wall -Wextra -Werror $(pkg-config --cflags dmnist) -O2 \
-       -shared -Wl,--no-undefined -o "$so" "$c" $(pkg-config --libs dmnist) || fail "guide listing $(basename "$c") does not build"
-    "$P/bin/dmnist-plugin-check" "$so" > "$c.check" || { cat "$c.check"; fail "guide listing $(basename "$c") fails the checker"; }
-    listings=$((listings + 1))
+step "the guides' complete C listings build with pkg-config as they say, and pass the checker"
+# Every ```c block that starts with #include is a whole plugin; a ```reference
+# block is a dmnist-plugin-check --reference file for that guide's listings;
+# the last ```ini block of the dataset guide trains with its plugin.
+for guide in a-layer an-optimizer a-dataset; do
+    md=$src/docs/writing-$guide-plugin.md
+    guide=${guide#*-}
+    [ -f "$md" ] || fail "no $md"
+    dir=$tmp/guide-$guide
+    mkdir -p "$dir"
+    awk -v dir="$dir" '
+        /^```c$/         { inb = 1; n++; file = sprintf("%s/listing%d.c", dir, n); next }
+        /^```reference$/ { inb = 1; file = dir "/reference.txt"; next }
+        /^```ini$/       { inb = 1; file = dir "/example.ini"; printf "" > file; next }
+        /^```$/          { if (inb) close(file); inb = 0; next }
+        inb              { print > file }' "$md"
+    ref=()
+    [ -f "$dir/reference.txt" ] && ref=(--reference "$dir/reference.txt")
+    listings=0
+    for c in "$dir"/listing*.c; do
+        [ -f "$c" ] || continue
+        head -1 "$c" | grep -q '^#include' || continue # a fragment, not a file
+        name=$(sed -n 's/^DM_PLUGIN_DEFINE("\([a-z_0-9]*\)".*/\1/p' "$c")
+        so=$dir/dm_${name:-$(basename "${c%.c}")}.so
+        cc -std=c11 -fPIC -fvisibility=hidden -Wall -Wextra -Werror $(pkg-config --cflags dmnist) -O2 \
+           -shared -Wl,--no-undefined -o "$so" "$c" $(pkg-config --libs dmnist) ||
+            fail "$guide guide: listing $(basename "$c") does not build"
+        "$P/bin/dmnist-plugin-check" "${ref[@]}" "$so" > "$c.check" ||
+            { cat "$c.check"; fail "$guide guide: listing $(basename "$c") fails the checker ${ref[*]}"; }
+        if [ ${#ref[@]} -gt 0 ]; then
+            grep -Eq "reference \(cpu\) +ok" "$c.check" || { cat "$c.check"; fail "$guide guide: no reference row passed"; }
+        fi
+        listings=$((listings + 1))
+    done
+    want=1
+    [ $guide = layer ] && want=3
+    [ "$listings" -ge $want ] || fail "only $listings complete C listings found in $md"
+    echo "$guide guide: $listings listings built and checked${ref:+ (with its --reference file)}"
 done
-[ "$listings" -ge 3 ] || fail "only $listings complete C listings found in docs/writing-a-layer-plugin.md"
-echo "$listings listings built and checked"
+# the dataset guide's config trains on its plugin, found through plugin_path = .
+chmod -R go-w "$tmp/guide-dataset"
+(cd "$tmp" && "$P/bin/dmnist-run" --no-progress --set train.total_batches=4 --set train.log_every=1 \
+    "$tmp/guide-dataset/example.ini") > "$tmp/guide-dataset/train.log" 2>&1 ||
+    { cat "$tmp/guide-dataset/train.log"; fail "the dataset guide's config does not train"; }
+grep -Eq "^test loss [0-9]+\.[0-9]+ +test accuracy" "$tmp/guide-dataset/train.log" ||
+    { cat "$tmp/guide-dataset/train.log"; fail "the dataset guide's config: no test evaluation"; }
+echo "dataset guide: its config trains"
 
 step "dmnist-plugin-check on each"
 # through dmnist_add_plugin_test() in the examples' CMakeLists.txt

@@ -34,7 +34,10 @@ dm_registry *dm_registry_new(void);
  * library is closed, nothing of it stays registered, and err says
  * "<path>: <reason>". */
 int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err);
-/* Load every *.so in each ':'-separated directory (missing dirs are skipped). */
+/* Load every *.so in each ':'-separated directory (missing dirs are skipped;
+ * a relative one is relative to the current directory). A type that an
+ * earlier directory of this or an earlier call registered is shadowed, not
+ * refused (dm_registry_shadowed_at); two in one directory are refused. */
 int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err);
 /* kind < 0 matches any kind. NULL when absent. */
 const dm_loaded_component *dm_registry_find(const dm_registry *r, int kind, const char *type_name);

@@ -84,3 +84,36 @@ function(dmnist_add_plugin_test NAME)
   add_test(NAME ${T_TEST_NAME}
     COMMAND ${dmnist_PLUGIN_CHECK_EXECUTABLE} ${T_ARGS} $<TARGET_FILE:dm_${NAME}>)
 endfunction()
+
+# dmnist_add_comm_test(NAME BACKEND NP [LAUNCHER local|mpi] [TIMEOUT s]
+#                      [JOB_ARGS dmnist-comm-job options ...] [ARGS dmnist-comm-check options ...])
+#
+# Registers a ctest test NAME that starts NP ranks of the installed
+# dmnist-comm-check on comm backend BACKEND with dmnist-comm-job (LAUNCHER
+# local, the default: NP processes with DMNIST_RANK, DMNIST_WORLD_SIZE and a
+# fresh file:// rendezvous; mpi: mpirun -np NP) and passes when every rank
+# ends "DONE ... 0 failed". The backend is found along DMNIST_PLUGIN_PATH
+# (set to this project's plugin folder, ${CMAKE_BINARY_DIR}/plugins, unless
+# ENVIRONMENT of the test says otherwise), then the installed plugins.
+# E.g. a lost peer: JOB_ARGS --expect-done 1 ARGS --timeout 2 --fault exit.
+function(dmnist_add_comm_test NAME BACKEND NP)
+  cmake_parse_arguments(T "" "LAUNCHER;TIMEOUT" "JOB_ARGS;ARGS" ${ARGN})
+  if(T_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "dmnist_add_comm_test(${NAME}): unknown arguments: ${T_UNPARSED_ARGUMENTS}")
+  endif()
+  if(NOT dmnist_COMM_JOB_EXECUTABLE OR NOT dmnist_COMM_CHECK_EXECUTABLE)
+    message(FATAL_ERROR "dmnist_add_comm_test(${NAME}): dmnist_COMM_JOB_EXECUTABLE is not set (find_package(dmnist) sets it)")
+  endif()
+  if(NOT T_LAUNCHER)
+    set(T_LAUNCHER local)
+  endif()
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 120)
+  endif()
+  math(EXPR limit "${T_TIMEOUT} - 10")
+  add_test(NAME ${NAME}
+    COMMAND ${dmnist_COMM_JOB_EXECUTABLE} ${T_LAUNCHER} ${NP} --limit ${limit} ${T_JOB_ARGS}
+            -- ${dmnist_COMM_CHECK_EXECUTABLE} ${BACKEND} ${T_ARGS})
+  set_tests_properties(${NAME} PROPERTIES TIMEOUT ${T_TIMEOUT} SKIP_RETURN_CODE 77 PROCESSORS ${NP}
+    ENVIRONMENT "DMNIST_PLUGIN_PATH=${CMAKE_BINARY_DIR}/plugins")
+endfunction()

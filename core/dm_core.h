@@ -17,19 +17,34 @@ typedef struct dm_loaded_component {
     const dm_component *component;
     const dm_plugin_descriptor *plugin;
     const char *path;            /* file it came from */
+    int folder;                  /* search folder it came from: 1 = first; 0 = loaded by file */
 } dm_loaded_component;
+
+/* A component not registered because a folder earlier on the search path
+ * has one of the same type name (that one wins). */
+typedef struct dm_shadowed {
+    const dm_component *component;
+    const dm_plugin_descriptor *plugin;
+    const char *path;            /* the file whose component lost */
+    const char *by;              /* the file whose component won */
+} dm_shadowed;
 
 dm_registry *dm_registry_new(void);
 /* dlopen one plugin file and register its components. On any refusal the
  * library is closed, nothing of it stays registered, and err says
  * "<path>: <reason>". */
 int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err);
-/* Load every *.so in each ':'-separated directory (missing dirs are skipped). */
+/* Load every *.so in each ':'-separated directory (missing dirs are skipped;
+ * a relative one is relative to the current directory). A type that an
+ * earlier directory of this or an earlier call registered is shadowed, not
+ * refused (dm_registry_shadowed_at); two in one directory are refused. */
 int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err);
 /* kind < 0 matches any kind. NULL when absent. */
 const dm_loaded_component *dm_registry_find(const dm_registry *r, int kind, const char *type_name);
 int dm_registry_count(const dm_registry *r);
 const dm_loaded_component *dm_registry_at(const dm_registry *r, int i);
+int dm_registry_shadowed_count(const dm_registry *r);
+const dm_shadowed *dm_registry_shadowed_at(const dm_registry *r, int i);
 void dm_registry_free(dm_registry *r);
 
 const char *dm_kind_name(dm_kind kind);
@@ -349,6 +364,10 @@ typedef struct dm_model {
     int32_t *labels;                 /* on the device */
 } dm_model;
 
+/* Whether every layer and the optimizer has an implementation for
+ * `device`: the run's refusal (DM_ERR_UNSUPPORTED, "<where>layer type 'X'
+ * has no cuda implementation"), for --dry-run, which builds on the CPU. */
+int dm_model_check_device(const dm_experiment *x, dm_device device, dm_error *err);
 /* Create every layer, propagating shapes, and lay out the flat buffers.
  * item: one example's shape (n ignored); max_batch: largest batch. */
 int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,

@@ -105,8 +105,18 @@ void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir,
         }
         free(copy);
     }
+    /* DMNIST_PLUGIN_PATH: a relative entry is relative to the current
+     * directory, as in --plugin-path (the registry would resolve it the
+     * same way; made absolute here so that --dry-run prints what is used). */
     const char *env = getenv("DMNIST_PLUGIN_PATH");
-    if (env && env[0]) APPEND(env);
+    char *envcopy = env && env[0] ? strdup(env) : NULL, *esave = NULL;
+    for (char *t = envcopy ? strtok_r(envcopy, ":", &esave) : NULL; t; t = strtok_r(NULL, ":", &esave)) {
+        char full[PATH_MAX + 2048], cwd[PATH_MAX];
+        if (t[0] == '/' || !getcwd(cwd, sizeof cwd)) snprintf(full, sizeof full, "%s", t);
+        else snprintf(full, sizeof full, "%s/%s", cwd, t);
+        APPEND(full);
+    }
+    free(envcopy);
     /* The build tree when this executable runs from it, else the install
      * prefix relative to the executable (relocatable), else the configured one. */
     char exe[PATH_MAX];

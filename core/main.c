@@ -37,15 +37,18 @@ static void usage(FILE *out)
             "  --timeline FILE          write a Chrome trace (chrome://tracing, Perfetto) of every step\n"
             "  --tensorboard DIR        write TensorBoard event files into DIR (tensorboard --logdir DIR)\n"
             "  --dry-run                print the resolved configuration and a model summary, then exit\n"
-            "  --list-plugins           list every plugin found on the search path\n"
-            "  --help-plugin TYPE       describe a plugin type's keys (or a core section: experiment, data,\n"
-            "                           train, optimizer)\n"
-            "  --plugin-path DIRS       search these ':'-separated folders first\n"
+            "  --list-plugins [CONFIG.ini]  list every plugin found on the search path (with CONFIG.ini's\n"
+            "                           experiment.plugin_path first), and those shadowed by an earlier folder\n"
+            "  --help-plugin TYPE [CONFIG.ini]  describe a plugin type's keys (or a core section: experiment,\n"
+            "                           data, train, optimizer), found as CONFIG.ini's run would find it\n"
+            "  --plugin-path DIRS       search these ':'-separated folders first (relative: to the current\n"
+            "                           directory, as in $DMNIST_PLUGIN_PATH)\n"
             "  --progress / --no-progress  force the progress bar on or off (default: on a terminal)\n"
             "  --version, --help\n"
             "\n"
-            "Plugins are searched in: experiment.plugin_path, $DMNIST_PLUGIN_PATH, then the build tree\n"
-            "(when run from it) or the install prefix's lib/dmnist/plugins.\n");
+            "Plugins are searched in: --plugin-path, experiment.plugin_path, $DMNIST_PLUGIN_PATH, then the\n"
+            "build tree (when run from it) or the install prefix's lib/dmnist/plugins. When two folders\n"
+            "hold the same type, the first one wins.\n");
 }
 
 static const char *type_name(dm_param_type t)
@@ -68,21 +71,34 @@ static void print_defs(const dm_param_def *defs)
     }
 }
 
-static int load_registry(dm_registry **reg, const char *extra, dm_error *err)
+/* The search path a run of config_path (NULL: none) would use: --plugin-path,
+ * its experiment.plugin_path (relative to its folder), $DMNIST_PLUGIN_PATH,
+ * the built-in folder. */
+static int load_registry(dm_registry **reg, const char *extra, const char *config_path, dm_error *err)
 {
     char path[4096], full[8192];
-    dm_default_plugin_path(NULL, NULL, path, sizeof path);
+    const char *ini_path = NULL, *dir = NULL;
+    dm_config *cfg = NULL;
+    *reg = NULL;
+    if (config_path) {
+        if (dm_config_load(config_path, &cfg, err)) return err->code;
+        const dm_kv *kv = dm_section_get(dm_config_section(cfg, "experiment"), "plugin_path");
+        ini_path = kv ? kv->value : NULL;
+        dir = cfg->dir;
+    }
+    dm_default_plugin_path(ini_path, dir, path, sizeof path);
+    dm_config_free(cfg);
     snprintf(full, sizeof full, "%s%s%s", extra ? extra : "", extra ? ":" : "", path);
     *reg = dm_registry_new();
     if (!*reg) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     return dm_registry_load_path(*reg, full, err);
 }
 
-static int list_plugins(const char *extra)
+static int list_plugins(const char *extra, const char *config_path)
 {
     dm_registry *reg;
     dm_error err = {0};
-    if (load_registry(&reg, extra, &err)) {
+    if (load_registry(&reg, extra, config_path, &err)) {
         fprintf(stderr, "dmnist-run: %s\n", err.msg);
         dm_registry_free(reg);
         return 2;
@@ -97,11 +113,20 @@ static int list_plugins(const char *extra)
             printf("%-10s %-24s %-6s %-16s %s\n", dm_kind_name(c->component->kind), c->component->type_name, abi,
                    c->plugin->build_signature, c->path);
         }
+    if (dm_registry_shadowed_count(reg) > 0) {
+        printf("\nshadowed (a folder earlier on the search path has the same type; that one is used):\n");
+        printf("%-10s %-24s %s\n", "kind", "type", "file (shadowed by)");
+        for (int i = 0; i < dm_registry_shadowed_count(reg); i++) {
+            const dm_shadowed *sh = dm_registry_shadowed_at(reg, i);
+            printf("%-10s %-24s %s (shadowed by %s)\n", dm_kind_name(sh->component->kind),
+                   sh->component->type_name, sh->path, sh->by);
+        }
+    }
     dm_registry_free(reg);
     return 0;
 }
 
-static int help_plugin(const char *type, const char *extra)
+static int help_plugin(const char *type, const char *extra, const char *config_path)
 {
     const dm_param_def *core = dm_core_section_defs(type);
     if (core && strncmp(type, "layer.", 6) != 0) {
@@ -111,7 +136,7 @@ static int help_plugin(const char *type, const char *extra)
     }
     dm_registry *reg;
     dm_error err = {0};
-    if (load_registry(&reg, extra, &err)) {
+    if (load_registry(&reg, extra, config_path, &err)) {
         fprintf(stderr, "dmnist-run: %s\n", err.msg);
         dm_registry_free(reg);
         return 2;
@@ -190,6 +215,13 @@ static void print_config(const dm_experiment *x)
 static int dry_run(dm_experiment *x)
 {
     print_config(x);
+    /* The summary is built on the CPU, but the run would use x->device:
+     * refuse what it would refuse, with its message and exit status. */
+    dm_error derr = {0};
+    if (dm_model_check_device(x, x->device, &derr)) {
+        fprintf(stderr, "dmnist-run: %s\n", derr.msg);
+        return 2;
+    }
     /* Build the model on the CPU for the summary: shapes and counts do not
      * depend on the device. The dataset gives the input shape. */
     dm_error err = {0};
@@ -334,9 +366,17 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (list) { free(sets); return list_plugins(extra_path); }
-    if (help_type) { free(sets); return help_plugin(help_type, extra_path); }
     int npos = argc - optind;
+    if (list || help_type) {
+        free(sets);
+        if (npos > 1) {
+            fprintf(stderr, "dmnist-run: too many arguments: %s takes at most CONFIG.ini\n",
+                    list ? "--list-plugins" : "--help-plugin TYPE");
+            return 2;
+        }
+        const char *config = npos == 1 ? argv[optind] : NULL;
+        return list ? list_plugins(extra_path, config) : help_plugin(help_type, extra_path, config);
+    }
     if (npos < 1 || npos > 3) {
         fprintf(stderr, npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
                                  : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");

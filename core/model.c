@@ -55,6 +55,30 @@ static int model_fail(dm_model *m, dm_error *err, int code, const char *fmt, ...
     return code;
 }
 
+/* The layer's refusal of a device, shared by the build and --dry-run. */
+static int layer_device_ok(const dm_instance_cfg *cfg, dm_device device, dm_error *err)
+{
+    const dm_layer_vtable *vt = cfg->lc->component->vtable;
+    if (vt->devices & DM_DEVICE_BIT(device))
+        return DM_OK;
+    char loc[512];
+    dm_where_format(&cfg->where, NULL, loc, sizeof loc);
+    return dm_fail(err, DM_ERR_UNSUPPORTED, "%slayer type '%s' has no %s implementation", loc,
+                   cfg->lc->component->type_name, dm_device_name(device));
+}
+
+int dm_model_check_device(const dm_experiment *x, dm_device device, dm_error *err)
+{
+    for (int i = 0; i < x->n_layers; i++)
+        if (layer_device_ok(&x->layers[i], device, err) != DM_OK)
+            return err->code;
+    const dm_optimizer_vtable *ovt = x->opt.lc->component->vtable;
+    if (!(ovt->devices & DM_DEVICE_BIT(device)))
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: optimizer: type '%s' has no %s implementation",
+                       x->cfg->path, x->opt.lc->component->type_name, dm_device_name(device));
+    return DM_OK;
+}
+
 int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
                    int num_threads, dm_error *err)
 {
@@ -74,9 +98,10 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         char loc[512];
         dm_where_format(&L->cfg->where, NULL, loc, sizeof loc);
         const char *type = L->cfg->lc->component->type_name; /* owned by the registry, not m */
-        if (!(L->vt->devices & DM_DEVICE_BIT(dev->device)))
-            return model_fail(m, err, DM_ERR_UNSUPPORTED, "%slayer type '%s' has no %s implementation", loc,
-                              type, dm_device_name(dev->device));
+        if ((rc = layer_device_ok(L->cfg, dev->device, err)) != DM_OK) {
+            dm_model_free(m);
+            return rc;
+        }
         dm_layer_config lc = {sizeof lc, L->cfg->name, dev->device, DM_LAYOUT_NCHW, shape, num_threads,
                               dev->stream};
         L->info.struct_size = sizeof L->info;

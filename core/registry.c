@@ -31,6 +31,10 @@ struct dm_registry {
     int n_libs, cap_libs;
     dm_loaded_component *comps;
     int n_comps, cap_comps;
+    dm_shadowed *shadowed;   /* components a folder earlier on the path already had */
+    int n_shadowed, cap_shadowed;
+    int n_folders;           /* search folders loaded so far */
+    int folder;              /* the one being loaded: 1, 2, ...; 0 for dm_registry_load_file */
 };
 
 static const size_t dm_vtable_min_size[DM_KIND_COUNT] = {
@@ -64,6 +68,20 @@ const dm_loaded_component *dm_registry_find(const dm_registry *r, int kind, cons
 }
 
 int dm_registry_count(const dm_registry *r) { return r ? r->n_comps : 0; }
+int dm_registry_shadowed_count(const dm_registry *r) { return r ? r->n_shadowed : 0; }
+const dm_shadowed *dm_registry_shadowed_at(const dm_registry *r, int i)
+{
+    return (r && i >= 0 && i < r->n_shadowed) ? &r->shadowed[i] : NULL;
+}
+
+/* The component of that type name a folder before the one being loaded
+ * registered: it wins, and this one is shadowed (not an error). Within a
+ * folder, and for files loaded one by one, a second one is refused. */
+static const dm_loaded_component *shadowing(const dm_registry *r, const char *type_name)
+{
+    const dm_loaded_component *prev = dm_registry_find(r, -1, type_name);
+    return prev && r->folder > 0 && prev->folder > 0 && prev->folder < r->folder ? prev : NULL;
+}
 const dm_loaded_component *dm_registry_at(const dm_registry *r, int i)
 {
     return (r && i >= 0 && i < r->n_comps) ? &r->comps[i] : NULL;
@@ -97,7 +115,7 @@ static int check_component(const dm_registry *r, const dm_component *c, int inde
                            c->type_name);
     }
     const dm_loaded_component *prev = dm_registry_find(r, -1, c->type_name);
-    if (prev)
+    if (prev && !shadowing(r, c->type_name))
         return dm_fail(err, DM_ERR_INVALID, "type name '%s' already registered by %s",
                        c->type_name, prev->path);
     for (int j = 0; j < index; j++)
@@ -241,11 +259,26 @@ static int load_trusted(dm_registry *r, const char *path, const char *real, cons
         r->comps = nc;
         r->cap_comps = cap;
     }
+    if (r->n_shadowed + d->n_components > r->cap_shadowed) {
+        int cap = r->cap_shadowed ? 2 * r->cap_shadowed : 8;
+        while (cap < r->n_shadowed + d->n_components) cap *= 2;
+        dm_shadowed *ns = realloc(r->shadowed, (size_t)cap * sizeof *ns);
+        if (!ns) goto nomem;
+        r->shadowed = ns;
+        r->cap_shadowed = cap;
+    }
     char *p = strdup(path), *rp = strdup(real);
     if (!p || !rp) { free(p); free(rp); goto nomem; }
     r->libs[r->n_libs++] = (dm_loaded_lib){h, p, rp, d};
-    for (int i = 0; i < d->n_components; i++)
-        r->comps[r->n_comps++] = (dm_loaded_component){d->components[i], d, p};
+    /* A type an earlier folder has stays that folder's: a development
+     * build first on the path overrides an installed plugin. */
+    for (int i = 0; i < d->n_components; i++) {
+        const dm_loaded_component *by = shadowing(r, d->components[i]->type_name);
+        if (by)
+            r->shadowed[r->n_shadowed++] = (dm_shadowed){d->components[i], d, p, by->path};
+        else
+            r->comps[r->n_comps++] = (dm_loaded_component){d->components[i], d, p, r->folder};
+    }
     return DM_OK;
 nomem:
     dlclose(h);
@@ -278,6 +311,7 @@ int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
     double timeout_s = dm_plugin_load_timeout_s(&e);
     if (timeout_s < 0)
         return dm_fail(err, e.code, "%s", e.msg);
+    r->folder = 0;
     return load_trusted(r, path, real, &st, timeout_s, err);
 }
 
@@ -499,6 +533,7 @@ static int load_dir(dm_registry *r, const char *dir, double timeout_s, int probe
     }
     closedir(d);
     if (n > 1) qsort(names, (size_t)n, sizeof *names, cmp_str);
+    r->folder = ++r->n_folders;
     probe *ps = n ? calloc((size_t)n, sizeof *ps) : NULL;
     if (n && !ps && rc == DM_OK) rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
     int np = 0;
@@ -507,7 +542,10 @@ static int load_dir(dm_registry *r, const char *dir, double timeout_s, int probe
     for (int i = 0; i < n && rc == DM_OK; i++) {
         char path[PATH_MAX], real[PATH_MAX];
         struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= (int)sizeof path) {
+            rc = dm_fail(err, DM_ERR_IO, "%s/%s: cannot load: path too long", dir, names[i]);
+            break;
+        }
         if (dm_trust_path(path, 0, real, sizeof real, &st, &missing, &e) != DM_OK) {
             rc = missing ? dm_fail(err, DM_ERR_IO, "%s: cannot load: %s", path, e.msg)
                          : dm_fail(err, e.code, "%s: %s", path, e.msg);
@@ -551,14 +589,18 @@ int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err)
     int rc = DM_OK;
     char *save = NULL;
     /* Empty entries are skipped (never "the current directory", unlike
-     * LD_LIBRARY_PATH), and relative ones refused: they would resolve
-     * against whatever folder dmnist happens to run in. */
+     * LD_LIBRARY_PATH); a relative one is relative to the current
+     * directory, as in --plugin-path (dm_absolute_dirs), and is made
+     * absolute before anything in it is loaded. */
     for (char *tok = strtok_r(copy, ":", &save); tok && rc == DM_OK; tok = strtok_r(NULL, ":", &save)) {
-        if (tok[0] && tok[0] != '/')
-            rc = dm_fail(err, DM_ERR_INVALID, "plugin search path entry '%s' is relative: use an absolute "
-                         "path (it would depend on the current directory)", tok);
-        else if (tok[0])
-            rc = load_dir(r, tok, timeout_s, probe_first, err);
+        char abs_dir[PATH_MAX];
+        if (!tok[0])
+            continue;
+        if (absolute(tok, abs_dir, sizeof abs_dir) != 0)
+            rc = dm_fail(err, DM_ERR_INVALID, "plugin search path entry '%s': too long, or the current "
+                         "directory is unknown", tok);
+        else
+            rc = load_dir(r, abs_dir, timeout_s, probe_first, err);
     }
     free(copy);
     return rc;
@@ -574,5 +616,6 @@ void dm_registry_free(dm_registry *r)
     }
     free(r->libs);
     free(r->comps);
+    free(r->shadowed);
     free(r);
 }

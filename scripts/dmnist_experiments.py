@@ -148,6 +148,8 @@ def list_plugins(dmnist_run):
     out = subprocess.run([dmnist_run, "--list-plugins"], capture_output=True, text=True)
     found = set()
     for line in out.stdout.splitlines()[1:]:
+        if not line.strip():
+            break  # the shadowed components follow a blank line
         parts = line.split()
         if len(parts) >= 2:
             found.add((parts[0], parts[1]))

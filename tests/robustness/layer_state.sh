@@ -16,6 +16,12 @@
 #                        hashes them), equal to the checkpoint's state region;
 #                        resumed on 2 ranks, rank 1 evaluates with rank 0's
 #                        restored statistics (same test loss as 1 rank)
+#   dry_run_device       batchnorm has only a CPU implementation: with
+#                        experiment.device = cuda, --dry-run refuses it with
+#                        the run's one line and exit status 2 (it builds
+#                        its summary on the CPU and used to say nothing);
+#                        device = cpu still passes; with a GPU, the run
+#                        itself refuses it the same way
 . "$(dirname "$0")/lib.sh"
 BN=(--plugin-path "${DMNIST_TEST_BATCHNORM:?DMNIST_TEST_BATCHNORM must name the batchnorm plugin folder}")
 BCFG=$SRC/tests/robustness/batchnorm.ini
@@ -26,6 +32,27 @@ BCFG=$SRC/tests/robustness/batchnorm.ini
 test_loss() { sed -n 's/^\(\[rank 0\] \)\{0,1\}test loss \([0-9.]*\) .*/\2/p' "$1"; }
 
 case ${1:-} in
+dry_run_device)
+    run_ok "$TMP/cpu.log" "${BN[@]}" --dry-run "$BCFG"
+    want="dmnist-run: $BCFG:[0-9]+: layer\.bn1: layer type 'batchnorm' has no cuda implementation"
+    timeout -k 5 100 "$RUN" "${BN[@]}" --dry-run --set experiment.device=cuda "$BCFG" >"$TMP/dry.out" 2>"$TMP/dry.err"
+    rc=$?
+    [ $rc = 2 ] || { cat "$TMP/dry.err"; fail "--dry-run with device = cuda exited $rc, expected 2"; }
+    [ "$(wc -l <"$TMP/dry.err")" = 1 ] && grep -Eq "^$want\$" "$TMP/dry.err" ||
+        fail "--dry-run with device = cuda: expected one line '$want', got: $(cat "$TMP/dry.err")"
+    echo "ok: --dry-run: $(cat "$TMP/dry.err")"
+    if "$RUN" --dry-run --set experiment.device=cuda "$CFG" >/dev/null 2>&1 &&
+       timeout -k 5 100 "$RUN" --set experiment.device=cuda "$CFG" 1 >/dev/null 2>&1; then
+        timeout -k 5 100 "$RUN" "${BN[@]}" --set experiment.device=cuda "$BCFG" 1 >"$TMP/run.out" 2>"$TMP/run.err"
+        rc=$?
+        [ $rc = 2 ] && grep -Eq "^$want\$" "$TMP/run.err" ||
+            { cat "$TMP/run.err"; fail "the run with device = cuda: exit $rc, expected 2 and '$want'"; }
+        echo "ok: the run (on the GPU) refuses it the same way"
+    else
+        echo "no usable GPU: the run's own refusal is not compared"
+    fi
+    ok "--dry-run refuses a CPU-only layer under device = cuda, as the run does"
+    ;;
 state_resume_exact)
     run_ok "$TMP/a.log" "${BN[@]}" --set train.checkpoint_dir="$TMP/a" --set train.checkpoint_every=50 "$BCFG" 100
     run_ok "$TMP/b1.log" "${BN[@]}" --set train.checkpoint_dir="$TMP/b" "$BCFG" 50

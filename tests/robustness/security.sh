@@ -5,10 +5,16 @@
 #                       on (seen with `ss -ltnp` while it waits for a peer
 #                       we hold stopped) is bound to 127.0.0.2, not 0.0.0.0
 #   plugin_search_path  a plugin in the current directory is never loaded;
-#                       empty entries do not mean "."; a relative
-#                       DMNIST_PLUGIN_PATH entry is refused; --plugin-path is
-#                       relative to where it is typed, experiment.plugin_path
-#                       to the INI file's folder
+#                       empty entries do not mean "."; a relative entry of
+#                       DMNIST_PLUGIN_PATH or --plugin-path is relative to
+#                       the current directory (both the same way),
+#                       experiment.plugin_path to the INI file's folder
+#   plugin_shadowing    the first folder on the search path wins: a copy of
+#                       a built-in plugin in a development folder is used
+#                       (--plugin-path, DMNIST_PLUGIN_PATH, a config's
+#                       plugin_path, --help-plugin TYPE CONFIG.ini) and
+#                       --list-plugins names the shadowed file and by which;
+#                       two files of one folder with one type are still refused
 #   plugin_permissions  a plugin file, its folder, or a folder above it that
 #                       other users may write is refused with a clear line
 #   plugin_symlinks     symlinks through folders only we (or root) can change
@@ -72,11 +78,12 @@ plugin_search_path)
         DMNIST_PLUGIN_PATH=$path "$RUN" --list-plugins | grep -q "$TMP/cwd" && fail "--list-plugins shows a file from the current directory"
     done
     echo "ok: nothing loaded from the current directory (empty entries are not '.')"
-    out=$(DMNIST_PLUGIN_PATH=plugins "$RUN" --dry-run "${use_poison[@]}" "$CFG" 2>&1)
-    rc=$?
-    [ $rc = 2 ] && [[ $out == *"plugin search path entry 'plugins' is relative: use an absolute path"* ]] ||
-        fail "a relative DMNIST_PLUGIN_PATH entry was not refused (exit $rc): $out"
-    echo "ok: $out"
+    # DMNIST_PLUGIN_PATH is relative to here too, and printed absolute
+    DMNIST_PLUGIN_PATH=plugins "$RUN" --dry-run "${use_poison[@]}" "$CFG" >"$TMP/out" 2>"$TMP/err" ||
+        fail "DMNIST_PLUGIN_PATH=plugins (relative to the current directory) failed: $(cat "$TMP/err")"
+    grep -q "^; plugin path: .*$TMP/cwd/plugins" "$TMP/out" ||
+        fail "DMNIST_PLUGIN_PATH=plugins is not $TMP/cwd/plugins: $(grep '^; plugin path' "$TMP/out")"
+    echo "ok: DMNIST_PLUGIN_PATH=plugins resolves against the current directory"
     # --plugin-path is typed here: relative to here
     "$RUN" --dry-run --plugin-path plugins "${use_poison[@]}" "$CFG" >/dev/null 2>"$TMP/err" ||
         fail "--plugin-path plugins (relative to the current directory) failed: $(cat "$TMP/err")"
@@ -89,6 +96,40 @@ plugin_search_path)
     "$RUN" --dry-run "${use_poison[@]}" conf/x.ini >"$TMP/out" 2>"$TMP/err" || fail "relative INI: $(cat "$TMP/err")"
     grep -q "^; plugin path: $TMP/conf/p:" "$TMP/out" || fail "plugin path is not absolute: $(grep '^; plugin path' "$TMP/out")"
     ok "experiment.plugin_path = p means the INI's folder's p, from any directory"
+    ;;
+plugin_shadowing)
+    builtin=$(dirname "$("$RUN" --help-plugin sgd | sed -n "1s/^optimizer 'sgd' from \([^ ]*\) .*/\1/p")")
+    [ -f "$builtin/dm_sgd.so" ] || fail "cannot tell where the built-in sgd is (got '$builtin')"
+    mkdir -p "$TMP/w/dev" "$TMP/w/conf/devp"
+    cp "$builtin/dm_sgd.so" "$TMP/w/dev/dm_sgd.so"
+    cp "$builtin/dm_sgd.so" "$TMP/w/conf/devp/dm_sgd.so"
+    chmod -R go-w "$TMP/w"
+    cd "$TMP/w" || fail "cd"
+    # from_dev WHAT ARGS...: --help-plugin sgd must name the development copy
+    from_dev() {
+        local what=$1 want=$2 out
+        shift 2
+        out=$("$@" 2>&1) || fail "$what: $out"
+        [[ $(echo "$out" | head -1) == "optimizer 'sgd' from $want "* ]] || fail "$what: not the copy in $want: $out"
+        echo "ok: $what uses $want"
+    }
+    from_dev "--plugin-path dev" "$TMP/w/dev/dm_sgd.so" "$RUN" --help-plugin sgd --plugin-path dev
+    from_dev "DMNIST_PLUGIN_PATH=dev" "$TMP/w/dev/dm_sgd.so" env DMNIST_PLUGIN_PATH=dev "$RUN" --help-plugin sgd
+    printf '[experiment]\nplugin_path = devp\n' >"$TMP/w/conf/x.ini"
+    from_dev "--help-plugin sgd conf/x.ini" "$TMP/w/conf/devp/dm_sgd.so" "$RUN" --help-plugin sgd conf/x.ini
+    "$RUN" --list-plugins --plugin-path dev >"$TMP/list" 2>&1 || fail "--list-plugins: $(cat "$TMP/list")"
+    grep -Eq "^optimizer +sgd .* $TMP/w/dev/dm_sgd.so$" "$TMP/list" || { cat "$TMP/list"; fail "--list-plugins does not list the copy"; }
+    grep -Eq "^optimizer +sgd +$builtin/dm_sgd.so \(shadowed by $TMP/w/dev/dm_sgd.so\)$" "$TMP/list" ||
+        { cat "$TMP/list"; fail "--list-plugins does not say that $builtin/dm_sgd.so is shadowed"; }
+    echo "ok: $(grep 'shadowed by' "$TMP/list")"
+    # a run with the copy first: no 'already registered', and it trains
+    run_ok "$TMP/run.log" --plugin-path dev --set optimizer.type=sgd "$CFG" 2
+    # one folder, two files with one type: still refused, naming both
+    cp dev/dm_sgd.so dev/dm_sgd_again.so
+    run_fails "$TMP/dup.log" 2 --dry-run --plugin-path dev "$CFG"
+    grep -q "dm_sgd_again.so: type name 'sgd' already registered by $TMP/w/dev/dm_sgd.so" "$TMP/dup.log" ||
+        { cat "$TMP/dup.log"; fail "two files of one folder with one type were not refused"; }
+    ok "the first folder on the search path wins; --list-plugins shows what it shadowed"
     ;;
 plugin_permissions)
     # refused DIR WANT: loading from DIR must fail with WANT

@@ -4,10 +4,15 @@
 # tells a plugin author to do, from copies of docs/examples/plugins/:
 #   - build leaky_relu and batchnorm with find_package(dmnist) + dmnist_add_plugin,
 #     and leaky_relu again with its plain Makefile and pkg-config;
-#   - build every complete C listing of the guide with the cc command it gives;
+#   - build every complete C listing of the layer, optimizer and dataset guides
+#     with the cc command they give, check each (the optimizer guide's with its
+#     --reference file) and train with the dataset guide's config;
 #   - check each with the installed dmnist-plugin-check;
 #   - train a few steps of each example config with the installed dmnist-run
 #     (data/mnist when present, else the synthetic dataset), no DMNIST_PLUGIN_PATH;
+#   - test a comm backend with the installed multi-rank harness through
+#     dmnist_add_comm_test() (a copy of the installed local backend standing
+#     in for the author's, and gloo on 2 ranks when installed);
 #   - install leaky_relu next to the built-in plugins and find it there.
 set -euo pipefail
 src=${DMNIST_SOURCE_DIR:?run through ctest}
@@ -23,7 +28,7 @@ step "install into a staging prefix, then move it"
 cmake --install "$build" --prefix "$tmp/stage" > "$tmp/install.log" || { cat "$tmp/install.log"; fail "cmake --install"; }
 mv "$tmp/stage" "$tmp/prefix"
 P=$tmp/prefix
-for f in bin/dmnist-run bin/dmnist-plugin-check include/dmnist/abi.h include/dmnist/layer.h \
+for f in bin/dmnist-run bin/dmnist-plugin-check bin/dmnist-comm-check bin/dmnist-comm-job include/dmnist/abi.h include/dmnist/layer.h \
          lib/cmake/dmnist/dmnistConfig.cmake lib/cmake/dmnist/dmnistConfigVersion.cmake \
          lib/cmake/dmnist/dmnistTargets.cmake lib/cmake/dmnist/dmnistPlugin.cmake \
          lib/pkgconfig/dmnist.pc lib/dmnist/plugins/dm_conv2d.so lib/dmnist/plugins/dm_local.so; do
@@ -61,23 +66,53 @@ done
 make -C "$tmp/src/leaky_relu_make" CFLAGS="-O2 -Werror" || fail "make (pkg-config) leaky_relu"
 [ -f "$tmp/src/leaky_relu_make/build/plugins/dm_leaky_relu.so" ] || fail "the Makefile built no build/plugins/dm_leaky_relu.so"
 
-step "the guide's complete C listings build with pkg-config as it says, and pass the checker"
-mkdir -p "$tmp/guide"
-awk -v dir="$tmp/guide" '
-    /^```c$/ { inb = 1; n++; file = sprintf("%s/listing%d.c", dir, n); next }
-    /^```$/  { if (inb) close(file); inb = 0; next }
-    inb      { print > file }' "$src/docs/writing-a-layer-plugin.md"
-listings=0
-for c in "$tmp/guide"/listing*.c; do
-    head -1 "$c" | grep -q '^#include' || continue # a fragment, not a file
-    so=${c%.c}.so
-    cc -std=c11 -fPIC -fvisibility=hidden -Wall -Wextra -Werror $(pkg-config --cflags dmnist) -O2 \
-       -shared -Wl,--no-undefined -o "$so" "$c" $(pkg-config --libs dmnist) || fail "guide listing $(basename "$c") does not build"
-    "$P/bin/dmnist-plugin-check" "$so" > "$c.check" || { cat "$c.check"; fail "guide listing $(basename "$c") fails the checker"; }
-    listings=$((listings + 1))
+step "the guides' complete C listings build with pkg-config as they say, and pass the checker"
+# Every ```c block that starts with #include is a whole plugin; a ```reference
+# block is a dmnist-plugin-check --reference file for that guide's listings;
+# the last ```ini block of the dataset guide trains with its plugin.
+for guide in a-layer an-optimizer a-dataset; do
+    md=$src/docs/writing-$guide-plugin.md
+    guide=${guide#*-}
+    [ -f "$md" ] || fail "no $md"
+    dir=$tmp/guide-$guide
+    mkdir -p "$dir"
+    awk -v dir="$dir" '
+        /^```c$/         { inb = 1; n++; file = sprintf("%s/listing%d.c", dir, n); next }
+        /^```reference$/ { inb = 1; file = dir "/reference.txt"; next }
+        /^```ini$/       { inb = 1; file = dir "/example.ini"; printf "" > file; next }
+        /^```$/          { if (inb) close(file); inb = 0; next }
+        inb              { print > file }' "$md"
+    ref=()
+    [ -f "$dir/reference.txt" ] && ref=(--reference "$dir/reference.txt")
+    listings=0
+    for c in "$dir"/listing*.c; do
+        [ -f "$c" ] || continue
+        head -1 "$c" | grep -q '^#include' || continue # a fragment, not a file
+        name=$(sed -n 's/^DM_PLUGIN_DEFINE("\([a-z_0-9]*\)".*/\1/p' "$c")
+        so=$dir/dm_${name:-$(basename "${c%.c}")}.so
+        cc -std=c11 -fPIC -fvisibility=hidden -Wall -Wextra -Werror $(pkg-config --cflags dmnist) -O2 \
+           -shared -Wl,--no-undefined -o "$so" "$c" $(pkg-config --libs dmnist) ||
+            fail "$guide guide: listing $(basename "$c") does not build"
+        "$P/bin/dmnist-plugin-check" "${ref[@]}" "$so" > "$c.check" ||
+            { cat "$c.check"; fail "$guide guide: listing $(basename "$c") fails the checker ${ref[*]}"; }
+        if [ ${#ref[@]} -gt 0 ]; then
+            grep -Eq "reference \(cpu\) +ok" "$c.check" || { cat "$c.check"; fail "$guide guide: no reference row passed"; }
+        fi
+        listings=$((listings + 1))
+    done
+    want=1
+    [ $guide = layer ] && want=3
+    [ "$listings" -ge $want ] || fail "only $listings complete C listings found in $md"
+    echo "$guide guide: $listings listings built and checked${ref:+ (with its --reference file)}"
 done
-[ "$listings" -ge 3 ] || fail "only $listings complete C listings found in docs/writing-a-layer-plugin.md"
-echo "$listings listings built and checked"
+# the dataset guide's config trains on its plugin, found through plugin_path = .
+chmod -R go-w "$tmp/guide-dataset"
+(cd "$tmp" && "$P/bin/dmnist-run" --no-progress --set train.total_batches=4 --set train.log_every=1 \
+    "$tmp/guide-dataset/example.ini") > "$tmp/guide-dataset/train.log" 2>&1 ||
+    { cat "$tmp/guide-dataset/train.log"; fail "the dataset guide's config does not train"; }
+grep -Eq "^test loss [0-9]+\.[0-9]+ +test accuracy" "$tmp/guide-dataset/train.log" ||
+    { cat "$tmp/guide-dataset/train.log"; fail "the dataset guide's config: no test evaluation"; }
+echo "dataset guide: its config trains"
 
 step "dmnist-plugin-check on each"
 # through dmnist_add_plugin_test() in the examples' CMakeLists.txt
@@ -108,6 +143,26 @@ for ex in leaky_relu batchnorm; do
     "$P/bin/dmnist-run" --dry-run "${data[@]}" "$tmp/src/$ex/$ex.ini" | grep -q " $ex " ||
         fail "$ex: the model summary has no $ex layer"
 done
+
+step "the installed comm harness: dmnist_add_comm_test() in a project of its own"
+mkdir -p "$tmp/src/commtest/build/plugins"
+cp "$P/lib/dmnist/plugins/dm_local.so" "$tmp/src/commtest/build/plugins/" # the author's backend, built here
+cat > "$tmp/src/commtest/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(commtest C)
+find_package(dmnist REQUIRED)
+enable_testing()
+dmnist_add_comm_test(comm_local_np1 local 1)
+if(EXISTS ${dmnist_PLUGIN_DIR}/dm_gloo.so)
+  dmnist_add_comm_test(comm_gloo_np2 gloo 2 TIMEOUT 90)
+endif()
+CMAKE
+cmake -S "$tmp/src/commtest" -B "$tmp/src/commtest/build" -DCMAKE_PREFIX_PATH="$P" > "$tmp/commtest.cmake.log" ||
+    { cat "$tmp/commtest.cmake.log"; fail "configure the comm test project"; }
+ctest --test-dir "$tmp/src/commtest/build" --output-on-failure > "$tmp/commtest.log" 2>&1 || {
+    cat "$tmp/commtest.log"; fail "ctest (dmnist_add_comm_test)"; }
+grep -q "comm_local_np1 .*Passed" "$tmp/commtest.log" || { cat "$tmp/commtest.log"; fail "no comm_local_np1 test ran"; }
+grep -E "comm_.*(Passed|Skipped)" "$tmp/commtest.log"
 
 step "install an example next to the built-in plugins"
 cmake --install "$tmp/src/leaky_relu/build" --prefix "$P" > /dev/null || fail "cmake --install leaky_relu"

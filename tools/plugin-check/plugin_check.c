@@ -480,14 +480,20 @@ static void usage(FILE *out)
             "  layer     gradients against central differences on random shapes and settings,\n"
             "            deterministic forward, init_params, poisoned outputs and guarded buffers,\n"
             "            CUDA against CPU when the layer has CUDA and a GPU is present\n"
-            "  optimizer a quadratic decreases, lr = 0 changes nothing, determinism, buffers\n"
+            "  optimizer a quadratic decreases, lr = 0 changes nothing, determinism, buffers, on the\n"
+            "            discrete settings and on random valid settings; with --reference, the update\n"
+            "            rule: k steps against expected parameters\n"
             "  dataset   open, info, reads in range and within their buffers, random access\n"
             "  comm      init with world size 1, allreduce/start/wait/broadcast/barrier, finalize\n"
             "\n"
             "options:\n"
             "  --params \"K=V ...\"  keys given to every setting (required keys, data paths, hosts)\n"
             "  --seed N            seed for shapes, settings and data (default 1)\n"
-            "  --settings N        parameter settings per layer (default 6)\n"
+            "  --settings N        random parameter settings per layer or optimizer (default 6)\n"
+            "  --reference FILE    optimizers: cases of settings, lr, start parameters, one gradient\n"
+            "                      per step and the parameters expected after the last step\n"
+            "                      (docs/writing-an-optimizer-plugin.md); a case fails when it is\n"
+            "                      off by more than 1e-3 of how far the parameters moved\n"
             "  --timeout S         seconds per component before it counts as hung (default 300)\n"
             "  --no-fork           run the checks in this process (for a debugger)\n"
             "  -v, --verbose       one line per case\n"
@@ -498,18 +504,20 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-    pc_ctx c = {NULL, NULL, 1, 6, 0};
+    pc_ctx c = {NULL, NULL, 1, 6, NULL, 0};
     int isolate = 1, timeout_s = 300;
     static const struct option opts[] = {
         {"params", required_argument, NULL, 'p'}, {"seed", required_argument, NULL, 's'},
         {"settings", required_argument, NULL, 'n'}, {"timeout", required_argument, NULL, 't'},
         {"no-fork", no_argument, NULL, 'F'},        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0}};
+        {"reference", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
         char *end = NULL;
         switch (o) {
         case 'p': c.user_spec = optarg; break;
+        case 'r': c.reference = optarg; break;
         case 's': c.seed = strtoull(optarg, &end, 10); break;
         case 'n': c.settings = (int)strtol(optarg, &end, 10); break;
         case 't': timeout_s = (int)strtol(optarg, &end, 10); break;

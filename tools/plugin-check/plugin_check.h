@@ -5,7 +5,9 @@
  *                       process, the result table
  * plugin_check_layer.c  layers: gradients, determinism, poisoned and guarded
  *                       buffers, CUDA against CPU
- * plugin_check_kinds.c  optimizers, datasets, comm backends */
+ * plugin_check_kinds.c  optimizers, datasets, comm backends
+ * plugin_check_reference.c  --reference: an optimizer's steps against
+ *                       expected numbers */
 #ifndef DM_PLUGIN_CHECK_H
 #define DM_PLUGIN_CHECK_H
 
@@ -17,7 +19,8 @@ typedef struct pc_ctx {
     dm_registry *reg;        /* holds the one plugin file being checked */
     const char *user_spec;   /* --params: "key=value ..." fixed in every setting */
     uint64_t seed;           /* --seed: shapes, settings and data are drawn from it */
-    int settings;            /* --settings: parameter settings per layer */
+    int settings;            /* --settings: random parameter settings per layer or optimizer */
+    const char *reference;   /* --reference: expected optimizer steps (plugin_check_reference.c) */
     int verbose;             /* -v: one line per case */
 } pc_ctx;
 
@@ -85,6 +88,8 @@ void pc_rmtree(const char *path);
 
 void pc_check_layer(const pc_ctx *c, const dm_loaded_component *lc);
 void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc);
+/* The row "reference (cpu)": every case of c->reference. */
+void pc_check_reference(const pc_ctx *c, const dm_loaded_component *lc);
 void pc_check_dataset(const pc_ctx *c, const dm_loaded_component *lc);
 void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc);
 

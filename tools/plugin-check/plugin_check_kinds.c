@@ -218,6 +218,52 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
     else
         pc_row(lc, "lr = 0", PC_OK, "3 steps leave the parameters unchanged");
 
+    /* Random valid values of every key within its table's range (--settings
+     * of them, from --seed; --params fixed): no quadratic to decrease (a
+     * momentum of 0.99 or a fast lr decay may not, in 100 steps), but each
+     * must be refused in one line or step without a non-finite value, a
+     * write outside its buffers or a change to the gradients, ignore lr = 0,
+     * and give the same bits twice. */
+    int tried = 0, refused = 0, rbad = 0;
+    for (int k = 1; k <= c->settings && !rbad; k++) {
+        dm_error serr = {0};
+        if (pc_setting(lc->component->params, c->user_spec, k, c->seed, spec, sizeof spec, &serr) != DM_OK) {
+            pc_row(lc, "random settings", PC_SKIP, "%s", serr.msg);
+            rbad = -1;
+            break;
+        }
+        tried++;
+        int rc = opt_run_quad(lc, spec, q, start, 5, OPT_LR, r1, why, sizeof why);
+        if (rc == 2 && why[0]) {
+            refused++;
+            continue;
+        }
+        if (rc || opt_run_quad(lc, spec, q, start, 5, OPT_LR, r2, why, sizeof why)) {
+            pc_row(lc, "random settings", PC_FAIL, "%s", why);
+            rbad = 1;
+        } else if (memcmp(r1->params, r2->params, sizeof r1->params) != 0) {
+            pc_row(lc, "random settings", PC_FAIL, "'%s': two runs of 5 steps ended with different parameters",
+                   spec);
+            rbad = 1;
+        } else if (opt_run_quad(lc, spec, q, start, 2, 0.0f, r1, why, sizeof why) ||
+                   memcmp(r1->params, start, sizeof r1->params) != 0) {
+            pc_row(lc, "random settings", PC_FAIL, "'%s': %s", spec,
+                   why[0] ? why : "2 steps at lr = 0 changed the parameters (use ctx->lr)");
+            rbad = 1;
+        } else if (c->verbose) {
+            printf("  random setting '%s': ok\n", spec);
+        }
+    }
+    if (!rbad)
+        pc_row(lc, "random settings", PC_OK, "%d drawn within the table's ranges (%d refused by create): "
+               "finite, deterministic, lr = 0 a no-op, buffers guarded", tried, refused);
+    if (c->reference)
+        pc_check_reference(c, lc);
+    else
+        pc_row(lc, "reference (cpu)", PC_SKIP, "no --reference FILE: the update rule itself is not checked "
+               "(a quadratic decreases under many wrong rules)");
+    pc_discrete_setting(lc->component->params, c->user_spec, 0, spec, sizeof spec);
+
     /* Two instances, the same steps: the same bits. */
     if (opt_run_quad(lc, spec, q, start, 20, OPT_LR, r1, why, sizeof why) ||
         opt_run_quad(lc, spec, q, start, 20, OPT_LR, r2, why, sizeof why))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# run_job.sh: start a multi-process comm_check job, wait for it within a
-# time limit, and judge it.
+# run_job.sh (installed as dmnist-comm-job): start a multi-process
+# dmnist-comm-check job, wait for it within a time limit, and judge it.
 #
-#   run_job.sh local NP [options] -- PROGRAM ARGS...
-#   run_job.sh mpi NP [options] -- PROGRAM ARGS...
+#   dmnist-comm-job local NP [options] -- PROGRAM ARGS...
+#   dmnist-comm-job mpi NP [options] -- PROGRAM ARGS...
 #
 # local: starts NP processes here with DMNIST_RANK, DMNIST_WORLD_SIZE and
 #        DMNIST_RENDEZVOUS (a fresh file:// directory from mktemp -d, or a

@@ -6,7 +6,8 @@
  *   DMNIST_RANK=0 DMNIST_WORLD_SIZE=2 DMNIST_RENDEZVOUS=file:///tmp/r comm_check gloo &
  *   DMNIST_RANK=1 DMNIST_WORLD_SIZE=2 DMNIST_RENDEZVOUS=file:///tmp/r comm_check gloo
  *
- * The plugin is found through the core registry in DMNIST_PLUGIN_PATH.
+ * The plugin is found through the core registry as dmnist-run finds it:
+ * DMNIST_PLUGIN_PATH, then the build tree's or the install's plugin folder.
  * Rank and size come from DMNIST_RANK/DMNIST_WORLD_SIZE, OMPI_COMM_WORLD_*
  * or PMI_*, else -1 (the backend finds them). Every check prints one line,
  * "PASS ..." or "FAIL ..."; the exit status is 1 when any check failed.
@@ -452,7 +453,8 @@ static void usage(void)
             "                  [--time N [--count FLOATS]] [--fault exit|stall]\n"
             "                  [--expect-init-failure TEXT]\n"
             "  Rank/size: DMNIST_RANK/DMNIST_WORLD_SIZE, OMPI_COMM_WORLD_*, PMI_*;\n"
-            "  rendezvous: DMNIST_RENDEZVOUS; plugins: DMNIST_PLUGIN_PATH.\n");
+            "  rendezvous: DMNIST_RENDEZVOUS; plugins: DMNIST_PLUGIN_PATH, then the built-in folder.\n"
+            "  Start the ranks with dmnist-comm-job local|mpi NP -- dmnist-comm-check BACKEND ...\n");
 }
 
 int main(int argc, char **argv)
@@ -499,16 +501,18 @@ int main(int argc, char **argv)
     h.info.size = env_int("DMNIST_WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", -1);
 
     dm_error err = {0};
+    char path[4096];
+    dm_default_plugin_path(NULL, NULL, path, sizeof path);
     dm_registry *reg = dm_registry_new();
-    if (!reg || dm_registry_load_path(reg, getenv("DMNIST_PLUGIN_PATH"), &err) != DM_OK) {
-        report(&h, 0, "loading plugins from DMNIST_PLUGIN_PATH: %s", err.msg);
+    if (!reg || dm_registry_load_path(reg, path, &err) != DM_OK) {
+        report(&h, 0, "loading plugins from %s: %s", path, err.msg);
         dm_registry_free(reg);
         return 1;
     }
     const dm_loaded_component *lc = dm_registry_find(reg, DM_KIND_COMM, h.backend);
     if (!lc) {
-        report(&h, 0, "no comm backend '%s' in DMNIST_PLUGIN_PATH=%s", h.backend,
-               getenv("DMNIST_PLUGIN_PATH") ? getenv("DMNIST_PLUGIN_PATH") : "(unset)");
+        report(&h, 0, "no comm backend '%s' along the plugin path %s (DMNIST_PLUGIN_PATH, then the "
+               "built-in folder)", h.backend, path);
         dm_registry_free(reg);
         return 1;
     }

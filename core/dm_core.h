@@ -38,6 +38,10 @@ int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err);
  * a relative one is relative to the current directory). A type that an
  * earlier directory of this or an earlier call registered is shadowed, not
  * refused (dm_registry_shadowed_at); two in one directory are refused. */
+/* dirs (':'-separated) with every relative entry made absolute against the
+ * current directory, as the registry reads them; -1 when out is too small
+ * or the current directory is unknown. */
+int dm_absolute_dirs(const char *dirs, char *out, size_t size);
 int dm_registry_load_path(dm_registry *r, const char *dirs, dm_error *err);
 /* kind < 0 matches any kind. NULL when absent. */
 const dm_loaded_component *dm_registry_find(const dm_registry *r, int kind, const char *type_name);

@@ -263,28 +263,6 @@ static char *settings_markdown(const char *config, char **pos, int npos, const c
     return md;
 }
 
-/* --plugin-path entries are relative to the current directory where they
- * are typed; the registry takes absolute entries only. */
-static int absolute_dirs(const char *dirs, char *out, size_t size)
-{
-    char cwd[4096];
-    size_t off = 0;
-    out[0] = 0;
-    if (!getcwd(cwd, sizeof cwd)) return -1;
-    for (const char *p = dirs; *p;) {
-        size_t len = strcspn(p, ":");
-        if (len) {
-            int n = snprintf(out + off, size - off, "%s%s%s%.*s", off ? ":" : "", p[0] == '/' ? "" : cwd,
-                             p[0] == '/' ? "" : "/", (int)len, p);
-            if (n < 0 || (size_t)n >= size - off) return -1;
-            off += (size_t)n;
-        }
-        p += len;
-        if (*p == ':') p++;
-    }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
@@ -344,7 +322,7 @@ int main(int argc, char **argv)
         }
         case OPT_TIMELINE: topts.timeline_path = optarg; break;
         case OPT_PLUGIN_PATH:
-            if (absolute_dirs(optarg, abs_plugin_path, sizeof abs_plugin_path)) {
+            if (dm_absolute_dirs(optarg, abs_plugin_path, sizeof abs_plugin_path)) {
                 fprintf(stderr, "dmnist-run: --plugin-path %s: too long, or the current directory is unknown\n", optarg);
                 free(sets);
                 return 2;

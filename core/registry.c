@@ -295,6 +295,28 @@ static int absolute(const char *path, char *out, size_t size)
     return snprintf(out, size, "%s/%s", cwd, path) < (int)size ? 0 : -1;
 }
 
+int dm_absolute_dirs(const char *dirs, char *out, size_t size)
+{
+    size_t off = 0;
+    out[0] = 0;
+    for (const char *p = dirs; *p;) {
+        size_t len = strcspn(p, ":");
+        if (len) {
+            char entry[PATH_MAX], abs_entry[PATH_MAX];
+            if (len >= sizeof entry) return -1;
+            memcpy(entry, p, len);
+            entry[len] = 0;
+            if (absolute(entry, abs_entry, sizeof abs_entry) != 0) return -1;
+            int n = snprintf(out + off, size - off, "%s%s", off ? ":" : "", abs_entry);
+            if (n < 0 || (size_t)n >= size - off) return -1;
+            off += (size_t)n;
+        }
+        p += len;
+        if (*p == ':') p++;
+    }
+    return 0;
+}
+
 int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
 {
     char abs_path[PATH_MAX], real[PATH_MAX];

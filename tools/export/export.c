@@ -44,27 +44,6 @@ static void usage(FILE *out)
             "Exit status: 0 done, 1 failed while running, 2 bad command line, config or plugin.\n");
 }
 
-/* --plugin-path entries relative to the current directory, made absolute. */
-static int absolute_dirs(const char *dirs, char *out, size_t size)
-{
-    char cwd[4096];
-    size_t off = 0;
-    out[0] = 0;
-    if (!getcwd(cwd, sizeof cwd)) return -1;
-    for (const char *p = dirs; *p;) {
-        size_t len = strcspn(p, ":");
-        if (len) {
-            int n = snprintf(out + off, size - off, "%s%s%s%.*s", off ? ":" : "", p[0] == '/' ? "" : cwd,
-                             p[0] == '/' ? "" : "/", (int)len, p);
-            if (n < 0 || (size_t)n >= size - off) return -1;
-            off += (size_t)n;
-        }
-        p += len;
-        if (*p == ':') p++;
-    }
-    return 0;
-}
-
 /* What one run holds, freed by cleanup(). */
 typedef struct exporter {
     dm_config *cfg;
@@ -195,7 +174,7 @@ int main(int argc, char **argv)
         case OPT_DUMP: dump_path = optarg; break;
         case OPT_SET: sets[n_sets++] = optarg; break;
         case OPT_PLUGIN_PATH:
-            if (absolute_dirs(optarg, abs_plugin_path, sizeof abs_plugin_path)) {
+            if (dm_absolute_dirs(optarg, abs_plugin_path, sizeof abs_plugin_path)) {
                 fprintf(stderr, PROG ": --plugin-path %s: too long, or the current directory is unknown\n", optarg);
                 free(sets);
                 return 2;

@@ -263,7 +263,19 @@ static char *settings_markdown(const char *config, char **pos, int npos, const c
     return md;
 }
 
-int main(int argc, char **argv)
+/* What the command line asked for. */
+typedef struct cli {
+    const char **sets;           /* --set values, in order */
+    int n_sets, np, list, dry;
+    int npos;                    /* positionals: CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]] */
+    const char *help_type, *extra_path;
+    char abs_plugin_path[8192];
+    dm_train_opts topts;
+} cli;
+
+/* Options into c; returns -1 to go on, else the exit code (0 after --help
+ * or --version, 2 for a bad option). */
+static int parse_options(int argc, char **argv, cli *c)
 {
     enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
            OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION, OPT_TENSORBOARD };
@@ -285,116 +297,90 @@ int main(int argc, char **argv)
         {"confusion", required_argument, NULL, OPT_CONFUSION},
         {"tensorboard", required_argument, NULL, OPT_TENSORBOARD},
         {NULL, 0, NULL, 0}};
-    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
-    if (!sets) {
-        fprintf(stderr, "dmnist-run: out of memory\n");
-        return 1;
-    }
-    int n_sets = 0, np = 0, list = 0, dry = 0;
-    const char *help_type = NULL, *extra_path = NULL;
-    static char abs_plugin_path[8192];
-    dm_train_opts topts = {NULL, NULL, 0, 0, -1, NULL, NULL, NULL, NULL, NULL};
-    int c;
+    dm_train_opts *t = &c->topts;
+    int o;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) { /* ":": a missing value returns ':' */
-        switch (c) {
-        case OPT_SET: sets[n_sets++] = optarg; break;
-        case OPT_DRY: dry = 1; break;
-        case OPT_LIST: list = 1; break;
-        case OPT_HELP_PLUGIN: help_type = optarg; break;
-        case 'h': usage(stdout); free(sets); return 0;
+    while ((o = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) { /* ":": a missing value returns ':' */
+        switch (o) {
+        case OPT_SET: c->sets[c->n_sets++] = optarg; break;
+        case OPT_DRY: c->dry = 1; break;
+        case OPT_LIST: c->list = 1; break;
+        case OPT_HELP_PLUGIN: c->help_type = optarg; break;
+        case 'h': usage(stdout); return 0;
         case OPT_VERSION:
             printf("dmnist-run %s (plugin ABI %d.%d)\n", DMNIST_VERSION, DM_ABI_MAJOR, DM_ABI_MINOR);
-            free(sets);
             return 0;
-        case OPT_METRICS: topts.metrics_path = optarg; break;
-        case OPT_RESUME: topts.resume = 1; break;
+        case OPT_METRICS: t->metrics_path = optarg; break;
+        case OPT_RESUME: t->resume = 1; break;
         case OPT_NP: {
             char *end;
             long v = strtol(optarg, &end, 10);
             if (*end || v < 1 || v > 4096) {
                 fprintf(stderr, "dmnist-run: --np %s: expected a number of processes from 1 to 4096\n", optarg);
-                free(sets);
                 return 2;
             }
-            np = (int)v;
+            c->np = (int)v;
             break;
         }
-        case OPT_TIMELINE: topts.timeline_path = optarg; break;
+        case OPT_TIMELINE: t->timeline_path = optarg; break;
         case OPT_PLUGIN_PATH:
-            if (dm_absolute_dirs(optarg, abs_plugin_path, sizeof abs_plugin_path)) {
+            if (dm_absolute_dirs(optarg, c->abs_plugin_path, sizeof c->abs_plugin_path)) {
                 fprintf(stderr, "dmnist-run: --plugin-path %s: too long, or the current directory is unknown\n", optarg);
-                free(sets);
                 return 2;
             }
-            extra_path = abs_plugin_path;
+            c->extra_path = c->abs_plugin_path;
             break;
-        case OPT_PROGRESS: topts.progress = 1; break;
-        case OPT_NO_PROGRESS: topts.progress = 0; break;
-        case OPT_EVAL: topts.eval_path = optarg; break;
-        case OPT_CONFUSION: topts.confusion_path = optarg; break;
-        case OPT_TENSORBOARD: topts.tensorboard_dir = optarg; break;
+        case OPT_PROGRESS: t->progress = 1; break;
+        case OPT_NO_PROGRESS: t->progress = 0; break;
+        case OPT_EVAL: t->eval_path = optarg; break;
+        case OPT_CONFUSION: t->confusion_path = optarg; break;
+        case OPT_TENSORBOARD: t->tensorboard_dir = optarg; break;
         case ':':
             fprintf(stderr, "dmnist-run: option %s needs a value (see --help)\n", argv[optind - 1]);
-            free(sets);
             return 2;
         default:
             fprintf(stderr, "dmnist-run: unknown option '%s' (see --help)\n", argv[optind - 1]);
-            free(sets);
             return 2;
         }
     }
-    int npos = argc - optind;
-    if (list || help_type) {
-        free(sets);
-        if (npos > 1) {
-            fprintf(stderr, "dmnist-run: too many arguments: %s takes at most CONFIG.ini\n",
-                    list ? "--list-plugins" : "--help-plugin TYPE");
-            return 2;
-        }
-        const char *config = npos == 1 ? argv[optind] : NULL;
-        return list ? list_plugins(extra_path, config) : help_plugin(help_type, extra_path, config);
-    }
-    if (npos < 1 || npos > 3) {
-        fprintf(stderr, npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
-                                 : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");
-        free(sets);
+    c->npos = argc - optind;
+    return -1;
+}
+
+/* The positionals a training run (or --eval) takes; -1 when they fit, else 2. */
+static int check_positionals(const cli *c)
+{
+    const dm_train_opts *t = &c->topts;
+    if (c->npos < 1 || c->npos > 3) {
+        fprintf(stderr, c->npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
+                                    : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");
         return 2;
     }
     /* --eval trains nothing: options and positionals that shape a training run are refused. */
-    const char *clash = !topts.eval_path ? (topts.confusion_path ? "--confusion needs --eval CHECKPOINT" : NULL)
-                        : topts.resume ? "--eval and --resume exclude each other"
-                        : topts.timeline_path ? "--timeline traces training steps: not with --eval"
-                        : npos > 1 ? "--eval takes CONFIG.ini only (no TOTAL_BATCHES or BATCH_SIZE)"
-                        : !topts.eval_path[0] ? "--eval needs a checkpoint file"
+    const char *clash = !t->eval_path ? (t->confusion_path ? "--confusion needs --eval CHECKPOINT" : NULL)
+                        : t->resume ? "--eval and --resume exclude each other"
+                        : t->timeline_path ? "--timeline traces training steps: not with --eval"
+                        : c->npos > 1 ? "--eval takes CONFIG.ini only (no TOTAL_BATCHES or BATCH_SIZE)"
+                        : !t->eval_path[0] ? "--eval needs a checkpoint file"
                         : NULL;
     if (clash) {
         fprintf(stderr, "dmnist-run: %s (see --help)\n", clash);
-        free(sets);
         return 2;
     }
-    const char *config_path = argv[optind];
-    if (np > 0) {
-        /* The launcher re-executes this program N times (or mpirun does). */
-        int rc = dm_launch(argc, argv, np, config_path, (const char *const *)sets, n_sets);
-        free(sets);
-        return rc;
-    }
+    return -1;
+}
 
+/* The config file, then the positionals as the seed script took them, then
+ * --set in order. Returns 0, or the exit code after printing why: 2 for a bad
+ * file or value, 1 for running out of memory while reading them. */
+static int load_config(const cli *c, char *const *pos, dm_config **out)
+{
     dm_error err = {0};
     dm_config *cfg = NULL;
-    /* exit 2 is for a bad command line, configuration or plugin; running out
-     * of memory while reading them is a failure while running (1) */
-#define CONFIG_STATUS (err.code == DM_ERR_NOMEM ? 1 : 2)
-    if (dm_config_load(config_path, &cfg, &err)) {
-        fprintf(stderr, "dmnist-run: %s\n", err.msg);
-        free(sets);
-        return CONFIG_STATUS;
-    }
-    /* Positionals as the seed script took them, then --set in order. */
+    int rc = dm_config_load(pos[0], &cfg, &err);
     char buf[64];
-    for (int i = 1; i < npos; i++) {
-        const char *v = argv[optind + i], *what = i == 1 ? "TOTAL_BATCHES" : "BATCH_SIZE";
+    for (int i = 1; !rc && i < c->npos; i++) {
+        const char *v = pos[i], *what = i == 1 ? "TOTAL_BATCHES" : "BATCH_SIZE";
         char *end;
         errno = 0;
         long long x = strtoll(v, &end, 10);
@@ -402,44 +388,63 @@ int main(int argc, char **argv)
             fprintf(stderr, "dmnist-run: %s '%s' must be a positive integer%s\n", what, v,
                     errno == ERANGE ? " (this one is too large)" : "");
             dm_config_free(cfg);
-            free(sets);
             return 2;
         }
         snprintf(buf, sizeof buf, i == 1 ? "train.total_batches=%lld" : "data.batch_size=%lld", x);
-        if (dm_config_set_as(cfg, buf, what, &err)) { /* later messages name the positional, not a --set */
-            fprintf(stderr, "dmnist-run: %s\n", err.msg);
-            dm_config_free(cfg);
-            free(sets);
-            return CONFIG_STATUS;
-        }
+        rc = dm_config_set_as(cfg, buf, what, &err); /* later messages name the positional, not a --set */
     }
-    for (int i = 0; i < n_sets; i++)
-        if (dm_config_set(cfg, sets[i], &err)) {
-            fprintf(stderr, "dmnist-run: %s\n", err.msg);
-            dm_config_free(cfg);
-            free(sets);
-            return CONFIG_STATUS;
-        }
-    char *tb_text = topts.tensorboard_dir ? settings_markdown(config_path, argv + optind + 1, npos - 1, sets, n_sets)
-                                          : NULL;
-    topts.tensorboard_text = tb_text;
-    free(sets);
-    dm_set_thread_env(cfg);
-
-    dm_experiment *x = NULL;
-    if (dm_experiment_resolve(cfg, extra_path, &x, &err)) {
+    for (int i = 0; !rc && i < c->n_sets; i++) rc = dm_config_set(cfg, c->sets[i], &err);
+    if (rc) {
         fprintf(stderr, "dmnist-run: %s\n", err.msg);
         dm_config_free(cfg);
-        return CONFIG_STATUS;
+        return err.code == DM_ERR_NOMEM ? 1 : 2;
     }
-#undef CONFIG_STATUS
-    int rc;
-    if (dry) {
+    *out = cfg;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static cli c = {.topts = {NULL, NULL, 0, 0, -1, NULL, NULL, NULL, NULL, NULL}};
+    if (!(c.sets = calloc((size_t)argc + 1, sizeof *c.sets))) {
+        fprintf(stderr, "dmnist-run: out of memory\n");
+        return 1;
+    }
+    int rc = parse_options(argc, argv, &c);
+    if (rc < 0 && (c.list || c.help_type)) {
+        if (c.npos > 1) {
+            fprintf(stderr, "dmnist-run: too many arguments: %s takes at most CONFIG.ini\n",
+                    c.list ? "--list-plugins" : "--help-plugin TYPE");
+            rc = 2;
+        } else {
+            const char *config = c.npos == 1 ? argv[optind] : NULL;
+            rc = c.list ? list_plugins(c.extra_path, config) : help_plugin(c.help_type, c.extra_path, config);
+        }
+    }
+    if (rc < 0) rc = check_positionals(&c);
+    if (rc < 0 && c.np > 0) /* the launcher re-executes this program N times (or mpirun does) */
+        rc = dm_launch(argc, argv, c.np, argv[optind], (const char *const *)c.sets, c.n_sets);
+    dm_config *cfg = NULL;
+    if (rc < 0 && (rc = load_config(&c, argv + optind, &cfg)) == 0) rc = -1;
+    char *tb_text = NULL;
+    if (rc < 0 && c.topts.tensorboard_dir)
+        c.topts.tensorboard_text = tb_text =
+            settings_markdown(argv[optind], argv + optind + 1, c.npos - 1, c.sets, c.n_sets);
+    free(c.sets);
+    if (rc >= 0) return rc;
+
+    dm_set_thread_env(cfg);
+    dm_error err = {0};
+    dm_experiment *x = NULL;
+    if (dm_experiment_resolve(cfg, c.extra_path, &x, &err)) {
+        fprintf(stderr, "dmnist-run: %s\n", err.msg);
+        rc = err.code == DM_ERR_NOMEM ? 1 : 2; /* out of memory is a failure while running */
+    } else if (c.dry) {
         rc = dry_run(x);
     } else {
         int code = DM_EXIT_FAILURE;
-        topts.exit_code = &code;
-        rc = (topts.eval_path ? dm_eval_run(x, &topts, &err) : dm_train_run(x, &topts, &err)) ? code : 0;
+        c.topts.exit_code = &code;
+        rc = (c.topts.eval_path ? dm_eval_run(x, &c.topts, &err) : dm_train_run(x, &c.topts, &err)) ? code : 0;
         if (rc) fprintf(stderr, "dmnist-run: %s\n", err.msg);
     }
     dm_experiment_free(x);

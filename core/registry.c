@@ -5,6 +5,7 @@
  * Redis's moduleLoad undoes a half-done load). */
 #define _GNU_SOURCE
 #include "dm_core.h"
+#include "plugin_load.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -127,46 +128,11 @@ static int check_component(const dm_registry *r, const dm_component *c, int inde
 
 /* ---- loading one file ------------------------------------------------------ */
 
-/* Where a load can be when a plugin misbehaves: the probe child reports the
- * phase through its pipe, the in-process guard names it in its message. */
-enum { PH_CTOR = 'L', PH_ENTRY = 'E', PH_CHECK = 'C', PH_OK = 'O', PH_FAIL = 'F' };
-
-static const char *phase_what(int ph)
-{
-    switch (ph) {
-    case PH_ENTRY: return "in dm_plugin_entry";
-    case PH_CHECK: return "while its descriptor was read";
-    default: return "while loading (in a constructor or a library it needs)";
-    }
-}
-
-/* The probe child's own exit status when it cannot report through its pipe
- * (a full disk, a fault injected in a test): the parent then loads the file
- * under the in-process guard instead of blaming the plugin. */
-#define PROBE_LOST 125
-
-static void report(int fd, const void *buf, size_t len)
-{
-    ssize_t w;
-    while ((w = write(fd, buf, len)) < 0 && errno == EINTR)
-        ;
-    if (w != (ssize_t)len) _exit(PROBE_LOST);
-}
-
-static void phase(int fd, char ph)
-{
-    if (fd >= 0) {
-        report(fd, &ph, 1);
-    } else {
-        dm_plugin_guard_what("%s", phase_what(ph));
-    }
-}
-
 /* dlopen real, call its entry point and check the descriptor. Reports each
- * phase (see phase()). On failure the library is closed and e holds the
+ * phase (see dm_plugin_phase()). On failure the library is closed and e holds the
  * reason without the path. */
-static int open_plugin(const dm_registry *r, const char *real, int phase_fd, void **hp,
-                       const dm_plugin_descriptor **dp, dm_error *e)
+int dm_plugin_open(const dm_registry *r, const char *real, int phase_fd, void **hp,
+                   const dm_plugin_descriptor **dp, dm_error *e)
 {
     /* RTLD_LOCAL: plugins never see each other's symbols. RTLD_NOW: an
      * unresolved symbol is refused here, not at the first call. */
@@ -174,7 +140,7 @@ static int open_plugin(const dm_registry *r, const char *real, int phase_fd, voi
      * dlclose(); unmapping their code under them crashes at exit. */
     /* The probe child binds lazily (much cheaper for libraries as large as
      * cuDNN): an unresolved symbol is still refused by the real load. */
-    phase(phase_fd, PH_CTOR);
+    dm_plugin_phase(phase_fd, PH_CTOR);
     void *h = dlopen(real, (phase_fd >= 0 ? RTLD_LAZY : RTLD_NOW) | RTLD_LOCAL | RTLD_NODELETE);
     if (!h)
         return dm_fail(e, DM_ERR_IO, "cannot load: %s", dlerror());
@@ -184,9 +150,9 @@ static int open_plugin(const dm_registry *r, const char *real, int phase_fd, voi
         dlclose(h);
         return dm_fail(e, DM_ERR_FORMAT, "no entry point '%s' (not a dmnist plugin?)", DM_PLUGIN_ENTRY_SYMBOL);
     }
-    phase(phase_fd, PH_ENTRY);
+    dm_plugin_phase(phase_fd, PH_ENTRY);
     const dm_plugin_descriptor *d = entry(DM_ABI_MAJOR, DM_ABI_MINOR);
-    phase(phase_fd, PH_CHECK);
+    dm_plugin_phase(phase_fd, PH_CHECK);
     int rc = DM_OK;
     if (!d) {
         rc = dm_fail(e, DM_ERR_FORMAT, "entry point returned no descriptor (plugin refused host ABI %d.%d)",
@@ -218,8 +184,8 @@ static int open_plugin(const dm_registry *r, const char *real, int phase_fd, voi
 
 /* Load a file whose path dm_trust_path() accepted (real, with lstat st):
  * in this process, under the guard. */
-static int load_trusted(dm_registry *r, const char *path, const char *real, const struct stat *st,
-                        double timeout_s, dm_error *err)
+int dm_plugin_load_trusted(dm_registry *r, const char *path, const char *real, const struct stat *st,
+                           double timeout_s, dm_error *err)
 {
     /* The walk saw st at real; make sure the file we hand to dlopen() is
      * still that one (not swapped for a symlink or another file since). */
@@ -236,8 +202,8 @@ static int load_trusted(dm_registry *r, const char *path, const char *real, cons
     dm_error e = {0};
     void *h = NULL;
     const dm_plugin_descriptor *d = NULL;
-    dm_plugin_guard_begin(path, timeout_s, "%s", phase_what(PH_CTOR));
-    int rc = open_plugin(r, real, -1, &h, &d, &e);
+    dm_plugin_guard_begin(path, timeout_s, "%s", dm_plugin_phase_what(PH_CTOR));
+    int rc = dm_plugin_open(r, real, -1, &h, &d, &e);
     dm_plugin_guard_end();
     if (rc != DM_OK)
         return dm_fail(err, rc, "%s: %s", path, e.msg);
@@ -334,177 +300,7 @@ int dm_registry_load_file(dm_registry *r, const char *path, dm_error *err)
     if (timeout_s < 0)
         return dm_fail(err, e.code, "%s", e.msg);
     r->folder = 0;
-    return load_trusted(r, path, real, &st, timeout_s, err);
-}
-
-/* ---- probing files in a child process ------------------------------------ */
-
-typedef struct probe {
-    char *path, *real;
-    struct stat st;
-    int phase;          /* the last phase the child reported */
-    int result;         /* PH_OK, PH_FAIL, or 0: the child died or hung in it */
-    int status;         /* the child's wait status when it died here */
-    int timed_out;
-    char msg[sizeof(((dm_error *)0)->msg)];
-    size_t n;
-} probe;
-
-/* In the probe child, an exit() from a plugin ends the child at once, with
- * its status, before any exit handler of the parent's could run. */
-static void probe_on_exit(int status, void *arg)
-{
-    (void)arg;
-    _exit(status);
-}
-
-/* Child: load ps[from..n) one after the other as the parent would, telling
- * through fd how far it got: per file its phases, then 'O', or 'F', the
- * reason and a NUL. A crash, exit() or hang leaves the file unfinished. */
-static void probe_child(const dm_registry *r, const probe *ps, int from, int n, int fd)
-{
-    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (null >= 0) { dup2(null, 1); dup2(null, 2); }
-    static const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGALRM};
-    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
-    on_exit(probe_on_exit, NULL);
-    for (int i = from; i < n; i++) {
-        dm_error e = {0};
-        void *h = NULL;
-        const dm_plugin_descriptor *d = NULL;
-        if (open_plugin(r, ps[i].real, fd, &h, &d, &e) == DM_OK) {
-            phase(fd, PH_OK);
-        } else {
-            char rec[sizeof e.msg + 2];
-            size_t len = strnlen(e.msg, sizeof e.msg - 1);
-            rec[0] = PH_FAIL;
-            memcpy(rec + 1, e.msg, len);
-            rec[len + 1] = 0;
-            report(fd, rec, len + 2);
-        }
-    }
-    _exit(0); /* no atexit handlers, no destructors of the parent's state */
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* What a probe that neither accepted nor refused the plugin saw, as
- * "crashed (...) while loading (...)"; NULL when it finished. */
-static const char *probe_failure(const probe *p, double timeout_s, char *buf, size_t size)
-{
-    if (p->result)
-        return NULL;
-    const char *what = phase_what(p->phase);
-    if (p->timed_out)
-        snprintf(buf, size, "did not return within %g s (DMNIST_PLUGIN_LOAD_TIMEOUT_S) %s", timeout_s, what);
-    else if (WIFSIGNALED(p->status))
-        snprintf(buf, size, "crashed (%s%s) %s", sigabbrev_np(WTERMSIG(p->status)) ? "SIG" : "signal",
-                 sigabbrev_np(WTERMSIG(p->status)) ? sigabbrev_np(WTERMSIG(p->status)) : "", what);
-    else
-        snprintf(buf, size, "called exit(%d) %s", WEXITSTATUS(p->status), what);
-    return buf;
-}
-
-/* Act on the probe's verdict on p (probed = 0: there was none), in file
- * order: load it in this process, refuse it, or skip it with a warning. */
-static int settle(dm_registry *r, const probe *p, int probed, double timeout_s, dm_error *err)
-{
-    char why[512];
-    const char *bad = probed ? probe_failure(p, timeout_s, why, sizeof why) : NULL;
-    if (bad) {
-        fprintf(stderr, "%s: warning: %s: %s; skipped\n", program_invocation_short_name, p->path, bad);
-        return DM_OK;
-    }
-    if (probed && p->result == PH_FAIL) /* refused (bad ABI ...): never run it here */
-        return dm_fail(err, DM_ERR_FORMAT, "%s: %s", p->path, p->msg);
-    /* the real load can still refuse it: an unresolved symbol (the probe
-     * binds lazily), a type name another file of this folder registered */
-    return load_trusted(r, p->path, p->real, &p->st, timeout_s, err);
-}
-
-/* Probe ps[0..n) in a child process, each file within timeout_s (0: no
- * limit), and settle() each as soon as its verdict is in, so this process
- * loads a file while the child goes on with the next. Files share the
- * child, so the libraries they need load once; when the child dies or
- * hangs in a file, a new one goes on after it. */
-static int probe_all(dm_registry *r, probe *ps, int n, double timeout_s, dm_error *err)
-{
-    int cur = 0, rc = DM_OK;
-    while (cur < n) {
-        int pfd[2];
-        fflush(stdout);
-        fflush(stderr);
-        if (pipe2(pfd, O_CLOEXEC) != 0)
-            return dm_fail(err, DM_ERR_IO, "cannot probe plugins: pipe: %s", strerror(errno));
-        pid_t pid = fork();
-        if (pid < 0) {
-            close(pfd[0]);
-            close(pfd[1]);
-            return dm_fail(err, DM_ERR_IO, "cannot probe plugins: fork: %s", strerror(errno));
-        }
-        if (pid == 0) {
-            close(pfd[0]);
-            probe_child(r, ps, cur, n, pfd[1]);
-        }
-        close(pfd[1]);
-        int in_msg = 0, timed_out = 0;
-        double deadline = now_s() + timeout_s;
-        while (rc == DM_OK) {
-            int wait_ms = -1;
-            if (timeout_s > 0) {
-                double left = deadline - now_s();
-                if (left <= 0) { timed_out = 1; break; }
-                wait_ms = (int)(left * 1000) + 1;
-            }
-            struct pollfd pf = {pfd[0], POLLIN, 0};
-            int k = poll(&pf, 1, wait_ms);
-            if (k < 0 && errno == EINTR) continue;
-            if (k == 0) continue; /* the deadline is checked above */
-            char buf[512];
-            ssize_t got = read(pfd[0], buf, sizeof buf);
-            if (got < 0 && errno == EINTR) continue;
-            if (got <= 0) break;
-            for (ssize_t j = 0; j < got && cur < n && rc == DM_OK; j++) {
-                probe *p = &ps[cur];
-                char c = buf[j];
-                if (in_msg) {
-                    if (c == 0) in_msg = 0, p->result = PH_FAIL;
-                    else if (p->n + 1 < sizeof p->msg) { p->msg[p->n++] = c; p->msg[p->n] = 0; }
-                } else if (c == PH_OK) {
-                    p->result = PH_OK;
-                } else if (c == PH_FAIL) {
-                    in_msg = 1;
-                } else {
-                    p->phase = c;
-                }
-                if (p->result) {
-                    rc = settle(r, p, 1, timeout_s, err);
-                    cur++;
-                    deadline = now_s() + timeout_s;
-                }
-            }
-        }
-        if (timed_out || rc != DM_OK) kill(pid, SIGKILL);
-        int status = 0;
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-            ;
-        close(pfd[0]);
-        if (rc == DM_OK && cur < n) { /* it died (or hung) in ps[cur]: go on after it */
-            ps[cur].status = status;
-            ps[cur].timed_out = timed_out;
-            if (in_msg) ps[cur].result = PH_FAIL; /* died after its message: keep it */
-            int lost = !timed_out && WIFEXITED(status) && WEXITSTATUS(status) == PROBE_LOST;
-            rc = settle(r, &ps[cur], !lost, timeout_s, err);
-            cur++;
-        }
-        if (rc != DM_OK) break;
-    }
-    return rc;
+    return dm_plugin_load_trusted(r, path, real, &st, timeout_s, err);
 }
 
 /* ---- search folders --------------------------------------------------------- */
@@ -514,7 +310,7 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static int already_loaded(const dm_registry *r, const probe *ps, int n, const char *real)
+static int already_loaded(const dm_registry *r, const dm_probe *ps, int n, const char *real)
 {
     for (int k = 0; k < r->n_libs; k++)
         if (strcmp(r->libs[k].real, real) == 0) return 1;
@@ -556,7 +352,7 @@ static int load_dir(dm_registry *r, const char *dir, double timeout_s, int probe
     closedir(d);
     if (n > 1) qsort(names, (size_t)n, sizeof *names, cmp_str);
     r->folder = ++r->n_folders;
-    probe *ps = n ? calloc((size_t)n, sizeof *ps) : NULL;
+    dm_probe *ps = n ? calloc((size_t)n, sizeof *ps) : NULL;
     if (n && !ps && rc == DM_OK) rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
     int np = 0;
     /* Every file is checked before any is loaded; the same file reached
@@ -574,7 +370,7 @@ static int load_dir(dm_registry *r, const char *dir, double timeout_s, int probe
             break;
         }
         if (already_loaded(r, ps, np, real)) continue;
-        ps[np] = (probe){.path = strdup(path), .real = strdup(real), .st = st, .phase = PH_CTOR};
+        ps[np] = (dm_probe){.path = strdup(path), .real = strdup(real), .st = st, .phase = PH_CTOR};
         if (!ps[np].path || !ps[np].real) {
             free(ps[np].path);
             free(ps[np].real);
@@ -584,9 +380,9 @@ static int load_dir(dm_registry *r, const char *dir, double timeout_s, int probe
         np++;
     }
     if (rc == DM_OK && probe_first && np > 0)
-        rc = probe_all(r, ps, np, timeout_s, err);
+        rc = dm_probe_all(r, ps, np, timeout_s, err);
     for (int i = 0; i < np && rc == DM_OK && !probe_first; i++)
-        rc = settle(r, &ps[i], 0, timeout_s, err);
+        rc = dm_probe_settle(r, &ps[i], 0, timeout_s, err);
     for (int i = 0; i < np; i++) { free(ps[i].path); free(ps[i].real); }
     free(ps);
     for (int i = 0; i < n; i++) free(names[i]);

@@ -128,11 +128,6 @@ static inline int dm_elementwise_backward(void *state, const dm_run_ctx *ctx, co
     return DM_OK;
 }
 
-static inline void dm_elementwise_destroy(void *state)
-{
-    free(state);
-}
-
 #ifdef __cplusplus
 }
 #endif
@@ -231,7 +226,7 @@ static inline int dm_elementwise_onnx(const char *op, dm_onnx_builder *b, dm_err
         .init_params = dm_layer_init_nothing,                                                     \
         .forward = NAME##_forward,                                                                \
         .backward = NAME##_backward,                                                              \
-        .destroy = dm_elementwise_destroy,                                                        \
+        .destroy = dm_free_state,                                                        \
         .onnx = (ONNX),                                                                           \
     }
 

@@ -17,11 +17,7 @@
 #define CONV2D_WINO_AUTO_BYTES (1u << 19) /* 512 KiB */
 
 /* Devices with an implementation in this build (conv2d_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define CONV2D_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define CONV2D_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define CONV2D_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def conv2d_params[] = {
     {"filters", DM_PARAM_INT, NULL, 1, 65536, NULL, "number of output channels"},

@@ -10,11 +10,7 @@
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (dense_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define DENSE_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define DENSE_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define DENSE_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def dense_params[] = {
     {"units", DM_PARAM_INT, NULL, 1, 1 << 24, NULL, "number of outputs"},

@@ -7,11 +7,7 @@
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (dropout_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define DROPOUT_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define DROPOUT_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define DROPOUT_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def dropout_params[] = {
     {"rate", DM_PARAM_FLOAT, NULL, 0, 1, NULL,
@@ -112,11 +108,6 @@ static int dropout_backward(void *state, const dm_run_ctx *ctx, const dm_tensor 
     return DM_OK;
 }
 
-static void dropout_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): the identity, as at evaluation (inverted dropout
  * scales while training, so inference needs no factor). */
 static int dropout_onnx(void *state, dm_onnx_builder *b, dm_error *err)
@@ -133,7 +124,7 @@ static const dm_layer_vtable dropout_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = dropout_forward,
     .backward = dropout_backward,
-    .destroy = dropout_destroy,
+    .destroy = dm_free_state,
     .onnx = dropout_onnx,
 };
 

@@ -6,11 +6,7 @@
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (flatten_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define FLATTEN_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define FLATTEN_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define FLATTEN_DEVICES DM_DEVICES_BUILT
 
 static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
@@ -85,11 +81,6 @@ static int flatten_backward(void *state, const dm_run_ctx *ctx, const dm_tensor 
     return DM_OK;
 }
 
-static void flatten_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): Flatten(axis = 1), (N, C, H, W) -> (N, C*H*W). */
 static int flatten_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 {
@@ -110,7 +101,7 @@ static const dm_layer_vtable flatten_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = flatten_forward,
     .backward = flatten_backward,
-    .destroy = flatten_destroy,
+    .destroy = dm_free_state,
     .onnx = flatten_onnx,
 };
 

@@ -6,11 +6,7 @@
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (maxpool2d_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define MAXPOOL2D_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define MAXPOOL2D_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define MAXPOOL2D_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def maxpool2d_params[] = {
     {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
@@ -105,11 +101,6 @@ static int maxpool2d_backward(void *state, const dm_run_ctx *ctx, const dm_tenso
     return DM_OK;
 }
 
-static void maxpool2d_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): MaxPool, no padding, windows that do not fit dropped
  * (ONNX's default floor mode). */
 static int maxpool2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
@@ -136,7 +127,7 @@ static const dm_layer_vtable maxpool2d_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = maxpool2d_forward,
     .backward = maxpool2d_backward,
-    .destroy = maxpool2d_destroy,
+    .destroy = dm_free_state,
     .onnx = maxpool2d_onnx,
 };
 

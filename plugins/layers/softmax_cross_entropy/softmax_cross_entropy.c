@@ -9,11 +9,7 @@
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (softmax_cross_entropy_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define SCE_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define SCE_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define SCE_DEVICES DM_DEVICES_BUILT
 
 static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                       dm_layer_info *info, dm_error *err)
@@ -114,11 +110,6 @@ static int sce_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
     return DM_OK;
 }
 
-static void sce_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): at inference the loss layer passes its input on as the
  * model's output (the logits, (N, classes)) and adds a second graph output,
  * "probabilities" = Softmax(logits, axis = 1). */
@@ -153,7 +144,7 @@ static const dm_layer_vtable sce_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = sce_forward,
     .backward = sce_backward,
-    .destroy = sce_destroy,
+    .destroy = dm_free_state,
     .onnx = sce_onnx,
 };
 

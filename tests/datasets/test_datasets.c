@@ -166,6 +166,17 @@ static int write_set(char *dir, size_t dir_size, const char *name, blob f[4], in
     return 0;
 }
 
+/* A good set of n_train/n_test examples written by write_set. */
+static int write_good_set(char *dir, size_t dir_size, const char *name, int n_train, int n_test,
+                          int gz)
+{
+    blob f[4];
+    make_good(f, n_train, n_test);
+    int rc = write_set(dir, dir_size, name, f, gz);
+    free_blobs(f);
+    return rc;
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -227,11 +238,8 @@ static int check_good(const char *spec, const char *config_dir, int n_train, int
 
 static int test_mnist_good_plain(void)
 {
-    blob f[4];
     char dir[1024], spec[1200];
-    make_good(f, 7, 4);
-    REQUIRE(write_set(dir, sizeof dir, "plain", f, 0) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "plain", 7, 4, 0) == 0, "cannot write %s", dir);
     FMT(spec, "path=%s", dir);
     if (check_good(spec, NULL, 7, 4, 0))
         return 1;
@@ -241,11 +249,8 @@ static int test_mnist_good_plain(void)
 
 static int test_mnist_good_gz(void)
 {
-    blob f[4];
     char dir[1024], spec[1200];
-    make_good(f, 5, 3);
-    REQUIRE(write_set(dir, sizeof dir, "gz", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "gz", 5, 3, 1) == 0, "cannot write %s", dir);
     FMT(spec, "path=%s", dir);
     return check_good(spec, NULL, 5, 3, 0);
 }
@@ -256,9 +261,7 @@ static int test_mnist_prefers_plain(void)
 {
     blob f[4];
     char dir[1024], spec[1200];
-    make_good(f, 9, 5);
-    REQUIRE(write_set(dir, sizeof dir, "both", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "both", 9, 5, 1) == 0, "cannot write %s", dir);
     make_good(f, 6, 2);
     for (int k = 0; k < 4; k++) {
         char path[1100];
@@ -274,11 +277,8 @@ static int test_mnist_prefers_plain(void)
  * the INI file (config_dir). */
 static int test_mnist_config_dir(void)
 {
-    blob f[4];
     char dir[1024];
-    make_good(f, 3, 2);
-    REQUIRE(write_set(dir, sizeof dir, "relative-mnist", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "relative-mnist", 3, 2, 1) == 0, "cannot write %s", dir);
     REQUIRE(chdir("/") == 0, "chdir /");
     return check_good("path=relative-mnist", g_tmp, 3, 2, 0);
 }
@@ -582,9 +582,7 @@ static int test_mnist_bad_gzip(void)
     /* Written as plain bytes under a .gz name. */
     blob f[4];
     char dir[1024], path[1100], spec[1200];
-    make_good(f, 6, 4);
-    REQUIRE(write_set(dir, sizeof dir, "junk-gz", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "junk-gz", 6, 4, 1) == 0, "cannot write %s", dir);
     FMT(path, "%s/%s.gz", dir, file_names[TRAIN_LABELS]);
     REQUIRE(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
 
@@ -632,11 +630,8 @@ static int test_mnist_bad_gzip(void)
 
 static int test_mnist_missing(void)
 {
-    blob f[4];
     char dir[1024], path[1100], spec[1200];
-    make_good(f, 6, 4);
-    REQUIRE(write_set(dir, sizeof dir, "missing-file", f, 0) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "missing-file", 6, 4, 0) == 0, "cannot write %s", dir);
     FMT(path, "%s/%s", dir, file_names[TEST_LABELS]);
     REQUIRE(unlink(path) == 0, "unlink %s", path);
     FMT(spec, "path=%s", dir);

@@ -87,9 +87,7 @@ static inline int dm_elementwise_forward(void *state, const dm_run_ctx *ctx, con
                                          dm_elementwise_cuda_fwd cuda)
 {
     const dm_elementwise *s = (const dm_elementwise *)state;
-    int rc = dm_check_tensor(s->name, "input", in, s->device, s->shape, 0, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "output", out, s->device, s->shape, in->shape.n, err);
+    int rc = dm_check_pass(s->name, s->device, s->shape, s->shape, 1, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
     const size_t count = dm_shape_count(in->shape); /* this batch, not the largest */
@@ -109,13 +107,7 @@ static inline int dm_elementwise_backward(void *state, const dm_run_ctx *ctx, co
     const dm_elementwise *s = (const dm_elementwise *)state;
     if (!din)
         return DM_OK; /* first layer: nothing to propagate, no parameters */
-    int rc = dm_check_tensor(s->name, "input", in, s->device, s->shape, 0, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "output", out, s->device, s->shape, in->shape.n, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "dout", dout, s->device, s->shape, in->shape.n, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "din", din, s->device, s->shape, in->shape.n, err);
+    int rc = dm_check_pass(s->name, s->device, s->shape, s->shape, 1, 1, in, out, dout, din, err);
     if (rc != DM_OK)
         return rc;
     const size_t count = dm_shape_count(in->shape);

@@ -159,6 +159,27 @@ static inline int dm_check_tensor(const char *layer, const char *what, const dm_
     return DM_OK;
 }
 
+/* The tensors of a forward call (in, out) or, when `backward`, of a
+ * backward call (in, out, dout, and din unless it is NULL): in with the
+ * create-time in_shape, out and dout with out_shape, din with in_shape, each
+ * checked by dm_check_tensor in that order. With `same_batch`, out, dout
+ * and din must also have in's batch. */
+static inline int dm_check_pass(const char *layer, dm_device device, dm_shape in_shape,
+                                dm_shape out_shape, int same_batch, int backward,
+                                const dm_tensor *in, const dm_tensor *out, const dm_tensor *dout,
+                                const dm_tensor *din, dm_error *err)
+{
+    int rc = dm_check_tensor(layer, "input", in, device, in_shape, 0, err);
+    const int n = rc == DM_OK && same_batch ? in->shape.n : 0;
+    if (rc == DM_OK)
+        rc = dm_check_tensor(layer, "output", out, device, out_shape, n, err);
+    if (rc == DM_OK && backward)
+        rc = dm_check_tensor(layer, "dout", dout, device, out_shape, n, err);
+    if (rc == DM_OK && backward && din)
+        rc = dm_check_tensor(layer, "din", din, device, in_shape, n, err);
+    return rc;
+}
+
 /* For layers without parameters. */
 static inline int dm_layer_bind_nothing(void *state, float *params, float *grads, void *workspace,
                                         dm_error *err)

@@ -182,11 +182,15 @@ static int conv2d_init_params(void *state, float *params, uint64_t seed, dm_erro
     return DM_OK;
 }
 
-/* t must be (batch, c, h, w) with batch <= the create-time n. */
-static int check_tensor(const conv2d_state *s, const dm_tensor *t, int c, int h, int w,
-                        const char *what, dm_error *err)
+/* The call's tensors: input (batch, in_c, in_h, in_w) and output and dout
+ * (batch, filters, out_h, out_w), any batch <= the create-time n. */
+static int check_pass(const conv2d_state *s, int backward, const dm_tensor *in,
+                      const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
+                      dm_error *err)
 {
-    return dm_check_tensor(s->name, what, t, s->device, (dm_shape){s->n, c, h, w}, 0, err);
+    const dm_shape ins = {s->n, s->in_c, s->in_h, s->in_w};
+    const dm_shape outs = {s->n, s->filters, s->out_h, s->out_w};
+    return dm_check_pass(s->name, s->device, ins, outs, 0, backward, in, out, dout, din, err);
 }
 
 static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
@@ -194,9 +198,7 @@ static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
 {
     conv2d_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, s->in_c, s->in_h, s->in_w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, s->filters, s->out_h, s->out_w, "output", err);
+    int rc = check_pass(s, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
     if (!s->w)
@@ -219,13 +221,7 @@ static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *
 {
     conv2d_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, s->in_c, s->in_h, s->in_w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, s->filters, s->out_h, s->out_w, "output", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, dout, s->filters, s->out_h, s->out_w, "dout", err);
-    if (rc == DM_OK && din)
-        rc = check_tensor(s, din, s->in_c, s->in_h, s->in_w, "din", err);
+    int rc = check_pass(s, 1, in, out, dout, din, err);
     if (rc != DM_OK)
         return rc;
     if (!s->w)

@@ -98,12 +98,15 @@ static int dense_init_params(void *state, float *params, uint64_t seed, dm_error
     return DM_OK;
 }
 
-/* t must be (batch, c, h, w) with batch <= the create-time n (exactly n when
- * n > 0). */
-static int check_tensor(const dense_state *s, const dm_tensor *t, int n, int c, int h, int w,
-                        const char *what, dm_error *err)
+/* The call's tensors: input with the create-time per-item shape and a batch
+ * <= the create-time n, output and dout (batch, units, 1, 1) and din with
+ * the input's batch. */
+static int check_pass(const dense_state *s, int backward, const dm_tensor *in,
+                      const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
+                      dm_error *err)
 {
-    return dm_check_tensor(s->name, what, t, s->device, (dm_shape){s->n, c, h, w}, n, err);
+    const dm_shape ins = {s->n, s->in.c, s->in.h, s->in.w}, outs = {s->n, s->units, 1, 1};
+    return dm_check_pass(s->name, s->device, ins, outs, 1, backward, in, out, dout, din, err);
 }
 
 static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
@@ -111,9 +114,7 @@ static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in
 {
     dense_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, 0, s->in.c, s->in.h, s->in.w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, in->shape.n, s->units, 1, 1, "output", err);
+    int rc = check_pass(s, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
     if (!s->w)
@@ -133,16 +134,10 @@ static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
 {
     dense_state *s = state;
     (void)ctx;
-    const int n = in ? in->shape.n : 0;
-    int rc = check_tensor(s, in, 0, s->in.c, s->in.h, s->in.w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, n, s->units, 1, 1, "output", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, dout, n, s->units, 1, 1, "dout", err);
-    if (rc == DM_OK && din)
-        rc = check_tensor(s, din, n, s->in.c, s->in.h, s->in.w, "din", err);
+    int rc = check_pass(s, 1, in, out, dout, din, err);
     if (rc != DM_OK)
         return rc;
+    const int n = in->shape.n;
     if (!s->w)
         return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
 #ifdef DM_WITH_CUDA

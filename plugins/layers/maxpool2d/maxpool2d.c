@@ -63,9 +63,8 @@ static int maxpool2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor
 {
     maxpool2d_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, 0, s->in.h, s->in.w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, in->shape.n, s->out_h, s->out_w, "output", err);
+    const dm_shape outs = {s->in.n, s->in.c, s->out_h, s->out_w};
+    int rc = dm_check_pass(s->name, s->device, s->in, outs, 1, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
 #ifdef DM_WITH_CUDA

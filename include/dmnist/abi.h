@@ -17,6 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifdef __cplusplus
@@ -85,6 +86,21 @@ typedef enum dm_device {
 } dm_device;
 
 #define DM_DEVICE_BIT(d) (1u << (unsigned)(d))
+
+/* The devices a plugin with a CUDA twin implements in this build: cpu, and
+ * cuda when its build defines DM_WITH_CUDA (dmnist_add_plugin does when it
+ * compiles the plugin's .cu files). For a vtable's `devices`. */
+#ifdef DM_WITH_CUDA
+#define DM_DEVICES_BUILT (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
+#else
+#define DM_DEVICES_BUILT DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
+/* A plugin's destroy when its state is one malloc'ed block (NULL-safe). */
+static inline void dm_free_state(void *state)
+{
+    free(state);
+}
 
 /* ---- parameter tables -------------------------------------------------- */
 

@@ -27,9 +27,6 @@
 #include "dmnist/layer_util.h"
 
 #include <stdlib.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -63,22 +60,11 @@ static inline int dm_elementwise_create(const char *type, unsigned devices, cons
                                         const dm_layer_config *cfg, void **state,
                                         dm_layer_info *info, dm_error *err)
 {
-    const char *name = cfg && cfg->name ? cfg->name : type;
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s: layer config/info missing or struct_size too small", name, type);
-    if (!(devices & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: %s has no %s implementation in this build (devices: %s)", name, type,
-                       dm_device_str(cfg->device),
-                       devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "cpu, cuda" : "cpu");
-    if (cfg->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s supports only the NCHW layout", name, type);
+    int rc = dm_layer_check_create(type, devices, cfg, info, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *name = dm_layer_name(cfg, type);
     const dm_shape in = cfg->in_shape;
-    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
 
     dm_elementwise *s = (dm_elementwise *)calloc(1, sizeof *s);
     if (!s)
@@ -86,19 +72,12 @@ static inline int dm_elementwise_create(const char *type, unsigned devices, cons
     snprintf(s->name, sizeof s->name, "%s", name);
     s->type = type;
     s->device = cfg->device;
-#ifdef _OPENMP
-    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
-#else
-    s->nthreads = 1;
-#endif
+    s->nthreads = dm_layer_threads(cfg);
     s->shape = in;
     for (int k = 0, j = 0; p && k < p->count && j < DM_ELEMENTWISE_MAX_ARGS; k++)
         if (p->values[k].type == DM_PARAM_FLOAT)
             s->a[j++] = (float)p->values[k].f;
-    info->out_shape = in;
-    info->param_count = 0;
-    info->workspace_bytes = 0;
-    info->is_loss = 0;
+    dm_layer_info_set(info, in, 0, 0, 0);
     *state = s;
     return DM_OK;
 }
@@ -108,9 +87,7 @@ static inline int dm_elementwise_forward(void *state, const dm_run_ctx *ctx, con
                                          dm_elementwise_cuda_fwd cuda)
 {
     const dm_elementwise *s = (const dm_elementwise *)state;
-    int rc = dm_check_tensor(s->name, "input", in, s->device, s->shape, 0, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "output", out, s->device, s->shape, in->shape.n, err);
+    int rc = dm_check_pass(s->name, s->device, s->shape, s->shape, 1, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
     const size_t count = dm_shape_count(in->shape); /* this batch, not the largest */
@@ -130,13 +107,7 @@ static inline int dm_elementwise_backward(void *state, const dm_run_ctx *ctx, co
     const dm_elementwise *s = (const dm_elementwise *)state;
     if (!din)
         return DM_OK; /* first layer: nothing to propagate, no parameters */
-    int rc = dm_check_tensor(s->name, "input", in, s->device, s->shape, 0, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "output", out, s->device, s->shape, in->shape.n, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "dout", dout, s->device, s->shape, in->shape.n, err);
-    if (rc == DM_OK)
-        rc = dm_check_tensor(s->name, "din", din, s->device, s->shape, in->shape.n, err);
+    int rc = dm_check_pass(s->name, s->device, s->shape, s->shape, 1, 1, in, out, dout, din, err);
     if (rc != DM_OK)
         return rc;
     const size_t count = dm_shape_count(in->shape);
@@ -147,11 +118,6 @@ static inline int dm_elementwise_backward(void *state, const dm_run_ctx *ctx, co
                               s->name, s->type);
     cpu(s, count, in->data, out->data, dout->data, din->data);
     return DM_OK;
-}
-
-static inline void dm_elementwise_destroy(void *state)
-{
-    free(state);
 }
 
 #ifdef __cplusplus
@@ -252,7 +218,7 @@ static inline int dm_elementwise_onnx(const char *op, dm_onnx_builder *b, dm_err
         .init_params = dm_layer_init_nothing,                                                     \
         .forward = NAME##_forward,                                                                \
         .backward = NAME##_backward,                                                              \
-        .destroy = dm_elementwise_destroy,                                                        \
+        .destroy = dm_free_state,                                                        \
         .onnx = (ONNX),                                                                           \
     }
 

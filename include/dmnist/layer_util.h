@@ -5,6 +5,11 @@
 
 #include "dmnist/layer.h"
 
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -23,6 +28,115 @@ static inline const char *dm_device_str(dm_device d)
 {
     return d == DM_DEVICE_CUDA ? "cuda" : "cpu";
 }
+
+/* ---- create ------------------------------------------------------------ */
+
+/* The name a layer's messages start with: its section name, else its type. */
+static inline const char *dm_layer_name(const dm_layer_config *cfg, const char *type)
+{
+    return cfg && cfg->name ? cfg->name : type;
+}
+
+/* The checks every layer's create makes before it reads its keys, each a
+ * one-line error starting with the layer's name: config and info present
+ * and at least ABI 1.0's size, an implementation for cfg->device among
+ * `devices` (DM_DEVICE_BIT(...) | ...), the NCHW layout, and an input shape
+ * whose every dimension is >= 1. `type` is the layer type ("conv2d"). */
+static inline int dm_layer_check_create(const char *type, unsigned devices,
+                                        const dm_layer_config *cfg, const dm_layer_info *info,
+                                        dm_error *err)
+{
+    const char *name = dm_layer_name(cfg, type);
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
+        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: %s: layer config/info missing or struct_size too small", name, type);
+    if (!(devices & DM_DEVICE_BIT(cfg->device)))
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: %s has no %s implementation in this build (devices: %s)", name, type,
+                       dm_device_str(cfg->device),
+                       devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "cpu, cuda" : "cpu");
+    if (cfg->layout != DM_LAYOUT_NCHW)
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s supports only the NCHW layout", name, type);
+    const dm_shape in = cfg->in_shape;
+    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
+                       in.c, in.h, in.w);
+    return DM_OK;
+}
+
+/* The CPU threads a layer may use: cfg->num_threads, or OpenMP's default
+ * when it is 0 (1 in a build without OpenMP). */
+static inline int dm_layer_threads(const dm_layer_config *cfg)
+{
+#ifdef _OPENMP
+    return cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+#else
+    (void)cfg;
+    return 1;
+#endif
+}
+
+/* What create tells the core, all fields of ABI 1.0 at once. */
+static inline void dm_layer_info_set(dm_layer_info *info, dm_shape out_shape, size_t param_count,
+                                     size_t workspace_bytes, int is_loss)
+{
+    info->out_shape = out_shape;
+    info->param_count = param_count;
+    info->workspace_bytes = workspace_bytes;
+    info->is_loss = is_loss;
+}
+
+/* ---- weights then bias ---------------------------------------------------
+ * For a layer whose parameter slice is `nw` weights followed, when it has
+ * a bias, by its biases (conv2d, dense). */
+
+/* The weight and bias parts of the parameter and gradient slices (b and db
+ * NULL without a bias). */
+static inline void dm_layer_slices(float *params, float *grads, size_t nw, int has_bias,
+                                   float **w, float **dw, float **b, float **db)
+{
+    *w = params;
+    *dw = grads;
+    *b = has_bias ? params + nw : NULL;
+    *db = has_bias ? grads + nw : NULL;
+}
+
+/* Keras' defaults: Glorot-uniform weights, limit sqrt(6 / (fan_in +
+ * fan_out)), drawn from `seed`, then `nbias` zero biases. */
+static inline void dm_layer_init_glorot(float *params, size_t nw, double fan_in, double fan_out,
+                                        size_t nbias, uint64_t seed)
+{
+    const float limit = (float)sqrt(6.0 / (fan_in + fan_out));
+    uint64_t rng = seed;
+    for (size_t i = 0; i < nw; i++)
+        params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
+    if (nbias)
+        memset(params + nw, 0, nbias * sizeof(float));
+}
+
+/* ONNX (dmnist-export): the weights (dims wdims[0..wrank)) and, when nbias
+ * > 0, the nbias biases as initializers "<layer>.weight" and "<layer>.bias",
+ * their names written to wname and bname (name_size bytes each). Fails with
+ * "<name>: onnx: parameters missing" when the builder has too few. */
+static inline int dm_onnx_weight_bias(dm_onnx_builder *b, const char *name, const int64_t *wdims,
+                                      int wrank, int64_t nbias, char *wname, char *bname,
+                                      size_t name_size, dm_error *err)
+{
+    size_t nw = 1;
+    for (int i = 0; i < wrank; i++)
+        nw *= (size_t)wdims[i];
+    if (!b->params || b->param_count < nw + (size_t)nbias)
+        return dm_fail(err, DM_ERR_INVALID, "%s: onnx: parameters missing", name);
+    dm_onnx_name(b, "weight", wname, name_size);
+    dm_onnx_name(b, "bias", bname, name_size);
+    int rc = b->add_initializer(b, wname, wdims, wrank, b->params, err);
+    if (rc == DM_OK && nbias > 0)
+        rc = b->add_initializer(b, bname, &nbias, 1, b->params + nw, err);
+    return rc;
+}
+
+/* ---- forward and backward ----------------------------------------------- */
 
 /* Check that `t` is a float NCHW tensor on `device` whose per-item shape is
  * (expect.c, expect.h, expect.w) and whose batch n satisfies
@@ -43,6 +157,27 @@ static inline int dm_check_tensor(const char *layer, const char *what, const dm_
                        layer, what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, expect.n, expect.c,
                        expect.h, expect.w);
     return DM_OK;
+}
+
+/* The tensors of a forward call (in, out) or, when `backward`, of a
+ * backward call (in, out, dout, and din unless it is NULL): in with the
+ * create-time in_shape, out and dout with out_shape, din with in_shape, each
+ * checked by dm_check_tensor in that order. With `same_batch`, out, dout
+ * and din must also have in's batch. */
+static inline int dm_check_pass(const char *layer, dm_device device, dm_shape in_shape,
+                                dm_shape out_shape, int same_batch, int backward,
+                                const dm_tensor *in, const dm_tensor *out, const dm_tensor *dout,
+                                const dm_tensor *din, dm_error *err)
+{
+    int rc = dm_check_tensor(layer, "input", in, device, in_shape, 0, err);
+    const int n = rc == DM_OK && same_batch ? in->shape.n : 0;
+    if (rc == DM_OK)
+        rc = dm_check_tensor(layer, "output", out, device, out_shape, n, err);
+    if (rc == DM_OK && backward)
+        rc = dm_check_tensor(layer, "dout", dout, device, out_shape, n, err);
+    if (rc == DM_OK && backward && din)
+        rc = dm_check_tensor(layer, "din", din, device, in_shape, n, err);
+    return rc;
 }
 
 /* For layers without parameters. */

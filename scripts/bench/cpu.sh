@@ -37,11 +37,7 @@
 # data loading or dmnist's final test evaluation.
 set -euo pipefail
 
-prog=$(basename "$0")
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-
-die() { echo "$prog: $*" >&2; exit 1; }
+. "$(dirname "$0")/common.sh"
 
 build=${DMNIST_BUILD_DIR:-build}
 batches="64 256"
@@ -65,7 +61,7 @@ while [ $# -gt 0 ]; do
         --python) python=${2:?}; shift 2 ;;
         --synthetic) synthetic=1; shift ;;
         --keep) keep=${2:?}; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) bench_help; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done
@@ -79,9 +75,7 @@ case "${wait_policy,,}" in
     *) die "--wait-policy must be passive or active, got '$wait_policy'" ;;
 esac
 
-case "$build" in /*) ;; *) build="$root/$build" ;; esac
-run="$build/dmnist-run"
-[ -x "$run" ] || die "$run not found: build dmnist first (cmake -S . -B build && cmake --build build -j2), or pass --build DIR"
+bench_find_run " (cmake -S . -B build && cmake --build build -j2)"
 # Peak RSS from /usr/bin/time for both programs; without it, each reports its own.
 timer=()
 rss_note="/usr/bin/time maximum RSS"
@@ -92,12 +86,7 @@ else
 fi
 
 # The Python that has torch: the caller's choice, Debian's, then PATH's.
-if [ -z "$python" ]; then
-    for p in /usr/bin/python3 python3; do
-        if "$p" -c 'import torch' 2>/dev/null; then python=$p; break; fi
-    done
-    [ -n "$python" ] || die "no Python with torch found (apt-get install python3-torch, or pip install torch; or --python PY)"
-fi
+bench_find_python "apt-get install python3-torch, or pip install torch; or --python PY"
 torch_where=$("$python" -c 'import torch, sys; print(torch.__version__, torch.__file__)') ||
     die "$python cannot import torch"
 torch_version=${torch_where%% *}

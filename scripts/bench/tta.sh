@@ -14,11 +14,7 @@
 # by itself. A run that never reaches the target says so.
 set -euo pipefail
 
-prog=$(basename "$0")
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
-
-die() { echo "$prog: $*" >&2; exit 1; }
+. "$(dirname "$0")/common.sh"
 
 build=${DMNIST_BUILD_DIR:-build}
 config=configs/cnn-fast.ini
@@ -36,28 +32,21 @@ while [ $# -gt 0 ]; do
         --threads) threads=${2:?}; shift 2 ;;
         --python) python=${2:?}; shift 2 ;;
         --keep) keep=${2:?}; shift 2 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) bench_help; exit 0 ;;
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$rounds'"
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, got '$threads'"
 [[ $target =~ ^0?\.[0-9]+$ ]] || die "--target must be a fraction such as 0.99, got '$target'"
-case "$build" in /*) ;; *) build="$root/$build" ;; esac
 case "$config" in /*) ;; *) config="$root/$config" ;; esac
-run="$build/dmnist-run"
-[ -x "$run" ] || die "$run not found: build dmnist first, or pass --build DIR"
+bench_find_run ""
 [ -f "$config" ] || die "$config: no such file"
 for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
     [ -e "$root/data/mnist/$f" ] || [ -e "$root/data/mnist/$f.gz" ] ||
         die "data/mnist/$f(.gz) is missing: scripts/get-mnist.sh fetches MNIST"
 done
-if [ -z "$python" ]; then
-    for p in /usr/bin/python3 python3; do
-        if "$p" -c 'import torch' 2>/dev/null; then python=$p; break; fi
-    done
-    [ -n "$python" ] || die "no Python with torch found (or pass --python PY)"
-fi
+bench_find_python "or pass --python PY"
 
 # The recipe, from the INI file (inline ';' comments allowed).
 recipe=$(python3 - "$config" <<'EOF'

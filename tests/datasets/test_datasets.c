@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "cases.h"
 #include "check.h"
 #include "dm_core.h"
 
@@ -165,6 +166,17 @@ static int write_set(char *dir, size_t dir_size, const char *name, blob f[4], in
     return 0;
 }
 
+/* A good set of n_train/n_test examples written by write_set. */
+static int write_good_set(char *dir, size_t dir_size, const char *name, int n_train, int n_test,
+                          int gz)
+{
+    blob f[4];
+    make_good(f, n_train, n_test);
+    int rc = write_set(dir, dir_size, name, f, gz);
+    free_blobs(f);
+    return rc;
+}
+
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
@@ -226,11 +238,8 @@ static int check_good(const char *spec, const char *config_dir, int n_train, int
 
 static int test_mnist_good_plain(void)
 {
-    blob f[4];
     char dir[1024], spec[1200];
-    make_good(f, 7, 4);
-    REQUIRE(write_set(dir, sizeof dir, "plain", f, 0) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "plain", 7, 4, 0) == 0, "cannot write %s", dir);
     FMT(spec, "path=%s", dir);
     if (check_good(spec, NULL, 7, 4, 0))
         return 1;
@@ -240,11 +249,8 @@ static int test_mnist_good_plain(void)
 
 static int test_mnist_good_gz(void)
 {
-    blob f[4];
     char dir[1024], spec[1200];
-    make_good(f, 5, 3);
-    REQUIRE(write_set(dir, sizeof dir, "gz", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "gz", 5, 3, 1) == 0, "cannot write %s", dir);
     FMT(spec, "path=%s", dir);
     return check_good(spec, NULL, 5, 3, 0);
 }
@@ -255,9 +261,7 @@ static int test_mnist_prefers_plain(void)
 {
     blob f[4];
     char dir[1024], spec[1200];
-    make_good(f, 9, 5);
-    REQUIRE(write_set(dir, sizeof dir, "both", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "both", 9, 5, 1) == 0, "cannot write %s", dir);
     make_good(f, 6, 2);
     for (int k = 0; k < 4; k++) {
         char path[1100];
@@ -273,11 +277,8 @@ static int test_mnist_prefers_plain(void)
  * the INI file (config_dir). */
 static int test_mnist_config_dir(void)
 {
-    blob f[4];
     char dir[1024];
-    make_good(f, 3, 2);
-    REQUIRE(write_set(dir, sizeof dir, "relative-mnist", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "relative-mnist", 3, 2, 1) == 0, "cannot write %s", dir);
     REQUIRE(chdir("/") == 0, "chdir /");
     return check_good("path=relative-mnist", g_tmp, 3, 2, 0);
 }
@@ -581,9 +582,7 @@ static int test_mnist_bad_gzip(void)
     /* Written as plain bytes under a .gz name. */
     blob f[4];
     char dir[1024], path[1100], spec[1200];
-    make_good(f, 6, 4);
-    REQUIRE(write_set(dir, sizeof dir, "junk-gz", f, 1) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "junk-gz", 6, 4, 1) == 0, "cannot write %s", dir);
     FMT(path, "%s/%s.gz", dir, file_names[TRAIN_LABELS]);
     REQUIRE(write_file(path, junk.data, junk.len, 0) == 0, "cannot write %s", path);
 
@@ -631,11 +630,8 @@ static int test_mnist_bad_gzip(void)
 
 static int test_mnist_missing(void)
 {
-    blob f[4];
     char dir[1024], path[1100], spec[1200];
-    make_good(f, 6, 4);
-    REQUIRE(write_set(dir, sizeof dir, "missing-file", f, 0) == 0, "cannot write %s", dir);
-    free_blobs(f);
+    REQUIRE(write_good_set(dir, sizeof dir, "missing-file", 6, 4, 0) == 0, "cannot write %s", dir);
     FMT(path, "%s/%s", dir, file_names[TEST_LABELS]);
     REQUIRE(unlink(path) == 0, "unlink %s", path);
     FMT(spec, "path=%s", dir);
@@ -677,6 +673,54 @@ static int has_file(const char *dir, const char *name)
     return stat(path, &st) == 0;
 }
 
+/* Opens the mnist plugin on the full 60,000/10,000 set in `dir`,
+ * standardized, with `extra` keys appended to the spec (" mean=... std=..."). */
+static int open_full_mnist(ds *d, const char *dir, const char *extra)
+{
+    char spec[1200];
+    FMT(spec, "path=%s standardize=true%s", dir, extra);
+    dm_error err = {0};
+    int rc = ds_open(d, "mnist", spec, 1, NULL, &err);
+    REQUIRE(rc == DM_OK, "%s", err.msg);
+    REQUIRE(d->info.count[DM_SPLIT_TRAIN] == 60000 && d->info.count[DM_SPLIT_TEST] == 10000,
+            "counts %lld/%lld", (long long)d->info.count[0], (long long)d->info.count[1]);
+    return 0;
+}
+
+/* One split read whole, 1000 images at a time: examples per class, and the
+ * mean and standard deviation of its pixels. */
+typedef struct split_stats {
+    int counts[10];
+    double mean, sd;
+} split_stats;
+
+static int read_split_stats(ds *d, int split, split_stats *st)
+{
+    enum { B = 1000 };
+    float *images = malloc((size_t)B * PIXELS * sizeof(float));
+    int32_t labels[B];
+    int64_t idx[B];
+    dm_error err = {0};
+    REQUIRE(images, "out of memory");
+    memset(st, 0, sizeof *st);
+    double sum = 0, sum2 = 0;
+    for (int64_t start = 0; start < d->info.count[split]; start += B) {
+        for (int i = 0; i < B; i++)
+            idx[i] = start + i;
+        int rc = d->vt->read(d->state, (dm_split)split, idx, B, images, labels, &err);
+        REQUIRE(rc == DM_OK, "%s", err.msg);
+        for (int i = 0; i < B; i++)
+            st->counts[labels[i]]++;
+        for (size_t p = 0; p < (size_t)B * PIXELS; p++)
+            sum += images[p], sum2 += (double)images[p] * images[p];
+    }
+    free(images);
+    double n = (double)d->info.count[split] * PIXELS;
+    st->mean = sum / n;
+    st->sd = sqrt(sum2 / n - st->mean * st->mean);
+    return 0;
+}
+
 static int test_mnist_real(void)
 {
     /* $DMNIST_MNIST_DIR, else data/mnist in the source tree, else the shared
@@ -706,46 +750,22 @@ static int test_mnist_real(void)
 
     static const int want_train[10] = {5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949};
     static const int want_test[10] = {980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009};
-    char spec[1200];
-    FMT(spec, "path=%s standardize=true", dir);
-    dm_error err = {0};
     ds d;
-    int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
-    REQUIRE(rc == DM_OK, "%s", err.msg);
-    REQUIRE(d.info.count[DM_SPLIT_TRAIN] == 60000 && d.info.count[DM_SPLIT_TEST] == 10000,
-            "counts %lld/%lld", (long long)d.info.count[0], (long long)d.info.count[1]);
-
-    enum { B = 1000 };
-    float *images = malloc((size_t)B * PIXELS * sizeof(float));
-    int32_t labels[B];
-    int64_t idx[B];
-    REQUIRE(images, "out of memory");
+    REQUIRE(open_full_mnist(&d, dir, "") == 0, "cannot open MNIST in %s", dir);
     for (int split = 0; split < 2; split++) {
-        int counts[10] = {0};
-        double sum = 0, sum2 = 0;
-        for (int64_t start = 0; start < d.info.count[split]; start += B) {
-            for (int i = 0; i < B; i++)
-                idx[i] = start + i;
-            rc = d.vt->read(d.state, (dm_split)split, idx, B, images, labels, &err);
-            REQUIRE(rc == DM_OK, "%s", err.msg);
-            for (int i = 0; i < B; i++)
-                counts[labels[i]]++;
-            for (size_t p = 0; p < (size_t)B * PIXELS; p++)
-                sum += images[p], sum2 += (double)images[p] * images[p];
-        }
+        split_stats st;
+        REQUIRE(read_split_stats(&d, split, &st) == 0, "cannot read split %d", split);
         const int *want = split ? want_test : want_train;
         for (int c = 0; c < 10; c++)
-            REQUIRE(counts[c] == want[c], "split %d class %d: %d examples, want %d", split, c,
-                    counts[c], want[c]);
+            REQUIRE(st.counts[c] == want[c], "split %d class %d: %d examples, want %d", split, c,
+                    st.counts[c], want[c]);
         /* Standardized with the training statistics: mean 0, std 1 on train. */
-        double n = (double)d.info.count[split] * PIXELS, mean = sum / n;
-        double sd = sqrt(sum2 / n - mean * mean);
         printf("split %d: per-class counts match; standardized mean %.4f std %.4f\n", split,
-               mean, sd);
+               st.mean, st.sd);
         if (split == DM_SPLIT_TRAIN)
-            REQUIRE(fabs(mean) < 2e-3 && fabs(sd - 1.0) < 2e-3, "train mean %g std %g", mean, sd);
+            REQUIRE(fabs(st.mean) < 2e-3 && fabs(st.sd - 1.0) < 2e-3, "train mean %g std %g",
+                    st.mean, st.sd);
     }
-    free(images);
     ds_close(&d);
     return 0;
 }
@@ -765,43 +785,21 @@ static int test_fashion_real(void)
             return SKIP_CODE;
         }
     printf("reading Fashion-MNIST from %s\n", dir);
-    char spec[1200];
-    FMT(spec, "path=%s standardize=true mean=0.2860 std=0.3530", dir);
-    dm_error err = {0};
     ds d;
-    int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
-    REQUIRE(rc == DM_OK, "%s", err.msg);
-    REQUIRE(d.info.count[DM_SPLIT_TRAIN] == 60000 && d.info.count[DM_SPLIT_TEST] == 10000,
-            "counts %lld/%lld", (long long)d.info.count[0], (long long)d.info.count[1]);
-    enum { B = 1000 };
-    float *images = malloc((size_t)B * PIXELS * sizeof(float));
-    int32_t labels[B];
-    int64_t idx[B];
-    REQUIRE(images, "out of memory");
+    REQUIRE(open_full_mnist(&d, dir, " mean=0.2860 std=0.3530") == 0,
+            "cannot open Fashion-MNIST in %s", dir);
     for (int split = 0; split < 2; split++) {
-        int counts[10] = {0};
-        double sum = 0, sum2 = 0;
-        for (int64_t start = 0; start < d.info.count[split]; start += B) {
-            for (int i = 0; i < B; i++)
-                idx[i] = start + i;
-            rc = d.vt->read(d.state, (dm_split)split, idx, B, images, labels, &err);
-            REQUIRE(rc == DM_OK, "%s", err.msg);
-            for (int i = 0; i < B; i++)
-                counts[labels[i]]++;
-            for (size_t p = 0; p < (size_t)B * PIXELS; p++)
-                sum += images[p], sum2 += (double)images[p] * images[p];
-        }
+        split_stats st;
+        REQUIRE(read_split_stats(&d, split, &st) == 0, "cannot read split %d", split);
         for (int c = 0; c < 10; c++)
-            REQUIRE(counts[c] == (split ? 1000 : 6000), "split %d class %d: %d examples", split,
-                    c, counts[c]);
-        double n = (double)d.info.count[split] * PIXELS, mean = sum / n;
-        double sd = sqrt(sum2 / n - mean * mean);
+            REQUIRE(st.counts[c] == (split ? 1000 : 6000), "split %d class %d: %d examples", split,
+                    c, st.counts[c]);
+        const double mean = st.mean, sd = st.sd;
         printf("split %d: 10 classes of %d; standardized mean %.4f std %.4f\n", split,
                split ? 1000 : 6000, mean, sd);
         if (split == DM_SPLIT_TRAIN)
             REQUIRE(fabs(mean) < 2e-3 && fabs(sd - 1.0) < 2e-3, "train mean %g std %g", mean, sd);
     }
-    free(images);
     ds_close(&d);
     return 0;
 }
@@ -928,11 +926,6 @@ static int test_synthetic_shapes(void)
 
 /* ---- driver --------------------------------------------------------------- */
 
-typedef struct test_case {
-    const char *name;
-    int (*fn)(void);
-} test_case;
-
 static const test_case cases[] = {
     {"mnist_good_plain", test_mnist_good_plain},
     {"mnist_good_gz", test_mnist_good_gz},
@@ -954,28 +947,13 @@ static const test_case cases[] = {
 int main(int argc, char **argv)
 {
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
-    const test_case *tc = NULL;
-    for (int i = 0; argc == 2 && i < n_cases; i++)
-        if (strcmp(argv[1], cases[i].name) == 0)
-            tc = &cases[i];
+    const test_case *tc = argc == 2 ? test_find(argv[1], cases, n_cases) : NULL;
     if (!tc) {
-        fprintf(stderr, "usage: %s <case>; cases:", argv[0]);
-        for (int i = 0; i < n_cases; i++)
-            fprintf(stderr, " %s", cases[i].name);
-        fprintf(stderr, "\n");
+        test_usage(argv[0], cases, n_cases);
         return 2;
     }
-    const char *path = getenv("DMNIST_PLUGIN_PATH");
-    if (!path) {
-        fprintf(stderr, "DMNIST_PLUGIN_PATH is not set (run through ctest)\n");
+    if (!(g_reg = test_load_plugins()))
         return 1;
-    }
-    dm_error err = {0};
-    g_reg = dm_registry_new();
-    if (!g_reg || dm_registry_load_path(g_reg, path, &err) != DM_OK) {
-        fprintf(stderr, "loading plugins from %s: %s\n", path, err.msg);
-        return 1;
-    }
     const char *tmp = getenv("TMPDIR");
     FMT(g_tmp, "%s/dmnist-datasets-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
     if (!mkdtemp(g_tmp)) {

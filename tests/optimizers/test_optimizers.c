@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cases.h"
 #include "check.h"
 #include "dm_core.h"
 
@@ -70,6 +71,22 @@ static int opt_step(opt *o, int64_t t, float lr, float *p, const float *g, dm_er
 /* Deterministic test data in [-1, 1). */
 static float rnd(uint64_t *s) { return 2.0f * dm_rng_uniform(s) - 1.0f; }
 
+/* n random parameters from *seed, in p and in the double reference pd. */
+static void random_start(float *p, double *pd, size_t n, uint64_t *seed)
+{
+    for (size_t i = 0; i < n; i++)
+        pd[i] = p[i] = rnd(seed);
+}
+
+/* Step t of o with lr on n fresh random gradients g from *seed. */
+static int random_step(opt *o, int t, double lr, float *p, float *g, size_t n, uint64_t *seed,
+                       dm_error *err)
+{
+    for (size_t i = 0; i < n; i++)
+        g[i] = rnd(seed);
+    return opt_step(o, t, (float)lr, p, g, err);
+}
+
 static int close_enough(double got, double want, double rel)
 {
     return fabs(got - want) <= rel * fmax(1.0, fabs(want));
@@ -96,13 +113,10 @@ static int sgd_compare(double lr, double mu, int nesterov, double wd, size_t n, 
     double *pd = malloc(n * sizeof *pd), *bd = calloc(n, sizeof *bd);
     REQUIRE(p && g && pd && bd, "out of memory");
     uint64_t seed = 42;
-    for (size_t i = 0; i < n; i++)
-        pd[i] = p[i] = rnd(&seed);
+    random_start(p, pd, n, &seed);
 
     for (int t = 1; t <= steps; t++) {
-        for (size_t i = 0; i < n; i++)
-            g[i] = rnd(&seed);
-        rc = opt_step(&o, t, (float)lr, p, g, &err);
+        rc = random_step(&o, t, lr, p, g, n, &seed, &err);
         REQUIRE(rc == DM_OK, "%s", err.msg);
         for (size_t i = 0; i < n; i++) {
             double d = g[i] + wd * pd[i];
@@ -187,13 +201,10 @@ static int adam_compare_decay(double lr, double b1, double b2, double eps, doubl
     double *pd = malloc(n * sizeof *pd), *m = calloc(n, sizeof *m), *v = calloc(n, sizeof *v);
     REQUIRE(p && g && pd && m && v, "out of memory");
     uint64_t seed = 7;
-    for (size_t i = 0; i < n; i++)
-        pd[i] = p[i] = rnd(&seed);
+    random_start(p, pd, n, &seed);
 
     for (int t = 1; t <= steps; t++) {
-        for (size_t i = 0; i < n; i++)
-            g[i] = rnd(&seed);
-        rc = opt_step(&o, t, (float)lr, p, g, &err);
+        rc = random_step(&o, t, lr, p, g, n, &seed, &err);
         REQUIRE(rc == DM_OK, "%s", err.msg);
         double lr_t = lr * sqrt(1.0 - pow(b2, t)) / (1.0 - pow(b1, t));
         if (decay_steps > 0) /* Keras's ExponentialDecay: 1 at the first step */
@@ -359,11 +370,6 @@ static int test_refusals(void)
 
 /* ---- driver --------------------------------------------------------------- */
 
-typedef struct test_case {
-    const char *name;
-    int (*fn)(void);
-} test_case;
-
 static const test_case cases[] = {
     {"sgd_plain", test_sgd_plain},
     {"sgd_momentum", test_sgd_momentum},
@@ -384,28 +390,14 @@ int main(int argc, char **argv)
 {
     const int n_cases = (int)(sizeof cases / sizeof cases[0]);
     if (argc != 2) {
-        fprintf(stderr, "usage: %s <case>; cases:", argv[0]);
-        for (int i = 0; i < n_cases; i++)
-            fprintf(stderr, " %s", cases[i].name);
-        fprintf(stderr, "\n");
+        test_usage(argv[0], cases, n_cases);
         return 2;
     }
-    const char *path = getenv("DMNIST_PLUGIN_PATH");
-    if (!path) {
-        fprintf(stderr, "DMNIST_PLUGIN_PATH is not set (run through ctest)\n");
+    if (!(g_reg = test_load_plugins()))
         return 1;
-    }
-    dm_error err = {0};
-    g_reg = dm_registry_new();
-    if (!g_reg || dm_registry_load_path(g_reg, path, &err) != DM_OK) {
-        fprintf(stderr, "loading plugins from %s: %s\n", path, err.msg);
-        return 1;
-    }
-    int rc = 2;
-    for (int i = 0; i < n_cases; i++)
-        if (strcmp(argv[1], cases[i].name) == 0)
-            rc = cases[i].fn();
-    if (rc == 2)
+    const test_case *tc = test_find(argv[1], cases, n_cases);
+    int rc = tc ? tc->fn() : 2;
+    if (!tc)
         fprintf(stderr, "unknown case '%s'\n", argv[1]);
     dm_registry_free(g_reg);
     return rc;

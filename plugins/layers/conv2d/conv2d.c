@@ -6,7 +6,6 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 
 /* Auto chunking: about this many bytes of im2col columns per task (see
@@ -18,11 +17,7 @@
 #define CONV2D_WINO_AUTO_BYTES (1u << 19) /* 512 KiB */
 
 /* Devices with an implementation in this build (conv2d_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define CONV2D_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define CONV2D_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define CONV2D_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def conv2d_params[] = {
     {"filters", DM_PARAM_INT, NULL, 1, 65536, NULL, "number of output channels"},
@@ -61,18 +56,10 @@ static void out_size(int in, int k, int stride, int same, int *out, int *pad_lea
 static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                          dm_layer_info *info, dm_error *err)
 {
-    const char *name = cfg && cfg->name ? cfg->name : "conv2d";
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: conv2d: layer config/info missing or struct_size too small", name);
-    if (!(CONV2D_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: conv2d has no %s implementation in this build (devices: cpu)", name,
-                       dm_device_str(cfg->device));
-    if (cfg->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: conv2d supports only the NCHW layout", name);
-
+    int rc = dm_layer_check_create("conv2d", CONV2D_DEVICES, cfg, info, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *name = dm_layer_name(cfg, "conv2d");
     const int filters = (int)dm_param_int(p, "filters", 0);
     const int k = (int)dm_param_int(p, "kernel", 3);
     const int stride = (int)dm_param_int(p, "stride", 1);
@@ -86,9 +73,6 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
                        name, k, stride);
     if (chunk < 0)
         return dm_fail(err, DM_ERR_INVALID, "%s: chunk must be >= 0 (got %d)", name, chunk);
-    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
     if (!same && (k > in.h || k > in.w))
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: kernel %d is larger than the %dx%d input (use padding=same or a "
@@ -100,7 +84,7 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
         return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
     snprintf(s->name, sizeof s->name, "%s", name);
     s->device = cfg->device;
-    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->nthreads = dm_layer_threads(cfg);
     s->n = in.n;
     s->in_c = in.c;
     s->in_h = in.h;
@@ -152,21 +136,20 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
      * spinning ones for the cores; the setting is process-wide. */
     openblas_set_num_threads(1);
 
-    info->out_shape = (dm_shape){in.n, filters, s->out_h, s->out_w};
-    info->param_count = (size_t)filters * in.c * k * k + (s->has_bias ? (size_t)filters : 0);
-    info->workspace_bytes =
-        s->winograd ? conv2d_winograd_workspace_bytes(s) : conv2d_workspace_bytes(s);
+    dm_layer_info_set(info, (dm_shape){in.n, filters, s->out_h, s->out_w},
+                      (size_t)filters * in.c * k * k + (s->has_bias ? (size_t)filters : 0),
+                      s->winograd ? conv2d_winograd_workspace_bytes(s) : conv2d_workspace_bytes(s),
+                      0);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
         int tf32 = dm_param_int(p, "tf32", 0) != 0, deterministic = dm_param_int(p, "deterministic", 1) != 0;
-        int rc = conv2d_cuda_create(s, tf32, deterministic, cfg->cuda_stream, &info->workspace_bytes, err);
+        rc = conv2d_cuda_create(s, tf32, deterministic, cfg->cuda_stream, &info->workspace_bytes, err);
         if (rc != DM_OK) {
             free(s);
             return rc;
         }
     }
 #endif
-    info->is_loss = 0;
     *state = s;
     return DM_OK;
 }
@@ -177,11 +160,8 @@ static int conv2d_bind(void *state, float *params, float *grads, void *workspace
     if (!params || !grads || !workspace)
         return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads and workspace",
                        s->name);
-    const size_t nw = (size_t)s->filters * s->in_c * s->k * s->k;
-    s->w = params;
-    s->dw = grads;
-    s->b = s->has_bias ? params + nw : NULL;
-    s->db = s->has_bias ? grads + nw : NULL;
+    dm_layer_slices(params, grads, (size_t)s->filters * s->in_c * s->k * s->k, s->has_bias,
+                    &s->w, &s->dw, &s->b, &s->db);
     s->workspace = workspace;
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA)
@@ -196,30 +176,21 @@ static int conv2d_init_params(void *state, float *params, uint64_t seed, dm_erro
     conv2d_state *s = state;
     if (!params)
         return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
-    const size_t kk = (size_t)s->k * s->k, nw = (size_t)s->filters * s->in_c * kk;
-    const float limit = (float)sqrt(6.0 / (double)(s->in_c * kk + s->filters * kk));
-    uint64_t rng = seed;
-    for (size_t i = 0; i < nw; i++)
-        params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
-    if (s->has_bias)
-        memset(params + nw, 0, (size_t)s->filters * sizeof(float));
+    const size_t kk = (size_t)s->k * s->k;
+    dm_layer_init_glorot(params, (size_t)s->filters * s->in_c * kk, (double)(s->in_c * kk),
+                         (double)(s->filters * kk), s->has_bias ? (size_t)s->filters : 0, seed);
     return DM_OK;
 }
 
-static int check_tensor(const conv2d_state *s, const dm_tensor *t, int c, int h, int w,
-                        const char *what, dm_error *err)
+/* The call's tensors: input (batch, in_c, in_h, in_w) and output and dout
+ * (batch, filters, out_h, out_w), any batch <= the create-time n. */
+static int check_pass(const conv2d_state *s, int backward, const dm_tensor *in,
+                      const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
+                      dm_error *err)
 {
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
-    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       dm_device_str(s->device));
-    if (t->shape.n < 1 || t->shape.n > s->n || t->shape.c != c || t->shape.h != h ||
-        t->shape.w != w)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
-                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, s->n, c, h, w);
-    return DM_OK;
+    const dm_shape ins = {s->n, s->in_c, s->in_h, s->in_w};
+    const dm_shape outs = {s->n, s->filters, s->out_h, s->out_w};
+    return dm_check_pass(s->name, s->device, ins, outs, 0, backward, in, out, dout, din, err);
 }
 
 static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
@@ -227,9 +198,7 @@ static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
 {
     conv2d_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, s->in_c, s->in_h, s->in_w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, s->filters, s->out_h, s->out_w, "output", err);
+    int rc = check_pass(s, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
     if (!s->w)
@@ -252,13 +221,7 @@ static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *
 {
     conv2d_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, s->in_c, s->in_h, s->in_w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, s->filters, s->out_h, s->out_w, "output", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, dout, s->filters, s->out_h, s->out_w, "dout", err);
-    if (rc == DM_OK && din)
-        rc = check_tensor(s, din, s->in_c, s->in_h, s->in_w, "din", err);
+    int rc = check_pass(s, 1, in, out, dout, din, err);
     if (rc != DM_OK)
         return rc;
     if (!s->w)
@@ -297,19 +260,13 @@ static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
         return dm_fail(err, DM_ERR_UNSUPPORTED,
                        "%s: conv2d needs a 4-D (N, C, H, W) input in the graph, got rank %d",
                        s->name, b->in_rank);
-    const size_t nw = (size_t)s->filters * s->in_c * s->k * s->k;
-    if (!b->params || b->param_count < nw + (s->has_bias ? (size_t)s->filters : 0))
-        return dm_fail(err, DM_ERR_INVALID, "%s: onnx: parameters missing", s->name);
     char wname[128], bname[128], conv[128];
-    dm_onnx_name(b, "weight", wname, sizeof wname);
-    dm_onnx_name(b, "bias", bname, sizeof bname);
-    dm_onnx_name(b, "conv", conv, sizeof conv);
-    const int64_t wdims[4] = {s->filters, s->in_c, s->k, s->k}, bdims[1] = {s->filters};
-    int rc = b->add_initializer(b, wname, wdims, 4, b->params, err);
-    if (rc == DM_OK && s->has_bias)
-        rc = b->add_initializer(b, bname, bdims, 1, b->params + nw, err);
+    const int64_t wdims[4] = {s->filters, s->in_c, s->k, s->k};
+    int rc = dm_onnx_weight_bias(b, s->name, wdims, 4, s->has_bias ? s->filters : 0, wname, bname,
+                                 sizeof wname, err);
     if (rc != DM_OK)
         return rc;
+    dm_onnx_name(b, "conv", conv, sizeof conv);
     int th = (s->out_h - 1) * s->stride + s->k - s->in_h, tw = (s->out_w - 1) * s->stride + s->k - s->in_w;
     th = th > 0 ? th : 0;
     tw = tw > 0 ? tw : 0;

@@ -28,6 +28,7 @@
 #include <new>
 
 #include "dmnist/layer.h"
+#include "dmnist/cuda_util.h"
 extern "C" {
 #include "conv2d.h"
 }
@@ -75,13 +76,7 @@ int cudnn_fail(dm_error *err, const conv2d_state *s, const char *what, cudnnStat
         if (st_ != CUDNN_STATUS_SUCCESS) return cudnn_fail(err, s, what, st_);                 \
     } while (0)
 
-#define CUDA_TRY(call, what)                                                                   \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess)                                                                 \
-            return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s failed: %s", s->name, what,       \
-                           cudaGetErrorString(e_));                                            \
-    } while (0)
+#define CUDA_TRY(call, what) DM_CUDA_TRY(s->name, call, what)
 
 /* y[b][f][p] = act(y[b][f][p] + bias[f]); total = n*F*P elements. */
 __global__ void bias_act_kernel(float *y, const float *bias, size_t total, int F, int P, int relu)
@@ -140,12 +135,6 @@ __global__ void bias_final_kernel(const float *partials, float *db, int F, int G
     float s = 0.0f;
     for (int g = 0; g < G; g++) s += partials[(size_t)f * G + g];
     db[f] = s;
-}
-
-int grid_for(size_t total)
-{
-    size_t blocks = (total + THREADS - 1) / THREADS;
-    return (int)(blocks < 65535 ? (blocks ? blocks : 1) : 65535);
 }
 
 int set_batch(conv2d_state *s, conv_cuda *c, int n, dm_error *err)
@@ -362,7 +351,7 @@ int conv2d_forward_cuda(conv2d_state *s, void *stream, int n, const float *x, fl
               "cudnnConvolutionForward");
     if (s->b || s->relu) {
         const size_t total = (size_t)n * s->filters * s->out_h * s->out_w;
-        bias_act_kernel<<<grid_for(total), THREADS, 0, c->stream>>>(
+        bias_act_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, c->stream>>>(
             y, s->b, total, s->filters, s->out_h * s->out_w, s->relu);
         CUDA_TRY(cudaGetLastError(), "bias_act_kernel launch");
     }

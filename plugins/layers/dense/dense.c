@@ -7,15 +7,10 @@
 
 #include <cblas.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (dense_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define DENSE_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define DENSE_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define DENSE_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def dense_params[] = {
     {"units", DM_PARAM_INT, NULL, 1, 1 << 24, NULL, "number of outputs"},
@@ -28,25 +23,15 @@ static const dm_param_def dense_params[] = {
 static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                         dm_layer_info *info, dm_error *err)
 {
-    const char *name = cfg && cfg->name ? cfg->name : "dense";
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: dense: layer config/info missing or struct_size too small", name);
-    if (!(DENSE_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: dense has no %s implementation in this build (devices: cpu)", name,
-                       dm_device_str(cfg->device));
-    if (cfg->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: dense supports only the NCHW layout", name);
+    int rc = dm_layer_check_create("dense", DENSE_DEVICES, cfg, info, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *name = dm_layer_name(cfg, "dense");
     const dm_shape in = cfg->in_shape;
     const int64_t units = dm_param_int(p, "units", 0);
     if (units < 1 || units > (1 << 24))
         return dm_fail(err, DM_ERR_INVALID, "%s: units must be in [1, %d] (got %lld)", name,
                        1 << 24, (long long)units);
-    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
     if (dm_shape_per_item(in) > 0x7fffffff)
         return dm_fail(err, DM_ERR_INVALID, "%s: %zu input features is too many", name,
                        dm_shape_per_item(in));
@@ -56,7 +41,7 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
         return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
     snprintf(s->name, sizeof s->name, "%s", name);
     s->device = cfg->device;
-    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->nthreads = dm_layer_threads(cfg);
     s->in = in;
     s->n = in.n;
     s->in_features = (int)dm_shape_per_item(in);
@@ -69,13 +54,12 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
      * ones for the cores; the setting is process-wide. */
     openblas_set_num_threads(1);
 
-    info->out_shape = (dm_shape){in.n, s->units, 1, 1};
-    info->param_count =
-        (size_t)s->units * s->in_features + (s->has_bias ? (size_t)s->units : 0);
-    info->workspace_bytes = s->relu ? (size_t)in.n * s->units * sizeof(float) : 0;
+    dm_layer_info_set(info, (dm_shape){in.n, s->units, 1, 1},
+                      (size_t)s->units * s->in_features + (s->has_bias ? (size_t)s->units : 0),
+                      s->relu ? (size_t)in.n * s->units * sizeof(float) : 0, 0);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
-        int rc = dense_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
+        rc = dense_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
                                    &info->workspace_bytes, err);
         if (rc != DM_OK) {
             free(s);
@@ -83,7 +67,6 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
         }
     }
 #endif
-    info->is_loss = 0;
     *state = s;
     return DM_OK;
 }
@@ -94,11 +77,8 @@ static int dense_bind(void *state, float *params, float *grads, void *workspace,
     if (!params || !grads || (s->relu && !workspace))
         return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads%s", s->name,
                        s->relu ? " and workspace" : "");
-    const size_t nw = (size_t)s->units * s->in_features;
-    s->w = params;
-    s->dw = grads;
-    s->b = s->has_bias ? params + nw : NULL;
-    s->db = s->has_bias ? grads + nw : NULL;
+    dm_layer_slices(params, grads, (size_t)s->units * s->in_features, s->has_bias, &s->w, &s->dw,
+                    &s->b, &s->db);
     s->dz = workspace;
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA)
@@ -113,32 +93,20 @@ static int dense_init_params(void *state, float *params, uint64_t seed, dm_error
     dense_state *s = state;
     if (!params)
         return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
-    const size_t nw = (size_t)s->units * s->in_features;
-    const float limit = (float)sqrt(6.0 / ((double)s->in_features + s->units));
-    uint64_t rng = seed;
-    for (size_t i = 0; i < nw; i++)
-        params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
-    if (s->has_bias)
-        memset(params + nw, 0, (size_t)s->units * sizeof(float));
+    dm_layer_init_glorot(params, (size_t)s->units * s->in_features, (double)s->in_features,
+                         (double)s->units, s->has_bias ? (size_t)s->units : 0, seed);
     return DM_OK;
 }
 
-/* t must be (batch, c, h, w) with batch <= the create-time n (exactly n when
- * n > 0). */
-static int check_tensor(const dense_state *s, const dm_tensor *t, int n, int c, int h, int w,
-                        const char *what, dm_error *err)
+/* The call's tensors: input with the create-time per-item shape and a batch
+ * <= the create-time n, output and dout (batch, units, 1, 1) and din with
+ * the input's batch. */
+static int check_pass(const dense_state *s, int backward, const dm_tensor *in,
+                      const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
+                      dm_error *err)
 {
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", s->name, what);
-    if (t->device != s->device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", s->name, what,
-                       dm_device_str(s->device));
-    if (t->shape.n < 1 || t->shape.n > s->n || (n > 0 && t->shape.n != n) || t->shape.c != c ||
-        t->shape.h != h || t->shape.w != w)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", s->name,
-                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, s->n, c, h, w);
-    return DM_OK;
+    const dm_shape ins = {s->n, s->in.c, s->in.h, s->in.w}, outs = {s->n, s->units, 1, 1};
+    return dm_check_pass(s->name, s->device, ins, outs, 1, backward, in, out, dout, din, err);
 }
 
 static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
@@ -146,9 +114,7 @@ static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in
 {
     dense_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, 0, s->in.c, s->in.h, s->in.w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, in->shape.n, s->units, 1, 1, "output", err);
+    int rc = check_pass(s, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
     if (!s->w)
@@ -168,16 +134,10 @@ static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
 {
     dense_state *s = state;
     (void)ctx;
-    const int n = in ? in->shape.n : 0;
-    int rc = check_tensor(s, in, 0, s->in.c, s->in.h, s->in.w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, n, s->units, 1, 1, "output", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, dout, n, s->units, 1, 1, "dout", err);
-    if (rc == DM_OK && din)
-        rc = check_tensor(s, din, n, s->in.c, s->in.h, s->in.w, "din", err);
+    int rc = check_pass(s, 1, in, out, dout, din, err);
     if (rc != DM_OK)
         return rc;
+    const int n = in->shape.n;
     if (!s->w)
         return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
 #ifdef DM_WITH_CUDA
@@ -204,20 +164,14 @@ static void dense_destroy(void *state)
 static int dense_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 {
     const dense_state *s = state;
-    const size_t nw = (size_t)s->units * s->in_features;
-    if (!b->params || b->param_count < nw + (s->has_bias ? (size_t)s->units : 0))
-        return dm_fail(err, DM_ERR_INVALID, "%s: onnx: parameters missing", s->name);
     char wname[128], bname[128], flat[128], gemm[128];
-    dm_onnx_name(b, "weight", wname, sizeof wname);
-    dm_onnx_name(b, "bias", bname, sizeof bname);
-    dm_onnx_name(b, "flat", flat, sizeof flat);
-    dm_onnx_name(b, "gemm", gemm, sizeof gemm);
-    const int64_t wdims[2] = {s->units, s->in_features}, bdims[1] = {s->units};
-    int rc = b->add_initializer(b, wname, wdims, 2, b->params, err);
-    if (rc == DM_OK && s->has_bias)
-        rc = b->add_initializer(b, bname, bdims, 1, b->params + nw, err);
+    const int64_t wdims[2] = {s->units, s->in_features};
+    int rc = dm_onnx_weight_bias(b, s->name, wdims, 2, s->has_bias ? s->units : 0, wname, bname,
+                                 sizeof wname, err);
     if (rc != DM_OK)
         return rc;
+    dm_onnx_name(b, "flat", flat, sizeof flat);
+    dm_onnx_name(b, "gemm", gemm, sizeof gemm);
     const char *x = b->input;
     if (b->in_rank != 2) { /* (N, C, H, W) -> (N, C*H*W), NCHW order as dense reads it */
         if ((rc = dm_onnx_unary(b, "Flatten", b->input, flat, err)) ||

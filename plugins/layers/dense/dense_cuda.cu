@@ -22,6 +22,7 @@
 #include <new>
 
 #include "dmnist/layer.h"
+#include "dmnist/cuda_util.h"
 extern "C" {
 #include "dense.h"
 }
@@ -46,13 +47,7 @@ struct dense_cuda {
                            cublasGetStatusString(st_));                                        \
     } while (0)
 
-#define CUDA_TRY(call, what)                                                                   \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess)                                                                 \
-            return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s failed: %s", s->name, what,       \
-                           cudaGetErrorString(e_));                                            \
-    } while (0)
+#define CUDA_TRY(call, what) DM_CUDA_TRY(s->name, call, what)
 
 /* y[i][u] = act(y[i][u] + b[u]) over n*U elements. */
 __global__ void bias_act_kernel(float *y, const float *b, size_t total, int U, int relu)
@@ -88,12 +83,6 @@ __global__ void bias_grad_kernel(const float *dz, float *db, int n, int U)
         for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
         if (threadIdx.x == 0) db[u] = v;
     }
-}
-
-int grid_for(size_t total)
-{
-    size_t blocks = (total + THREADS - 1) / THREADS;
-    return (int)(blocks < 65535 ? (blocks ? blocks : 1) : 65535);
 }
 
 int use_stream(dense_state *s, dense_cuda *c, void *stream, dm_error *err)
@@ -151,7 +140,7 @@ int dense_forward_cuda(dense_state *s, void *stream, int n, const float *x, floa
                "cublasSgemm (forward)");
     if (s->b || s->relu) {
         const size_t total = (size_t)n * U;
-        bias_act_kernel<<<grid_for(total), THREADS, 0, c->stream>>>(y, s->b, total, U, s->relu);
+        bias_act_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, c->stream>>>(y, s->b, total, U, s->relu);
         CUDA_TRY(cudaGetLastError(), "bias_act_kernel launch");
     }
     return DM_OK;
@@ -168,7 +157,7 @@ int dense_backward_cuda(dense_state *s, void *stream, int n, const float *x, con
     const float *dz = dy;
     if (s->relu) {
         const size_t total = (size_t)n * U;
-        relu_mask_kernel<<<grid_for(total), THREADS, 0, c->stream>>>(y, dy, c->dz, total);
+        relu_mask_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, c->stream>>>(y, dy, c->dz, total);
         CUDA_TRY(cudaGetLastError(), "relu_mask_kernel launch");
         dz = c->dz;
     }

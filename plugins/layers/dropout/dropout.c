@@ -4,15 +4,10 @@
 #include "dmnist/plugin.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (dropout_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define DROPOUT_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define DROPOUT_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define DROPOUT_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def dropout_params[] = {
     {"rate", DM_PARAM_FLOAT, NULL, 0, 1, NULL,
@@ -22,18 +17,10 @@ static const dm_param_def dropout_params[] = {
 static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
 {
-    const char *name = cfg && cfg->name ? cfg->name : "dropout";
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: dropout: layer config/info missing or struct_size too small", name);
-    if (!(DROPOUT_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: dropout has no %s implementation in this build (devices: cpu)", name,
-                       dm_device_str(cfg->device));
-    if (cfg->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: dropout supports only the NCHW layout",
-                       name);
+    int rc = dm_layer_check_create("dropout", DROPOUT_DEVICES, cfg, info, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *name = dm_layer_name(cfg, "dropout");
     const dm_param_value *rv = dm_param_find(p, "rate");
     if (!rv)
         return dm_fail(err, DM_ERR_INVALID, "%s: missing required key 'rate'", name);
@@ -41,24 +28,18 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
     if (!(rate >= 0.0 && rate < 1.0))
         return dm_fail(err, DM_ERR_INVALID, "%s: rate must be in [0, 1) (got %g)", name, rate);
     const dm_shape in = cfg->in_shape;
-    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
 
     dropout_state *s = calloc(1, sizeof *s);
     if (!s)
         return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
     snprintf(s->name, sizeof s->name, "%s", name);
     s->device = cfg->device;
-    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->nthreads = dm_layer_threads(cfg);
     s->shape = in;
     s->rate = (float)rate;
     s->threshold = (uint32_t)floor(rate * 16777216.0);
     s->scale = (float)(1.0 / (1.0 - rate));
-    info->out_shape = in;
-    info->param_count = 0;
-    info->workspace_bytes = 0;
-    info->is_loss = 0;
+    dm_layer_info_set(info, in, 0, 0, 0);
     *state = s;
     return DM_OK;
 }
@@ -127,11 +108,6 @@ static int dropout_backward(void *state, const dm_run_ctx *ctx, const dm_tensor 
     return DM_OK;
 }
 
-static void dropout_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): the identity, as at evaluation (inverted dropout
  * scales while training, so inference needs no factor). */
 static int dropout_onnx(void *state, dm_onnx_builder *b, dm_error *err)
@@ -148,7 +124,7 @@ static const dm_layer_vtable dropout_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = dropout_forward,
     .backward = dropout_backward,
-    .destroy = dropout_destroy,
+    .destroy = dm_free_state,
     .onnx = dropout_onnx,
 };
 

@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "dmnist/layer.h"
+#include "dmnist/cuda_util.h"
 extern "C" {
 #include "dropout.h"
 }
@@ -31,22 +32,12 @@ __global__ void mask_kernel(const float *src, float *dst, size_t count, uint64_t
         dst[i] = (device_hash64(seed, i) >> 40) >= threshold ? src[i] * scale : 0.0f;
 }
 
-int grid_for(size_t total)
-{
-    size_t blocks = (total + THREADS - 1) / THREADS;
-    return (int)(blocks < 65535 ? (blocks ? blocks : 1) : 65535);
-}
-
 int apply_mask(const dropout_state *s, void *stream, uint64_t seed, size_t count, const float *src,
                float *dst, dm_error *err)
 {
-    mask_kernel<<<grid_for(count), THREADS, 0, (cudaStream_t)stream>>>(src, dst, count, seed,
+    mask_kernel<<<dm_cuda_grid(count, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(src, dst, count, seed,
                                                                       s->threshold, s->scale);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: dropout kernel launch failed: %s", s->name,
-                       cudaGetErrorString(e));
-    return DM_OK;
+    return dm_cuda_launched(s->name, "dropout kernel", err);
 }
 
 } // namespace
@@ -66,11 +57,5 @@ int dropout_backward_cuda(const dropout_state *s, void *stream, uint64_t seed, s
 int dropout_copy_cuda(const dropout_state *s, void *stream, size_t count, const float *src,
                       float *dst, dm_error *err)
 {
-    if (src == dst) return DM_OK;
-    cudaError_t e = cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDeviceToDevice,
-                                    (cudaStream_t)stream);
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: cudaMemcpyAsync failed: %s", s->name,
-                       cudaGetErrorString(e));
-    return DM_OK;
+    return dm_cuda_copy(s->name, stream, count, src, dst, err);
 }

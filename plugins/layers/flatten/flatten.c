@@ -6,32 +6,17 @@
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (flatten_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define FLATTEN_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define FLATTEN_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define FLATTEN_DEVICES DM_DEVICES_BUILT
 
 static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
 {
-    const char *name = cfg && cfg->name ? cfg->name : "flatten";
+    int rc = dm_layer_check_create("flatten", FLATTEN_DEVICES, cfg, info, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *name = dm_layer_name(cfg, "flatten");
     (void)p;
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: flatten: layer config/info missing or struct_size too small", name);
-    if (!(FLATTEN_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: flatten has no %s implementation in this build (devices: cpu)", name,
-                       dm_device_str(cfg->device));
-    if (cfg->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: flatten supports only the NCHW layout",
-                       name);
     const dm_shape in = cfg->in_shape;
-    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
     if (dm_shape_per_item(in) > 0x7fffffff)
         return dm_fail(err, DM_ERR_INVALID, "%s: %zu features per item is too many", name,
                        dm_shape_per_item(in));
@@ -43,10 +28,7 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
     s->device = cfg->device;
     s->in = in;
     s->out = (dm_shape){in.n, (int)dm_shape_per_item(in), 1, 1};
-    info->out_shape = s->out;
-    info->param_count = 0;
-    info->workspace_bytes = 0;
-    info->is_loss = 0;
+    dm_layer_info_set(info, s->out, 0, 0, 0);
     *state = s;
     return DM_OK;
 }
@@ -99,11 +81,6 @@ static int flatten_backward(void *state, const dm_run_ctx *ctx, const dm_tensor 
     return DM_OK;
 }
 
-static void flatten_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): Flatten(axis = 1), (N, C, H, W) -> (N, C*H*W). */
 static int flatten_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 {
@@ -124,7 +101,7 @@ static const dm_layer_vtable flatten_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = flatten_forward,
     .backward = flatten_backward,
-    .destroy = flatten_destroy,
+    .destroy = dm_free_state,
     .onnx = flatten_onnx,
 };
 

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "dmnist/layer.h"
+#include "dmnist/cuda_util.h"
 extern "C" {
 #include "flatten.h"
 }
@@ -10,11 +11,5 @@ extern "C" {
 int flatten_copy_cuda(const flatten_state *s, void *stream, size_t count, const float *src,
                       float *dst, dm_error *err)
 {
-    if (src == dst) return DM_OK;
-    cudaError_t e = cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDeviceToDevice,
-                                    (cudaStream_t)stream);
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: cudaMemcpyAsync failed: %s", s->name,
-                       cudaGetErrorString(e));
-    return DM_OK;
+    return dm_cuda_copy(s->name, stream, count, src, dst, err);
 }

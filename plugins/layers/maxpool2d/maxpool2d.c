@@ -3,15 +3,10 @@
 #include "dmnist/layer_util.h"
 #include "dmnist/plugin.h"
 
-#include <omp.h>
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (maxpool2d_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define MAXPOOL2D_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define MAXPOOL2D_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define MAXPOOL2D_DEVICES DM_DEVICES_BUILT
 
 static const dm_param_def maxpool2d_params[] = {
     {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
@@ -21,18 +16,10 @@ static const dm_param_def maxpool2d_params[] = {
 static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                             dm_layer_info *info, dm_error *err)
 {
-    const char *name = cfg && cfg->name ? cfg->name : "maxpool2d";
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: maxpool2d: layer config/info missing or struct_size too small", name);
-    if (!(MAXPOOL2D_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: maxpool2d has no %s implementation in this build (devices: cpu)",
-                       name, dm_device_str(cfg->device));
-    if (cfg->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: maxpool2d supports only the NCHW layout",
-                       name);
+    int rc = dm_layer_check_create("maxpool2d", MAXPOOL2D_DEVICES, cfg, info, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *name = dm_layer_name(cfg, "maxpool2d");
     const dm_shape in = cfg->in_shape;
     const int pool = (int)dm_param_int(p, "pool", 2);
     int stride = (int)dm_param_int(p, "stride", 0);
@@ -41,9 +28,6 @@ static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void
     if (pool < 1 || stride < 1)
         return dm_fail(err, DM_ERR_INVALID, "%s: pool and stride must be >= 1 (got %d, %d)", name,
                        pool, stride);
-    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
     if (pool > in.h || pool > in.w)
         return dm_fail(err, DM_ERR_INVALID, "%s: pool %d is larger than the %dx%d input", name,
                        pool, in.h, in.w);
@@ -53,17 +37,14 @@ static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void
         return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
     snprintf(s->name, sizeof s->name, "%s", name);
     s->device = cfg->device;
-    s->nthreads = cfg->num_threads > 0 ? cfg->num_threads : omp_get_max_threads();
+    s->nthreads = dm_layer_threads(cfg);
     s->in = in;
     s->pool = pool;
     s->stride = stride;
     /* Windows that do not fit are dropped (Keras 'valid'). */
     s->out_h = (in.h - pool) / stride + 1;
     s->out_w = (in.w - pool) / stride + 1;
-    info->out_shape = (dm_shape){in.n, in.c, s->out_h, s->out_w};
-    info->param_count = 0;
-    info->workspace_bytes = 0;
-    info->is_loss = 0;
+    dm_layer_info_set(info, (dm_shape){in.n, in.c, s->out_h, s->out_w}, 0, 0, 0);
     *state = s;
     return DM_OK;
 }
@@ -82,9 +63,8 @@ static int maxpool2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor
 {
     maxpool2d_state *s = state;
     (void)ctx;
-    int rc = check_tensor(s, in, 0, s->in.h, s->in.w, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, in->shape.n, s->out_h, s->out_w, "output", err);
+    const dm_shape outs = {s->in.n, s->in.c, s->out_h, s->out_w};
+    int rc = dm_check_pass(s->name, s->device, s->in, outs, 1, 0, in, out, NULL, NULL, err);
     if (rc != DM_OK)
         return rc;
 #ifdef DM_WITH_CUDA
@@ -120,11 +100,6 @@ static int maxpool2d_backward(void *state, const dm_run_ctx *ctx, const dm_tenso
     return DM_OK;
 }
 
-static void maxpool2d_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): MaxPool, no padding, windows that do not fit dropped
  * (ONNX's default floor mode). */
 static int maxpool2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
@@ -151,7 +126,7 @@ static const dm_layer_vtable maxpool2d_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = maxpool2d_forward,
     .backward = maxpool2d_backward,
-    .destroy = maxpool2d_destroy,
+    .destroy = dm_free_state,
     .onnx = maxpool2d_onnx,
 };
 

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "dmnist/layer.h"
+#include "dmnist/cuda_util.h"
 extern "C" {
 #include "maxpool2d.h"
 }
@@ -73,25 +74,10 @@ __global__ void pool_bwd_kernel(const float *x, const float *dy, float *dx, size
     }
 }
 
-int grid_for(size_t total)
-{
-    size_t blocks = (total + THREADS - 1) / THREADS;
-    return (int)(blocks < 65535 ? (blocks ? blocks : 1) : 65535);
-}
-
 geom geom_of(const maxpool2d_state *s)
 {
     geom g = {s->in.h, s->in.w, s->out_h, s->out_w, s->pool, s->stride};
     return g;
-}
-
-int launched(const maxpool2d_state *s, const char *what, dm_error *err)
-{
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s launch failed: %s", s->name, what,
-                       cudaGetErrorString(e));
-    return DM_OK;
 }
 
 } // namespace
@@ -100,15 +86,15 @@ int maxpool2d_forward_cuda(const maxpool2d_state *s, void *stream, int n, const 
                            float *y, dm_error *err)
 {
     const size_t total = (size_t)n * s->in.c * s->out_h * s->out_w;
-    pool_fwd_kernel<<<grid_for(total), THREADS, 0, (cudaStream_t)stream>>>(x, y, total, geom_of(s));
-    return launched(s, "maxpool forward", err);
+    pool_fwd_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(x, y, total, geom_of(s));
+    return dm_cuda_launched(s->name, "maxpool forward", err);
 }
 
 int maxpool2d_backward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
                             const float *dy, float *dx, dm_error *err)
 {
     const size_t total = (size_t)n * s->in.c * s->in.h * s->in.w;
-    pool_bwd_kernel<<<grid_for(total), THREADS, 0, (cudaStream_t)stream>>>(x, dy, dx, total,
+    pool_bwd_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(x, dy, dx, total,
                                                                           geom_of(s));
-    return launched(s, "maxpool backward", err);
+    return dm_cuda_launched(s->name, "maxpool backward", err);
 }

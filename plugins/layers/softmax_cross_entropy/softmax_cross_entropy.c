@@ -9,35 +9,17 @@
 #include <stdlib.h>
 
 /* Devices with an implementation in this build (softmax_cross_entropy_cuda.cu under DM_WITH_CUDA). */
-#ifdef DM_WITH_CUDA
-#define SCE_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
-#else
-#define SCE_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
-#endif
+#define SCE_DEVICES DM_DEVICES_BUILT
 
 static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                       dm_layer_info *info, dm_error *err)
 {
-    const char *name = cfg && cfg->name ? cfg->name : "softmax_cross_entropy";
+    int rc = dm_layer_check_create("softmax_cross_entropy", SCE_DEVICES, cfg, info, err);
+    if (rc != DM_OK)
+        return rc;
+    const char *name = dm_layer_name(cfg, "softmax_cross_entropy");
     (void)p;
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: softmax_cross_entropy: layer config/info missing or struct_size too "
-                       "small",
-                       name);
-    if (!(SCE_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: softmax_cross_entropy has no %s implementation in this build "
-                       "(devices: cpu)",
-                       name, dm_device_str(cfg->device));
-    if (cfg->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: softmax_cross_entropy supports only the NCHW layout", name);
     const dm_shape in = cfg->in_shape;
-    if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
     if (dm_shape_per_item(in) < 2 || dm_shape_per_item(in) > 0x7fffffff)
         return dm_fail(err, DM_ERR_INVALID, "%s: needs at least 2 classes per item (got %zu)",
                        name, dm_shape_per_item(in));
@@ -49,10 +31,7 @@ static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **sta
     s->device = cfg->device;
     s->in = in;
     s->classes = (int)dm_shape_per_item(in);
-    info->out_shape = in;
-    info->param_count = 0;
-    info->workspace_bytes = 0;
-    info->is_loss = 1;
+    dm_layer_info_set(info, in, 0, 0, 1);
     *state = s;
     return DM_OK;
 }
@@ -131,11 +110,6 @@ static int sce_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
     return DM_OK;
 }
 
-static void sce_destroy(void *state)
-{
-    free(state);
-}
-
 /* ONNX (dmnist-export): at inference the loss layer passes its input on as the
  * model's output (the logits, (N, classes)) and adds a second graph output,
  * "probabilities" = Softmax(logits, axis = 1). */
@@ -170,7 +144,7 @@ static const dm_layer_vtable sce_vtable = {
     .init_params = dm_layer_init_nothing,
     .forward = sce_forward,
     .backward = sce_backward,
-    .destroy = sce_destroy,
+    .destroy = dm_free_state,
     .onnx = sce_onnx,
 };
 

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include "dmnist/layer.h"
+#include "dmnist/cuda_util.h"
 extern "C" {
 #include "softmax_cross_entropy.h"
 }
@@ -80,15 +81,6 @@ __global__ void sce_bwd_kernel(const float *p, const int32_t *labels, float *dx,
     }
 }
 
-int launched(const sce_state *s, const char *what, dm_error *err)
-{
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s launch failed: %s", s->name, what,
-                       cudaGetErrorString(e));
-    return DM_OK;
-}
-
 } // namespace
 
 int sce_forward_cuda(const sce_state *s, void *stream, int n, const float *x,
@@ -96,15 +88,13 @@ int sce_forward_cuda(const sce_state *s, void *stream, int n, const float *x,
 {
     sce_fwd_kernel<<<1, FWD_THREADS, 0, (cudaStream_t)stream>>>(x, labels, p, metrics, n,
                                                                 s->classes);
-    return launched(s, "softmax forward", err);
+    return dm_cuda_launched(s->name, "softmax forward", err);
 }
 
 int sce_backward_cuda(const sce_state *s, void *stream, int n, const float *p,
                       const int32_t *labels, float *dx, dm_error *err)
 {
     const size_t total = (size_t)n * s->classes;
-    size_t blocks = (total + THREADS - 1) / THREADS;
-    if (blocks > 65535) blocks = 65535;
-    sce_bwd_kernel<<<(int)blocks, THREADS, 0, (cudaStream_t)stream>>>(p, labels, dx, n, s->classes);
-    return launched(s, "softmax backward", err);
+    sce_bwd_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(p, labels, dx, n, s->classes);
+    return dm_cuda_launched(s->name, "softmax backward", err);
 }

@@ -13,18 +13,16 @@
  * zeroed by the core before step 1.
  */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 
 #include "dmnist/dmnist.h"
+#include "dmnist/optimizer_util.h"
 
+#define ADAM_DEVICES DM_DEVICES_BUILT
 #ifdef DM_WITH_CUDA
-#define ADAM_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
 /* adam_cuda.cu: adam_update_cpu's update as one fused kernel on `stream`. */
 int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr_t,
                      float b1, float b2, float eps, float wd, void *stream, dm_error *err);
-#else
-#define ADAM_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
 #endif
 
 typedef struct adam_state {
@@ -127,11 +125,9 @@ static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, con
                      size_t n, dm_error *err)
 {
     adam_state *s = state;
-    if (n != s->param_count)
-        return dm_fail(err, DM_ERR_INVALID, "adam: step got %zu parameters, created for %zu", n,
-                       s->param_count);
-    if (n > 0 && !s->m)
-        return dm_fail(err, DM_ERR_INVALID, "adam: step before bind");
+    int rc = dm_optimizer_check_step("adam", n, s->param_count, n > 0 && !s->m, err);
+    if (rc != DM_OK)
+        return rc;
     if (ctx->step < 1)
         return dm_fail(err, DM_ERR_INVALID, "adam: step number %lld must be >= 1",
                        (long long)ctx->step);
@@ -147,14 +143,10 @@ static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, con
         return adam_update_cuda(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2,
                                 s->epsilon, s->weight_decay, ctx->cuda_stream, err);
 #endif
-    int threads = s->num_threads > 0 ? s->num_threads : omp_get_max_threads();
-
     adam_update_cpu(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2, s->epsilon,
-                    s->weight_decay, threads);
+                    s->weight_decay, dm_optimizer_threads(s->num_threads));
     return DM_OK;
 }
-
-static void adam_destroy(void *state) { free(state); }
 
 static const dm_optimizer_vtable adam_vtable = {
     .struct_size = sizeof(dm_optimizer_vtable),
@@ -162,7 +154,7 @@ static const dm_optimizer_vtable adam_vtable = {
     .create = adam_create,
     .bind = adam_bind,
     .step = adam_step,
-    .destroy = adam_destroy,
+    .destroy = dm_free_state,
 };
 
 DM_PLUGIN_DEFINE("adam", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,

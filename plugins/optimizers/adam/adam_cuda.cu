@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "dmnist/optimizer.h"
+#include "dmnist/cuda_util.h"
 
 #define THREADS 256
 
@@ -47,12 +48,6 @@ __global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t
 
 bool aligned16(const void *a) { return ((uintptr_t)a & 15) == 0; }
 
-int grid_for(size_t total)
-{
-    size_t blocks = (total + THREADS - 1) / THREADS;
-    return (int)(blocks < 4096 ? (blocks ? blocks : 1) : 4096);
-}
-
 } // namespace
 
 extern "C" int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr_t,
@@ -63,13 +58,9 @@ extern "C" int adam_update_cuda(float *p, const float *g, float *m, float *v, si
     const hyper h = {lr_t, b1, b2, eps, wd};
     cudaStream_t st = (cudaStream_t)stream;
     if (n % 4 == 0 && aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v))
-        adam_vec4_kernel<<<grid_for(n / 4), THREADS, 0, st>>>((float4 *)p, (const float4 *)g,
+        adam_vec4_kernel<<<dm_cuda_grid(n / 4, THREADS, 4096), THREADS, 0, st>>>((float4 *)p, (const float4 *)g,
                                                               (float4 *)m, (float4 *)v, n / 4, h);
     else
-        adam_kernel<<<grid_for(n), THREADS, 0, st>>>(p, g, m, v, n, h);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "adam: cuda: update kernel launch failed: %s",
-                       cudaGetErrorString(e));
-    return DM_OK;
+        adam_kernel<<<dm_cuda_grid(n, THREADS, 4096), THREADS, 0, st>>>(p, g, m, v, n, h);
+    return dm_cuda_launched("adam", "update kernel", err);
 }

@@ -9,18 +9,16 @@
  * The learning rate comes from the core in dm_opt_step_ctx.lr each step.
  * State: one float per parameter (the velocity b) when momentum > 0.
  */
-#include <omp.h>
 #include <stdlib.h>
 
 #include "dmnist/dmnist.h"
+#include "dmnist/optimizer_util.h"
 
+#define SGD_DEVICES DM_DEVICES_BUILT
 #ifdef DM_WITH_CUDA
-#define SGD_DEVICES (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
 /* sgd_cuda.cu: the three update rules below as one kernel on `stream`. */
 int sgd_update_cuda(float *p, const float *g, float *velocity, size_t n, float lr, float wd,
                     float mu, int nesterov, void *stream, dm_error *err);
-#else
-#define SGD_DEVICES DM_DEVICE_BIT(DM_DEVICE_CPU)
 #endif
 
 typedef struct sgd_state {
@@ -84,11 +82,10 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
                     size_t n, dm_error *err)
 {
     sgd_state *s = state;
-    if (n != s->param_count)
-        return dm_fail(err, DM_ERR_INVALID, "sgd: step got %zu parameters, created for %zu", n,
-                       s->param_count);
-    if (s->momentum > 0.0f && n > 0 && !s->velocity)
-        return dm_fail(err, DM_ERR_INVALID, "sgd: step before bind");
+    int rc = dm_optimizer_check_step("sgd", n, s->param_count,
+                                     s->momentum > 0.0f && n > 0 && !s->velocity, err);
+    if (rc != DM_OK)
+        return rc;
 
     const float lr = ctx->lr, wd = s->weight_decay, mu = s->momentum;
 #ifdef DM_WITH_CUDA
@@ -96,7 +93,7 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
         return sgd_update_cuda(params, grads, s->velocity, n, lr, wd, mu, s->nesterov,
                                ctx->cuda_stream, err);
 #endif
-    const int threads = s->num_threads > 0 ? s->num_threads : omp_get_max_threads();
+    const int threads = dm_optimizer_threads(s->num_threads);
     float *restrict p = params;
     const float *restrict g = grads;
     float *restrict b = s->velocity;
@@ -123,15 +120,13 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
     return DM_OK;
 }
 
-static void sgd_destroy(void *state) { free(state); }
-
 static const dm_optimizer_vtable sgd_vtable = {
     .struct_size = sizeof(dm_optimizer_vtable),
     .devices = SGD_DEVICES,
     .create = sgd_create,
     .bind = sgd_bind,
     .step = sgd_step,
-    .destroy = sgd_destroy,
+    .destroy = dm_free_state,
 };
 
 DM_PLUGIN_DEFINE("sgd", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,

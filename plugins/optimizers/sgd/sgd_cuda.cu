@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "dmnist/optimizer.h"
+#include "dmnist/cuda_util.h"
 
 #define THREADS 256
 
@@ -33,14 +34,8 @@ extern "C" int sgd_update_cuda(float *p, const float *g, float *velocity, size_t
                                float wd, float mu, int nesterov, void *stream, dm_error *err)
 {
     if (n == 0) return DM_OK;
-    size_t blocks = (n + THREADS - 1) / THREADS;
-    if (blocks > 4096) blocks = 4096;
     const int mode = mu == 0.0f ? 0 : nesterov ? 2 : 1;
-    sgd_kernel<<<(int)blocks, THREADS, 0, (cudaStream_t)stream>>>(p, g, velocity, n, lr, wd, mu,
+    sgd_kernel<<<dm_cuda_grid(n, THREADS, 4096), THREADS, 0, (cudaStream_t)stream>>>(p, g, velocity, n, lr, wd, mu,
                                                                   mode);
-    cudaError_t e = cudaGetLastError();
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "sgd: cuda: update kernel launch failed: %s",
-                       cudaGetErrorString(e));
-    return DM_OK;
+    return dm_cuda_launched("sgd", "update kernel", err);
 }

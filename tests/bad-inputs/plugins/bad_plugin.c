@@ -1,7 +1,7 @@
 /* One small plugin, built once per defect by tests/bad-inputs/CMakeLists.txt
- * (-DBAD_<defect>), each into a folder of its own. Without a BAD_* macro it
- * is a valid plugin with one dataset component, "badtest", that the corpus
- * never trains with: the loader must refuse every variant before use.
+ * (-DBAD_<defect>), each into a folder of its own; tests/core's registry
+ * test loads some of them too. Without a BAD_* macro it is a valid plugin
+ * with one dataset component, "badtest", that the corpus never trains with: the loader must refuse every variant before use.
  *
  *   BAD_ABI_MAJOR         built for a newer major ABI
  *   BAD_NO_ENTRY          exports no dm_plugin_entry

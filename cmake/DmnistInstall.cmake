@@ -20,8 +20,9 @@ target_include_directories(dmnist_headers INTERFACE
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
   $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 set_target_properties(dmnist_headers PROPERTIES EXPORT_NAME headers)
-install(TARGETS dmnist_headers EXPORT dmnistTargets)
-install(EXPORT dmnistTargets NAMESPACE dmnist:: DESTINATION ${DMNIST_CMAKE_RELDIR})
+install(TARGETS dmnist_headers EXPORT dmnistTargets COMPONENT ${DMNIST_SDK_COMPONENT})
+install(EXPORT dmnistTargets NAMESPACE dmnist:: DESTINATION ${DMNIST_CMAKE_RELDIR}
+  COMPONENT ${DMNIST_SDK_COMPONENT})
 
 configure_package_config_file(${PROJECT_SOURCE_DIR}/cmake/dmnistConfig.cmake.in
   ${CMAKE_BINARY_DIR}/sdk/dmnistConfig.cmake
@@ -34,16 +35,17 @@ install(FILES
   ${CMAKE_BINARY_DIR}/sdk/dmnistConfig.cmake
   ${CMAKE_BINARY_DIR}/sdk/dmnistConfigVersion.cmake
   ${PROJECT_SOURCE_DIR}/cmake/dmnistPlugin.cmake
-  DESTINATION ${DMNIST_CMAKE_RELDIR})
+  DESTINATION ${DMNIST_CMAKE_RELDIR} COMPONENT ${DMNIST_SDK_COMPONENT})
 
 # pkg-config: the prefix is found from the .pc file's own folder.
 file(RELATIVE_PATH DMNIST_PC_TO_PREFIX /prefix/${DMNIST_PKGCONFIG_RELDIR} /prefix)
 string(REGEX REPLACE "/$" "" DMNIST_PC_TO_PREFIX "${DMNIST_PC_TO_PREFIX}")
 configure_file(${PROJECT_SOURCE_DIR}/cmake/dmnist.pc.in ${CMAKE_BINARY_DIR}/sdk/dmnist.pc @ONLY)
-install(FILES ${CMAKE_BINARY_DIR}/sdk/dmnist.pc DESTINATION ${DMNIST_PKGCONFIG_RELDIR})
+install(FILES ${CMAKE_BINARY_DIR}/sdk/dmnist.pc DESTINATION ${DMNIST_PKGCONFIG_RELDIR}
+  COMPONENT ${DMNIST_SDK_COMPONENT})
 
 # The worked examples of docs/writing-a-layer-plugin.md.
 if(EXISTS ${PROJECT_SOURCE_DIR}/docs/examples/plugins)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/docs/examples/plugins
-    DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples PATTERN build EXCLUDE)
+    DESTINATION ${CMAKE_INSTALL_DOCDIR}/examples COMPONENT ${DMNIST_SDK_COMPONENT} PATTERN build EXCLUDE)
 endif()

@@ -14,7 +14,9 @@
 #            redis-server (gloo's redis:// rendezvous), gnuplot (the tools'
 #            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
 #            PyTorch (the reference in scripts/bench), Fashion-MNIST
-#            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh)
+#            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh),
+#            debootstrap and dpkg-dev (dpkg-shlibdeps): scripts/package.sh's
+#            .deb packages and tests/package's clean Debian 12 chroot
 #   export   dmnist-export (tools/export, docs/export.md): the ONNX schema
 #            (libonnx-dev's onnx.proto) to build it, and PyTorch to load the
 #            safetensors in its test
@@ -60,6 +62,8 @@ tests_packages=(
   python3-torch                              # the PyTorch reference of scripts/bench
   dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
   python3-venv python3-pip                   # the tests' .venv (PyPI packages below)
+  debootstrap                                # tests/package: a clean Debian 12 chroot
+  dpkg-dev                                   # dpkg-shlibdeps: the .debs' Depends (scripts/package.sh)
 )
 # PyPI packages of the tests' virtual environment .venv (repository root),
 # as "import-name:pip-name" (the import --check and the install look for).
@@ -78,7 +82,7 @@ runtime_commands=(cc:build-essential c++:build-essential make:build-essential cm
   pkg-config:pkg-config git:git mpirun:openmpi-bin curl:curl python3:python3
   sha256sum:coreutils timeout:coreutils protoc-c:protobuf-c-compiler)
 export_commands=(protoc-c:protobuf-c-compiler)
-tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
+tests_commands=(debootstrap:debootstrap dpkg-shlibdeps:dpkg-dev ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
   taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang)
 # FILE:PACKAGE pairs for packages that install data, not a command.
 runtime_files=()

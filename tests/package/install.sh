@@ -42,7 +42,7 @@ mkdir -p "$work/cache"
 root=$(mktemp -d "$work/root.XXXXXX")
 mounted=()
 cleanup() {
-  local m
+  local i
   for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[$i]}" 2>/dev/null || true; done
   # only after every mount is gone: never follow a bind mount while deleting
   if ! grep -q " $root/" /proc/mounts; then rm -rf --one-file-system "$root"; fi

@@ -96,10 +96,30 @@ PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscri
 EOF
 : >"$W/plugstack.conf"
 
-# The daemons, each with its own pid file, stopped on exit.
+# ours PID: the process works in $W or writes there (a slurmstepd of our
+# slurmd has its cwd in $W/log and slurmd.log open).
+ours() {
+    local l
+    case $(readlink "/proc/$1/cwd" 2>/dev/null) in "$W"/* | "$W") return 0 ;; esac
+    for l in /proc/"$1"/fd/*; do
+        case $(readlink "$l" 2>/dev/null) in "$W"/*) return 0 ;; esac
+    done
+    return 1
+}
+steps_left() {
+    local p
+    for p in $(pgrep -x slurmstepd); do ours "$p" && return 0; done
+    return 1
+}
+# The daemons, each with its own pid file, stopped on exit: jobs first (a
+# bounded wait for their steps to end), then any slurmstepd of ours left.
 stop_daemons() {
     local f p
     scancel --quiet --full "--name=dmnist-slurm-test" 2>/dev/null
+    for _ in $(seq 50); do
+        [ -z "$(squeue -h 2>/dev/null)" ] && ! steps_left && break
+        sleep 0.1
+    done
     for f in slurmd slurmctld munged; do
         p=$(cat "$W/run/$f.pid" 2>/dev/null) || continue
         [ -n "$p" ] && kill "$p" 2>/dev/null
@@ -114,6 +134,9 @@ stop_daemons() {
     done
     for f in slurmd slurmctld munged; do
         p=$(cat "$W/run/$f.pid" 2>/dev/null) && [ -n "$p" ] && kill -9 "$p" 2>/dev/null
+    done
+    for p in $(pgrep -x slurmstepd); do
+        ours "$p" && kill -9 "$p" 2>/dev/null
     done
 }
 on_exit stop_daemons

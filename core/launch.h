@@ -7,9 +7,10 @@
 
 /* Where this process sits in a job, as its launcher told it through the
  * environment: the one place those variables are read (dmnist-run --np
- * writes DMNIST_*, mpirun OMPI_COMM_WORLD_*, MPICH's hydra PMI_*). Fields
- * are -1 where no launcher says; launcher is NULL for a process started
- * alone. Backends get the result through dm_comm_config. */
+ * writes DMNIST_*, mpirun OMPI_COMM_WORLD_*, srun SLURM_* inside a job
+ * step, MPICH's hydra PMI_*). Fields are -1 where no launcher says;
+ * launcher is NULL for a process started alone. Backends get the result
+ * through dm_comm_config. */
 typedef struct dm_launch_env {
     int rank, size;              /* in the whole job */
     int local_rank, local_size;  /* on this machine */

@@ -362,7 +362,7 @@ static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg
     if ((cfg->rank >= 0 && cfg->rank != st->rank) || (cfg->size > 0 && cfg->size != st->size)) {
         dm_fail(err, DM_ERR_INVALID,
                 "mpi: the launcher says rank %d of %d but MPI_COMM_WORLD has rank %d of %d "
-                "(start the program with mpirun -np %d)",
+                "(start the program with mpirun -np %d, or srun --mpi=pmix)",
                 cfg->rank, cfg->size, st->rank, st->size, cfg->size);
         goto fail;
     }

@@ -21,7 +21,7 @@
  * bucket travels while the caller runs the rest of the backward pass. One
  * mutex serialises every MPI call after init (MPI_THREAD_SERIALIZED).
  * Measured on 2 pinned cores, seed CNN, fusion_mb 4: the wait for the
- * buckets fell from 9% to 3% of the step (docs/benchmarks.md).
+ * buckets fell from 9% to 3% of the step (docs/reports/benchmarks.md).
  *
  * After a failure the communicator is marked broken: later calls fail at
  * once with the first message, and finalize() skips MPI_Comm_free and

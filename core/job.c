@@ -74,6 +74,7 @@ void dm_job_id(char *buf, size_t size)
     char raw[256] = "";
     if (id) {
         const char *step = which == 1 ? getenv("SLURM_STEP_ID") : NULL; /* a Slurm job: its step too */
+        if (which == 1 && !(step && step[0])) step = getenv("SLURM_STEPID"); /* older Slurm's spelling */
         snprintf(raw, sizeof raw, "%s%s%s", id, step && step[0] ? "." : "", step ? step : "");
     }
     /* one plain path component and store key: [A-Za-z0-9._-] */

@@ -7,16 +7,31 @@
 
 /* Where this process sits in a job, as its launcher told it through the
  * environment: the one place those variables are read (dmnist-run --np
- * writes DMNIST_*, mpirun OMPI_COMM_WORLD_*, MPICH's hydra PMI_*). Fields
- * are -1 where no launcher says; launcher is NULL for a process started
- * alone. Backends get the result through dm_comm_config. */
+ * writes DMNIST_*, mpirun OMPI_COMM_WORLD_*, srun SLURM_* inside a job
+ * step, MPICH's hydra PMI_*). Fields are -1 where no launcher says;
+ * launcher is NULL for a process started alone. Backends get the result
+ * through dm_comm_config. */
 typedef struct dm_launch_env {
     int rank, size;              /* in the whole job */
     int local_rank, local_size;  /* on this machine */
-    const char *launcher;        /* "dmnist-run --np", "mpirun", "a PMI launcher", or NULL */
+    const char *launcher;        /* "dmnist-run --np", "mpirun", DM_LAUNCHER_SLURM, "a PMI launcher",
+                                    "a PMIx launcher", or NULL */
+    int nodes;                   /* machines in the job (Slurm only), -1 when unknown */
 } dm_launch_env;
 
-/* Read it; a value that is not a number, or a rank outside its world, is a
+/* The launcher name of a Slurm job step's tasks (srun). */
+#define DM_LAUNCHER_SLURM "srun"
+
+/* Slurm's step id when this process is a task of a job step srun started,
+ * else -1 (a batch script's shell, salloc's shell, no Slurm at all). */
+long dm_slurm_step(void);
+
+/* Node `node`'s count (0-based) in a Slurm tasks-per-node list such as
+ * "2(x3),1"; -1 when the list is malformed or too short. */
+int dm_slurm_tasks_on_node(const char *spec, int node);
+
+/* Read it (docs/architecture.md, "Ranks and launchers", gives the order);
+ * a value that is not a number, or a rank outside its world, is a
  * one-line error naming the variable. */
 int dm_launch_env_read(dm_launch_env *env, dm_error *err);
 
@@ -27,6 +42,7 @@ int dm_launch_env_read(dm_launch_env *env, dm_error *err);
 typedef struct dm_comm_ids {
     char job_id[128];
     char fingerprint[17];
+    char rendezvous[200];  /* one derived for a Slurm step on one node, else "" */
 } dm_comm_ids;
 int dm_comm_config_init(dm_comm_config *cc, dm_comm_ids *ids, const dm_experiment *x, dm_error *err);
 

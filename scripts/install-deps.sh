@@ -15,6 +15,7 @@
 #            PNGs), valgrind, clang and its sanitizer runtime (scripts/fuzz.sh),
 #            PyTorch (the reference in scripts/bench), Fashion-MNIST
 #            (dataset-fashion-mnist: the --fashion tests of get-mnist.sh),
+#            Slurm and munge (tests/slurm starts a one-node Slurm),
 #            debootstrap and dpkg-dev (dpkg-shlibdeps): scripts/package.sh's
 #            .deb packages and tests/package's clean Debian 12 chroot
 #   export   dmnist-export (tools/export, docs/export.md): the ONNX schema
@@ -62,6 +63,7 @@ tests_packages=(
   python3-torch                              # the PyTorch reference of scripts/bench
   dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
   python3-venv python3-pip                   # the tests' .venv (PyPI packages below)
+  slurmctld slurmd slurm-client munge        # tests/slurm: a one-node Slurm started by the test
   debootstrap                                # tests/package: a clean Debian 12 chroot
   dpkg-dev                                   # dpkg-shlibdeps: the .debs' Depends (scripts/package.sh)
 )
@@ -82,8 +84,11 @@ runtime_commands=(cc:build-essential c++:build-essential make:build-essential cm
   pkg-config:pkg-config git:git mpirun:openmpi-bin curl:curl python3:python3
   sha256sum:coreutils timeout:coreutils protoc-c:protobuf-c-compiler)
 export_commands=(protoc-c:protobuf-c-compiler)
-tests_commands=(debootstrap:debootstrap dpkg-shlibdeps:dpkg-dev ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
-  taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang)
+tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
+  taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang
+  srun:slurm-client sinfo:slurm-client dpkg-shlibdeps:dpkg-dev)
+# commands in /usr/sbin, which a user's PATH may lack: looked for there too
+tests_sbin=(slurmctld:slurmctld slurmd:slurmd munged:munge debootstrap:debootstrap)
 # FILE:PACKAGE pairs for packages that install data, not a command.
 runtime_files=()
 export_files=()
@@ -112,6 +117,11 @@ missing() {
   for c in ${files[@]+"${files[@]}"}; do
     [ -f "${c%%:*}" ] || echo "${c%%:*} (${c#*:})"
   done
+  if [ "$1" = tests ]; then
+    for c in "${tests_sbin[@]}"; do
+      command -v "${c%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${c%%:*}" ] || echo "${c%%:*} (${c#*:})"
+    done
+  fi
   if [ "$1" = tests ]; then
     for c in "${python_packages[@]}"; do
       "$venv/bin/python" -c "import ${c%%:*}" >/dev/null 2>&1 || echo "${c%%:*} in .venv (pip ${c#*:})"

@@ -35,7 +35,8 @@ typedef struct dm_comm_config {
     int rank, size;          /* from the launcher (dmnist-run --np, mpirun, env);
                                 -1 when unknown: the backend finds them itself */
     int local_rank;          /* -1 when unknown */
-    const char *rendezvous;  /* e.g. "file:///tmp/dmnist-rdzv-1234", or NULL */
+    const char *rendezvous;  /* e.g. "file:///tmp/dmnist-rdzv-1234", or NULL (DMNIST_RENDEZVOUS,
+                                or one the core derives for a Slurm step on one node) */
     double timeout_s;        /* every call returns within this */
     dm_device device;        /* where the gradient buffers live */
     /* ABI 1.2+ (read only when DM_HAS_FIELD says so; NULL = not given) */
@@ -48,7 +49,7 @@ typedef struct dm_comm_config {
     /* ABI 1.3+ (read only when DM_HAS_FIELD says so) */
     int local_size;          /* ranks on this machine, from the launcher; -1 when unknown.
                                 The core reads every launcher's variables (DMNIST_*,
-                                OMPI_COMM_WORLD_*, PMI_*): a backend trusts this struct
+                                OMPI_COMM_WORLD_*, SLURM_*, PMI_*): a backend trusts this struct
                                 and reads no environment of its own. */
 } dm_comm_config;
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Data-parallel scaling model for the seed CNN (docs/benchmarks.md, "Scaling model").
+"""Data-parallel scaling model for the seed CNN (docs/reports/benchmarks.md, "Scaling model").
 
 Each of N ranks trains a batch of --batch images per step in --step-ms of
 compute (measured: one rank of dmnist on a 2-core machine), then the 9.5 MB of

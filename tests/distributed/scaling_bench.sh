@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scaling_bench.sh [STEPS [REPEATS]]: the measurements behind the tables in
-# docs/distributed.md and docs/benchmarks.md (not a ctest case: minutes
+# docs/distributed.md and docs/reports/benchmarks.md (not a ctest case: minutes
 # long, and only meaningful on an otherwise idle machine).
 #
 # The seed CNN (configs/cnn-synthetic.ini: 2,380,944 parameters, 9.5 MB of

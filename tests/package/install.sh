@@ -29,7 +29,7 @@ fail() { echo "FAIL: $prog: $*" >&2; exit 1; }
 step() { printf '%s: [%4ds] %s\n' "$prog" "$SECONDS" "$*"; }
 
 # ---- can this machine do it at all? --------------------------------------
-command -v debootstrap >/dev/null || skip "debootstrap not installed (scripts/install-deps.sh --tests)"
+{ command -v debootstrap || [ -x /usr/sbin/debootstrap ]; } >/dev/null || skip "debootstrap not installed (scripts/install-deps.sh --tests)"
 [ "$(id -u)" = 0 ] || skip "not root: chroot and mount need root"
 chroot / /bin/true 2>/dev/null || skip "chroot not permitted here (no CAP_SYS_CHROOT)"
 host=${mirror#*://}; host=${host%%/*}; port=80
@@ -64,7 +64,7 @@ ls "$debs"/dmnist_*.deb "$debs"/dmnist-dev_*.deb >/dev/null 2>&1 || fail "no dmn
 if [ "${DMNIST_PACKAGE_REFRESH:-0}" = 1 ]; then rm -f "$cache"; fi
 if [ ! -s "$cache" ]; then
   step "debootstrap --variant=minbase bookworm from $mirror (cached as $cache)"
-  timeout 1200 debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
+  PATH=$PATH:/usr/sbin timeout 1200 debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || {
     tail -20 "$work/debootstrap.log" >&2
     fail "debootstrap failed (log: $work/debootstrap.log)"
   }

@@ -35,7 +35,9 @@ valgrind_train)
     cat "$TMP/c.log"
     [ $rc = 0 ] || { cat "$TMP"/vg.*.log; fail "valgrind run of the seed CNN exited with $rc (99: memcheck found errors)"; }
     grep -h 'ERROR SUMMARY' "$TMP"/vg.*.log
-    grep -h 'ERROR SUMMARY: 0 errors' "$TMP"/vg.*.log | wc -l | grep -qx 3 || fail "memcheck reported errors"
+    # one summary per process: the three runs, and the plugin probe's child of each (a fork stays under memcheck)
+    [ "$(grep -h 'ERROR SUMMARY' "$TMP"/vg.*.log | wc -l)" -ge 3 ] || fail "fewer than 3 memcheck summaries"
+    grep -h 'ERROR SUMMARY' "$TMP"/vg.*.log | grep -qv 'ERROR SUMMARY: 0 errors' && fail "memcheck reported errors"
     ok "training, checkpointing, resuming and evaluating are clean under valgrind"
     ;;
 *) echo "usage: valgrind.sh valgrind_train"; exit 2 ;;

@@ -305,7 +305,10 @@ static int gloo_init(const dm_params *params, const dm_comm_config *cfg, void **
         rendezvous = cfg->rendezvous ? cfg->rendezvous : "";
     if (!rendezvous[0])
         return dm_fail(err, DM_ERR_INVALID,
-                       "gloo: no rendezvous: set rendezvous = file:///DIR or redis://HOST:PORT");
+                       "gloo: %d ranks%s need a rendezvous: set DMNIST_RENDEZVOUS (or [comm] rendezvous) to "
+                       "redis://HOST:PORT or file:///DIR, a folder every rank's machine sees",
+                       size, DM_HAS_FIELD(cfg, dm_comm_config, local_size) && cfg->local_size > 0 && cfg->local_size < size
+                           ? " on several machines" : "");
     const char *prefix = dm_param_str(params, "prefix", "");
     double timeout_s = dm_param_float(params, "timeout_s", 0.0);
     if (timeout_s <= 0.0)

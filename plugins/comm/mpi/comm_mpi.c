@@ -21,7 +21,7 @@
  * bucket travels while the caller runs the rest of the backward pass. One
  * mutex serialises every MPI call after init (MPI_THREAD_SERIALIZED).
  * Measured on 2 pinned cores, seed CNN, fusion_mb 4: the wait for the
- * buckets fell from 9% to 3% of the step (docs/benchmarks.md).
+ * buckets fell from 9% to 3% of the step (docs/reports/benchmarks.md).
  *
  * After a failure the communicator is marked broken: later calls fail at
  * once with the first message, and finalize() skips MPI_Comm_free and
@@ -362,7 +362,7 @@ static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg
     if ((cfg->rank >= 0 && cfg->rank != st->rank) || (cfg->size > 0 && cfg->size != st->size)) {
         dm_fail(err, DM_ERR_INVALID,
                 "mpi: the launcher says rank %d of %d but MPI_COMM_WORLD has rank %d of %d "
-                "(start the program with mpirun -np %d)",
+                "(start the program with mpirun -np %d, or srun --mpi=pmix)",
                 cfg->rank, cfg->size, st->rank, st->size, cfg->size);
         goto fail;
     }

@@ -46,6 +46,9 @@ typedef struct dm_comm_ids {
 } dm_comm_ids;
 int dm_comm_config_init(dm_comm_config *cc, dm_comm_ids *ids, const dm_experiment *x, dm_error *err);
 
+/* Remove a folder and everything below it (rendezvous folders). */
+void dm_remove_tree(const char *dir);
+
 /* The name the launcher's messages start with ("dmnist-run" by default). */
 extern const char *dm_launch_prog;
 

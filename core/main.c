@@ -94,15 +94,21 @@ static int load_registry(dm_registry **reg, const char *extra, const char *confi
     return dm_registry_load_path(*reg, full, err);
 }
 
-static int list_plugins(const char *extra, const char *config_path)
+/* load_registry for --list-plugins and --help-plugin: NULL after saying why. */
+static dm_registry *registry_or_say(const char *extra, const char *config_path)
 {
     dm_registry *reg;
     dm_error err = {0};
-    if (load_registry(&reg, extra, config_path, &err)) {
-        fprintf(stderr, "dmnist-run: %s\n", err.msg);
-        dm_registry_free(reg);
-        return 2;
-    }
+    if (load_registry(&reg, extra, config_path, &err) == DM_OK) return reg;
+    fprintf(stderr, "dmnist-run: %s\n", err.msg);
+    dm_registry_free(reg);
+    return NULL;
+}
+
+static int list_plugins(const char *extra, const char *config_path)
+{
+    dm_registry *reg = registry_or_say(extra, config_path);
+    if (!reg) return 2;
     printf("%-10s %-24s %-6s %-16s %s\n", "kind", "type", "abi", "signature", "file");
     for (int k = 0; k < DM_KIND_COUNT; k++)
         for (int i = 0; i < dm_registry_count(reg); i++) {
@@ -134,13 +140,8 @@ static int help_plugin(const char *type, const char *extra, const char *config_p
         print_defs(core);
         return 0;
     }
-    dm_registry *reg;
-    dm_error err = {0};
-    if (load_registry(&reg, extra, config_path, &err)) {
-        fprintf(stderr, "dmnist-run: %s\n", err.msg);
-        dm_registry_free(reg);
-        return 2;
-    }
+    dm_registry *reg = registry_or_say(extra, config_path);
+    if (!reg) return 2;
     const dm_loaded_component *c = dm_registry_find(reg, -1, type);
     if (!c) {
         const char *names[256];

@@ -153,6 +153,20 @@ int dm_tb_open(const char *dir, dm_tb **out, dm_error *err)
 
 const char *dm_tb_path(const dm_tb *tb) { return tb ? tb->path : ""; }
 
+/* One Summary event of n values at step. */
+static void write_summary(dm_tb *tb, int64_t step, Tensorboard__Summary__Value **values, size_t n)
+{
+    Tensorboard__Summary s = TENSORBOARD__SUMMARY__INIT;
+    s.n_value = n;
+    s.value = values;
+    Tensorboard__Event ev = TENSORBOARD__EVENT__INIT;
+    ev.wall_time = wall_now();
+    ev.step = step;
+    ev.what_case = TENSORBOARD__EVENT__WHAT_SUMMARY;
+    ev.summary = &s;
+    write_event(tb, &ev);
+}
+
 void dm_tb_scalars(dm_tb *tb, int64_t step, const char *const *tags, const double *values, int n)
 {
     if (!tb || n <= 0) return;
@@ -172,15 +186,7 @@ void dm_tb_scalars(dm_tb *tb, int64_t step, const char *const *tags, const doubl
         v[i].simple_value = (float)values[i];
         pv[i] = &v[i];
     }
-    Tensorboard__Summary s = TENSORBOARD__SUMMARY__INIT;
-    s.n_value = (size_t)n;
-    s.value = pv;
-    Tensorboard__Event ev = TENSORBOARD__EVENT__INIT;
-    ev.wall_time = wall_now();
-    ev.step = step;
-    ev.what_case = TENSORBOARD__EVENT__WHAT_SUMMARY;
-    ev.summary = &s;
-    write_event(tb, &ev);
+    write_summary(tb, step, pv, (size_t)n);
     free(v);
     free(pv);
 }
@@ -205,15 +211,7 @@ void dm_tb_text(dm_tb *tb, int64_t step, const char *tag, const char *markdown)
     v.value_case = TENSORBOARD__SUMMARY__VALUE__VALUE_TENSOR;
     v.tensor = &t;
     Tensorboard__Summary__Value *pv = &v;
-    Tensorboard__Summary s = TENSORBOARD__SUMMARY__INIT;
-    s.n_value = 1;
-    s.value = &pv;
-    Tensorboard__Event ev = TENSORBOARD__EVENT__INIT;
-    ev.wall_time = wall_now();
-    ev.step = step;
-    ev.what_case = TENSORBOARD__EVENT__WHAT_SUMMARY;
-    ev.summary = &s;
-    write_event(tb, &ev);
+    write_summary(tb, step, &pv, 1);
 }
 
 int dm_tb_flush(dm_tb *tb, dm_error *err)

@@ -15,6 +15,9 @@
 #define DM_TEST_CHECK_H
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #ifndef CHECK_OUT
 #define CHECK_OUT stderr
@@ -42,5 +45,23 @@ static int failures __attribute__((unused));
             return 1;                                                                              \
         }                                                                                          \
     } while (0)
+
+/* A temporary file holding text, its name ending in .ini (the caller
+ * unlinks and frees it); exits 2 when it cannot be written. */
+static char *check_write_ini(const char *text) __attribute__((unused));
+static char *check_write_ini(const char *text)
+{
+    /* mkstemp, then the .ini suffix by rename: mkstemps needs _GNU_SOURCE
+     * before the first system header, which not every test defines. */
+    char tmp[] = "/tmp/dmnist-test-XXXXXX", *path = malloc(sizeof tmp + 4);
+    int fd = path ? mkstemp(tmp) : -1;
+    if (fd >= 0) snprintf(path, sizeof tmp + 4, "%s.ini", tmp);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || rename(tmp, path) != 0) {
+        perror("tmp");
+        exit(2);
+    }
+    close(fd);
+    return path;
+}
 
 #endif

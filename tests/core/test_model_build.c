@@ -11,20 +11,11 @@
 
 #define HEAD "[data]\ntype = synthetic\ntrain_size = 64\ntest_size = 16\nbatch_size = 8\n"
 
-static char *write_tmp(const char *text)
-{
-    char *path = strdup("/tmp/dmnist-model-XXXXXX.ini");
-    int fd = mkstemps(path, 4);
-    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) { perror("tmp"); exit(2); }
-    close(fd);
-    return path;
-}
-
 /* Build the model of `ini` on `device` (no device is opened: a refusal
  * must come before any device call). want == NULL: it must build. */
 static void build(const char *what, const char *ini, const char *extra_path, dm_device device, const char *want)
 {
-    char *path = write_tmp(ini);
+    char *path = check_write_ini(ini);
     dm_config *cfg = NULL;
     dm_experiment *x = NULL;
     dm_error err = {0};

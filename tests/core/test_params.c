@@ -26,15 +26,6 @@ static void expect_error(const char *spec, const char *needle)
     dm_param_set_free(ps);
 }
 
-static char *write_tmp(const char *text)
-{
-    char *path = strdup("/tmp/dmnist-test-XXXXXX.ini");
-    int fd = mkstemps(path, 4);
-    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) { perror("tmp"); exit(2); }
-    close(fd);
-    return path;
-}
-
 int main(void)
 {
     dm_param_set *ps = NULL;
@@ -67,7 +58,7 @@ int main(void)
     CHECK(dm_suggest("kenrel", cands, 2) && strcmp(dm_suggest("kenrel", cands, 2), "kernel") == 0, "transposition");
 
     /* INI reader: line numbers, duplicate sections, syntax errors, --set */
-    char *good = write_tmp("[experiment]\nseed = 7 ; comment\n\n[layer.a]\ntype = relu\n[layer.b]\ntype = flatten\n");
+    char *good = check_write_ini("[experiment]\nseed = 7 ; comment\n\n[layer.a]\ntype = relu\n[layer.b]\ntype = flatten\n");
     dm_config *c = NULL;
     CHECK(dm_config_load(good, &c, &e) == DM_OK, "%s", e.msg);
     CHECK(c && c->n == 3, "sections %d", c ? c->n : -1);
@@ -85,16 +76,16 @@ int main(void)
     unlink(good);
     free(good);
 
-    char *bad = write_tmp("[experiment]\nseed = 1\nthis line is wrong\n");
+    char *bad = check_write_ini("[experiment]\nseed = 1\nthis line is wrong\n");
     CHECK(dm_config_load(bad, &c, &e) != DM_OK && strstr(e.msg, ":3: syntax error"), "syntax: %s", e.msg);
     CHECK(strstr(e.msg, bad) != NULL, "syntax error names file: %s", e.msg);
     unlink(bad);
     free(bad);
-    bad = write_tmp("[layer.a]\ntype = relu\n[layer.b]\ntype = relu\n[layer.a]\nx = 1\n");
+    bad = check_write_ini("[layer.a]\ntype = relu\n[layer.b]\ntype = relu\n[layer.a]\nx = 1\n");
     CHECK(dm_config_load(bad, &c, &e) != DM_OK && strstr(e.msg, "appears twice (first at line 1)"), "dup: %s", e.msg);
     unlink(bad);
     free(bad);
-    bad = write_tmp("seed = 1\n");
+    bad = check_write_ini("seed = 1\n");
     CHECK(dm_config_load(bad, &c, &e) != DM_OK && strstr(e.msg, "before any [section]"), "no section: %s", e.msg);
     unlink(bad);
     free(bad);

@@ -303,25 +303,19 @@ static mode_t mode_arg(int flags, va_list ap)
     return (flags & (O_CREAT | O_TMPFILE)) == 0 ? 0 : (mode_t)va_arg(ap, int);
 }
 
-int open(const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    if (writes(flags) && fault(K_OPEN, CALLER)) return -1;
-    return real_open(path, flags, mode);
-}
-
-int open64(const char *path, int flags, ...)
-{
-    va_list ap;
-    va_start(ap, flags);
-    mode_t mode = mode_arg(flags, ap);
-    va_end(ap);
-    if (writes(flags) && fault(K_OPEN, CALLER)) return -1;
-    return real_open64(path, flags, mode);
-}
+/* open and open64: fail the Nth open for writing, pass everything else on. */
+#define FAULT_OPEN(name, real)                                                  \
+    int name(const char *path, int flags, ...)                                  \
+    {                                                                           \
+        va_list ap;                                                             \
+        va_start(ap, flags);                                                    \
+        mode_t mode = mode_arg(flags, ap);                                      \
+        va_end(ap);                                                             \
+        if (writes(flags) && fault(K_OPEN, CALLER)) return -1;                  \
+        return real(path, flags, mode);                                         \
+    }
+FAULT_OPEN(open, real_open)
+FAULT_OPEN(open64, real_open64)
 
 int openat(int dir, const char *path, int flags, ...)
 {

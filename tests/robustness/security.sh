@@ -28,6 +28,17 @@ poison_so=${DMNIST_TEST_PLUGINS:?}/dm_test_poison.so
 [ -f "$poison_so" ] || fail "no $poison_so (build the dm_test_poison target)"
 use_poison=(--set data.type=poison --set data.train_size=64 --set data.test_size=16)
 
+# refused DIR WANT: --dry-run with plugins from DIR must fail with exit 2 and
+# one line holding WANT.
+refused() {
+    local out rc
+    out=$("$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" 2>&1)
+    rc=$?
+    [ $rc = 2 ] && [[ $out == *"$2"* ]] && [ "$(echo "$out" | wc -l)" = 1 ] ||
+        fail "expected exit 2 and '$2', got exit $rc: $out"
+    echo "ok refused: $out"
+}
+
 case ${1:-} in
 gloo_listen_addr)
     has_plugin gloo || skip "no gloo backend plugin"
@@ -132,15 +143,6 @@ plugin_shadowing)
     ok "the first folder on the search path wins; --list-plugins shows what it shadowed"
     ;;
 plugin_permissions)
-    # refused DIR WANT: loading from DIR must fail with WANT
-    refused() {
-        local out rc
-        out=$("$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" 2>&1)
-        rc=$?
-        [ $rc = 2 ] && [[ $out == *"$2"* ]] && [ "$(echo "$out" | wc -l)" = 1 ] ||
-            fail "expected exit 2 and '$2', got exit $rc: $out"
-        echo "ok refused: $out"
-    }
     accepted() {
         "$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" >/dev/null 2>"$TMP/err" ||
             fail "$2 was refused: $(cat "$TMP/err")"
@@ -186,14 +188,6 @@ plugin_symlinks)
             fail "$2 was refused: $(cat "$TMP/err")"
         [ -s "$TMP/err" ] && fail "$2: unexpected output on stderr: $(cat "$TMP/err")"
         echo "ok accepted: $2"
-    }
-    refused() {
-        local out rc
-        out=$("$RUN" --dry-run --plugin-path "$1" "${use_poison[@]}" "$CFG" 2>&1)
-        rc=$?
-        [ $rc = 2 ] && [[ $out == *"$2"* ]] && [ "$(echo "$out" | wc -l)" = 1 ] ||
-            fail "expected exit 2 and '$2', got exit $rc: $out"
-        echo "ok refused: $out"
     }
     chmod 0755 "$TMP"
     mkdir -m 0755 "$TMP/real" "$TMP/links" "$TMP/hop" "$TMP/p"

@@ -262,6 +262,10 @@ typedef struct dm_experiment {
     char backend[64];
     int threads;                 /* CPU threads per rank */
     double timeout_s;
+    int elastic;                 /* survivors go on after a lost rank (core/elastic.c) */
+    int min_ranks, max_ranks;    /* elastic: bounds of the world (max 0: none) */
+    double elastic_settle_s;     /* elastic: a new world forms after this long without arrivals */
+    int elastic_check_every;     /* elastic: steps between looks for joiners */
 
     /* [data] */
     dm_instance_cfg data;

@@ -19,6 +19,15 @@ static const dm_param_def experiment_defs[] = {
     {"threads", DM_PARAM_INT, "0", 0, 1024, NULL, "CPU threads per rank (0 = cores / ranks on this host)"},
     {"timeout_s", DM_PARAM_FLOAT, "60", 0.1, 86400, NULL, "every collective returns within this"},
     {"plugin_path", DM_PARAM_STRING, "", NO_RANGE, NULL, "extra ':'-separated plugin folders (relative to this file)"},
+    {"elastic", DM_PARAM_BOOL, "false", NO_RANGE, NULL,
+     "a lost rank costs the step in flight, not the job: the others form a smaller world and go on, and "
+     "new processes join at a step boundary (docs/elastic.md)"},
+    {"min_ranks", DM_PARAM_INT, "1", 1, 4096, NULL, "elastic: the fewest ranks that may go on training"},
+    {"max_ranks", DM_PARAM_INT, "0", 0, 4096, NULL, "elastic: the most ranks in a world (0 = no limit)"},
+    {"elastic_settle_s", DM_PARAM_FLOAT, "1", 0, 3600, NULL,
+     "elastic: after a failure a new world forms once nobody new arrived for this long"},
+    {"elastic_check_every", DM_PARAM_INT, "1", 1, 1e9, NULL,
+     "elastic: every N steps rank 0 looks for processes waiting to join"},
     {NULL, 0, NULL, 0, 0, NULL, NULL}};
 
 static const dm_param_def data_defs[] = {
@@ -330,6 +339,11 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     copy_str(x->backend, sizeof x->backend, key(ps, "backend")->s);
     x->threads = (int)key(ps, "threads")->i;
     x->timeout_s = key(ps, "timeout_s")->f;
+    x->elastic = (int)key(ps, "elastic")->i;
+    x->min_ranks = (int)key(ps, "min_ranks")->i;
+    x->max_ranks = (int)key(ps, "max_ranks")->i;
+    x->elastic_settle_s = key(ps, "elastic_settle_s")->f;
+    x->elastic_check_every = (int)key(ps, "elastic_check_every")->i;
 
     char path[4096];
     dm_default_plugin_path(key(ps, "plugin_path")->s, cfg->dir, path, sizeof path);

@@ -2,7 +2,11 @@
  *  - backend mpi: hand over to mpirun (exec), which starts the ranks;
  *  - any other backend: fork N workers with DMNIST_RANK/DMNIST_WORLD_SIZE
  *    and a fresh file rendezvous, prefix each output line with the rank,
- *    and if one worker fails, stop the others and exit non-zero. */
+ *    and if one worker fails, stop the others and exit non-zero.
+ * --max-restarts K (docs/elastic.md): with experiment.elastic a lost worker
+ * never stops the others; it is started again (K times in all) and joins
+ * the running job. Without it, a failed job is started again from its
+ * newest checkpoint (mpi too: mpirun is then run, not exec'ed). */
 #define _GNU_SOURCE
 #include "launch.h"
 
@@ -29,36 +33,57 @@ void dm_remove_tree(const char *dir)
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static const char *backend_of(const char *config_path, const char *const *sets, int n_sets, char *buf, size_t size)
+/* What the launcher needs of the experiment (the ranks validate the rest). */
+typedef struct job_cfg {
+    char backend[64];
+    int elastic;
+    char checkpoint_dir[1024];
+} job_cfg;
+
+static void read_job_cfg(const char *config_path, const char *const *sets, int n_sets, job_cfg *j)
 {
     dm_config *cfg = NULL;
     dm_error err = {0};
-    buf[0] = 0;
-    if (dm_config_load(config_path, &cfg, &err) == DM_OK) {
-        for (int i = 0; i < n_sets; i++) dm_config_set(cfg, sets[i], &err);
-        const dm_section *s = dm_config_section(cfg, "experiment");
-        const dm_kv *b = dm_section_get(s, "backend");
-        const dm_kv *d = dm_section_get(s, "device");
-        if (b && b->value[0]) snprintf(buf, size, "%s", b->value);
-        else snprintf(buf, size, "%s", d && strcmp(d->value, "cuda") == 0 ? "nccl" : "local");
-        dm_config_free(cfg);
-    }
-    return buf;
+    memset(j, 0, sizeof *j);
+    if (dm_config_load(config_path, &cfg, &err) != DM_OK) return;
+    for (int i = 0; i < n_sets; i++) dm_config_set(cfg, sets[i], &err);
+    const dm_section *s = dm_config_section(cfg, "experiment");
+    const dm_kv *b = dm_section_get(s, "backend");
+    const dm_kv *d = dm_section_get(s, "device");
+    const dm_kv *e = dm_section_get(s, "elastic");
+    const dm_kv *c = dm_section_get(dm_config_section(cfg, "train"), "checkpoint_dir");
+    if (b && b->value[0]) snprintf(j->backend, sizeof j->backend, "%s", b->value);
+    else snprintf(j->backend, sizeof j->backend, "%s", d && strcmp(d->value, "cuda") == 0 ? "nccl" : "local");
+    j->elastic = e && (strcmp(e->value, "true") == 0 || strcmp(e->value, "1") == 0 || strcmp(e->value, "yes") == 0 ||
+                       strcmp(e->value, "on") == 0);
+    if (c) snprintf(j->checkpoint_dir, sizeof j->checkpoint_dir, "%s", c->value);
+    dm_config_free(cfg);
 }
 
-/* argv without "--np N" / "--np=N". */
+/* argv without "--np N" and "--max-restarts K" (either also as --opt=V),
+ * with room for a "--resume" at the end. */
 static char **strip_np(int argc, char **argv, const char *exe)
 {
-    char **out = calloc((size_t)argc + 1, sizeof *out);
+    char **out = calloc((size_t)argc + 2, sizeof *out);
     int k = 0;
     out[k++] = (char *)exe;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--np") == 0) { i++; continue; }
-        if (strncmp(argv[i], "--np=", 5) == 0) continue;
+        if (strcmp(argv[i], "--np") == 0 || strcmp(argv[i], "--max-restarts") == 0) { i++; continue; }
+        if (strncmp(argv[i], "--np=", 5) == 0 || strncmp(argv[i], "--max-restarts=", 15) == 0) continue;
         out[k++] = argv[i];
     }
     out[k] = NULL;
     return out;
+}
+
+/* Add --resume to argv (room was left for it) unless it is there. */
+static void add_resume(char **argv)
+{
+    int k = 0;
+    for (; argv[k]; k++)
+        if (strcmp(argv[k], "--resume") == 0) return;
+    argv[k] = "--resume";
+    argv[k + 1] = NULL;
 }
 
 /* Ctrl-C or a SIGTERM to the launcher reaches every rank: each rank sits in
@@ -106,8 +131,9 @@ static void flush_line(worker *w, int rank, int force)
 const char *dm_launch_prog = "dmnist-run";
 
 /* backend mpi: mpirun starts the ranks (the mpi backend reads rank and size
- * from MPI). Returns only when mpirun cannot be started. */
-static int exec_mpirun(int argc, char **child_argv, int np)
+ * from MPI). exec'ed: returns only when mpirun cannot be started; else
+ * run: returns its exit code. */
+static int mpirun(int argc, char **child_argv, int np, int exec)
 {
     char nps[16];
     snprintf(nps, sizeof nps, "%d", np);
@@ -123,46 +149,64 @@ static int exec_mpirun(int argc, char **child_argv, int np)
     for (char **a = child_argv; *a; a++) mv[k++] = *a;
     mv[k] = NULL;
     fflush(stdout);
-    execvp("mpirun", mv);
-    fprintf(stderr, "%s: --np with backend mpi needs mpirun on the PATH: %s\n", dm_launch_prog, strerror(errno));
+    fflush(stderr);
+    pid_t pid = exec ? 0 : fork();
+    if (pid == 0) {
+        execvp("mpirun", mv);
+        fprintf(stderr, "%s: --np with backend mpi needs mpirun on the PATH: %s\n", dm_launch_prog, strerror(errno));
+        if (!exec) _exit(127);
+    }
     free(mv);
-    return 2;
+    int st = 0;
+    if (exec || pid < 0 || waitpid(pid, &st, 0) != pid) return 2;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-/* Fork the ranks, each in its own process group with DMNIST_* set and its
- * output on a pipe; returns how many started. */
-static int start_workers(const char *exe, char **child_argv, int np, const char *rdzv, worker *w)
+/* Fork rank r in its own process group with DMNIST_* set and its output on
+ * a pipe; 0 when it started. */
+static int start_one(const char *exe, char **child_argv, int np, const char *rdzv, int r, worker *wr)
 {
     char nps[16];
     snprintf(nps, sizeof nps, "%d", np);
     fflush(stdout);
     fflush(stderr);
-    for (int r = 0; r < np; r++) {
-        int fds[2];
-        if (pipe2(fds, O_CLOEXEC) != 0) {
-            fprintf(stderr, "%s: pipe: %s\n", dm_launch_prog, strerror(errno));
-            return r;
-        }
-        pid_t pid = fork();
-        if (pid == 0) {
-            char rs[16];
-            snprintf(rs, sizeof rs, "%d", r);
-            setenv("DMNIST_RANK", rs, 1);
-            setenv("DMNIST_LOCAL_RANK", rs, 1);
-            setenv("DMNIST_WORLD_SIZE", nps, 1);
-            setenv("DMNIST_LOCAL_WORLD_SIZE", nps, 1);
-            setenv("DMNIST_RENDEZVOUS", rdzv, 1);
-            dup2(fds[1], 1);
-            dup2(fds[1], 2);
-            setpgid(0, 0);
-            execv(exe, child_argv);
-            fprintf(stderr, "exec %s failed: %s\n", exe, strerror(errno));
-            _exit(127);
-        }
-        close(fds[1]);
-        w[r].pid = pid;
-        w[r].fd = fds[0];
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        fprintf(stderr, "%s: pipe: %s\n", dm_launch_prog, strerror(errno));
+        return -1;
     }
+    pid_t pid = fork();
+    if (pid < 0) {
+        fprintf(stderr, "%s: fork: %s\n", dm_launch_prog, strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        char rs[16];
+        snprintf(rs, sizeof rs, "%d", r);
+        setenv("DMNIST_RANK", rs, 1);
+        setenv("DMNIST_LOCAL_RANK", rs, 1);
+        setenv("DMNIST_WORLD_SIZE", nps, 1);
+        setenv("DMNIST_LOCAL_WORLD_SIZE", nps, 1);
+        setenv("DMNIST_RENDEZVOUS", rdzv, 1);
+        dup2(fds[1], 1);
+        dup2(fds[1], 2);
+        setpgid(0, 0);
+        execv(exe, child_argv);
+        fprintf(stderr, "exec %s failed: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    close(fds[1]);
+    *wr = (worker){.pid = pid, .fd = fds[0]};
+    return 0;
+}
+
+/* Start ranks 0..np-1; returns how many started. */
+static int start_workers(const char *exe, char **child_argv, int np, const char *rdzv, worker *w)
+{
+    for (int r = 0; r < np; r++)
+        if (start_one(exe, child_argv, np, rdzv, r, &w[r]) != 0) return r;
     return np;
 }
 
@@ -173,6 +217,10 @@ typedef struct crew {
     int failed_rank, exit_code, forwarded;
     double peer_wait_until;      /* a DM_EXIT_PEER rank waits this long for the rank it points at */
     double term_at, kill_at;     /* after a failure: SIGTERM, then SIGKILL, to the ranks left */
+    /* experiment.elastic: lost ranks are started again, the others go on */
+    int elastic, restarts_left, restarts_used, ok, bad_exit;
+    const char *exe, *rdzv;
+    char **argv;
 } crew;
 
 /* Ctrl-C or SIGTERM to the launcher: pass it on to every rank. */
@@ -204,6 +252,61 @@ static void relay_output(crew *c, struct pollfd *pfd)
             close(w->fd);
             w->fd = -1;
         }
+    }
+}
+
+/* Copy what a rank that ended still had on its pipe, then close it. */
+static void drain(worker *w, int r)
+{
+    if (w->fd < 0) return;
+    ssize_t got;
+    while ((got = read(w->fd, w->line + w->len, sizeof w->line - w->len)) > 0) {
+        w->len += (size_t)got;
+        flush_line(w, r, 0);
+    }
+    flush_line(w, r, 1);
+    close(w->fd);
+    w->fd = -1;
+}
+
+static void say_end(char *buf, size_t size, int st)
+{
+    if (WIFSIGNALED(st)) snprintf(buf, size, "was killed by signal %d", WTERMSIG(st));
+    else snprintf(buf, size, "failed (exit %d)", WEXITSTATUS(st));
+}
+
+/* experiment.elastic: a rank that ends badly is started again while
+ * restarts are left (it joins the running job as a newcomer); the others
+ * never stop for it. */
+static void elastic_reap(crew *c)
+{
+    for (int r = 0; r < c->np; r++) {
+        worker *w = &c->w[r];
+        int st;
+        if (w->done || waitpid(w->pid, &st, WNOHANG) != w->pid) continue;
+        if (blame(st) == 0) {
+            w->done = 1;
+            c->running--;
+            c->ok++;
+            continue;
+        }
+        char how[64];
+        say_end(how, sizeof how, st);
+        drain(w, r);
+        if (c->restarts_left > 0 && !c->forwarded) {
+            c->restarts_left--;
+            c->restarts_used++;
+            fprintf(stderr, "%s: rank %d %s; starting it again (restart %d, %d left): it joins the running job\n",
+                    dm_launch_prog, r, how, c->restarts_used, c->restarts_left);
+            if (start_one(c->exe, c->argv, c->np, c->rdzv, r, w) == 0) continue;
+        } else {
+            fprintf(stderr, "%s: rank %d %s; the others go on without it (experiment.elastic)\n", dm_launch_prog, r,
+                    how);
+        }
+        w->done = 1;
+        w->status = st;
+        c->running--;
+        if (WIFEXITED(st) && !c->bad_exit) c->bad_exit = WEXITSTATUS(st);
     }
 }
 
@@ -249,9 +352,10 @@ static void reap_and_blame(crew *c)
 
 /* Until every rank has ended: relay output, pass on signals, blame the
  * first failure and stop the rest. Returns the launcher's exit code. */
-static int supervise(worker *w, int np)
+static int supervise(crew c)
 {
-    crew c = {w, np, np, -1, 0, 0, 0, 0, 0};
+    worker *w = c.w;
+    const int np = c.np;
     struct pollfd *pfd = calloc((size_t)(np ? np : 1), sizeof *pfd);
     if (!pfd) { fprintf(stderr, "%s: out of memory\n", dm_launch_prog); return 1; }
     struct sigaction sa = {0};
@@ -263,7 +367,8 @@ static int supervise(worker *w, int np)
     while (c.running > 0) {
         if (stop_signal && !c.forwarded) forward_stop_signal(&c);
         relay_output(&c, pfd);
-        reap_and_blame(&c);
+        if (c.elastic) elastic_reap(&c);
+        else reap_and_blame(&c);
         double now = mono_now();
         if (c.term_at > 0 && now > c.term_at)
             for (int o = 0; o < np; o++)
@@ -275,49 +380,87 @@ static int supervise(worker *w, int np)
     for (int r = 0; r < np; r++) if (w[r].fd >= 0) { flush_line(&w[r], r, 1); close(w[r].fd); }
     free(pfd);
     if (c.failed_rank < 0 && c.forwarded) return c.exit_code;
+    /* elastic: the job succeeded when a rank finished it and no rank failed on its own */
+    if (c.elastic) return c.bad_exit ? c.bad_exit : c.ok > 0 ? 0 : 1;
     return c.failed_rank >= 0 ? (c.exit_code ? c.exit_code : 1) : 0;
 }
 
-int dm_launch(int argc, char **argv, int np, const char *config_path, const char *const *sets, int n_sets)
+/* One attempt at the job under base_id (mpi: through mpirun, exec'ed when
+ * it is the only attempt). */
+static int run_job(int argc, char **child_argv, int np, const char *exe, const job_cfg *j, int in_process,
+                   int max_restarts)
 {
-    char backend[64];
-    backend_of(config_path, sets, n_sets, backend, sizeof backend);
+    if (strcmp(j->backend, "mpi") == 0) return mpirun(argc, child_argv, np, max_restarts == 0);
+    if (strcmp(j->backend, "local") == 0 && np > 1) {
+        fprintf(stderr, "%s: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
+                "or --set experiment.backend=gloo)\n", dm_launch_prog, np);
+        return 2;
+    }
+    char rdzv_dir[] = "/tmp/dmnist-rdzv-XXXXXX";
+    if (!mkdtemp(rdzv_dir)) {
+        fprintf(stderr, "%s: --np: cannot create a rendezvous directory: %s\n", dm_launch_prog, strerror(errno));
+        return 1;
+    }
+    worker *w = calloc((size_t)np, sizeof *w);
+    int rc = 1;
+    if (!w) {
+        fprintf(stderr, "%s: out of memory\n", dm_launch_prog);
+    } else {
+        char rdzv[256];
+        snprintf(rdzv, sizeof rdzv, "file://%s", rdzv_dir);
+        crew c = {.w = w, .np = np, .failed_rank = -1, .elastic = in_process, .restarts_left = max_restarts,
+                  .exe = exe, .rdzv = rdzv, .argv = child_argv};
+        c.running = start_workers(exe, child_argv, np, rdzv, w);
+        rc = supervise(c);
+    }
+    dm_remove_tree(rdzv_dir);
+    free(w);
+    return rc;
+}
+
+int dm_launch(int argc, char **argv, int np, int max_restarts, const char *config_path, const char *const *sets,
+              int n_sets)
+{
+    job_cfg j;
+    read_job_cfg(config_path, sets, n_sets, &j);
+    /* mpi has no fault-tolerant communicators: its ranks never re-form in process */
+    const int in_process = j.elastic && strcmp(j.backend, "mpi") != 0;
+    if (max_restarts > 0 && !in_process && !j.checkpoint_dir[0]) {
+        fprintf(stderr, "%s: --max-restarts: %s starts a failed job again from its newest checkpoint: set "
+                "train.checkpoint_dir\n", dm_launch_prog,
+                j.elastic ? "backend mpi cannot re-form its ranks in process, so it" : "without experiment.elastic "
+                "it");
+        return 2;
+    }
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n <= 0) { fprintf(stderr, "%s: --np: cannot find own executable\n", dm_launch_prog); return 2; }
     exe[n] = 0;
     char **child_argv = strip_np(argc, argv, exe);
+    if (!child_argv) { fprintf(stderr, "%s: out of memory\n", dm_launch_prog); return 1; }
     /* One id for this job's ranks: it keys their rendezvous and their job
-     * fingerprint, so two jobs sharing a rendezvous never pair up. */
-    char job_id[64];
+     * fingerprint, so two jobs sharing a rendezvous never pair up. Each
+     * attempt of a restarted job gets its own. */
+    char base[64], job_id[96];
+    const char *given = getenv("DMNIST_JOB_ID");
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    snprintf(job_id, sizeof job_id, "run-%ld-%lx%09ld", (long)getpid(), (unsigned long)now.tv_sec, now.tv_nsec);
-    setenv("DMNIST_JOB_ID", job_id, 0);
-
-    int rc;
-    char rdzv_dir[] = "/tmp/dmnist-rdzv-XXXXXX";
-    worker *w = NULL;
-    if (strcmp(backend, "mpi") == 0) {
-        rc = exec_mpirun(argc, child_argv, np);
-    } else if (strcmp(backend, "local") == 0 && np > 1) {
-        fprintf(stderr, "%s: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
-                "or --set experiment.backend=gloo)\n", dm_launch_prog, np);
-        rc = 2;
-    } else if (!mkdtemp(rdzv_dir)) {
-        fprintf(stderr, "%s: --np: cannot create a rendezvous directory: %s\n", dm_launch_prog, strerror(errno));
-        rc = 1;
-    } else if (!(w = calloc((size_t)np, sizeof *w))) {
-        fprintf(stderr, "%s: out of memory\n", dm_launch_prog);
-        rc = 1;
-    } else {
-        char rdzv[256];
-        snprintf(rdzv, sizeof rdzv, "file://%s", rdzv_dir);
-        rc = supervise(w, start_workers(exe, child_argv, np, rdzv, w));
+    if (given && given[0]) snprintf(base, sizeof base, "%s", given);
+    else snprintf(base, sizeof base, "run-%ld-%lx%09ld", (long)getpid(), (unsigned long)now.tv_sec, now.tv_nsec);
+    int rc = 1;
+    for (int attempt = 0;; attempt++) {
+        snprintf(job_id, sizeof job_id, attempt ? "%s.a%d" : "%s", base, attempt);
+        setenv("DMNIST_JOB_ID", job_id, 1);
+        rc = run_job(argc, child_argv, np, exe, &j, in_process, in_process ? max_restarts : 0);
+        if (rc == 0 || rc == 2 || in_process || attempt >= max_restarts || stop_signal) break;
+        char ckpt[4096];
+        dm_error e = {0};
+        int have = dm_checkpoint_latest(j.checkpoint_dir, ckpt, sizeof ckpt, &e) == DM_OK;
+        if (have) add_resume(child_argv);
+        fprintf(stderr, "%s: the job failed (exit %d); starting it again %s%s (restart %d of %d)\n", dm_launch_prog,
+                rc, have ? "from " : "from the start: no checkpoint in ", have ? ckpt : j.checkpoint_dir,
+                attempt + 1, max_restarts);
     }
-    if (strncmp(rdzv_dir, "/tmp/dmnist-rdzv-XXXXXX", sizeof rdzv_dir) != 0)
-        dm_remove_tree(rdzv_dir);
-    free(w);
     free(child_argv);
     return rc;
 }

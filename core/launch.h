@@ -52,9 +52,12 @@ void dm_remove_tree(const char *dir);
 /* The name the launcher's messages start with ("dmnist-run" by default). */
 extern const char *dm_launch_prog;
 
-/* Start np copies of this program as ranks 0..np-1 and wait for them.
- * Returns the exit code dmnist-run should exit with. */
-int dm_launch(int argc, char **argv, int np, const char *config_path, const char *const *sets, int n_sets);
+/* Start np copies of this program as ranks 0..np-1 and wait for them;
+ * max_restarts > 0: start lost ranks (experiment.elastic) or the failed job
+ * (from its newest checkpoint) again, that many times in all. Returns the
+ * exit code dmnist-run should exit with. */
+int dm_launch(int argc, char **argv, int np, int max_restarts, const char *config_path, const char *const *sets,
+              int n_sets);
 
 /* Decide CPU threads per rank (experiment.threads, else cores / local ranks)
  * and export OMP_NUM_THREADS / OPENBLAS_NUM_THREADS before any plugin loads,

@@ -29,6 +29,8 @@ static void usage(FILE *out)
             "options:\n"
             "  --set SECTION.KEY=VALUE  override a key (repeatable), e.g. --set optimizer.lr=0.002\n"
             "  --np N                   start N local worker processes (gloo: own rendezvous; mpi: via mpirun)\n"
+            "  --max-restarts K         with --np: start lost ranks again (experiment.elastic: they join the\n"
+            "                           running job), else the failed job from its newest checkpoint; K in all\n"
             "  --resume                 continue from the latest checkpoint in train.checkpoint_dir\n"
             "  --eval CHECKPOINT        evaluate this checkpoint on the test set (any --np), no training\n"
             "  --confusion FILE         with --eval: write the confusion matrix as CSV (scripts/plot-confusion\n"
@@ -268,6 +270,7 @@ static char *settings_markdown(const char *config, char **pos, int npos, const c
 typedef struct cli {
     const char **sets;           /* --set values, in order */
     int n_sets, np, list, dry;
+    int max_restarts;            /* --max-restarts (needs --np) */
     int npos;                    /* positionals: CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]] */
     const char *help_type, *extra_path;
     char abs_plugin_path[8192];
@@ -279,7 +282,8 @@ typedef struct cli {
 static int parse_options(int argc, char **argv, cli *c)
 {
     enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
-           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION, OPT_TENSORBOARD };
+           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION, OPT_TENSORBOARD,
+           OPT_MAX_RESTARTS };
     static const struct option longopts[] = {
         {"set", required_argument, NULL, OPT_SET},
         {"dry-run", no_argument, NULL, OPT_DRY},
@@ -290,6 +294,7 @@ static int parse_options(int argc, char **argv, cli *c)
         {"metrics", required_argument, NULL, OPT_METRICS},
         {"resume", no_argument, NULL, OPT_RESUME},
         {"np", required_argument, NULL, OPT_NP},
+        {"max-restarts", required_argument, NULL, OPT_MAX_RESTARTS},
         {"timeline", required_argument, NULL, OPT_TIMELINE},
         {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
         {"progress", no_argument, NULL, OPT_PROGRESS},
@@ -321,6 +326,17 @@ static int parse_options(int argc, char **argv, cli *c)
                 return 2;
             }
             c->np = (int)v;
+            break;
+        }
+        case OPT_MAX_RESTARTS: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (!optarg[0] || *end || v < 0 || v > 1000) {
+                fprintf(stderr, "dmnist-run: --max-restarts %s: expected a number of restarts from 0 to 1000\n",
+                        optarg);
+                return 2;
+            }
+            c->max_restarts = (int)v;
             break;
         }
         case OPT_TIMELINE: t->timeline_path = optarg; break;
@@ -355,6 +371,10 @@ static int check_positionals(const cli *c)
     if (c->npos < 1 || c->npos > 3) {
         fprintf(stderr, c->npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
                                     : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");
+        return 2;
+    }
+    if (c->max_restarts > 0 && c->np == 0) {
+        fprintf(stderr, "dmnist-run: --max-restarts needs --np N (it restarts the ranks that dmnist-run starts)\n");
         return 2;
     }
     /* --eval trains nothing: options and positionals that shape a training run are refused. */
@@ -424,7 +444,8 @@ int main(int argc, char **argv)
     }
     if (rc < 0) rc = check_positionals(&c);
     if (rc < 0 && c.np > 0) /* the launcher re-executes this program N times (or mpirun does) */
-        rc = dm_launch(argc, argv, c.np, argv[optind], (const char *const *)c.sets, c.n_sets);
+        rc = dm_launch(argc, argv, c.np, c.max_restarts > 0 ? c.max_restarts : 0, argv[optind],
+                       (const char *const *)c.sets, c.n_sets);
     dm_config *cfg = NULL;
     if (rc < 0 && (rc = load_config(&c, argv + optind, &cfg)) == 0) rc = -1;
     char *tb_text = NULL;

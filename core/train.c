@@ -28,6 +28,7 @@ static int count_steps(trainer *t, dm_error *err)
     int N = t->ci.size;
     int64_t per_epoch = t->di.count[DM_SPLIT_TRAIN] / ((int64_t)x->batch_size * N);
     t->total_steps = x->epochs > 0 ? (int64_t)ceil(x->epochs * (double)per_epoch) : x->total_batches / N;
+    t->budget = t->total_steps * N;
     if (t->total_steps < 1)
         return dm_fail(err, DM_ERR_INVALID, "%s: train: total_batches = %lld is fewer than the %d ranks",
                        x->cfg->path, (long long)x->total_batches, N);
@@ -35,23 +36,26 @@ static int count_steps(trainer *t, dm_error *err)
 }
 
 /* Identical start everywhere: rank 0 draws (or, --resume, reads a
- * checkpoint), everyone receives. Then the outputs open. */
+ * checkpoint), everyone receives. Then the outputs open. A process that
+ * joins a running elastic job takes the running state instead. */
 static int start(trainer *t, dm_error *err)
 {
     const dm_experiment *x = t->x;
+    const int joining = t->el && t->el->round > 0;
     tr_report_start(t);
-    int rc = rank0(t) ? dm_model_init_params(&t->m, x->seed, err) : DM_OK;
+    int rc = rank0(t) && !joining ? dm_model_init_params(&t->m, x->seed, err) : DM_OK;
     if (!rc) rc = dm_dev_sync(&t->dev, err);
-    if (!rc && t->opts && t->opts->resume) rc = tr_resume(t, err);
-    if (!rc) rc = tr_broadcast_dev(t, t->m.params, t->m.param_count * sizeof(float), err);
-    if (!rc && t->n_opt) rc = tr_broadcast_dev(t, t->opt_state, t->n_opt * sizeof(float), err);
-    if (!rc && t->m.state_count) rc = tr_broadcast_dev(t, t->m.state, t->m.state_count * sizeof(float), err);
+    if (!rc && t->opts && t->opts->resume && !joining) rc = tr_resume(t, err);
+    t->done_batches = t->step * t->ci.size;
+    t->commit_epoch = t->epoch;
+    t->commit_pos = t->epoch_pos;
+    if (!rc) rc = tr_state_sync(t, err);
     if (!rc) rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
     if (!rc) rc = tr_report_open(t, err);
     if (rc) return rc;
     t->lr_scale = x->scale_lr ? (double)t->ci.size : 1.0;
     t->t_log = t->t_train0 = now_s();
-    t->step0 = t->step;
+    t->step0 = t->logged_step = t->step;
     t->rank_seed = dm_hash64(x->seed, 0xD0D0ull + (uint64_t)t->ci.rank);
     t->checked_step = t->step; /* a resumed run starts checking from its step */
     t->params_checked_step = t->step;
@@ -83,6 +87,7 @@ static int train_step(trainer *t, int *skipped, dm_error *err)
     int rc = tr_next_train_batch(t, err);
     if (rc) return rc;
     c.data = now_s();
+    t->in_step = 1;
     uint64_t step_seed = dm_hash64(t->rank_seed, (uint64_t)t->step);
     if ((rc = tr_guard_backup_state(t, err))) return rc;
     if ((rc = dm_model_forward(&t->m, b, 1, step_seed, err))) return rc;
@@ -92,12 +97,22 @@ static int train_step(trainer *t, int *skipped, dm_error *err)
     if ((rc = tr_wait_buckets(t, err))) return rc;
     if ((rc = tr_sync_layer_state(t, err))) return rc;
     c.comm = now_s();
-    if ((rc = tr_guard_step(t, skipped, err)) || *skipped) return rc;
+    if ((rc = tr_guard_step(t, skipped, err))) return rc;
+    if (*skipped) {
+        t->in_step = 0;
+        t->commit_epoch = t->epoch;
+        t->commit_pos = t->epoch_pos;
+        return DM_OK;
+    }
     c.guard = now_s(); /* after the loss check, before the update */
     if ((rc = update(t, err))) return rc;
     c.end = now_s();
     tr_timeline_step(t, &c);
     t->step++;
+    t->done_batches += t->ci.size;
+    t->in_step = 0; /* committed: a failure from here on keeps this step */
+    t->commit_epoch = t->epoch;
+    t->commit_pos = t->epoch_pos;
     t->t_fwd_bwd_s += c.backward - c.data;
     t->images_since_log += (int64_t)b * t->ci.size;
     return DM_OK;
@@ -125,10 +140,29 @@ static int maybe_checkpoint(trainer *t, dm_error *err)
     return rc ? rc : tr_save_checkpoint(t, err);
 }
 
+/* The step boundary: sync check, log, evaluation, checkpoint, the bar,
+ * and (elastic) newcomers let in. */
+static int after_step(trainer *t, dm_error *err)
+{
+    int rc = every(t->step, t->x->sync_check_every) ? tr_sync_check(t, err) : DM_OK;
+    if (!rc) rc = tr_log_step(t, err);
+    if (!rc) rc = maybe_eval(t, err);
+    if (!rc) rc = maybe_checkpoint(t, err);
+    if (!rc) tr_bar_draw(t, t->step == t->total_steps);
+    if (!rc) rc = tr_elastic_boundary(t, err);
+    return rc;
+}
+
 /* After the last step (or a failure, rc): the final checkpoint and
  * evaluation, the summary, the timeline. */
 static int finish(trainer *t, int rc, dm_error *err)
 {
+    if (rc == DM_OK && !t->comm) { /* elastic: the job finished in a world without this process */
+        printf("elastic: the job finished without this process (it lost its place at step %lld)\n",
+               (long long)t->step);
+        return DM_OK;
+    }
+    if (rc == DM_OK) tr_elastic_finish(t);
     if (t->bar_shown) putchar('\n'); /* keep the finished bar */
     /* the GPU may still be working through queued steps */
     if (rc == DM_OK && t->x->device != DM_DEVICE_CPU) rc = dm_dev_sync(&t->dev, err);
@@ -164,6 +198,11 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
 {
     trainer t = {.x = x, .opts = opts, .t_start = now_s()};
     int rc = tr_setup(&t, err);
+    if (!rc && !t.comm) { /* elastic: the job ended before this process got in */
+        printf("elastic: job %s already finished; nothing to join\n", t.ids.job_id);
+        tr_teardown(&t);
+        return DM_OK;
+    }
     if (!rc) rc = count_steps(&t, err);
     if (!rc) rc = start(&t, err);
     if (rc) {
@@ -172,12 +211,9 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
     }
     while (rc == DM_OK && t.step < t.total_steps) {
         int skipped = 0;
-        if ((rc = train_step(&t, &skipped, err)) || skipped) continue;
-        if (every(t.step, x->sync_check_every) && (rc = tr_sync_check(&t, err))) break;
-        if ((rc = tr_log_step(&t, err))) break;
-        if ((rc = maybe_eval(&t, err))) break;
-        if ((rc = maybe_checkpoint(&t, err))) break;
-        tr_bar_draw(&t, t.step == t.total_steps);
+        rc = train_step(&t, &skipped, err);
+        if (!rc && !skipped) rc = after_step(&t, err);
+        if (rc) rc = tr_elastic_recover(&t, rc, err); /* DM_OK: a new world goes on */
     }
     rc = finish(&t, rc, err);
     tr_teardown(&t);

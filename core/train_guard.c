@@ -93,10 +93,11 @@ static int set_loss_sum(trainer *t, float sum, dm_error *err)
 }
 
 /* nan_policy = skip must undo what the bad step's forward did to the layer
- * state: keep a copy of it from before the step. */
+ * state, and so must an elastic world that loses a rank mid-step: keep a
+ * copy of it from before the step. */
 int tr_guard_backup_state(trainer *t, dm_error *err)
 {
-    if (!t->x->nan_skip || !t->m.state_count) return DM_OK;
+    if ((!t->x->nan_skip && !t->el) || !t->m.state_count) return DM_OK;
     if (!t->state_backup && !(t->state_backup = dm_dev_alloc(&t->dev, t->m.state_count * sizeof(float), err)))
         return err ? err->code : DM_ERR_NOMEM;
     return dm_dev_copy(&t->dev, t->state_backup, t->m.state, t->m.state_count * sizeof(float), err);

@@ -203,7 +203,7 @@ int tr_log_step(trainer *t, dm_error *err)
     double elapsed = now_s() - t->t_log;
     /* loss sum, correct, examples, seconds, comm wait, compute: summed over ranks */
     float v[6] = {mm[0], mm[1], 0, (float)elapsed, (float)t->comm_wait_s, (float)t->t_fwd_bwd_s};
-    int64_t steps_in = t->step % x->log_every ? t->step % x->log_every : x->log_every;
+    int64_t steps_in = t->step - t->logged_step; /* since the last log, a resume or a world change */
     v[2] = (float)(steps_in * x->batch_size);
     if ((rc = tr_allreduce_host(t, v, 6, DM_REDUCE_SUM, err))) return rc;
     double loss = v[0] / v[2], acc = v[1] / v[2];
@@ -220,6 +220,7 @@ int tr_log_step(trainer *t, dm_error *err)
     t->comm_wait_s = 0;
     t->t_fwd_bwd_s = 0;
     t->t_log = now_s();
+    t->logged_step = t->step;
     return DM_OK;
 }
 

@@ -8,6 +8,23 @@
 
 /* ---- set-up and tear-down ------------------------------------------------------ */
 
+int tr_comm_open(trainer *t, dm_error *err)
+{
+    dm_experiment *x = t->x;
+    dm_error e = {0};
+    t->ci = (dm_comm_info){.struct_size = sizeof t->ci};
+    int rc = DM_GUARDED(x->comm.lc, "init", t->cvt->init(dm_param_set_params(x->comm.params), &t->cc, &t->comm, &t->ci, &e));
+    if (rc) {
+        t->comm = NULL;
+        return tr_comm_fail(t, err, rc, e.msg);
+    }
+    if (t->ci.size < 1 || t->ci.rank < 0 || t->ci.rank >= t->ci.size)
+        return dm_fail(err, DM_ERR_COMM, "%s: bad rank %d of %d", x->backend, t->ci.rank, t->ci.size);
+    /* the same job everywhere, before the first collective whose size depends on the config */
+    return dm_job_agree(t->cvt, t->comm, t->ci.rank, t->ci.size,
+                        dm_job_fingerprint(x, t->ci.size, t->cc.job_id ? t->cc.job_id : ""), err);
+}
+
 int tr_setup(trainer *t, dm_error *err)
 {
     dm_experiment *x = t->x;
@@ -15,20 +32,9 @@ int tr_setup(trainer *t, dm_error *err)
     dm_error e = {0};
     /* comm first: it decides rank, size and the local rank (GPU choice) */
     t->cvt = x->comm.lc->component->vtable;
-    dm_comm_config cc;
-    dm_comm_ids ids;
-    if ((rc = dm_comm_config_init(&cc, &ids, x, err))) return rc;
-    t->ci.struct_size = sizeof t->ci;
-    if ((rc = DM_GUARDED(x->comm.lc, "init",
-                          t->cvt->init(dm_param_set_params(x->comm.params), &cc, &t->comm, &t->ci, &e)))) {
-        t->comm = NULL;
-        return tr_comm_fail(t, err, rc, e.msg);
-    }
-    if (t->ci.size < 1 || t->ci.rank < 0 || t->ci.rank >= t->ci.size)
-        return dm_fail(err, DM_ERR_COMM, "%s: bad rank %d of %d", x->backend, t->ci.rank, t->ci.size);
-    /* the same job everywhere, before the first collective whose size depends on the config */
-    if ((rc = dm_job_agree(t->cvt, t->comm, t->ci.rank, t->ci.size, dm_job_fingerprint(x, t->ci.size, ids.job_id), err)))
-        return rc;
+    if ((rc = dm_comm_config_init(&t->cc, &t->ids, x, err))) return rc;
+    if ((rc = x->elastic ? tr_elastic_setup(t, err) : tr_comm_open(t, err))) return rc;
+    if (!t->comm) return DM_OK; /* elastic: the job ended before this process got in */
 
     /* Only rank 0 writes checkpoints: find a folder it cannot write now, not
      * after the training it was meant to protect. (--eval writes none.) */
@@ -115,6 +121,7 @@ void tr_teardown(trainer *t)
     free(t->perm);
     free(t->buckets);
     if (t->metrics) fclose(t->metrics);
+    free(t->el);
     if (t->tb) {
         dm_error e = {0};
         dm_tb_close(t->tb, &e); /* after a failure: the run's own error is the one reported */

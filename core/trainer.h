@@ -8,6 +8,8 @@
 #define DMNIST_TRAINER_H
 
 #include "dm_core.h"
+#include "elastic.h"
+#include "launch.h"
 
 #include <time.h>
 
@@ -31,6 +33,18 @@ typedef struct trainer {
     const dm_comm_vtable *cvt;
     void *comm;
     dm_comm_info ci;
+    dm_comm_config cc;           /* what the backend was started with (this world's) */
+    dm_comm_ids ids;             /* its strings: the launcher's job id, the rendezvous */
+
+    /* experiment.elastic (train_elastic.c); el is NULL otherwise */
+    dm_elastic *el;
+    int in_step;                 /* a step is in flight: a failure now undoes it */
+    int64_t commit_epoch, commit_pos; /* the data cursor after the last completed step */
+    int64_t budget;              /* global batches to train: a world change re-divides what is left */
+    int64_t done_batches;        /* global batches trained */
+    int world_changes;
+    char round_job_id[160];      /* "<job>.e<round>": this world's id for the backend */
+    char round_fingerprint[17];
 
     const dm_dataset_vtable *dvt;
     void *data;
@@ -61,6 +75,7 @@ typedef struct trainer {
     int64_t epoch, epoch_pos;
     int64_t step;                /* optimizer updates done */
     int64_t total_steps;         /* this rank's steps in the run */
+    int64_t logged_step;         /* the step of the last log line (or start, or world change) */
     int64_t step0;               /* the step the run started from (> 0 when resumed) */
     uint64_t rank_seed;          /* this rank's dropout stream */
     double lr_scale;             /* the ranks (scale_lr) or 1 */
@@ -171,8 +186,26 @@ int tr_finish_timeline(trainer *t, int ok, dm_error *err);
 int tr_save_checkpoint(trainer *t, dm_error *err);
 int tr_resume(trainer *t, dm_error *err);
 
+/* ---- train_elastic.c: a world that loses or gains ranks ------------------ */
+
+/* Set up: form the first world (elastic.h) and start the backend in it. */
+int tr_elastic_setup(trainer *t, dm_error *err);
+/* Everything a rank needs to go on from rank 0's state: parameters,
+ * optimizer state, layer state and (elastic) the step counters. */
+int tr_state_sync(trainer *t, dm_error *err);
+/* At a step boundary: rank 0 says whether someone waits to join, and if so
+ * every rank re-forms the world with them. */
+int tr_elastic_boundary(trainer *t, dm_error *err);
+/* After a failure rc: DM_OK when the survivors formed a new world and
+ * agreed on the state (the step in flight undone), else rc. */
+int tr_elastic_recover(trainer *t, int rc, dm_error *err);
+/* The run ended: processes waiting to join are told. */
+void tr_elastic_finish(trainer *t);
+
 /* ---- train_setup.c ---------------------------------------------------------- */
 
+/* Start the backend with t->cc and check every rank runs the same job. */
+int tr_comm_open(trainer *t, dm_error *err);
 int tr_setup(trainer *t, dm_error *err);
 void tr_teardown(trainer *t);
 

@@ -385,12 +385,12 @@ static int supervise(crew c)
     return c.failed_rank >= 0 ? (c.exit_code ? c.exit_code : 1) : 0;
 }
 
-/* One attempt at the job under base_id (mpi: through mpirun, exec'ed when
- * it is the only attempt). */
+/* One attempt at the job (mpi: through mpirun, exec'ed when it is the only
+ * attempt). restarts: lost ranks started again in process (elastic). */
 static int run_job(int argc, char **child_argv, int np, const char *exe, const job_cfg *j, int in_process,
-                   int max_restarts)
+                   int restarts, int only_attempt)
 {
-    if (strcmp(j->backend, "mpi") == 0) return mpirun(argc, child_argv, np, max_restarts == 0);
+    if (strcmp(j->backend, "mpi") == 0) return mpirun(argc, child_argv, np, only_attempt);
     if (strcmp(j->backend, "local") == 0 && np > 1) {
         fprintf(stderr, "%s: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
                 "or --set experiment.backend=gloo)\n", dm_launch_prog, np);
@@ -408,7 +408,7 @@ static int run_job(int argc, char **child_argv, int np, const char *exe, const j
     } else {
         char rdzv[256];
         snprintf(rdzv, sizeof rdzv, "file://%s", rdzv_dir);
-        crew c = {.w = w, .np = np, .failed_rank = -1, .elastic = in_process, .restarts_left = max_restarts,
+        crew c = {.w = w, .np = np, .failed_rank = -1, .elastic = in_process, .restarts_left = restarts,
                   .exe = exe, .rdzv = rdzv, .argv = child_argv};
         c.running = start_workers(exe, child_argv, np, rdzv, w);
         rc = supervise(c);
@@ -451,7 +451,7 @@ int dm_launch(int argc, char **argv, int np, int max_restarts, const char *confi
     for (int attempt = 0;; attempt++) {
         snprintf(job_id, sizeof job_id, attempt ? "%s.a%d" : "%s", base, attempt);
         setenv("DMNIST_JOB_ID", job_id, 1);
-        rc = run_job(argc, child_argv, np, exe, &j, in_process, in_process ? max_restarts : 0);
+        rc = run_job(argc, child_argv, np, exe, &j, in_process, in_process ? max_restarts : 0, max_restarts == 0);
         if (rc == 0 || rc == 2 || in_process || attempt >= max_restarts || stop_signal) break;
         char ckpt[4096];
         dm_error e = {0};

@@ -50,6 +50,7 @@ static int start(trainer *t, dm_error *err)
     t->commit_epoch = t->epoch;
     t->commit_pos = t->epoch_pos;
     if (!rc) rc = tr_state_sync(t, err);
+    t->done0 = t->done_batches;
     if (!rc) rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
     if (!rc) rc = tr_report_open(t, err);
     if (rc) return rc;
@@ -111,6 +112,7 @@ static int train_step(trainer *t, int *skipped, dm_error *err)
     t->step++;
     t->done_batches += t->ci.size;
     t->in_step = 0; /* committed: a failure from here on keeps this step */
+    tr_trace_data(t);
     t->commit_epoch = t->epoch;
     t->commit_pos = t->epoch_pos;
     t->t_fwd_bwd_s += c.backward - c.data;

@@ -8,6 +8,7 @@
 #endif
 
 #include <stdlib.h>
+#include <unistd.h>
 
 /* ---- data ------------------------------------------------------------------ */
 
@@ -138,6 +139,30 @@ int tr_next_train_batch(trainer *t, dm_error *err)
     if (t->d_images[DM_SPLIT_TRAIN])
         return gather_batch(t, DM_SPLIT_TRAIN, t->d_perm + (slice - t->perm), 0, b, err);
     return load_batch(t, DM_SPLIT_TRAIN, slice, b, err);
+}
+
+/* Tests (tests/distributed/elastic.sh): DMNIST_TEST_TRACE_DATA=PREFIX makes
+ * each process append, to PREFIX.<pid>, one line per completed step: "step
+ * round rank epoch" and the examples this rank trained on, so a test can
+ * check that no example was skipped or seen twice within an epoch across
+ * changes of the world. */
+void tr_trace_data(trainer *t)
+{
+    const char *prefix = getenv("DMNIST_TEST_TRACE_DATA");
+    if (!prefix || !prefix[0]) return;
+    if (!t->data_trace) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s.%ld", prefix, (long)getpid());
+        if (!(t->data_trace = fopen(path, "a"))) return;
+    }
+    const int b = t->x->batch_size;
+    /* the step just taken: the cursor moved past its global batch */
+    const int64_t first = t->epoch_pos - (int64_t)b * t->ci.size + (int64_t)t->ci.rank * b;
+    fprintf(t->data_trace, "%lld %d %d %lld", (long long)t->step, t->el ? t->el->round : 0, t->ci.rank,
+            (long long)t->epoch);
+    for (int i = 0; i < b; i++) fprintf(t->data_trace, " %lld", (long long)t->perm[first + i]);
+    fputc('\n', t->data_trace);
+    fflush(t->data_trace);
 }
 
 /* ---- evaluation -------------------------------------------------------------- */

@@ -34,12 +34,15 @@
 static int is_comm_failure(int rc) { return rc == DM_ERR_COMM || rc == DM_ERR_TIMEOUT; }
 
 /* Join the next round and start the backend in it: t->comm stays NULL when
- * the job ended before this process got in. */
-static int form_world(trainer *t, int prev_rank, int prev_size, dm_error *err)
+ * the job ended before this process got in. *formed: the round closed with
+ * this process in it (a failure after that is the new world's). */
+static int form_world(trainer *t, int prev_rank, int prev_size, int *formed, dm_error *err)
 {
     dm_elastic_world w;
+    *formed = 0;
     int rc = dm_elastic_form(t->el, prev_rank, prev_size, t->step, &w, err);
     if (rc || w.done) return rc;
+    *formed = 1;
     snprintf(t->round_job_id, sizeof t->round_job_id, "%s.e%d", t->ids.job_id[0] ? t->ids.job_id : "nojob",
              w.round);
     snprintf(t->round_fingerprint, sizeof t->round_fingerprint, "%016llx",
@@ -69,7 +72,8 @@ int tr_elastic_setup(trainer *t, dm_error *err)
         exit_as(t, DM_EXIT_CONFIG);
         return rc;
     }
-    return form_world(t, t->cc.rank, t->cc.size, err);
+    int formed;
+    return form_world(t, t->cc.rank, t->cc.size, &formed, err);
 }
 
 int tr_state_sync(trainer *t, dm_error *err)
@@ -172,14 +176,15 @@ static void report(trainer *t, const char *reason, const char *why, int old_size
 static int reform(trainer *t, int rank, int size, dm_error *err)
 {
     for (int tries = 0;; tries++) {
-        int rc = form_world(t, rank, size, err);
+        int formed;
+        int rc = form_world(t, rank, size, &formed, err);
         if (rc == DM_OK && !t->comm) { /* the job ended without this process */
             t->total_steps = t->step;
             return DM_OK;
         }
         if (rc == DM_OK) rc = tr_state_sync(t, err);
         if (rc == DM_OK) return adopt_world(t, err);
-        if (!is_comm_failure(rc) || !t->el->joined || tries >= 8) return rc;
+        if (!formed || !is_comm_failure(rc) || tries >= 8) return rc;
         rank = t->ci.rank;
         size = t->ci.size;
         drop_comm(t);

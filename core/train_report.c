@@ -242,8 +242,8 @@ void tr_report_final(const trainer *t, double test_loss, double test_acc, double
     const dm_experiment *x = t->x;
     const int N = t->ci.size;
     if (!rank0(t)) return;
-    int64_t steps_run = t->step - t->step0;
-    double ips = train_s > 0 ? (double)steps_run * x->batch_size * N / train_s : 0;
+    /* global batches: with experiment.elastic the world size may have changed */
+    double ips = train_s > 0 ? (double)(t->done_batches - t->done0) * x->batch_size / train_s : 0;
     double wall = now_s() - t->t_start;
     printf("test loss %.4f  test accuracy %.4f (%.2f%%)  steps %lld  images/s %.1f  wall %.2f s  peak RSS %.0f MB\n",
            test_loss, test_acc, 100 * test_acc, (long long)t->step, ips, wall, peak_rss_mb());
@@ -252,9 +252,10 @@ void tr_report_final(const trainer *t, double test_loss, double test_acc, double
     if (t->metrics)
         fprintf(t->metrics, "{\"event\":\"final\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"steps\":%lld,"
                 "\"images_per_s\":%.6g,\"wall_s\":%.6g,\"train_s\":%.6g,\"world_size\":%d,\"backend\":\"%s\","
-                "\"device\":\"%s\",\"batch_size\":%d,\"peak_rss_mb\":%.1f}\n",
+                "\"device\":\"%s\",\"batch_size\":%d,\"peak_rss_mb\":%.1f,\"global_batches\":%lld,"
+                "\"world_changes\":%d}\n",
                 test_loss, test_acc, (long long)t->step, ips, wall, train_s, N, x->backend,
-                dm_device_name(x->device), x->batch_size, peak_rss_mb());
+                dm_device_name(x->device), x->batch_size, peak_rss_mb(), (long long)t->done_batches, t->world_changes);
     static const char *const tags[] = {"test/loss", "test/accuracy"};
     const double v[] = {test_loss, test_acc};
     dm_tb_scalars(t->tb, t->step, tags, v, 2);

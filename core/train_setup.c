@@ -121,6 +121,7 @@ void tr_teardown(trainer *t)
     free(t->perm);
     free(t->buckets);
     if (t->metrics) fclose(t->metrics);
+    if (t->data_trace) fclose(t->data_trace);
     free(t->el);
     if (t->tb) {
         dm_error e = {0};

@@ -42,6 +42,8 @@ typedef struct trainer {
     int64_t commit_epoch, commit_pos; /* the data cursor after the last completed step */
     int64_t budget;              /* global batches to train: a world change re-divides what is left */
     int64_t done_batches;        /* global batches trained */
+    int64_t done0;               /* ... when this process started training */
+    FILE *data_trace;            /* DMNIST_TEST_TRACE_DATA: the examples of each completed step */
     int world_changes;
     char round_job_id[160];      /* "<job>.e<round>": this world's id for the backend */
     char round_fingerprint[17];
@@ -152,6 +154,7 @@ int tr_sync_layer_state(trainer *t, dm_error *err);
 /* ---- train_data.c: batches, the permutation, dataset upload, evaluation --- */
 
 int tr_upload_dataset(trainer *t, dm_error *err);
+void tr_trace_data(trainer *t);
 int tr_next_train_batch(trainer *t, dm_error *err);
 /* Test loss and accuracy over every rank (identical on any number of ranks);
  * confusion: NULL, or classes x classes floats to fill (rows: true class). */

@@ -159,7 +159,7 @@ static int after_step(trainer *t, dm_error *err)
  * evaluation, the summary, the timeline. */
 static int finish(trainer *t, int rc, dm_error *err)
 {
-    if (rc == DM_OK && !t->comm) { /* elastic: the job finished in a world without this process */
+    if (rc == DM_OK && t->left_out) { /* elastic: the job finished in a world without this process */
         printf("elastic: the job finished without this process (it lost its place at step %lld)\n",
                (long long)t->step);
         return DM_OK;
@@ -200,7 +200,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
 {
     trainer t = {.x = x, .opts = opts, .t_start = now_s()};
     int rc = tr_setup(&t, err);
-    if (!rc && !t.comm) { /* elastic: the job ended before this process got in */
+    if (!rc && t.left_out) { /* elastic: the job ended before this process got in */
         printf("elastic: job %s already finished; nothing to join\n", t.ids.job_id);
         tr_teardown(&t);
         return DM_OK;

@@ -33,14 +33,15 @@
 
 static int is_comm_failure(int rc) { return rc == DM_ERR_COMM || rc == DM_ERR_TIMEOUT; }
 
-/* Join the next round and start the backend in it: t->comm stays NULL when
- * the job ended before this process got in. *formed: the round closed with
+/* Join the next round and start the backend in it; t->left_out when the
+ * job ended before this process got in. *formed: the round closed with
  * this process in it (a failure after that is the new world's). */
 static int form_world(trainer *t, int prev_rank, int prev_size, int *formed, dm_error *err)
 {
     dm_elastic_world w;
     *formed = 0;
     int rc = dm_elastic_form(t->el, prev_rank, prev_size, t->step, &w, err);
+    t->left_out = w.done;
     if (rc || w.done) return rc;
     *formed = 1;
     snprintf(t->round_job_id, sizeof t->round_job_id, "%s.e%d", t->ids.job_id[0] ? t->ids.job_id : "nojob",
@@ -178,7 +179,7 @@ static int reform(trainer *t, int rank, int size, dm_error *err)
     for (int tries = 0;; tries++) {
         int formed;
         int rc = form_world(t, rank, size, &formed, err);
-        if (rc == DM_OK && !t->comm) { /* the job ended without this process */
+        if (rc == DM_OK && t->left_out) { /* the job ended without this process */
             t->total_steps = t->step;
             return DM_OK;
         }
@@ -193,7 +194,7 @@ static int reform(trainer *t, int rank, int size, dm_error *err)
 
 int tr_elastic_recover(trainer *t, int rc, dm_error *err)
 {
-    if (!t->el || !t->comm || !is_comm_failure(rc)) return rc;
+    if (!t->el || t->left_out || !is_comm_failure(rc)) return rc;
     double t_seen = now_s();
     char why[sizeof err->msg];
     snprintf(why, sizeof why, "%s", err && err->msg[0] ? err->msg : "a collective failed");
@@ -201,7 +202,7 @@ int tr_elastic_recover(trainer *t, int rc, dm_error *err)
     drop_comm(t);
     if ((rc = undo_step(t, err))) return rc;
     if ((rc = reform(t, rank, size, err))) return rc;
-    if (t->comm) report(t, "lost a rank", why, size, t_seen);
+    if (!t->left_out) report(t, "lost a rank", why, size, t_seen);
     return DM_OK;
 }
 
@@ -218,11 +219,11 @@ int tr_elastic_boundary(trainer *t, dm_error *err)
     int rank = t->ci.rank, size = t->ci.size;
     drop_comm(t);
     if ((rc = reform(t, rank, size, err))) return rc;
-    if (t->comm) report(t, "a rank joined", "", size, t_seen);
+    if (!t->left_out) report(t, "a rank joined", "", size, t_seen);
     return DM_OK;
 }
 
 void tr_elastic_finish(trainer *t)
 {
-    if (t->el && t->comm && rank0(t)) dm_elastic_finish(t->el);
+    if (t->el && !t->left_out && rank0(t)) dm_elastic_finish(t->el);
 }

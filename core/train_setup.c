@@ -34,7 +34,7 @@ int tr_setup(trainer *t, dm_error *err)
     t->cvt = x->comm.lc->component->vtable;
     if ((rc = dm_comm_config_init(&t->cc, &t->ids, x, err))) return rc;
     if ((rc = x->elastic ? tr_elastic_setup(t, err) : tr_comm_open(t, err))) return rc;
-    if (!t->comm) return DM_OK; /* elastic: the job ended before this process got in */
+    if (t->left_out) return DM_OK; /* elastic: the job ended before this process got in */
 
     /* Only rank 0 writes checkpoints: find a folder it cannot write now, not
      * after the training it was meant to protect. (--eval writes none.) */

@@ -45,6 +45,7 @@ typedef struct trainer {
     int64_t done0;               /* ... when this process started training */
     FILE *data_trace;            /* DMNIST_TEST_TRACE_DATA: the examples of each completed step */
     int world_changes;
+    int left_out;                /* the job ended (or went on) without this process */
     char round_job_id[160];      /* "<job>.e<round>": this world's id for the backend */
     char round_fingerprint[17];
 

@@ -19,6 +19,9 @@
 #          held (its wrapper blocks on a FIFO) and cancelled with scancel
 #          while it runs; the sweep must record it CANCELLED and failed, and
 #          the same command again must resubmit that task alone
+#   tools  scripts/seeds --slurm (every recipe's array queued, then each
+#          collected) and scripts/compare-backends --slurm (a task per
+#          backend, 2 ranks each)
 # Two nodes (cases nodes2-gloo, nodes2-mpi): two network namespaces, each
 # its own host (its own UTS namespace: hostname dmn1 or dmn2) with one
 # slurmd on 10.66.X.1 and 10.66.X.2, joined by a bridge on which slurmctld
@@ -34,7 +37,7 @@
 # slurmd needs).
 #   DMNIST_SLURM_KEEP=1 keeps the scratch folder and prints its path.
 source "$(dirname "$0")/../common/lib.sh" dmnist-slurm
-case_=${1:?CASE: gloo, mpi, batch, array, nodes2-gloo or nodes2-mpi}
+case_=${1:?CASE: gloo, mpi, batch, array, tools, nodes2-gloo or nodes2-mpi}
 W=$TMP
 [ "${DMNIST_SLURM_KEEP:-0}" = 1 ] && { W=$(mktemp -d /tmp/dmnist-slurm-keep.XXXXXX); echo "keeping $W"; }
 
@@ -49,7 +52,7 @@ need_mnist() {
     [ -e "$data/train-images-idx3-ubyte.gz" ] || [ -e "$data/train-images-idx3-ubyte" ] ||
         skip "no MNIST in $data (scripts/get-mnist.sh --from DIR puts it there)"
 }
-case $case_ in array) ;; *) need_mnist ;; esac
+case $case_ in array | tools) ;; *) need_mnist ;; esac
 nodes=1
 case $case_ in nodes2-*) nodes=2 ;; esac
 
@@ -446,5 +449,47 @@ for r in csv.DictReader(open(sys.argv[1], newline="")):
         fail "the resubmitted run's row does not name its new task ${new%% *}"
     ok "array sweep: task $task cancelled and recorded CANCELLED; the resume resubmitted it alone (${new%% *}); 4 rows done"
     ;;
-*) fail "unknown case '$case_' (gloo, mpi, batch, array, nodes2-gloo or nodes2-mpi)" ;;
+tools)
+    # scripts/seeds and scripts/compare-backends with --slurm (tiny.ini,
+    # synthetic data): seeds submits every recipe's array, then collects;
+    # compare-backends runs one task per backend, each a 2-rank srun step.
+    tiny=$SRC/tests/tools/tiny.ini
+    echo "+ seeds $tiny --seeds 1,2 --recipe base= --recipe lr1=optimizer.lr=0.1 --slurm ..."
+    timeout -k 5 50 python3 "$SRC/scripts/seeds" "$tiny" --seeds 1,2 --recipe base= --recipe lr1=optimizer.lr=0.1 \
+        --out "$W/seeds" --slurm --sbatch="--time=2 --job-name=dmnist-slurm-test" --wait-max 40 >"$W/seeds.log" 2>&1
+    rc=$?
+    show "$W/seeds.log"
+    [ $rc = 0 ] || fail "seeds --slurm exited $rc"
+    [ "$(grep -cE '^sweep: submitted array job [0-9]+: 2 tasks' "$W/seeds.log")" = 2 ] ||
+        fail "seeds --slurm did not submit one array of 2 tasks per recipe"
+    # both arrays were submitted before the first was collected
+    [ "$(grep -m1 -n 'seeds: base: (the config' "$W/seeds.log" | cut -d: -f1)" -gt \
+      "$(grep -n '^sweep: submitted array job' "$W/seeds.log" | tail -n1 | cut -d: -f1)" ] ||
+        fail "seeds --slurm waited for a recipe before submitting the next"
+    for r in base lr1; do
+        grep -qE "^ *$r +2/2 " "$W/seeds.log" || fail "seeds: recipe $r does not have 2/2 runs"
+    done
+    backends=gloo mpi_type=
+    if [ -e "$DMNIST_BUILD_DIR/plugins/dm_mpi.so" ]; then
+        for t in pmix pmi2; do srun --mpi=list 2>&1 | grep -qw $t && { mpi_type=$t; break; }; done
+        [ -n "$mpi_type" ] && backends=gloo,mpi
+    fi
+    echo "+ compare-backends --np 2 --backends $backends $tiny --slurm ..."
+    SLURM_MPI_TYPE=$mpi_type timeout -k 5 50 python3 "$SRC/scripts/compare-backends" --np 2 --backends "$backends" \
+        "$tiny" --out "$W/cmp" --slurm --sbatch="--time=2 --job-name=dmnist-slurm-test" --wait-max 40 >"$W/cmp.log" 2>&1
+    rc=$?
+    show "$W/cmp.log"
+    [ $rc = 0 ] || fail "compare-backends --slurm exited $rc"
+    for b in ${backends//,/ }; do
+        grep -qE "^== $b: task [0-9]+_[0-9] COMPLETED \(exit code 0:0\)" "$W/cmp.log" ||
+            fail "compare-backends: no COMPLETED task for $b"
+        python3 -c 'import csv, sys
+rows = {r["backend"]: r for r in csv.DictReader(open(sys.argv[1]))}
+r = rows.get(sys.argv[2]) or sys.exit("no row")
+sys.exit(0 if r["status"] == "done" and r["ranks"] == "2" else "status %s, ranks %s" % (r["status"], r["ranks"]))' \
+            "$W/cmp/compare.csv" "$b" || fail "compare.csv: backend $b is not a done run of 2 ranks"
+    done
+    ok "seeds --slurm (2 recipes x 2 seeds, both arrays queued first) and compare-backends --slurm ($backends, 2 ranks each)"
+    ;;
+*) fail "unknown case '$case_' (gloo, mpi, batch, array, tools, nodes2-gloo or nodes2-mpi)" ;;
 esac

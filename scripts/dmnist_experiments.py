@@ -272,6 +272,7 @@ def slurm_call(cmd, what=None):
         raise ToolError("%s did not answer within %d s (is slurmctld up?)" % (what or cmd[0], SLURM_CMD_TIMEOUT))
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]
+        last = re.sub(r"^%s: " % re.escape(cmd[0]), "", last)  # "sbatch: error: ..." once, not twice
         raise ToolError("%s: %s" % (what or " ".join(cmd[:2]), last))
     return out.stdout
 

@@ -86,8 +86,9 @@ remove_netns() {
 }
 if [ "$nodes" = 2 ]; then
     command -v ip >/dev/null || skip "no ip command (Debian package iproute2)"
-    command -v unshare >/dev/null && command -v nsenter >/dev/null ||
-        skip "no unshare or nsenter command (Debian package util-linux)"
+    for c in unshare nsenter; do
+        command -v $c >/dev/null || skip "no $c command (Debian package util-linux)"
+    done
     # a /24 in 10.66.0.0/16 that no route of this machine uses yet
     for x in $(seq $(($$ % 200 + 20)) 254) $(seq 20 254); do
         ip -4 route show | grep -q "^10\.66\.$x\." || { net=10.66.$x; break; }
@@ -249,6 +250,7 @@ for i in "${!node_names[@]}"; do
         # would collide). nsenter, not ip netns exec: that remounts /sys,
         # hiding the cgroup file system slurmd reads.
         mkdir -p "$W/nodetmp" "$W/nodetmp-$n"
+        # shellcheck disable=SC2016 # $1..$3 are the inner shell's
         nsenter --net="/run/netns/${ns[i]}" unshare --uts --mount --propagation private \
             sh -c 'hostname "$1" && mount --bind "$2" "$3" && exec slurmd -N "$1"' sh "$n" "$W/nodetmp-$n" "$W/nodetmp" \
             >"$W/log/slurmd-$n.out" 2>&1 ||
@@ -342,6 +344,7 @@ nodes2-gloo | nodes2-mpi)
     # Each task says where it runs (hostname, Slurm's node name, the address
     # on dmeth0), then becomes the rank. train.sync_check_every makes the
     # ranks compare parameter hashes: both must hold the same model.
+    # shellcheck disable=SC2016 # expanded by each task's shell
     where='echo "on $(hostname) node $SLURMD_NODENAME addr $(ip -4 -o addr show dev dmeth0 | awk "{print \$4}")"; exec "$@"'
     if [ "$case_" = nodes2-gloo ]; then
         # several nodes: a rendezvous folder both see (the scratch folder;
@@ -399,7 +402,7 @@ for r in csv.DictReader(open(sys.argv[1], newline="")):
     print(r["run"], r["status"], r.get("slurm_job") or "-", r.get("slurm_state") or "-", r.get("slurm_exit") or "-",
           r["reason"])' "$1"
     }
-    sweep=(python3 "$SRC/scripts/sweep" "$SRC/tests/tools/tiny.ini" optimizer.lr=0.01,0.05 data.batch_size=16,32
+    sweep=(python3 "$SRC/scripts/sweep" "$SRC/tests/tools/tiny.ini" "optimizer.lr=0.01,0.05" "data.batch_size=16,32"
            --slurm "--sbatch=--time=2 --job-name=dmnist-slurm-test" --wait-max 40 --no-plots
            --dmnist-run "$W/wrapper" --out "$out")
     echo "+ ${sweep[*]} &"
@@ -439,8 +442,9 @@ for r in csv.DictReader(open(sys.argv[1], newline="")):
     grep -qE "^sweep: submitted array job [0-9]+: 1 task \(3\)" "$W/sweep2.log" ||
         fail "the resumed sweep did not submit task 3 alone"
     new=$(tail -n +$((before + 1)) "$calls")
-    [ "$(echo "$new" | wc -l)" = 1 ] && [[ $new == *" optimizer.lr=0.05 "*" data.batch_size=32 "* ]] ||
+    if [ "$(echo "$new" | wc -l)" != 1 ] || [[ $new != *" optimizer.lr=0.05 "*" data.batch_size=32 "* ]]; then
         fail "the resume started other runs: $new"
+    fi
     echo "+ results.csv (run, status, slurm_job, slurm_state, slurm_exit, reason):"
     rows "$out/results.csv" >"$W/rows2"
     show "$W/rows2"

@@ -199,11 +199,15 @@ pid_files() { ls "$W"/run/*.pid 2>/dev/null; }
 # Every job of this private slurmctld is ours.
 stop_daemons() {
     local f p
-    scancel --quiet --full --user=root 2>/dev/null
-    for _ in $(seq 50); do
-        [ -z "$(squeue -h 2>/dev/null)" ] && ! steps_left && break
-        sleep 0.1
-    done
+    # without a slurmctld, scancel and squeue would each retry for seconds
+    p=$(cat "$W/run/slurmctld.pid" 2>/dev/null)
+    if [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then
+        scancel --quiet --full --user=root 2>/dev/null
+        for _ in $(seq 50); do
+            [ -z "$(squeue -h 2>/dev/null)" ] && ! steps_left && break
+            sleep 0.1
+        done
+    fi
     for f in $(pid_files); do
         p=$(cat "$f" 2>/dev/null) && [ -n "$p" ] && kill "$p" 2>/dev/null
     done

@@ -37,6 +37,10 @@
 # slurmd needs).
 #   DMNIST_SLURM_KEEP=1 keeps the scratch folder and prints its path.
 source "$(dirname "$0")/../common/lib.sh" dmnist-slurm
+# Stopped (Ctrl-C, kill): exit through lib.sh's EXIT trap, which stops the
+# daemons and removes the namespaces.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 case_=${1:?CASE: gloo, mpi, batch, array, tools, nodes2-gloo or nodes2-mpi}
 W=$TMP
 [ "${DMNIST_SLURM_KEEP:-0}" = 1 ] && { W=$(mktemp -d /tmp/dmnist-slurm-keep.XXXXXX); echo "keeping $W"; }
@@ -81,6 +85,8 @@ node_addrs=(127.0.0.1)
 ns=() br=dmbr$$ net=
 remove_netns() {
     local n
+    # the daemons first: scancel needs slurmctld's address on the bridge
+    declare -F stop_daemons >/dev/null && stop_daemons
     for n in "${ns[@]}"; do ip netns del "$n" 2>/dev/null; done # takes its veth pair along
     ip link del "$br" 2>/dev/null
 }

@@ -304,14 +304,19 @@ def slurm_task_line(task, cmd, folder, ntasks, mpi):
     folder = os.path.abspath(folder)
     rdzv = os.path.join(folder, "rendezvous")
     srun = ["srun", "--ntasks=%d" % ntasks, "--kill-on-bad-exit=1"]
+    threads = ""
+    if not any(c.startswith("experiment.threads=") for c in cmd):
+        # dmnist-run's default (the node's cores / its ranks there) counts
+        # cores the task was not given: one thread per CPU Slurm gave it
+        threads = " --set experiment.threads=${SLURM_CPUS_PER_TASK:-1}"
     lines = ["%d)" % task,
              # gloo/nccl on several nodes need a rendezvous all nodes see: the
              # run folder is on the shared file system (results are read there)
              "    rdzv=%s/$SLURM_JOB_ID" % q(rdzv),
              "    mkdir -p \"$rdzv\"",
              "    export DMNIST_RENDEZVOUS=${DMNIST_RENDEZVOUS:-file://$rdzv}",
-             "    %s%s %s >%s 2>&1" % (" ".join(srun), " --mpi=${SLURM_MPI_TYPE:-pmix}" if mpi else "",
-                                     " ".join(q(c) for c in cmd), q(os.path.join(folder, "log.txt"))),
+             "    %s%s %s%s >%s 2>&1" % (" ".join(srun), " --mpi=${SLURM_MPI_TYPE:-pmix}" if mpi else "",
+                                       " ".join(q(c) for c in cmd), threads, q(os.path.join(folder, "log.txt"))),
              "    rc=$?",
              "    rm -rf \"$rdzv\"",
              "    echo $rc >%s" % q(os.path.join(folder, "exit_code")),

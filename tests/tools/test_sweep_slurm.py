@@ -49,8 +49,11 @@ for text, s in (("00:00:07", 7), ("1-02:03:04", 93784), ("Unknown", None)):
 check(dx.slurm_exit({"state": "FAILED", "exit_code": "2:0"}) == 2, "FAILED 2:0 is exit code 2")
 check(dx.slurm_exit({"state": "CANCELLED", "exit_code": "0:15"}) == "cancelled", "CANCELLED is no exit code")
 line = dx.slurm_task_line(4, ["dmnist-run", "--set", "a.b=c d"], "/x/r", 2, True)
-check("srun --ntasks=2 --kill-on-bad-exit=1 --mpi=${SLURM_MPI_TYPE:-pmix} dmnist-run --set 'a.b=c d'" in line,
-      "task line of an mpi run:\n" + line)
+check("srun --ntasks=2 --kill-on-bad-exit=1 --mpi=${SLURM_MPI_TYPE:-pmix} dmnist-run --set 'a.b=c d' "
+      "--set experiment.threads=${SLURM_CPUS_PER_TASK:-1} >/x/r/log.txt" in line, "task line of an mpi run:\n" + line)
+line = dx.slurm_task_line(0, ["dmnist-run", "--set", "experiment.threads=3"], "/x/r", 1, False)
+check("srun --ntasks=1 --kill-on-bad-exit=1 dmnist-run --set experiment.threads=3 >/x/r/log.txt" in line,
+      "task line with its own threads:\n" + line)
 
 # A whole array through stand-ins.
 need_gloo()

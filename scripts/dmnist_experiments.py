@@ -210,3 +210,274 @@ def print_table(headers, rows, out=sys.stdout):
     out.write(text)
     out.flush()
     return text
+
+
+# ---------------------------------------------------------------------------
+# Slurm job arrays: sweep --slurm, compare-backends --slurm (seeds through
+# sweep). One array job, one task per run; each task's ranks are one srun
+# step. A task's record (job id, state, exit code) lives in its run folder as
+# slurm.json, so a later call (resume, --no-wait then collect) finds it.
+
+# States after which a task will not run again by itself (squeue/scontrol/sacct names).
+SLURM_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+               "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT", "LOST"}
+SLURM_CMD_TIMEOUT = 30  # seconds for one sbatch/scontrol/sacct call: a hung slurmctld is an error, not a hang
+
+
+def add_slurm_args(p, no_wait=True):
+    """The --slurm options, shared by the scripts that submit arrays."""
+    g = p.add_argument_group("Slurm (docs/clusters.md)")
+    g.add_argument("--slurm", action="store_true",
+                   help="submit one sbatch job array (one task per run, each task's ranks one srun step) "
+                        "instead of running here")
+    g.add_argument("--sbatch", action="append", default=[], metavar="'OPTIONS'",
+                   help="sbatch options for the array, as one string (repeatable), e.g. "
+                        "--sbatch='-p debug --time=10'")
+    if no_wait:
+        g.add_argument("--no-wait", action="store_true",
+                       help="submit and return; the same command again waits for the tasks and collects them")
+    g.add_argument("--wait-max", type=float, default=0, metavar="S",
+                   help="stop waiting for the array after S seconds, leaving it queued or running (0: no limit)")
+
+
+def check_slurm_args(p, a):
+    """Usage errors of the --slurm options; sets a.sbatch_opts (a list)."""
+    import shlex
+    a.sbatch_opts = []
+    for s in a.sbatch:
+        try:
+            a.sbatch_opts += shlex.split(s)
+        except ValueError as e:
+            p.error("--sbatch %s: %s" % (s, e))
+    if (a.sbatch or getattr(a, "no_wait", False) or a.wait_max) and not a.slurm:
+        p.error("--sbatch, --no-wait and --wait-max go with --slurm")
+    if a.wait_max < 0:
+        p.error("--wait-max %g: expected seconds, at least 0" % a.wait_max)
+    for o in a.sbatch_opts:
+        if re.match(r"(--array|-a)(=|$)|-a\d", o):
+            p.error("--sbatch %s: the array is set by the script (one task per run; --jobs K for at most K at once)"
+                    % o)
+        if re.match(r"(--parsable|--wait|-W)(=|$)", o):
+            p.error("--sbatch %s: set by the script (it polls the tasks itself)" % o)
+
+
+def slurm_call(cmd, what=None):
+    """Run a Slurm command, bounded; its stdout, or ToolError with its last error line."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=SLURM_CMD_TIMEOUT,
+                             stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise ToolError("%s not found: --slurm needs Slurm's client commands (Debian: slurm-client)" % cmd[0])
+    except subprocess.TimeoutExpired:
+        raise ToolError("%s did not answer within %d s (is slurmctld up?)" % (what or cmd[0], SLURM_CMD_TIMEOUT))
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1]
+        last = re.sub(r"^%s: " % re.escape(cmd[0]), "", last)  # "sbatch: error: ..." once, not twice
+        raise ToolError("%s: %s" % (what or " ".join(cmd[:2]), last))
+    return out.stdout
+
+
+def read_slurm_record(folder, signature):
+    """A task's slurm.json in folder, when it belongs to this run (same signature)."""
+    try:
+        with open(os.path.join(folder, "slurm.json"), encoding="utf-8") as f:
+            rec = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return rec if rec.get("signature") == signature else None
+
+
+def write_slurm_record(folder, rec):
+    path = os.path.join(folder, "slurm.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(rec, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def slurm_task_line(task, cmd, folder, ntasks, mpi):
+    """The shell lines of one array task: srun starts the ranks as one step,
+    its output goes to folder/log.txt and its exit status to folder/exit_code
+    (read when Slurm has forgotten the task)."""
+    import shlex
+    q = shlex.quote
+    folder = os.path.abspath(folder)
+    rdzv = os.path.join(folder, "rendezvous")
+    srun = ["srun", "--ntasks=%d" % ntasks, "--kill-on-bad-exit=1"]
+    threads = ""
+    if not any(c.startswith("experiment.threads=") for c in cmd):
+        # dmnist-run's default (the node's cores / its ranks there) counts
+        # cores the task was not given: one thread per CPU Slurm gave it
+        threads = " --set experiment.threads=${SLURM_CPUS_PER_TASK:-1}"
+    lines = ["%d)" % task,
+             # gloo/nccl on several nodes need a rendezvous all nodes see: the
+             # run folder is on the shared file system (results are read there)
+             "    rdzv=%s/$SLURM_JOB_ID" % q(rdzv),
+             "    mkdir -p \"$rdzv\"",
+             "    export DMNIST_RENDEZVOUS=${DMNIST_RENDEZVOUS:-file://$rdzv}",
+             "    %s%s %s%s >%s 2>&1" % (" ".join(srun), " --mpi=${SLURM_MPI_TYPE:-pmix}" if mpi else "",
+                                       " ".join(q(c) for c in cmd), threads, q(os.path.join(folder, "log.txt"))),
+             "    rc=$?",
+             "    rm -rf \"$rdzv\"",
+             "    echo $rc >%s" % q(os.path.join(folder, "exit_code")),
+             "    exit $rc ;;"]
+    return "\n".join(lines)
+
+
+def submit_array(out, tasks, sbatch_opts, ntasks, job_name, max_running=0):
+    """Submit one array job. tasks: [(index, shell lines from slurm_task_line)].
+    Writes out/slurm/array.sh (the batch script as submitted) and returns the
+    array's job id; the task ids are JOBID_INDEX."""
+    import shlex
+    os.makedirs(os.path.join(out, "slurm"), exist_ok=True)
+    script = os.path.join(out, "slurm", "array.sh")
+    with open(script, "w", encoding="utf-8") as f:
+        f.write("#!/bin/bash\n# Written by %s: one task per run (docs/clusters.md).\ncd %s || exit 2\n"
+                "case $SLURM_ARRAY_TASK_ID in\n%s\n*) echo \"no run for array task $SLURM_ARRAY_TASK_ID\" >&2; "
+                "exit 2 ;;\nesac\n" % (os.path.basename(sys.argv[0]), shlex.quote(os.getcwd()),
+                                       "\n".join(t for _, t in tasks)))
+    array = ",".join(str(i) for i, _ in tasks) + ("%%%d" % max_running if max_running else "")
+    cmd = ["sbatch", "--parsable", "--job-name=" + job_name, "--array=" + array, "--ntasks=%d" % ntasks,
+           "--output=" + os.path.join(os.path.abspath(out), "slurm", "%A_%a.out")] + sbatch_opts + [script]
+    answer = slurm_call(cmd, "sbatch").strip()
+    m = re.fullmatch(r"(\d+)(;.*)?", answer.splitlines()[-1] if answer else "")
+    if not m:
+        raise ToolError("sbatch: expected a job id, got %r" % answer)
+    return m.group(1)
+
+
+def expand_task_ids(spec):
+    """Array task ids of scontrol's ArrayTaskId: '3', '1,4-6', '0-7:2%2'."""
+    ids = []
+    for part in spec.split("%")[0].split(","):
+        m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+        if m:
+            lo, hi, step = int(m.group(1)), int(m.group(2) or m.group(1)), int(m.group(3) or 1)
+            ids += list(range(lo, hi + 1, step))
+    return ids
+
+
+def hms_seconds(text):
+    """Seconds of Slurm's [D-]HH:MM:SS (RunTime, Elapsed), or None."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d+):(\d+)", text or "")
+    if not m:
+        return None
+    d, h, mi, s = (int(x or 0) for x in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + s
+
+
+def slurm_states(array_id):
+    """{task index: {state, exit_code, seconds}} of one array job from
+    scontrol (which knows a job until MinJobAge after its end), else sacct;
+    {} when neither knows it any more."""
+    states = {}
+    try:
+        text = slurm_call(["scontrol", "-o", "show", "job", array_id], "scontrol show job %s" % array_id)
+    except ToolError as e:
+        if "Invalid job id" not in str(e):
+            raise
+        text = ""
+    for line in text.splitlines():
+        f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if f.get("ArrayJobId") != array_id or "ArrayTaskId" not in f:
+            continue
+        for i in expand_task_ids(f["ArrayTaskId"]):
+            states[i] = {"state": f.get("JobState", "UNKNOWN"), "exit_code": f.get("ExitCode", ""),
+                         "seconds": hms_seconds(f.get("RunTime"))}
+    if states:
+        return states
+    try:
+        text = slurm_call(["sacct", "-n", "-P", "-X", "-j", array_id, "-o", "JobID,State,ExitCode,ElapsedRaw"],
+                          "sacct -j %s" % array_id)
+    except ToolError:
+        return {}  # no accounting here: the caller falls back on the task's exit_code file
+    for line in text.splitlines():
+        parts = line.split("|")
+        m = re.fullmatch(r"\d+_(\d+)", parts[0]) if len(parts) == 4 else None
+        if m:
+            states[int(m.group(1))] = {"state": parts[1].split()[0], "exit_code": parts[2],
+                                       "seconds": float(parts[3]) if parts[3].isdigit() else None}
+    return states
+
+
+def refresh_slurm_records(items):
+    """Bring the records of unfinished tasks up to date. items: [(folder,
+    record)] with records from read_slurm_record; changed records are written
+    back. Returns the folders whose task has just ended."""
+    ended = []
+    by_array = {}
+    for folder, rec in items:
+        if rec and rec.get("state") not in SLURM_ENDED:
+            by_array.setdefault(rec["job"].split("_")[0], []).append((folder, rec))
+    for array_id, members in by_array.items():
+        states = slurm_states(array_id)
+        for folder, rec in members:
+            task = int(rec["job"].split("_")[1])
+            st = states.get(task)
+            if st is None:  # forgotten by Slurm: the task's own exit_code file, else lost
+                try:
+                    with open(os.path.join(folder, "exit_code")) as f:
+                        code = int(f.read().strip())
+                    st = {"state": "COMPLETED" if code == 0 else "FAILED", "exit_code": "%d:0" % code,
+                          "seconds": rec.get("seconds")}
+                except (FileNotFoundError, ValueError):
+                    st = {"state": "LOST", "exit_code": "", "seconds": None}
+            if (st["state"], st["exit_code"]) != (rec.get("state"), rec.get("exit_code")) or \
+                    st["seconds"] != rec.get("seconds"):
+                rec.update(st)
+                write_slurm_record(folder, rec)
+            if rec["state"] in SLURM_ENDED:
+                ended.append(folder)
+    return ended
+
+
+def slurm_exit(rec):
+    """A run's exit code from its task record: the batch script's status
+    (srun's), or the state name when Slurm ended it (CANCELLED, TIMEOUT...)."""
+    if rec["state"] in ("COMPLETED", "FAILED"):
+        try:
+            return int(rec["exit_code"].split(":")[0])
+        except ValueError:
+            pass
+    return rec["state"].lower()
+
+
+def wait_slurm(items, on_end, wait_max=0):
+    """Poll the tasks of items ([(folder, record)]) until all have ended;
+    on_end(folder) for each as it ends. The interval grows from 1 s to 15 s
+    (a scheduler is not polled every second for hours). A Slurm that stops
+    answering for 120 s, or wait_max seconds (when > 0), ends the wait:
+    returns False then, True when every task has ended."""
+    t0 = time.monotonic()
+    last_ok = t0
+    interval = 1.0
+    while True:
+        try:
+            for folder in refresh_slurm_records(items):
+                on_end(folder)
+            last_ok = time.monotonic()
+        except ToolError as e:
+            if time.monotonic() - last_ok > 120:
+                raise ToolError("%s (for 2 minutes; the tasks may still run: run the same command again "
+                                "to collect them)" % e)
+        if all(rec["state"] in SLURM_ENDED for _, rec in items):
+            return True
+        if wait_max and time.monotonic() - t0 >= wait_max:
+            return False
+        time.sleep(interval if not wait_max else min(interval, max(0.0, t0 + wait_max - time.monotonic())))
+        interval = min(15.0, interval * 1.5)
+
+
+def run_backend(config, sets):
+    """The comm backend a run uses: its last --set experiment.backend, else
+    the config's [experiment] backend, else "" (dmnist-run's default)."""
+    import configparser
+    for s in reversed(sets):
+        if s.startswith("experiment.backend="):
+            return s.split("=", 1)[1].strip()
+    cp = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), strict=False, interpolation=None)
+    try:
+        cp.read(config, encoding="utf-8")
+        return cp.get("experiment", "backend", fallback="").strip()
+    except configparser.Error:
+        return ""  # dmnist-run reports a bad config itself, in the run's log

@@ -63,7 +63,7 @@ tests_packages=(
   python3-torch                              # the PyTorch reference of scripts/bench
   dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
   python3-venv python3-pip                   # the tests' .venv (PyPI packages below)
-  slurmctld slurmd slurm-client munge        # tests/slurm: a one-node Slurm started by the test
+  slurmctld slurmd slurm-client munge        # tests/slurm: a Slurm started by the test (one node, or two in namespaces)
   debootstrap                                # tests/package: a clean Debian 12 chroot
   dpkg-dev                                   # dpkg-shlibdeps: the .debs' Depends (scripts/package.sh)
 )
@@ -86,7 +86,8 @@ runtime_commands=(cc:build-essential c++:build-essential make:build-essential cm
 export_commands=(protoc-c:protobuf-c-compiler)
 tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
   taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang
-  srun:slurm-client sinfo:slurm-client dpkg-shlibdeps:dpkg-dev)
+  nsenter:util-linux srun:slurm-client sinfo:slurm-client sbatch:slurm-client scontrol:slurm-client
+  dpkg-shlibdeps:dpkg-dev)
 # commands in /usr/sbin, which a user's PATH may lack: looked for there too
 tests_sbin=(slurmctld:slurmctld slurmd:slurmd munged:munge debootstrap:debootstrap)
 # FILE:PACKAGE pairs for packages that install data, not a command.

@@ -235,9 +235,14 @@ void dm_set_thread_env(const dm_config *cfg)
     if (threads <= 0) {
         dm_launch_env env;
         dm_error e = {0};
-        int local = dm_launch_env_read(&env, &e) == DM_OK && env.local_size > 0 ? env.local_size : 1;
+        int known = dm_launch_env_read(&env, &e) == DM_OK;
+        int local = known && env.local_size > 0 ? env.local_size : 1;
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = (int)(cores / (local > 0 ? local : 1));
+        /* a Slurm task owns the CPUs it was given (--cpus-per-task), not the node's */
+        const char *cpt = getenv("SLURM_CPUS_PER_TASK");
+        if (known && env.launcher && strcmp(env.launcher, DM_LAUNCHER_SLURM) == 0 && cpt && atoi(cpt) > 0)
+            threads = atoi(cpt);
         if (threads < 1) threads = 1;
     }
     char buf[16];

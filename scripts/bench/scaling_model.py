@@ -39,12 +39,25 @@ each direction of a link, alpha: one-way latency of one message):
             in flight) and Open MPI's ring. Each rank sends and receives
             2 (N-1)/N m at once: the links must be full duplex, both
             directions at B (the lab shapes each direction on its own).
-  binomial  T = 2 ceil(log2 N) (h alpha + m / B)
+  binomial  T = (L + L (L+1) / 2) m / B + 2 L h alpha,   L = ceil(log2 N)
             Open MPI's MPI_Iallreduce with MPI_IN_PLACE (what dmnist's mpi
             backend calls unless comm.timeouts = false): libnbc then always
-            takes its binomial algorithm, a reduce to rank 0 along a binomial
-            tree and a broadcast back, each of the log2 N rounds moving the
-            whole buffer, unsegmented.
+            takes its binomial algorithm (nbc_iallreduce.c), whole buffers,
+            unsegmented. The reduce to rank 0 takes L rounds of one m each
+            (a round's messages use different links). The broadcast back
+            is not L rounds: each rank sends to all its children at once
+            (rank 0 to 1, 2, 4, ...; rank 1 to 3, 5, ...), and those sends
+            share the sender's uplink, so the last rank (N-1) has the whole
+            buffer after L + (L-1) + ... + 1 = L (L+1)/2 times m / B.
+            8 ranks: 9 m / B, against 1.75 m / B for a ring.
+
+Measured in the lab (docs/reports/benchmarks.md, "Allreduce over shaped
+links"), binomial with h = 3 is within 3% for 2, 4 and 8 ranks at 1 Gbit/s.
+gloo's bandwidth term is within 6-18%, but its latency term is not 2 (N-1)
+alpha when alpha is large against a segment's time on the wire (1 MiB: 8.4 ms
+at 1 Gbit/s): only two segments are in flight, each sent after the
+receiver's ready notice crossed the link; at 5 ms it paid about 9 alpha at
+2 and 4 ranks (ring: 2 and 6). The ring formula stays, with that caveat.
 
 h (--hops) is the number of one-way latencies a message pays before its data
 flows: 1 when the receiver is ready (gloo's pipelined segments hide the
@@ -68,7 +81,8 @@ def ring_s(m_bytes, n, gbits, alpha_s):
 def binomial_s(m_bytes, n, gbits, alpha_s):
     if n == 1:
         return 0.0
-    return 2 * math.ceil(math.log2(n)) * (alpha_s + m_bytes / (gbits * 1e9 / 8))
+    levels = math.ceil(math.log2(n))
+    return (levels + levels * (levels + 1) / 2) * m_bytes / (gbits * 1e9 / 8) + 2 * levels * alpha_s
 
 
 ALGOS = {"ring": ring_s, "binomial": binomial_s}

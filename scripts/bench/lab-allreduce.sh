@@ -13,7 +13,7 @@
 # configs/cnn-synthetic.ini (the seed CNN) as a lab job: the median of
 # --iters timed repetitions of the 4-byte allreduce (latency) and of the
 # gradient buffer. Variants and the model each is compared with:
-#   gloo      gloo::allreduce                          ring,     1 latency per message
+#   gloo      gloo::allreduce                          gloo (its ring, 2 segments in flight)
 #   mpi       MPI_Iallreduce in place (dmnist's mpi)    binomial, 3 (TCP rendezvous)
 #   mpi-ring  the same with OMPI_MCA_coll_libnbc_iallreduce_algorithm=1
 #                                                       ring,     3
@@ -65,7 +65,7 @@ for shape in "${shape_list[@]}"; do
         for v in "${variant_list[@]}"; do
             env=() backend=$v algo=ring hops=1
             case $v in
-            gloo) ;;
+            gloo) algo=gloo ;;
             mpi) algo=binomial hops=3 ;;
             mpi-ring) backend=mpi hops=3 env=(--env OMPI_MCA_coll_libnbc_iallreduce_algorithm=1) ;;
             *) die "unknown variant $v (gloo, mpi, mpi-ring)" ;;

@@ -23,13 +23,13 @@ under a millisecond), and switch contention.
 
   scripts/bench/scaling_model.py --step-ms 27 --overlap-ms 11 [--batch 64]
       [--alpha-us 25,15,5] [--gbits 10,25,100] [--ranks 1,2,4,...,1024]
-      [--algo ring|binomial] [--markdown]
+      [--algo ring|binomial|gloo] [--markdown]
 
 The communication term alone (what scripts/bench/lab-allreduce.sh compares
 with allreduces measured over shaped links):
 
   scripts/bench/scaling_model.py --comm-only --ranks 2,4,8 --gbits 1 --alpha-us 5000
-      [--algo ring|binomial] [--bytes 9523776] [--hops 1]
+      [--algo ring|binomial|gloo] [--bytes 9523776] [--hops 1]
 
 prints "ranks algo milliseconds" per line. The algorithms (B: bandwidth of
 each direction of a link, alpha: one-way latency of one message):
@@ -51,13 +51,21 @@ each direction of a link, alpha: one-way latency of one message):
             buffer after L + (L-1) + ... + 1 = L (L+1)/2 times m / B.
             8 ranks: 9 m / B, against 1.75 m / B for a ring.
 
+  gloo      T = 2 max(k s / B + alpha, ceil(k/2) (2 alpha + s / B))
+            gloo's ring as it runs (gloo/allreduce.cc, ring()): the buffer is
+            cut into S = roundup(max(ceil(m / 1 MiB), 2N), N) segments of
+            s = m / S; each of the two phases (reduce-scatter, allgather)
+            sends k = S - S/N of them, with only two in flight, and a segment
+            leaves only after the receiver's "ready" notice has crossed the
+            link (NOTIFY_RECV_READY in gloo's tcp pair): a pair of segments
+            takes at least 2 alpha + s / B. With a long alpha against s / B
+            (5 ms against 7.6 ms at 1 Gbit/s and 2 ranks) that, not the
+            ring's 2 (N-1) alpha, is the latency gloo pays.
+
 Measured in the lab (docs/reports/benchmarks.md, "Allreduce over shaped
-links"), binomial with h = 3 is within 3% for 2, 4 and 8 ranks at 1 Gbit/s.
-gloo's bandwidth term is within 6-18%, but its latency term is not 2 (N-1)
-alpha when alpha is large against a segment's time on the wire (1 MiB: 8.4 ms
-at 1 Gbit/s): only two segments are in flight, each sent after the
-receiver's ready notice crossed the link; at 5 ms it paid about 9 alpha at
-2 and 4 ranks (ring: 2 and 6). The ring formula stays, with that caveat.
+links") at 1 Gbit/s, 0 to 10 ms, 2 to 8 ranks: binomial (h = 3) and gloo
+within 0.97-1.18 of the measurement; ring (h = 1) underestimates gloo by up
+to 45% at 2 ranks and 5 ms.
 
 h (--hops) is the number of one-way latencies a message pays before its data
 flows: 1 when the receiver is ready (gloo's pipelined segments hide the
@@ -85,14 +93,22 @@ def binomial_s(m_bytes, n, gbits, alpha_s):
     return (levels + levels * (levels + 1) / 2) * m_bytes / (gbits * 1e9 / 8) + 2 * levels * alpha_s
 
 
-ALGOS = {"ring": ring_s, "binomial": binomial_s}
+def gloo_s(m_bytes, n, gbits, alpha_s):
+    if n == 1:
+        return 0.0
+    segs = -(-max(-(-m_bytes // 2**20), 2 * n) // n) * n   # roundup(max(ceil(m / 1 MiB), 2N), N)
+    s = m_bytes / segs
+    k = segs - segs // n                                  # segments each phase sends
+    wire = s / (gbits * 1e9 / 8)
+    return 2 * max(k * wire + alpha_s, math.ceil(k / 2) * (2 * alpha_s + wire))
+
+
+ALGOS = {"ring": ring_s, "binomial": binomial_s, "gloo": gloo_s}
 
 
 def comm_s(algo, m_bytes, n, gbits, alpha_s, hops=1):
     """The allreduce time of ALGOS[algo], each message paying hops x alpha."""
-    if algo == "ring":
-        return ring_s(m_bytes, n, gbits, hops * alpha_s)
-    return binomial_s(m_bytes, n, gbits, hops * alpha_s)
+    return ALGOS[algo](m_bytes, n, gbits, hops * alpha_s)
 
 
 def main():

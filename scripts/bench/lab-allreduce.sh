@@ -17,6 +17,9 @@
 #   mpi       MPI_Iallreduce in place (dmnist's mpi)    binomial, 3 (TCP rendezvous)
 #   mpi-ring  the same with OMPI_MCA_coll_libnbc_iallreduce_algorithm=1
 #                                                       ring,     3
+#   mpi-blocking  MPI_Allreduce (--set comm.timeouts=false: coll/tuned's
+#             choice, by bytes sent Rabenseifner or a ring)  no model
+# (--variants also takes mpi-blocking, which the default leaves out).
 # Prints a Markdown table: N, variant, 4-byte median, measured median,
 # model, measured / model. Needs root (network namespaces) and a build.
 set -euo pipefail
@@ -68,21 +71,25 @@ for shape in "${shape_list[@]}"; do
             gloo) algo=gloo ;;
             mpi) algo=binomial hops=3 ;;
             mpi-ring) backend=mpi hops=3 env=(--env OMPI_MCA_coll_libnbc_iallreduce_algorithm=1) ;;
-            *) die "unknown variant $v (gloo, mpi, mpi-ring)" ;;
+            mpi-blocking) backend=mpi algo=none ;;
+            *) die "unknown variant $v (gloo, mpi, mpi-ring, mpi-blocking)" ;;
             esac
             logdir=$tmp/$rate-$delay-$n-$v
             if ! "$lab" job $name --np "$n" --backend "$backend" "${env[@]}" --run "$bench" --timeout 300 \
                 --logdir "$logdir" -- --min-bytes 4 --max-bytes 4 --iters "$iters" --warmup "$warmup" \
+                $([ $v = mpi-blocking ] && echo --set comm.timeouts=false) \
                 "$root/configs/cnn-synthetic.ini" >"$tmp/job.log" 2>&1; then
                 cat "$tmp/job.log" >&2
                 echo "| $rate $delay | $n | $v | failed | | | |"
                 continue
             fi
             read -r small big < <(us_of "$logdir/rank0.log")
-            model=$(python3 "$here/scaling_model.py" --comm-only --ranks "$n" --gbits "$gbits" --alpha-us "$alpha_us" \
-                --algo $algo --hops $hops | awk '{ print $3 }')
+            model=0
+            [ $algo = none ] || model=$(python3 "$here/scaling_model.py" --comm-only --ranks "$n" --gbits "$gbits" \
+                --alpha-us "$alpha_us" --algo $algo --hops $hops | awk '{ print $3 }')
             awk -v l="$rate $delay" -v n="$n" -v v="$v ($algo)" -v s="$small" -v b="$big" -v m="$model" \
-                'BEGIN { printf "| %s | %d | %s | %.1f | %.1f | %.1f | %.2f |\n", l, n, v, s / 1e3, b / 1e3, m, b / 1e3 / m }'
+                'BEGIN { printf "| %s | %d | %s | %.1f | %.1f | ", l, n, v, s / 1e3, b / 1e3
+                         if (m > 0) printf "%.1f | %.2f |\n", m, b / 1e3 / m; else print "- | - |" }'
         done
         "$lab" down $name >/dev/null
     done

@@ -23,6 +23,9 @@
 #                       rank: the job ends within 6 + 4 s of the fault.
 #   fault_linkdown_gloo @step=20 linkdown host=3: every rank times out (6 s) and exits
 #                       1, within 6 + 4 s; after the job the link is up again.
+#   fault_revive_gloo   @step=20 killhost host=2, then revive host=2: the lab restarts
+#                       rank 2's command (same argv and environment) with its log
+#                       in rank2.1.log, and the summary reports that process.
 # Every case brings its own lab (named after this shell's PID) down on exit,
 # whatever happened. Skipped (77) when not root, without ip, tc or iptables,
 # or where network namespaces cannot be made.
@@ -168,6 +171,19 @@ fault_linkdown_gloo)
     done
     ip -n dmlab-$NAME-sw -br link show port3 | grep -q UP || fail "port3 still down after the job"
     ok "linkdown host=3 at step 20 (+$ft s): every rank timed out, the job ended $after s later, the link is up again"
+    ;;
+fault_revive_gloo)
+    up --hosts 4
+    job --np 4 --backend gloo --timeout 50 --faults "@step=20 killhost host=2; @step=20 revive host=2" \
+        -- "${ARGS[@]}" --set train.total_batches=1000000
+    grep -q "killhost host=2 .*SIGKILL to" "$TMP/job/faults.log" && grep -q "revive host=2 .*restarted rank 2" "$TMP/job/faults.log" ||
+        { show "$log"; fail "faults.log lacks the killhost and the revive"; }
+    [ -s "$TMP/job/rank2.1.log" ] || { show "$log"; fail "no log of the revived rank 2 (rank2.1.log)"; }
+    # The same command line and environment: it is rank 2 of the same job in the same rendezvous
+    # (today's dmnist refuses the rank, which the first process holds; elastic training will not).
+    grep -q "rank 2" "$TMP/job/rank2.1.log" || { show "$TMP/job/rank2.1.log"; fail "the revived process is not rank 2"; }
+    grep -q "rank 2 on h2 .*\[rank2.1.log\]" "$log" || { show "$log"; fail "the summary does not report rank 2's revived process"; }
+    ok "killhost + revive host=2: rank 2 restarted ($(tail -n 1 "$TMP/job/rank2.1.log" | cut -c1-120))"
     ;;
 *) fail "unknown case $case" ;;
 esac

@@ -5,7 +5,8 @@
 #                       namespace, process or state folder of the lab is left.
 #   shaping             2 hosts, 20 ms delay each: ping -U takes 2 x 20 ms (a
 #                       packet between two hosts sees the delay of the one it
-#                       reaches, the reply the other's), within +10 ms; after
+#                       reaches, the reply the other's), within +10 ms; with 30%
+#                       loss on h1, 12 to 50% of 60 pings are lost (3 sigma); after
 #                       `shape` to 100 Mbit/s and 1 ms, 12.5 MB take about 1 s
 #                       (0.8 to 1.6 s: TCP's slow start and the machine's load).
 #   job_gloo, job_mpi   4 ranks on 4 hosts (1 Gbit/s, 2 ms) finish, and their final
@@ -83,6 +84,7 @@ fault_case() {
 
 case $case in
 updown)
+    links0=$(ip -br link | awk '{ print $1 }' | sort)
     up --hosts 4 --rate 1gbit --delay 5ms --loss 0.1%
     [ "$(ip netns list | grep -cE "^dmlab-$NAME-")" = 5 ] || fail "expected 5 namespaces (4 hosts and the switch)"
     [ "$(pgrep -cf "dmnist-lab-$NAME/link")" = 4 ] || fail "expected 4 link daemons"
@@ -90,6 +92,7 @@ updown)
     "$LAB" down $NAME >"$TMP/down.log" 2>&1 || { show "$TMP/down.log"; fail "lab down failed"; }
     left=$(leftovers)
     [ -z "$left" ] || fail "left behind by lab down: $left"
+    [ "$(ip -br link | awk '{ print $1 }' | sort)" = "$links0" ] || fail "the host's links changed: $(ip -br link)"
     "$LAB" down $NAME >"$TMP/down.log" 2>&1 || { show "$TMP/down.log"; fail "a second lab down failed"; }
     ok "lab up (4 hosts) and down left nothing; down again: $(cat "$TMP/down.log")"
     ;;
@@ -100,7 +103,11 @@ shaping)
     rtt=$("$LAB" exec $NAME h0 -- ping -U -c 5 -i 0.2 10.77.0.2 | sed -n 's|.*= \([0-9.]*\)/.*|\1|p')
     [ -n "$rtt" ] || fail "no ping from h0 to h1"
     within 40 "$rtt" && within "$rtt" 50 || fail "ping RTT $rtt ms with 20 ms each way, expected 40 to 50"
-    "$LAB" shape $NAME h1 --rate 100mbit --delay 1ms >/dev/null && "$LAB" shape $NAME h0 --rate 100mbit --delay 1ms >/dev/null ||
+    # 30% loss on h1: each echo request to it is lost with p = 0.3 (h0's replies see h0's 0%).
+    "$LAB" shape $NAME h1 --delay 0 --loss 30% >/dev/null || fail "lab shape --loss"
+    lost=$("$LAB" exec $NAME h0 -- ping -c 60 -i 0.02 -W 1 10.77.0.2 | sed -n 's/.* \([0-9.]*\)% packet loss.*/\1/p')
+    [ -n "$lost" ] && within 12 "$lost" && within "$lost" 50 || fail "loss 30%: ping lost ${lost:-?}% of 60, expected 12 to 50"
+    "$LAB" shape $NAME h1 --rate 100mbit --delay 1ms --loss 0 >/dev/null && "$LAB" shape $NAME h0 --rate 100mbit --delay 1ms >/dev/null ||
         fail "lab shape"
     cat >"$TMP/xfer.py" <<'EOF'
 import socket, sys, time
@@ -120,7 +127,7 @@ EOF
     secs=$("$LAB" exec $NAME h0 -- timeout 20 python3 "$TMP/xfer.py" send 12500000)
     [ -n "$secs" ] || fail "the transfer from h0 to h1 failed"
     within 0.8 "$secs" && within "$secs" 1.6 || fail "12.5 MB at 100 Mbit/s took $secs s, expected 0.8 to 1.6 (1.0)"
-    ok "ping RTT $rtt ms for 2 x 20 ms; 12.5 MB at 100 Mbit/s in $secs s"
+    ok "ping RTT $rtt ms for 2 x 20 ms; $lost% of pings lost at 30% loss; 12.5 MB at 100 Mbit/s in $secs s"
     ;;
 job_gloo | job_mpi)
     be=${case#job_}

@@ -54,7 +54,9 @@ runtime_packages=(
 )
 tests_packages=(
   procps                                     # ps, pgrep: the tests find and count rank processes
-  iproute2                                   # ip, ss: network-namespace and listen-address tests
+  iproute2                                   # ip, ss, tc: network-namespace and listen-address tests, scripts/lab's links
+  iptables                                   # scripts/lab: the NFQUEUE rule of its delay and loss (no sch_netem needed)
+  iputils-ping                               # ping: tests/lab's round-trip check of a shaped link
   bsdutils                                   # script: the progress-bar test's pseudo-terminal
   redis-server                               # gloo's redis:// rendezvous (tests/comm)
   gnuplot-nox                                # PNGs of scripts/sweep, compare-backends, plot-timeline
@@ -85,11 +87,11 @@ runtime_commands=(cc:build-essential c++:build-essential make:build-essential cm
   sha256sum:coreutils timeout:coreutils protoc-c:protobuf-c-compiler)
 export_commands=(protoc-c:protobuf-c-compiler)
 tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
-  taskset:util-linux redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang
+  taskset:util-linux ping:iputils-ping redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang
   nsenter:util-linux srun:slurm-client sinfo:slurm-client sbatch:slurm-client scontrol:slurm-client
   dpkg-shlibdeps:dpkg-dev)
 # commands in /usr/sbin, which a user's PATH may lack: looked for there too
-tests_sbin=(slurmctld:slurmctld slurmd:slurmd munged:munge debootstrap:debootstrap)
+tests_sbin=(tc:iproute2 iptables:iptables slurmctld:slurmctld slurmd:slurmd munged:munge debootstrap:debootstrap)
 # FILE:PACKAGE pairs for packages that install data, not a command.
 runtime_files=()
 export_files=()

@@ -4,6 +4,7 @@
 #include "elastic.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -14,6 +15,8 @@
 #include <unistd.h>
 
 #define MAX_MEMBERS 4096
+#define HEARTBEAT_S 0.2          /* how often a process touches hb.<id> */
+#define STALE_S 1.0              /* a heartbeat this old: the process is gone or frozen */
 
 typedef struct member {
     char id[128];
@@ -36,6 +39,51 @@ static void plain_name(char *s)
         if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '-' ||
               *s == '_' || *s == '.'))
             *s = '_';
+}
+
+/* The heartbeat: a thread of its own, so a rank blocked in a collective
+ * still shows it is alive; a killed or stopped process stops at once. */
+static char hb_path[1300];
+static void *heartbeat(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int fd = open(hb_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            futimens(fd, NULL);
+            close(fd);
+        }
+        usleep((useconds_t)(HEARTBEAT_S * 1e6));
+    }
+    return NULL;
+}
+
+static int start_heartbeat(const dm_elastic *e)
+{
+    static int started;
+    if (started) return 0;
+    snprintf(hb_path, sizeof hb_path, "%s/hb.%s", e->dir, e->id);
+    pthread_t th;
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&th, &a, heartbeat, NULL);
+    pthread_attr_destroy(&a);
+    started = rc == 0;
+    return rc;
+}
+
+/* The member's heartbeat is fresh. */
+static int alive(const dm_elastic *e, const char *id)
+{
+    char p[1300];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/hb.%s", e->dir, id);
+    if (stat(p, &st) != 0) return 0;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double age = (double)(now.tv_sec - st.st_mtim.tv_sec) + 1e-9 * (double)(now.tv_nsec - st.st_mtim.tv_nsec);
+    return age < STALE_S;
 }
 
 int dm_elastic_open(dm_elastic *e, const char *rendezvous, const char *job_id, int min_ranks, int max_ranks,
@@ -69,7 +117,16 @@ int dm_elastic_open(dm_elastic *e, const char *rendezvous, const char *job_id, i
     e->settle_s = settle_s;
     e->timeout_s = timeout_s;
     e->round = -1;
+    if (start_heartbeat(e) != 0)
+        return dm_fail(err, DM_ERR_INTERNAL, "experiment.elastic: cannot start the heartbeat thread");
     return DM_OK;
+}
+
+void dm_elastic_close(dm_elastic *e)
+{
+    free(e->world);
+    e->world = NULL;
+    e->n_world = 0;
 }
 
 static void round_dir(const dm_elastic *e, int round, char *buf, size_t size)
@@ -174,7 +231,7 @@ static int close_round(const dm_elastic *e, const char *dir, member *m, int n)
 
 /* Read a closed round: 1 and *w filled when this process is in it, 0 when
  * it is not, -1 when the round is still open. */
-static int read_closed(const dm_elastic *e, const char *dir, int round, dm_elastic_world *w)
+static int read_closed(dm_elastic *e, const char *dir, int round, dm_elastic_world *w)
 {
     char p[1200], line[512];
     snprintf(p, sizeof p, "%s/closed", dir);
@@ -183,24 +240,32 @@ static int read_closed(const dm_elastic *e, const char *dir, int round, dm_elast
     int n = 0, me = -1, local = 0;
     int64_t source = 0;
     member m;
-    while (fgets(line, sizeof line, f))
+    char (*ids)[128] = malloc(MAX_MEMBERS * sizeof *ids);
+    while (ids && n < MAX_MEMBERS && fgets(line, sizeof line, f))
         if (parse_member(line, &m) == 0) {
             if (n == 0) source = m.step;
             if (strcmp(m.id, e->id) == 0) me = n;
             if (strcmp(m.host, e->host) == 0) local++;
+            memcpy(ids[n], m.id, sizeof ids[n]);
             n++;
         }
     fclose(f);
-    if (me < 0) return 0;
+    if (me < 0 || !ids) {
+        free(ids);
+        return ids ? 0 : -1;
+    }
+    free(e->world);
+    e->world = ids;
+    e->n_world = n;
     *w = (dm_elastic_world){round, me, n, local, source, 0};
     return 1;
 }
 
 int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, dm_elastic_world *w, dm_error *err)
 {
-    const double t0 = mono();
+    double t0 = mono();
     /* a newcomer waits for the running world to reach a step boundary */
-    const double deadline = t0 + (prev_rank >= 0 ? e->timeout_s : 4 * e->timeout_s) + e->settle_s;
+    double deadline = t0 + (prev_rank >= 0 ? 3 : 4) * e->timeout_s + e->settle_s + 0.5;
     member *m = malloc(MAX_MEMBERS * sizeof *m);
     if (!m) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     int round = e->round + 1, written = -1, seen = 0, rc = DM_OK;
@@ -249,16 +314,39 @@ int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, d
         }
         int olds = 0;
         for (int i = 0; i < n; i++) olds += m[i].prev >= 0 && m[i].prev < prev_size;
-        /* only the previous world closes a round: a newcomer never forms one of its own */
+        /* Only the previous world closes a round: a newcomer never forms one of
+         * its own. Early (settle_s after the last arrival) only when every
+         * member of the previous world still missing is gone (no heartbeat):
+         * one still alive is stuck in the old world's collective, or cut off
+         * from the others but not from this folder, and is waited for; after
+         * 3 timeouts a majority of the previous world goes on without it (a
+         * minority gives up at its deadline instead: never two worlds). */
+        int missing_alive = 0;
+        for (int k = 0; round > 0 && k < e->n_world; k++) {
+            int here = 0;
+            for (int i = 0; i < n && !here; i++) here = strcmp(m[i].id, e->world[k]) == 0;
+            missing_alive += !here && alive(e, e->world[k]);
+        }
         int complete = prev_rank >= 0 && n >= e->min_ranks &&
                        (olds >= prev_size || (e->max_ranks > 0 && n >= e->max_ranks) ||
-                        (round > 0 && now - last_growth >= e->settle_s) || now - t0 >= e->timeout_s);
+                        (round > 0 && !missing_alive && now - last_growth >= e->settle_s) ||
+                        (now - t0 >= (round > 0 ? 3 : 1) * e->timeout_s && (round == 0 || 2 * olds > prev_size)));
         if (complete) {
             if (close_round(e, dir, m, n) != 0) {
                 rc = dm_fail(err, DM_ERR_IO, "experiment.elastic: cannot write %s/closed: %s", dir, strerror(errno));
                 break;
             }
             continue; /* read what was written (ours or an earlier closer's) */
+        }
+        if (now >= deadline && prev_rank >= 0 && n >= e->min_ranks && round > 0) {
+            /* a minority of a world whose others are alive (a cut link): wait
+             * to join whatever world the others form */
+            round++;
+            prev_rank = -1;
+            seen = 0;
+            t0 = last_growth = now;
+            deadline = t0 + 4 * e->timeout_s + e->settle_s + 0.5;
+            continue;
         }
         if (now >= deadline) {
             if (prev_rank >= 0)

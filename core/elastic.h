@@ -7,8 +7,12 @@
  * complete writes "closed" (create-exclusive: exactly one wins), listing the
  * members in their new rank order. Everyone reads that list. A round is
  * complete when every rank of the previous world has arrived, or, after a
- * failure (some never will), when at least min_ranks have and nobody new
- * arrived for settle_s. Only members of the previous world (or, in round 0,
+ * failure (some never will), when at least min_ranks have, nobody new
+ * arrived for settle_s and every member still missing is gone: each process
+ * touches a heartbeat file, hb.<id>, from a thread of its own, so a process
+ * killed or frozen stops touching it, while one still stuck in a collective
+ * of the old world (or cut off from the others but not from this folder)
+ * is waited for. Only members of the previous world (or, in round 0,
  * ranks the launcher numbered) may close a round: a process that joins late
  * never forms a world of its own beside the running one.
  *
@@ -35,6 +39,8 @@ typedef struct dm_elastic {
     int round;                   /* the current world's round; -1 before the first */
     int size;                    /* its size */
     int joined;                  /* 1 once this process was in a world */
+    char (*world)[128];          /* the current world's member ids */
+    int n_world;
 } dm_elastic;
 
 typedef struct dm_elastic_world {
@@ -58,5 +64,8 @@ int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, d
 int dm_elastic_waiting(const dm_elastic *e);
 /* The job finished: newcomers still waiting give up (rank 0 calls it). */
 void dm_elastic_finish(const dm_elastic *e);
+/* Free what open and form allocated (the heartbeat thread goes on until the
+ * process ends: it only touches a file). */
+void dm_elastic_close(dm_elastic *e);
 
 #endif

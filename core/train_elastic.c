@@ -186,8 +186,8 @@ static int reform(trainer *t, int rank, int size, dm_error *err)
         if (rc == DM_OK) rc = tr_state_sync(t, err);
         if (rc == DM_OK) return adopt_world(t, err);
         if (!formed || !is_comm_failure(rc) || tries >= 8) return rc;
-        rank = t->ci.rank;
-        size = t->ci.size;
+        rank = t->cc.rank; /* the world just formed (ci is not filled when init failed) */
+        size = t->cc.size;
         drop_comm(t);
     }
 }

@@ -122,6 +122,7 @@ void tr_teardown(trainer *t)
     free(t->buckets);
     if (t->metrics) fclose(t->metrics);
     if (t->data_trace) fclose(t->data_trace);
+    if (t->el) dm_elastic_close(t->el);
     free(t->el);
     if (t->tb) {
         dm_error e = {0};

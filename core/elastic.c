@@ -338,6 +338,9 @@ int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, d
             }
             continue; /* read what was written (ours or an earlier closer's) */
         }
+        /* too few can ever come: the missing are gone, a timeout for restarts to arrive */
+        if (prev_rank >= 0 && round > 0 && n + missing_alive < e->min_ranks && now - t0 >= e->timeout_s)
+            deadline = now;
         if (now >= deadline && prev_rank >= 0 && n >= e->min_ranks && round > 0) {
             /* a minority of a world whose others are alive (a cut link): wait
              * to join whatever world the others form */

@@ -5,7 +5,9 @@
 # (-DDMNIST_SANITIZE=ON) into BUILD_DIR (default build-asan) and run the test
 # suite there. Tests labelled `long` (two full MNIST epochs) and `package`
 # (the .deb packages installed in a chroot: a property of the install, not
-# of the code's memory use) are left to the main build: under ASan they take
+# of the code's memory use) and `lab` (jobs across network-namespace hosts:
+# the same code paths as tests/distributed's elastic and fault cases, which
+# run here, behind slow shaped links) are left to the main build: under ASan they take
 # several times as long and check nothing
 # the shorter end-to-end tests do not. The valgrind test skips itself here
 # (valgrind cannot run ASan binaries); the main build runs it.
@@ -20,4 +22,4 @@ cmake --build "$build" -j"$jobs"
 # build uses -fno-sanitize-recover); ASan's exit code is 1.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:check_initialization_order=1:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-ctest --test-dir "$build" --output-on-failure -j"$jobs" -LE "long|package" "$@"
+ctest --test-dir "$build" --output-on-failure -j"$jobs" -LE "long|package|lab" "$@"

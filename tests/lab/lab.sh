@@ -27,6 +27,17 @@
 #   fault_revive_gloo   @step=20 killhost host=2, then revive host=2: the lab restarts
 #                       rank 2's command (same argv and environment) with its log
 #                       in rank2.1.log, and the summary reports that process.
+#   elastic_faults_gloo experiment.elastic on 4 hosts (1 Gbit/s, 2 ms), one epoch of
+#                       real MNIST (the small model; skipped without it): rank 2 killed
+#                       at a random step, rank 1 frozen 40 steps later. The job
+#                       finishes its budget (within a world size of it), each world
+#                       change starts at or after the step its fault hit (at most the
+#                       step in flight is lost), and the test accuracy is within 0.3
+#                       points of an uninterrupted run. Prints fault -> next step.
+#   elastic_linkcut_gloo  h3's link down from 4 s to 10 s: the world re-forms (the cut
+#                       rank waits to rejoin) and the job trains its budget.
+#   elastic_revive_gloo killhost host=2 at step 20, revive at step 60: 4 -> 3 -> 4
+#                       ranks, and the job ends with 4.
 # Every case brings its own lab (named after this shell's PID) down on exit,
 # whatever happened. Skipped (77) when not root, without ip, tc or iptables,
 # or where network namespaces cannot be made.
@@ -191,6 +202,55 @@ fault_revive_gloo)
     grep -q "rank 2" "$TMP/job/rank2.1.log" || { show "$TMP/job/rank2.1.log"; fail "the revived process is not rank 2"; }
     grep -q "rank 2 on h2 .*\[rank2.1.log\]" "$log" || { show "$log"; fail "the summary does not report rank 2's revived process"; }
     ok "killhost + revive host=2: rank 2 restarted ($(tail -n 1 "$TMP/job/rank2.1.log" | cut -c1-120))"
+    ;;
+elastic_*)
+    mkdir -p "$TMP/job"
+    EL=(--set experiment.elastic=true --set experiment.timeout_s=3 --set experiment.elastic_settle_s=0.5
+        --set train.log_every=1 --metrics "$TMP/job/m.json")
+    world_events() { grep -h '"world"' "$TMP/job/m.json"; }
+    final() { python3 "$SRC/tests/lab/elastic_report.py" final "$TMP/job/m.json" "$1"; }
+    gaps() { python3 "$SRC/tests/lab/elastic_report.py" gaps "$TMP/job/faults.log" "$TMP/job/progress.log"; }
+    case $case in
+    elastic_faults_gloo)
+        [ -f "$SRC/data/mnist/train-images-idx3-ubyte.gz" ] || skip "no MNIST in $SRC/data/mnist (scripts/get-mnist.sh)"
+        M=("$SRC/configs/cnn.ini" "${SMALL[@]:6}" --set data.path="$SRC/data/mnist" --set train.epochs=1)
+        run_ok "$TMP/ref.log" "$RUN" --np 4 "${M[@]}" --set experiment.backend=gloo --metrics "$TMP/ref.json"
+        acc_ref=$(python3 "$SRC/tests/lab/elastic_report.py" final "$TMP/ref.json" test_accuracy)
+        budget=$(python3 "$SRC/tests/lab/elastic_report.py" final "$TMP/ref.json" global_batches)
+        up --hosts 4 --rate 1gbit --delay 2ms
+        k=$((20 + RANDOM % 41)) s=$((k + 40))
+        job --np 4 --backend gloo --timeout 120 --faults "@step=$k kill rank=2; @step=$s stop rank=1" -- "${M[@]}" "${EL[@]}"
+        [ $rc = 0 ] || { show "$log"; fail "the lab job exited with status $rc"; }
+        [ "$(world_events | wc -l)" = 2 ] || { world_events; fail "expected two world changes"; }
+        read -r w1 w2 <<<"$(world_events | sed 's/.*"step":\([0-9]*\).*/\1/' | tr '\n' ' ')"
+        [ "$w1" -ge $k ] && [ "$w2" -ge $s ] || fail "world changes at steps $w1 and $w2, the faults at $k and $s: work was lost"
+        b=$(final global_batches) acc=$(final test_accuracy)
+        [ "$b" -le "$budget" ] && [ "$b" -gt $((budget - 4)) ] || fail "trained $b global batches, the budget is $budget"
+        awk -v a="$acc" -v r="$acc_ref" 'BEGIN { d = a - r; if (d < 0) d = -d; exit !(d <= 0.003) }' ||
+            fail "test accuracy $acc, uninterrupted $acc_ref: more than 0.3 points apart"
+        ok "kill rank 2 at step $k, stop rank 1 at step $s: new worlds at steps $w1, $w2; accuracy $acc (uninterrupted $acc_ref); $b of $budget global batches; fault -> next step: $(gaps)"
+        ;;
+    elastic_linkcut_gloo)
+        up --hosts 4 --rate 1gbit --delay 2ms
+        job --np 4 --backend gloo --timeout 120 --faults "@4s linkdown host=3; @10s linkup host=3" -- "${ARGS[@]}" \
+            --set train.total_batches=800 "${EL[@]}"
+        [ $rc = 0 ] || { show "$log"; fail "the lab job exited with status $rc"; }
+        b=$(final global_batches)
+        [ "$b" -gt 796 ] || fail "the budget was not trained: $b of 800"
+        [ -n "$(world_events)" ] || fail "no world change after the link cut"
+        ok "link of h3 down from 4 s to 10 s: $(python3 "$SRC/tests/lab/elastic_report.py" worlds "$TMP/job/m.json"); fault -> next step: $(gaps)"
+        ;;
+    elastic_revive_gloo)
+        up --hosts 4 --rate 1gbit --delay 2ms
+        job --np 4 --backend gloo --timeout 120 --faults "@step=20 killhost host=2; @step=60 revive host=2" -- "${ARGS[@]}" \
+            --set train.total_batches=1200 "${EL[@]}"
+        [ $rc = 0 ] || { show "$log"; fail "the lab job exited with status $rc"; }
+        world_events | grep -q '"from":4,"to":3' || { world_events; fail "no 4 -> 3"; }
+        world_events | grep -q '"reason":"a rank joined".*"to":4' || { world_events; fail "the revived host did not rejoin"; }
+        [ "$(final world_size)" = 4 ] || fail "the job ended with $(final world_size) ranks, not 4"
+        ok "killhost h2 at step 20, revive at step 60: $(python3 "$SRC/tests/lab/elastic_report.py" worlds "$TMP/job/m.json"); fault -> next step: $(gaps)"
+        ;;
+    esac
     ;;
 *) fail "unknown case $case" ;;
 esac

@@ -19,13 +19,13 @@ static const dm_param_def experiment_defs[] = {
     {"threads", DM_PARAM_INT, "0", 0, 1024, NULL, "CPU threads per rank (0 = cores / ranks on this host)"},
     {"timeout_s", DM_PARAM_FLOAT, "60", 0.1, 86400, NULL, "every collective returns within this"},
     {"plugin_path", DM_PARAM_STRING, "", NO_RANGE, NULL, "extra ':'-separated plugin folders (relative to this file)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def data_defs[] = {
     {"type", DM_PARAM_STRING, "mnist", NO_RANGE, NULL, "dataset plugin"},
     {"batch_size", DM_PARAM_INT, "64", 1, 1 << 20, NULL, "examples per step on each rank"},
     {"eval_batch_size", DM_PARAM_INT, "0", 0, 1 << 20, NULL, "examples per evaluation batch (0 = batch_size)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def train_defs[] = {
     {"total_batches", DM_PARAM_INT, "100", 1, 9e15, NULL, "batches over all ranks (each of N ranks runs total/N steps)"},
@@ -39,7 +39,7 @@ static const dm_param_def train_defs[] = {
     {"nan_policy", DM_PARAM_ENUM, "stop", NO_RANGE, "stop|skip", "what a NaN or Inf loss does"},
     {"sync_check_every", DM_PARAM_INT, "0", 0, 1e9, NULL,
      "every N steps check that all ranks hold bitwise identical parameters (0 = off)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def optimizer_defs[] = {
     {"type", DM_PARAM_STRING, "adam", NO_RANGE, NULL, "optimizer plugin"},
@@ -50,11 +50,11 @@ static const dm_param_def optimizer_defs[] = {
      "lr after the warm-up: constant, or a linear or cosine decay to lr * min_lr_frac"},
     {"decay_steps", DM_PARAM_INT, "0", 0, 1e12, NULL, "steps of the decay (0 = the rest of the run)"},
     {"min_lr_frac", DM_PARAM_FLOAT, "0", 0, 1, NULL, "where the decay ends, as a fraction of lr"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def layer_defs[] = {
     {"type", DM_PARAM_STRING, NULL, NO_RANGE, NULL, "layer plugin"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 const dm_param_def *dm_core_section_defs(const char *section)
 {

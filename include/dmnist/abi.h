@@ -123,6 +123,13 @@ typedef struct dm_param_def {
     const char *help;          /* one line */
 } dm_param_def;
 
+/* The entry that ends every parameter table (its name is NULL):
+ *   static const dm_param_def pool_params[] = {
+ *       {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
+ *       DM_PARAM_END};
+ * A component without keys passes NULL as its table, or {DM_PARAM_END}. */
+#define DM_PARAM_END {NULL, (dm_param_type)0, NULL, 0, 0, NULL, NULL}
+
 /* A validated value, as handed to a plugin. */
 typedef struct dm_param_value {
     const char *name;

@@ -77,6 +77,44 @@ static inline int dm_layer_threads(const dm_layer_config *cfg)
 #endif
 }
 
+/* A layer's state, a struct T of the plugin's own with a `char name[...]`
+ * and a `dm_device device` member, allocated zeroed with name (the
+ * section name, else `type`, for messages) and device filled from cfg:
+ *
+ *   dense_state *s = DM_LAYER_STATE_NEW(dense_state, "dense", cfg, err);
+ *   if (!s)
+ *       return DM_ERR_NOMEM;
+ *
+ * NULL when out of memory, err then saying "<name>: out of memory". The
+ * block is one calloc: free() it (destroy = dm_free_state). */
+#define DM_LAYER_STATE_NEW(T, type, cfg, err)                                                \
+    ((T *)dm_layer_state_new_(sizeof(T), offsetof(T, name), sizeof(((T *)0)->name),         \
+                              offsetof(T, device) +                                          \
+                                  0 * sizeof(1 ? &((T *)0)->device : (dm_device *)0),        \
+                              (type), (cfg), (err)))
+
+/* DM_LAYER_STATE_NEW's work, on offsets (the `0 * sizeof` above only makes
+ * a `device` of another type a compile error). */
+static inline void *dm_layer_state_new_(size_t size, size_t name_at, size_t name_size,
+                                        size_t device_at, const char *type,
+                                        const dm_layer_config *cfg, dm_error *err)
+{
+    char *s = (char *)calloc(1, size);
+    if (!s) {
+        dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", dm_layer_name(cfg, type));
+        return NULL;
+    }
+    snprintf(s + name_at, name_size, "%s", dm_layer_name(cfg, type));
+    memcpy(s + device_at, &cfg->device, sizeof cfg->device);
+    return s;
+}
+
+/* The CUDA stream of a call's context (NULL without one). */
+static inline void *dm_run_stream(const dm_run_ctx *ctx)
+{
+    return ctx ? ctx->cuda_stream : NULL;
+}
+
 /* What create tells the core, all fields of ABI 1.0 at once. */
 static inline void dm_layer_info_set(dm_layer_info *info, dm_shape out_shape, size_t param_count,
                                      size_t workspace_bytes, int is_loss)
@@ -196,4 +234,47 @@ static inline int dm_layer_init_nothing(void *state, float *params, uint64_t see
 #ifdef __cplusplus
 }
 #endif
+
+/* ---- the vtable --------------------------------------------------------
+ * A layer's vtable from a naming convention: NAME_create, NAME_bind,
+ * NAME_init_params, NAME_forward, NAME_backward and NAME_destroy, the six
+ * methods of ABI 1.0, each a static function of the plugin's own file.
+ *
+ *   DM_LAYER_VTABLE(dense, DENSE_DEVICES, .onnx = dense_onnx);
+ *
+ * defines `static const dm_layer_vtable dense_vtable` with struct_size,
+ * `devices` (the second argument) and those six. After the devices come,
+ * as designated initialisers, the optional methods a later minor version
+ * added that the layer has (.onnx, .bind_state, .init_state); a method
+ * named there that the macro also sets does not compile (-Woverride-init).
+ *
+ * A layer without parameters whose state is one malloc'ed block writes
+ * only NAME_create, NAME_forward and NAME_backward:
+ *
+ *   DM_LAYER_VTABLE_NO_PARAMS(maxpool2d, MAXPOOL2D_DEVICES, .onnx = maxpool2d_onnx);
+ *
+ * sets bind to dm_layer_bind_nothing, init_params to dm_layer_init_nothing
+ * and destroy to dm_free_state. Both are C (designated initialisers); a
+ * layer whose methods have other names writes the struct out itself. */
+#define DM_LAYER_VTABLE(NAME, ...)                                                          \
+    static const dm_layer_vtable NAME##_vtable = {                                          \
+        .struct_size = sizeof(dm_layer_vtable),                                             \
+        .create = NAME##_create,                                                            \
+        .bind = NAME##_bind,                                                                \
+        .init_params = NAME##_init_params,                                                  \
+        .forward = NAME##_forward,                                                          \
+        .backward = NAME##_backward,                                                        \
+        .destroy = NAME##_destroy,                                                          \
+        .devices = __VA_ARGS__}
+#define DM_LAYER_VTABLE_NO_PARAMS(NAME, ...)                                                \
+    static const dm_layer_vtable NAME##_vtable = {                                          \
+        .struct_size = sizeof(dm_layer_vtable),                                             \
+        .create = NAME##_create,                                                            \
+        .bind = dm_layer_bind_nothing,                                                      \
+        .init_params = dm_layer_init_nothing,                                               \
+        .forward = NAME##_forward,                                                          \
+        .backward = NAME##_backward,                                                        \
+        .destroy = dm_free_state,                                                           \
+        .devices = __VA_ARGS__}
+
 #endif

@@ -43,4 +43,24 @@ static inline int dm_optimizer_check_step(const char *type, size_t n, size_t par
 #ifdef __cplusplus
 }
 #endif
+
+/* An optimizer's vtable from a naming convention: NAME_create, NAME_bind
+ * and NAME_step, static functions of the plugin's own file, and destroy =
+ * dm_free_state (the state is one malloc'ed block):
+ *
+ *   DM_OPTIMIZER_VTABLE(adam, ADAM_DEVICES);
+ *
+ * defines `static const dm_optimizer_vtable adam_vtable` with struct_size
+ * and `devices` (the second argument). C only (designated initialisers);
+ * an optimizer whose destroy frees more writes the struct out itself. */
+#define DM_OPTIMIZER_VTABLE(NAME, DEVICES)                                                  \
+    static const dm_optimizer_vtable NAME##_vtable = {                                      \
+        .struct_size = sizeof(dm_optimizer_vtable),                                         \
+        .devices = (DEVICES),                                                               \
+        .create = NAME##_create,                                                            \
+        .bind = NAME##_bind,                                                                \
+        .step = NAME##_step,                                                                \
+        .destroy = dm_free_state,                                                           \
+    }
+
 #endif

@@ -22,7 +22,7 @@ typedef struct rms_state {
 static const dm_param_def rms_params[] = {
     {"rho", DM_PARAM_FLOAT, "0.9", 0.0, 0.999, NULL, "decay of the mean square"},
     {"epsilon", DM_PARAM_FLOAT, "1e-8", 0.0, 1.0, NULL, "added to sqrt(v)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int rms_create(const dm_params *p, const dm_optimizer_config *cfg, void **state,
                       dm_optimizer_info *info, dm_error *err)

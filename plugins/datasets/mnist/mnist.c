@@ -54,7 +54,7 @@ static const dm_param_def mnist_params[] = {
      "training-pixel mean for standardize (MNIST's; Fashion-MNIST: 0.2860)"},
     {"std", DM_PARAM_FLOAT, "0.3081", 1e-6, 1, NULL,
      "training-pixel standard deviation for standardize (MNIST's; Fashion-MNIST: 0.3530)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* ---- reading one IDX file ---------------------------------------------- */
 
@@ -608,12 +608,7 @@ static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, fl
     return DM_OK;
 }
 
-static const dm_dataset_vtable mnist_vtable = {
-    .struct_size = sizeof(dm_dataset_vtable),
-    .open = mnist_open,
-    .read = mnist_read,
-    .close = mnist_close,
-};
+DM_DATASET_VTABLE(mnist);
 
 DM_PLUGIN_DEFINE("mnist", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";zlib",
     DM_DATASET_COMPONENT("mnist",

@@ -37,7 +37,7 @@ static const dm_param_def synthetic_params[] = {
     {"channels", DM_PARAM_INT, "1", 1, 64, NULL, "image channels"},
     {"height", DM_PARAM_INT, "28", 1, 1024, NULL, "image height"},
     {"width", DM_PARAM_INT, "28", 1, 1024, NULL, "image width"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* Uniform in [0, 1) from the top 24 bits, like dm_rng_uniform. */
 static float hash_uniform(uint64_t seed, uint64_t index)
@@ -130,12 +130,7 @@ static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n
     return DM_OK;
 }
 
-static const dm_dataset_vtable synthetic_vtable = {
-    .struct_size = sizeof(dm_dataset_vtable),
-    .open = synthetic_open,
-    .read = synthetic_read,
-    .close = synthetic_close,
-};
+DM_DATASET_VTABLE(synthetic);
 
 DM_PLUGIN_DEFINE("synthetic", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_DATASET_COMPONENT("synthetic",

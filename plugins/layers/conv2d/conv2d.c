@@ -36,7 +36,7 @@ static const dm_param_def conv2d_params[] = {
      "cuda: let cuDNN use TF32 tensor cores (faster; ~1e-3 relative error)"},
     {"deterministic", DM_PARAM_BOOL, "true", 0, -1, NULL,
      "cuda: only cuDNN algorithms that give the same bits every run (false: any, some use atomics)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* Output size and leading padding along one axis. */
 static void out_size(int in, int k, int stride, int same, int *out, int *pad_lead)
@@ -79,11 +79,9 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
                        "smaller kernel)",
                        name, k, in.h, in.w);
 
-    conv2d_state *s = calloc(1, sizeof *s);
+    conv2d_state *s = DM_LAYER_STATE_NEW(conv2d_state, "conv2d", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->n = in.n;
     s->in_c = in.c;
@@ -281,17 +279,7 @@ static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return s->relu ? dm_onnx_unary(b, "Relu", conv, b->output, err) : DM_OK;
 }
 
-static const dm_layer_vtable conv2d_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = CONV2D_DEVICES,
-    .create = conv2d_create,
-    .bind = conv2d_bind,
-    .init_params = conv2d_init_params,
-    .forward = conv2d_forward,
-    .backward = conv2d_backward,
-    .destroy = conv2d_destroy,
-    .onnx = conv2d_onnx,
-};
+DM_LAYER_VTABLE(conv2d, CONV2D_DEVICES, .onnx = conv2d_onnx);
 
 DM_PLUGIN_DEFINE("conv2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
     DM_LAYER_COMPONENT("conv2d",

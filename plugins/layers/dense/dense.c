@@ -18,7 +18,7 @@ static const dm_param_def dense_params[] = {
     {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
     {"tf32", DM_PARAM_BOOL, "false", 0, -1, NULL,
      "cuda: let cuBLAS use TF32 tensor cores (faster; ~1e-3 relative error)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                         dm_layer_info *info, dm_error *err)
@@ -36,11 +36,9 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
         return dm_fail(err, DM_ERR_INVALID, "%s: %zu input features is too many", name,
                        dm_shape_per_item(in));
 
-    dense_state *s = calloc(1, sizeof *s);
+    dense_state *s = DM_LAYER_STATE_NEW(dense_state, "dense", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->in = in;
     s->n = in.n;
@@ -187,17 +185,7 @@ static int dense_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return s->relu ? dm_onnx_unary(b, "Relu", gemm, b->output, err) : DM_OK;
 }
 
-static const dm_layer_vtable dense_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = DENSE_DEVICES,
-    .create = dense_create,
-    .bind = dense_bind,
-    .init_params = dense_init_params,
-    .forward = dense_forward,
-    .backward = dense_backward,
-    .destroy = dense_destroy,
-    .onnx = dense_onnx,
-};
+DM_LAYER_VTABLE(dense, DENSE_DEVICES, .onnx = dense_onnx);
 
 DM_PLUGIN_DEFINE("dense", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
     DM_LAYER_COMPONENT("dense", "fully connected layer, optional bias and fused ReLU",

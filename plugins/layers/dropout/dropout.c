@@ -12,7 +12,7 @@
 static const dm_param_def dropout_params[] = {
     {"rate", DM_PARAM_FLOAT, NULL, 0, 1, NULL,
      "fraction of inputs zeroed while training, in [0, 1)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
@@ -29,11 +29,9 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
         return dm_fail(err, DM_ERR_INVALID, "%s: rate must be in [0, 1) (got %g)", name, rate);
     const dm_shape in = cfg->in_shape;
 
-    dropout_state *s = calloc(1, sizeof *s);
+    dropout_state *s = DM_LAYER_STATE_NEW(dropout_state, "dropout", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->shape = in;
     s->rate = (float)rate;
@@ -116,17 +114,7 @@ static int dropout_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return dm_onnx_unary(b, "Identity", b->input, b->output, err);
 }
 
-static const dm_layer_vtable dropout_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = DROPOUT_DEVICES,
-    .create = dropout_create,
-    .bind = dm_layer_bind_nothing,
-    .init_params = dm_layer_init_nothing,
-    .forward = dropout_forward,
-    .backward = dropout_backward,
-    .destroy = dm_free_state,
-    .onnx = dropout_onnx,
-};
+DM_LAYER_VTABLE_NO_PARAMS(dropout, DROPOUT_DEVICES, .onnx = dropout_onnx);
 
 DM_PLUGIN_DEFINE("dropout", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_LAYER_COMPONENT("dropout",

@@ -21,11 +21,9 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
         return dm_fail(err, DM_ERR_INVALID, "%s: %zu features per item is too many", name,
                        dm_shape_per_item(in));
 
-    flatten_state *s = calloc(1, sizeof *s);
+    flatten_state *s = DM_LAYER_STATE_NEW(flatten_state, "flatten", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->in = in;
     s->out = (dm_shape){in.n, (int)dm_shape_per_item(in), 1, 1};
     dm_layer_info_set(info, s->out, 0, 0, 0);
@@ -93,19 +91,9 @@ static int flatten_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return rc;
 }
 
-static const dm_layer_vtable flatten_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = FLATTEN_DEVICES,
-    .create = flatten_create,
-    .bind = dm_layer_bind_nothing,
-    .init_params = dm_layer_init_nothing,
-    .forward = flatten_forward,
-    .backward = flatten_backward,
-    .destroy = dm_free_state,
-    .onnx = flatten_onnx,
-};
+DM_LAYER_VTABLE_NO_PARAMS(flatten, FLATTEN_DEVICES, .onnx = flatten_onnx);
 
-static const dm_param_def flatten_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
+static const dm_param_def flatten_params[] = {DM_PARAM_END};
 
 DM_PLUGIN_DEFINE("flatten", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_LAYER_COMPONENT("flatten", "reshape (n, c, h, w) to (n, c*h*w, 1, 1) in NCHW order",

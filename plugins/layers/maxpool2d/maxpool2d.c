@@ -11,7 +11,7 @@
 static const dm_param_def maxpool2d_params[] = {
     {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
     {"stride", DM_PARAM_INT, "0", 0, 1024, NULL, "step between windows; 0 = same as pool"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                             dm_layer_info *info, dm_error *err)
@@ -32,11 +32,9 @@ static int maxpool2d_create(const dm_params *p, const dm_layer_config *cfg, void
         return dm_fail(err, DM_ERR_INVALID, "%s: pool %d is larger than the %dx%d input", name,
                        pool, in.h, in.w);
 
-    maxpool2d_state *s = calloc(1, sizeof *s);
+    maxpool2d_state *s = DM_LAYER_STATE_NEW(maxpool2d_state, "maxpool2d", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->in = in;
     s->pool = pool;
@@ -118,17 +116,7 @@ static int maxpool2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return DM_OK;
 }
 
-static const dm_layer_vtable maxpool2d_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = MAXPOOL2D_DEVICES,
-    .create = maxpool2d_create,
-    .bind = dm_layer_bind_nothing,
-    .init_params = dm_layer_init_nothing,
-    .forward = maxpool2d_forward,
-    .backward = maxpool2d_backward,
-    .destroy = dm_free_state,
-    .onnx = maxpool2d_onnx,
-};
+DM_LAYER_VTABLE_NO_PARAMS(maxpool2d, MAXPOOL2D_DEVICES, .onnx = maxpool2d_onnx);
 
 DM_PLUGIN_DEFINE("maxpool2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_LAYER_COMPONENT("maxpool2d", "2-D max pooling (NCHW, square window, no padding)",

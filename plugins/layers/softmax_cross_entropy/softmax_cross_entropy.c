@@ -24,11 +24,9 @@ static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **sta
         return dm_fail(err, DM_ERR_INVALID, "%s: needs at least 2 classes per item (got %zu)",
                        name, dm_shape_per_item(in));
 
-    sce_state *s = calloc(1, sizeof *s);
+    sce_state *s = DM_LAYER_STATE_NEW(sce_state, "softmax_cross_entropy", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->in = in;
     s->classes = (int)dm_shape_per_item(in);
     dm_layer_info_set(info, in, 0, 0, 1);
@@ -136,19 +134,9 @@ static int sce_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return DM_OK;
 }
 
-static const dm_layer_vtable sce_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = SCE_DEVICES,
-    .create = sce_create,
-    .bind = dm_layer_bind_nothing,
-    .init_params = dm_layer_init_nothing,
-    .forward = sce_forward,
-    .backward = sce_backward,
-    .destroy = dm_free_state,
-    .onnx = sce_onnx,
-};
+DM_LAYER_VTABLE_NO_PARAMS(sce, SCE_DEVICES, .onnx = sce_onnx);
 
-static const dm_param_def sce_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
+static const dm_param_def sce_params[] = {DM_PARAM_END};
 
 DM_PLUGIN_DEFINE("softmax_cross_entropy", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_LAYER_COMPONENT("softmax_cross_entropy",

@@ -47,7 +47,7 @@ static const dm_param_def adam_params[] = {
      "exponential lr decay: lr * rate^((step - 1) / lr_decay_steps), in (0, 1]"},
     {"lr_decay_steps", DM_PARAM_INT, "0", 0, 9e15, NULL,
      "steps over which the lr shrinks by lr_decay_rate (0 = no decay)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, void **state,
                        dm_optimizer_info *info, dm_error *err)
@@ -148,14 +148,7 @@ static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, con
     return DM_OK;
 }
 
-static const dm_optimizer_vtable adam_vtable = {
-    .struct_size = sizeof(dm_optimizer_vtable),
-    .devices = ADAM_DEVICES,
-    .create = adam_create,
-    .bind = adam_bind,
-    .step = adam_step,
-    .destroy = dm_free_state,
-};
+DM_OPTIMIZER_VTABLE(adam, ADAM_DEVICES);
 
 DM_PLUGIN_DEFINE("adam", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_OPTIMIZER_COMPONENT("adam",

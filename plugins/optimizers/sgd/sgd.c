@@ -36,7 +36,7 @@ static const dm_param_def sgd_params[] = {
     {"nesterov", DM_PARAM_BOOL, "false", 0, -1, NULL, "Nesterov momentum (needs momentum > 0)"},
     {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, 1.0, NULL,
      "L2 penalty: weight_decay * param is added to the gradient"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int sgd_create(const dm_params *params, const dm_optimizer_config *cfg, void **state,
                       dm_optimizer_info *info, dm_error *err)
@@ -120,14 +120,7 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
     return DM_OK;
 }
 
-static const dm_optimizer_vtable sgd_vtable = {
-    .struct_size = sizeof(dm_optimizer_vtable),
-    .devices = SGD_DEVICES,
-    .create = sgd_create,
-    .bind = sgd_bind,
-    .step = sgd_step,
-    .destroy = dm_free_state,
-};
+DM_OPTIMIZER_VTABLE(sgd, SGD_DEVICES);
 
 DM_PLUGIN_DEFINE("sgd", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_OPTIMIZER_COMPONENT("sgd",

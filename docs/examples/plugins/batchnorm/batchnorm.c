@@ -250,7 +250,7 @@ static const dm_param_def bn_params[] = {
     {"momentum", DM_PARAM_FLOAT, "0.9", 0.0, 1.0, NULL,
      "running = momentum * running + (1 - momentum) * batch statistic"},
     {"epsilon", DM_PARAM_FLOAT, "0.001", 1e-9, 1.0, NULL, "added to the variance before sqrt"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* Layer state came with ABI 1.1: an older host (which would never bind the
  * running statistics) gets no descriptor and refuses the plugin. */

@@ -77,6 +77,15 @@ static inline int dm_fail(dm_error *err, int code, const char *fmt, ...)
     return code;
 }
 
+/* Return the status of `call` from the calling function unless it is DM_OK
+ * (the error is already in err):
+ *   DM_TRY(dm_layer_check_create("dense", DENSE_DEVICES, cfg, info, err)); */
+#define DM_TRY(call)                                                                       \
+    do {                                                                                   \
+        int dm_try_rc_ = (call);                                                           \
+        if (dm_try_rc_ != DM_OK) return dm_try_rc_;                                        \
+    } while (0)
+
 /* ---- devices ----------------------------------------------------------- */
 
 typedef enum dm_device {
@@ -94,6 +103,20 @@ typedef enum dm_device {
 #define DM_DEVICES_BUILT (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
 #else
 #define DM_DEVICES_BUILT DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
+/* A call to a plugin's CUDA twin or to its CPU pass, by device: the value of
+ * cuda_call (a dm_status) when `device` is DM_DEVICE_CUDA in a build with
+ * DM_WITH_CUDA, else cpu_call (which returns nothing) is run and the value
+ * is DM_OK. Without DM_WITH_CUDA cuda_call is not compiled at all, so the
+ * CUDA functions need no declaration there:
+ *   return DM_CPU_OR_CUDA(s->device, relu_forward_cpu(s, n, x, y),
+ *                         relu_forward_cuda(s, stream, n, x, y, err)); */
+#ifdef DM_WITH_CUDA
+#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) \
+    ((device) == DM_DEVICE_CUDA ? (cuda_call) : ((void)(cpu_call), DM_OK))
+#else
+#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) ((void)(device), (void)(cpu_call), DM_OK)
 #endif
 
 /* A plugin's destroy when its state is one malloc'ed block (NULL-safe). */

@@ -218,6 +218,18 @@ static inline int dm_check_pass(const char *layer, dm_device device, dm_shape in
     return rc;
 }
 
+/* For a layer with parameters, in forward and backward: "<layer>: forward
+ * before bind" (or backward) unless `bound` (a pointer bind sets, such as
+ * the weights) is set. */
+static inline int dm_layer_check_bound(const char *layer, const void *bound, int backward,
+                                       dm_error *err)
+{
+    if (!bound)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s before bind", layer,
+                       backward ? "backward" : "forward");
+    return DM_OK;
+}
+
 /* For layers without parameters. */
 static inline int dm_layer_bind_nothing(void *state, float *params, float *grads, void *workspace,
                                         dm_error *err)
@@ -254,27 +266,28 @@ static inline int dm_layer_init_nothing(void *state, float *params, uint64_t see
  *   DM_LAYER_VTABLE_NO_PARAMS(maxpool2d, MAXPOOL2D_DEVICES, .onnx = maxpool2d_onnx);
  *
  * sets bind to dm_layer_bind_nothing, init_params to dm_layer_init_nothing
- * and destroy to dm_free_state. Both are C (designated initialisers); a
- * layer whose methods have other names writes the struct out itself. */
+ * and destroy to dm_free_state, and calls NAME_backward only with a din:
+ * as the first layer (din NULL) such a layer has nothing to compute, and
+ * its backward returns DM_OK at once. Both are C (designated
+ * initialisers); a layer whose methods have other names writes the struct
+ * out itself. */
 #define DM_LAYER_VTABLE(NAME, ...)                                                          \
-    static const dm_layer_vtable NAME##_vtable = {                                          \
-        .struct_size = sizeof(dm_layer_vtable),                                             \
-        .create = NAME##_create,                                                            \
-        .bind = NAME##_bind,                                                                \
-        .init_params = NAME##_init_params,                                                  \
-        .forward = NAME##_forward,                                                          \
-        .backward = NAME##_backward,                                                        \
-        .destroy = NAME##_destroy,                                                          \
-        .devices = __VA_ARGS__}
+    DM_LAYER_VTABLE_(NAME, NAME##_bind, NAME##_init_params, NAME##_backward, NAME##_destroy, \
+                     __VA_ARGS__)
 #define DM_LAYER_VTABLE_NO_PARAMS(NAME, ...)                                                \
+    static int NAME##_backward_with_din_(void *state, const dm_run_ctx *ctx,                 \
+                                         const dm_tensor *in, const dm_tensor *out,          \
+                                         const dm_tensor *dout, dm_tensor *din,              \
+                                         dm_error *err)                                      \
+    {                                                                                        \
+        return din ? NAME##_backward(state, ctx, in, out, dout, din, err) : DM_OK;           \
+    }                                                                                        \
+    DM_LAYER_VTABLE_(NAME, dm_layer_bind_nothing, dm_layer_init_nothing,                     \
+                     NAME##_backward_with_din_, dm_free_state, __VA_ARGS__)
+#define DM_LAYER_VTABLE_(NAME, BIND, INIT_PARAMS, BACKWARD, DESTROY, ...)                    \
     static const dm_layer_vtable NAME##_vtable = {                                          \
-        .struct_size = sizeof(dm_layer_vtable),                                             \
-        .create = NAME##_create,                                                            \
-        .bind = dm_layer_bind_nothing,                                                      \
-        .init_params = dm_layer_init_nothing,                                               \
-        .forward = NAME##_forward,                                                          \
-        .backward = NAME##_backward,                                                        \
-        .destroy = dm_free_state,                                                           \
-        .devices = __VA_ARGS__}
+        .struct_size = sizeof(dm_layer_vtable), .create = NAME##_create, .bind = BIND,      \
+        .init_params = INIT_PARAMS, .forward = NAME##_forward, .backward = BACKWARD,        \
+        .destroy = DESTROY, .devices = __VA_ARGS__}
 
 #endif

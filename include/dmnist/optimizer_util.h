@@ -55,12 +55,8 @@ static inline int dm_optimizer_check_step(const char *type, size_t n, size_t par
  * an optimizer whose destroy frees more writes the struct out itself. */
 #define DM_OPTIMIZER_VTABLE(NAME, DEVICES)                                                  \
     static const dm_optimizer_vtable NAME##_vtable = {                                      \
-        .struct_size = sizeof(dm_optimizer_vtable),                                         \
-        .devices = (DEVICES),                                                               \
-        .create = NAME##_create,                                                            \
-        .bind = NAME##_bind,                                                                \
-        .step = NAME##_step,                                                                \
-        .destroy = dm_free_state,                                                           \
-    }
+        .struct_size = sizeof(dm_optimizer_vtable), .devices = (DEVICES),                   \
+        .create = NAME##_create, .bind = NAME##_bind, .step = NAME##_step,                  \
+        .destroy = dm_free_state}
 
 #endif

@@ -92,22 +92,13 @@ static inline int dm_plugin_host_ok(uint32_t host_major, uint32_t host_minor, ui
 #define DM_DATASET_VTABLE(NAME)                                                            \
     static const dm_dataset_vtable NAME##_vtable = {                                       \
         .struct_size = sizeof(dm_dataset_vtable),                                          \
-        .open = NAME##_open,                                                               \
-        .read = NAME##_read,                                                               \
-        .close = NAME##_close,                                                             \
-    }
+        .open = NAME##_open, .read = NAME##_read, .close = NAME##_close}
 #define DM_COMM_VTABLE(NAME, DEVICES)                                                      \
     static const dm_comm_vtable NAME##_vtable = {                                          \
-        .struct_size = sizeof(dm_comm_vtable),                                             \
-        .devices = (DEVICES),                                                              \
-        .init = NAME##_init,                                                               \
-        .allreduce = NAME##_allreduce,                                                     \
-        .allreduce_start = NAME##_allreduce_start,                                         \
-        .wait = NAME##_wait,                                                               \
-        .broadcast = NAME##_broadcast,                                                     \
-        .barrier = NAME##_barrier,                                                         \
-        .finalize = NAME##_finalize,                                                       \
-    }
+        .struct_size = sizeof(dm_comm_vtable), .devices = (DEVICES), .init = NAME##_init,  \
+        .allreduce = NAME##_allreduce, .allreduce_start = NAME##_allreduce_start,          \
+        .wait = NAME##_wait, .broadcast = NAME##_broadcast, .barrier = NAME##_barrier,     \
+        .finalize = NAME##_finalize}
 
 /* ---- the descriptor and the entry point ------------------------------ */
 

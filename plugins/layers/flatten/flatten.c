@@ -11,9 +11,7 @@
 static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
 {
-    int rc = dm_layer_check_create("flatten", FLATTEN_DEVICES, cfg, info, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_layer_check_create("flatten", FLATTEN_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "flatten");
     (void)p;
     const dm_shape in = cfg->in_shape;
@@ -31,52 +29,36 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
     return DM_OK;
 }
 
-/* t must have shape e, with batch n (or any batch <= e.n when n == 0). */
-static int check_tensor(const flatten_state *s, const dm_tensor *t, dm_shape e, int n,
-                        const char *what, dm_error *err)
+/* dst = src, on the instance's device (nothing when the core hands one
+ * buffer for both). */
+static int copy(const flatten_state *s, const dm_run_ctx *ctx, const dm_tensor *src,
+                dm_tensor *dst, dm_error *err)
 {
-    return dm_check_tensor(s->name, what, t, s->device, e, n, err);
+    const size_t count = dm_shape_count(src->shape); /* this batch, not the largest */
+    (void)ctx, (void)err; /* used only on CUDA */
+    return DM_CPU_OR_CUDA(s->device, flatten_copy_cpu(count, src->data, dst->data),
+                          flatten_copy_cuda(s, dm_run_stream(ctx), count, src->data, dst->data,
+                                            err));
 }
 
 static int flatten_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
                            dm_tensor *out, dm_error *err)
 {
     flatten_state *s = state;
-    (void)ctx;
-    int rc = check_tensor(s, in, s->in, 0, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, s->out, in->shape.n, "output", err);
-    if (rc != DM_OK)
-        return rc;
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return flatten_copy_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(in->shape),
-                                 in->data, out->data, err);
-#endif
-    flatten_copy_cpu(dm_shape_count(in->shape), in->data, out->data);
-    return DM_OK;
+    DM_TRY(dm_check_pass(s->name, s->device, s->in, s->out, 1, 0, in, out, NULL, NULL, err));
+    return copy(s, ctx, in, out, err);
 }
 
+/* Called with a din only (DM_LAYER_VTABLE_NO_PARAMS); in and out are not read. */
 static int flatten_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
                             const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
                             dm_error *err)
 {
     flatten_state *s = state;
-    (void)ctx, (void)in, (void)out;
-    if (!din)
-        return DM_OK;
-    int rc = check_tensor(s, dout, s->out, 0, "dout", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, din, s->in, dout->shape.n, "din", err);
-    if (rc != DM_OK)
-        return rc;
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return flatten_copy_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(dout->shape),
-                                 dout->data, din->data, err);
-#endif
-    flatten_copy_cpu(dm_shape_count(dout->shape), dout->data, din->data);
-    return DM_OK;
+    (void)in, (void)out;
+    DM_TRY(dm_check_tensor(s->name, "dout", dout, s->device, s->out, 0, err));
+    DM_TRY(dm_check_tensor(s->name, "din", din, s->device, s->in, dout->shape.n, err));
+    return copy(s, ctx, dout, din, err);
 }
 
 /* ONNX (dmnist-export): Flatten(axis = 1), (N, C, H, W) -> (N, C*H*W). */

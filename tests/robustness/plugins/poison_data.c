@@ -69,12 +69,7 @@ static int poison_read(void *state, dm_split split, const int64_t *idx, int n, f
 
 static void poison_close(void *state) { free(state); }
 
-static const dm_dataset_vtable poison_vtable = {
-    .struct_size = sizeof(dm_dataset_vtable),
-    .open = poison_open,
-    .read = poison_read,
-    .close = poison_close,
-};
+DM_DATASET_VTABLE(poison);
 
 DM_PLUGIN_DEFINE("poison", "1.0.0", "cpu;test",
     DM_DATASET_COMPONENT("poison",

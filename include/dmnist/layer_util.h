@@ -65,6 +65,17 @@ static inline int dm_layer_check_create(const char *type, unsigned devices,
     return DM_OK;
 }
 
+/* For a layer that counts an item's c*h*w values in an int (dense's input
+ * features, flatten's outputs): "<name>: <count> values per item is too
+ * many" beyond INT32_MAX. */
+static inline int dm_layer_check_per_item(const char *name, dm_shape in, dm_error *err)
+{
+    if (dm_shape_per_item(in) > 0x7fffffff)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %zu values per item is too many (at most %d)",
+                       name, dm_shape_per_item(in), 0x7fffffff);
+    return DM_OK;
+}
+
 /* The CPU threads a layer may use: cfg->num_threads, or OpenMP's default
  * when it is 0 (1 in a build without OpenMP). */
 static inline int dm_layer_threads(const dm_layer_config *cfg)

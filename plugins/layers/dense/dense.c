@@ -30,9 +30,7 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
     if (units < 1 || units > (1 << 24))
         return dm_fail(err, DM_ERR_INVALID, "%s: units must be in [1, %d] (got %lld)", name,
                        1 << 24, (long long)units);
-    if (dm_shape_per_item(in) > 0x7fffffff)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %zu input features is too many", name,
-                       dm_shape_per_item(in));
+    DM_TRY(dm_layer_check_per_item(name, in, err)); /* in_features is an int */
 
     dense_state *s = DM_LAYER_STATE_NEW(dense_state, "dense", cfg, err);
     if (!s)

@@ -15,9 +15,7 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
     const char *name = dm_layer_name(cfg, "flatten");
     (void)p;
     const dm_shape in = cfg->in_shape;
-    if (dm_shape_per_item(in) > 0x7fffffff)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %zu features per item is too many", name,
-                       dm_shape_per_item(in));
+    DM_TRY(dm_layer_check_per_item(name, in, err)); /* the output's c is an int */
 
     flatten_state *s = DM_LAYER_STATE_NEW(flatten_state, "flatten", cfg, err);
     if (!s)

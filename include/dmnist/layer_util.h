@@ -164,6 +164,18 @@ static inline void dm_layer_init_glorot(float *params, size_t nw, double fan_in,
         memset(params + nw, 0, nbias * sizeof(float));
 }
 
+/* ONNX (dmnist-export): "<name>: <type> needs a 4-D (N, C, H, W) input in
+ * the graph, got rank 2" unless the layer's input is 4-D. */
+static inline int dm_onnx_check_4d(const dm_onnx_builder *b, const char *name, const char *type,
+                                   dm_error *err)
+{
+    if (b->in_rank != 4)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: %s needs a 4-D (N, C, H, W) input in the graph, got rank %d", name,
+                       type, b->in_rank);
+    return DM_OK;
+}
+
 /* ONNX (dmnist-export): the weights (dims wdims[0..wrank)) and, when nbias
  * > 0, the nbias biases as initializers "<layer>.weight" and "<layer>.bias",
  * their names written to wname and bname (name_size bytes each). Fails with

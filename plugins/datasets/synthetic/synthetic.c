@@ -9,6 +9,7 @@
  */
 #include <stdlib.h>
 
+#include "dmnist/dataset_util.h"
 #include "dmnist/dmnist.h"
 
 /* Share of the class template in each pixel; the rest is per-example noise. */
@@ -111,13 +112,9 @@ static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n
                           int32_t *labels, dm_error *err)
 {
     const synthetic_state *s = state;
-    if (split != DM_SPLIT_TRAIN && split != DM_SPLIT_TEST)
-        return dm_fail(err, DM_ERR_INVALID, "synthetic: unknown split %d", (int)split);
+    DM_TRY(dm_dataset_check_read("synthetic", split, idx, n, s->count, err));
     for (int i = 0; i < n; i++) {
-        int64_t j = idx[i];
-        if (j < 0 || j >= s->count[split])
-            return dm_fail(err, DM_ERR_INVALID, "synthetic: index %lld out of range [0, %lld)",
-                           (long long)j, (long long)s->count[split]);
+        const int64_t j = idx[i];
         int label = (int)(dm_hash64(s->label_seed[split], (uint64_t)j) % (uint64_t)s->classes);
         uint64_t example_seed = dm_hash64(s->noise_seed[split], (uint64_t)j);
         const float *tpl = s->templates + (size_t)label * s->pixels;

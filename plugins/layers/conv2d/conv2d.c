@@ -249,10 +249,7 @@ static void conv2d_destroy(void *state)
 static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 {
     const conv2d_state *s = state;
-    if (b->in_rank != 4)
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: conv2d needs a 4-D (N, C, H, W) input in the graph, got rank %d",
-                       s->name, b->in_rank);
+    DM_TRY(dm_onnx_check_4d(b, s->name, "conv2d", err));
     char wname[128], bname[128], conv[128];
     const int64_t wdims[4] = {s->filters, s->in_c, s->k, s->k};
     int rc = dm_onnx_weight_bias(b, s->name, wdims, 4, s->has_bias ? s->filters : 0, wname, bname,

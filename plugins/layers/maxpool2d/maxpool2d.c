@@ -85,10 +85,7 @@ static int maxpool2d_backward(void *state, const dm_run_ctx *ctx, const dm_tenso
 static int maxpool2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 {
     const maxpool2d_state *s = state;
-    if (b->in_rank != 4)
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: maxpool2d needs a 4-D (N, C, H, W) input in the graph, got rank %d",
-                       s->name, b->in_rank);
+    DM_TRY(dm_onnx_check_4d(b, s->name, "maxpool2d", err));
     const int64_t kernel[2] = {s->pool, s->pool}, strides[2] = {s->stride, s->stride};
     int rc;
     if ((rc = dm_onnx_unary(b, "MaxPool", b->input, b->output, err)) ||

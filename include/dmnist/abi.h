@@ -108,15 +108,18 @@ typedef enum dm_device {
 /* A call to a plugin's CUDA twin or to its CPU pass, by device: the value of
  * cuda_call (a dm_status) when `device` is DM_DEVICE_CUDA in a build with
  * DM_WITH_CUDA, else cpu_call (which returns nothing) is run and the value
- * is DM_OK. Without DM_WITH_CUDA cuda_call is not compiled at all, so the
- * CUDA functions need no declaration there:
+ * is DM_OK:
  *   return DM_CPU_OR_CUDA(s->device, relu_forward_cpu(s, n, x, y),
- *                         relu_forward_cuda(s, stream, n, x, y, err)); */
+ *                         relu_forward_cuda(s, dm_run_stream(ctx), n, x, y, err));
+ * Without DM_WITH_CUDA cuda_call is only type-checked (an operand of
+ * sizeof, never evaluated): the CUDA functions are declared in every build
+ * and defined in a CUDA build alone. */
 #ifdef DM_WITH_CUDA
 #define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) \
     ((device) == DM_DEVICE_CUDA ? (cuda_call) : ((void)(cpu_call), DM_OK))
 #else
-#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) ((void)(device), (void)(cpu_call), DM_OK)
+#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) \
+    ((void)(device), (void)sizeof(cuda_call), (void)(cpu_call), DM_OK)
 #endif
 
 /* A plugin's destroy when its state is one malloc'ed block (NULL-safe). */

@@ -212,7 +212,6 @@ static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
                           dm_error *err)
 {
     conv2d_state *s = state;
-    (void)ctx; /* used only on CUDA */
     DM_TRY(check_pass(s, 0, in, out, NULL, NULL, err));
     const int n = in->shape.n;
     return DM_CPU_OR_CUDA(s->device, forward_cpu(s, n, in->data, out->data),
@@ -224,7 +223,6 @@ static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *
                            dm_error *err)
 {
     conv2d_state *s = state;
-    (void)ctx; /* used only on CUDA */
     DM_TRY(check_pass(s, 1, in, out, dout, din, err));
     const int n = in->shape.n;
     float *dx = din ? din->data : NULL; /* NULL for the first layer */

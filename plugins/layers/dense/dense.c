@@ -108,7 +108,6 @@ static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in
                          dm_error *err)
 {
     dense_state *s = state;
-    (void)ctx; /* used only on CUDA */
     DM_TRY(check_pass(s, 0, in, out, NULL, NULL, err));
     const int n = in->shape.n;
     return DM_CPU_OR_CUDA(s->device, dense_forward_cpu(s, n, in->data, out->data),
@@ -120,7 +119,6 @@ static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
                           dm_error *err)
 {
     dense_state *s = state;
-    (void)ctx; /* used only on CUDA */
     DM_TRY(check_pass(s, 1, in, out, dout, din, err));
     const int n = in->shape.n;
     float *dx = din ? din->data : NULL; /* NULL for the first layer */

@@ -49,7 +49,6 @@ static int apply(const dropout_state *s, const dm_run_ctx *ctx, int backward,
     const float *x = src->data;
     float *y = dst->data;
     void *stream = ctx->cuda_stream;
-    (void)stream, (void)err; /* used only on CUDA */
     if (!ctx->training || s->threshold == 0) /* evaluation, or rate 0 */
         return DM_CPU_OR_CUDA(s->device, dropout_copy_cpu(count, x, y),
                               dropout_copy_cuda(s, stream, count, x, y, err));

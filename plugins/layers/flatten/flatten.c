@@ -33,7 +33,6 @@ static int copy(const flatten_state *s, const dm_run_ctx *ctx, const dm_tensor *
                 dm_tensor *dst, dm_error *err)
 {
     const size_t count = dm_shape_count(src->shape); /* this batch, not the largest */
-    (void)ctx, (void)err; /* used only on CUDA */
     return DM_CPU_OR_CUDA(s->device, flatten_copy_cpu(count, src->data, dst->data),
                           flatten_copy_cuda(s, dm_run_stream(ctx), count, src->data, dst->data,
                                             err));

@@ -55,7 +55,6 @@ static int maxpool2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor
                              dm_tensor *out, dm_error *err)
 {
     maxpool2d_state *s = state;
-    (void)ctx;
     DM_TRY(dm_check_pass(s->name, s->device, s->in, out_shape(s), 1, 0, in, out, NULL, NULL, err));
     const int n = in->shape.n;
     return DM_CPU_OR_CUDA(s->device, maxpool2d_forward_cpu(s, n, in->data, out->data),
@@ -70,7 +69,7 @@ static int maxpool2d_backward(void *state, const dm_run_ctx *ctx, const dm_tenso
                               dm_error *err)
 {
     maxpool2d_state *s = state;
-    (void)ctx, (void)out;
+    (void)out;
     DM_TRY(dm_check_tensor(s->name, "input", in, s->device, s->in, 0, err));
     const int n = in->shape.n;
     DM_TRY(dm_check_tensor(s->name, "dout", dout, s->device, out_shape(s), n, err));

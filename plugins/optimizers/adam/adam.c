@@ -19,11 +19,10 @@
 #include "dmnist/optimizer_util.h"
 
 #define ADAM_DEVICES DM_DEVICES_BUILT
-#ifdef DM_WITH_CUDA
-/* adam_cuda.cu: adam_update_cpu's update as one fused kernel on `stream`. */
+/* adam_cuda.cu: adam_update_cpu's update as one fused kernel on `stream`
+ * (defined only with DM_WITH_CUDA; DM_CPU_OR_CUDA calls it there alone). */
 int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr_t,
                      float b1, float b2, float eps, float wd, void *stream, dm_error *err);
-#endif
 
 typedef struct adam_state {
     float beta1, beta2, epsilon, weight_decay;

@@ -104,8 +104,9 @@ static inline int dm_layer_threads(const dm_layer_config *cfg)
                                   0 * sizeof(1 ? &((T *)0)->device : (dm_device *)0),        \
                               (type), (cfg), (err)))
 
-/* DM_LAYER_STATE_NEW's work, on offsets (the `0 * sizeof` above only makes
- * a `device` of another type a compile error). */
+/* DM_LAYER_STATE_NEW's work, on offsets (the `0 * sizeof` above adds
+ * nothing: it only makes a `device` of another type a pointer-mismatch
+ * diagnostic, an error with -Werror). */
 static inline void *dm_layer_state_new_(size_t size, size_t name_at, size_t name_size,
                                         size_t device_at, const char *type,
                                         const dm_layer_config *cfg, dm_error *err)

@@ -102,12 +102,7 @@ static int list_steps(const char *dir, const uint64_t *own, long long **steps, i
         long long s;
         if (!is_ckpt_name(de->d_name, &s)) continue;
         if (own && !is_own_checkpoint(dirfd(d), de->d_name, *own)) continue;
-        if (*n == cap) {
-            cap = cap ? 2 * cap : 16;
-            long long *ns = realloc(*steps, (size_t)cap * sizeof *ns);
-            if (!ns) { rc = -1; errno = ENOMEM; break; }
-            *steps = ns;
-        }
+        if (dm_grow(steps, &cap, *n + 1, sizeof **steps, 16)) { rc = -1; errno = ENOMEM; break; }
         (*steps)[(*n)++] = s;
     }
     closedir(d);

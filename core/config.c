@@ -81,13 +81,7 @@ static char *reader(char *buf, int size, void *stream)
 
 static dm_section *add_section(dm_config *c, const char *name, int line)
 {
-    if (c->n == c->cap) {
-        int cap = c->cap ? 2 * c->cap : 16;
-        dm_section *ns = realloc(c->sections, (size_t)cap * sizeof *ns);
-        if (!ns) return NULL;
-        c->sections = ns;
-        c->cap = cap;
-    }
+    if (dm_grow(&c->sections, &c->cap, c->n + 1, sizeof *c->sections, 16)) return NULL;
     dm_section *s = &c->sections[c->n];
     memset(s, 0, sizeof *s);
     if (!(s->name = strdup(name))) return NULL;
@@ -139,13 +133,7 @@ const dm_kv *dm_section_get(const dm_section *s, const char *key)
 /* Set or replace key in section. */
 static int append(dm_section *s, const char *key, const char *value, int line, const char *origin)
 {
-    if (s->n == s->cap) {
-        int cap = s->cap ? 2 * s->cap : 8;
-        dm_kv *nk = realloc(s->kvs, (size_t)cap * sizeof *nk);
-        if (!nk) return -1;
-        s->kvs = nk;
-        s->cap = cap;
-    }
+    if (dm_grow(&s->kvs, &s->cap, s->n + 1, sizeof *s->kvs, 8)) return -1;
     char *k = strdup(key), *v = strdup(value);
     if (!k || !v) { free(k); free(v); return -1; }
     s->kvs[s->n++] = (dm_kv){k, v, line, origin};

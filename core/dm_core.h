@@ -9,6 +9,14 @@
 extern "C" {
 #endif
 
+/* ---- growing arrays (core/grow.c) --------------------------------------- */
+
+/* Room for `need` items in the realloc'ed array *items (pass a T **) of *cap
+ * items of item_size bytes: unchanged when it has them, else *cap doubled
+ * (from first_cap when it is 0) until it does. 0, or -1 when out of memory
+ * (the array and *cap as they were). */
+int dm_grow(void *items, int *cap, int need, size_t item_size, int first_cap);
+
 /* ---- plugin registry (core/registry.c) ---------------------------------- */
 
 typedef struct dm_registry dm_registry;

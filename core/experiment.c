@@ -28,13 +28,13 @@ static const dm_param_def experiment_defs[] = {
      "elastic: after a failure a new world forms once nobody new arrived for this long"},
     {"elastic_check_every", DM_PARAM_INT, "1", 1, 1e9, NULL,
      "elastic: every N steps rank 0 looks for processes waiting to join"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def data_defs[] = {
     {"type", DM_PARAM_STRING, "mnist", NO_RANGE, NULL, "dataset plugin"},
     {"batch_size", DM_PARAM_INT, "64", 1, 1 << 20, NULL, "examples per step on each rank"},
     {"eval_batch_size", DM_PARAM_INT, "0", 0, 1 << 20, NULL, "examples per evaluation batch (0 = batch_size)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def train_defs[] = {
     {"total_batches", DM_PARAM_INT, "100", 1, 9e15, NULL, "batches over all ranks (each of N ranks runs total/N steps)"},
@@ -48,7 +48,7 @@ static const dm_param_def train_defs[] = {
     {"nan_policy", DM_PARAM_ENUM, "stop", NO_RANGE, "stop|skip", "what a NaN or Inf loss does"},
     {"sync_check_every", DM_PARAM_INT, "0", 0, 1e9, NULL,
      "every N steps check that all ranks hold bitwise identical parameters (0 = off)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def optimizer_defs[] = {
     {"type", DM_PARAM_STRING, "adam", NO_RANGE, NULL, "optimizer plugin"},
@@ -59,11 +59,11 @@ static const dm_param_def optimizer_defs[] = {
      "lr after the warm-up: constant, or a linear or cosine decay to lr * min_lr_frac"},
     {"decay_steps", DM_PARAM_INT, "0", 0, 1e12, NULL, "steps of the decay (0 = the rest of the run)"},
     {"min_lr_frac", DM_PARAM_FLOAT, "0", 0, 1, NULL, "where the decay ends, as a fraction of lr"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static const dm_param_def layer_defs[] = {
     {"type", DM_PARAM_STRING, NULL, NO_RANGE, NULL, "layer plugin"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 const dm_param_def *dm_core_section_defs(const char *section)
 {

@@ -209,30 +209,12 @@ int dm_plugin_load_trusted(dm_registry *r, const char *path, const char *real, c
         return dm_fail(err, rc, "%s: %s", path, e.msg);
 
     /* Commit: nothing can fail below except allocation, which we undo. */
-    if (r->n_libs == r->cap_libs) {
-        int cap = r->cap_libs ? 2 * r->cap_libs : 16;
-        dm_loaded_lib *nl = realloc(r->libs, (size_t)cap * sizeof *nl);
-        if (!nl) goto nomem;
-        r->libs = nl;
-        r->cap_libs = cap;
-    }
-    if (r->n_comps + d->n_components > r->cap_comps) {
-        int cap = r->cap_comps ? 2 * r->cap_comps : 32;
-        while (cap < r->n_comps + d->n_components) cap *= 2;
-        dm_loaded_component *nc = realloc(r->comps, (size_t)cap * sizeof *nc);
-        if (!nc) goto nomem;
-        /* comps moved: fix nothing, paths point at libs[].path (stable strings) */
-        r->comps = nc;
-        r->cap_comps = cap;
-    }
-    if (r->n_shadowed + d->n_components > r->cap_shadowed) {
-        int cap = r->cap_shadowed ? 2 * r->cap_shadowed : 8;
-        while (cap < r->n_shadowed + d->n_components) cap *= 2;
-        dm_shadowed *ns = realloc(r->shadowed, (size_t)cap * sizeof *ns);
-        if (!ns) goto nomem;
-        r->shadowed = ns;
-        r->cap_shadowed = cap;
-    }
+    /* comps may move: fix nothing, paths point at libs[].path (stable strings) */
+    if (dm_grow(&r->libs, &r->cap_libs, r->n_libs + 1, sizeof *r->libs, 16) ||
+        dm_grow(&r->comps, &r->cap_comps, r->n_comps + d->n_components, sizeof *r->comps, 32) ||
+        dm_grow(&r->shadowed, &r->cap_shadowed, r->n_shadowed + d->n_components,
+                sizeof *r->shadowed, 8))
+        goto nomem;
     char *p = strdup(path), *rp = strdup(real);
     if (!p || !rp) { free(p); free(rp); goto nomem; }
     r->libs[r->n_libs++] = (dm_loaded_lib){h, p, rp, d};
@@ -340,13 +322,10 @@ static int load_dir(dm_registry *r, const char *dir, double timeout_s, int probe
         size_t len = strlen(de->d_name);
         if (len < 4 || strcmp(de->d_name + len - 3, ".so") != 0)
             continue;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 32;
-            char **nn = realloc(names, (size_t)cap * sizeof *nn);
-            if (!nn) { rc = dm_fail(err, DM_ERR_NOMEM, "out of memory"); break; }
-            names = nn;
+        if (dm_grow(&names, &cap, n + 1, sizeof *names, 32) || !(names[n] = strdup(de->d_name))) {
+            rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
+            break;
         }
-        if (!(names[n] = strdup(de->d_name))) { rc = dm_fail(err, DM_ERR_NOMEM, "out of memory"); break; }
         n++;
     }
     closedir(d);

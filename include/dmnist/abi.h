@@ -77,6 +77,15 @@ static inline int dm_fail(dm_error *err, int code, const char *fmt, ...)
     return code;
 }
 
+/* Return the status of `call` from the calling function unless it is DM_OK
+ * (the error is already in err):
+ *   DM_TRY(dm_layer_check_create("dense", DENSE_DEVICES, cfg, info, err)); */
+#define DM_TRY(call)                                                                       \
+    do {                                                                                   \
+        int dm_try_rc_ = (call);                                                           \
+        if (dm_try_rc_ != DM_OK) return dm_try_rc_;                                        \
+    } while (0)
+
 /* ---- devices ----------------------------------------------------------- */
 
 typedef enum dm_device {
@@ -94,6 +103,23 @@ typedef enum dm_device {
 #define DM_DEVICES_BUILT (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))
 #else
 #define DM_DEVICES_BUILT DM_DEVICE_BIT(DM_DEVICE_CPU)
+#endif
+
+/* A call to a plugin's CUDA twin or to its CPU pass, by device: the value of
+ * cuda_call (a dm_status) when `device` is DM_DEVICE_CUDA in a build with
+ * DM_WITH_CUDA, else cpu_call (which returns nothing) is run and the value
+ * is DM_OK:
+ *   return DM_CPU_OR_CUDA(s->device, relu_forward_cpu(s, n, x, y),
+ *                         relu_forward_cuda(s, dm_run_stream(ctx), n, x, y, err));
+ * Without DM_WITH_CUDA cuda_call is only type-checked (an operand of
+ * sizeof, never evaluated): the CUDA functions are declared in every build
+ * and defined in a CUDA build alone. */
+#ifdef DM_WITH_CUDA
+#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) \
+    ((device) == DM_DEVICE_CUDA ? (cuda_call) : ((void)(cpu_call), DM_OK))
+#else
+#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) \
+    ((void)(device), (void)sizeof(cuda_call), (void)(cpu_call), DM_OK)
 #endif
 
 /* A plugin's destroy when its state is one malloc'ed block (NULL-safe). */
@@ -122,6 +148,13 @@ typedef struct dm_param_def {
     const char *choices;       /* ENUM only: "valid|same" */
     const char *help;          /* one line */
 } dm_param_def;
+
+/* The entry that ends every parameter table (its name is NULL):
+ *   static const dm_param_def pool_params[] = {
+ *       {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
+ *       DM_PARAM_END};
+ * A component without keys passes NULL as its table, or {DM_PARAM_END}. */
+#define DM_PARAM_END {NULL, (dm_param_type)0, NULL, 0, 0, NULL, NULL}
 
 /* A validated value, as handed to a plugin. */
 typedef struct dm_param_value {

@@ -63,15 +63,12 @@ static inline int dm_elementwise_create(const char *type, unsigned devices, cons
     int rc = dm_layer_check_create(type, devices, cfg, info, err);
     if (rc != DM_OK)
         return rc;
-    const char *name = dm_layer_name(cfg, type);
     const dm_shape in = cfg->in_shape;
 
-    dm_elementwise *s = (dm_elementwise *)calloc(1, sizeof *s);
+    dm_elementwise *s = DM_LAYER_STATE_NEW(dm_elementwise, type, cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
+        return DM_ERR_NOMEM;
     s->type = type;
-    s->device = cfg->device;
     s->nthreads = dm_layer_threads(cfg);
     s->shape = in;
     for (int k = 0, j = 0; p && k < p->count && j < DM_ELEMENTWISE_MAX_ARGS; k++)
@@ -210,16 +207,6 @@ static inline int dm_elementwise_onnx(const char *op, dm_onnx_builder *b, dm_err
         return dm_elementwise_backward(state, ctx, in, out, dout, din, err, NAME##_backward_cpu,  \
                                        CUDA_BWD);                                                 \
     }                                                                                             \
-    static const dm_layer_vtable NAME##_vtable = {                                                \
-        .struct_size = sizeof(dm_layer_vtable),                                                   \
-        .devices = (DEVICES),                                                                     \
-        .create = NAME##_create,                                                                  \
-        .bind = dm_layer_bind_nothing,                                                            \
-        .init_params = dm_layer_init_nothing,                                                     \
-        .forward = NAME##_forward,                                                                \
-        .backward = NAME##_backward,                                                              \
-        .destroy = dm_free_state,                                                        \
-        .onnx = (ONNX),                                                                           \
-    }
+    DM_LAYER_VTABLE_NO_PARAMS(NAME, (DEVICES), .onnx = (ONNX))
 
 #endif /* DMNIST_ELEMENTWISE_H */

@@ -65,6 +65,17 @@ static inline int dm_layer_check_create(const char *type, unsigned devices,
     return DM_OK;
 }
 
+/* For a layer that counts an item's c*h*w values in an int (dense's input
+ * features, flatten's outputs): "<name>: <count> values per item is too
+ * many" beyond INT32_MAX. */
+static inline int dm_layer_check_per_item(const char *name, dm_shape in, dm_error *err)
+{
+    if (dm_shape_per_item(in) > 0x7fffffff)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %zu values per item is too many (at most %d)",
+                       name, dm_shape_per_item(in), 0x7fffffff);
+    return DM_OK;
+}
+
 /* The CPU threads a layer may use: cfg->num_threads, or OpenMP's default
  * when it is 0 (1 in a build without OpenMP). */
 static inline int dm_layer_threads(const dm_layer_config *cfg)
@@ -75,6 +86,45 @@ static inline int dm_layer_threads(const dm_layer_config *cfg)
     (void)cfg;
     return 1;
 #endif
+}
+
+/* A layer's state, a struct T of the plugin's own with a `char name[...]`
+ * and a `dm_device device` member, allocated zeroed with name (the
+ * section name, else `type`, for messages) and device filled from cfg:
+ *
+ *   dense_state *s = DM_LAYER_STATE_NEW(dense_state, "dense", cfg, err);
+ *   if (!s)
+ *       return DM_ERR_NOMEM;
+ *
+ * NULL when out of memory, err then saying "<name>: out of memory". The
+ * block is one calloc: free() it (destroy = dm_free_state). */
+#define DM_LAYER_STATE_NEW(T, type, cfg, err)                                                \
+    ((T *)dm_layer_state_new_(sizeof(T), offsetof(T, name), sizeof(((T *)0)->name),         \
+                              offsetof(T, device) +                                          \
+                                  0 * sizeof(1 ? &((T *)0)->device : (dm_device *)0),        \
+                              (type), (cfg), (err)))
+
+/* DM_LAYER_STATE_NEW's work, on offsets (the `0 * sizeof` above adds
+ * nothing: it only makes a `device` of another type a pointer-mismatch
+ * diagnostic, an error with -Werror). */
+static inline void *dm_layer_state_new_(size_t size, size_t name_at, size_t name_size,
+                                        size_t device_at, const char *type,
+                                        const dm_layer_config *cfg, dm_error *err)
+{
+    char *s = (char *)calloc(1, size);
+    if (!s) {
+        dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", dm_layer_name(cfg, type));
+        return NULL;
+    }
+    snprintf(s + name_at, name_size, "%s", dm_layer_name(cfg, type));
+    memcpy(s + device_at, &cfg->device, sizeof cfg->device);
+    return s;
+}
+
+/* The CUDA stream of a call's context (NULL without one). */
+static inline void *dm_run_stream(const dm_run_ctx *ctx)
+{
+    return ctx ? ctx->cuda_stream : NULL;
 }
 
 /* What create tells the core, all fields of ABI 1.0 at once. */
@@ -113,6 +163,18 @@ static inline void dm_layer_init_glorot(float *params, size_t nw, double fan_in,
         params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
     if (nbias)
         memset(params + nw, 0, nbias * sizeof(float));
+}
+
+/* ONNX (dmnist-export): "<name>: <type> needs a 4-D (N, C, H, W) input in
+ * the graph, got rank 2" unless the layer's input is 4-D. */
+static inline int dm_onnx_check_4d(const dm_onnx_builder *b, const char *name, const char *type,
+                                   dm_error *err)
+{
+    if (b->in_rank != 4)
+        return dm_fail(err, DM_ERR_UNSUPPORTED,
+                       "%s: %s needs a 4-D (N, C, H, W) input in the graph, got rank %d", name,
+                       type, b->in_rank);
+    return DM_OK;
 }
 
 /* ONNX (dmnist-export): the weights (dims wdims[0..wrank)) and, when nbias
@@ -180,6 +242,18 @@ static inline int dm_check_pass(const char *layer, dm_device device, dm_shape in
     return rc;
 }
 
+/* For a layer with parameters, in forward and backward: "<layer>: forward
+ * before bind" (or backward) unless `bound` (a pointer bind sets, such as
+ * the weights) is set. */
+static inline int dm_layer_check_bound(const char *layer, const void *bound, int backward,
+                                       dm_error *err)
+{
+    if (!bound)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s before bind", layer,
+                       backward ? "backward" : "forward");
+    return DM_OK;
+}
+
 /* For layers without parameters. */
 static inline int dm_layer_bind_nothing(void *state, float *params, float *grads, void *workspace,
                                         dm_error *err)
@@ -196,4 +270,48 @@ static inline int dm_layer_init_nothing(void *state, float *params, uint64_t see
 #ifdef __cplusplus
 }
 #endif
+
+/* ---- the vtable --------------------------------------------------------
+ * A layer's vtable from a naming convention: NAME_create, NAME_bind,
+ * NAME_init_params, NAME_forward, NAME_backward and NAME_destroy, the six
+ * methods of ABI 1.0, each a static function of the plugin's own file.
+ *
+ *   DM_LAYER_VTABLE(dense, DENSE_DEVICES, .onnx = dense_onnx);
+ *
+ * defines `static const dm_layer_vtable dense_vtable` with struct_size,
+ * `devices` (the second argument) and those six. After the devices come,
+ * as designated initialisers, the optional methods a later minor version
+ * added that the layer has (.onnx, .bind_state, .init_state); a method
+ * named there that the macro also sets does not compile (-Woverride-init).
+ *
+ * A layer without parameters whose state is one malloc'ed block writes
+ * only NAME_create, NAME_forward and NAME_backward:
+ *
+ *   DM_LAYER_VTABLE_NO_PARAMS(maxpool2d, MAXPOOL2D_DEVICES, .onnx = maxpool2d_onnx);
+ *
+ * sets bind to dm_layer_bind_nothing, init_params to dm_layer_init_nothing
+ * and destroy to dm_free_state, and calls NAME_backward only with a din:
+ * as the first layer (din NULL) such a layer has nothing to compute, and
+ * its backward returns DM_OK at once. Both are C (designated
+ * initialisers); a layer whose methods have other names writes the struct
+ * out itself. */
+#define DM_LAYER_VTABLE(NAME, ...)                                                          \
+    DM_LAYER_VTABLE_(NAME, NAME##_bind, NAME##_init_params, NAME##_backward, NAME##_destroy, \
+                     __VA_ARGS__)
+#define DM_LAYER_VTABLE_NO_PARAMS(NAME, ...)                                                \
+    static int NAME##_backward_with_din_(void *state, const dm_run_ctx *ctx,                 \
+                                         const dm_tensor *in, const dm_tensor *out,          \
+                                         const dm_tensor *dout, dm_tensor *din,              \
+                                         dm_error *err)                                      \
+    {                                                                                        \
+        return din ? NAME##_backward(state, ctx, in, out, dout, din, err) : DM_OK;           \
+    }                                                                                        \
+    DM_LAYER_VTABLE_(NAME, dm_layer_bind_nothing, dm_layer_init_nothing,                     \
+                     NAME##_backward_with_din_, dm_free_state, __VA_ARGS__)
+#define DM_LAYER_VTABLE_(NAME, BIND, INIT_PARAMS, BACKWARD, DESTROY, ...)                    \
+    static const dm_layer_vtable NAME##_vtable = {                                          \
+        .struct_size = sizeof(dm_layer_vtable), .create = NAME##_create, .bind = BIND,      \
+        .init_params = INIT_PARAMS, .forward = NAME##_forward, .backward = BACKWARD,        \
+        .destroy = DESTROY, .devices = __VA_ARGS__}
+
 #endif

@@ -73,6 +73,33 @@ static inline int dm_plugin_host_ok(uint32_t host_major, uint32_t host_minor, ui
  * converts to `type` without a cast. */
 #define DM_TYPED_(type, p) (1 ? (p) : (type)0)
 
+/* ---- vtables from a naming convention --------------------------------
+ * One line instead of a struct written out, for each kind: the methods
+ * are the plugin's static functions NAME_<method>, and the macro defines
+ * `static const <kind's vtable type> NAME_vtable`.
+ *
+ *   DM_DATASET_VTABLE(mnist);                  NAME_open, NAME_read, NAME_close
+ *   DM_COMM_VTABLE(local, devices);            NAME_init, NAME_allreduce,
+ *                                              NAME_allreduce_start, NAME_wait,
+ *                                              NAME_broadcast, NAME_barrier,
+ *                                              NAME_finalize; `devices` as in
+ *                                              dm_comm_vtable
+ *
+ * Layers and optimizers have theirs beside their helpers:
+ * DM_LAYER_VTABLE and DM_LAYER_VTABLE_NO_PARAMS in dmnist/layer_util.h,
+ * DM_OPTIMIZER_VTABLE in dmnist/optimizer_util.h. A component whose
+ * methods have other names writes the struct out itself. */
+#define DM_DATASET_VTABLE(NAME)                                                            \
+    static const dm_dataset_vtable NAME##_vtable = {                                       \
+        .struct_size = sizeof(dm_dataset_vtable),                                          \
+        .open = NAME##_open, .read = NAME##_read, .close = NAME##_close}
+#define DM_COMM_VTABLE(NAME, DEVICES)                                                      \
+    static const dm_comm_vtable NAME##_vtable = {                                          \
+        .struct_size = sizeof(dm_comm_vtable), .devices = (DEVICES), .init = NAME##_init,  \
+        .allreduce = NAME##_allreduce, .allreduce_start = NAME##_allreduce_start,          \
+        .wait = NAME##_wait, .broadcast = NAME##_broadcast, .barrier = NAME##_barrier,     \
+        .finalize = NAME##_finalize}
+
 /* ---- the descriptor and the entry point ------------------------------ */
 
 #define DM_PLUGIN_DEFINE(name, version, signature, ...) \

@@ -1,7 +1,7 @@
-# Shared by the scripts of tests/distributed and tests/robustness, sourced by
-# their own lib.sh as `source tests/common/lib.sh PREFIX`: paths from ctest's
-# environment, a scratch folder $TMP (PREFIX.XXXXXX) removed on exit, and the
-# small helpers both folders use.
+# Shared by the shell tests (tests/distributed, tests/robustness, tests/fault,
+# tests/slurm), sourced as `source tests/common/lib.sh PREFIX`: paths from
+# ctest's environment, a scratch folder $TMP (PREFIX.XXXXXX) removed on
+# exit, and every helper the scripts share: this file is their one home.
 set -u
 RUN=${DMNIST_RUN:?DMNIST_RUN must name dmnist-run}
 TOOL=${DMNIST_CKPT_TOOL:?DMNIST_CKPT_TOOL must name ckpt_tool}
@@ -71,3 +71,97 @@ wait_for_line() {
     tail -n 15 "$log" 2>/dev/null | sed 's/^/    | /'
     return 1
 }
+
+# ---- running dmnist-run ------------------------------------------------------
+
+# run_ok LOG CMD...: CMD must succeed within 100 s; else its log is shown.
+run_ok() { _run_expect "$1" 0 "${@:2}"; }
+# run_fails LOG WANT_RC CMD...: CMD must exit with status WANT_RC within 100 s.
+run_fails() { _run_expect "$1" "$2" "${@:3}"; }
+_run_expect() {
+    local log=$1 want=$2 rc
+    shift 2
+    timeout -k 5 100 "$@" >"$log" 2>&1
+    rc=$?
+    [ $rc = "$want" ] || { show "$log"; fail "$* exited with status $rc, expected $want"; }
+}
+
+# has_plugin TYPE: dmnist-run lists a component of that type.
+has_plugin() { "$RUN" --list-plugins 2>/dev/null | awk -v t="$1" '$2 == t { f = 1 } END { exit !f }'; }
+
+# ---- checkpoints ---------------------------------------------------------------
+
+# field FILE KEY: one header field of a checkpoint, as ckpt_tool info prints it.
+field() { "$TOOL" info "$1" | sed -n "s/^$2=//p"; }
+
+# expect_field FILE KEY VALUE
+expect_field() {
+    local got
+    got=$(field "$1" "$2")
+    [ "$got" = "$3" ] || fail "$1: $2 is '$got', expected '$3'"
+}
+
+# ckpt DIR STEP: the name of the checkpoint of STEP in DIR.
+ckpt() { printf '%s/ckpt-%010d.dmck' "$1" "$2"; }
+
+# checkpoint DIR: the one checkpoint file in DIR.
+checkpoint() {
+    local f=("$1"/ckpt-*.dmck)
+    [ ${#f[@]} = 1 ] && [ -f "${f[0]}" ] || fail "expected one checkpoint in $1, found: ${f[*]}"
+    echo "${f[0]}"
+}
+
+# ---- the processes of a job ----------------------------------------------------
+
+# pids_with_env NAME=VALUE...: processes whose environment holds exactly
+# these entries, every one.
+pids_with_env() {
+    local p e env
+    for p in /proc/[0-9]*; do
+        env=$(tr '\0' '\n' <"$p/environ" 2>/dev/null) || continue
+        for e in "$@"; do grep -qxF -e "$e" <<<"$env" || continue 2; done
+        echo "${p#/proc/}"
+    done
+}
+
+# descendants PID: every process below PID (with ps: scripts/install-deps.sh
+# installs procps; without it the test is skipped).
+descendants() {
+    command -v ps >/dev/null || skip "no ps command (Debian package procps)"
+    local c
+    for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$c"
+        descendants "$c"
+    done
+}
+
+# rank_pid JOB_PID RANK: the dmnist-run process of that rank under the job
+# (DMNIST_RANK from dmnist-run --np or a test, OMPI_COMM_WORLD_RANK from mpirun).
+rank_pid() {
+    local p
+    for p in "$1" $(descendants "$1"); do
+        [ "$(cat "/proc/$p/comm" 2>/dev/null)" = dmnist-run ] || continue
+        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null |
+            grep -qxF -e "DMNIST_RANK=$2" -e "OMPI_COMM_WORLD_RANK=$2"; then
+            echo "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# ---- jobs of several ranks -----------------------------------------------------
+
+# mpirun (DMNIST_MPIRUN overrides) and its arguments: as root it needs its
+# consent, and more ranks than cores need --oversubscribe.
+MPIRUN=${DMNIST_MPIRUN:-mpirun}
+MPI_ARGS=(--oversubscribe)
+[ "$(id -u)" = 0 ] && MPI_ARGS+=(--allow-run-as-root)
+
+# The seed CNN shrunk (149,424 parameters instead of 2.4 million) on
+# synthetic data, one thread per rank, for configs/cnn-synthetic.ini: for
+# tests of the distributed semantics, not of accuracy (a step takes
+# milliseconds).
+SMALL=(--set data.type=synthetic --set data.train_size=4096 --set data.test_size=256
+       --set layer.conv1.filters=8 --set layer.conv2.filters=16 --set layer.dense1.units=64
+       --set experiment.threads=1 --no-progress)

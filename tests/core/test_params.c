@@ -13,7 +13,7 @@ static const dm_param_def defs[] = {
     {"bias", DM_PARAM_BOOL, "true", 1, 0, NULL, "bias"},
     {"padding", DM_PARAM_ENUM, "valid", 1, 0, "valid|same", "padding"},
     {"name", DM_PARAM_STRING, "", 1, 0, NULL, "a string"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static void expect_error(const char *spec, const char *needle)
 {

@@ -338,6 +338,20 @@ static int64_t opened_count(const char *spec_path, const char *config_dir, dm_er
     return n;
 }
 
+/* With `path` chmod'ed to `mode`, the data home data/mnist is refused with
+ * a message naming path and saying `why`; `what` names the case. The mode
+ * stays: the caller restores it. */
+static int home_refused_with_mode(const char *path, mode_t mode, const char *why, const char *what)
+{
+    dm_error err = {0};
+    REQUIRE(chmod(path, mode) == 0, "chmod %s", path);
+    const int64_t n = opened_count("data/mnist", NULL, &err);
+    printf("%s -> %s\n", what, err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, path) && strstr(err.msg, why), "%s: %lld %s", what,
+            (long long)n, err.msg);
+    return 0;
+}
+
 /* Point the data-home variables at folders under g_tmp ("" = unset). */
 static void set_home_env(const char *data, const char *home, const char *xdg)
 {
@@ -465,28 +479,19 @@ static int test_mnist_data_home_world_writable(void)
     REQUIRE(opened_count("data/mnist", NULL, &err) == 5, "good data home: %s", err.msg);
 
     FMT(dir, "%s/dd/mnist", g_tmp);
-    REQUIRE(chmod(dir, 0757) == 0, "chmod %s", dir);
-    int64_t n = opened_count("data/mnist", NULL, &err);
-    printf("world-writable folder -> %s\n", err.msg);
-    REQUIRE(n == -1 && strstr(err.msg, dir) && strstr(err.msg, "world-writable"),
-            "world-writable folder: %lld %s", (long long)n, err.msg);
+    if (home_refused_with_mode(dir, 0757, "world-writable", "world-writable folder"))
+        return 1;
     REQUIRE(opened_count(dir, NULL, &err) == 5, "explicit path refused: %s", err.msg);
     REQUIRE(chmod(dir, 0755) == 0, "chmod %s", dir);
 
     FMT(file, "%s/%s.gz", dir, file_names[TEST_LABELS]);
-    REQUIRE(chmod(file, 0646) == 0, "chmod %s", file);
-    n = opened_count("data/mnist", NULL, &err);
-    printf("world-writable file -> %s\n", err.msg);
-    REQUIRE(n == -1 && strstr(err.msg, file) && strstr(err.msg, "world-writable"),
-            "world-writable file: %lld %s", (long long)n, err.msg);
+    if (home_refused_with_mode(file, 0646, "world-writable", "world-writable file"))
+        return 1;
     REQUIRE(chmod(file, 0644) == 0, "chmod %s", file);
 
     FMT(dir, "%s/dd", g_tmp);
-    REQUIRE(chmod(dir, 0777) == 0, "chmod %s", dir);
-    n = opened_count("data/mnist", NULL, &err);
-    printf("world-writable folder above -> %s\n", err.msg);
-    REQUIRE(n == -1 && strstr(err.msg, dir) && strstr(err.msg, "no sticky bit"),
-            "world-writable parent: %lld %s", (long long)n, err.msg);
+    if (home_refused_with_mode(dir, 0777, "no sticky bit", "world-writable folder above"))
+        return 1;
     REQUIRE(chmod(dir, 01777) == 0, "chmod %s", dir);
     REQUIRE(opened_count("data/mnist", NULL, &err) == 5, "sticky parent refused: %s", err.msg);
     REQUIRE(chmod(dir, 0755) == 0, "chmod %s", dir);

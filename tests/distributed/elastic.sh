@@ -18,7 +18,8 @@
 #                every 5 steps; rank 1 killed after step 20; the job starts
 #                again from its newest checkpoint and its final checkpoint
 #                equals an uninterrupted run's bit for bit
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 case=${1:?case}
 TOTAL=900 # global batches of 64: 300 steps at 3 ranks
 args=("$CFG" "${SMALL[@]}" --set experiment.backend=gloo --set experiment.elastic=true
@@ -145,7 +146,7 @@ restart_*)
     signal_rank "$TMP/log" 20 KILL 1 >/dev/null
     finish "$TMP/log"
     grep -q "starting it again from .*ckpt-" "$TMP/log" || { show "$TMP/log"; fail "the job was not restarted from a checkpoint"; }
-    a=$("$CMP" hash "$TMP/ref/ckpt-0000000040.dmck") && b=$("$CMP" hash "$TMP/ck/ckpt-0000000040.dmck") ||
+    a=$("$TOOL" hash "$TMP/ref/ckpt-0000000040.dmck") && b=$("$TOOL" hash "$TMP/ck/ckpt-0000000040.dmck") ||
         fail "no final checkpoints"
     [ "$a" = "$b" ] || fail "restarted run's final parameters $b differ from the uninterrupted run's $a"
     ok "$backend: killed after step 20, restarted from $(grep -o 'starting it again from .*ckpt-[0-9]*' "$TMP/log" | grep -o 'ckpt-[0-9]*'); final hash $b as uninterrupted"

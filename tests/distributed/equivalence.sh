@@ -26,7 +26,8 @@
 # tolerance, so the comparison can tell trajectories apart.
 # The N = 4 cases also cut the gradients into several fused buckets
 # (fusion_mb = 0.05), the N = 2 cases one bucket per layer (fusion_mb = 0).
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 backend=${1:?backend} n=${2:?ranks}
 B=32
 [ $((B % n)) = 0 ] || fail "N = $n does not divide the batch $B"
@@ -50,7 +51,7 @@ for opt in adam sgd; do
     grep -q "$n ranks ($backend), device cpu, 20 steps of $n x $b images" "$TMP/dist-$opt.log" ||
         { show "$TMP/dist-$opt.log"; fail "the job did not run 20 steps on $n $backend ranks"; }
     ref=$(checkpoint "$TMP/ref-$opt") dist=$(checkpoint "$TMP/dist-$opt")
-    if ! out=$("$CMP" within "$dist" "$ref" "${TOL_ABS[$opt]}" "${TOL_REL[$opt]}"); then
+    if ! out=$("$TOOL" within "$dist" "$ref" "${TOL_ABS[$opt]}" "${TOL_REL[$opt]}"); then
         fail "$opt: $n x $b on $backend against 1 x $B: $out (tolerance max_abs ${TOL_ABS[$opt]}, rel_l2 ${TOL_REL[$opt]})"
     fi
     ok "$opt: $n ranks x $b ($backend, fusion_mb $fusion) against 1 rank x $B: $out"
@@ -59,7 +60,7 @@ done
 # The control: one rank with batch b is another trajectory.
 run_ok "$TMP/ctl.log" "$RUN" "$CFG" "${EQ[@]}" "${ADAM[@]}" --set data.batch_size=$b \
     --set train.total_batches=20 --set train.checkpoint_dir="$TMP/ctl"
-if ! out=$("$CMP" beyond "$(checkpoint "$TMP/ctl")" "$(checkpoint "$TMP/ref-adam")" "${TOL_ABS[adam]}" "${TOL_REL[adam]}"); then
+if ! out=$("$TOOL" beyond "$(checkpoint "$TMP/ctl")" "$(checkpoint "$TMP/ref-adam")" "${TOL_ABS[adam]}" "${TOL_REL[adam]}"); then
     fail "control: 1 rank x $b is within the tolerance of 1 rank x $B ($out): the comparison is blind"
 fi
 ok "control: 1 rank x $b against 1 rank x $B: $out"

@@ -24,7 +24,8 @@
 #   bench_no_host   dmnist-bench-comm --np 3 --backends gloo with a host that
 #                   does not resolve, 5 times: never a crash, its own name,
 #                   no doubled "gloo: gloo:"
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 case_=${1:?case}
 T=3
 MARGIN=5

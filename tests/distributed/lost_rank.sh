@@ -19,7 +19,8 @@
 # comm.rendezvous), or env (gloo only: two processes started here with
 # DMNIST_RANK and friends and no launcher watching them: the survivor must
 # notice on its own and name the lost rank).
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 launcher=${1:?launcher} backend=${2:?backend} sig=${3:?signal} victim=${4:-1}
 TIMEOUT_S=6
 args=("$CFG" "${SMALL[@]}" --set experiment.backend="$backend" --set train.total_batches=1000000

@@ -7,7 +7,8 @@
 # ranks and combined. The combined test accuracy must reach 98.0%, the
 # job must run 2 x 468 steps on 2 ranks, and the final metrics line must
 # say world_size 2. Skipped (77) when data/mnist is missing.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 backend=${1:?backend}
 data=$SRC/data/mnist
 if [ ! -e "$data/train-images-idx3-ubyte.gz" ] && [ ! -e "$data/train-images-idx3-ubyte" ]; then

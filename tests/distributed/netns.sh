@@ -17,7 +17,8 @@
 # parameter hash must equal that of the same job run with dmnist-run --np 2
 # on loopback: the network changes nothing. Skipped (77) without the rights
 # to make namespaces, or without mpirun for mpi.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 backend=${1:?backend}
 [ "$(id -u)" = 0 ] || skip "not root: cannot create network namespaces"
 command -v ip >/dev/null || skip "no ip command (iproute2)"

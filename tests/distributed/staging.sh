@@ -30,7 +30,8 @@
 # optimizer for the uploads (case 1), no wait for the previous piece's upload
 # before the next broadcast into the mirror (case 3), no wait of the compute
 # stream after a broadcast (case 4).
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 backend=${1:?backend}
 STEPS=12
 COMMON=(--set experiment.backend="$backend" --set train.total_batches=$((2 * STEPS))
@@ -62,8 +63,8 @@ same() {
         fail "$3: staged and direct runs differ (per-step hashes above: < direct, > staged)"
     fi
     local a b
-    a=$("$CMP" hash "$(checkpoint "$TMP/$1")") || fail "ckpt_tool hash failed"
-    b=$("$CMP" hash "$(checkpoint "$TMP/$2")") || fail "ckpt_tool hash failed"
+    a=$("$TOOL" hash "$(checkpoint "$TMP/$1")") || fail "ckpt_tool hash failed"
+    b=$("$TOOL" hash "$(checkpoint "$TMP/$2")") || fail "ckpt_tool hash failed"
     [ "$a" = "$b" ] || fail "$3: final parameters differ: staged $a, direct $b"
     echo "$a"
 }

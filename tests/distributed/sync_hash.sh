@@ -11,7 +11,8 @@
 #  2. two ranks that really diverge (rank 1 runs with another learning rate,
 #     started by hand for gloo, as an MPMD job for mpirun) must be stopped at
 #     step 1, every rank exiting non-zero with a message naming rank 1.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 backend=${1:?backend}
 STEPS=12
 
@@ -29,7 +30,7 @@ grep -c "sync-check step .*: parameter hash [0-9a-f]\{16\} on all 2 ranks" "$TMP
 distinct=$(sed 's/.*"hash":"\([0-9a-f]*\)".*/\1/' "$TMP/checks" | sort -u | wc -l)
 [ "$distinct" = $STEPS ] || fail "only $distinct distinct hashes in $STEPS steps: the hash does not follow the parameters"
 last=$(sed -n "s/.*\"step\":$STEPS,\"hash\":\"\([0-9a-f]*\)\".*/\1/p" "$TMP/checks")
-file_hash=$("$CMP" hash "$(checkpoint "$TMP/ckpt")") || fail "ckpt_tool hash failed"
+file_hash=$("$TOOL" hash "$(checkpoint "$TMP/ckpt")") || fail "ckpt_tool hash failed"
 [ "$last" = "$file_hash" ] || fail "step $STEPS: trainer's hash $last, the checkpoint's parameters hash to $file_hash"
 ok "$backend: 2 ranks identical after each of $STEPS steps; last hash $last = the checkpoint's"
 

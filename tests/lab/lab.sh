@@ -41,7 +41,8 @@
 # Every case brings its own lab (named after this shell's PID) down on exit,
 # whatever happened. Skipped (77) when not root, without ip, tc or iptables,
 # or where network namespaces cannot be made.
-source "$(dirname "$0")/../distributed/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-dist
+CFG=$SRC/configs/cnn-synthetic.ini
 case=${1:?case}
 LAB=$SRC/scripts/lab
 NAME=t$$

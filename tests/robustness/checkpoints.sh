@@ -13,14 +13,15 @@
 #                        and resuming gives the uninterrupted run's bits
 #   ckpt_kill_loop       SIGKILL at random moments of a run that checkpoints
 #                        every step: the latest checkpoint is always readable
-. "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-rob
+CFG=$SRC/tests/robustness/small.ini
 
 # refused NAME WANT_SUBSTRING [dmnist-run args]: --resume from $TMP/NAME must fail.
 refused() {
     local name=$1 want=$2 before after
     shift 2
     before=$(ls "$TMP/$name")
-    run_fails "$TMP/$name.log" 1 --resume --set train.checkpoint_dir="$TMP/$name" "$@" "$CFG" 40
+    run_fails "$TMP/$name.log" 1 "$RUN" --resume --set train.checkpoint_dir="$TMP/$name" "$@" "$CFG" 40
     grep -qF -- "$want" "$TMP/$name.log" || { cat "$TMP/$name.log"; fail "$name: message lacks '$want'"; }
     grep -qF "$(ckpt "$TMP/$name" 10)" "$TMP/$name.log" || { cat "$TMP/$name.log"; fail "$name: message does not name the file"; }
     [ "$(grep -c '^dmnist-run: ' "$TMP/$name.log")" = 1 ] || { cat "$TMP/$name.log"; fail "$name: not one error line"; }
@@ -36,7 +37,7 @@ variant() { cp -r "$TMP/good" "$TMP/$1"; echo "$(ckpt "$TMP/$1" 10)"; }
 # poke FILE OFFSET BYTES...: overwrite bytes in place (octal escapes for printf).
 poke() { printf "$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none; }
 
-make_good() { run_ok "$TMP/good.log" --set train.checkpoint_dir="$TMP/good" "$CFG" 10; }
+make_good() { run_ok "$TMP/good.log" "$RUN" --set train.checkpoint_dir="$TMP/good" "$CFG" 10; }
 
 case ${1:-} in
 ckpt_refused)
@@ -65,7 +66,7 @@ ckpt_refused)
     variant seed >/dev/null
     refused seed "checkpoint used seed 7, this config seed 9" --set experiment.seed=9
     # the good one still resumes (so the refusals above were about the damage)
-    run_ok "$TMP/good2.log" --resume --set train.checkpoint_dir="$TMP/good" "$CFG" 20
+    run_ok "$TMP/good2.log" "$RUN" --resume --set train.checkpoint_dir="$TMP/good" "$CFG" 20
     ok "every damaged checkpoint refused; the intact one resumes"
     ;;
 ckpt_refused_gloo)
@@ -74,7 +75,7 @@ ckpt_refused_gloo)
     f=$(variant flipped)
     poke "$f" 2000 '\377\377\377\377'
     start=$SECONDS
-    run_fails "$TMP/g.log" 1 --np 2 --resume --set experiment.backend=gloo --set experiment.timeout_s=20 \
+    run_fails "$TMP/g.log" 1 "$RUN" --np 2 --resume --set experiment.backend=gloo --set experiment.timeout_s=20 \
         --set train.checkpoint_dir="$TMP/flipped" "$CFG" 40
     took=$((SECONDS - start))
     grep -q '^\[rank 0\] dmnist-run: .*checksum mismatch' "$TMP/g.log" || { cat "$TMP/g.log"; fail "rank 0 did not name the damage"; }
@@ -86,7 +87,7 @@ ckpt_refused_gloo)
     ok "2 ranks refuse a corrupt checkpoint together in $took s"
     ;;
 ckpt_kill_mid_write)
-    run_ok "$TMP/straight.log" --set train.checkpoint_dir="$TMP/straight" "$CFG" 40
+    run_ok "$TMP/straight.log" "$RUN" --set train.checkpoint_dir="$TMP/straight" "$CFG" 40
     DMNIST_TEST_CKPT_PAUSE_STEP=20 "$RUN" --set train.checkpoint_dir="$TMP/k" --set train.checkpoint_every=10 \
         "$CFG" 40 >"$TMP/k.log" 2>&1 &
     pid=$!
@@ -99,7 +100,7 @@ ckpt_kill_mid_write)
     [ "$("$TOOL" latest "$TMP/k")" = "$(ckpt "$TMP/k" 10)" ] || fail "resume would not pick step 10"
     "$TOOL" info "$(ckpt "$TMP/k" 10)" >/dev/null || fail "step 10 is unreadable"
     echo "killed mid-write: left $partial ($(stat -c %s "$TMP/k/$partial") bytes), latest is step 10"
-    run_ok "$TMP/k2.log" --resume --set train.checkpoint_dir="$TMP/k" --set train.checkpoint_every=10 "$CFG" 40
+    run_ok "$TMP/k2.log" "$RUN" --resume --set train.checkpoint_dir="$TMP/k" --set train.checkpoint_every=10 "$CFG" 40
     grep -q "resuming from $(ckpt "$TMP/k" 10) (step 10" "$TMP/k2.log" || { cat "$TMP/k2.log"; fail "did not resume from step 10"; }
     "$TOOL" same "$(ckpt "$TMP/straight" 40)" "$(ckpt "$TMP/k" 40)" || fail "crash + resume differs from the straight run"
     [ -e "$TMP/k/$partial" ] && fail "the dead writer's partial file is still there after the next write"
@@ -143,12 +144,12 @@ ckpt_foreign_names)
     done
     ln -s "$good" "$dir/ckpt-0000000002.dmck"                       # a symlink with an exact name
     mkdir "$dir/ckpt-0000000001.dmck"                               # a folder with an exact name
-    run_ok "$TMP/other.log" --set train.checkpoint_dir="$TMP/other" --set layer.conv1.filters=8 "$CFG" 3
+    run_ok "$TMP/other.log" "$RUN" --set train.checkpoint_dir="$TMP/other" --set layer.conv1.filters=8 "$CFG" 3
     cp "$(ckpt "$TMP/other" 3)" "$(ckpt "$dir" 3)"                  # another model's checkpoint
     cp "$(ckpt "$TMP/good" 10)" "$(ckpt "$dir" 5000)"               # a later step of this experiment
     printf 'not a checkpoint' >"$(ckpt "$dir" 4)"
     before=$(cd "$dir" && find . -mindepth 1 -printf '%p %y %s\n' | sort)
-    run_ok "$TMP/mixed.log" --set train.checkpoint_dir="$dir" --set train.checkpoint_every=5 \
+    run_ok "$TMP/mixed.log" "$RUN" --set train.checkpoint_dir="$dir" --set train.checkpoint_every=5 \
         --set train.keep_checkpoints=2 "$CFG" 20
     after=$(cd "$dir" && find . -mindepth 1 -printf '%p %y %s\n' | sort)
     gone=$(comm -23 <(echo "$before") <(echo "$after"))
@@ -160,7 +161,7 @@ ckpt_foreign_names)
     "$TOOL" same "$(ckpt "$TMP/good" 10)" "$(ckpt "$dir" 5000)" || fail "the later run's checkpoint changed"
     # resume reads the newest exact name (step 5000 here): with it moved away, step 20
     mv "$(ckpt "$dir" 5000)" "$TMP/later.dmck"
-    run_ok "$TMP/mixed2.log" --resume --set train.checkpoint_dir="$dir" "$CFG" 25
+    run_ok "$TMP/mixed2.log" "$RUN" --resume --set train.checkpoint_dir="$dir" "$CFG" 25
     grep -q "resuming from $(ckpt "$dir" 20) (step 20" "$TMP/mixed2.log" || { cat "$TMP/mixed2.log"; fail "did not resume from step 20"; }
     ok "11 look-alike names, a symlink, a folder, another model's and a later run's checkpoint: none deleted or counted; kept steps 15 and 20"
     ;;

@@ -21,7 +21,8 @@
 #                   each, Gloo over TCP; `ip link set ... down` mid-run: both
 #                   ranks end within the timeout (skipped where netns is not
 #                   permitted)
-. "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-rob
+CFG=$SRC/tests/robustness/small.ini
 
 # One epoch of 512 examples (32 global batches of 16) draws the poisoned one
 # exactly once. An Inf pixel, because ReLU turns a NaN pixel into 0; the Inf
@@ -46,10 +47,26 @@ wait_exit() {
     return 1
 }
 
+# kill_rank1 PID ENTRY WHAT: kill -KILL rank 1 of the job PID runs (the
+# process whose environment holds $tag and ENTRY); WHAT (the job, mpirun)
+# must then exit non-zero within 15 s (the timeout is 10 s). Sets start
+# (when rank 1 died) and rc (its status).
+kill_rank1() {
+    local victim
+    victim=$(pids_with_env "$tag" "$2")
+    [ -n "$victim" ] || fail "cannot find rank 1's process"
+    start=$SECONDS
+    kill -KILL $victim
+    wait_exit "$1" 15 || fail "$3 still runs 15 s after rank 1 died (timeout 10 s)"
+    wait "$1"
+    rc=$?
+    [ $rc != 0 ] || fail "$3 exited 0 although rank 1 died"
+}
+
 case ${1:-} in
 nan_stop)
-    run_ok "$TMP/clean.log" "${poison[@]}" --set data.poison_index=-1 "$CFG" 32
-    run_fails "$TMP/stop.log" 1 "${poison[@]}" --set train.checkpoint_dir="$TMP/ck" --set train.checkpoint_every=1 "$CFG" 32
+    run_ok "$TMP/clean.log" "$RUN" "${poison[@]}" --set data.poison_index=-1 "$CFG" 32
+    run_fails "$TMP/stop.log" 1 "$RUN" "${poison[@]}" --set train.checkpoint_dir="$TMP/ck" --set train.checkpoint_every=1 "$CFG" 32
     line=$(grep '^dmnist-run: ' "$TMP/stop.log")
     [[ $line =~ ^dmnist-run:\ step\ ([0-9]+):\ loss\ is\ (-?nan|-?inf)[^\ ]*\ on\ rank\ 0:\ training\ diverged ]] ||
         { cat "$TMP/stop.log"; fail "the message does not name the step: $line"; }
@@ -61,10 +78,10 @@ nan_stop)
     ok "$line"
     ;;
 nan_skip)
-    run_fails "$TMP/stop.log" 1 "${poison[@]}" "$CFG" 32
+    run_fails "$TMP/stop.log" 1 "$RUN" "${poison[@]}" "$CFG" 32
     step=$(sed -n 's/^dmnist-run: step \([0-9]*\): .*/\1/p' "$TMP/stop.log")
     [ -n "$step" ] || { cat "$TMP/stop.log"; fail "no step in the stop message"; }
-    run_ok "$TMP/skip.log" "${poison[@]}" --set train.nan_policy=skip --set train.checkpoint_dir="$TMP/ck" "$CFG" 32
+    run_ok "$TMP/skip.log" "$RUN" "${poison[@]}" --set train.nan_policy=skip --set train.checkpoint_dir="$TMP/ck" "$CFG" 32
     skipped=$(grep -c 'step skipped (nan_policy = skip)' "$TMP/skip.log")
     [ "$skipped" = 1 ] || { cat "$TMP/skip.log"; fail "$skipped steps skipped, expected 1"; }
     grep -q "^step $step: loss is .* on rank 0, step skipped" "$TMP/skip.log" ||
@@ -78,7 +95,7 @@ nan_skip)
 inf_skip_gloo)
     has_plugin gloo || skip "no gloo backend plugin"
     gloo=(--np 2 --set experiment.backend=gloo --set experiment.timeout_s=20)
-    run_ok "$TMP/skip.log" "${gloo[@]}" "${poison[@]}" --set train.nan_policy=skip --set train.checkpoint_dir="$TMP/ck" "$CFG" 32
+    run_ok "$TMP/skip.log" "$RUN" "${gloo[@]}" "${poison[@]}" --set train.nan_policy=skip --set train.checkpoint_dir="$TMP/ck" "$CFG" 32
     n=$(grep -c 'step skipped' "$TMP/skip.log")
     [ "$n" = 1 ] || { cat "$TMP/skip.log"; fail "rank 0 reported $n skipped steps, expected 1"; }
     expect_field "$(ckpt "$TMP/ck" 16)" nonfinite 0
@@ -110,27 +127,27 @@ nan_hidden)
     # 0, so every loss stays finite, but the gradients below it are NaN. (A
     # fused activation keeps NaN, as PyTorch's relu does; the relu layer maps
     # it to 0 on both devices.) The step is the one the Inf pixel names.
-    run_fails "$TMP/inf.log" 1 "${poison[@]}" "$CFG" 32
+    run_fails "$TMP/inf.log" 1 "$RUN" "${poison[@]}" "$CFG" 32
     step=$(sed -n 's/^dmnist-run: step \([0-9]*\): .*/\1/p' "$TMP/inf.log")
     [ -n "$step" ] || { cat "$TMP/inf.log"; fail "no step in the Inf run's stop message"; }
     hidden=("${poison[@]}" --plugin-path "$DMNIST_TEST_PLUGINS:${DMNIST_TEST_BATCHNORM:?}" --set data.poison=nan)
     BN=$SRC/tests/robustness/batchnorm.ini
     # stop: caught before the checkpoint of that step is written
-    run_fails "$TMP/stop.log" 1 "${hidden[@]}" --set train.checkpoint_dir="$TMP/ck" --set train.checkpoint_every=1 "$BN" 32
+    run_fails "$TMP/stop.log" 1 "$RUN" "${hidden[@]}" --set train.checkpoint_dir="$TMP/ck" --set train.checkpoint_every=1 "$BN" 32
     grep -q "^dmnist-run: step $step: parameters are not finite (NaN or Inf) though the loss is: training diverged" \
         "$TMP/stop.log" || { cat "$TMP/stop.log"; fail "stop does not name step $step and the parameters"; }
     last=$(field "$("$TOOL" latest "$TMP/ck")" step)
     [ "$last" = $((step - 1)) ] || fail "newest checkpoint is step $last, expected $((step - 1))"
     [ "$(field "$("$TOOL" latest "$TMP/ck")" nonfinite)" = 0 ] || fail "the newest checkpoint holds NaN/Inf"
     # stop without checkpoints: caught at the end, before the final checkpoint and evaluation
-    run_fails "$TMP/stop-end.log" 1 "${hidden[@]}" --set train.checkpoint_dir="$TMP/ck-end" "$BN" 32
+    run_fails "$TMP/stop-end.log" 1 "$RUN" "${hidden[@]}" --set train.checkpoint_dir="$TMP/ck-end" "$BN" 32
     grep -q "^dmnist-run: steps 1-32: parameters are not finite" "$TMP/stop-end.log" ||
         { cat "$TMP/stop-end.log"; fail "the end-of-run check did not stop the run"; }
     [ -z "$(ls "$TMP/ck-end" 2>/dev/null)" ] || fail "a checkpoint was written with NaN parameters"
     grep -q '^test loss' "$TMP/stop-end.log" && fail "a diverged run reported a test loss"
     # skip: the gradients are checked, exactly that step is skipped, and the
     # running statistics its forward pass wrote NaN into are put back
-    run_ok "$TMP/skip.log" "${hidden[@]}" --set train.nan_policy=skip --set train.checkpoint_dir="$TMP/ck-skip" "$BN" 32
+    run_ok "$TMP/skip.log" "$RUN" "${hidden[@]}" --set train.nan_policy=skip --set train.checkpoint_dir="$TMP/ck-skip" "$BN" 32
     [ "$(grep -c 'step skipped' "$TMP/skip.log")" = 1 ] || { cat "$TMP/skip.log"; fail "expected 1 skipped step"; }
     grep -q "^step $step: loss is finite but the gradients are not (NaN or Inf), step skipped" "$TMP/skip.log" ||
         { cat "$TMP/skip.log"; fail "the skipped step is not step $step"; }
@@ -149,14 +166,7 @@ rank_dies_gloo)
     pid=$!
     on_exit "kill -KILL $pid 2>/dev/null"
     wait_for "$TMP/np.log" '^\[rank 0\] step +50/' 30 $pid
-    victim=$(pids_with_env "$tag" | while read -r p; do tr '\0' '\n' <"/proc/$p/environ" | grep -qx DMNIST_RANK=1 && echo "$p"; done)
-    [ -n "$victim" ] || fail "cannot find rank 1's process"
-    start=$SECONDS
-    kill -KILL $victim
-    wait_exit $pid 15 || fail "the job still runs 15 s after rank 1 died (timeout 10 s)"
-    wait $pid
-    rc=$?
-    [ $rc != 0 ] || fail "the job exited 0 although rank 1 died"
+    kill_rank1 $pid DMNIST_RANK=1 "the job"
     grep -q 'rank 1 was killed by signal 9' "$TMP/np.log" || { cat "$TMP/np.log"; fail "the launcher did not name rank 1"; }
     echo "launcher: exit $rc after $((SECONDS - start)) s: $(grep 'rank 1 was killed' "$TMP/np.log")"
     # 2) ranks started by hand, no launcher to notice: rank 0's collective must fail
@@ -187,14 +197,7 @@ rank_dies_mpi)
     pid=$!
     on_exit "kill -KILL $pid 2>/dev/null"
     wait_for "$TMP/mpi.log" 'step +50/' 60 $pid
-    victim=$(pids_with_env "$tag" | while read -r p; do tr '\0' '\n' <"/proc/$p/environ" | grep -qx OMPI_COMM_WORLD_RANK=1 && echo "$p"; done)
-    [ -n "$victim" ] || fail "cannot find rank 1's process"
-    start=$SECONDS
-    kill -KILL $victim
-    wait_exit $pid 15 || fail "mpirun still runs 15 s after rank 1 died (timeout 10 s)"
-    wait $pid
-    rc=$?
-    [ $rc != 0 ] || fail "mpirun exited 0 although rank 1 died"
+    kill_rank1 $pid OMPI_COMM_WORLD_RANK=1 mpirun
     grep -Eq 'rank 1 .*(exited on signal 9|Killed)|rank 1: .*(peer|gone)' "$TMP/mpi.log" ||
         { cat "$TMP/mpi.log"; fail "nothing names rank 1"; }
     ok "mpirun: exit $rc after $((SECONDS - start)) s: $(grep -Em1 'rank 1 ' "$TMP/mpi.log")"

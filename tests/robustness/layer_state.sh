@@ -22,7 +22,8 @@
 #                        its summary on the CPU and used to say nothing);
 #                        device = cpu still passes; with a GPU, the run
 #                        itself refuses it the same way
-. "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-rob
+CFG=$SRC/tests/robustness/small.ini
 BN=(--plugin-path "${DMNIST_TEST_BATCHNORM:?DMNIST_TEST_BATCHNORM must name the batchnorm plugin folder}")
 BCFG=$SRC/tests/robustness/batchnorm.ini
 "$RUN" "${BN[@]}" --list-plugins 2>/dev/null | awk '$2 == "batchnorm" { f = 1 } END { exit !f }' ||
@@ -33,7 +34,7 @@ test_loss() { sed -n 's/^\(\[rank 0\] \)\{0,1\}test loss \([0-9.]*\) .*/\2/p' "$
 
 case ${1:-} in
 dry_run_device)
-    run_ok "$TMP/cpu.log" "${BN[@]}" --dry-run "$BCFG"
+    run_ok "$TMP/cpu.log" "$RUN" "${BN[@]}" --dry-run "$BCFG"
     # The first CPU-only layer is named: batchnorm's bn1 in a CUDA build,
     # conv1 already in a build without CUDA (the sanitizer build).
     first=bn1 type=batchnorm
@@ -58,9 +59,9 @@ dry_run_device)
     ok "--dry-run refuses a CPU-only layer under device = cuda, as the run does"
     ;;
 state_resume_exact)
-    run_ok "$TMP/a.log" "${BN[@]}" --set train.checkpoint_dir="$TMP/a" --set train.checkpoint_every=50 "$BCFG" 100
-    run_ok "$TMP/b1.log" "${BN[@]}" --set train.checkpoint_dir="$TMP/b" "$BCFG" 50
-    run_ok "$TMP/b2.log" "${BN[@]}" --resume --set train.checkpoint_dir="$TMP/b" "$BCFG" 100
+    run_ok "$TMP/a.log" "$RUN" "${BN[@]}" --set train.checkpoint_dir="$TMP/a" --set train.checkpoint_every=50 "$BCFG" 100
+    run_ok "$TMP/b1.log" "$RUN" "${BN[@]}" --set train.checkpoint_dir="$TMP/b" "$BCFG" 50
+    run_ok "$TMP/b2.log" "$RUN" "${BN[@]}" --resume --set train.checkpoint_dir="$TMP/b" "$BCFG" 100
     grep -q "resuming from $(ckpt "$TMP/b" 50) (step 50, written by 1 rank)" "$TMP/b2.log" ||
         { cat "$TMP/b2.log"; fail "the resumed run did not start from step 50"; }
     a50=$(ckpt "$TMP/a" 50) a100=$(ckpt "$TMP/a" 100)
@@ -77,7 +78,7 @@ state_resume_exact)
     # statistics do not, and `same` must say so.
     mkdir "$TMP/c"
     "$TOOL" v1 "$(ckpt "$TMP/b" 50)" "$(ckpt "$TMP/c" 50)" >/dev/null || fail "ckpt_tool v1 failed"
-    run_ok "$TMP/c.log" "${BN[@]}" --resume --set train.checkpoint_dir="$TMP/c" "$BCFG" 100
+    run_ok "$TMP/c.log" "$RUN" "${BN[@]}" --resume --set train.checkpoint_dir="$TMP/c" "$BCFG" 100
     grep -q "holds no layer state: the layers' running state starts from its initial values" "$TMP/c.log" ||
         { cat "$TMP/c.log"; fail "no note that the format-1 file holds no layer state"; }
     "$TOOL" same "$a100" "$(ckpt "$TMP/c" 100)" >"$TMP/same.txt" && fail "losing the layer state went unnoticed"
@@ -86,7 +87,7 @@ state_resume_exact)
     ok "batchnorm: 100 steps == 50 + resumed 50, bit for bit with 48 floats of layer state; without it: $(head -1 "$TMP/same.txt")"
     ;;
 state_ckpt_version1)
-    run_ok "$TMP/a.log" --set train.checkpoint_dir="$TMP/a" --set train.checkpoint_every=20 "$CFG" 40
+    run_ok "$TMP/a.log" "$RUN" --set train.checkpoint_dir="$TMP/a" --set train.checkpoint_every=20 "$CFG" 40
     mkdir "$TMP/v1"
     "$TOOL" v1 "$(ckpt "$TMP/a" 20)" "$(ckpt "$TMP/v1" 20)" >/dev/null || fail "ckpt_tool v1 failed"
     expect_field "$(ckpt "$TMP/v1" 20)" version 1
@@ -95,13 +96,13 @@ state_ckpt_version1)
         fail "format 2 should be format 1 plus the 8-byte n_state field"
     "$TOOL" same "$(ckpt "$TMP/a" 20)" "$(ckpt "$TMP/v1" 20)" || fail "the format-1 copy reads back differently"
     cp -r "$TMP/v1" "$TMP/bad"
-    run_ok "$TMP/r.log" --resume --set train.checkpoint_dir="$TMP/v1" "$CFG" 40
+    run_ok "$TMP/r.log" "$RUN" --resume --set train.checkpoint_dir="$TMP/v1" "$CFG" 40
     grep -q "resuming from $(ckpt "$TMP/v1" 20) (step 20" "$TMP/r.log" || { cat "$TMP/r.log"; fail "did not resume from the format-1 file"; }
     grep -q "holds no layer state" "$TMP/r.log" && fail "a note about layer state for a model without any"
     cmp "$(ckpt "$TMP/a" 40)" "$(ckpt "$TMP/v1" 40)" || fail "resuming from format 1 did not give the straight run's file"
     # version 1's header is 64 bytes after the size field, not version 2's 72
     printf 'H\000\000\000' | dd of="$(ckpt "$TMP/bad" 20)" bs=1 seek=12 conv=notrunc status=none
-    run_fails "$TMP/bad.log" 1 --resume --set train.checkpoint_dir="$TMP/bad" "$CFG" 40
+    run_fails "$TMP/bad.log" 1 "$RUN" --resume --set train.checkpoint_dir="$TMP/bad" "$CFG" 40
     grep -q "corrupt checkpoint header: it says 72 header bytes follow, version 1 has 64" "$TMP/bad.log" ||
         { cat "$TMP/bad.log"; fail "a format-1 file with format 2's header size was not refused as such"; }
     ok "a format-1 checkpoint resumes to the same bits as its format-2 original; its header size is version 1's"
@@ -110,7 +111,7 @@ state_broadcast_gloo)
     has_plugin gloo || skip "no gloo backend plugin"
     gloo=(--set experiment.backend=gloo --set experiment.timeout_s=30)
     steps=12
-    run_ok "$TMP/j.log" --np 2 "${BN[@]}" "${gloo[@]}" --set train.sync_check_every=1 \
+    run_ok "$TMP/j.log" "$RUN" --np 2 "${BN[@]}" "${gloo[@]}" --set train.sync_check_every=1 \
         --set train.checkpoint_dir="$TMP/g" --metrics "$TMP/m.jsonl" "$BCFG" $((2 * steps))
     grep -c "^\[rank 0\] sync-check step [0-9]*: parameter hash [0-9a-f]\{16\} on all 2 ranks, layer state hash [0-9a-f]\{16\}$" \
         "$TMP/j.log" | grep -qx $steps || { cat "$TMP/j.log"; fail "not $steps sync checks of parameters and layer state"; }
@@ -125,8 +126,8 @@ state_broadcast_gloo)
     # loss as one rank evaluating everything (rank 1 with its initial
     # statistics would be far off).
     cp -r "$TMP/g" "$TMP/g1"
-    run_ok "$TMP/e2.log" --np 2 --resume "${BN[@]}" "${gloo[@]}" --set train.checkpoint_dir="$TMP/g" "$BCFG" $((2 * steps))
-    run_ok "$TMP/e1.log" --resume "${BN[@]}" --set train.checkpoint_dir="$TMP/g1" "$BCFG" $steps
+    run_ok "$TMP/e2.log" "$RUN" --np 2 --resume "${BN[@]}" "${gloo[@]}" --set train.checkpoint_dir="$TMP/g" "$BCFG" $((2 * steps))
+    run_ok "$TMP/e1.log" "$RUN" --resume "${BN[@]}" --set train.checkpoint_dir="$TMP/g1" "$BCFG" $steps
     l2=$(test_loss "$TMP/e2.log") l1=$(test_loss "$TMP/e1.log")
     [ -n "$l1" ] && [ -n "$l2" ] || { cat "$TMP/e1.log" "$TMP/e2.log"; fail "no test loss"; }
     awk -v a="$l1" -v b="$l2" 'BEGIN { d = a - b; exit !(d < 2e-4 && d > -2e-4) }' ||

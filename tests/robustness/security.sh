@@ -22,7 +22,8 @@
 #                       that is a chain of relative and absolute symlinks,
 #                       '..' in a link, a sticky /tmp-like folder above; the
 #                       same links made by nobody in a sticky folder do not
-. "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-rob
+CFG=$SRC/tests/robustness/small.ini
 
 poison_so=${DMNIST_TEST_PLUGINS:?}/dm_test_poison.so
 [ -f "$poison_so" ] || fail "no $poison_so (build the dm_test_poison target)"
@@ -134,10 +135,10 @@ plugin_shadowing)
         { cat "$TMP/list"; fail "--list-plugins does not say that $builtin/dm_sgd.so is shadowed"; }
     echo "ok: $(grep 'shadowed by' "$TMP/list")"
     # a run with the copy first: no 'already registered', and it trains
-    run_ok "$TMP/run.log" --plugin-path dev --set optimizer.type=sgd "$CFG" 2
+    run_ok "$TMP/run.log" "$RUN" --plugin-path dev --set optimizer.type=sgd "$CFG" 2
     # one folder, two files with one type: still refused, naming both
     cp dev/dm_sgd.so dev/dm_sgd_again.so
-    run_fails "$TMP/dup.log" 2 --dry-run --plugin-path dev "$CFG"
+    run_fails "$TMP/dup.log" 2 "$RUN" --dry-run --plugin-path dev "$CFG"
     grep -q "dm_sgd_again.so: type name 'sgd' already registered by $TMP/w/dev/dm_sgd.so" "$TMP/dup.log" ||
         { cat "$TMP/dup.log"; fail "two files of one folder with one type were not refused"; }
     ok "the first folder on the search path wins; --list-plugins shows what it shadowed"

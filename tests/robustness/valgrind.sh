@@ -5,7 +5,8 @@
 # memcheck: no invalid read or write, no use of uninitialised values, no
 # definitely lost memory. Skipped without valgrind, and in sanitizer builds
 # (ASan and valgrind cannot share a process).
-. "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/../common/lib.sh" dmnist-rob
+CFG=$SRC/tests/robustness/small.ini
 
 case ${1:-} in
 valgrind_train)

@@ -154,7 +154,7 @@ static const dm_param_def scale_params[] = {
     {"gain", DM_PARAM_FLOAT, "0.5", 0.0, 1.0, NULL, "unused; here to be drawn at random"},
     {"mode", DM_PARAM_ENUM, "exact", 0, -1, "exact|rough", "unused; here to be drawn at random"},
 #endif
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* ---- optimizer: plain SGD --------------------------------------------------- */
 

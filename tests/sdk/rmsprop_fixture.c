@@ -9,6 +9,7 @@
  * quadratic passes it) but takes steps sqrt(1 / (1 - rho)) times too small.
  * Only the reference mode can tell the two apart. */
 #include <dmnist/dmnist.h>
+#include <dmnist/optimizer_util.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -22,7 +23,7 @@ typedef struct rms_state {
 static const dm_param_def rms_params[] = {
     {"rho", DM_PARAM_FLOAT, "0.9", 0.0, 0.999, NULL, "decay of the mean square"},
     {"epsilon", DM_PARAM_FLOAT, "1e-8", 0.0, 1.0, NULL, "added to sqrt(v)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int rms_create(const dm_params *p, const dm_optimizer_config *cfg, void **state,
                       dm_optimizer_info *info, dm_error *err)
@@ -67,16 +68,7 @@ static int rms_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
     return DM_OK;
 }
 
-static void rms_destroy(void *state) { free(state); }
-
-static const dm_optimizer_vtable rms_vtable = {
-    .struct_size = sizeof(dm_optimizer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
-    .create = rms_create,
-    .bind = rms_bind,
-    .step = rms_step,
-    .destroy = rms_destroy,
-};
+DM_OPTIMIZER_VTABLE(rms, DM_DEVICE_BIT(DM_DEVICE_CPU));
 
 DM_PLUGIN_DEFINE("rmsprop_fixture", "1.0.0", "cpu",
     DM_OPTIMIZER_COMPONENT("fixture_rmsprop", "RMSprop (test fixture)", rms_params, &rms_vtable));

@@ -75,13 +75,7 @@ static void usage(FILE *out)
 
 static int rows_add(rows *r, const row *x)
 {
-    if (r->n == r->cap) {
-        int cap = r->cap ? 2 * r->cap : 64;
-        row *v = realloc(r->v, (size_t)cap * sizeof *v);
-        if (!v) return DM_ERR_NOMEM;
-        r->v = v;
-        r->cap = cap;
-    }
+    if (dm_grow(&r->v, &r->cap, r->n + 1, sizeof *r->v, 64)) return DM_ERR_NOMEM;
     r->v[r->n++] = *x;
     return DM_OK;
 }

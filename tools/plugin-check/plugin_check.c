@@ -393,7 +393,7 @@ static void check_param_table(const dm_loaded_component *lc)
         }
         if (!why && d->default_value) {
             /* The default must pass the same validation an INI value does. */
-            dm_param_def one[2] = {*d, {NULL, 0, NULL, 0, 0, NULL, NULL}};
+            dm_param_def one[2] = {*d, DM_PARAM_END};
             dm_param_set *ps = NULL;
             dm_error e = {0};
             if (dm_param_set_parse(one, "", &ps, &e) != DM_OK) {

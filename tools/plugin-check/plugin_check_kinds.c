@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "plugin_check.h"
 
+#include <stdarg.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -491,6 +492,24 @@ void pc_check_dataset(const pc_ctx *c, const dm_loaded_component *lc)
 #define COMM_N 1037
 #define COMM_INFLIGHT 3
 
+/* The row of one group of comm checks: FAIL with the first failure the
+ * group wrote into why, else OK with the detail ok_fmt; why is then
+ * cleared for the next group. */
+#if defined(__GNUC__)
+__attribute__((format(printf, 4, 5)))
+#endif
+static void comm_row(const dm_loaded_component *lc, const char *check, char *why,
+                     const char *ok_fmt, ...)
+{
+    char ok[256];
+    va_list ap;
+    va_start(ap, ok_fmt);
+    vsnprintf(ok, sizeof ok, ok_fmt, ap);
+    va_end(ap);
+    pc_row(lc, check, why[0] ? PC_FAIL : PC_OK, "%s", why[0] ? why : ok);
+    why[0] = 0;
+}
+
 void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
 {
     const dm_comm_vtable *vt = lc->component->vtable;
@@ -550,13 +569,9 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
             COMM_FAIL("allreduce %s over one rank changed the buffer or wrote outside it",
                       op ? "avg" : "sum");
     }
-    if (why[0])
-        pc_row(lc, "allreduce", PC_FAIL, "%s", why);
-    else
-        pc_row(lc, "allreduce", PC_OK, "sum and avg of %d floats: in place, unchanged, within bounds",
-               COMM_N);
+    comm_row(lc, "allreduce", why, "sum and avg of %d floats: in place, unchanged, within bounds",
+             COMM_N);
 
-    why[0] = 0;
     dm_comm_request *req[COMM_INFLIGHT] = {0};
     float *copies = malloc(COMM_INFLIGHT * COMM_N * sizeof(float));
     int started = 0;
@@ -580,13 +595,9 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
             COMM_FAIL("handle %d of %d in flight: the buffer changed or was written outside", i,
                       COMM_INFLIGHT);
     }
-    if (why[0])
-        pc_row(lc, "allreduce_start/wait", PC_FAIL, "%s", why);
-    else
-        pc_row(lc, "allreduce_start/wait", PC_OK, "%d handles in flight, waited in order",
-               COMM_INFLIGHT);
+    comm_row(lc, "allreduce_start/wait", why, "%d handles in flight, waited in order",
+             COMM_INFLIGHT);
 
-    why[0] = 0;
     memcpy(want, buf[1].p, COMM_N * sizeof(float));
     pc_now("comm broadcast");
     if (vt->broadcast(state, buf[1].p, 1001, 0, DM_DEVICE_CPU, NULL, &err) != DM_OK)
@@ -596,10 +607,7 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
     pc_now("comm barrier");
     if (!why[0] && vt->barrier(state, &err) != DM_OK)
         COMM_FAIL("barrier: %s", err.msg);
-    if (why[0])
-        pc_row(lc, "broadcast/barrier", PC_FAIL, "%s", why);
-    else
-        pc_row(lc, "broadcast/barrier", PC_OK, "an odd byte count, unchanged; barrier returns");
+    comm_row(lc, "broadcast/barrier", why, "an odd byte count, unchanged; barrier returns");
 #undef COMM_FAIL
 
     pc_now("comm finalize");

@@ -451,17 +451,7 @@ static int gloo_barrier(void *state, dm_error *err)
 
 /* ---- plugin descriptor ---------------------------------------------------------- */
 
-static const dm_comm_vtable gloo_vtable = {
-    .struct_size = sizeof(dm_comm_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
-    .init = gloo_init,
-    .allreduce = gloo_allreduce,
-    .allreduce_start = gloo_allreduce_start,
-    .wait = gloo_wait,
-    .broadcast = gloo_broadcast,
-    .barrier = gloo_barrier,
-    .finalize = gloo_finalize,
-};
+DM_COMM_VTABLE(gloo, DM_DEVICE_BIT(DM_DEVICE_CPU));
 
 DM_PLUGIN_DEFINE("gloo", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";gloo",
     DM_COMM_COMPONENT("gloo", "Gloo collectives over TCP on host buffers; rendezvous via file:// or redis://",

@@ -58,17 +58,7 @@ static int local_broadcast(void *s, void *buf, size_t bytes, int root, dm_device
 static int local_barrier(void *s, dm_error *err) { (void)s; (void)err; return DM_OK; }
 static int local_finalize(void *s, dm_error *err) { (void)s; (void)err; return DM_OK; }
 
-static const dm_comm_vtable local_vtable = {
-    .struct_size = sizeof(dm_comm_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA),
-    .init = local_init,
-    .allreduce = local_allreduce,
-    .allreduce_start = local_allreduce_start,
-    .wait = local_wait,
-    .broadcast = local_broadcast,
-    .barrier = local_barrier,
-    .finalize = local_finalize,
-};
+DM_COMM_VTABLE(local, DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA));
 
 DM_PLUGIN_DEFINE("local", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_COMM_COMPONENT("local", "single process (world size 1): every collective is the identity",

@@ -568,17 +568,7 @@ static int nccl_barrier(void *state, dm_error *err)
     return blocking(st, st->stream, issue_allreduce, &a, "barrier", err);
 }
 
-static const dm_comm_vtable nccl_vtable = {
-    .struct_size = sizeof(dm_comm_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CUDA),
-    .init = nccl_init,
-    .allreduce = nccl_allreduce,
-    .allreduce_start = nccl_allreduce_start,
-    .wait = nccl_wait,
-    .broadcast = nccl_broadcast,
-    .barrier = nccl_barrier,
-    .finalize = nccl_finalize,
-};
+DM_COMM_VTABLE(nccl, DM_DEVICE_BIT(DM_DEVICE_CUDA));
 
 #define STR_(x) #x
 #define STR(x) STR_(x)

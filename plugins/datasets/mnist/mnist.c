@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "dmnist/dataset_util.h"
 #include "dmnist/dmnist.h"
 
 #define MNIST_ROWS 28
@@ -54,7 +55,7 @@ static const dm_param_def mnist_params[] = {
      "training-pixel mean for standardize (MNIST's; Fashion-MNIST: 0.2860)"},
     {"std", DM_PARAM_FLOAT, "0.3081", 1e-6, 1, NULL,
      "training-pixel standard deviation for standardize (MNIST's; Fashion-MNIST: 0.3530)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* ---- reading one IDX file ---------------------------------------------- */
 
@@ -591,14 +592,11 @@ static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, fl
                       int32_t *labels, dm_error *err)
 {
     const mnist_state *s = state;
-    if (split != DM_SPLIT_TRAIN && split != DM_SPLIT_TEST)
-        return dm_fail(err, DM_ERR_INVALID, "mnist: unknown split %d", (int)split);
+    const int64_t count[2] = {s->split[DM_SPLIT_TRAIN].count, s->split[DM_SPLIT_TEST].count};
+    DM_TRY(dm_dataset_check_read("mnist", split, idx, n, count, err));
     const mnist_split *sp = &s->split[split];
     for (int i = 0; i < n; i++) {
-        int64_t j = idx[i];
-        if (j < 0 || j >= sp->count)
-            return dm_fail(err, DM_ERR_INVALID, "mnist: index %lld out of range [0, %lld)",
-                           (long long)j, (long long)sp->count);
+        const int64_t j = idx[i];
         const uint8_t *src = sp->images + (size_t)j * MNIST_PIXELS;
         float *dst = images + (size_t)i * MNIST_PIXELS; /* (1, 28, 28) */
         for (int p = 0; p < MNIST_PIXELS; p++)
@@ -608,12 +606,7 @@ static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, fl
     return DM_OK;
 }
 
-static const dm_dataset_vtable mnist_vtable = {
-    .struct_size = sizeof(dm_dataset_vtable),
-    .open = mnist_open,
-    .read = mnist_read,
-    .close = mnist_close,
-};
+DM_DATASET_VTABLE(mnist);
 
 DM_PLUGIN_DEFINE("mnist", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";zlib",
     DM_DATASET_COMPONENT("mnist",

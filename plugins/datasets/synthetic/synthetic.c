@@ -9,6 +9,7 @@
  */
 #include <stdlib.h>
 
+#include "dmnist/dataset_util.h"
 #include "dmnist/dmnist.h"
 
 /* Share of the class template in each pixel; the rest is per-example noise. */
@@ -37,7 +38,7 @@ static const dm_param_def synthetic_params[] = {
     {"channels", DM_PARAM_INT, "1", 1, 64, NULL, "image channels"},
     {"height", DM_PARAM_INT, "28", 1, 1024, NULL, "image height"},
     {"width", DM_PARAM_INT, "28", 1, 1024, NULL, "image width"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* Uniform in [0, 1) from the top 24 bits, like dm_rng_uniform. */
 static float hash_uniform(uint64_t seed, uint64_t index)
@@ -111,13 +112,9 @@ static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n
                           int32_t *labels, dm_error *err)
 {
     const synthetic_state *s = state;
-    if (split != DM_SPLIT_TRAIN && split != DM_SPLIT_TEST)
-        return dm_fail(err, DM_ERR_INVALID, "synthetic: unknown split %d", (int)split);
+    DM_TRY(dm_dataset_check_read("synthetic", split, idx, n, s->count, err));
     for (int i = 0; i < n; i++) {
-        int64_t j = idx[i];
-        if (j < 0 || j >= s->count[split])
-            return dm_fail(err, DM_ERR_INVALID, "synthetic: index %lld out of range [0, %lld)",
-                           (long long)j, (long long)s->count[split]);
+        const int64_t j = idx[i];
         int label = (int)(dm_hash64(s->label_seed[split], (uint64_t)j) % (uint64_t)s->classes);
         uint64_t example_seed = dm_hash64(s->noise_seed[split], (uint64_t)j);
         const float *tpl = s->templates + (size_t)label * s->pixels;
@@ -130,12 +127,7 @@ static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n
     return DM_OK;
 }
 
-static const dm_dataset_vtable synthetic_vtable = {
-    .struct_size = sizeof(dm_dataset_vtable),
-    .open = synthetic_open,
-    .read = synthetic_read,
-    .close = synthetic_close,
-};
+DM_DATASET_VTABLE(synthetic);
 
 DM_PLUGIN_DEFINE("synthetic", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_DATASET_COMPONENT("synthetic",

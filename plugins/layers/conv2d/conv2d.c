@@ -36,7 +36,7 @@ static const dm_param_def conv2d_params[] = {
      "cuda: let cuDNN use TF32 tensor cores (faster; ~1e-3 relative error)"},
     {"deterministic", DM_PARAM_BOOL, "true", 0, -1, NULL,
      "cuda: only cuDNN algorithms that give the same bits every run (false: any, some use atomics)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* Output size and leading padding along one axis. */
 static void out_size(int in, int k, int stride, int same, int *out, int *pad_lead)
@@ -56,9 +56,7 @@ static void out_size(int in, int k, int stride, int same, int *out, int *pad_lea
 static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                          dm_layer_info *info, dm_error *err)
 {
-    int rc = dm_layer_check_create("conv2d", CONV2D_DEVICES, cfg, info, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_layer_check_create("conv2d", CONV2D_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "conv2d");
     const int filters = (int)dm_param_int(p, "filters", 0);
     const int k = (int)dm_param_int(p, "kernel", 3);
@@ -79,11 +77,9 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
                        "smaller kernel)",
                        name, k, in.h, in.w);
 
-    conv2d_state *s = calloc(1, sizeof *s);
+    conv2d_state *s = DM_LAYER_STATE_NEW(conv2d_state, "conv2d", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->n = in.n;
     s->in_c = in.c;
@@ -143,7 +139,7 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
         int tf32 = dm_param_int(p, "tf32", 0) != 0, deterministic = dm_param_int(p, "deterministic", 1) != 0;
-        rc = conv2d_cuda_create(s, tf32, deterministic, cfg->cuda_stream, &info->workspace_bytes, err);
+        int rc = conv2d_cuda_create(s, tf32, deterministic, cfg->cuda_stream, &info->workspace_bytes, err);
         if (rc != DM_OK) {
             free(s);
             return rc;
@@ -183,36 +179,43 @@ static int conv2d_init_params(void *state, float *params, uint64_t seed, dm_erro
 }
 
 /* The call's tensors: input (batch, in_c, in_h, in_w) and output and dout
- * (batch, filters, out_h, out_w), any batch <= the create-time n. */
+ * (batch, filters, out_h, out_w), any batch <= the create-time n; and bind
+ * done. */
 static int check_pass(const conv2d_state *s, int backward, const dm_tensor *in,
                       const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
                       dm_error *err)
 {
     const dm_shape ins = {s->n, s->in_c, s->in_h, s->in_w};
     const dm_shape outs = {s->n, s->filters, s->out_h, s->out_w};
-    return dm_check_pass(s->name, s->device, ins, outs, 0, backward, in, out, dout, din, err);
+    DM_TRY(dm_check_pass(s->name, s->device, ins, outs, 0, backward, in, out, dout, din, err));
+    return dm_layer_check_bound(s->name, s->w, backward, err);
+}
+
+/* The CPU passes: Winograd or im2col, as create chose. */
+static void forward_cpu(const conv2d_state *s, int n, const float *x, float *y)
+{
+    if (s->winograd)
+        conv2d_winograd_forward_cpu(s, n, x, y);
+    else
+        conv2d_forward_cpu(s, n, x, y);
+}
+static void backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
+                         const float *dy, float *dx)
+{
+    if (s->winograd)
+        conv2d_winograd_backward_cpu(s, n, x, y, dy, dx);
+    else
+        conv2d_backward_cpu(s, n, x, y, dy, dx);
 }
 
 static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
                           dm_error *err)
 {
     conv2d_state *s = state;
-    (void)ctx;
-    int rc = check_pass(s, 0, in, out, NULL, NULL, err);
-    if (rc != DM_OK)
-        return rc;
-    if (!s->w)
-        return dm_fail(err, DM_ERR_INVALID, "%s: forward before bind", s->name);
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return conv2d_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
-                                   out->data, err);
-#endif
-    if (s->winograd)
-        conv2d_winograd_forward_cpu(s, in->shape.n, in->data, out->data);
-    else
-        conv2d_forward_cpu(s, in->shape.n, in->data, out->data);
-    return DM_OK;
+    DM_TRY(check_pass(s, 0, in, out, NULL, NULL, err));
+    const int n = in->shape.n;
+    return DM_CPU_OR_CUDA(s->device, forward_cpu(s, n, in->data, out->data),
+                          conv2d_forward_cuda(s, dm_run_stream(ctx), n, in->data, out->data, err));
 }
 
 static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
@@ -220,24 +223,12 @@ static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *
                            dm_error *err)
 {
     conv2d_state *s = state;
-    (void)ctx;
-    int rc = check_pass(s, 1, in, out, dout, din, err);
-    if (rc != DM_OK)
-        return rc;
-    if (!s->w)
-        return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return conv2d_backward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
-                                    out->data, dout->data, din ? din->data : NULL, err);
-#endif
-    if (s->winograd)
-        conv2d_winograd_backward_cpu(s, in->shape.n, in->data, out->data, dout->data,
-                                     din ? din->data : NULL);
-    else
-        conv2d_backward_cpu(s, in->shape.n, in->data, out->data, dout->data,
-                            din ? din->data : NULL);
-    return DM_OK;
+    DM_TRY(check_pass(s, 1, in, out, dout, din, err));
+    const int n = in->shape.n;
+    float *dx = din ? din->data : NULL; /* NULL for the first layer */
+    return DM_CPU_OR_CUDA(s->device, backward_cpu(s, n, in->data, out->data, dout->data, dx),
+                          conv2d_backward_cuda(s, dm_run_stream(ctx), n, in->data, out->data,
+                                               dout->data, dx, err));
 }
 
 static void conv2d_destroy(void *state)
@@ -256,10 +247,7 @@ static void conv2d_destroy(void *state)
 static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 {
     const conv2d_state *s = state;
-    if (b->in_rank != 4)
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: conv2d needs a 4-D (N, C, H, W) input in the graph, got rank %d",
-                       s->name, b->in_rank);
+    DM_TRY(dm_onnx_check_4d(b, s->name, "conv2d", err));
     char wname[128], bname[128], conv[128];
     const int64_t wdims[4] = {s->filters, s->in_c, s->k, s->k};
     int rc = dm_onnx_weight_bias(b, s->name, wdims, 4, s->has_bias ? s->filters : 0, wname, bname,
@@ -281,17 +269,7 @@ static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return s->relu ? dm_onnx_unary(b, "Relu", conv, b->output, err) : DM_OK;
 }
 
-static const dm_layer_vtable conv2d_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = CONV2D_DEVICES,
-    .create = conv2d_create,
-    .bind = conv2d_bind,
-    .init_params = conv2d_init_params,
-    .forward = conv2d_forward,
-    .backward = conv2d_backward,
-    .destroy = conv2d_destroy,
-    .onnx = conv2d_onnx,
-};
+DM_LAYER_VTABLE(conv2d, CONV2D_DEVICES, .onnx = conv2d_onnx);
 
 DM_PLUGIN_DEFINE("conv2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
     DM_LAYER_COMPONENT("conv2d",

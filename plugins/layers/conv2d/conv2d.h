@@ -48,10 +48,11 @@ void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y);
 void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
                          const float *dy, float *dx);
 
-#ifdef DM_WITH_CUDA
 /* conv2d_cuda.cu (cuDNN): create sets s->cuda and *workspace_bytes; bind
  * takes the core's workspace; forward/backward as the CPU versions, on
- * `stream`, returning a dm_status. */
+ * `stream`, returning a dm_status.
+ * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
+ * calls them there alone (and type-checks the calls everywhere). */
 int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *stream,
                        size_t *workspace_bytes, dm_error *err);
 void conv2d_cuda_bind(conv2d_state *s, void *workspace);
@@ -60,6 +61,5 @@ int conv2d_forward_cuda(conv2d_state *s, void *stream, int n, const float *x, fl
 int conv2d_backward_cuda(conv2d_state *s, void *stream, int n, const float *x, const float *y,
                          const float *dy, float *dx, dm_error *err);
 void conv2d_cuda_destroy(conv2d_state *s);
-#endif
 
 #endif

@@ -18,29 +18,23 @@ static const dm_param_def dense_params[] = {
     {"activation", DM_PARAM_ENUM, "none", 0, -1, "none|relu", "fused activation on the output"},
     {"tf32", DM_PARAM_BOOL, "false", 0, -1, NULL,
      "cuda: let cuBLAS use TF32 tensor cores (faster; ~1e-3 relative error)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                         dm_layer_info *info, dm_error *err)
 {
-    int rc = dm_layer_check_create("dense", DENSE_DEVICES, cfg, info, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_layer_check_create("dense", DENSE_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "dense");
     const dm_shape in = cfg->in_shape;
     const int64_t units = dm_param_int(p, "units", 0);
     if (units < 1 || units > (1 << 24))
         return dm_fail(err, DM_ERR_INVALID, "%s: units must be in [1, %d] (got %lld)", name,
                        1 << 24, (long long)units);
-    if (dm_shape_per_item(in) > 0x7fffffff)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %zu input features is too many", name,
-                       dm_shape_per_item(in));
+    DM_TRY(dm_layer_check_per_item(name, in, err)); /* in_features is an int */
 
-    dense_state *s = calloc(1, sizeof *s);
+    dense_state *s = DM_LAYER_STATE_NEW(dense_state, "dense", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->in = in;
     s->n = in.n;
@@ -59,7 +53,7 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
                       s->relu ? (size_t)in.n * s->units * sizeof(float) : 0, 0);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
-        rc = dense_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
+        int rc = dense_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
                                    &info->workspace_bytes, err);
         if (rc != DM_OK) {
             free(s);
@@ -100,32 +94,24 @@ static int dense_init_params(void *state, float *params, uint64_t seed, dm_error
 
 /* The call's tensors: input with the create-time per-item shape and a batch
  * <= the create-time n, output and dout (batch, units, 1, 1) and din with
- * the input's batch. */
+ * the input's batch; and bind done. */
 static int check_pass(const dense_state *s, int backward, const dm_tensor *in,
                       const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
                       dm_error *err)
 {
     const dm_shape ins = {s->n, s->in.c, s->in.h, s->in.w}, outs = {s->n, s->units, 1, 1};
-    return dm_check_pass(s->name, s->device, ins, outs, 1, backward, in, out, dout, din, err);
+    DM_TRY(dm_check_pass(s->name, s->device, ins, outs, 1, backward, in, out, dout, din, err));
+    return dm_layer_check_bound(s->name, s->w, backward, err);
 }
 
 static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
                          dm_error *err)
 {
     dense_state *s = state;
-    (void)ctx;
-    int rc = check_pass(s, 0, in, out, NULL, NULL, err);
-    if (rc != DM_OK)
-        return rc;
-    if (!s->w)
-        return dm_fail(err, DM_ERR_INVALID, "%s: forward before bind", s->name);
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return dense_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, in->shape.n, in->data,
-                                  out->data, err);
-#endif
-    dense_forward_cpu(s, in->shape.n, in->data, out->data);
-    return DM_OK;
+    DM_TRY(check_pass(s, 0, in, out, NULL, NULL, err));
+    const int n = in->shape.n;
+    return DM_CPU_OR_CUDA(s->device, dense_forward_cpu(s, n, in->data, out->data),
+                          dense_forward_cuda(s, dm_run_stream(ctx), n, in->data, out->data, err));
 }
 
 static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
@@ -133,20 +119,12 @@ static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
                           dm_error *err)
 {
     dense_state *s = state;
-    (void)ctx;
-    int rc = check_pass(s, 1, in, out, dout, din, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(check_pass(s, 1, in, out, dout, din, err));
     const int n = in->shape.n;
-    if (!s->w)
-        return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return dense_backward_cuda(s, ctx ? ctx->cuda_stream : NULL, n, in->data, out->data,
-                                   dout->data, din ? din->data : NULL, err);
-#endif
-    dense_backward_cpu(s, n, in->data, out->data, dout->data, din ? din->data : NULL);
-    return DM_OK;
+    float *dx = din ? din->data : NULL; /* NULL for the first layer */
+    return DM_CPU_OR_CUDA(s->device, dense_backward_cpu(s, n, in->data, out->data, dout->data, dx),
+                          dense_backward_cuda(s, dm_run_stream(ctx), n, in->data, out->data,
+                                              dout->data, dx, err));
 }
 
 static void dense_destroy(void *state)
@@ -187,17 +165,7 @@ static int dense_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return s->relu ? dm_onnx_unary(b, "Relu", gemm, b->output, err) : DM_OK;
 }
 
-static const dm_layer_vtable dense_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = DENSE_DEVICES,
-    .create = dense_create,
-    .bind = dense_bind,
-    .init_params = dense_init_params,
-    .forward = dense_forward,
-    .backward = dense_backward,
-    .destroy = dense_destroy,
-    .onnx = dense_onnx,
-};
+DM_LAYER_VTABLE(dense, DENSE_DEVICES, .onnx = dense_onnx);
 
 DM_PLUGIN_DEFINE("dense", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
     DM_LAYER_COMPONENT("dense", "fully connected layer, optional bias and fused ReLU",

@@ -26,10 +26,11 @@ void dense_forward_cpu(const dense_state *s, int n, const float *x, float *y);
 void dense_backward_cpu(const dense_state *s, int n, const float *x, const float *y,
                         const float *dy, float *dx);
 
-#ifdef DM_WITH_CUDA
 /* dense_cuda.cu (cuBLAS): create sets s->cuda and *workspace_bytes; bind
  * takes the core's workspace; forward/backward as the CPU versions, on
- * `stream`, returning a dm_status. */
+ * `stream`, returning a dm_status.
+ * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
+ * calls them there alone (and type-checks the calls everywhere). */
 int dense_cuda_create(dense_state *s, int tf32, void *stream, size_t *workspace_bytes,
                       dm_error *err);
 int dense_cuda_bind(dense_state *s, void *workspace, dm_error *err);
@@ -38,6 +39,5 @@ int dense_forward_cuda(dense_state *s, void *stream, int n, const float *x, floa
 int dense_backward_cuda(dense_state *s, void *stream, int n, const float *x, const float *y,
                         const float *dy, float *dx, dm_error *err);
 void dense_cuda_destroy(dense_state *s);
-#endif
 
 #endif

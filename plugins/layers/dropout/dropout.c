@@ -12,14 +12,12 @@
 static const dm_param_def dropout_params[] = {
     {"rate", DM_PARAM_FLOAT, NULL, 0, 1, NULL,
      "fraction of inputs zeroed while training, in [0, 1)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
 {
-    int rc = dm_layer_check_create("dropout", DROPOUT_DEVICES, cfg, info, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_layer_check_create("dropout", DROPOUT_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "dropout");
     const dm_param_value *rv = dm_param_find(p, "rate");
     if (!rv)
@@ -29,11 +27,9 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
         return dm_fail(err, DM_ERR_INVALID, "%s: rate must be in [0, 1) (got %g)", name, rate);
     const dm_shape in = cfg->in_shape;
 
-    dropout_state *s = calloc(1, sizeof *s);
+    dropout_state *s = DM_LAYER_STATE_NEW(dropout_state, "dropout", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->shape = in;
     s->rate = (float)rate;
@@ -44,12 +40,23 @@ static int dropout_create(const dm_params *p, const dm_layer_config *cfg, void *
     return DM_OK;
 }
 
-/* t must have the create-time per-item shape and a batch <= the create-time
- * one (exactly n when n > 0). */
-static int check_tensor(const dropout_state *s, const dm_tensor *t, int n, const char *what,
-                        dm_error *err)
+/* dst = src through the mask of ctx->seed while training (the same mask
+ * for forward's activations and backward's gradients), else a copy. */
+static int apply(const dropout_state *s, const dm_run_ctx *ctx, int backward,
+                 const dm_tensor *src, dm_tensor *dst, dm_error *err)
 {
-    return dm_check_tensor(s->name, what, t, s->device, s->shape, n, err);
+    const size_t count = dm_shape_count(src->shape); /* this batch, not the largest */
+    const float *x = src->data;
+    float *y = dst->data;
+    void *stream = ctx->cuda_stream;
+    if (!ctx->training || s->threshold == 0) /* evaluation, or rate 0 */
+        return DM_CPU_OR_CUDA(s->device, dropout_copy_cpu(count, x, y),
+                              dropout_copy_cuda(s, stream, count, x, y, err));
+    if (backward)
+        return DM_CPU_OR_CUDA(s->device, dropout_backward_cpu(s, ctx->seed, count, x, y),
+                              dropout_backward_cuda(s, stream, ctx->seed, count, x, y, err));
+    return DM_CPU_OR_CUDA(s->device, dropout_forward_cpu(s, ctx->seed, count, x, y),
+                          dropout_forward_cuda(s, stream, ctx->seed, count, x, y, err));
 }
 
 static int dropout_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
@@ -58,54 +65,22 @@ static int dropout_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *
     dropout_state *s = state;
     if (!ctx)
         return dm_fail(err, DM_ERR_INVALID, "%s: forward needs a run context", s->name);
-    int rc = check_tensor(s, in, 0, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, in->shape.n, "output", err);
-    if (rc != DM_OK)
-        return rc;
-    const size_t count = dm_shape_count(in->shape);
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return ctx->training && s->threshold > 0
-                   ? dropout_forward_cuda(s, ctx->cuda_stream, ctx->seed, count, in->data,
-                                          out->data, err)
-                   : dropout_copy_cuda(s, ctx->cuda_stream, count, in->data, out->data, err);
-#endif
-    if (ctx->training && s->threshold > 0)
-        dropout_forward_cpu(s, ctx->seed, count, in->data, out->data);
-    else
-        dropout_copy_cpu(count, in->data, out->data);
-    return DM_OK;
+    DM_TRY(dm_check_pass(s->name, s->device, s->shape, s->shape, 1, 0, in, out, NULL, NULL, err));
+    return apply(s, ctx, 0, in, out, err);
 }
 
+/* Called with a din only (DM_LAYER_VTABLE_NO_PARAMS); in and out are not read. */
 static int dropout_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
                             const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
                             dm_error *err)
 {
     dropout_state *s = state;
     (void)in, (void)out;
-    if (!din)
-        return DM_OK;
     if (!ctx)
         return dm_fail(err, DM_ERR_INVALID, "%s: backward needs a run context", s->name);
-    int rc = check_tensor(s, dout, 0, "dout", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, din, dout->shape.n, "din", err);
-    if (rc != DM_OK)
-        return rc;
-    const size_t count = dm_shape_count(dout->shape);
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return ctx->training && s->threshold > 0
-                   ? dropout_backward_cuda(s, ctx->cuda_stream, ctx->seed, count, dout->data,
-                                           din->data, err)
-                   : dropout_copy_cuda(s, ctx->cuda_stream, count, dout->data, din->data, err);
-#endif
-    if (ctx->training && s->threshold > 0)
-        dropout_backward_cpu(s, ctx->seed, count, dout->data, din->data);
-    else
-        dropout_copy_cpu(count, dout->data, din->data);
-    return DM_OK;
+    DM_TRY(dm_check_tensor(s->name, "dout", dout, s->device, s->shape, 0, err));
+    DM_TRY(dm_check_tensor(s->name, "din", din, s->device, s->shape, dout->shape.n, err));
+    return apply(s, ctx, 1, dout, din, err);
 }
 
 /* ONNX (dmnist-export): the identity, as at evaluation (inverted dropout
@@ -116,17 +91,7 @@ static int dropout_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return dm_onnx_unary(b, "Identity", b->input, b->output, err);
 }
 
-static const dm_layer_vtable dropout_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = DROPOUT_DEVICES,
-    .create = dropout_create,
-    .bind = dm_layer_bind_nothing,
-    .init_params = dm_layer_init_nothing,
-    .forward = dropout_forward,
-    .backward = dropout_backward,
-    .destroy = dm_free_state,
-    .onnx = dropout_onnx,
-};
+DM_LAYER_VTABLE_NO_PARAMS(dropout, DROPOUT_DEVICES, .onnx = dropout_onnx);
 
 DM_PLUGIN_DEFINE("dropout", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_LAYER_COMPONENT("dropout",

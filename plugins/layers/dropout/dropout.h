@@ -44,15 +44,15 @@ void dropout_backward_cpu(const dropout_state *s, uint64_t seed, size_t count, c
 /* Evaluation (and rate 0): dst = src. */
 void dropout_copy_cpu(size_t count, const float *src, float *dst);
 
-#ifdef DM_WITH_CUDA
 /* dropout_cuda.cu: the same (the same masks) on device buffers, on
- * `stream`; a dm_status. */
+ * `stream`; a dm_status.
+ * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
+ * calls them there alone (and type-checks the calls everywhere). */
 int dropout_forward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count,
                          const float *x, float *y, dm_error *err);
 int dropout_backward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count,
                           const float *dy, float *dx, dm_error *err);
 int dropout_copy_cuda(const dropout_state *s, void *stream, size_t count, const float *src,
                       float *dst, dm_error *err);
-#endif
 
 #endif

@@ -11,21 +11,15 @@
 static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                           dm_layer_info *info, dm_error *err)
 {
-    int rc = dm_layer_check_create("flatten", FLATTEN_DEVICES, cfg, info, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_layer_check_create("flatten", FLATTEN_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "flatten");
     (void)p;
     const dm_shape in = cfg->in_shape;
-    if (dm_shape_per_item(in) > 0x7fffffff)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %zu features per item is too many", name,
-                       dm_shape_per_item(in));
+    DM_TRY(dm_layer_check_per_item(name, in, err)); /* the output's c is an int */
 
-    flatten_state *s = calloc(1, sizeof *s);
+    flatten_state *s = DM_LAYER_STATE_NEW(flatten_state, "flatten", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->in = in;
     s->out = (dm_shape){in.n, (int)dm_shape_per_item(in), 1, 1};
     dm_layer_info_set(info, s->out, 0, 0, 0);
@@ -33,52 +27,35 @@ static int flatten_create(const dm_params *p, const dm_layer_config *cfg, void *
     return DM_OK;
 }
 
-/* t must have shape e, with batch n (or any batch <= e.n when n == 0). */
-static int check_tensor(const flatten_state *s, const dm_tensor *t, dm_shape e, int n,
-                        const char *what, dm_error *err)
+/* dst = src, on the instance's device (nothing when the core hands one
+ * buffer for both). */
+static int copy(const flatten_state *s, const dm_run_ctx *ctx, const dm_tensor *src,
+                dm_tensor *dst, dm_error *err)
 {
-    return dm_check_tensor(s->name, what, t, s->device, e, n, err);
+    const size_t count = dm_shape_count(src->shape); /* this batch, not the largest */
+    return DM_CPU_OR_CUDA(s->device, flatten_copy_cpu(count, src->data, dst->data),
+                          flatten_copy_cuda(s, dm_run_stream(ctx), count, src->data, dst->data,
+                                            err));
 }
 
 static int flatten_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
                            dm_tensor *out, dm_error *err)
 {
     flatten_state *s = state;
-    (void)ctx;
-    int rc = check_tensor(s, in, s->in, 0, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, s->out, in->shape.n, "output", err);
-    if (rc != DM_OK)
-        return rc;
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return flatten_copy_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(in->shape),
-                                 in->data, out->data, err);
-#endif
-    flatten_copy_cpu(dm_shape_count(in->shape), in->data, out->data);
-    return DM_OK;
+    DM_TRY(dm_check_pass(s->name, s->device, s->in, s->out, 1, 0, in, out, NULL, NULL, err));
+    return copy(s, ctx, in, out, err);
 }
 
+/* Called with a din only (DM_LAYER_VTABLE_NO_PARAMS); in and out are not read. */
 static int flatten_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
                             const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
                             dm_error *err)
 {
     flatten_state *s = state;
-    (void)ctx, (void)in, (void)out;
-    if (!din)
-        return DM_OK;
-    int rc = check_tensor(s, dout, s->out, 0, "dout", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, din, s->in, dout->shape.n, "din", err);
-    if (rc != DM_OK)
-        return rc;
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return flatten_copy_cuda(s, ctx ? ctx->cuda_stream : NULL, dm_shape_count(dout->shape),
-                                 dout->data, din->data, err);
-#endif
-    flatten_copy_cpu(dm_shape_count(dout->shape), dout->data, din->data);
-    return DM_OK;
+    (void)in, (void)out;
+    DM_TRY(dm_check_tensor(s->name, "dout", dout, s->device, s->out, 0, err));
+    DM_TRY(dm_check_tensor(s->name, "din", din, s->device, s->in, dout->shape.n, err));
+    return copy(s, ctx, dout, din, err);
 }
 
 /* ONNX (dmnist-export): Flatten(axis = 1), (N, C, H, W) -> (N, C*H*W). */
@@ -93,19 +70,9 @@ static int flatten_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return rc;
 }
 
-static const dm_layer_vtable flatten_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = FLATTEN_DEVICES,
-    .create = flatten_create,
-    .bind = dm_layer_bind_nothing,
-    .init_params = dm_layer_init_nothing,
-    .forward = flatten_forward,
-    .backward = flatten_backward,
-    .destroy = dm_free_state,
-    .onnx = flatten_onnx,
-};
+DM_LAYER_VTABLE_NO_PARAMS(flatten, FLATTEN_DEVICES, .onnx = flatten_onnx);
 
-static const dm_param_def flatten_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
+static const dm_param_def flatten_params[] = {DM_PARAM_END};
 
 DM_PLUGIN_DEFINE("flatten", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_LAYER_COMPONENT("flatten", "reshape (n, c, h, w) to (n, c*h*w, 1, 1) in NCHW order",

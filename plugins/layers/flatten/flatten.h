@@ -17,10 +17,10 @@ typedef struct flatten_state {
 /* dst = src, count floats (no-op when they are the same buffer). */
 void flatten_copy_cpu(size_t count, const float *src, float *dst);
 
-#ifdef DM_WITH_CUDA
-/* flatten_cuda.cu: a device-to-device copy on `stream`; a dm_status. */
+/* flatten_cuda.cu: a device-to-device copy on `stream`; a dm_status.
+ * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
+ * calls them there alone (and type-checks the calls everywhere). */
 int flatten_copy_cuda(const flatten_state *s, void *stream, size_t count, const float *src,
                       float *dst, dm_error *err);
-#endif
 
 #endif

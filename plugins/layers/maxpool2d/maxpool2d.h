@@ -22,12 +22,12 @@ void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, floa
 void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy,
                             float *dx);
 
-#ifdef DM_WITH_CUDA
-/* maxpool2d_cuda.cu: the same on device buffers, on `stream`; a dm_status. */
+/* maxpool2d_cuda.cu: the same on device buffers, on `stream`; a dm_status.
+ * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
+ * calls them there alone (and type-checks the calls everywhere). */
 int maxpool2d_forward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
                            float *y, dm_error *err);
 int maxpool2d_backward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
                             const float *dy, float *dx, dm_error *err);
-#endif
 
 #endif

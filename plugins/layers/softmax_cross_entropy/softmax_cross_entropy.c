@@ -14,9 +14,7 @@
 static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **state,
                       dm_layer_info *info, dm_error *err)
 {
-    int rc = dm_layer_check_create("softmax_cross_entropy", SCE_DEVICES, cfg, info, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_layer_check_create("softmax_cross_entropy", SCE_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "softmax_cross_entropy");
     (void)p;
     const dm_shape in = cfg->in_shape;
@@ -24,24 +22,14 @@ static int sce_create(const dm_params *p, const dm_layer_config *cfg, void **sta
         return dm_fail(err, DM_ERR_INVALID, "%s: needs at least 2 classes per item (got %zu)",
                        name, dm_shape_per_item(in));
 
-    sce_state *s = calloc(1, sizeof *s);
+    sce_state *s = DM_LAYER_STATE_NEW(sce_state, "softmax_cross_entropy", cfg, err);
     if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", name);
-    snprintf(s->name, sizeof s->name, "%s", name);
-    s->device = cfg->device;
+        return DM_ERR_NOMEM;
     s->in = in;
     s->classes = (int)dm_shape_per_item(in);
     dm_layer_info_set(info, in, 0, 0, 1);
     *state = s;
     return DM_OK;
-}
-
-/* t must have the input's per-item shape and a batch <= the create-time one
- * (exactly n when n > 0). */
-static int check_tensor(const sce_state *s, const dm_tensor *t, int n, const char *what,
-                        dm_error *err)
-{
-    return dm_check_tensor(s->name, what, t, s->device, s->in, n, err);
 }
 
 static int check_labels(const sce_state *s, int n, const int32_t *labels, dm_error *err)
@@ -57,22 +45,18 @@ static int sce_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, 
                        dm_error *err)
 {
     sce_state *s = state;
-    int rc = check_tensor(s, in, 0, "input", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, out, in->shape.n, "output", err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_check_pass(s->name, s->device, s->in, s->in, 1, 0, in, out, NULL, NULL, err));
     const int n = in->shape.n;
     /* Without labels (prediction only) there is no loss to report. */
     const int32_t *labels = ctx ? ctx->labels : NULL;
 #ifdef DM_WITH_CUDA
     /* Labels live on the device: the kernel turns a bad one into a NaN loss. */
     if (s->device == DM_DEVICE_CUDA)
-        return sce_forward_cuda(s, ctx ? ctx->cuda_stream : NULL, n, in->data, labels, out->data,
+        return sce_forward_cuda(s, dm_run_stream(ctx), n, in->data, labels, out->data,
                                 ctx ? ctx->metrics : NULL, err);
 #endif
-    if (labels && (rc = check_labels(s, n, labels, err)) != DM_OK)
-        return rc;
+    if (labels)
+        DM_TRY(check_labels(s, n, labels, err));
     double loss = 0.0;
     int correct = 0;
     sce_forward_cpu(s, n, in->data, labels, out->data, &loss, &correct);
@@ -83,30 +67,26 @@ static int sce_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, 
     return DM_OK;
 }
 
+/* Called with a din only (DM_LAYER_VTABLE_NO_PARAMS); the gradient starts
+ * from the labels, so in and dout are not read. */
 static int sce_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
                         const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
                         dm_error *err)
 {
     sce_state *s = state;
     (void)in, (void)dout;
-    if (!din)
-        return DM_OK;
     if (!ctx || !ctx->labels)
         return dm_fail(err, DM_ERR_INVALID, "%s: backward needs labels in the run context",
                        s->name);
-    int rc = check_tensor(s, out, 0, "output", err);
-    if (rc == DM_OK)
-        rc = check_tensor(s, din, out->shape.n, "din", err);
+    DM_TRY(dm_check_tensor(s->name, "output", out, s->device, s->in, 0, err));
+    const int n = out->shape.n;
+    DM_TRY(dm_check_tensor(s->name, "din", din, s->device, s->in, n, err));
 #ifdef DM_WITH_CUDA
-    if (rc == DM_OK && s->device == DM_DEVICE_CUDA)
-        return sce_backward_cuda(s, ctx->cuda_stream, out->shape.n, out->data, ctx->labels,
-                                 din->data, err);
+    if (s->device == DM_DEVICE_CUDA)
+        return sce_backward_cuda(s, ctx->cuda_stream, n, out->data, ctx->labels, din->data, err);
 #endif
-    if (rc == DM_OK)
-        rc = check_labels(s, out->shape.n, ctx->labels, err);
-    if (rc != DM_OK)
-        return rc;
-    sce_backward_cpu(s, out->shape.n, out->data, ctx->labels, din->data);
+    DM_TRY(check_labels(s, n, ctx->labels, err));
+    sce_backward_cpu(s, n, out->data, ctx->labels, din->data);
     return DM_OK;
 }
 
@@ -136,19 +116,9 @@ static int sce_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     return DM_OK;
 }
 
-static const dm_layer_vtable sce_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = SCE_DEVICES,
-    .create = sce_create,
-    .bind = dm_layer_bind_nothing,
-    .init_params = dm_layer_init_nothing,
-    .forward = sce_forward,
-    .backward = sce_backward,
-    .destroy = dm_free_state,
-    .onnx = sce_onnx,
-};
+DM_LAYER_VTABLE_NO_PARAMS(sce, SCE_DEVICES, .onnx = sce_onnx);
 
-static const dm_param_def sce_params[] = {{NULL, 0, NULL, 0, 0, NULL, NULL}};
+static const dm_param_def sce_params[] = {DM_PARAM_END};
 
 DM_PLUGIN_DEFINE("softmax_cross_entropy", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_LAYER_COMPONENT("softmax_cross_entropy",

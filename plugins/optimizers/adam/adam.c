@@ -19,21 +19,18 @@
 #include "dmnist/optimizer_util.h"
 
 #define ADAM_DEVICES DM_DEVICES_BUILT
-#ifdef DM_WITH_CUDA
-/* adam_cuda.cu: adam_update_cpu's update as one fused kernel on `stream`. */
+/* adam_cuda.cu: adam_update_cpu's update as one fused kernel on `stream`
+ * (defined only with DM_WITH_CUDA; DM_CPU_OR_CUDA calls it there alone). */
 int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr_t,
                      float b1, float b2, float eps, float wd, void *stream, dm_error *err);
-#endif
 
 typedef struct adam_state {
     float beta1, beta2, epsilon, weight_decay;
     double decay_rate;  /* lr multiplied by decay_rate^((step - 1) / decay_steps) */
     int64_t decay_steps; /* 0: constant lr */
-    int num_threads;    /* <= 0: OpenMP's default */
-    size_t param_count;
-    dm_device device;   /* where params, grads, m and v live */
-    float *m;           /* param_count floats */
-    float *v;           /* param_count floats, right after m */
+    dm_opt_buffer buf;  /* param_count, device, num_threads */
+    float *m;           /* buf.param_count floats */
+    float *v;           /* buf.param_count floats, right after m */
 } adam_state;
 
 static const dm_param_def adam_params[] = {
@@ -47,11 +44,12 @@ static const dm_param_def adam_params[] = {
      "exponential lr decay: lr * rate^((step - 1) / lr_decay_steps), in (0, 1]"},
     {"lr_decay_steps", DM_PARAM_INT, "0", 0, 9e15, NULL,
      "steps over which the lr shrinks by lr_decay_rate (0 = no decay)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, void **state,
                        dm_optimizer_info *info, dm_error *err)
 {
+    DM_TRY(dm_optimizer_check_create("adam", ADAM_DEVICES, cfg, err));
     double beta1 = dm_param_float(params, "beta1", 0.9);
     double beta2 = dm_param_float(params, "beta2", 0.999);
     double epsilon = dm_param_float(params, "epsilon", 1e-7);
@@ -59,11 +57,6 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
     double decay_rate = dm_param_float(params, "lr_decay_rate", 1.0);
     int64_t decay_steps = dm_param_int(params, "lr_decay_steps", 0);
 
-    if (!(ADAM_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "adam: device %d is not supported: this build has only a CPU "
-                       "implementation (use device = cpu)",
-                       (int)cfg->device);
     if (!(beta1 >= 0.0 && beta1 < 1.0))
         return dm_fail(err, DM_ERR_INVALID, "adam: beta1 %g must be in [0, 1)", beta1);
     if (!(beta2 >= 0.0 && beta2 < 1.0))
@@ -87,9 +80,7 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
     s->weight_decay = (float)weight_decay;
     s->decay_rate = decay_rate;
     s->decay_steps = decay_steps;
-    s->num_threads = cfg->num_threads;
-    s->param_count = cfg->param_count;
-    s->device = cfg->device;
+    s->buf = dm_opt_buffer_of(cfg);
     info->state_floats_per_param = 2;
     *state = s;
     return DM_OK;
@@ -98,10 +89,9 @@ static int adam_create(const dm_params *params, const dm_optimizer_config *cfg, 
 static int adam_bind(void *state, float *opt_state, dm_error *err)
 {
     adam_state *s = state;
-    if (s->param_count > 0 && !opt_state)
-        return dm_fail(err, DM_ERR_INVALID, "adam: needs a state buffer, got NULL");
+    DM_TRY(dm_opt_buffer_check_state("adam", &s->buf, opt_state, 1, err));
     s->m = opt_state;
-    s->v = opt_state ? opt_state + s->param_count : NULL;
+    s->v = opt_state ? opt_state + s->buf.param_count : NULL;
     return DM_OK;
 }
 
@@ -125,9 +115,7 @@ static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, con
                      size_t n, dm_error *err)
 {
     adam_state *s = state;
-    int rc = dm_optimizer_check_step("adam", n, s->param_count, n > 0 && !s->m, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_optimizer_check_step("adam", n, s->buf.param_count, n > 0 && !s->m, err));
     if (ctx->step < 1)
         return dm_fail(err, DM_ERR_INVALID, "adam: step number %lld must be >= 1",
                        (long long)ctx->step);
@@ -138,24 +126,16 @@ static int adam_step(void *state, const dm_opt_step_ctx *ctx, float *params, con
                   (1.0 - pow((double)s->beta1, t));
     if (s->decay_steps > 0)
         lr_t *= pow(s->decay_rate, (t - 1.0) / (double)s->decay_steps);
-#ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return adam_update_cuda(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2,
-                                s->epsilon, s->weight_decay, ctx->cuda_stream, err);
-#endif
-    adam_update_cpu(params, grads, s->m, s->v, n, (float)lr_t, s->beta1, s->beta2, s->epsilon,
-                    s->weight_decay, dm_optimizer_threads(s->num_threads));
-    return DM_OK;
+    return DM_CPU_OR_CUDA(s->buf.device,
+                          adam_update_cpu(params, grads, s->m, s->v, n, (float)lr_t, s->beta1,
+                                          s->beta2, s->epsilon, s->weight_decay,
+                                          dm_optimizer_threads(s->buf.num_threads)),
+                          adam_update_cuda(params, grads, s->m, s->v, n, (float)lr_t, s->beta1,
+                                           s->beta2, s->epsilon, s->weight_decay,
+                                           ctx->cuda_stream, err));
 }
 
-static const dm_optimizer_vtable adam_vtable = {
-    .struct_size = sizeof(dm_optimizer_vtable),
-    .devices = ADAM_DEVICES,
-    .create = adam_create,
-    .bind = adam_bind,
-    .step = adam_step,
-    .destroy = dm_free_state,
-};
+DM_OPTIMIZER_VTABLE(adam, ADAM_DEVICES);
 
 DM_PLUGIN_DEFINE("adam", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_OPTIMIZER_COMPONENT("adam",

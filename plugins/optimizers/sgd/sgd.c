@@ -25,10 +25,8 @@ typedef struct sgd_state {
     float momentum;
     float weight_decay;
     int nesterov;
-    int num_threads;    /* <= 0: OpenMP's default */
-    size_t param_count;
-    dm_device device;   /* where params, grads and velocity live */
-    float *velocity;    /* param_count floats when momentum > 0, else NULL */
+    dm_opt_buffer buf;  /* param_count, device, num_threads */
+    float *velocity;    /* buf.param_count floats when momentum > 0, else NULL */
 } sgd_state;
 
 static const dm_param_def sgd_params[] = {
@@ -36,18 +34,16 @@ static const dm_param_def sgd_params[] = {
     {"nesterov", DM_PARAM_BOOL, "false", 0, -1, NULL, "Nesterov momentum (needs momentum > 0)"},
     {"weight_decay", DM_PARAM_FLOAT, "0", 0.0, 1.0, NULL,
      "L2 penalty: weight_decay * param is added to the gradient"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int sgd_create(const dm_params *params, const dm_optimizer_config *cfg, void **state,
                       dm_optimizer_info *info, dm_error *err)
 {
+    DM_TRY(dm_optimizer_check_create("sgd", SGD_DEVICES, cfg, err));
     double momentum = dm_param_float(params, "momentum", 0.0);
     double weight_decay = dm_param_float(params, "weight_decay", 0.0);
     int nesterov = (int)dm_param_int(params, "nesterov", 0);
 
-    if (!(SGD_DEVICES & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "sgd: device %d is not supported in this build",
-                       (int)cfg->device);
     if (!(momentum >= 0.0 && momentum < 1.0))
         return dm_fail(err, DM_ERR_INVALID, "sgd: momentum %g must be in [0, 1)", momentum);
     if (!(weight_decay >= 0.0))
@@ -61,9 +57,7 @@ static int sgd_create(const dm_params *params, const dm_optimizer_config *cfg, v
     s->momentum = (float)momentum;
     s->weight_decay = (float)weight_decay;
     s->nesterov = nesterov;
-    s->num_threads = cfg->num_threads;
-    s->param_count = cfg->param_count;
-    s->device = cfg->device;
+    s->buf = dm_opt_buffer_of(cfg);
     info->state_floats_per_param = momentum > 0.0 ? 1 : 0;
     *state = s;
     return DM_OK;
@@ -72,8 +66,7 @@ static int sgd_create(const dm_params *params, const dm_optimizer_config *cfg, v
 static int sgd_bind(void *state, float *opt_state, dm_error *err)
 {
     sgd_state *s = state;
-    if (s->momentum > 0.0f && s->param_count > 0 && !opt_state)
-        return dm_fail(err, DM_ERR_INVALID, "sgd: momentum needs a state buffer, got NULL");
+    DM_TRY(dm_opt_buffer_check_state("sgd", &s->buf, opt_state, s->momentum > 0.0f, err));
     s->velocity = s->momentum > 0.0f ? opt_state : NULL;
     return DM_OK;
 }
@@ -82,18 +75,16 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
                     size_t n, dm_error *err)
 {
     sgd_state *s = state;
-    int rc = dm_optimizer_check_step("sgd", n, s->param_count,
-                                     s->momentum > 0.0f && n > 0 && !s->velocity, err);
-    if (rc != DM_OK)
-        return rc;
+    DM_TRY(dm_optimizer_check_step("sgd", n, s->buf.param_count,
+                                   s->momentum > 0.0f && n > 0 && !s->velocity, err));
 
     const float lr = ctx->lr, wd = s->weight_decay, mu = s->momentum;
 #ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
+    if (s->buf.device == DM_DEVICE_CUDA)
         return sgd_update_cuda(params, grads, s->velocity, n, lr, wd, mu, s->nesterov,
                                ctx->cuda_stream, err);
 #endif
-    const int threads = dm_optimizer_threads(s->num_threads);
+    const int threads = dm_optimizer_threads(s->buf.num_threads);
     float *restrict p = params;
     const float *restrict g = grads;
     float *restrict b = s->velocity;
@@ -120,14 +111,7 @@ static int sgd_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
     return DM_OK;
 }
 
-static const dm_optimizer_vtable sgd_vtable = {
-    .struct_size = sizeof(dm_optimizer_vtable),
-    .devices = SGD_DEVICES,
-    .create = sgd_create,
-    .bind = sgd_bind,
-    .step = sgd_step,
-    .destroy = dm_free_state,
-};
+DM_OPTIMIZER_VTABLE(sgd, SGD_DEVICES);
 
 DM_PLUGIN_DEFINE("sgd", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
     DM_OPTIMIZER_COMPONENT("sgd",

@@ -104,7 +104,7 @@ static const dm_param_def params[] = {
     {"batch_size", DM_PARAM_INT, "1", 1, 100, NULL, "owned by the core's [data]"},
 #endif
     {"size", DM_PARAM_INT, "1", 1, 100, NULL, "a harmless key"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 #if defined(BAD_DUP_TYPE)
 #define TYPE_NAME "synthetic"

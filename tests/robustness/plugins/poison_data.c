@@ -26,7 +26,7 @@ static const dm_param_def poison_params[] = {
     {"test_size", DM_PARAM_INT, "64", 1, 1e7, NULL, "examples in the test split"},
     {"poison_index", DM_PARAM_INT, "-1", -1, 1e7, NULL, "training example whose first pixel is bad (-1: none)"},
     {"poison", DM_PARAM_ENUM, "inf", 0, -1, "nan|inf", "the bad value (a NaN pixel dies in a ReLU; Inf survives)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 static int poison_open(const dm_params *params, const dm_dataset_config *cfg, void **state,
                        dm_dataset_info *info, dm_error *err)
@@ -69,12 +69,7 @@ static int poison_read(void *state, dm_split split, const int64_t *idx, int n, f
 
 static void poison_close(void *state) { free(state); }
 
-static const dm_dataset_vtable poison_vtable = {
-    .struct_size = sizeof(dm_dataset_vtable),
-    .open = poison_open,
-    .read = poison_read,
-    .close = poison_close,
-};
+DM_DATASET_VTABLE(poison);
 
 DM_PLUGIN_DEFINE("poison", "1.0.0", "cpu;test",
     DM_DATASET_COMPONENT("poison",

@@ -23,6 +23,7 @@
  *                     checkpoints it, so every rank evaluates with the same
  *                     statistics and --resume continues them exactly. */
 #include <dmnist/dmnist.h>
+#include <dmnist/layer_util.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -233,24 +234,16 @@ static void bn_destroy(void *state) { free(state); }
 
 /* ---- what the core sees ------------------------------------------------------ */
 
-static const dm_layer_vtable bn_vtable = {
-    .struct_size = sizeof(dm_layer_vtable),
-    .devices = DM_DEVICE_BIT(DM_DEVICE_CPU),
-    .create = bn_create,
-    .bind = bn_bind,
-    .init_params = bn_init_params,
-    .forward = bn_forward,
-    .backward = bn_backward,
-    .destroy = bn_destroy,
-    .bind_state = bn_bind_state, /* ABI 1.1 */
-    .init_state = bn_init_state,
-};
+/* bn_vtable: bn_create, bn_bind, bn_init_params, bn_forward, bn_backward and
+ * bn_destroy by name, then the two methods of ABI 1.1. */
+DM_LAYER_VTABLE(bn, DM_DEVICE_BIT(DM_DEVICE_CPU),
+                .bind_state = bn_bind_state, .init_state = bn_init_state);
 
 static const dm_param_def bn_params[] = {
     {"momentum", DM_PARAM_FLOAT, "0.9", 0.0, 1.0, NULL,
      "running = momentum * running + (1 - momentum) * batch statistic"},
     {"epsilon", DM_PARAM_FLOAT, "0.001", 1e-9, 1.0, NULL, "added to the variance before sqrt"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* Layer state came with ABI 1.1: an older host (which would never bind the
  * running statistics) gets no descriptor and refuses the plugin. */

@@ -18,7 +18,7 @@ DM_ELEMENTWISE_LAYER(leaky_relu, LEAKY, LEAKY_DX);
 /* The keys of a [layer.NAME] section with type = leaky_relu. */
 static const dm_param_def leaky_params[] = {
     {"alpha", DM_PARAM_FLOAT, "0.01", 0.0, 1.0, NULL, "slope for x <= 0 (0 gives a plain ReLU)"},
-    {NULL, 0, NULL, 0, 0, NULL, NULL}};
+    DM_PARAM_END};
 
 /* The descriptor and the one exported symbol, dm_plugin_entry. */
 DM_PLUGIN_DEFINE("leaky_relu", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,

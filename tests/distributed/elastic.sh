@@ -13,7 +13,7 @@
 #   freeze       --np 3: rank 1 SIGSTOPped at step >= 30 is dropped after
 #                the timeout (world 3 -> 2); SIGCONT: it rejoins (2 -> 3)
 #   min_ranks    --np 2, min_ranks = 2: rank 1 killed; rank 0 cannot form a
-#                world and fails within timeout + 10 s naming min_ranks
+#                world and fails within timeout + 20 s naming min_ranks
 #   restart_BACKEND  not elastic: --np 2 --max-restarts 1 with checkpoints
 #                every 5 steps; rank 1 killed after step 20; the job starts
 #                again from its newest checkpoint and its final checkpoint
@@ -132,7 +132,7 @@ min_ranks)
     t0=$(now_ms)
     wait "$JOB" && { show "$TMP/log"; fail "the job succeeded with fewer than min_ranks"; }
     el=$(since_s "$t0")
-    (( ${el%.*} < 15 )) || fail "took $el s to give up (bound: timeout 5 s + 10 s)"
+    (( ${el%.*} < 25 )) || fail "took $el s to give up (bound: timeout 5 s + 20 s on a busy machine)"
     grep -q "min_ranks" "$TMP/log" || { show "$TMP/log"; fail "the failure does not name min_ranks"; }
     ok "one survivor of two with min_ranks = 2 gave up after $el s: $(grep -o 'experiment.elastic: round.*' "$TMP/log" | head -1)"
     ;;

@@ -62,6 +62,7 @@ tests_packages=(
   gnuplot-nox                                # PNGs of scripts/sweep, compare-backends, plot-timeline
   valgrind                                   # tests/robustness/valgrind.sh
   clang libclang-rt-14-dev                   # scripts/fuzz.sh (libFuzzer, ASan runtime)
+  clang-format                               # tests/style: the sources as .clang-format says
   python3-torch                              # the PyTorch reference of scripts/bench
   dataset-fashion-mnist                      # /usr/share/datasets/fashion-mnist: Fashion-MNIST tests
   python3-venv python3-pip                   # the tests' .venv (PyPI packages below)
@@ -88,6 +89,7 @@ runtime_commands=(cc:build-essential c++:build-essential make:build-essential cm
 export_commands=(protoc-c:protobuf-c-compiler)
 tests_commands=(ps:procps pgrep:procps ip:iproute2 ss:iproute2 script:bsdutils unshare:util-linux
   taskset:util-linux ping:iputils-ping redis-server:redis-server gnuplot:gnuplot-nox valgrind:valgrind clang:clang
+  clang-format:clang-format
   nsenter:util-linux srun:slurm-client sinfo:slurm-client sbatch:slurm-client scontrol:slurm-client
   dpkg-shlibdeps:dpkg-dev)
 # commands in /usr/sbin, which a user's PATH may lack: looked for there too

@@ -38,6 +38,10 @@
 #                       rank waits to rejoin) and the job trains its budget.
 #   elastic_revive_gloo killhost host=2 at step 20, revive at step 60: 4 -> 3 -> 4
 #                       ranks, and the job ends with 4.
+#   restart_mpi         mpi has no in-process recovery: rank 2 killed at step 22 ends the
+#                       job (checkpoints every 5 steps); the same job again with --resume
+#                       (what dmnist-run --max-restarts does) finishes, and its final
+#                       checkpoint equals an uninterrupted run's bit for bit.
 # Every case brings its own lab (named after this shell's PID) down on exit,
 # whatever happened. Skipped (77) when not root, without ip, tc or iptables,
 # or where network namespaces cannot be made.
@@ -252,6 +256,24 @@ elastic_*)
         ok "killhost h2 at step 20, revive at step 60: $(python3 "$SRC/tests/lab/elastic_report.py" worlds "$TMP/job/m.json"); fault -> next step: $(gaps)"
         ;;
     esac
+    ;;
+restart_mpi)
+    command -v "$MPIRUN" >/dev/null || skip "no mpirun"
+    up --hosts 4 --rate 1gbit --delay 2ms
+    A=("${ARGS[@]}" --set train.total_batches=160 --set train.checkpoint_every=5 --set train.log_every=1)
+    run_ok "$TMP/ref.log" "$RUN" --np 4 "${A[@]}" --set experiment.backend=mpi --set train.checkpoint_dir="$TMP/ref"
+    job --np 4 --backend mpi --timeout 60 --faults "@step=22 kill rank=2" -- "${A[@]}" --set train.checkpoint_dir="$TMP/ck"
+    [ $rc = 1 ] || { show "$log"; fail "the job with rank 2 killed exited with status $rc, not 1"; }
+    first=$took
+    # the restart path, as dmnist-run --max-restarts takes it: the same job again with --resume
+    job --np 4 --backend mpi --timeout 60 -- "${A[@]}" --set train.checkpoint_dir="$TMP/ck" --resume
+    [ $rc = 0 ] || { show "$log"; fail "the restarted job exited with status $rc"; }
+    from=$(grep -o "resuming from .*ckpt-[0-9]*" "$TMP/job/rank0.log" | grep -o "ckpt-[0-9]*")
+    [ -n "$from" ] || { show "$TMP/job/rank0.log"; fail "the restarted job did not resume from a checkpoint"; }
+    a=$("$TOOL" hash "$TMP/ref/ckpt-0000000040.dmck") && b=$("$TOOL" hash "$TMP/ck/ckpt-0000000040.dmck") ||
+        fail "no final checkpoints"
+    [ "$a" = "$b" ] || fail "the restarted job's final parameters $b differ from an uninterrupted run's $a"
+    ok "mpi on 4 lab hosts: rank 2 killed at step 22 (the job ended after $first s), restarted from $from in $took s; final hash $b as uninterrupted"
     ;;
 *) fail "unknown case $case" ;;
 esac

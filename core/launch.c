@@ -60,7 +60,8 @@ static void read_job_cfg(const char *config_path, const char *const *sets, int n
     dm_config_free(cfg);
 }
 
-/* argv without "--np N" and "--max-restarts K" (either also as --opt=V),
+/* argv without the launcher's own options (--np N, --max-restarts K,
+ * --nodes M, --node-rank I; each also as --opt=V),
  * with room for a "--resume" at the end. */
 static char **strip_np(int argc, char **argv, const char *exe)
 {
@@ -68,8 +69,17 @@ static char **strip_np(int argc, char **argv, const char *exe)
     int k = 0;
     out[k++] = (char *)exe;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--np") == 0 || strcmp(argv[i], "--max-restarts") == 0) { i++; continue; }
-        if (strncmp(argv[i], "--np=", 5) == 0 || strncmp(argv[i], "--max-restarts=", 15) == 0) continue;
+        static const char *const ours[] = {"--np", "--max-restarts", "--nodes", "--node-rank"};
+        int skip = 0;
+        for (size_t k = 0; k < sizeof ours / sizeof *ours && !skip; k++) {
+            size_t n = strlen(ours[k]);
+            if (strcmp(argv[i], ours[k]) == 0) skip = 2; /* the option and its value */
+            else if (strncmp(argv[i], ours[k], n) == 0 && argv[i][n] == '=') skip = 1;
+        }
+        if (skip) {
+            i += skip - 1;
+            continue;
+        }
         out[k++] = argv[i];
     }
     out[k] = NULL;
@@ -164,10 +174,12 @@ static int mpirun(int argc, char **child_argv, int np, int exec)
 
 /* Fork rank r in its own process group with DMNIST_* set and its output on
  * a pipe; 0 when it started. */
-static int start_one(const char *exe, char **child_argv, int np, const char *rdzv, int r, worker *wr)
+static int start_one(const char *exe, char **child_argv, const dm_launch_opts *o, const char *rdzv, int r,
+                     worker *wr)
 {
-    char nps[16];
-    snprintf(nps, sizeof nps, "%d", np);
+    char nps[16], world[16];
+    snprintf(nps, sizeof nps, "%d", o->np);
+    snprintf(world, sizeof world, "%d", o->np * (o->nodes > 0 ? o->nodes : 1));
     fflush(stdout);
     fflush(stderr);
     int fds[2];
@@ -183,11 +195,12 @@ static int start_one(const char *exe, char **child_argv, int np, const char *rdz
         return -1;
     }
     if (pid == 0) {
-        char rs[16];
+        char rs[16], global[16];
         snprintf(rs, sizeof rs, "%d", r);
-        setenv("DMNIST_RANK", rs, 1);
+        snprintf(global, sizeof global, "%d", o->node_rank * o->np + r);
+        setenv("DMNIST_RANK", global, 1);
         setenv("DMNIST_LOCAL_RANK", rs, 1);
-        setenv("DMNIST_WORLD_SIZE", nps, 1);
+        setenv("DMNIST_WORLD_SIZE", world, 1);
         setenv("DMNIST_LOCAL_WORLD_SIZE", nps, 1);
         setenv("DMNIST_RENDEZVOUS", rdzv, 1);
         dup2(fds[1], 1);
@@ -202,12 +215,12 @@ static int start_one(const char *exe, char **child_argv, int np, const char *rdz
     return 0;
 }
 
-/* Start ranks 0..np-1; returns how many started. */
-static int start_workers(const char *exe, char **child_argv, int np, const char *rdzv, worker *w)
+/* Start local ranks 0..np-1; returns how many started. */
+static int start_workers(const char *exe, char **child_argv, const dm_launch_opts *o, const char *rdzv, worker *w)
 {
-    for (int r = 0; r < np; r++)
-        if (start_one(exe, child_argv, np, rdzv, r, &w[r]) != 0) return r;
-    return np;
+    for (int r = 0; r < o->np; r++)
+        if (start_one(exe, child_argv, o, rdzv, r, &w[r]) != 0) return r;
+    return o->np;
 }
 
 /* The supervisor's state over the running ranks. */
@@ -221,6 +234,7 @@ typedef struct crew {
     int elastic, restarts_left, restarts_used, ok, bad_exit;
     const char *exe, *rdzv;
     char **argv;
+    const dm_launch_opts *opts;
 } crew;
 
 /* Ctrl-C or SIGTERM to the launcher: pass it on to every rank. */
@@ -298,7 +312,7 @@ static void elastic_reap(crew *c)
             c->restarts_used++;
             fprintf(stderr, "%s: rank %d %s; starting it again (restart %d, %d left): it joins the running job\n",
                     dm_launch_prog, r, how, c->restarts_used, c->restarts_left);
-            if (start_one(c->exe, c->argv, c->np, c->rdzv, r, w) == 0) continue;
+            if (start_one(c->exe, c->argv, c->opts, c->rdzv, r, w) == 0) continue;
         } else {
             fprintf(stderr, "%s: rank %d %s; the others go on without it (experiment.elastic)\n", dm_launch_prog, r,
                     how);
@@ -386,18 +400,22 @@ static int supervise(crew c)
 }
 
 /* One attempt at the job (mpi: through mpirun, exec'ed when it is the only
- * attempt). restarts: lost ranks started again in process (elastic). */
-static int run_job(int argc, char **child_argv, int np, const char *exe, const job_cfg *j, int in_process,
-                   int restarts, int only_attempt)
+ * attempt). restarts: lost ranks started again in process (elastic). With
+ * --nodes this process is one host's agent: its ranks join the others'
+ * through the rendezvous the environment names. */
+static int run_job(int argc, char **child_argv, const dm_launch_opts *o, const char *exe, const job_cfg *j,
+                   int in_process, int restarts, int only_attempt)
 {
+    const int np = o->np;
     if (strcmp(j->backend, "mpi") == 0) return mpirun(argc, child_argv, np, only_attempt);
-    if (strcmp(j->backend, "local") == 0 && np > 1) {
+    if (strcmp(j->backend, "local") == 0 && np * (o->nodes > 0 ? o->nodes : 1) > 1) {
         fprintf(stderr, "%s: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
                 "or --set experiment.backend=gloo)\n", dm_launch_prog, np);
         return 2;
     }
     char rdzv_dir[] = "/tmp/dmnist-rdzv-XXXXXX";
-    if (!mkdtemp(rdzv_dir)) {
+    const char *shared = o->nodes > 0 ? getenv("DMNIST_RENDEZVOUS") : NULL;
+    if (!shared && !mkdtemp(rdzv_dir)) {
         fprintf(stderr, "%s: --np: cannot create a rendezvous directory: %s\n", dm_launch_prog, strerror(errno));
         return 1;
     }
@@ -407,22 +425,40 @@ static int run_job(int argc, char **child_argv, int np, const char *exe, const j
         fprintf(stderr, "%s: out of memory\n", dm_launch_prog);
     } else {
         char rdzv[256];
-        snprintf(rdzv, sizeof rdzv, "file://%s", rdzv_dir);
+        snprintf(rdzv, sizeof rdzv, "%s%s", shared ? "" : "file://", shared ? shared : rdzv_dir);
         crew c = {.w = w, .np = np, .failed_rank = -1, .elastic = in_process, .restarts_left = restarts,
-                  .exe = exe, .rdzv = rdzv, .argv = child_argv};
-        c.running = start_workers(exe, child_argv, np, rdzv, w);
+                  .exe = exe, .rdzv = rdzv, .argv = child_argv, .opts = o};
+        c.running = start_workers(exe, child_argv, o, rdzv, w);
         rc = supervise(c);
     }
-    dm_remove_tree(rdzv_dir);
+    if (!shared) dm_remove_tree(rdzv_dir);
     free(w);
     return rc;
 }
 
-int dm_launch(int argc, char **argv, int np, int max_restarts, const char *config_path, const char *const *sets,
+/* --nodes M --node-rank I: what an agent needs from its host's environment. */
+static int agent_refused(const dm_launch_opts *o, const job_cfg *j)
+{
+    const char *why = NULL;
+    const char *rdzv = getenv("DMNIST_RENDEZVOUS"), *job = getenv("DMNIST_JOB_ID");
+    if (o->node_rank < 0 || o->node_rank >= o->nodes) why = "--node-rank must be from 0 to --nodes - 1";
+    else if (strcmp(j->backend, "mpi") == 0) why = "backend mpi: start the ranks of several hosts with mpirun and a hostfile";
+    else if (!rdzv || !rdzv[0]) why = "export DMNIST_RENDEZVOUS: a rendezvous every host sees (file:///shared/folder)";
+    else if (!job || !job[0]) why = "export DMNIST_JOB_ID: one id for the job, the same on every host";
+    else if (o->max_restarts > 0 && !j->elastic)
+        why = "--max-restarts with --nodes needs experiment.elastic (each agent restarts its own ranks, which join the "
+              "running job)";
+    if (why) fprintf(stderr, "%s: --nodes %d --node-rank %d: %s\n", dm_launch_prog, o->nodes, o->node_rank, why);
+    return why != NULL;
+}
+
+int dm_launch(int argc, char **argv, const dm_launch_opts *o, const char *config_path, const char *const *sets,
               int n_sets)
 {
+    const int max_restarts = o->max_restarts;
     job_cfg j;
     read_job_cfg(config_path, sets, n_sets, &j);
+    if (o->nodes > 0 && agent_refused(o, &j)) return 2;
     /* mpi has no fault-tolerant communicators: its ranks never re-form in process */
     const int in_process = j.elastic && strcmp(j.backend, "mpi") != 0;
     if (max_restarts > 0 && !in_process && !j.checkpoint_dir[0]) {
@@ -451,7 +487,7 @@ int dm_launch(int argc, char **argv, int np, int max_restarts, const char *confi
     for (int attempt = 0;; attempt++) {
         snprintf(job_id, sizeof job_id, attempt ? "%s.a%d" : "%s", base, attempt);
         setenv("DMNIST_JOB_ID", job_id, 1);
-        rc = run_job(argc, child_argv, np, exe, &j, in_process, in_process ? max_restarts : 0, max_restarts == 0);
+        rc = run_job(argc, child_argv, o, exe, &j, in_process, in_process ? max_restarts : 0, max_restarts == 0);
         if (rc == 0 || rc == 2 || in_process || attempt >= max_restarts || stop_signal) break;
         char ckpt[4096];
         dm_error e = {0};

@@ -52,11 +52,19 @@ void dm_remove_tree(const char *dir);
 /* The name the launcher's messages start with ("dmnist-run" by default). */
 extern const char *dm_launch_prog;
 
-/* Start np copies of this program as ranks 0..np-1 and wait for them;
- * max_restarts > 0: start lost ranks (experiment.elastic) or the failed job
- * (from its newest checkpoint) again, that many times in all. Returns the
- * exit code dmnist-run should exit with. */
-int dm_launch(int argc, char **argv, int np, int max_restarts, const char *config_path, const char *const *sets,
+/* How dmnist-run --np starts its ranks. */
+typedef struct dm_launch_opts {
+    int np;                      /* ranks on this host */
+    int max_restarts;            /* --max-restarts: lost ranks (elastic) or the failed job started again */
+    int nodes, node_rank;        /* --nodes M --node-rank I: this host's agent of M (0: one host) */
+} dm_launch_opts;
+
+/* Start np copies of this program as ranks 0..np-1 (with --nodes, ranks
+ * I*np .. I*np+np-1 of M*np, through the environment's rendezvous) and wait
+ * for them; max_restarts > 0: start lost ranks (experiment.elastic) or the
+ * failed job (from its newest checkpoint) again, that many times in all.
+ * Returns the exit code dmnist-run should exit with. */
+int dm_launch(int argc, char **argv, const dm_launch_opts *o, const char *config_path, const char *const *sets,
               int n_sets);
 
 /* Decide CPU threads per rank (experiment.threads, else cores / local ranks)

@@ -31,6 +31,8 @@ static void usage(FILE *out)
             "  --np N                   start N local worker processes (gloo: own rendezvous; mpi: via mpirun)\n"
             "  --max-restarts K         with --np: start lost ranks again (experiment.elastic: they join the\n"
             "                           running job), else the failed job from its newest checkpoint; K in all\n"
+            "  --nodes M --node-rank I  with --np N: this host's agent of M, its ranks I*N..I*N+N-1 of M*N, through\n"
+            "                           DMNIST_RENDEZVOUS and DMNIST_JOB_ID (the same on every host)\n"
             "  --resume                 continue from the latest checkpoint in train.checkpoint_dir\n"
             "  --eval CHECKPOINT        evaluate this checkpoint on the test set (any --np), no training\n"
             "  --confusion FILE         with --eval: write the confusion matrix as CSV (scripts/plot-confusion\n"
@@ -271,6 +273,7 @@ typedef struct cli {
     const char **sets;           /* --set values, in order */
     int n_sets, np, list, dry;
     int max_restarts;            /* --max-restarts (needs --np) */
+    int nodes, node_rank;        /* --nodes M --node-rank I (need --np); node_rank -1: not given */
     int npos;                    /* positionals: CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]] */
     const char *help_type, *extra_path;
     char abs_plugin_path[8192];
@@ -283,7 +286,7 @@ static int parse_options(int argc, char **argv, cli *c)
 {
     enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
            OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION, OPT_TENSORBOARD,
-           OPT_MAX_RESTARTS };
+           OPT_MAX_RESTARTS, OPT_NODES, OPT_NODE_RANK };
     static const struct option longopts[] = {
         {"set", required_argument, NULL, OPT_SET},
         {"dry-run", no_argument, NULL, OPT_DRY},
@@ -295,6 +298,8 @@ static int parse_options(int argc, char **argv, cli *c)
         {"resume", no_argument, NULL, OPT_RESUME},
         {"np", required_argument, NULL, OPT_NP},
         {"max-restarts", required_argument, NULL, OPT_MAX_RESTARTS},
+        {"nodes", required_argument, NULL, OPT_NODES},
+        {"node-rank", required_argument, NULL, OPT_NODE_RANK},
         {"timeline", required_argument, NULL, OPT_TIMELINE},
         {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
         {"progress", no_argument, NULL, OPT_PROGRESS},
@@ -339,6 +344,20 @@ static int parse_options(int argc, char **argv, cli *c)
             c->max_restarts = (int)v;
             break;
         }
+        case OPT_NODES:
+        case OPT_NODE_RANK: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            long lo = o == OPT_NODES ? 1 : 0;
+            if (!optarg[0] || *end || v < lo || v > 4096) {
+                fprintf(stderr, "dmnist-run: %s %s: expected a number from %ld to 4096\n",
+                        o == OPT_NODES ? "--nodes" : "--node-rank", optarg, lo);
+                return 2;
+            }
+            if (o == OPT_NODES) c->nodes = (int)v;
+            else c->node_rank = (int)v;
+            break;
+        }
         case OPT_TIMELINE: t->timeline_path = optarg; break;
         case OPT_PLUGIN_PATH:
             if (dm_absolute_dirs(optarg, c->abs_plugin_path, sizeof c->abs_plugin_path)) {
@@ -375,6 +394,10 @@ static int check_positionals(const cli *c)
     }
     if (c->max_restarts > 0 && c->np == 0) {
         fprintf(stderr, "dmnist-run: --max-restarts needs --np N (it restarts the ranks that dmnist-run starts)\n");
+        return 2;
+    }
+    if ((c->nodes > 0 || c->node_rank >= 0) && (c->np == 0 || c->nodes == 0 || c->node_rank < 0)) {
+        fprintf(stderr, "dmnist-run: --nodes M and --node-rank I go together, with --np N (ranks on this host)\n");
         return 2;
     }
     /* --eval trains nothing: options and positionals that shape a training run are refused. */
@@ -426,7 +449,7 @@ static int load_config(const cli *c, char *const *pos, dm_config **out)
 
 int main(int argc, char **argv)
 {
-    static cli c = {.topts = {NULL, NULL, 0, 0, -1, NULL, NULL, NULL, NULL, NULL}};
+    static cli c = {.topts = {NULL, NULL, 0, 0, -1, NULL, NULL, NULL, NULL, NULL}, .node_rank = -1};
     if (!(c.sets = calloc((size_t)argc + 1, sizeof *c.sets))) {
         fprintf(stderr, "dmnist-run: out of memory\n");
         return 1;
@@ -443,9 +466,10 @@ int main(int argc, char **argv)
         }
     }
     if (rc < 0) rc = check_positionals(&c);
-    if (rc < 0 && c.np > 0) /* the launcher re-executes this program N times (or mpirun does) */
-        rc = dm_launch(argc, argv, c.np, c.max_restarts > 0 ? c.max_restarts : 0, argv[optind],
-                       (const char *const *)c.sets, c.n_sets);
+    if (rc < 0 && c.np > 0) { /* the launcher re-executes this program N times (or mpirun does) */
+        dm_launch_opts lo = {c.np, c.max_restarts, c.nodes, c.nodes > 0 ? c.node_rank : 0};
+        rc = dm_launch(argc, argv, &lo, argv[optind], (const char *const *)c.sets, c.n_sets);
+    }
     dm_config *cfg = NULL;
     if (rc < 0 && (rc = load_config(&c, argv + optind, &cfg)) == 0) rc = -1;
     char *tb_text = NULL;

@@ -38,6 +38,10 @@
 #                       rank waits to rejoin) and the job trains its budget.
 #   elastic_revive_gloo killhost host=2 at step 20, revive at step 60: 4 -> 3 -> 4
 #                       ranks, and the job ends with 4.
+#   agents_gloo         per-host agents: dmnist-run --np 2 --nodes 2 --node-rank I on h0
+#                       and h1 (elastic, --max-restarts 1); every process of h1 killed
+#                       (agent included): 4 -> 2 ranks; h1's agent started again: its
+#                       ranks join and the job ends with 4.
 #   restart_mpi         mpi has no in-process recovery: rank 2 killed at step 22 ends the
 #                       job (checkpoints every 5 steps); the same job again with --resume
 #                       (what dmnist-run --max-restarts does) finishes, and its final
@@ -256,6 +260,40 @@ elastic_*)
         ok "killhost h2 at step 20, revive at step 60: $(python3 "$SRC/tests/lab/elastic_report.py" worlds "$TMP/job/m.json"); fault -> next step: $(gaps)"
         ;;
     esac
+    ;;
+agents_gloo)
+    up --hosts 2 --rate 1gbit --delay 2ms
+    export DMNIST_RENDEZVOUS=file://$TMP/rdzv DMNIST_JOB_ID=agents$$
+    mkdir -p "$TMP/rdzv"
+    # agent HOST TRY: dmnist-run --np 2 as host HOST's agent, in the background
+    agent() {
+        "$LAB" exec $NAME h$1 -- timeout -k 5 100 "$RUN" --np 2 --nodes 2 --node-rank $1 --max-restarts 1 \
+            "${ARGS[@]}" --set experiment.backend=gloo --set comm.iface=eth0 --set experiment.elastic=true \
+            --set experiment.timeout_s=3 --set experiment.elastic_settle_s=0.5 --set train.total_batches=2400 \
+            --metrics "$TMP/m.json" >"$TMP/agent$1.$2.log" 2>&1 &
+        AGENT[$1]=$!
+    }
+    # kill_host HOST: every dmnist-run process in the host, its agent too (a lost machine)
+    kill_host() {
+        local p
+        for p in $(ip netns pids "dmlab-$NAME-h$1"); do
+            case $(cat /proc/$p/comm 2>/dev/null) in dmnist-run | timeout) kill -KILL "$p" ;; esac
+        done
+    }
+    on_exit 'kill_host 0; kill_host 1'
+    agent 0 0
+    agent 1 0
+    wait_for_line "$TMP/agent0.0.log" "step +30/" 60 "${AGENT[0]}" || { show "$TMP/agent0.0.log"; fail "no step 30"; }
+    kill_host 1
+    wait_for_line "$TMP/agent0.0.log" "world 4 -> 2 ranks" 30 "${AGENT[0]}" || { show "$TMP/agent0.0.log"; fail "no 4 -> 2 after host 1 was lost"; }
+    agent 1 1
+    wait_for_line "$TMP/agent0.0.log" "world 2 -> [34] ranks .*a rank joined" 40 "${AGENT[0]}" ||
+        { show "$TMP/agent0.0.log"; show "$TMP/agent1.1.log"; fail "host 1's new agent did not join"; }
+    wait "${AGENT[0]}" || { show "$TMP/agent0.0.log"; fail "host 0's agent failed"; }
+    wait "${AGENT[1]}" || { show "$TMP/agent1.1.log"; fail "host 1's new agent failed"; }
+    ws=$(python3 "$SRC/tests/lab/elastic_report.py" final "$TMP/m.json" world_size)
+    [ "$ws" = 4 ] || fail "the job ended with $ws ranks, not 4"
+    ok "agents on h0 and h1 (--np 2 --nodes 2): h1 lost and its agent started again: $(python3 "$SRC/tests/lab/elastic_report.py" worlds "$TMP/m.json")"
     ;;
 restart_mpi)
     command -v "$MPIRUN" >/dev/null || skip "no mpirun"

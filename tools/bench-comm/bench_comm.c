@@ -454,7 +454,10 @@ static int launch_backend(const char *backend, int np, const char *config, const
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
-    if (pid == 0) _exit(dm_launch(argc, (char **)argv, np, 0, config, all_sets, n_sets + 1));
+    if (pid == 0) {
+        dm_launch_opts lo = {.np = np};
+        _exit(dm_launch(argc, (char **)argv, &lo, config, all_sets, n_sets + 1));
+    }
     int status = 0, rc = 1;
     if (pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         rc = read_rows(part, out);

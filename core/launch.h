@@ -67,6 +67,14 @@ typedef struct dm_launch_opts {
 int dm_launch(int argc, char **argv, const dm_launch_opts *o, const char *config_path, const char *const *sets,
               int n_sets);
 
+/* launch.c, for launch_job.c: fork this host's o->np workers with rdzv and
+ * supervise them until all ended (elastic: a lost one is started again while
+ * restarts last); returns the launcher's exit code. */
+int dm_run_workers(const char *exe, char **child_argv, const dm_launch_opts *o, const char *rdzv, int elastic,
+                   int restarts);
+/* The launcher got SIGINT, SIGTERM or SIGHUP. */
+int dm_launch_stopped(void);
+
 /* Decide CPU threads per rank (experiment.threads, else cores / local ranks)
  * and export OMP_NUM_THREADS / OPENBLAS_NUM_THREADS before any plugin loads,
  * unless the user set them. */

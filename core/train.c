@@ -115,6 +115,13 @@ static int maybe_eval(trainer *t, dm_error *err)
     dm_timeline_span("eval", t0, now_s(), "eval");
     tr_report_eval(t, loss, acc);
     t->t_log += now_s() - t0; /* evaluation time is not training time */
+    /* every rank sees the same (allreduced) accuracy, so all stop together */
+    if (t->x->target_accuracy > 0 && acc >= t->x->target_accuracy) {
+        t->target_reached = 1;
+        t->target_loss = loss;
+        t->target_acc = acc;
+        tr_report_target(t, acc);
+    }
     return DM_OK;
 }
 
@@ -143,7 +150,12 @@ static int finish(trainer *t, int rc, dm_error *err)
         printf("evaluating on %lld test images\n", (long long)t->di.count[DM_SPLIT_TEST]);
         fflush(stdout);
     }
-    if (rc == DM_OK) rc = tr_evaluate(t, &test_loss, &test_acc, NULL, err);
+    if (rc == DM_OK && t->target_reached) { /* evaluated at this step already */
+        test_loss = t->target_loss;
+        test_acc = t->target_acc;
+    } else if (rc == DM_OK) {
+        rc = tr_evaluate(t, &test_loss, &test_acc, NULL, err);
+    }
     dm_timeline_span("eval", t0, now_s(), "final checkpoint and eval");
     if (rc == DM_OK) tr_report_final(t, test_loss, test_acc, train_s);
     if (t->tb) {
@@ -176,6 +188,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         if (every(t.step, x->sync_check_every) && (rc = tr_sync_check(&t, err))) break;
         if ((rc = tr_log_step(&t, err))) break;
         if ((rc = maybe_eval(&t, err))) break;
+        if (t.target_reached) break; /* finish() saves the checkpoint */
         if ((rc = maybe_checkpoint(&t, err))) break;
         tr_bar_draw(&t, t.step == t.total_steps);
     }

@@ -236,6 +236,20 @@ void tr_report_eval(trainer *t, double loss, double acc)
     dm_tb_scalars(t->tb, t->step, tags, v, 2);
 }
 
+/* The first evaluation at or above train.target_accuracy: the time from the
+ * start of dm_train_run (set-up and data loading included). */
+void tr_report_target(trainer *t, double acc)
+{
+    if (!rank0(t)) return;
+    const double elapsed = now_s() - t->t_start;
+    printf("target accuracy %.4f reached at step %lld (test accuracy %.4f), %.2f s after start\n",
+           t->x->target_accuracy, (long long)t->step, acc, elapsed);
+    if (t->metrics)
+        fprintf(t->metrics, "{\"event\":\"target\",\"step\":%lld,\"target_accuracy\":%.6g,"
+                "\"test_accuracy\":%.6g,\"time_s\":%.6g}\n", (long long)t->step, t->x->target_accuracy,
+                acc, elapsed);
+}
+
 void tr_report_final(const trainer *t, double test_loss, double test_acc, double train_s)
 {
     const dm_experiment *x = t->x;

@@ -155,6 +155,9 @@ static int finish(trainer *t, int rc, dm_error *err)
         test_acc = t->target_acc;
     } else if (rc == DM_OK) {
         rc = tr_evaluate(t, &test_loss, &test_acc, NULL, err);
+        /* the last step's evaluation is this one: it can reach the target too */
+        if (rc == DM_OK && t->x->target_accuracy > 0 && test_acc >= t->x->target_accuracy)
+            tr_report_target(t, test_acc);
     }
     dm_timeline_span("eval", t0, now_s(), "final checkpoint and eval");
     if (rc == DM_OK) tr_report_final(t, test_loss, test_acc, train_s);

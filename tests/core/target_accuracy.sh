@@ -38,7 +38,13 @@ grep -q "target accuracy 0.2500 reached at step 20 (test accuracy .*), [0-9.]* s
 ! grep -q '"event":"target"' "$tmp/miss.jsonl" || fail "a target event for an unreached target"
 [ "$(field "$(grep '"event":"final"' "$tmp/miss.jsonl")" steps)" = 40 ] || fail "unreached target: not 40 steps"
 
-# 3. Without evaluations there is nothing to check the target at.
+# 3. Reached only by the final evaluation (step 40: about 75%; step 20: 33%).
+"$run" "$cfg" --no-progress --metrics "$tmp/last.jsonl" --set train.target_accuracy=0.7 >"$tmp/last.log" 2>&1 ||
+  { cat "$tmp/last.log"; fail "dmnist-run failed (target at the end)"; }
+target=$(grep '"event":"target"' "$tmp/last.jsonl") || fail "no target event when the final evaluation reaches it"
+[ "$(field "$target" step)" = 40 ] || fail "final-evaluation target event at step $(field "$target" step), expected 40"
+
+# 4. Without evaluations there is nothing to check the target at.
 if "$run" "$cfg" --no-progress --set train.target_accuracy=0.9 --set train.eval_every=0 >"$tmp/bad.log" 2>&1; then
   fail "target_accuracy without eval_every was accepted"
 fi

@@ -22,6 +22,7 @@
 #ifndef DMNIST_CPU_ISA_H
 #define DMNIST_CPU_ISA_H
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -96,6 +97,36 @@ static inline size_t dm_cpu_l2_bytes(void)
     if (b > ((size_t)1 << 22))
         b = (size_t)1 << 22;
     return b;
+}
+
+/* One line for logs and `dmnist-run --version`: the copy the CPU kernels
+ * use, the best one, why (DMNIST_CPU_ISA), the vector features the CPU
+ * reports and the L2 size the blocks are sized by. */
+static inline void dm_cpu_isa_describe(char *buf, size_t size)
+{
+    dm_cpu_isa isa;
+    const int bad = dm_cpu_isa_select(&isa) != 0;
+    const char *env = getenv("DMNIST_CPU_ISA");
+    char feats[160] = "";
+#if DM_CPU_ISA_X86
+    static const char *const names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw",
+                                        "avx512vl", "avx512dq"};
+    const int have[] = {__builtin_cpu_supports("sse4.2"),   __builtin_cpu_supports("avx"),
+                        __builtin_cpu_supports("avx2"),     __builtin_cpu_supports("fma"),
+                        __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
+                        __builtin_cpu_supports("avx512vl"), __builtin_cpu_supports("avx512dq")};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (have[i]) {
+            strncat(feats, feats[0] ? " " : "", sizeof feats - strlen(feats) - 1);
+            strncat(feats, names[i], sizeof feats - strlen(feats) - 1);
+        }
+#endif
+    snprintf(buf, size,
+             "cpu kernels: %s (best on this CPU: %s; DMNIST_CPU_ISA=%s%s); cpu features: %s; "
+             "L2 %zu KiB per core",
+             dm_cpu_isa_name(isa), dm_cpu_isa_name(dm_cpu_isa_best()), env && *env ? env : "auto",
+             bad ? ", not a known value" : "", feats[0] ? feats : "(baseline only)",
+             dm_cpu_l2_bytes() >> 10);
 }
 
 #ifdef __cplusplus

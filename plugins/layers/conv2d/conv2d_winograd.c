@@ -141,7 +141,7 @@ static void from_channels_last(const float *src, int ld, int n, float *dst, int 
 
 #if DM_CPU_ISA_X86
 #pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
+#pragma GCC target("arch=x86-64-v4,prefer-vector-width=512")
 #define WK(name) name##_avx512
 #include "conv2d_winograd_kern.h"
 #undef WK

@@ -9,7 +9,7 @@ target. Prints one line per run (model, recipe, seed, time to target or
       --batch 128 --lr 0.002,0.004 --epochs 1.5,2 --seeds 1,2 [--threads 2]
 
 A model is a dot-separated list: cN (3x3 conv, N filters, ReLU), cN5 (5x5),
-p (2x2 max pool), dN (dense N, ReLU), xR (dropout R, e.g. x0.25); flatten,
+p (2x2 max pool), dN (dense N, ReLU), xP (dropout P percent, e.g. x25); flatten,
 the 10 logits and the loss are added. Recipe: Adam, standardised pixels, a
 linear warm-up (--warmup steps) then a linear decay to 0 over the run
 (one-cycle); evaluation --evals-per-epoch times per epoch, from
@@ -49,7 +49,7 @@ def layers(model):
                 out.append(("flatten", {"type": "flatten"}))
             out.append((name, {"type": "dense", "units": tok[1:], "activation": "relu"}))
         elif kind == "x":
-            out.append((name, {"type": "dropout", "rate": tok[1:]}))
+            out.append((name, {"type": "dropout", "rate": int(tok[1:]) / 100}))
     if not any(l[1]["type"] == "flatten" for l in out):
         out.append(("flatten", {"type": "flatten"}))
     out.append(("logits", {"type": "dense", "units": 10}))

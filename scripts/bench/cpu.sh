@@ -41,8 +41,12 @@
 #
 # Timing: dmnist's images/s comes from its --metrics step events (the time
 # between the log line after the warm-up and the last one); torch_cpu.py
-# times the same steps after the same warm-up. Neither includes start-up,
-# data loading or dmnist's final test evaluation.
+# and tf_cpu.py time the same steps after the same warm-up. None includes
+# start-up, data loading or dmnist's final test evaluation. CPU ms per image
+# is the process's user + system CPU time over the same steps (dmnist's step
+# events carry cpu_s; the peers report cpu_s_per_step): on a shared machine
+# the wall clock measures the share of the cores each program wins, the CPU
+# time what it spends.
 set -euo pipefail
 
 . "$(dirname "$0")/common.sh"
@@ -148,7 +152,7 @@ steps_for() {
     echo $(( (n + warmup - 1) / warmup * warmup ))
 }
 
-# One dmnist run: prints "images/s peak_rss_mb".
+# One dmnist run: prints "images/s peak_rss_mb cpu_ms_per_image".
 run_dmnist() {
     local b=$1 n=$2 tag=$3
     local m="$work/$tag.metrics.json" log="$work/$tag.log" rss="$work/$tag.rss"
@@ -164,13 +168,14 @@ import json, os, sys
 m, rss, w, last, b = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 events = [json.loads(l) for l in open(m)]
 t = {e["step"]: e["time_s"] for e in events if e.get("event") == "step"}
+c = {e["step"]: e.get("cpu_s", 0) for e in events if e.get("event") == "step"}
 own = [e["peak_rss_mb"] for e in events if e.get("event") == "final"]
 mb = int(open(rss).read().split()[-1]) / 1024 if os.path.exists(rss) else own[-1]
-print(round((last - w) * b / (t[last] - t[w]), 1), round(mb, 1))
+print(round((last - w) * b / (t[last] - t[w]), 1), round(mb, 1), round(1e3 * (c[last] - c[w]) / ((last - w) * b), 3))
 EOF
 }
 
-# One torch run: prints "images/s peak_rss_mb".
+# One torch run: prints "images/s peak_rss_mb cpu_ms_per_image".
 run_torch() {
     local b=$1 n=$2 tag=$3
     local log="$work/$tag.log" rss="$work/$tag.rss"
@@ -185,11 +190,11 @@ run_torch() {
 import json, os, sys
 rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
 mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
-print(rec["images_per_s"], round(mb, 1))
+print(rec["images_per_s"], round(mb, 1), round(1e3 * rec["cpu_s_per_step"] / rec["batch"], 3))
 EOF
 }
 
-# One TensorFlow run: prints "images/s peak_rss_mb".
+# One TensorFlow run: prints "images/s peak_rss_mb cpu_ms_per_image".
 run_tf() {
     local b=$1 n=$2 tag=$3
     local log="$work/$tag.log" rss="$work/$tag.rss"
@@ -204,7 +209,7 @@ run_tf() {
 import json, os, sys
 rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
 mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
-print(rec["images_per_s"], round(mb, 1))
+print(rec["images_per_s"], round(mb, 1), round(1e3 * rec["cpu_s_per_step"] / rec["batch"], 3))
 EOF
 }
 
@@ -231,16 +236,16 @@ results="$work/results.txt" # batch round impl images/s rss
 for b in $batches; do
     n=$(steps_for "$b")
     for r in $(seq 1 "$rounds"); do
-        read -r ips rss < <(run_dmnist "$b" "$n" "dmnist-b$b-r$r")
-        echo "$b $r dmnist $ips $rss" >>"$results"
-        echo "batch $b round $r: dmnist $ips images/s ($n steps, peak RSS $rss MB)"
-        read -r ips rss < <(run_torch "$b" "$n" "torch-b$b-r$r")
-        echo "$b $r torch $ips $rss" >>"$results"
-        echo "batch $b round $r: torch  $ips images/s ($n steps, peak RSS $rss MB)"
+        read -r ips rss cpu < <(run_dmnist "$b" "$n" "dmnist-b$b-r$r")
+        echo "$b $r dmnist $ips $rss $cpu" >>"$results"
+        echo "batch $b round $r: dmnist $ips images/s ($n steps, peak RSS $rss MB, $cpu CPU ms/image)"
+        read -r ips rss cpu < <(run_torch "$b" "$n" "torch-b$b-r$r")
+        echo "$b $r torch $ips $rss $cpu" >>"$results"
+        echo "batch $b round $r: torch  $ips images/s ($n steps, peak RSS $rss MB, $cpu CPU ms/image)"
         if [ -n "$tf_version" ]; then
-            read -r ips rss < <(run_tf "$b" "$n" "tf-b$b-r$r")
-            echo "$b $r tf $ips $rss" >>"$results"
-            echo "batch $b round $r: tf     $ips images/s ($n steps, peak RSS $rss MB)"
+            read -r ips rss cpu < <(run_tf "$b" "$n" "tf-b$b-r$r")
+            echo "$b $r tf $ips $rss $cpu" >>"$results"
+            echo "batch $b round $r: tf     $ips images/s ($n steps, peak RSS $rss MB, $cpu CPU ms/image)"
         fi
     done
 done
@@ -253,8 +258,8 @@ rows = [l.split() for l in open(sys.argv[1])]
 torch_v, tf_v = sys.argv[3], sys.argv[4]
 med = statistics.median
 names = {"dmnist": "dmnist", "torch": "PyTorch " + torch_v, "tf": "TensorFlow " + tf_v}
-print("| batch | program | images/s | dmnist / program | peak RSS MB |")
-print("|---:|---|---:|---:|---:|")
+print("| batch | program | images/s | dmnist / program | CPU ms per image | peak RSS MB |")
+print("|---:|---|---:|---:|---:|---:|")
 for b in dict.fromkeys(r[0] for r in rows):
     get = lambda impl, col: {r[1]: float(r[col]) for r in rows if r[0] == b and r[2] == impl}
     d = get("dmnist", 3)
@@ -262,15 +267,18 @@ for b in dict.fromkeys(r[0] for r in rows):
     for impl in ("dmnist", "torch", "tf"):
         v = get(impl, 3)
         if not v:
-            print(f"| {b} | TensorFlow | skipped: not installed | | |")
+            print(f"| {b} | TensorFlow | skipped: not installed | | | |")
             continue
         if impl == "dmnist":
             ratio = "1"
         else:
             ratios = [d[k] / v[k] for k in d if k in v and v[k] > 0]
             ratio = f"**{med(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f})"
-        print(f"| {b} | {names[impl]} | {span(list(v.values()))} | {ratio} | {max(get(impl, 4).values()):.0f} |")
+        cpu = list(get(impl, 5).values())
+        print(f"| {b} | {names[impl]} | {span(list(v.values()))} | {ratio} | "
+              f"{med(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f}) | {max(get(impl, 4).values()):.0f} |")
 print("\nimages/s: median (min-max) over rounds; ratio: median (min-max) of the per-round ratios")
-print("(each round's runs are neighbours in time);")
+print("(each round's runs are neighbours in time); CPU ms per image: user + system CPU time of the")
+print("process over the timed steps / images (all threads; what the machine's load does not change much);")
 print(f"peak RSS: the largest over rounds ({sys.argv[2]}).")
 EOF

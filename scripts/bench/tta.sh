@@ -137,7 +137,8 @@ PY
 
 steps_per_epoch=$((60000 / batch))
 echo "time to $target test accuracy, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-echo "machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(nproc) cores; dmnist $("$run" --version | tail -n 1 | cut -d';' -f1)"
+echo "machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(nproc) cores"
+echo "dmnist $("$run" --version | tail -n 1)"
 echo "recipe ($(basename "$config")): batch $batch, Adam lr $lr, warm-up $warmup steps, schedule $sched," \
      "standardize $std, eval every $every steps (batch $eval_batch), at most $epochs epochs" \
      "($steps_per_epoch steps each); $threads threads"

@@ -145,7 +145,7 @@ static int finish(trainer *t, int rc, dm_error *err)
     if (rc == DM_OK) rc = tr_check_params(t, err);
     if (rc == DM_OK) rc = tr_save_checkpoint(t, err);
     double test_loss = 0, test_acc = 0;
-    if (rc == DM_OK && rank0(t)) {
+    if (rc == DM_OK && rank0(t) && !t->target_reached) {
         /* the final evaluation can take a while (seconds per 10,000 images on a CPU): say so */
         printf("evaluating on %lld test images\n", (long long)t->di.count[DM_SPLIT_TEST]);
         fflush(stdout);

@@ -31,6 +31,7 @@ eval_acc=$(field "$(grep '"event":"eval"' "$tmp/hit.jsonl")" test_accuracy)
 awk -v a="$eval_acc" 'BEGIN { exit !(a >= 0.25) }' || fail "stopped at accuracy $eval_acc < 0.25"
 grep -q "target accuracy 0.2500 reached at step 20 (test accuracy .*), [0-9.]* s after start" "$tmp/hit.log" ||
   fail "no 'target accuracy ... reached' line"
+! grep -q "evaluating on" "$tmp/hit.log" || fail "announced a final evaluation after reaching the target"
 
 # 2. A target out of reach: all 40 steps, the evaluation at 20 and the final one.
 "$run" "$cfg" --no-progress --metrics "$tmp/miss.jsonl" --set train.target_accuracy=0.9999 >"$tmp/miss.log" 2>&1 ||

@@ -20,7 +20,10 @@
  * vector per value. So each image is first copied channels-last, (H, W, C),
  * into a per-thread buffer, where the 16 channels of a pixel are adjacent;
  * outputs are assembled channels-last and copied back to NCHW. Channel counts
- * are padded to multiples of 16 (Cp, Fp) with zeros.
+ * are padded to multiples of 16 (Cp, Fp) with zeros. The transforms are in
+ * conv2d_winograd_kern.h, built once per instruction set (dmnist/cpu_isa.h:
+ * generic, AVX2, AVX-512); conv2d's create picks the copy (s->isa), and all
+ * copies give the same bits.
  *
  * Threads and determinism as in conv2d_cpu.c: tasks of s->chunk images run on
  * OpenMP's threads, each GEMM single-threaded; every task writes its own

@@ -283,6 +283,7 @@ typedef struct dm_experiment {
     int64_t total_batches;       /* over all ranks, as the seed counts them */
     double epochs;               /* > 0: overrides total_batches */
     int log_every, eval_every;
+    double target_accuracy;      /* > 0: stop at the first evaluation at or above it */
     char checkpoint_dir[1024];
     int checkpoint_every, keep_checkpoints;
     double fusion_mb;

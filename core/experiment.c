@@ -41,6 +41,8 @@ static const dm_param_def train_defs[] = {
     {"epochs", DM_PARAM_FLOAT, "0", 0, 1e6, NULL, "if > 0, train this many epochs instead of total_batches"},
     {"log_every", DM_PARAM_INT, "10", 0, 1e9, NULL, "log every N steps (0 = never)"},
     {"eval_every", DM_PARAM_INT, "0", 0, 1e9, NULL, "also evaluate every N steps (0 = only at the end)"},
+    {"target_accuracy", DM_PARAM_FLOAT, "0", 0, 1, NULL,
+     "stop at the first evaluation (eval_every) with test accuracy >= this, and say when (0 = off)"},
     {"checkpoint_dir", DM_PARAM_STRING, "", NO_RANGE, NULL, "where checkpoints go ('' = none)"},
     {"checkpoint_every", DM_PARAM_INT, "0", 0, 1e9, NULL, "checkpoint every N steps (and always at the end)"},
     {"keep_checkpoints", DM_PARAM_INT, "3", 1, 1e6, NULL, "how many recent checkpoints to keep"},
@@ -378,6 +380,12 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     x->epochs = key(ps, "epochs")->f;
     x->log_every = (int)key(ps, "log_every")->i;
     x->eval_every = (int)key(ps, "eval_every")->i;
+    x->target_accuracy = key(ps, "target_accuracy")->f;
+    if (x->target_accuracy > 0 && x->eval_every <= 0) {
+        rc = dm_fail(err, DM_ERR_INVALID, "%s: train.target_accuracy needs train.eval_every > 0 "
+                     "(the evaluations it is checked at)", cfg->path);
+        goto fail;
+    }
     copy_str(x->checkpoint_dir, sizeof x->checkpoint_dir, key(ps, "checkpoint_dir")->s);
     x->checkpoint_every = (int)key(ps, "checkpoint_every")->i;
     x->keep_checkpoints = (int)key(ps, "keep_checkpoints")->i;

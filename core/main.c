@@ -8,6 +8,7 @@
  * 3 a rank that stopped because another rank failed first (dm_core.h). */
 #define _GNU_SOURCE
 #include "dm_core.h"
+#include "dmnist/cpu_isa.h"
 #include "launch.h"
 #include "main_plugins.h"
 
@@ -203,8 +204,12 @@ static int parse_options(int argc, char **argv, cli *c)
         case OPT_HELP_PLUGIN: c->help_type = optarg; break;
         case 'h': usage(stdout); return 0;
         case OPT_VERSION:
-            printf("dmnist-run %s (plugin ABI %d.%d)\n", DMNIST_VERSION, DM_ABI_MAJOR, DM_ABI_MINOR);
+        {
+            char isa[512];
+            dm_cpu_isa_describe(isa, sizeof isa); /* what the layer plugins' CPU kernels pick */
+            printf("dmnist-run %s (plugin ABI %d.%d)\n%s\n", DMNIST_VERSION, DM_ABI_MAJOR, DM_ABI_MINOR, isa);
             return 0;
+        }
         case OPT_METRICS: t->metrics_path = optarg; break;
         case OPT_RESUME: t->resume = 1; break;
         case OPT_NP: {

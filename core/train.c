@@ -132,6 +132,13 @@ static int maybe_eval(trainer *t, dm_error *err)
     dm_timeline_span("eval", t0, now_s(), "eval");
     tr_report_eval(t, loss, acc);
     t->t_log += now_s() - t0; /* evaluation time is not training time */
+    /* every rank sees the same (allreduced) accuracy, so all stop together */
+    if (t->x->target_accuracy > 0 && acc >= t->x->target_accuracy) {
+        t->target_reached = 1;
+        t->target_loss = loss;
+        t->target_acc = acc;
+        tr_report_target(t, acc);
+    }
     return DM_OK;
 }
 
@@ -149,6 +156,7 @@ static int after_step(trainer *t, dm_error *err)
     int rc = every(t->step, t->x->sync_check_every) ? tr_sync_check(t, err) : DM_OK;
     if (!rc) rc = tr_log_step(t, err);
     if (!rc) rc = maybe_eval(t, err);
+    if (!rc && t->target_reached) return DM_OK; /* train.target_accuracy: the run ends here */
     if (!rc) rc = maybe_checkpoint(t, err);
     if (!rc) tr_bar_draw(t, t->step == t->total_steps);
     if (!rc) rc = tr_elastic_boundary(t, err);
@@ -174,12 +182,20 @@ static int finish(trainer *t, int rc, dm_error *err)
     if (rc == DM_OK) rc = tr_check_params(t, err);
     if (rc == DM_OK) rc = tr_save_checkpoint(t, err);
     double test_loss = 0, test_acc = 0;
-    if (rc == DM_OK && rank0(t)) {
+    if (rc == DM_OK && rank0(t) && !t->target_reached) {
         /* the final evaluation can take a while (seconds per 10,000 images on a CPU): say so */
         printf("evaluating on %lld test images\n", (long long)t->di.count[DM_SPLIT_TEST]);
         fflush(stdout);
     }
-    if (rc == DM_OK) rc = tr_evaluate(t, &test_loss, &test_acc, NULL, err);
+    if (rc == DM_OK && t->target_reached) { /* evaluated at this step already */
+        test_loss = t->target_loss;
+        test_acc = t->target_acc;
+    } else if (rc == DM_OK) {
+        rc = tr_evaluate(t, &test_loss, &test_acc, NULL, err);
+        /* the last step's evaluation is this one: it can reach the target too */
+        if (rc == DM_OK && t->x->target_accuracy > 0 && test_acc >= t->x->target_accuracy)
+            tr_report_target(t, test_acc);
+    }
     dm_timeline_span("eval", t0, now_s(), "final checkpoint and eval");
     if (rc == DM_OK) tr_report_final(t, test_loss, test_acc, train_s);
     if (t->tb) {
@@ -216,6 +232,7 @@ int dm_train_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err)
         rc = train_step(&t, &skipped, err);
         if (!rc && !skipped) rc = after_step(&t, err);
         if (rc) rc = tr_elastic_recover(&t, rc, err); /* DM_OK: a new world goes on */
+        if (t.target_reached) break;                  /* finish() saves the checkpoint */
     }
     rc = finish(&t, rc, err);
     tr_teardown(&t);

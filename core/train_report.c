@@ -11,6 +11,15 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+/* User + system CPU seconds of the whole process so far (every thread). */
+static double process_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
+           1e-6 * (double)ru.ru_stime.tv_usec;
+}
+
 static double peak_rss_mb(void)
 {
     struct rusage ru;
@@ -175,9 +184,10 @@ static void log_line(trainer *t, double loss, double acc, double ips, double sec
     fflush(stdout);
     if (t->metrics) {
         fprintf(t->metrics, "{\"event\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.6g,\"accuracy\":%.6g,"
-                "\"images_per_s\":%.6g,\"lr\":%.6g,\"time_s\":%.6g,\"comm_wait_s\":%.6g,\"compute_s\":%.6g}\n",
+                "\"images_per_s\":%.6g,\"lr\":%.6g,\"time_s\":%.6g,\"comm_wait_s\":%.6g,\"compute_s\":%.6g,"
+                "\"cpu_s\":%.6g}\n",
                 (long long)t->step, (long long)t->epoch, loss, acc, ips, (double)t->lr, now_s() - t->t_start,
-                comm, comp);
+                comm, comp, process_cpu_s());
         fflush(t->metrics);
     }
     static const char *const tags[] = {"train/loss", "train/accuracy", "train/learning_rate", "train/images_per_s",
@@ -235,6 +245,20 @@ void tr_report_eval(trainer *t, double loss, double acc)
     static const char *const tags[] = {"test/loss", "test/accuracy"};
     const double v[] = {loss, acc};
     dm_tb_scalars(t->tb, t->step, tags, v, 2);
+}
+
+/* The first evaluation at or above train.target_accuracy: the time from the
+ * start of dm_train_run (set-up and data loading included). */
+void tr_report_target(trainer *t, double acc)
+{
+    if (!rank0(t)) return;
+    const double elapsed = now_s() - t->t_start;
+    printf("target accuracy %.4f reached at step %lld (test accuracy %.4f), %.2f s after start\n",
+           t->x->target_accuracy, (long long)t->step, acc, elapsed);
+    if (t->metrics)
+        fprintf(t->metrics, "{\"event\":\"target\",\"step\":%lld,\"target_accuracy\":%.6g,"
+                "\"test_accuracy\":%.6g,\"time_s\":%.6g}\n", (long long)t->step, t->x->target_accuracy,
+                acc, elapsed);
 }
 
 void tr_report_final(const trainer *t, double test_loss, double test_acc, double train_s)

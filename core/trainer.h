@@ -104,6 +104,8 @@ typedef struct trainer {
     double t_start;              /* dm_train_run began */
     double t_train0;             /* the first step began */
     double t_log;                /* the last log line (evaluations not counted) */
+    int target_reached;          /* an evaluation reached train.target_accuracy: stop */
+    double target_loss, target_acc; /* that evaluation's results */
     FILE *metrics;
     dm_tb *tb;                   /* --tensorboard (rank 0) */
 
@@ -171,6 +173,7 @@ int tr_sync_check(trainer *t, dm_error *err);
 /* ---- train_report.c: start line, log lines, metrics, bar, timeline -------- */
 
 void tr_report_start(const trainer *t);
+void tr_report_target(trainer *t, double acc);
 int tr_report_open(trainer *t, dm_error *err);
 int tr_open_tensorboard(trainer *t, dm_error *err);
 void tr_timeline_step(const trainer *t, const tr_step_clock *c);

@@ -8,10 +8,16 @@
 # ratios: each round's two runs are neighbours in time), and peak resident
 # memory (/usr/bin/time's maximum RSS of the whole process, for both; where
 # /usr/bin/time is missing, each program's own getrusage() ru_maxrss).
+# TensorFlow (scripts/bench/tf_cpu.py, the same model in Keras) is a third
+# peer in every round when a Python with tensorflow is found (--tf-python,
+# $TF_PYTHON, then /work/tf-venv/bin/python), run with TF_ENABLE_ONEDNN_OPTS=1;
+# otherwise its row says "skipped: not installed". The header names the CPU,
+# its vector features and the kernels dmnist's run-time dispatch picks
+# (`dmnist-run --version`; DMNIST_CPU_ISA forces a copy, docs/cpu-path.md).
 #
 #   scripts/bench/cpu.sh [--build DIR] [--batch "64 256"] [--rounds 3]
 #       [--steps 100] [--warmup 10] [--threads 2] [--wait-policy POLICY]
-#       [--python PY] [--synthetic] [--keep DIR]
+#       [--python PY] [--tf-python PY] [--synthetic] [--keep DIR]
 #
 #   --build DIR    dmnist build folder (default: $DMNIST_BUILD_DIR or build)
 #   --batch LIST   batch sizes (default "64 256")
@@ -27,14 +33,20 @@
 #                  both (docs/cpu-path.md).
 #   --python PY    the Python with torch (default: $PYTHON, then Debian's
 #                  /usr/bin/python3, then python3 on PATH)
+#   --tf-python PY the Python with tensorflow (default: $TF_PYTHON, then
+#                  /work/tf-venv/bin/python); --tf-python none skips TensorFlow
 #   --synthetic    random data for both (the default is real MNIST from
 #                  data/mnist when its four files are there, else synthetic)
 #   --keep DIR     keep every run's log and metrics there
 #
 # Timing: dmnist's images/s comes from its --metrics step events (the time
 # between the log line after the warm-up and the last one); torch_cpu.py
-# times the same steps after the same warm-up. Neither includes start-up,
-# data loading or dmnist's final test evaluation.
+# and tf_cpu.py time the same steps after the same warm-up. None includes
+# start-up, data loading or dmnist's final test evaluation. CPU ms per image
+# is the process's user + system CPU time over the same steps (dmnist's step
+# events carry cpu_s; the peers report cpu_s_per_step): on a shared machine
+# the wall clock measures the share of the cores each program wins, the CPU
+# time what it spends.
 set -euo pipefail
 
 . "$(dirname "$0")/common.sh"
@@ -47,6 +59,7 @@ warmup=10
 threads=2
 wait_policy=${OMP_WAIT_POLICY:-}
 python=${PYTHON:-}
+tf_python=${TF_PYTHON:-}
 synthetic=0
 keep=""
 while [ $# -gt 0 ]; do
@@ -59,6 +72,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=${2:?}; shift 2 ;;
         --wait-policy) wait_policy=${2:?}; shift 2 ;;
         --python) python=${2:?}; shift 2 ;;
+        --tf-python) tf_python=${2:?}; shift 2 ;;
         --synthetic) synthetic=1; shift ;;
         --keep) keep=${2:?}; shift 2 ;;
         -h|--help) bench_help; exit 0 ;;
@@ -95,6 +109,16 @@ case "${torch_where#* }" in
     *) torch_kind="PyPI/pip" ;;
 esac
 
+# The Python with tensorflow, if any (TensorFlow is optional).
+tf_version=""
+if [ "$tf_python" != none ]; then
+    for p in ${tf_python:-/work/tf-venv/bin/python}; do
+        if v=$(TF_CPP_MIN_LOG_LEVEL=3 "$p" -c 'import tensorflow as tf; print(tf.__version__)' 2>/dev/null); then
+            tf_python=$p tf_version=$v
+        fi
+    done
+fi
+
 data_note="MNIST (data/mnist)"
 config="$root/configs/cnn.ini"
 torch_data=(--data "$root/data/mnist")
@@ -112,6 +136,7 @@ if [ "$synthetic" = 1 ]; then
     config="$root/configs/cnn-synthetic.ini"
     torch_data=(--synthetic)
 fi
+tf_data=("${torch_data[@]}")
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -127,7 +152,7 @@ steps_for() {
     echo $(( (n + warmup - 1) / warmup * warmup ))
 }
 
-# One dmnist run: prints "images/s peak_rss_mb".
+# One dmnist run: prints "images/s peak_rss_mb cpu_ms_per_image".
 run_dmnist() {
     local b=$1 n=$2 tag=$3
     local m="$work/$tag.metrics.json" log="$work/$tag.log" rss="$work/$tag.rss"
@@ -143,13 +168,14 @@ import json, os, sys
 m, rss, w, last, b = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 events = [json.loads(l) for l in open(m)]
 t = {e["step"]: e["time_s"] for e in events if e.get("event") == "step"}
+c = {e["step"]: e.get("cpu_s", 0) for e in events if e.get("event") == "step"}
 own = [e["peak_rss_mb"] for e in events if e.get("event") == "final"]
 mb = int(open(rss).read().split()[-1]) / 1024 if os.path.exists(rss) else own[-1]
-print(round((last - w) * b / (t[last] - t[w]), 1), round(mb, 1))
+print(round((last - w) * b / (t[last] - t[w]), 1), round(mb, 1), round(1e3 * (c[last] - c[w]) / ((last - w) * b), 3))
 EOF
 }
 
-# One torch run: prints "images/s peak_rss_mb".
+# One torch run: prints "images/s peak_rss_mb cpu_ms_per_image".
 run_torch() {
     local b=$1 n=$2 tag=$3
     local log="$work/$tag.log" rss="$work/$tag.rss"
@@ -164,15 +190,44 @@ run_torch() {
 import json, os, sys
 rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
 mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
-print(rec["images_per_s"], round(mb, 1))
+print(rec["images_per_s"], round(mb, 1), round(1e3 * rec["cpu_s_per_step"] / rec["batch"], 3))
+EOF
+}
+
+# One TensorFlow run: prints "images/s peak_rss_mb cpu_ms_per_image".
+run_tf() {
+    local b=$1 n=$2 tag=$3
+    local log="$work/$tag.log" rss="$work/$tag.rss"
+    if ! (cd "$root" && OMP_NUM_THREADS=$threads TF_ENABLE_ONEDNN_OPTS=1 TF_CPP_MIN_LOG_LEVEL=2 \
+            ${timer[@]+"${timer[@]}" "$rss"} "$tf_python" "$here/tf_cpu.py" "${tf_data[@]}" --batch "$b" \
+            --steps "$n" --warmup-steps "$warmup" --threads "$threads" >"$log" 2>&1); then
+        tail -n 5 "$log" >&2
+        die "tf_cpu.py failed (batch $b); log above"
+    fi
+    [ -z "$keep" ] || cp "$log" "$keep/"
+    python3 - "$log" "$rss" <<'EOF'
+import json, os, sys
+rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
+mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
+print(rec["images_per_s"], round(mb, 1), round(1e3 * rec["cpu_s_per_step"] / rec["batch"], 3))
 EOF
 }
 
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 echo "dmnist CPU benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
-echo "machine: ${cpu:-unknown CPU}, $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: ${cpu:-unknown CPU} (family $(sed -n 's/^cpu family[[:space:]]*: //p' /proc/cpuinfo | head -n 1)," \
+     "model $(sed -n 's/^model[[:space:]]*: //p' /proc/cpuinfo | head -n 1)), $(nproc) cores;" \
+     "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "vector features (/proc/cpuinfo): $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' |
+    grep -xE 'sse4_2|avx|avx2|fma|avx512f|avx512bw|avx512vl|avx512dq|avx512_vnni|avx512_bf16' | tr '\n' ' ')"
+echo "dmnist $("$run" --version | tail -n 1)"
 echo "dmnist: $run, $(basename "$config"); PyTorch $torch_version ($torch_kind, $python)"
+if [ -n "$tf_version" ]; then
+    echo "TensorFlow $tf_version ($tf_python, TF_ENABLE_ONEDNN_OPTS=1)"
+else
+    echo "TensorFlow: skipped: not installed (no tensorflow in ${tf_python:-/work/tf-venv/bin/python}; --tf-python PY)"
+fi
 echo "both: $threads threads, OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset, the libgomp default}; data: $data_note;" \
      "$warmup warm-up steps, then timed steps; $rounds interleaved rounds"
 echo
@@ -181,31 +236,49 @@ results="$work/results.txt" # batch round impl images/s rss
 for b in $batches; do
     n=$(steps_for "$b")
     for r in $(seq 1 "$rounds"); do
-        read -r ips rss < <(run_dmnist "$b" "$n" "dmnist-b$b-r$r")
-        echo "$b $r dmnist $ips $rss" >>"$results"
-        echo "batch $b round $r: dmnist $ips images/s ($n steps, peak RSS $rss MB)"
-        read -r ips rss < <(run_torch "$b" "$n" "torch-b$b-r$r")
-        echo "$b $r torch $ips $rss" >>"$results"
-        echo "batch $b round $r: torch  $ips images/s ($n steps, peak RSS $rss MB)"
+        read -r ips rss cpu < <(run_dmnist "$b" "$n" "dmnist-b$b-r$r")
+        echo "$b $r dmnist $ips $rss $cpu" >>"$results"
+        echo "batch $b round $r: dmnist $ips images/s ($n steps, peak RSS $rss MB, $cpu CPU ms/image)"
+        read -r ips rss cpu < <(run_torch "$b" "$n" "torch-b$b-r$r")
+        echo "$b $r torch $ips $rss $cpu" >>"$results"
+        echo "batch $b round $r: torch  $ips images/s ($n steps, peak RSS $rss MB, $cpu CPU ms/image)"
+        if [ -n "$tf_version" ]; then
+            read -r ips rss cpu < <(run_tf "$b" "$n" "tf-b$b-r$r")
+            echo "$b $r tf $ips $rss $cpu" >>"$results"
+            echo "batch $b round $r: tf     $ips images/s ($n steps, peak RSS $rss MB, $cpu CPU ms/image)"
+        fi
     done
 done
 echo
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-python3 - "$results" "$rss_note" <<'EOF'
+python3 - "$results" "$rss_note" "$torch_version" "$tf_version" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
+torch_v, tf_v = sys.argv[3], sys.argv[4]
 med = statistics.median
-print("| batch | dmnist images/s | PyTorch images/s | dmnist / PyTorch | dmnist peak RSS MB | PyTorch peak RSS MB |")
-print("|---:|---:|---:|---:|---:|---:|")
+names = {"dmnist": "dmnist", "torch": "PyTorch " + torch_v, "tf": "TensorFlow " + tf_v}
+print("| batch | program | images/s | dmnist / program | CPU ms per image | peak RSS MB |")
+print("|---:|---|---:|---:|---:|---:|")
 for b in dict.fromkeys(r[0] for r in rows):
     get = lambda impl, col: {r[1]: float(r[col]) for r in rows if r[0] == b and r[2] == impl}
-    d, t = get("dmnist", 3), get("torch", 3)
-    ratios = [d[k] / t[k] for k in d if k in t and t[k] > 0]
+    d = get("dmnist", 3)
     span = lambda v: f"{med(v):.0f} ({min(v):.0f}-{max(v):.0f})"
-    print(f"| {b} | {span(list(d.values()))} | {span(list(t.values()))} | "
-          f"{med(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | "
-          f"{max(get('dmnist', 4).values()):.0f} | {max(get('torch', 4).values()):.0f} |")
-print("\nimages/s: median (min-max) over rounds; ratio: median (min-max) of the per-round ratios;")
+    for impl in ("dmnist", "torch", "tf"):
+        v = get(impl, 3)
+        if not v:
+            print(f"| {b} | TensorFlow | skipped: not installed | | | |")
+            continue
+        if impl == "dmnist":
+            ratio = "1"
+        else:
+            ratios = [d[k] / v[k] for k in d if k in v and v[k] > 0]
+            ratio = f"**{med(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f})"
+        cpu = list(get(impl, 5).values())
+        print(f"| {b} | {names[impl]} | {span(list(v.values()))} | {ratio} | "
+              f"{med(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f}) | {max(get(impl, 4).values()):.0f} |")
+print("\nimages/s: median (min-max) over rounds; ratio: median (min-max) of the per-round ratios")
+print("(each round's runs are neighbours in time); CPU ms per image: user + system CPU time of the")
+print("process over the timed steps / images (all threads; what the machine's load does not change much);")
 print(f"peak RSS: the largest over rounds ({sys.argv[2]}).")
 EOF

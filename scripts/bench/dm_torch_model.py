@@ -90,3 +90,69 @@ def accuracy(model, x_test, y_test, batch, prep=lambda x: x):
             correct += (out.argmax(1) == y_test[i:i + batch]).sum().item()
     model.train()
     return correct / x_test.shape[0]
+
+
+def from_ini(path, keras_init=True):
+    """The model of a dmnist INI file's [layer.*] sections, in file order, as
+    a torch nn.Sequential (for the time-to-accuracy comparison, tta.sh):
+    conv2d (filters, kernel, stride, padding valid|same, bias, activation),
+    maxpool2d (pool, stride), dropout (rate), flatten, relu, dense (units,
+    bias, activation); softmax_cross_entropy ends the model (the logits are
+    its input). Keras's Glorot-uniform weights and zero biases, as dmnist
+    draws them. Raises ValueError for a layer type it does not know."""
+    import configparser
+    import torch.nn as nn
+
+    c = configparser.ConfigParser(inline_comment_prefixes=(";",))
+    c.read(path)
+    mods, ch, hw, flat = [], 1, 28, None
+    for sec in c.sections():
+        if not sec.startswith("layer."):
+            continue
+        s = c[sec]
+        t = s.get("type")
+        relu = s.get("activation", "none") == "relu"
+        bias = s.get("bias", "true").lower() in ("1", "true", "yes", "on")
+        if t == "conv2d":
+            k, st = int(s.get("kernel", "3")), int(s.get("stride", "1"))
+            f = int(s["filters"])
+            if s.get("padding", "valid") == "same":
+                if st != 1 or k % 2 == 0:
+                    raise ValueError(f"{sec}: padding=same is mirrored for odd kernels at stride 1 only")
+                pad, hw = k // 2, hw
+            else:
+                pad, hw = 0, (hw - k) // st + 1
+            m = nn.Conv2d(ch, f, k, stride=st, padding=pad, bias=bias)
+            mods.append(m)
+            ch = f
+        elif t == "maxpool2d":
+            p = int(s.get("pool", "2"))
+            st = int(s.get("stride", "0")) or p
+            mods.append(nn.MaxPool2d(p, st))
+            hw = (hw - p) // st + 1
+        elif t == "dropout":
+            mods.append(nn.Dropout(float(s["rate"])))
+        elif t == "flatten":
+            mods.append(nn.Flatten())
+            flat = ch * hw * hw
+        elif t == "relu":
+            mods.append(nn.ReLU())
+        elif t == "dense":
+            n_in = flat if flat is not None else ch * hw * hw
+            m = nn.Linear(n_in, int(s["units"]), bias=bias)
+            mods.append(m)
+            flat = int(s["units"])
+        elif t == "softmax_cross_entropy":
+            continue
+        else:
+            raise ValueError(f"{sec}: layer type {t} has no PyTorch mirror here")
+        if relu:
+            mods.append(nn.ReLU())
+    net = nn.Sequential(*mods)
+    if keras_init:
+        for m in net:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return net

@@ -29,11 +29,17 @@ Two modes; each prints one JSON line:
   /usr/bin/python3 scripts/bench/torch_cpu.py [--data data/mnist | --synthetic]
       [--batch 64] [--steps 100] [--warmup-steps 10] [--threads 2]
       [--lr 0.001] [--warmup-lr-steps 0] [--lr-decay-rate 1 --lr-decay-steps 0]
-      [--standardize]
+      [--standardize] [--model-ini CONFIG.ini] [--schedule exp|linear|cosine]
       [--target 0.99 --epochs 5 --eval-every 200 --eval-batch 1000]
+
+--model-ini builds the model of a dmnist INI file instead of the seed CNN
+(dm_torch_model.from_ini); --schedule linear|cosine decays the lr after the
+warm-up to 0 at the end of the run (--epochs), as dmnist's
+optimizer.schedule (core/schedule.c).
 """
 import argparse
 import json
+import math
 import resource
 import sys
 import time
@@ -68,6 +74,9 @@ def main():
     ap.add_argument("--lr-decay-steps", type=int, default=0,
                     help="lr * rate^((step - 1) / N), as dmnist adam's lr_decay_steps (0 = none)")
     ap.add_argument("--standardize", action="store_true", help="as dmnist's data.standardize")
+    ap.add_argument("--model-ini", help="the model of this dmnist INI file (default: the seed CNN)")
+    ap.add_argument("--schedule", choices=("exp", "linear", "cosine"), default="exp",
+                    help="lr after the warm-up: exp (--lr-decay-*), or linear/cosine to 0 at the end")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--target", type=float, default=0.0, help="time-to-accuracy mode: stop at this test accuracy")
     ap.add_argument("--epochs", type=float, default=5, help="time-to-accuracy mode: at most this many epochs")
@@ -100,7 +109,8 @@ def main():
             x.sub_(MNIST_MEAN).div_(MNIST_STD)
         return x
 
-    model = dm_torch_model.seed_cnn(keras_init=True)
+    model = (dm_torch_model.from_ini(args.model_ini) if args.model_ini
+             else dm_torch_model.seed_cnn(keras_init=True))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-7)
     n = x_train.shape[0]
     per_epoch = n // args.batch
@@ -113,7 +123,16 @@ def main():
         idx = state["perm"][state["pos"] * args.batch:(state["pos"] + 1) * args.batch]
         state["pos"] += 1
         state["step"] += 1
-        if args.warmup_lr_steps > 0 or args.lr_decay_steps > 0:
+        if args.schedule != "exp":  # core/schedule.c, 0-based step s of T
+            s_, W, T = state["step"] - 1, args.warmup_lr_steps, int(args.epochs * per_epoch)
+            if W > 0 and s_ < W:
+                w = (s_ + 1) / W
+            else:
+                p = min(1.0, max(0.0, (s_ - W) / max(1, T - W)))
+                w = 1.0 - p if args.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+            for group in opt.param_groups:
+                group["lr"] = args.lr * w
+        elif args.warmup_lr_steps > 0 or args.lr_decay_steps > 0:
             w = min(1.0, state["step"] / args.warmup_lr_steps) if args.warmup_lr_steps > 0 else 1.0
             if args.lr_decay_steps > 0:
                 w *= args.lr_decay_rate ** ((state["step"] - 1) / args.lr_decay_steps)

@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
-# Time to accuracy on real MNIST: the wall time from the start of training
-# (set-up and data loading included) to the first evaluation of the 10,000
-# test images that reaches the target accuracy, for dmnist and for PyTorch
-# (scripts/bench/torch_cpu.py) on the same recipe, read from the INI file:
-# batch size, learning rate, warm-up and decay, standardisation, evaluation
-# interval and batch, and the epoch limit. Runs alternate (dmnist, torch, ...).
+# Time to accuracy on real MNIST: the wall time from process start to the
+# end of the first evaluation of the 10,000 test images that reaches the
+# target accuracy, for dmnist over several seeds, and for PyTorch
+# (scripts/bench/torch_cpu.py) on the same recipe as a comparison row: the
+# model of the INI file's [layer.*] sections (dm_torch_model.from_ini), batch,
+# learning rate, warm-up and schedule (linear/cosine to 0, or adam's
+# exponential decay), standardisation, evaluation interval and batch, and the
+# epoch limit. Prints one table: seed, time to target, step, accuracy.
 #
-#   scripts/bench/tta.sh [--build DIR] [--config configs/cnn-fast.ini]
-#       [--target 0.99] [--rounds 1] [--threads 2] [--python PY] [--keep DIR]
+#   scripts/bench/tta.sh [--build DIR] [--config configs/speedrun-cpu.ini]
+#       [--seeds "1 2 3 4 5"] [--torch-seeds "1" | none] [--target 0.99]
+#       [--threads 2] [--python PY] [--keep DIR]
 #
-# dmnist is stopped once its --metrics file shows an evaluation at or above
-# the target (the time comes from that event's time_s); torch_cpu.py stops
-# by itself. A run that never reaches the target says so.
+# dmnist runs with train.target_accuracy = TARGET, so it stops by itself at
+# the first evaluation at or above it and logs a "target" event (time_s from
+# the start of training set-up). The table's time is the process's wall time
+# from exec to the end of that evaluation: this script's clock around the
+# whole run, less what the run did after the hit (final summary) by dmnist's
+# own clock. torch_cpu.py counts from just after `import torch` (its
+# interpreter and import time, about 1-2 s, are not counted). A run that never
+# reaches the target says so.
 set -euo pipefail
 
 . "$(dirname "$0")/common.sh"
 
 build=${DMNIST_BUILD_DIR:-build}
-config=configs/cnn-fast.ini
+config=configs/speedrun-cpu.ini
 target=0.99
-rounds=1
+seeds="1 2 3 4 5"
+torch_seeds="1"
 threads=2
 python=${PYTHON:-}
 keep=""
@@ -28,7 +37,8 @@ while [ $# -gt 0 ]; do
         --build) build=${2:?}; shift 2 ;;
         --config) config=${2:?}; shift 2 ;;
         --target) target=${2:?}; shift 2 ;;
-        --rounds) rounds=${2:?}; shift 2 ;;
+        --seeds) seeds=${2:?}; shift 2 ;;
+        --torch-seeds) torch_seeds=${2:?}; shift 2 ;;
         --threads) threads=${2:?}; shift 2 ;;
         --python) python=${2:?}; shift 2 ;;
         --keep) keep=${2:?}; shift 2 ;;
@@ -36,7 +46,8 @@ while [ $# -gt 0 ]; do
         *) die "unknown option '$1' (see --help)" ;;
     esac
 done
-[[ $rounds =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer, got '$rounds'"
+[ "$torch_seeds" != none ] || torch_seeds=""
+for s in $seeds $torch_seeds; do [[ $s =~ ^[0-9]+$ ]] || die "seeds must be integers, got '$s'"; done
 [[ $threads =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer, got '$threads'"
 [[ $target =~ ^0?\.[0-9]+$ ]] || die "--target must be a fraction such as 0.99, got '$target'"
 case "$config" in /*) ;; *) config="$root/$config" ;; esac
@@ -46,10 +57,10 @@ for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte 
     [ -e "$root/data/mnist/$f" ] || [ -e "$root/data/mnist/$f.gz" ] ||
         die "data/mnist/$f(.gz) is missing: scripts/get-mnist.sh fetches MNIST"
 done
-bench_find_python "or pass --python PY"
+[ -z "$torch_seeds" ] || bench_find_python "or pass --python PY, or --torch-seeds none"
 
 # The recipe, from the INI file (inline ';' comments allowed).
-recipe=$(python3 - "$config" <<'EOF'
+recipe=$(python3 - "$config" <<'PY'
 import configparser, sys
 c = configparser.ConfigParser(inline_comment_prefixes=(";",))
 c.read(sys.argv[1])
@@ -63,85 +74,101 @@ if epochs <= 0:
 every = int(get("train", "eval_every", "0"))
 if every <= 0:
     sys.exit("tta.sh: the config needs train.eval_every > 0 (evaluations to time)")
+sched = get("optimizer", "schedule", "constant")
+if sched not in ("linear", "cosine"):
+    sched = "exp"
+if int(get("optimizer", "decay_steps", "0")) or float(get("optimizer", "min_lr_frac", "0")):
+    sys.exit("tta.sh: optimizer.decay_steps / min_lr_frac have no PyTorch mirror here")
 print(batch, eval_batch, int(std), epochs, every, float(get("optimizer", "lr", "0.001")),
       int(get("optimizer", "warmup_steps", "0")), float(get("optimizer", "lr_decay_rate", "1")),
-      int(get("optimizer", "lr_decay_steps", "0")), get("optimizer", "type", "adam"))
-EOF
+      int(get("optimizer", "lr_decay_steps", "0")), get("optimizer", "type", "adam"), sched)
+PY
 ) || die "cannot read the recipe from $config"
-read -r batch eval_batch std epochs every lr warmup decay_rate decay_steps opt <<<"$recipe"
-[ "$opt" = adam ] || die "$config: the PyTorch reference implements Adam only (optimizer.type = $opt)"
+read -r batch eval_batch std epochs every lr warmup decay_rate decay_steps opt sched <<<"$recipe"
+[ -z "$torch_seeds" ] || [ "$opt" = adam ] ||
+    die "$config: the PyTorch reference implements Adam only (optimizer.type = $opt); --torch-seeds none"
 
 work=$(mktemp -d)
-dm_pid=""
-cleanup() { [ -z "$dm_pid" ] || kill "$dm_pid" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+trap 'rm -rf "$work"' EXIT
 [ -z "$keep" ] || mkdir -p "$keep"
 
-# First evaluation at or above the target in a metrics file: "time_s step accuracy".
-first_hit() {
-    python3 - "$1" "$target" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue  # a line being written
-    if e.get("event") == "eval" and e["test_accuracy"] >= float(sys.argv[2]):
-        print(e["time_s"], e["step"], e["test_accuracy"])
-        break
-EOF
-}
-
+# One dmnist run: "wall_s step accuracy" (wall_s from exec to the end of the
+# evaluation that reached the target) or "- - best".
 run_dmnist() {
-    local tag=$1 m="$work/$1.metrics.json" log="$work/$1.log"
-    : >"$m"
-    (cd "$root" && OMP_NUM_THREADS=$threads exec "$run" "$config" --set experiment.threads="$threads" \
-        --metrics "$m" --no-progress) >"$log" 2>&1 &
-    dm_pid=$!
-    local hit=""
-    while kill -0 "$dm_pid" 2>/dev/null; do
-        hit=$(first_hit "$m")
-        [ -z "$hit" ] || break
-        sleep 0.5
-    done
-    kill "$dm_pid" 2>/dev/null || true
-    wait "$dm_pid" 2>/dev/null || true
-    dm_pid=""
-    [ -n "$hit" ] || hit=$(first_hit "$m")
+    local seed=$1 m="$work/dmnist-s$1.metrics.json" log="$work/dmnist-s$1.log"
+    local t0 t1
+    t0=$(date +%s.%N)
+    (cd "$root" && OMP_NUM_THREADS=$threads exec "$run" "$config" --set experiment.seed="$seed" \
+        --set experiment.threads="$threads" --set train.target_accuracy="$target" \
+        --metrics "$m" --no-progress) >"$log" 2>&1 || { tail -n 5 "$log" >&2; die "dmnist-run failed; log above"; }
+    t1=$(date +%s.%N)
     [ -z "$keep" ] || cp "$m" "$log" "$keep/"
-    if [ -z "$hit" ]; then
-        grep -q '"event":"eval"' "$m" || { tail -n 5 "$log" >&2; die "dmnist-run failed; log above"; }
-        echo "not reached"
-    else
-        echo "$hit"
-    fi
+    python3 - "$m" "$t0" "$t1" <<'PY'
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+hit = [e for e in ev if e["event"] == "target"]
+fin = [e for e in ev if e["event"] == "final"][-1]
+if hit:
+    # the run ends right after the evaluation that hit (final checkpoint, if
+    # any, and the summary): wall to the hit = total wall - (final wall - hit time)
+    wall = float(sys.argv[3]) - float(sys.argv[2]) - (fin["wall_s"] - hit[0]["time_s"])
+    print(f"{wall:.2f} {hit[0]['step']} {hit[0]['test_accuracy']:.4f} {hit[0]['time_s']:.2f}")
+else:
+    print(f"- - {fin['test_accuracy']:.4f} -")
+PY
 }
 
 run_torch() {
-    local tag=$1 log="$work/$1.log" args=()
+    local seed=$1 log="$work/torch-s$1.log" args=()
     [ "$std" = 1 ] && args+=(--standardize)
     (cd "$root" && OMP_NUM_THREADS=$threads "$python" "$here/torch_cpu.py" --data "$root/data/mnist" \
-        --batch "$batch" --lr "$lr" --warmup-lr-steps "$warmup" --lr-decay-rate "$decay_rate" \
-        --lr-decay-steps "$decay_steps" --threads "$threads" "${args[@]}" \
-        --target "$target" --epochs "$epochs" --eval-every "$every" --eval-batch "$eval_batch") \
-        >"$log" 2>&1 || { tail -n 5 "$log" >&2; die "torch_cpu.py failed; log above"; }
+        --model-ini "$config" --seed "$seed" --batch "$batch" --lr "$lr" --warmup-lr-steps "$warmup" \
+        --schedule "$sched" --lr-decay-rate "$decay_rate" --lr-decay-steps "$decay_steps" \
+        --threads "$threads" "${args[@]}" --target "$target" --epochs "$epochs" --eval-every "$every" \
+        --eval-batch "$eval_batch") >"$log" 2>&1 || { tail -n 5 "$log" >&2; die "torch_cpu.py failed; log above"; }
     [ -z "$keep" ] || cp "$log" "$keep/"
-    python3 - "$log" <<'EOF'
+    python3 - "$log" <<'PY'
 import json, sys
 rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
-print(f'{rec["time_s"]} {rec["step"]} {rec["test_accuracy"]}' if rec["reached"] else "not reached")
-EOF
+print(f'{rec["time_s"]:.2f} {rec["step"]} {rec["test_accuracy"]:.4f}' if rec["reached"]
+      else f'- - {rec["test_accuracy"]:.4f}')
+PY
 }
 
+steps_per_epoch=$((60000 / batch))
 echo "time to $target test accuracy, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-echo "recipe ($(basename "$config")): batch $batch, Adam lr $lr, warm-up $warmup steps," \
-     "lr x $decay_rate every $decay_steps steps, standardize $std," \
-     "eval every $every steps (batch $eval_batch), at most $epochs epochs; $threads threads"
+echo "machine: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1), $(nproc) cores"
+echo "dmnist $("$run" --version | tail -n 1)"
+echo "recipe ($(basename "$config")): batch $batch, Adam lr $lr, warm-up $warmup steps, schedule $sched," \
+     "standardize $std, eval every $every steps (batch $eval_batch), at most $epochs epochs" \
+     "($steps_per_epoch steps each); $threads threads"
 echo "OMP_WAIT_POLICY ${OMP_WAIT_POLICY:-unset}; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-for r in $(seq 1 "$rounds"); do
-    d=$(run_dmnist "dmnist-r$r")
-    echo "round $r: dmnist  ${d/ / s, step } (time_s, step, accuracy)"
-    t=$(run_torch "torch-r$r")
-    echo "round $r: PyTorch ${t/ / s, step } (time_s, step, accuracy)"
+rows="$work/rows"
+for s in $seeds; do
+    read -r wall step acc inner < <(run_dmnist "$s")
+    echo "dmnist  seed $s: $wall s, step $step, accuracy $acc (load $(cut -d' ' -f1 /proc/loadavg))"
+    echo "dmnist $s $wall $step $acc" >>"$rows"
+done
+for s in $torch_seeds; do
+    read -r t step acc < <(run_torch "$s")
+    echo "PyTorch seed $s: $t s, step $step, accuracy $acc (load $(cut -d' ' -f1 /proc/loadavg))"
+    echo "torch $s $t $step $acc" >>"$rows"
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo
+python3 - "$rows" "$steps_per_epoch" "$target" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+spe, target = int(sys.argv[2]), float(sys.argv[3])
+print(f"| program | seed | time to {100 * target:.1f}% (s) | step (epochs) | test accuracy |")
+print("|---|---:|---:|---:|---:|")
+for impl, seed, t, step, acc in rows:
+    name = "dmnist" if impl == "dmnist" else "PyTorch 1.13"
+    ep = f"{step} ({int(step) / spe:.2f})" if step != "-" else "not reached"
+    print(f"| {name} | {seed} | {t if t != '-' else 'not reached'} | {ep} | {100 * float(acc):.2f}% |")
+d = [float(r[2]) for r in rows if r[0] == "dmnist" and r[2] != "-"]
+n = sum(1 for r in rows if r[0] == "dmnist")
+if n:
+    print(f"\ndmnist: {len(d)}/{n} seeds reached {100 * target:.1f}%"
+          + (f"; time median {statistics.median(d):.2f} s, worst {max(d):.2f} s" if d else ""))
+PY

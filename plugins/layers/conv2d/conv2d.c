@@ -1,6 +1,7 @@
 /* Conv2D layer plugin: parameters, shapes, and dispatch to the device math.
  * Weights (filters, in_c, k, k) then bias (filters) in the parameter slice. */
 #include "conv2d.h"
+#include "dmnist/cpu_isa.h"
 #include "dmnist/layer_util.h"
 #include "dmnist/plugin.h"
 
@@ -8,13 +9,14 @@
 #include <math.h>
 #include <stdlib.h>
 
-/* Auto chunking: about this many bytes of im2col columns per task (see
+/* Auto chunking, from the L2 cache the machine reports (dm_cpu_l2_bytes:
+ * sysconf, else 1 MiB): about 1.5 x L2 of im2col columns per task (see
  * docs/cpu-path.md: big enough for an efficient GEMM, small enough to stay
- * in the core's L2 cache). */
-#define CONV2D_AUTO_COL_BYTES (3u << 19) /* 1.5 MiB */
-/* The same for the Winograd path: transformed inputs and outputs (V and M in
- * conv2d_winograd.c) per sub-batch of a task. */
-#define CONV2D_WINO_AUTO_BYTES (1u << 19) /* 512 KiB */
+ * near the core), and for the Winograd path L2 / 2 of transformed inputs and
+ * outputs (V and M in conv2d_winograd.c) per sub-batch of a task. On the
+ * 1 MiB-L2 machines these were tuned on: 1.5 MiB and 512 KiB. */
+#define CONV2D_AUTO_COL_BYTES (dm_cpu_l2_bytes() / 2 * 3)
+#define CONV2D_WINO_AUTO_BYTES (dm_cpu_l2_bytes() / 2)
 
 /* Devices with an implementation in this build (conv2d_cuda.cu under DM_WITH_CUDA). */
 #define CONV2D_DEVICES DM_DEVICES_BUILT
@@ -71,6 +73,11 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
                        name, k, stride);
     if (chunk < 0)
         return dm_fail(err, DM_ERR_INVALID, "%s: chunk must be >= 0 (got %d)", name, chunk);
+    dm_cpu_isa isa;
+    if (dm_cpu_isa_select(&isa) != 0)
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: DMNIST_CPU_ISA='%s': expected generic, avx2, avx512 or auto", name,
+                       getenv("DMNIST_CPU_ISA"));
     if (!same && (k > in.h || k > in.w))
         return dm_fail(err, DM_ERR_INVALID,
                        "%s: kernel %d is larger than the %dx%d input (use padding=same or a "
@@ -81,6 +88,7 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
     if (!s)
         return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
+    s->isa = (int)isa;
     s->n = in.n;
     s->in_c = in.c;
     s->in_h = in.h;

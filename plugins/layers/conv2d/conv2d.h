@@ -1,7 +1,7 @@
 /* Conv2D layer: per-instance state and the device math behind the vtable.
  * conv2d.c is the device-independent glue (params, shapes, dispatch);
  * conv2d_cpu.c holds the CPU math (im2col + sgemm), conv2d_winograd.c the
- * CPU's Winograd F(2x2, 3x3) path for 3x3 stride-1 layers, and
+ * CPU's Winograd F(4x4, 3x3) path for 3x3 stride-1 layers, and
  * conv2d_cuda.cu the cuDNN path (built with DM_WITH_CUDA), whose
  * conv2d_forward_cuda/conv2d_backward_cuda take the same arguments. */
 #ifndef DM_CONV2D_H
@@ -23,6 +23,7 @@ typedef struct conv2d_state {
     int chunk;              /* images per task: one im2col + GEMM on one thread */
     int winograd;           /* CPU: Winograd F(4x4, 3x3) instead of im2col (3x3, stride 1) */
     int sub;                /* Winograd: images of a task transformed together (<= chunk) */
+    int isa;                /* CPU: the dm_cpu_isa copy of the kernels (dmnist/cpu_isa.h) */
 
     /* Bound buffers (the core owns them). */
     float *w, *b;           /* w (filters, in_c, k, k); b (filters) or NULL */

@@ -21,15 +21,6 @@ typedef struct dropout_state {
     float scale;        /* 1 / (1 - rate) */
 } dropout_state;
 
-/* The mask loop multiplies 64-bit integers, which only AVX-512 does in
- * vector registers: GCC builds an x86-64-v4 clone of it next to the
- * portable one and picks at load time (about 15x faster on the hash). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DROPOUT_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
-#else
-#define DROPOUT_CLONES
-#endif
-
 static inline int dropout_keep(uint64_t seed, uint64_t index, uint32_t threshold)
 {
     return (dm_hash64(seed, index) >> 40) >= threshold;

@@ -1,20 +1,45 @@
 /* Dropout on the CPU. Forward and backward apply the same mask, so both are
  * "multiply by mask * scale". */
 #include "dropout.h"
+#include "dmnist/cpu_isa.h"
 #include "dmnist/layer_util.h"
 
 #include <string.h>
 
-DROPOUT_CLONES static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, const float *src,
+#if DM_CPU_ISA_X86
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4,prefer-vector-width=512")
+#define WK(name) name##_avx512
+#include "dropout_kern.h"
+#undef WK
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define WK(name) name##_avx2
+#include "dropout_kern.h"
+#undef WK
+#pragma GCC pop_options
+#endif
+
+#define WK(name) name##_generic
+#include "dropout_kern.h"
+#undef WK
+
+/* The copy DMNIST_CPU_ISA (or the CPU) selects, checked per call (a getenv
+ * and a cached CPUID bit: nothing next to a pass over the batch). An
+ * unknown value gets the best copy here; conv2d's create refuses it. */
+static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, const float *src,
                        float *dst)
 {
-    const uint32_t thr = s->threshold;
-    const float scale = s->scale;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads) \
-    if (count >= DM_PARALLEL_MIN_ELEMENTS)
-    for (size_t i = 0; i < count; i++) {
-        const float v = src[i] * scale;
-        dst[i] = dropout_keep(seed, i, thr) ? v : 0.0f;
+    dm_cpu_isa isa;
+    dm_cpu_isa_select(&isa);
+    switch (isa) {
+#if DM_CPU_ISA_X86
+    case DM_ISA_AVX512: apply_mask_avx512(s, seed, count, src, dst); break;
+    case DM_ISA_AVX2: apply_mask_avx2(s, seed, count, src, dst); break;
+#endif
+    default: apply_mask_generic(s, seed, count, src, dst); break;
     }
 }
 

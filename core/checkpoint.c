@@ -26,23 +26,42 @@
 #include <zlib.h>
 
 #define CK_MAGIC "DMNISTCK"
-#define CK_VERSION 2u   /* what the writer writes; the reader takes 1..CK_VERSION */
-#define CK_HEADER 88u   /* header bytes of CK_VERSION, magic included */
+#define CK_VERSION 2u /* what the writer writes; the reader takes 1..CK_VERSION */
+#define CK_HEADER 88u /* header bytes of CK_VERSION, magic included */
 
 /* Header bytes (magic included) of each version the reader knows. */
 static uint32_t header_bytes(uint32_t version) { return version == 1 ? 80u : CK_HEADER; }
 
-static void put_u32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
-static void put_u64(unsigned char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
-static uint32_t get_u32(const unsigned char *p) { uint32_t v = 0; for (int i = 3; i >= 0; i--) v = v << 8 | p[i]; return v; }
-static uint64_t get_u64(const unsigned char *p) { uint64_t v = 0; for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; return v; }
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put_u64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get_u32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+static uint64_t get_u64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
 
 static int write_all(int fd, const void *buf, size_t n)
 {
     const char *p = buf;
     while (n) {
         ssize_t w = write(fd, p, n);
-        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
         p += w;
         n -= (size_t)w;
     }
@@ -85,7 +104,7 @@ static int is_own_checkpoint(int dfd, const char *name, uint64_t config_hash)
     if (got != (ssize_t)sizeof h || memcmp(h, CK_MAGIC, 8) != 0) return 0;
     uint32_t version = get_u32(h + 8);
     return version >= 1 && version <= CK_VERSION && get_u32(h + 12) == header_bytes(version) - 16 &&
-           get_u64(h + 16) == config_hash;
+        get_u64(h + 16) == config_hash;
 }
 
 /* Sorted steps of the checkpoints in dir; caller frees. With own != NULL,
@@ -102,11 +121,20 @@ static int list_steps(const char *dir, const uint64_t *own, long long **steps, i
         long long s;
         if (!is_ckpt_name(de->d_name, &s)) continue;
         if (own && !is_own_checkpoint(dirfd(d), de->d_name, *own)) continue;
-        if (dm_grow(steps, &cap, *n + 1, sizeof **steps, 16)) { rc = -1; errno = ENOMEM; break; }
+        if (dm_grow(steps, &cap, *n + 1, sizeof **steps, 16)) {
+            rc = -1;
+            errno = ENOMEM;
+            break;
+        }
         (*steps)[(*n)++] = s;
     }
     closedir(d);
-    if (rc) { free(*steps); *steps = NULL; *n = 0; return rc; }
+    if (rc) {
+        free(*steps);
+        *steps = NULL;
+        *n = 0;
+        return rc;
+    }
     if (*n > 1) qsort(*steps, (size_t)*n, sizeof **steps, cmp_ll);
     return 0;
 }
@@ -168,8 +196,8 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
                         const float *state, int keep, char *written, size_t written_size, dm_error *err)
 {
     if (st->step < 0 || st->step > DM_CKPT_MAX_STEP)
-        return dm_fail(err, DM_ERR_INVALID, "%s: step %lld does not fit a checkpoint name (ckpt-<10 digits>.dmck)",
-                       dir, (long long)st->step);
+        return dm_fail(err, DM_ERR_INVALID, "%s: step %lld does not fit a checkpoint name (ckpt-<10 digits>.dmck)", dir,
+                       (long long)st->step);
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
         return dm_fail(err, DM_ERR_IO, "%s: cannot create checkpoint directory: %s", dir, strerror(errno));
     char final_path[4096], tmp_path[4200];
@@ -202,12 +230,19 @@ int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *p
     int bad = write_all(fd, h, CK_HEADER) || write_all(fd, params, half * 4);
     if (!bad) pause_for_test(st->step, tmp_path);
     bad = bad || write_all(fd, params + half, (st->n_params - half) * 4) ||
-          (st->n_opt && write_all(fd, opt, st->n_opt * 4)) ||
-          (st->n_state && write_all(fd, state, st->n_state * 4)) || write_all(fd, c4, 4);
+        (st->n_opt && write_all(fd, opt, st->n_opt * 4)) || (st->n_state && write_all(fd, state, st->n_state * 4)) ||
+        write_all(fd, c4, 4);
     const char *what = "write";
-    if (!bad && fsync(fd) != 0) { bad = 1; what = "fsync"; }
+    if (!bad && fsync(fd) != 0) {
+        bad = 1;
+        what = "fsync";
+    }
     int e = errno;
-    if (close(fd) != 0 && !bad) { bad = 1; e = errno; what = "close"; }
+    if (close(fd) != 0 && !bad) {
+        bad = 1;
+        e = errno;
+        what = "close";
+    }
     if (bad) {
         unlink(tmp_path);
         return dm_fail(err, DM_ERR_IO, "%s: %s failed: %s", tmp_path, what, strerror(e));
@@ -239,8 +274,7 @@ int dm_checkpoint_dir_check(const char *dir, dm_error *err)
 {
     struct stat sb;
     if (stat(dir, &sb) != 0) {
-        if (errno != ENOENT)
-            return dm_fail(err, DM_ERR_IO, "%s: checkpoint directory: %s", dir, strerror(errno));
+        if (errno != ENOENT) return dm_fail(err, DM_ERR_IO, "%s: checkpoint directory: %s", dir, strerror(errno));
         /* The writer creates it (one level, as mkdir does): its parent must take it. */
         char parent[4096];
         snprintf(parent, sizeof parent, "%s", dir);
@@ -263,8 +297,7 @@ int dm_checkpoint_dir_check(const char *dir, dm_error *err)
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/.dmnist-write-test.XXXXXX", dir);
     int fd = mkstemp(probe);
-    if (fd < 0)
-        return dm_fail(err, DM_ERR_IO, "%s: checkpoint directory is not writable: %s", dir, strerror(errno));
+    if (fd < 0) return dm_fail(err, DM_ERR_IO, "%s: checkpoint directory is not writable: %s", dir, strerror(errno));
     close(fd);
     unlink(probe);
     return DM_OK;
@@ -292,8 +325,14 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
     FILE *f = fopen(path, "rb");
     if (!f) return dm_fail(err, DM_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
-    if (fstat(fileno(f), &sb) != 0) { fclose(f); return dm_fail(err, DM_ERR_IO, "%s: cannot stat", path); }
-    if (!S_ISREG(sb.st_mode)) { fclose(f); return dm_fail(err, DM_ERR_IO, "%s: not a regular file", path); }
+    if (fstat(fileno(f), &sb) != 0) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_IO, "%s: cannot stat", path);
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return dm_fail(err, DM_ERR_IO, "%s: not a regular file", path);
+    }
     uint64_t size = (uint64_t)sb.st_size;
     unsigned char h[CK_HEADER] = {0};
     if (size < 16 || fread(h, 1, 16, f) != 16) {
@@ -307,14 +346,18 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
     uint32_t version = get_u32(h + 8), rest = get_u32(h + 12);
     if (version < 1 || version > CK_VERSION) {
         fclose(f);
-        return dm_fail(err, DM_ERR_FORMAT, "%s: checkpoint format version %u is not supported (this dmnist "
-                       "reads versions 1 to %u)", path, version, CK_VERSION);
+        return dm_fail(err, DM_ERR_FORMAT,
+                       "%s: checkpoint format version %u is not supported (this dmnist "
+                       "reads versions 1 to %u)",
+                       path, version, CK_VERSION);
     }
     const uint32_t head = header_bytes(version);
     if (rest != head - 16) {
         fclose(f);
-        return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt checkpoint header: it says %u header bytes follow, "
-                       "version %u has %u", path, rest, version, head - 16);
+        return dm_fail(err, DM_ERR_FORMAT,
+                       "%s: corrupt checkpoint header: it says %u header bytes follow, "
+                       "version %u has %u",
+                       path, rest, version, head - 16);
     }
     if (size < head + 4 || fread(h + 16, 1, head - 16, f) != head - 16) {
         fclose(f);
@@ -332,32 +375,41 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
     st->n_state = version >= 2 ? get_u64(h + 80) : 0; /* version 1 had no layer state */
     /* Every field is range-checked before anything uses it: a file with a
      * valid checksum can still be crafted. */
-    if (st->step < 0 || st->step > DM_CKPT_MAX_STEP || st->epoch < 0 || st->epoch > st->step ||
-        st->epoch_pos < 0 || st->world_size < 1) {
+    if (st->step < 0 || st->step > DM_CKPT_MAX_STEP || st->epoch < 0 || st->epoch > st->step || st->epoch_pos < 0 ||
+        st->world_size < 1) {
         fclose(f);
-        return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt checkpoint header: step %lld, epoch %lld, epoch position "
+        return dm_fail(err, DM_ERR_FORMAT,
+                       "%s: corrupt checkpoint header: step %lld, epoch %lld, epoch position "
                        "%lld, world size %d (need 0 <= epoch <= step <= %lld, position >= 0, world size >= 1)",
-                       path, (long long)st->step, (long long)st->epoch, (long long)st->epoch_pos,
-                       (int)st->world_size, (long long)DM_CKPT_MAX_STEP);
+                       path, (long long)st->step, (long long)st->epoch, (long long)st->epoch_pos, (int)st->world_size,
+                       (long long)DM_CKPT_MAX_STEP);
     }
     /* Sizes are checked against the file before anything is allocated (each
      * count is at most size/4, so their sum cannot overflow). */
     if (st->n_params > (size / 4) || st->n_opt > (size / 4) || st->n_state > (size / 4) ||
         head + 4 * (st->n_params + st->n_opt + st->n_state) + 4 != size) {
         fclose(f);
-        return dm_fail(err, DM_ERR_FORMAT, "%s: truncated or padded checkpoint: header says %llu + %llu + %llu "
-                       "floats, file has %llu bytes", path, (unsigned long long)st->n_params,
-                       (unsigned long long)st->n_opt, (unsigned long long)st->n_state, (unsigned long long)size);
+        return dm_fail(err, DM_ERR_FORMAT,
+                       "%s: truncated or padded checkpoint: header says %llu + %llu + %llu "
+                       "floats, file has %llu bytes",
+                       path, (unsigned long long)st->n_params, (unsigned long long)st->n_opt,
+                       (unsigned long long)st->n_state, (unsigned long long)size);
     }
     float *p = malloc(st->n_params * 4 + 4), *o = malloc(st->n_opt * 4 + 4), *s = malloc(st->n_state * 4 + 4);
     unsigned char c4[4];
     if (!p || !o || !s) {
-        free(p); free(o); free(s); fclose(f);
+        free(p);
+        free(o);
+        free(s);
+        fclose(f);
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     }
     if (fread(p, 4, st->n_params, f) != st->n_params || fread(o, 4, st->n_opt, f) != st->n_opt ||
         fread(s, 4, st->n_state, f) != st->n_state || fread(c4, 1, 4, f) != 4) {
-        free(p); free(o); free(s); fclose(f);
+        free(p);
+        free(o);
+        free(s);
+        fclose(f);
         return dm_fail(err, DM_ERR_IO, "%s: read error", path);
     }
     fclose(f);
@@ -367,7 +419,9 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
     crc = crc32_z(crc, (const unsigned char *)o, st->n_opt * 4);
     crc = crc32_z(crc, (const unsigned char *)s, st->n_state * 4);
     if ((uint32_t)crc != get_u32(c4)) {
-        free(p); free(o); free(s);
+        free(p);
+        free(o);
+        free(s);
         return dm_fail(err, DM_ERR_FORMAT, "%s: checksum mismatch: the checkpoint is corrupt", path);
     }
     *params = p;
@@ -379,8 +433,10 @@ int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, 
 int dm_checkpoint_check_position(const char *path, const dm_ckpt_state *st, int64_t train_count, dm_error *err)
 {
     if (st->epoch_pos < 0 || st->epoch_pos > train_count)
-        return dm_fail(err, DM_ERR_INVALID, "%s: checkpoint's epoch position %lld is outside this data set's %lld "
-                       "training examples", path, (long long)st->epoch_pos, (long long)train_count);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: checkpoint's epoch position %lld is outside this data set's %lld "
+                       "training examples",
+                       path, (long long)st->epoch_pos, (long long)train_count);
     return DM_OK;
 }
 
@@ -394,8 +450,12 @@ int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, floa
 
 static uint64_t fnv(uint64_t h, const char *s)
 {
-    for (; s && *s; s++) { h ^= (unsigned char)*s; h *= 0x100000001B3ull; }
-    h ^= 0xFF; h *= 0x100000001B3ull; /* separator */
+    for (; s && *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001B3ull;
+    }
+    h ^= 0xFF;
+    h *= 0x100000001B3ull; /* separator */
     return h;
 }
 
@@ -407,10 +467,16 @@ uint64_t dm_experiment_hash(const dm_experiment *x)
     for (int i = 0; i < x->n_layers; i++) {
         const dm_params *p = dm_param_set_params(x->layers[i].params);
         h = fnv(h, x->layers[i].lc->component->type_name);
-        for (int k = 0; k < p->count; k++) { h = fnv(h, p->values[k].name); h = fnv(h, p->values[k].s); }
+        for (int k = 0; k < p->count; k++) {
+            h = fnv(h, p->values[k].name);
+            h = fnv(h, p->values[k].s);
+        }
     }
     const dm_params *p = dm_param_set_params(x->opt.params);
     h = fnv(h, x->opt.lc->component->type_name);
-    for (int k = 0; k < p->count; k++) { h = fnv(h, p->values[k].name); h = fnv(h, p->values[k].s); }
+    for (int k = 0; k < p->count; k++) {
+        h = fnv(h, p->values[k].name);
+        h = fnv(h, p->values[k].s);
+    }
     return h;
 }

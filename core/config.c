@@ -63,8 +63,7 @@ static char *reader(char *buf, int size, void *stream)
          * line of its own: refuse it instead. */
         size_t len = strlen(r);
         if (len == (size_t)size - 1 && r[len - 1] != '\n' && !feof(ps->f)) {
-            dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: line longer than %d characters", ps->cfg->path, ps->line,
-                    size - 2);
+            dm_fail(ps->err, DM_ERR_FORMAT, "%s:%d: line longer than %d characters", ps->cfg->path, ps->line, size - 2);
             ps->failed = 1;
             ps->fail_line = ps->line;
             return NULL;
@@ -118,7 +117,10 @@ dm_section *dm_config_section(const dm_config *c, const char *name)
     int lo = 0, hi = c->n - 1, found = -1;
     while (lo <= hi) { /* the first of equal names */
         int mid = lo + (hi - lo) / 2, cmp = strcmp(c->sections[c->order[mid]].name, name);
-        if (cmp >= 0) { if (cmp == 0) found = mid; hi = mid - 1; } else lo = mid + 1;
+        if (cmp >= 0) {
+            if (cmp == 0) found = mid;
+            hi = mid - 1;
+        } else lo = mid + 1;
     }
     return found < 0 ? NULL : &c->sections[c->order[found]];
 }
@@ -135,7 +137,11 @@ static int append(dm_section *s, const char *key, const char *value, int line, c
 {
     if (dm_grow(&s->kvs, &s->cap, s->n + 1, sizeof *s->kvs, 8)) return -1;
     char *k = strdup(key), *v = strdup(value);
-    if (!k || !v) { free(k); free(v); return -1; }
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return -1;
+    }
     s->kvs[s->n++] = (dm_kv){k, v, line, origin};
     return 0;
 }
@@ -178,8 +184,10 @@ static int find_repeats(dm_config *c, char *msg, size_t size)
         if (strcmp(a->name, b->name) == 0 && (k < 2 || strcmp(c->sections[c->order[k - 2]].name, a->name) != 0) &&
             (!first || b->line < first)) {
             first = b->line;
-            snprintf(msg, size, "%s:%d: section [%s] appears twice (first at line %d); give each layer a unique "
-                     "name", c->path, b->line, b->name, a->line);
+            snprintf(msg, size,
+                     "%s:%d: section [%s] appears twice (first at line %d); give each layer a unique "
+                     "name",
+                     c->path, b->line, b->name, a->line);
         }
     }
     int *idx = NULL, cap = 0;
@@ -188,7 +196,10 @@ static int find_repeats(dm_config *c, char *msg, size_t size)
         if (s->n < 2) continue;
         if (s->n > cap) {
             int *n = realloc(idx, (size_t)s->n * sizeof *n);
-            if (!n) { free(idx); return -1; }
+            if (!n) {
+                free(idx);
+                return -1;
+            }
             idx = n;
             cap = s->n;
         }
@@ -265,7 +276,11 @@ static int read_capped(const char *path, char **text, size_t *len, dm_error *err
         n += fread(buf + n, 1, cap - n, f);
         if (n < cap || cap > DM_CONFIG_MAX_BYTES) break;
         char *nb = realloc(buf, cap * 2);
-        if (!nb) { free(buf); buf = NULL; break; }
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
         buf = nb;
         cap *= 2;
     }
@@ -290,13 +305,20 @@ int dm_config_load(const char *path, dm_config **out, dm_error *err)
     if (!c) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     c->path = strdup(path);
     char *tmp = strdup(path);
-    if (!c->path || !tmp) { free(tmp); dm_config_free(c); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
+    if (!c->path || !tmp) {
+        free(tmp);
+        dm_config_free(c);
+        return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    }
     c->dir = strdup(dirname(tmp));
     free(tmp);
     char *text = NULL;
     size_t len = 0;
     int rc = read_capped(path, &text, &len, err);
-    if (rc) { dm_config_free(c); return rc; }
+    if (rc) {
+        dm_config_free(c);
+        return rc;
+    }
     /* inih would stop reading a line at a NUL and silently drop the rest
      * of it ("seed = 4\0002" would train with seed 4). */
     const char *nul = memchr(text, 0, len);
@@ -336,8 +358,10 @@ int dm_config_load(const char *path, dm_config **out, dm_error *err)
     if (rc != 0) {
         dm_config_free(c);
         if (rc < 0) return dm_fail(err, DM_ERR_IO, "%s: cannot read", path);
-        return dm_fail(err, DM_ERR_FORMAT, "%s:%d: syntax error (expected [section], key = value, "
-                       "or a ; comment)", path, rc);
+        return dm_fail(err, DM_ERR_FORMAT,
+                       "%s:%d: syntax error (expected [section], key = value, "
+                       "or a ; comment)",
+                       path, rc);
     }
     *out = c;
     return DM_OK;
@@ -351,8 +375,7 @@ int dm_config_set(dm_config *c, const char *assignment, dm_error *err)
 int dm_config_set_as(dm_config *c, const char *assignment, const char *origin, dm_error *err)
 {
     const char *eq = strchr(assignment, '=');
-    if (!eq)
-        return dm_fail(err, DM_ERR_INVALID, "--set %s: expected section.key=value", assignment);
+    if (!eq) return dm_fail(err, DM_ERR_INVALID, "--set %s: expected section.key=value", assignment);
     size_t lhs_len = (size_t)(eq - assignment);
     char lhs[256];
     if (lhs_len == 0 || lhs_len >= sizeof lhs)
@@ -365,14 +388,15 @@ int dm_config_set_as(dm_config *c, const char *assignment, const char *origin, d
     while (*value == ' ') value++;
     char *dot = strrchr(lhs, '.');
     if (!dot || dot == lhs || !dot[1])
-        return dm_fail(err, DM_ERR_INVALID, "--set %s: expected section.key=value "
-                       "(for example optimizer.lr=0.002)", assignment);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "--set %s: expected section.key=value "
+                       "(for example optimizer.lr=0.002)",
+                       assignment);
     *dot = 0;
     const char *key = dot + 1;
     dm_section *s = dm_config_section(c, lhs);
     if (!s && (!(s = add_section(c, lhs, 0)) || sort_sections(c) != 0))
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
-    if (put(s, key, value, -1, origin) != 0)
-        return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    if (put(s, key, value, -1, origin) != 0) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     return DM_OK;
 }

@@ -9,16 +9,13 @@
 #include <cuda_runtime_api.h>
 #endif
 
-const char *dm_device_name(dm_device device)
-{
-    return device == DM_DEVICE_CUDA ? "cuda" : "cpu";
-}
+const char *dm_device_name(dm_device device) { return device == DM_DEVICE_CUDA ? "cuda" : "cpu"; }
 
 #ifdef DMNIST_CORE_CUDA
-#define CUDA_TRY(call, what)                                                                   \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess)                                                                 \
+#define CUDA_TRY(call, what) \
+    do { \
+        cudaError_t e_ = (call); \
+        if (e_ != cudaSuccess) \
             return dm_fail(err, DM_ERR_DEVICE, "cuda: %s failed: %s", what, cudaGetErrorString(e_)); \
     } while (0)
 #endif
@@ -27,8 +24,7 @@ int dm_dev_open(dm_devctx *d, dm_device device, int local_rank, dm_error *err)
 {
     memset(d, 0, sizeof *d);
     d->device = device;
-    if (device == DM_DEVICE_CPU)
-        return DM_OK;
+    if (device == DM_DEVICE_CPU) return DM_OK;
 #ifdef DMNIST_CORE_CUDA
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -50,8 +46,7 @@ int dm_dev_open(dm_devctx *d, dm_device device, int local_rank, dm_error *err)
 void dm_dev_close(dm_devctx *d)
 {
 #ifdef DMNIST_CORE_CUDA
-    if (d->device == DM_DEVICE_CUDA && d->stream)
-        cudaStreamDestroy((cudaStream_t)d->stream);
+    if (d->device == DM_DEVICE_CUDA && d->stream) cudaStreamDestroy((cudaStream_t)d->stream);
 #endif
     d->stream = NULL;
 }
@@ -97,7 +92,10 @@ void *dm_dev_alloc(dm_devctx *d, size_t bytes, dm_error *err)
 void dm_dev_free(dm_devctx *d, void *p)
 {
     if (!p) return;
-    if (d->device == DM_DEVICE_CPU) { free(p); return; }
+    if (d->device == DM_DEVICE_CPU) {
+        free(p);
+        return;
+    }
 #ifdef DMNIST_CORE_CUDA
     cudaFree(p);
 #endif
@@ -110,12 +108,13 @@ enum { COPY_TO_DEVICE = 1, COPY_TO_HOST = 2, COPY_ON_DEVICE = 3 };
  * host waits for it, so the host can read dst on return. */
 static int stream_copy(dm_devctx *d, void *dst, const void *src, size_t bytes, int kind, dm_error *err)
 {
-    if (d->device == DM_DEVICE_CPU) { memcpy(dst, src, bytes); return DM_OK; }
+    if (d->device == DM_DEVICE_CPU) {
+        memcpy(dst, src, bytes);
+        return DM_OK;
+    }
 #ifdef DMNIST_CORE_CUDA
-    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, (enum cudaMemcpyKind)kind, (cudaStream_t)d->stream),
-             "cudaMemcpyAsync");
-    if (kind == COPY_TO_HOST)
-        CUDA_TRY(cudaStreamSynchronize((cudaStream_t)d->stream), "cudaStreamSynchronize");
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, (enum cudaMemcpyKind)kind, (cudaStream_t)d->stream), "cudaMemcpyAsync");
+    if (kind == COPY_TO_HOST) CUDA_TRY(cudaStreamSynchronize((cudaStream_t)d->stream), "cudaStreamSynchronize");
     return DM_OK;
 #else
     (void)err;
@@ -141,7 +140,10 @@ int dm_dev_copy(dm_devctx *d, void *dst, const void *src, size_t bytes, dm_error
 
 int dm_dev_zero(dm_devctx *d, void *p, size_t bytes, dm_error *err)
 {
-    if (d->device == DM_DEVICE_CPU) { memset(p, 0, bytes); return DM_OK; }
+    if (d->device == DM_DEVICE_CPU) {
+        memset(p, 0, bytes);
+        return DM_OK;
+    }
 #ifdef DMNIST_CORE_CUDA
     CUDA_TRY(cudaMemsetAsync(p, 0, bytes, (cudaStream_t)d->stream), "cudaMemsetAsync");
     return DM_OK;
@@ -190,7 +192,10 @@ void dm_host_free(dm_devctx *d, void *p)
 {
     if (!p) return;
 #ifdef DMNIST_CORE_CUDA
-    if (d->device == DM_DEVICE_CUDA) { cudaFreeHost(p); return; }
+    if (d->device == DM_DEVICE_CUDA) {
+        cudaFreeHost(p);
+        return;
+    }
 #else
     (void)d;
 #endif
@@ -207,19 +212,19 @@ typedef struct cpu_copy {
 } cpu_copy;
 
 typedef struct cpu_stream {
-    int late;                    /* DM_STREAM_LATE_COPIES */
-    cpu_copy *q;                 /* pending: q[head..n) */
+    int late;    /* DM_STREAM_LATE_COPIES */
+    cpu_copy *q; /* pending: q[head..n) */
     size_t head, n, cap;
     uint64_t issued, done;
 } cpu_stream;
 
 struct dm_dev_event {
 #ifdef DMNIST_CORE_CUDA
-    cudaEvent_t cu;              /* device = cuda */
+    cudaEvent_t cu; /* device = cuda */
 #endif
-    cpu_stream *s;               /* CPU: the stream recorded on (NULL: the host, done) */
-    uint64_t seq;                /* CPU: done once s->done reaches it */
-    int queries;                 /* CPU, late_copies: queries since the record */
+    cpu_stream *s; /* CPU: the stream recorded on (NULL: the host, done) */
+    uint64_t seq;  /* CPU: done once s->done reaches it */
+    int queries;   /* CPU, late_copies: queries since the record */
 };
 
 static void cpu_flush(cpu_stream *s, uint64_t upto)
@@ -292,13 +297,13 @@ void dm_dev_stream_free(dm_devctx *d, void *stream)
 }
 
 /* One asynchronous copy in either direction (to_host: device -> host). */
-static int copy_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, int to_host,
-                      dm_error *err)
+static int copy_async(dm_devctx *d, void *dst, const void *src, size_t bytes, void *stream, int to_host, dm_error *err)
 {
 #ifdef DMNIST_CORE_CUDA
     if (d->device == DM_DEVICE_CUDA) {
         CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,
-                                 (cudaStream_t)stream), to_host ? "download" : "upload");
+                                 (cudaStream_t)stream),
+                 to_host ? "download" : "upload");
         return DM_OK;
     }
 #endif

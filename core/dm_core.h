@@ -24,8 +24,8 @@ typedef struct dm_registry dm_registry;
 typedef struct dm_loaded_component {
     const dm_component *component;
     const dm_plugin_descriptor *plugin;
-    const char *path;            /* file it came from */
-    int folder;                  /* search folder it came from: 1 = first; 0 = loaded by file */
+    const char *path; /* file it came from */
+    int folder;       /* search folder it came from: 1 = first; 0 = loaded by file */
 } dm_loaded_component;
 
 /* A component not registered because a folder earlier on the search path
@@ -33,8 +33,8 @@ typedef struct dm_loaded_component {
 typedef struct dm_shadowed {
     const dm_component *component;
     const dm_plugin_descriptor *plugin;
-    const char *path;            /* the file whose component lost */
-    const char *by;              /* the file whose component won */
+    const char *path; /* the file whose component lost */
+    const char *by;   /* the file whose component won */
 } dm_shadowed;
 
 dm_registry *dm_registry_new(void);
@@ -70,8 +70,8 @@ struct stat;
  * want_dir: the path must end at a folder (a search folder), else at a
  * regular file. Fills real (the resolved path) and *st (its lstat);
  * *missing says the failure was a missing entry. */
-int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, struct stat *st,
-                  int *missing, dm_error *err);
+int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, struct stat *st, int *missing,
+                  dm_error *err);
 /* DMNIST_PLUGIN_LOAD_TIMEOUT_S (default 60, 0 = no limit); -1 and err if malformed. */
 double dm_plugin_load_timeout_s(dm_error *err);
 /* Until dm_plugin_guard_end(), a crash (SIGSEGV, SIGBUS, SIGILL, SIGFPE,
@@ -84,13 +84,13 @@ void dm_plugin_guard_what(const char *fmt, ...) __attribute__((format(printf, 1,
 void dm_plugin_guard_end(void);
 /* One guarded call of a component's method (an int-returning expression):
  * DM_GUARDED(lc, "open", vt->open(...)). */
-#define DM_GUARDED(lc, method, expr)                                                                  \
-    __extension__({                                                                                   \
+#define DM_GUARDED(lc, method, expr) \
+    __extension__({ \
         dm_plugin_guard_begin((lc)->path, 0, "in %s '%s' %s()", dm_kind_name((lc)->component->kind), \
-                              (lc)->component->type_name, method);                                    \
-        int dm_guarded_rc_ = (expr);                                                                  \
-        dm_plugin_guard_end();                                                                        \
-        dm_guarded_rc_;                                                                               \
+                              (lc)->component->type_name, method); \
+        int dm_guarded_rc_ = (expr); \
+        dm_plugin_guard_end(); \
+        dm_guarded_rc_; \
     })
 
 /* ---- parameter sets (core/params.c) ------------------------------------- */
@@ -101,8 +101,8 @@ typedef struct dm_param_set dm_param_set;
 typedef struct dm_kv {
     const char *key;
     const char *value;
-    int line;                    /* INI line, 0 when not from a file, -1 from the command line */
-    const char *origin;          /* line -1: what the user typed it as ("--set", "BATCH_SIZE"; static) */
+    int line;           /* INI line, 0 when not from a file, -1 from the command line */
+    const char *origin; /* line -1: what the user typed it as ("--set", "BATCH_SIZE"; static) */
 } dm_kv;
 
 /* Where a section came from, for messages:
@@ -117,13 +117,12 @@ typedef struct dm_where {
 /* Validate kvs against defs (type, range, choices; unknown keys are errors
  * with a "did you mean" suggestion; missing required keys are errors) and
  * fill defaults. Messages name the key's own line when it has one. */
-int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const dm_where *where,
-                       dm_param_set **out, dm_error *err);
+int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const dm_where *where, dm_param_set **out,
+                       dm_error *err);
 /* Format "file:line: section: " for kv (or the section when kv is NULL). */
 void dm_where_format(const dm_where *where, const dm_kv *kv, char *buf, size_t size);
 /* Convenience for tests and tools: spec is "key=value key=value" (spaces or commas). */
-int dm_param_set_parse(const dm_param_def *defs, const char *spec, dm_param_set **out,
-                       dm_error *err);
+int dm_param_set_parse(const dm_param_def *defs, const char *spec, dm_param_set **out, dm_error *err);
 /* Replace one key's value by a value derived from the others (e.g. the
  * resolved experiment.backend), validated against the same table entry. */
 int dm_param_set_replace(dm_param_set *ps, const char *name, const char *text, dm_error *err);
@@ -133,24 +132,23 @@ void dm_param_set_free(dm_param_set *ps);
 /* Levenshtein-nearest name in defs, or NULL when nothing is close. */
 const char *dm_suggest(const char *word, const char *const *candidates, int n);
 
-
 /* ---- INI experiment files (core/config.c) ------------------------------- */
 
 /* One [section] in file order, with its keys in file order. Keys set with
  * --set carry line -1. */
 typedef struct dm_section {
     char *name;
-    int line;                    /* line of the [header]; 0 when made by --set */
-    dm_kv *kvs;                  /* key/value strings owned by the config */
+    int line;   /* line of the [header]; 0 when made by --set */
+    dm_kv *kvs; /* key/value strings owned by the config */
     int n, cap;
 } dm_section;
 
 typedef struct dm_config {
-    char *path;                  /* as given on the command line */
-    char *dir;                   /* its directory, for relative paths */
-    dm_section *sections;        /* in file order */
+    char *path;           /* as given on the command line */
+    char *dir;            /* its directory, for relative paths */
+    dm_section *sections; /* in file order */
     int n, cap;
-    int *order;                  /* section indices sorted by name (lookups) */
+    int *order; /* section indices sorted by name (lookups) */
 } dm_config;
 
 /* An experiment file larger than this is refused (real ones are a few KB). */
@@ -172,8 +170,8 @@ void dm_config_free(dm_config *c);
 
 typedef struct dm_devctx {
     dm_device device;
-    int ordinal;                 /* CUDA device number */
-    void *stream;                /* cudaStream_t, NULL on CPU */
+    int ordinal;  /* CUDA device number */
+    void *stream; /* cudaStream_t, NULL on CPU */
 } dm_devctx;
 
 /* Select the device (for CUDA: local_rank modulo the device count) and make
@@ -231,19 +229,19 @@ int dm_dev_event_sync(dm_devctx *d, dm_dev_event *ev, dm_error *err);
 /* One plugin instance as configured: which component, with which params. */
 typedef struct dm_instance_cfg {
     const dm_loaded_component *lc;
-    dm_param_set *params;        /* the plugin's own keys only */
-    dm_param_set *core_params;   /* the core's keys of the section (type, batch_size, ...), resolved */
-    char name[64];               /* "conv1" for [layer.conv1], else the section */
+    dm_param_set *params;      /* the plugin's own keys only */
+    dm_param_set *core_params; /* the core's keys of the section (type, batch_size, ...), resolved */
+    char name[64];             /* "conv1" for [layer.conv1], else the section */
     dm_where where;
 } dm_instance_cfg;
 
 /* The learning-rate schedule of [optimizer] (core/schedule.c). */
 enum { DM_LR_CONSTANT = 0, DM_LR_LINEAR = 1, DM_LR_COSINE = 2 };
 typedef struct dm_lr_schedule {
-    int kind;                    /* DM_LR_* */
-    int64_t warmup_steps;        /* linear warm-up from lr/W to lr */
-    int64_t decay_steps;         /* 0: decay over the rest of the run */
-    double min_lr_frac;          /* the decay ends at lr * min_lr_frac */
+    int kind;             /* DM_LR_* */
+    int64_t warmup_steps; /* linear warm-up from lr/W to lr */
+    int64_t decay_steps;  /* 0: decay over the rest of the run */
+    double min_lr_frac;   /* the decay ends at lr * min_lr_frac */
 } dm_lr_schedule;
 
 /* The schedule's name ("constant", "linear", "cosine") as DM_LR_*, or -1. */
@@ -255,7 +253,7 @@ double dm_lr_factor(const dm_lr_schedule *s, int64_t step, int64_t total_steps);
 typedef struct dm_experiment {
     dm_config *cfg;
     dm_registry *reg;
-    char plugin_path[4096];      /* the search path actually used */
+    char plugin_path[4096]; /* the search path actually used */
 
     /* The core's keys of [experiment] and [train], validated against the
      * tables of dm_core_section_defs() and resolved (derived values such as
@@ -268,33 +266,33 @@ typedef struct dm_experiment {
     uint64_t seed;
     dm_device device;
     char backend[64];
-    int threads;                 /* CPU threads per rank */
+    int threads; /* CPU threads per rank */
     double timeout_s;
-    int elastic;                 /* survivors go on after a lost rank (core/elastic.c) */
-    int min_ranks, max_ranks;    /* elastic: bounds of the world (max 0: none) */
-    double elastic_settle_s;     /* elastic: a new world forms after this long without arrivals */
-    int elastic_check_every;     /* elastic: steps between looks for joiners */
+    int elastic;              /* survivors go on after a lost rank (core/elastic.c) */
+    int min_ranks, max_ranks; /* elastic: bounds of the world (max 0: none) */
+    double elastic_settle_s;  /* elastic: a new world forms after this long without arrivals */
+    int elastic_check_every;  /* elastic: steps between looks for joiners */
 
     /* [data] */
     dm_instance_cfg data;
     int batch_size, eval_batch_size;
 
     /* [train] */
-    int64_t total_batches;       /* over all ranks, as the seed counts them */
-    double epochs;               /* > 0: overrides total_batches */
+    int64_t total_batches; /* over all ranks, as the seed counts them */
+    double epochs;         /* > 0: overrides total_batches */
     int log_every, eval_every;
-    double target_accuracy;      /* > 0: stop at the first evaluation at or above it */
+    double target_accuracy; /* > 0: stop at the first evaluation at or above it */
     char checkpoint_dir[1024];
     int checkpoint_every, keep_checkpoints;
     double fusion_mb;
-    int nan_skip;                /* 1: skip a step whose loss is not finite */
-    int sync_check_every;        /* > 0: compare parameter hashes over ranks every N steps */
+    int nan_skip;         /* 1: skip a step whose loss is not finite */
+    int sync_check_every; /* > 0: compare parameter hashes over ranks every N steps */
 
     /* [optimizer] */
     dm_instance_cfg opt;
     double lr;
     int scale_lr;
-    dm_lr_schedule schedule;     /* warm-up and decay (core/schedule.c) */
+    dm_lr_schedule schedule; /* warm-up and decay (core/schedule.c) */
 
     /* [comm] */
     dm_instance_cfg comm;
@@ -309,12 +307,10 @@ const dm_param_def *dm_core_section_defs(const char *section);
 
 /* Load config (already parsed and overridden), find the plugins along the
  * search path and validate every section. On failure err holds one line. */
-int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_experiment **out,
-                          dm_error *err);
+int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_experiment **out, dm_error *err);
 /* The search path dmnist-run uses: INI plugin_path, DMNIST_PLUGIN_PATH, then
  * the build tree (when running from it) or the install prefix. */
-void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir, char *buf,
-                            size_t size);
+void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir, char *buf, size_t size);
 void dm_experiment_free(dm_experiment *x);
 
 /* ---- which job a rank belongs to (core/job.c) ---------------------------- */
@@ -344,7 +340,7 @@ int dm_job_agree(const dm_comm_vtable *vt, void *comm, int rank, int size, uint6
  * plugin built for 1.0 (vtable struct_size ending before bind_state) has no
  * state and no methods, whatever its info struct holds past its 1.0 end. */
 typedef struct dm_layer_state_api {
-    size_t floats;                   /* info.state_floats */
+    size_t floats; /* info.state_floats */
     int (*bind_state)(void *state, float *layer_state, dm_error *err);
     int (*init_state)(void *state, float *host_state, dm_error *err); /* NULL: zeros */
 } dm_layer_state_api;
@@ -359,11 +355,11 @@ typedef struct dm_layer_inst {
     const dm_layer_vtable *vt;
     void *state;
     dm_layer_info info;
-    dm_layer_state_api sa;           /* ABI 1.1 state: the only way the core reaches it */
-    dm_shape in_shape, out_shape;    /* n = largest batch */
-    size_t param_offset;             /* into the flat buffers, in floats */
-    size_t state_offset;             /* into the flat state buffer, in floats */
-    dm_tensor out, dout;             /* activations and their gradients */
+    dm_layer_state_api sa;        /* ABI 1.1 state: the only way the core reaches it */
+    dm_shape in_shape, out_shape; /* n = largest batch */
+    size_t param_offset;          /* into the flat buffers, in floats */
+    size_t state_offset;          /* into the flat state buffer, in floats */
+    dm_tensor out, dout;          /* activations and their gradients */
     void *workspace;
 } dm_layer_inst;
 
@@ -372,13 +368,13 @@ typedef struct dm_model {
     dm_layer_inst *layers;
     int n_layers;
     dm_shape in_shape;
-    size_t param_count;              /* floats, with 16-float alignment padding */
-    float *params, *grads;           /* flat, on the device */
-    size_t state_count;              /* floats of layer state (ABI 1.1), padded like params; 0 = none */
-    float *state;                    /* flat, on the device; NULL when state_count is 0 */
-    float *metrics;                  /* [loss_sum, correct] on the device */
-    dm_tensor input;                 /* the batch the data loader fills */
-    int32_t *labels;                 /* on the device */
+    size_t param_count;    /* floats, with 16-float alignment padding */
+    float *params, *grads; /* flat, on the device */
+    size_t state_count;    /* floats of layer state (ABI 1.1), padded like params; 0 = none */
+    float *state;          /* flat, on the device; NULL when state_count is 0 */
+    float *metrics;        /* [loss_sum, correct] on the device */
+    dm_tensor input;       /* the batch the data loader fills */
+    int32_t *labels;       /* on the device */
 } dm_model;
 
 /* Whether every layer and the optimizer has an implementation for
@@ -387,8 +383,8 @@ typedef struct dm_model {
 int dm_model_check_device(const dm_experiment *x, dm_device device, dm_error *err);
 /* Create every layer, propagating shapes, and lay out the flat buffers.
  * item: one example's shape (n ignored); max_batch: largest batch. */
-int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
-                   int num_threads, dm_error *err);
+int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch, int num_threads,
+                   dm_error *err);
 /* Rank 0's initial parameters, drawn from the seed, and the layers' initial
  * state (init_state, or zeros), into the device buffers. */
 int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err);
@@ -397,8 +393,7 @@ int dm_model_forward(dm_model *m, int n, int training, uint64_t step_seed, dm_er
 /* Called after each layer's backward, last layer first: lets the trainer
  * start a gradient bucket as soon as it is complete. */
 typedef int (*dm_backward_hook)(void *user, int layer_index, dm_error *err);
-int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook hook, void *user,
-                      dm_error *err);
+int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook hook, void *user, dm_error *err);
 /* Print the model summary table (--dry-run). */
 void dm_model_summary(const dm_model *m, FILE *out);
 void dm_model_free(dm_model *m);
@@ -406,15 +401,15 @@ void dm_model_free(dm_model *m);
 /* ---- checkpoints (core/checkpoint.c; format in docs/checkpoints.md) ----- */
 
 typedef struct dm_ckpt_state {
-    uint64_t config_hash;        /* hash of everything that defines the model and optimizer */
-    int64_t step;                /* optimizer updates done */
-    int64_t epoch;               /* current epoch (0-based) */
-    int64_t epoch_pos;           /* examples of this epoch's permutation already consumed */
-    uint64_t seed;               /* experiment seed (all RNG streams derive from it and the step) */
-    int32_t world_size;          /* ranks when written (informational: resume may re-shard) */
-    uint64_t n_params, n_opt;    /* floats */
-    uint64_t n_state;            /* floats of layer state (format 2; 0 in a version-1 file) */
-    uint32_t version;            /* format version of the file read (the writer ignores it) */
+    uint64_t config_hash;     /* hash of everything that defines the model and optimizer */
+    int64_t step;             /* optimizer updates done */
+    int64_t epoch;            /* current epoch (0-based) */
+    int64_t epoch_pos;        /* examples of this epoch's permutation already consumed */
+    uint64_t seed;            /* experiment seed (all RNG streams derive from it and the step) */
+    int32_t world_size;       /* ranks when written (informational: resume may re-shard) */
+    uint64_t n_params, n_opt; /* floats */
+    uint64_t n_state;         /* floats of layer state (format 2; 0 in a version-1 file) */
+    uint32_t version;         /* format version of the file read (the writer ignores it) */
 } dm_ckpt_state;
 
 /* The largest step a checkpoint can hold: its file name has ten digits. */
@@ -424,13 +419,12 @@ typedef struct dm_ckpt_state {
  * and delete all but the newest `keep` of this experiment's own checkpoints
  * (exact names, regular files, same config hash; none of a later step).
  * Always the newest format version; a step over DM_CKPT_MAX_STEP is refused. */
-int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params,
-                        const float *opt, const float *state, int keep, char *written,
-                        size_t written_size, dm_error *err);
+int dm_checkpoint_write(const char *dir, const dm_ckpt_state *st, const float *params, const float *opt,
+                        const float *state, int keep, char *written, size_t written_size, dm_error *err);
 /* Read and verify one file (format 1 or 2): magic, version, sizes against
  * the file length, checksum. params/opt/state are allocated (free()). */
-int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, float **opt,
-                           float **state, dm_error *err);
+int dm_checkpoint_read_all(const char *path, dm_ckpt_state *st, float **params, float **opt, float **state,
+                           dm_error *err);
 /* The same, for readers that want only the parameters and optimizer state
  * (the layer state is verified and dropped). */
 int dm_checkpoint_read(const char *path, dm_ckpt_state *st, float **params, float **opt, dm_error *err);
@@ -455,18 +449,18 @@ uint64_t dm_experiment_hash(const dm_experiment *x);
 #define DM_EXIT_PEER 3
 
 typedef struct dm_train_opts {
-    const char *metrics_path;    /* --metrics FILE (JSON lines), or NULL */
-    const char *timeline_path;   /* --timeline FILE (Chrome trace), or NULL */
-    int resume;                  /* --resume: continue from checkpoint_dir's latest */
-    int dry_run;                 /* --dry-run: print config + model summary, no training */
-    int progress;                /* -1 auto (a terminal), 0 plain lines, 1 bar */
-    int *exit_code;              /* out, may be NULL: on failure, DM_EXIT_CONFIG when the experiment itself
+    const char *metrics_path;     /* --metrics FILE (JSON lines), or NULL */
+    const char *timeline_path;    /* --timeline FILE (Chrome trace), or NULL */
+    int resume;                   /* --resume: continue from checkpoint_dir's latest */
+    int dry_run;                  /* --dry-run: print config + model summary, no training */
+    int progress;                 /* -1 auto (a terminal), 0 plain lines, 1 bar */
+    int *exit_code;               /* out, may be NULL: on failure, DM_EXIT_CONFIG when the experiment itself
                                   * is refused (as --dry-run would), DM_EXIT_PEER when this rank stops only
                                   * because another one failed first; left alone otherwise (exit 1) */
-    const char *eval_path;       /* --eval CHECKPOINT: evaluate it (dm_eval_run), or NULL */
-    const char *confusion_path;  /* --confusion FILE.csv (with --eval), or NULL */
-    const char *tensorboard_dir; /* --tensorboard DIR: event files (rank 0), or NULL */
-    const char *tensorboard_text;/* Markdown for its "settings" text (the command line), or NULL */
+    const char *eval_path;        /* --eval CHECKPOINT: evaluate it (dm_eval_run), or NULL */
+    const char *confusion_path;   /* --confusion FILE.csv (with --eval), or NULL */
+    const char *tensorboard_dir;  /* --tensorboard DIR: event files (rank 0), or NULL */
+    const char *tensorboard_text; /* Markdown for its "settings" text (the command line), or NULL */
 } dm_train_opts;
 
 /* Run an experiment end to end. Returns DM_OK or fills err. */
@@ -487,7 +481,7 @@ int dm_eval_run(dm_experiment *x, const dm_train_opts *opts, dm_error *err);
 int dm_timeline_open(const char *path, int rank, int world_size, double origin, dm_error *err);
 int dm_timeline_on(void);
 double dm_timeline_clock(void);
-double dm_timeline_wallclock(void);  /* CLOCK_REALTIME seconds */
+double dm_timeline_wallclock(void); /* CLOCK_REALTIME seconds */
 /* args.step of the events that follow (< 0: none). */
 void dm_timeline_set_step(int64_t step);
 /* A span from t0 to t1 on the rank's track; the name is printf-formatted. */

@@ -15,13 +15,13 @@
 #include <unistd.h>
 
 #define MAX_MEMBERS 4096
-#define HEARTBEAT_S 0.2          /* how often a process touches hb.<id> */
-#define STALE_S 1.0              /* a heartbeat this old: the process is gone or frozen */
+#define HEARTBEAT_S 0.2 /* how often a process touches hb.<id> */
+#define STALE_S 1.0     /* a heartbeat this old: the process is gone or frozen */
 
 typedef struct member {
     char id[128];
     char host[64];
-    int prev;                    /* rank in the previous world, -1 for a newcomer */
+    int prev; /* rank in the previous world, -1 for a newcomer */
     long pid;
     int64_t step;
 } member;
@@ -93,7 +93,8 @@ int dm_elastic_open(dm_elastic *e, const char *rendezvous, const char *job_id, i
     if (!rendezvous || strncmp(rendezvous, "file://", 7) != 0 || !rendezvous[7])
         return dm_fail(err, DM_ERR_INVALID,
                        "experiment.elastic: needs a file:// rendezvous (DMNIST_RENDEZVOUS=file:///FOLDER, a folder "
-                       "every rank sees; dmnist-run --np makes one), not '%s'", rendezvous ? rendezvous : "");
+                       "every rank sees; dmnist-run --np makes one), not '%s'",
+                       rendezvous ? rendezvous : "");
     char job[128];
     snprintf(job, sizeof job, "%s", job_id && job_id[0] ? job_id : "nojob");
     plain_name(job);
@@ -222,8 +223,8 @@ static int close_round(const dm_elastic *e, const char *dir, member *m, int n)
     if (!text) return -1;
     size_t len = 0;
     for (int i = 0; i < n; i++)
-        len += (size_t)snprintf(text + len, cap - len, "%s %d %lld %ld %s\n", m[i].id, m[i].prev,
-                                (long long)m[i].step, m[i].pid, m[i].host);
+        len += (size_t)snprintf(text + len, cap - len, "%s %d %lld %ld %s\n", m[i].id, m[i].prev, (long long)m[i].step,
+                                m[i].pid, m[i].host);
     int rc = publish(dir, "closed", e->id, text, 1);
     free(text);
     return rc == 0 || errno == EEXIST ? 0 : -1;
@@ -240,7 +241,7 @@ static int read_closed(dm_elastic *e, const char *dir, int round, dm_elastic_wor
     int n = 0, me = -1, local = 0;
     int64_t source = 0;
     member m;
-    char (*ids)[128] = malloc(MAX_MEMBERS * sizeof *ids);
+    char(*ids)[128] = malloc(MAX_MEMBERS * sizeof *ids);
     while (ids && n < MAX_MEMBERS && fgets(line, sizeof line, f))
         if (parse_member(line, &m) == 0) {
             if (n == 0) source = m.step;
@@ -328,9 +329,9 @@ int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, d
             missing_alive += !here && alive(e, e->world[k]);
         }
         int complete = prev_rank >= 0 && n >= e->min_ranks &&
-                       (olds >= prev_size || (e->max_ranks > 0 && n >= e->max_ranks) ||
-                        (round > 0 && !missing_alive && now - last_growth >= e->settle_s) ||
-                        (now - t0 >= (round > 0 ? 3 : 1) * e->timeout_s && (round == 0 || 2 * olds > prev_size)));
+            (olds >= prev_size || (e->max_ranks > 0 && n >= e->max_ranks) ||
+             (round > 0 && !missing_alive && now - last_growth >= e->settle_s) ||
+             (now - t0 >= (round > 0 ? 3 : 1) * e->timeout_s && (round == 0 || 2 * olds > prev_size)));
         if (complete) {
             if (close_round(e, dir, m, n) != 0) {
                 rc = dm_fail(err, DM_ERR_IO, "experiment.elastic: cannot write %s/closed: %s", dir, strerror(errno));
@@ -339,8 +340,7 @@ int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, d
             continue; /* read what was written (ours or an earlier closer's) */
         }
         /* too few can ever come: the missing are gone, a timeout for restarts to arrive */
-        if (prev_rank >= 0 && round > 0 && n + missing_alive < e->min_ranks && now - t0 >= e->timeout_s)
-            deadline = now;
+        if (prev_rank >= 0 && round > 0 && n + missing_alive < e->min_ranks && now - t0 >= e->timeout_s) deadline = now;
         if (now >= deadline && prev_rank >= 0 && n >= e->min_ranks && round > 0) {
             /* a minority of a world whose others are alive (a cut link): wait
              * to join whatever world the others form */
@@ -355,11 +355,13 @@ int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, d
             if (prev_rank >= 0)
                 rc = dm_fail(err, DM_ERR_TIMEOUT,
                              "experiment.elastic: round %d: %d of the %d ranks needed (min_ranks) came within %.0f s "
-                             "(%s)", round, n, e->min_ranks, now - t0, dir);
+                             "(%s)",
+                             round, n, e->min_ranks, now - t0, dir);
             else
                 rc = dm_fail(err, DM_ERR_TIMEOUT,
                              "experiment.elastic: waited %.0f s to join job %s at round %d and no world took this "
-                             "process in: is the job running?", now - t0, e->dir, round);
+                             "process in: is the job running?",
+                             now - t0, e->dir, round);
             break;
         }
         usleep(10000);
@@ -376,7 +378,4 @@ int dm_elastic_waiting(const dm_elastic *e)
     return list_members(e, dir, m, 4) > 0;
 }
 
-void dm_elastic_finish(const dm_elastic *e)
-{
-    publish(e->dir, "done", e->id, "done\n", 0);
-}
+void dm_elastic_finish(const dm_elastic *e) { publish(e->dir, "done", e->id, "done\n", 0); }

@@ -31,24 +31,24 @@
 #include "dm_core.h"
 
 typedef struct dm_elastic {
-    char dir[1024];              /* <rendezvous folder>/elastic.<job> */
-    char id[128];                /* this process: host.pid.random */
+    char dir[1024]; /* <rendezvous folder>/elastic.<job> */
+    char id[128];   /* this process: host.pid.random */
     char host[64];
-    int min_ranks, max_ranks;    /* max_ranks 0: no limit */
+    int min_ranks, max_ranks; /* max_ranks 0: no limit */
     double settle_s, timeout_s;
-    int round;                   /* the current world's round; -1 before the first */
-    int size;                    /* its size */
-    int joined;                  /* 1 once this process was in a world */
-    char (*world)[128];          /* the current world's member ids */
+    int round;          /* the current world's round; -1 before the first */
+    int size;           /* its size */
+    int joined;         /* 1 once this process was in a world */
+    char (*world)[128]; /* the current world's member ids */
     int n_world;
 } dm_elastic;
 
 typedef struct dm_elastic_world {
     int round;
     int rank, size;
-    int local_size;              /* members on this host */
-    int64_t source_step;         /* rank 0's steps: the state every rank goes on from */
-    int done;                    /* the job ended before this process got in */
+    int local_size;      /* members on this host */
+    int64_t source_step; /* rank 0's steps: the state every rank goes on from */
+    int done;            /* the job ended before this process got in */
 } dm_elastic_world;
 
 /* rendezvous must be "file:///folder". One line naming the key on a refusal. */
@@ -58,8 +58,7 @@ int dm_elastic_open(dm_elastic *e, const char *rendezvous, const char *job_id, i
  * (in round 0, the launcher's rank; -1 for a newcomer), prev_size that
  * world's size (round 0: the launcher's). step: optimizer steps this process
  * has done. Returns within timeout_s (a newcomer waits up to 4 timeouts). */
-int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, dm_elastic_world *w,
-                    dm_error *err);
+int dm_elastic_form(dm_elastic *e, int prev_rank, int prev_size, int64_t step, dm_elastic_world *w, dm_error *err);
 /* Someone waits to join the next round (rank 0 asks at step boundaries). */
 int dm_elastic_waiting(const dm_elastic *e);
 /* The job finished: newcomers still waiting give up (rank 0 calls it). */

@@ -37,7 +37,8 @@ static const dm_param_def data_defs[] = {
     DM_PARAM_END};
 
 static const dm_param_def train_defs[] = {
-    {"total_batches", DM_PARAM_INT, "100", 1, 9e15, NULL, "batches over all ranks (each of N ranks runs total/N steps)"},
+    {"total_batches", DM_PARAM_INT, "100", 1, 9e15, NULL,
+     "batches over all ranks (each of N ranks runs total/N steps)"},
     {"epochs", DM_PARAM_FLOAT, "0", 0, 1e6, NULL, "if > 0, train this many epochs instead of total_batches"},
     {"log_every", DM_PARAM_INT, "10", 0, 1e9, NULL, "log every N steps (0 = never)"},
     {"eval_every", DM_PARAM_INT, "0", 0, 1e9, NULL, "also evaluate every N steps (0 = only at the end)"},
@@ -63,9 +64,8 @@ static const dm_param_def optimizer_defs[] = {
     {"min_lr_frac", DM_PARAM_FLOAT, "0", 0, 1, NULL, "where the decay ends, as a fraction of lr"},
     DM_PARAM_END};
 
-static const dm_param_def layer_defs[] = {
-    {"type", DM_PARAM_STRING, NULL, NO_RANGE, NULL, "layer plugin"},
-    DM_PARAM_END};
+static const dm_param_def layer_defs[] = {{"type", DM_PARAM_STRING, NULL, NO_RANGE, NULL, "layer plugin"},
+                                          DM_PARAM_END};
 
 const dm_param_def *dm_core_section_defs(const char *section)
 {
@@ -97,9 +97,9 @@ void dm_default_plugin_path(const char *ini_plugin_path, const char *config_dir,
 {
     size_t off = 0;
     buf[0] = 0;
-#define APPEND(str)                                                                            \
-    do {                                                                                       \
-        if (!path_has(buf, (str)))                                                             \
+#define APPEND(str) \
+    do { \
+        if (!path_has(buf, (str))) \
             off += (size_t)snprintf(buf + off, off < size ? size - off : 0, "%s%s", off ? ":" : "", (str)); \
     } while (0)
     if (ini_plugin_path && ini_plugin_path[0]) {
@@ -173,8 +173,8 @@ void dm_experiment_free(dm_experiment *x)
 /* Validate a section that mixes core keys (core_defs, whose `type` entry
  * gives the default type) with the keys of the plugin named by its `type`.
  * The plugin gets a param set of its own keys, inst->core_params the core's. */
-static int resolve_section(dm_experiment *x, const char *section_name, dm_kind kind,
-                           const dm_param_def *core_defs, dm_instance_cfg *inst, dm_error *err)
+static int resolve_section(dm_experiment *x, const char *section_name, dm_kind kind, const dm_param_def *core_defs,
+                           dm_instance_cfg *inst, dm_error *err)
 {
     static const dm_section empty = {0};
     const dm_section *s = dm_config_section(x->cfg, section_name);
@@ -187,8 +187,7 @@ static int resolve_section(dm_experiment *x, const char *section_name, dm_kind k
     const char *type = tkv ? tkv->value : default_type;
     char loc[512];
     dm_where_format(&inst->where, tkv, loc, sizeof loc);
-    if (!type || !type[0])
-        return dm_fail(err, DM_ERR_INVALID, "%smissing key 'type'", loc);
+    if (!type || !type[0]) return dm_fail(err, DM_ERR_INVALID, "%smissing key 'type'", loc);
     inst->lc = dm_registry_find(x->reg, kind, type);
     if (!inst->lc) {
         const char *names[256];
@@ -202,10 +201,12 @@ static int resolve_section(dm_experiment *x, const char *section_name, dm_kind k
         if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
         const dm_loaded_component *other = dm_registry_find(x->reg, -1, type);
         if (other)
-            snprintf(hint, sizeof hint, " ('%s' is a %s, not a %s)", type,
-                     dm_kind_name(other->component->kind), dm_kind_name(kind));
-        return dm_fail(err, DM_ERR_INVALID, "%sunknown %s type '%s'%s; see dmnist-run --list-plugins "
-                       "(plugin path: %s)", loc, dm_kind_name(kind), type, hint, x->plugin_path);
+            snprintf(hint, sizeof hint, " ('%s' is a %s, not a %s)", type, dm_kind_name(other->component->kind),
+                     dm_kind_name(kind));
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%sunknown %s type '%s'%s; see dmnist-run --list-plugins "
+                       "(plugin path: %s)",
+                       loc, dm_kind_name(kind), type, hint, x->plugin_path);
     }
     /* Merge both tables to check every key once, with suggestions over both. */
     int nc = 0, np = 0;
@@ -215,7 +216,9 @@ static int resolve_section(dm_experiment *x, const char *section_name, dm_kind k
     dm_kv *plugin_kvs = calloc((size_t)(s->n + 1), sizeof *plugin_kvs);
     dm_kv *core_kvs = calloc((size_t)(s->n + 1), sizeof *core_kvs);
     if (!all || !plugin_kvs || !core_kvs) {
-        free(all); free(plugin_kvs); free(core_kvs);
+        free(all);
+        free(plugin_kvs);
+        free(core_kvs);
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     }
     for (int i = 0; i < nc; i++) all[i] = core_defs[i];
@@ -223,9 +226,13 @@ static int resolve_section(dm_experiment *x, const char *section_name, dm_kind k
         all[nc + i] = inst->lc->component->params[i];
         for (int j = 0; j < nc; j++)
             if (strcmp(core_defs[j].name, all[nc + i].name) == 0) {
-                int rc = dm_fail(err, DM_ERR_INVALID, "%s: plugin '%s' declares key '%s', which the core "
-                                 "owns in [%s]", inst->lc->path, type, all[nc + i].name, section_name);
-                free(all); free(plugin_kvs); free(core_kvs);
+                int rc = dm_fail(err, DM_ERR_INVALID,
+                                 "%s: plugin '%s' declares key '%s', which the core "
+                                 "owns in [%s]",
+                                 inst->lc->path, type, all[nc + i].name, section_name);
+                free(all);
+                free(plugin_kvs);
+                free(core_kvs);
                 return rc;
             }
     }
@@ -240,11 +247,11 @@ static int resolve_section(dm_experiment *x, const char *section_name, dm_kind k
         else plugin_kvs[npk++] = s->kvs[k];
     }
     if (rc == DM_OK)
-        rc = dm_param_set_build(inst->lc->component->params, plugin_kvs, npk, &inst->where,
-                                &inst->params, err);
-    if (rc == DM_OK)
-        rc = dm_param_set_build(core_defs, core_kvs, nck, &inst->where, &inst->core_params, err);
-    free(all); free(plugin_kvs); free(core_kvs);
+        rc = dm_param_set_build(inst->lc->component->params, plugin_kvs, npk, &inst->where, &inst->params, err);
+    if (rc == DM_OK) rc = dm_param_set_build(core_defs, core_kvs, nck, &inst->where, &inst->core_params, err);
+    free(all);
+    free(plugin_kvs);
+    free(core_kvs);
     return rc;
 }
 
@@ -283,8 +290,7 @@ static int resolve_comm(dm_experiment *x, dm_error *err)
         int rc = dm_launch_env_read(&env, err);
         if (rc) return rc;
         int world = env.size > 0 ? env.size : 1;
-        copy_str(x->backend, sizeof x->backend,
-                 x->device == DM_DEVICE_CUDA && world > 1 ? "nccl" : "local");
+        copy_str(x->backend, sizeof x->backend, x->device == DM_DEVICE_CUDA && world > 1 ? "nccl" : "local");
         if ((rc = dm_param_set_replace(x->experiment_params, "backend", x->backend, err))) return rc;
     }
     static const dm_section empty = {0};
@@ -301,8 +307,10 @@ static int resolve_comm(dm_experiment *x, dm_error *err)
         const char *sug = dm_suggest(x->backend, names, n);
         char hint[96] = "";
         if (sug) snprintf(hint, sizeof hint, " (did you mean '%s'?)", sug);
-        return dm_fail(err, DM_ERR_INVALID, "%s: experiment: unknown backend '%s'%s; see dmnist-run "
-                       "--list-plugins", cfg->path, x->backend, hint);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: experiment: unknown backend '%s'%s; see dmnist-run "
+                       "--list-plugins",
+                       cfg->path, x->backend, hint);
     }
     snprintf(x->comm.name, sizeof x->comm.name, "comm");
     return dm_param_set_build(x->comm.lc->component->params, s->kvs, s->n, &x->comm.where, &x->comm.params, err);
@@ -316,16 +324,15 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
         const char *name = cfg->sections[i].name;
         if (dm_core_section_defs(name) || strcmp(name, "comm") == 0) {
             if (strcmp(name, "layer.") == 0)
-                return dm_fail(err, DM_ERR_INVALID, "%s:%d: [layer.] needs a name, e.g. [layer.conv1]",
-                               cfg->path, cfg->sections[i].line);
+                return dm_fail(err, DM_ERR_INVALID, "%s:%d: [layer.] needs a name, e.g. [layer.conv1]", cfg->path,
+                               cfg->sections[i].line);
             continue;
         }
         const char *sug = dm_suggest(name, known_sections, 6);
         char hint[96] = "";
         if (sug) snprintf(hint, sizeof hint, " (did you mean [%s]?)", sug);
         int line = cfg->sections[i].line;
-        if (line > 0)
-            return dm_fail(err, DM_ERR_INVALID, "%s:%d: unknown section [%s]%s", cfg->path, line, name, hint);
+        if (line > 0) return dm_fail(err, DM_ERR_INVALID, "%s:%d: unknown section [%s]%s", cfg->path, line, name, hint);
         return dm_fail(err, DM_ERR_INVALID, "--set: unknown section '%s'%s", name, hint);
     }
 
@@ -333,7 +340,10 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     if (!x) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     x->cfg = cfg;
     int rc = core_only(x, "experiment", &x->experiment_params, err);
-    if (rc != DM_OK) { dm_experiment_free(x); return rc; }
+    if (rc != DM_OK) {
+        dm_experiment_free(x);
+        return rc;
+    }
     const dm_param_set *ps = x->experiment_params;
     copy_str(x->name, sizeof x->name, key(ps, "name")->s);
     x->seed = (uint64_t)key(ps, "seed")->i;
@@ -349,16 +359,21 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
 
     char path[4096];
     dm_default_plugin_path(key(ps, "plugin_path")->s, cfg->dir, path, sizeof path);
-    int len = snprintf(x->plugin_path, sizeof x->plugin_path, "%s%s%s",
-                       extra_plugin_path ? extra_plugin_path : "",
+    int len = snprintf(x->plugin_path, sizeof x->plugin_path, "%s%s%s", extra_plugin_path ? extra_plugin_path : "",
                        extra_plugin_path && extra_plugin_path[0] ? ":" : "", path);
     if (len < 0 || (size_t)len >= sizeof x->plugin_path) {
         dm_experiment_free(x);
         return dm_fail(err, DM_ERR_INVALID, "plugin search path too long (%d characters)", len);
     }
     x->reg = dm_registry_new();
-    if (!x->reg) { dm_experiment_free(x); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
-    if ((rc = dm_registry_load_path(x->reg, x->plugin_path, err)) != DM_OK) { dm_experiment_free(x); return rc; }
+    if (!x->reg) {
+        dm_experiment_free(x);
+        return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    }
+    if ((rc = dm_registry_load_path(x->reg, x->plugin_path, err)) != DM_OK) {
+        dm_experiment_free(x);
+        return rc;
+    }
 
     /* [data]; eval_batch_size = 0 means batch_size */
     if ((rc = resolve_section(x, "data", DM_KIND_DATASET, data_defs, &x->data, err))) goto fail;
@@ -382,8 +397,10 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     x->eval_every = (int)key(ps, "eval_every")->i;
     x->target_accuracy = key(ps, "target_accuracy")->f;
     if (x->target_accuracy > 0 && x->eval_every <= 0) {
-        rc = dm_fail(err, DM_ERR_INVALID, "%s: train.target_accuracy needs train.eval_every > 0 "
-                     "(the evaluations it is checked at)", cfg->path);
+        rc = dm_fail(err, DM_ERR_INVALID,
+                     "%s: train.target_accuracy needs train.eval_every > 0 "
+                     "(the evaluations it is checked at)",
+                     cfg->path);
         goto fail;
     }
     copy_str(x->checkpoint_dir, sizeof x->checkpoint_dir, key(ps, "checkpoint_dir")->s);
@@ -410,12 +427,14 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
     for (int i = 0; i < cfg->n; i++)
         if (strncmp(cfg->sections[i].name, "layer.", 6) == 0) x->n_layers++;
     if (x->n_layers == 0) {
-        rc = dm_fail(err, DM_ERR_INVALID, "%s: no [layer.NAME] sections: a model needs at least one layer",
-                     cfg->path);
+        rc = dm_fail(err, DM_ERR_INVALID, "%s: no [layer.NAME] sections: a model needs at least one layer", cfg->path);
         goto fail;
     }
     x->layers = calloc((size_t)x->n_layers, sizeof *x->layers);
-    if (!x->layers) { rc = dm_fail(err, DM_ERR_NOMEM, "out of memory"); goto fail; }
+    if (!x->layers) {
+        rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
     for (int i = 0, k = 0; i < cfg->n; i++) {
         const char *name = cfg->sections[i].name;
         if (strncmp(name, "layer.", 6) != 0) continue;

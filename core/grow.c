@@ -6,15 +6,12 @@
 
 int dm_grow(void *items, int *cap, int need, size_t item_size, int first_cap)
 {
-    if (need <= *cap)
-        return 0;
+    if (need <= *cap) return 0;
     int c = *cap > 0 ? *cap : first_cap;
-    while (c < need)
-        c *= 2;
+    while (c < need) c *= 2;
     void *old, *grown;
     memcpy(&old, items, sizeof old); /* items is a T **: no T ** converts to void ** */
-    if (!(grown = realloc(old, (size_t)c * item_size)))
-        return -1;
+    if (!(grown = realloc(old, (size_t)c * item_size))) return -1;
     memcpy(items, &grown, sizeof grown);
     *cap = c;
     return 0;

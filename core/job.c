@@ -14,7 +14,9 @@
 #include <string.h>
 
 /* FNV-1a, 64-bit */
-typedef struct fnv { uint64_t h; } fnv;
+typedef struct fnv {
+    uint64_t h;
+} fnv;
 
 static void fnv_bytes(fnv *f, const void *p, size_t n)
 {
@@ -63,8 +65,8 @@ int dm_job_check_skipped(void)
 
 void dm_job_id(char *buf, size_t size)
 {
-    static const char *const names[] = {"DMNIST_JOB_ID", "SLURM_JOB_ID", "PMIX_NAMESPACE",
-                                        "OMPI_MCA_ess_base_jobid", NULL};
+    static const char *const names[] = {"DMNIST_JOB_ID", "SLURM_JOB_ID", "PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid",
+                                        NULL};
     const char *id = NULL;
     int which = -1;
     for (int k = 0; names[k] && !id; k++) {
@@ -73,7 +75,7 @@ void dm_job_id(char *buf, size_t size)
     }
     char raw[256] = "";
     if (id) {
-        const char *step = which == 1 ? getenv("SLURM_STEP_ID") : NULL; /* a Slurm job: its step too */
+        const char *step = which == 1 ? getenv("SLURM_STEP_ID") : NULL;      /* a Slurm job: its step too */
         if (which == 1 && !(step && step[0])) step = getenv("SLURM_STEPID"); /* older Slurm's spelling */
         snprintf(raw, sizeof raw, "%s%s%s", id, step && step[0] ? "." : "", step ? step : "");
     }
@@ -81,9 +83,9 @@ void dm_job_id(char *buf, size_t size)
     size_t n = 0;
     for (const char *c = raw; *c && n + 1 < size; c++)
         buf[n++] = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' ||
-                           *c == '.' || *c == '_'
-                       ? *c
-                       : '_';
+                *c == '.' || *c == '_'
+            ? *c
+            : '_';
     if (size) buf[n < size ? n : size - 1] = 0;
 }
 

@@ -20,15 +20,14 @@
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
-    (void)sb; (void)flag; (void)ftw;
+    (void)sb;
+    (void)flag;
+    (void)ftw;
     remove(path);
     return 0;
 }
 
-void dm_remove_tree(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
+void dm_remove_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 /* Ctrl-C or a SIGTERM to the launcher reaches every rank: each rank sits in
  * its own process group, so the terminal's signal does not. */
@@ -53,7 +52,7 @@ static int blame(int status)
 
 typedef struct worker {
     pid_t pid;
-    int fd;                 /* read end of its stdout+stderr */
+    int fd; /* read end of its stdout+stderr */
     char line[4096];
     size_t len;
     int done, status;
@@ -76,8 +75,7 @@ const char *dm_launch_prog = "dmnist-run";
 
 /* Fork rank r in its own process group with DMNIST_* set and its output on
  * a pipe; 0 when it started. */
-static int start_one(const char *exe, char **child_argv, const dm_launch_opts *o, const char *rdzv, int r,
-                     worker *wr)
+static int start_one(const char *exe, char **child_argv, const dm_launch_opts *o, const char *rdzv, int r, worker *wr)
 {
     char nps[16], world[16];
     snprintf(nps, sizeof nps, "%d", o->np);
@@ -130,8 +128,8 @@ typedef struct crew {
     worker *w;
     int np, running;
     int failed_rank, exit_code, forwarded;
-    double peer_wait_until;      /* a DM_EXIT_PEER rank waits this long for the rank it points at */
-    double term_at, kill_at;     /* after a failure: SIGTERM, then SIGKILL, to the ranks left */
+    double peer_wait_until;  /* a DM_EXIT_PEER rank waits this long for the rank it points at */
+    double term_at, kill_at; /* after a failure: SIGTERM, then SIGKILL, to the ranks left */
     /* experiment.elastic: lost ranks are started again, the others go on */
     int elastic, restarts_left, restarts_used, ok, bad_exit;
     const char *exe, *rdzv;
@@ -145,7 +143,10 @@ static void forward_stop_signal(crew *c)
     c->forwarded = 1;
     fprintf(stderr, "%s: signal %d: stopping all %d ranks\n", dm_launch_prog, (int)stop_signal, c->np);
     for (int o = 0; o < c->np; o++)
-        if (!c->w[o].done) { kill(-c->w[o].pid, (int)stop_signal); kill(-c->w[o].pid, SIGCONT); }
+        if (!c->w[o].done) {
+            kill(-c->w[o].pid, (int)stop_signal);
+            kill(-c->w[o].pid, SIGCONT);
+        }
     c->kill_at = mono_now() + 5;
     c->term_at = c->kill_at; /* SIGKILL whatever is left after 5 s */
     if (c->failed_rank < 0) c->exit_code = 128 + (int)stop_signal;
@@ -273,7 +274,10 @@ static int supervise(crew c)
     worker *w = c.w;
     const int np = c.np;
     struct pollfd *pfd = calloc((size_t)(np ? np : 1), sizeof *pfd);
-    if (!pfd) { fprintf(stderr, "%s: out of memory\n", dm_launch_prog); return 1; }
+    if (!pfd) {
+        fprintf(stderr, "%s: out of memory\n", dm_launch_prog);
+        return 1;
+    }
     struct sigaction sa = {0};
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
@@ -293,7 +297,11 @@ static int supervise(crew c)
                     kill(-w[o].pid, SIGCONT); /* a stopped rank must see its SIGTERM now */
                 }
     }
-    for (int r = 0; r < np; r++) if (w[r].fd >= 0) { flush_line(&w[r], r, 1); close(w[r].fd); }
+    for (int r = 0; r < np; r++)
+        if (w[r].fd >= 0) {
+            flush_line(&w[r], r, 1);
+            close(w[r].fd);
+        }
     free(pfd);
     if (c.failed_rank < 0 && c.forwarded) return c.exit_code;
     /* elastic: the job succeeded when a rank finished it and no rank failed on its own */
@@ -309,8 +317,15 @@ int dm_run_workers(const char *exe, char **child_argv, const dm_launch_opts *o, 
         fprintf(stderr, "%s: out of memory\n", dm_launch_prog);
         return 1;
     }
-    crew c = {.w = w, .np = o->np, .failed_rank = -1, .elastic = elastic, .restarts_left = restarts,
-              .exe = exe, .rdzv = rdzv, .argv = child_argv, .opts = o};
+    crew c = {.w = w,
+              .np = o->np,
+              .failed_rank = -1,
+              .elastic = elastic,
+              .restarts_left = restarts,
+              .exe = exe,
+              .rdzv = rdzv,
+              .argv = child_argv,
+              .opts = o};
     c.running = start_workers(exe, child_argv, o, rdzv, w);
     int rc = supervise(c);
     free(w);

@@ -12,11 +12,11 @@
  * launcher is NULL for a process started alone. Backends get the result
  * through dm_comm_config. */
 typedef struct dm_launch_env {
-    int rank, size;              /* in the whole job */
-    int local_rank, local_size;  /* on this machine */
-    const char *launcher;        /* "dmnist-run --np", "mpirun", DM_LAUNCHER_SLURM, "a PMI launcher",
+    int rank, size;             /* in the whole job */
+    int local_rank, local_size; /* on this machine */
+    const char *launcher;       /* "dmnist-run --np", "mpirun", DM_LAUNCHER_SLURM, "a PMI launcher",
                                     "a PMIx launcher", or NULL */
-    int nodes;                   /* machines in the job (Slurm only), -1 when unknown */
+    int nodes;                  /* machines in the job (Slurm only), -1 when unknown */
 } dm_launch_env;
 
 /* The launcher name of a Slurm job step's tasks (srun). */
@@ -42,7 +42,7 @@ int dm_launch_env_read(dm_launch_env *env, dm_error *err);
 typedef struct dm_comm_ids {
     char job_id[128];
     char fingerprint[17];
-    char rendezvous[200];  /* one derived for a Slurm step on one node, else "" */
+    char rendezvous[200]; /* one derived for a Slurm step on one node, else "" */
 } dm_comm_ids;
 int dm_comm_config_init(dm_comm_config *cc, dm_comm_ids *ids, const dm_experiment *x, dm_error *err);
 
@@ -54,9 +54,9 @@ extern const char *dm_launch_prog;
 
 /* How dmnist-run --np starts its ranks. */
 typedef struct dm_launch_opts {
-    int np;                      /* ranks on this host */
-    int max_restarts;            /* --max-restarts: lost ranks (elastic) or the failed job started again */
-    int nodes, node_rank;        /* --nodes M --node-rank I: this host's agent of M (0: one host) */
+    int np;               /* ranks on this host */
+    int max_restarts;     /* --max-restarts: lost ranks (elastic) or the failed job started again */
+    int nodes, node_rank; /* --nodes M --node-rank I: this host's agent of M (0: one host) */
 } dm_launch_opts;
 
 /* Start np copies of this program as ranks 0..np-1 (with --nodes, ranks

@@ -17,8 +17,8 @@ static const struct {
     const char *name, *vars[4];
 } launchers[] = {
     {"dmnist-run --np", {"DMNIST_RANK", "DMNIST_WORLD_SIZE", "DMNIST_LOCAL_RANK", "DMNIST_LOCAL_WORLD_SIZE"}},
-    {"mpirun", {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-                "OMPI_COMM_WORLD_LOCAL_SIZE"}},
+    {"mpirun",
+     {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"}},
     {DM_LAUNCHER_SLURM, {NULL, NULL, NULL, NULL}}, /* srun: read by slurm_read */
     {"a PMI launcher", {"PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"}},
     {"a PMIx launcher", {"PMIX_RANK", NULL, NULL, NULL}}, /* srun --mpi=pmix: the rank only */
@@ -108,8 +108,7 @@ static int slurm_read(dm_launch_env *env, dm_error *err, int *rc)
         env_number(size_var, 1, &slurm_size, &e) == DM_OK && slurm_size > 0 && pmi_size != slurm_size)
         return 0;
     int node = -1, nodes = -1;
-    if ((*rc = env_number("SLURM_PROCID", 0, &env->rank, err)) ||
-        (*rc = env_number(size_var, 1, &env->size, err)) ||
+    if ((*rc = env_number("SLURM_PROCID", 0, &env->rank, err)) || (*rc = env_number(size_var, 1, &env->size, err)) ||
         (*rc = env_number("SLURM_LOCALID", 0, &env->local_rank, err)) ||
         (*rc = env_number("SLURM_NODEID", 0, &node, err)) ||
         (*rc = env_number(either("SLURM_STEP_NUM_NODES", "SLURM_NNODES"), 1, &nodes, err)))
@@ -126,11 +125,10 @@ static int slurm_read(dm_launch_env *env, dm_error *err, int *rc)
         return 1;
     }
     env->nodes = nodes;
-    if (env->size < 0)
-        *rc = dm_fail(err, DM_ERR_INVALID, "environment: a Slurm job step without SLURM_NTASKS");
+    if (env->size < 0) *rc = dm_fail(err, DM_ERR_INVALID, "environment: a Slurm job step without SLURM_NTASKS");
     else if (env->rank >= env->size)
-        *rc = dm_fail(err, DM_ERR_INVALID, "environment: SLURM_PROCID=%d is not a rank of %s=%d", env->rank,
-                      size_var, env->size);
+        *rc = dm_fail(err, DM_ERR_INVALID, "environment: SLURM_PROCID=%d is not a rank of %s=%d", env->rank, size_var,
+                      env->size);
     else if (env->local_rank >= 0 && env->local_size > 0 && env->local_rank >= env->local_size)
         *rc = dm_fail(err, DM_ERR_INVALID, "environment: SLURM_LOCALID=%d is not a rank of %s's %d on node %d",
                       env->local_rank, per_node ? per_node : "SLURM_NTASKS_PER_NODE", env->local_size, node);
@@ -160,8 +158,8 @@ int dm_launch_env_read(dm_launch_env *env, dm_error *err)
             return dm_fail(err, DM_ERR_INVALID, "environment: %s=%d is not a rank of %s=%d", v[0], env->rank, v[1],
                            env->size);
         if (env->local_rank >= 0 && env->local_size > 0 && env->local_rank >= env->local_size)
-            return dm_fail(err, DM_ERR_INVALID, "environment: %s=%d is not a rank of %s=%d", v[2],
-                           env->local_rank, v[3], env->local_size);
+            return dm_fail(err, DM_ERR_INVALID, "environment: %s=%d is not a rank of %s=%d", v[2], env->local_rank,
+                           v[3], env->local_size);
         env->launcher = launchers[k].name;
         return DM_OK;
     }
@@ -197,8 +195,10 @@ static int slurm_rendezvous(const dm_launch_env *env, char *url, size_t size, dm
         return dm_fail(err, DM_ERR_IO, "Slurm rendezvous: cannot create %s: %s (set DMNIST_RENDEZVOUS)", dir,
                        strerror(errno));
     if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != getuid())
-        return dm_fail(err, DM_ERR_IO, "Slurm rendezvous: %s exists and is not a folder of this user "
-                       "(set DMNIST_RENDEZVOUS)", dir);
+        return dm_fail(err, DM_ERR_IO,
+                       "Slurm rendezvous: %s exists and is not a folder of this user "
+                       "(set DMNIST_RENDEZVOUS)",
+                       dir);
     snprintf(url, size, "file://%s", dir);
     if (env->local_rank == 0 && !slurm_rdzv_dir[0]) {
         snprintf(slurm_rdzv_dir, sizeof slurm_rdzv_dir, "%s", dir);
@@ -214,11 +214,10 @@ int dm_comm_config_init(dm_comm_config *cc, dm_comm_ids *ids, const dm_experimen
     if (rc) return rc;
     ids->rendezvous[0] = 0;
     const char *rdzv = getenv("DMNIST_RENDEZVOUS");
-    if ((!rdzv || !rdzv[0]) && (rc = slurm_rendezvous(&env, ids->rendezvous, sizeof ids->rendezvous, err)))
-        return rc;
+    if ((!rdzv || !rdzv[0]) && (rc = slurm_rendezvous(&env, ids->rendezvous, sizeof ids->rendezvous, err))) return rc;
     if (ids->rendezvous[0] && (!rdzv || !rdzv[0])) rdzv = ids->rendezvous;
-    *cc = (dm_comm_config){sizeof *cc, env.rank, env.size, env.local_rank, rdzv,
-                           x->timeout_s, x->device, NULL, NULL, env.local_size};
+    *cc = (dm_comm_config){sizeof *cc,   env.rank,  env.size, env.local_rank, rdzv,
+                           x->timeout_s, x->device, NULL,     NULL,           env.local_size};
     /* the job's identity: its rendezvous names carry it, and the ranks compare it after init */
     dm_job_id(ids->job_id, sizeof ids->job_id);
     snprintf(ids->fingerprint, sizeof ids->fingerprint, "%016llx",

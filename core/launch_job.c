@@ -33,8 +33,9 @@ static void read_job_cfg(const char *config_path, const char *const *sets, int n
     const dm_kv *c = dm_section_get(dm_config_section(cfg, "train"), "checkpoint_dir");
     if (b && b->value[0]) snprintf(j->backend, sizeof j->backend, "%s", b->value);
     else snprintf(j->backend, sizeof j->backend, "%s", d && strcmp(d->value, "cuda") == 0 ? "nccl" : "local");
-    j->elastic = e && (strcmp(e->value, "true") == 0 || strcmp(e->value, "1") == 0 || strcmp(e->value, "yes") == 0 ||
-                       strcmp(e->value, "on") == 0);
+    j->elastic = e &&
+        (strcmp(e->value, "true") == 0 || strcmp(e->value, "1") == 0 || strcmp(e->value, "yes") == 0 ||
+         strcmp(e->value, "on") == 0);
     if (c) snprintf(j->checkpoint_dir, sizeof j->checkpoint_dir, "%s", c->value);
     dm_config_free(cfg);
 }
@@ -84,7 +85,10 @@ static int mpirun(int argc, char **child_argv, int np, int exec)
     snprintf(nps, sizeof nps, "%d", np);
     int k = 0;
     char **mv = calloc((size_t)argc + 16, sizeof *mv);
-    if (!mv) { fprintf(stderr, "%s: out of memory\n", dm_launch_prog); return 1; }
+    if (!mv) {
+        fprintf(stderr, "%s: out of memory\n", dm_launch_prog);
+        return 1;
+    }
     mv[k++] = "mpirun";
     mv[k++] = "-np";
     mv[k++] = nps;
@@ -116,8 +120,10 @@ static int run_job(int argc, char **child_argv, const dm_launch_opts *o, const c
 {
     if (strcmp(j->backend, "mpi") == 0) return mpirun(argc, child_argv, o->np, only_attempt);
     if (strcmp(j->backend, "local") == 0 && o->np * (o->nodes > 0 ? o->nodes : 1) > 1) {
-        fprintf(stderr, "%s: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
-                "or --set experiment.backend=gloo)\n", dm_launch_prog, o->np);
+        fprintf(stderr,
+                "%s: --np %d needs a multi-process backend (set experiment.backend = gloo or mpi, "
+                "or --set experiment.backend=gloo)\n",
+                dm_launch_prog, o->np);
         return 2;
     }
     char rdzv_dir[] = "/tmp/dmnist-rdzv-XXXXXX";
@@ -139,7 +145,8 @@ static int agent_refused(const dm_launch_opts *o, const job_cfg *j)
     const char *why = NULL;
     const char *rdzv = getenv("DMNIST_RENDEZVOUS"), *job = getenv("DMNIST_JOB_ID");
     if (o->node_rank < 0 || o->node_rank >= o->nodes) why = "--node-rank must be from 0 to --nodes - 1";
-    else if (strcmp(j->backend, "mpi") == 0) why = "backend mpi: start the ranks of several hosts with mpirun and a hostfile";
+    else if (strcmp(j->backend, "mpi") == 0)
+        why = "backend mpi: start the ranks of several hosts with mpirun and a hostfile";
     else if (!rdzv || !rdzv[0]) why = "export DMNIST_RENDEZVOUS: a rendezvous every host sees (file:///shared/folder)";
     else if (!job || !job[0]) why = "export DMNIST_JOB_ID: one id for the job, the same on every host";
     else if (o->max_restarts > 0 && !j->elastic)
@@ -159,18 +166,27 @@ int dm_launch(int argc, char **argv, const dm_launch_opts *o, const char *config
     /* mpi has no fault-tolerant communicators: its ranks never re-form in process */
     const int in_process = j.elastic && strcmp(j.backend, "mpi") != 0;
     if (max_restarts > 0 && !in_process && !j.checkpoint_dir[0]) {
-        fprintf(stderr, "%s: --max-restarts: %s starts a failed job again from its newest checkpoint: set "
-                "train.checkpoint_dir\n", dm_launch_prog,
-                j.elastic ? "backend mpi cannot re-form its ranks in process, so it" : "without experiment.elastic "
-                "it");
+        fprintf(stderr,
+                "%s: --max-restarts: %s starts a failed job again from its newest checkpoint: set "
+                "train.checkpoint_dir\n",
+                dm_launch_prog,
+                j.elastic ? "backend mpi cannot re-form its ranks in process, so it"
+                          : "without experiment.elastic "
+                            "it");
         return 2;
     }
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n <= 0) { fprintf(stderr, "%s: --np: cannot find own executable\n", dm_launch_prog); return 2; }
+    if (n <= 0) {
+        fprintf(stderr, "%s: --np: cannot find own executable\n", dm_launch_prog);
+        return 2;
+    }
     exe[n] = 0;
     char **child_argv = strip_np(argc, argv, exe);
-    if (!child_argv) { fprintf(stderr, "%s: out of memory\n", dm_launch_prog); return 1; }
+    if (!child_argv) {
+        fprintf(stderr, "%s: out of memory\n", dm_launch_prog);
+        return 1;
+    }
     /* One id for this job's ranks: it keys their rendezvous and their job
      * fingerprint, so two jobs sharing a rendezvous never pair up. Each
      * attempt of a restarted job gets its own. */
@@ -190,9 +206,9 @@ int dm_launch(int argc, char **argv, const dm_launch_opts *o, const char *config
         dm_error e = {0};
         int have = dm_checkpoint_latest(j.checkpoint_dir, ckpt, sizeof ckpt, &e) == DM_OK;
         if (have) add_resume(child_argv);
-        fprintf(stderr, "%s: the job failed (exit %d); starting it again %s%s (restart %d of %d)\n", dm_launch_prog,
-                rc, have ? "from " : "from the start: no checkpoint in ", have ? ckpt : j.checkpoint_dir,
-                attempt + 1, max_restarts);
+        fprintf(stderr, "%s: the job failed (exit %d); starting it again %s%s (restart %d of %d)\n", dm_launch_prog, rc,
+                have ? "from " : "from the start: no checkpoint in ", have ? ckpt : j.checkpoint_dir, attempt + 1,
+                max_restarts);
     }
     free(child_argv);
     return rc;

@@ -70,8 +70,7 @@ static void print_value(const dm_param_value *v)
 
 /* One section: the core's keys in its table's order (dm_core_section_defs,
  * resolved values), then the plugin's own keys as given or defaulted. */
-static void print_section(const char *name, const char *table, const dm_param_set *core,
-                          const dm_instance_cfg *inst)
+static void print_section(const char *name, const char *table, const dm_param_set *core, const dm_instance_cfg *inst)
 {
     printf("[%s]\n", name);
     const dm_params *cp = dm_param_set_params(core);
@@ -155,11 +154,11 @@ static char *settings_markdown(const char *config, char **pos, int npos, const c
 
 /* What the command line asked for. */
 typedef struct cli {
-    const char **sets;           /* --set values, in order */
+    const char **sets; /* --set values, in order */
     int n_sets, np, list, dry;
-    int max_restarts;            /* --max-restarts (needs --np) */
-    int nodes, node_rank;        /* --nodes M --node-rank I (need --np); node_rank -1: not given */
-    int npos;                    /* positionals: CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]] */
+    int max_restarts;     /* --max-restarts (needs --np) */
+    int nodes, node_rank; /* --nodes M --node-rank I (need --np); node_rank -1: not given */
+    int npos;             /* positionals: CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]] */
     const char *help_type, *extra_path;
     char abs_plugin_path[8192];
     dm_train_opts topts;
@@ -169,30 +168,46 @@ typedef struct cli {
  * or --version, 2 for a bad option). */
 static int parse_options(int argc, char **argv, cli *c)
 {
-    enum { OPT_SET = 256, OPT_DRY, OPT_LIST, OPT_HELP_PLUGIN, OPT_VERSION, OPT_METRICS, OPT_RESUME, OPT_NP,
-           OPT_TIMELINE, OPT_PLUGIN_PATH, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_EVAL, OPT_CONFUSION, OPT_TENSORBOARD,
-           OPT_MAX_RESTARTS, OPT_NODES, OPT_NODE_RANK };
-    static const struct option longopts[] = {
-        {"set", required_argument, NULL, OPT_SET},
-        {"dry-run", no_argument, NULL, OPT_DRY},
-        {"list-plugins", no_argument, NULL, OPT_LIST},
-        {"help-plugin", required_argument, NULL, OPT_HELP_PLUGIN},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, OPT_VERSION},
-        {"metrics", required_argument, NULL, OPT_METRICS},
-        {"resume", no_argument, NULL, OPT_RESUME},
-        {"np", required_argument, NULL, OPT_NP},
-        {"max-restarts", required_argument, NULL, OPT_MAX_RESTARTS},
-        {"nodes", required_argument, NULL, OPT_NODES},
-        {"node-rank", required_argument, NULL, OPT_NODE_RANK},
-        {"timeline", required_argument, NULL, OPT_TIMELINE},
-        {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
-        {"progress", no_argument, NULL, OPT_PROGRESS},
-        {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
-        {"eval", required_argument, NULL, OPT_EVAL},
-        {"confusion", required_argument, NULL, OPT_CONFUSION},
-        {"tensorboard", required_argument, NULL, OPT_TENSORBOARD},
-        {NULL, 0, NULL, 0}};
+    enum {
+        OPT_SET = 256,
+        OPT_DRY,
+        OPT_LIST,
+        OPT_HELP_PLUGIN,
+        OPT_VERSION,
+        OPT_METRICS,
+        OPT_RESUME,
+        OPT_NP,
+        OPT_TIMELINE,
+        OPT_PLUGIN_PATH,
+        OPT_PROGRESS,
+        OPT_NO_PROGRESS,
+        OPT_EVAL,
+        OPT_CONFUSION,
+        OPT_TENSORBOARD,
+        OPT_MAX_RESTARTS,
+        OPT_NODES,
+        OPT_NODE_RANK
+    };
+    static const struct option longopts[] = {{"set", required_argument, NULL, OPT_SET},
+                                             {"dry-run", no_argument, NULL, OPT_DRY},
+                                             {"list-plugins", no_argument, NULL, OPT_LIST},
+                                             {"help-plugin", required_argument, NULL, OPT_HELP_PLUGIN},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {"version", no_argument, NULL, OPT_VERSION},
+                                             {"metrics", required_argument, NULL, OPT_METRICS},
+                                             {"resume", no_argument, NULL, OPT_RESUME},
+                                             {"np", required_argument, NULL, OPT_NP},
+                                             {"max-restarts", required_argument, NULL, OPT_MAX_RESTARTS},
+                                             {"nodes", required_argument, NULL, OPT_NODES},
+                                             {"node-rank", required_argument, NULL, OPT_NODE_RANK},
+                                             {"timeline", required_argument, NULL, OPT_TIMELINE},
+                                             {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
+                                             {"progress", no_argument, NULL, OPT_PROGRESS},
+                                             {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+                                             {"eval", required_argument, NULL, OPT_EVAL},
+                                             {"confusion", required_argument, NULL, OPT_CONFUSION},
+                                             {"tensorboard", required_argument, NULL, OPT_TENSORBOARD},
+                                             {NULL, 0, NULL, 0}};
     dm_train_opts *t = &c->topts;
     int o;
     opterr = 0;
@@ -203,8 +218,7 @@ static int parse_options(int argc, char **argv, cli *c)
         case OPT_LIST: c->list = 1; break;
         case OPT_HELP_PLUGIN: c->help_type = optarg; break;
         case 'h': usage(stdout); return 0;
-        case OPT_VERSION:
-        {
+        case OPT_VERSION: {
             char isa[512];
             dm_cpu_isa_describe(isa, sizeof isa); /* what the layer plugins' CPU kernels pick */
             printf("dmnist-run %s (plugin ABI %d.%d)\n%s\n", DMNIST_VERSION, DM_ABI_MAJOR, DM_ABI_MINOR, isa);
@@ -250,7 +264,8 @@ static int parse_options(int argc, char **argv, cli *c)
         case OPT_TIMELINE: t->timeline_path = optarg; break;
         case OPT_PLUGIN_PATH:
             if (dm_absolute_dirs(optarg, c->abs_plugin_path, sizeof c->abs_plugin_path)) {
-                fprintf(stderr, "dmnist-run: --plugin-path %s: too long, or the current directory is unknown\n", optarg);
+                fprintf(stderr, "dmnist-run: --plugin-path %s: too long, or the current directory is unknown\n",
+                        optarg);
                 return 2;
             }
             c->extra_path = c->abs_plugin_path;
@@ -260,12 +275,8 @@ static int parse_options(int argc, char **argv, cli *c)
         case OPT_EVAL: t->eval_path = optarg; break;
         case OPT_CONFUSION: t->confusion_path = optarg; break;
         case OPT_TENSORBOARD: t->tensorboard_dir = optarg; break;
-        case ':':
-            fprintf(stderr, "dmnist-run: option %s needs a value (see --help)\n", argv[optind - 1]);
-            return 2;
-        default:
-            fprintf(stderr, "dmnist-run: unknown option '%s' (see --help)\n", argv[optind - 1]);
-            return 2;
+        case ':': fprintf(stderr, "dmnist-run: option %s needs a value (see --help)\n", argv[optind - 1]); return 2;
+        default: fprintf(stderr, "dmnist-run: unknown option '%s' (see --help)\n", argv[optind - 1]); return 2;
         }
     }
     c->npos = argc - optind;
@@ -277,8 +288,9 @@ static int check_positionals(const cli *c)
 {
     const dm_train_opts *t = &c->topts;
     if (c->npos < 1 || c->npos > 3) {
-        fprintf(stderr, c->npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
-                                    : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");
+        fprintf(stderr,
+                c->npos < 1 ? "dmnist-run: missing CONFIG.ini (see --help)\n"
+                            : "dmnist-run: too many arguments: expected CONFIG.ini [TOTAL_BATCHES [BATCH_SIZE]]\n");
         return 2;
     }
     if (c->max_restarts > 0 && c->np == 0) {
@@ -291,11 +303,11 @@ static int check_positionals(const cli *c)
     }
     /* --eval trains nothing: options and positionals that shape a training run are refused. */
     const char *clash = !t->eval_path ? (t->confusion_path ? "--confusion needs --eval CHECKPOINT" : NULL)
-                        : t->resume ? "--eval and --resume exclude each other"
-                        : t->timeline_path ? "--timeline traces training steps: not with --eval"
-                        : c->npos > 1 ? "--eval takes CONFIG.ini only (no TOTAL_BATCHES or BATCH_SIZE)"
-                        : !t->eval_path[0] ? "--eval needs a checkpoint file"
-                        : NULL;
+        : t->resume                   ? "--eval and --resume exclude each other"
+        : t->timeline_path            ? "--timeline traces training steps: not with --eval"
+        : c->npos > 1                 ? "--eval takes CONFIG.ini only (no TOTAL_BATCHES or BATCH_SIZE)"
+        : !t->eval_path[0]            ? "--eval needs a checkpoint file"
+                                      : NULL;
     if (clash) {
         fprintf(stderr, "dmnist-run: %s (see --help)\n", clash);
         return 2;
@@ -351,7 +363,8 @@ int main(int argc, char **argv)
             rc = 2;
         } else {
             const char *config = c.npos == 1 ? argv[optind] : NULL;
-            rc = c.list ? dm_cli_list_plugins(c.extra_path, config) : dm_cli_help_plugin(c.help_type, c.extra_path, config);
+            rc = c.list ? dm_cli_list_plugins(c.extra_path, config)
+                        : dm_cli_help_plugin(c.help_type, c.extra_path, config);
         }
     }
     if (rc < 0) rc = check_positionals(&c);

@@ -79,8 +79,8 @@ int dm_cli_list_plugins(const char *extra, const char *config_path)
         printf("%-10s %-24s %s\n", "kind", "type", "file (shadowed by)");
         for (int i = 0; i < dm_registry_shadowed_count(reg); i++) {
             const dm_shadowed *sh = dm_registry_shadowed_at(reg, i);
-            printf("%-10s %-24s %s (shadowed by %s)\n", dm_kind_name(sh->component->kind),
-                   sh->component->type_name, sh->path, sh->by);
+            printf("%-10s %-24s %s (shadowed by %s)\n", dm_kind_name(sh->component->kind), sh->component->type_name,
+                   sh->path, sh->by);
         }
     }
     dm_registry_free(reg);
@@ -122,4 +122,3 @@ int dm_cli_help_plugin(const char *type, const char *extra, const char *config_p
     dm_registry_free(reg);
     return 0;
 }
-

@@ -11,15 +11,9 @@
 
 #define DM_PARAM_ALIGN 16 /* floats: every layer's slice starts on 64 bytes */
 
-static uint64_t layer_seed(uint64_t step_seed, int layer)
-{
-    return dm_hash64(step_seed, (uint64_t)layer + 1);
-}
+static uint64_t layer_seed(uint64_t step_seed, int layer) { return dm_hash64(step_seed, (uint64_t)layer + 1); }
 
-static size_t aligned(size_t floats)
-{
-    return (floats + DM_PARAM_ALIGN - 1) / DM_PARAM_ALIGN * DM_PARAM_ALIGN;
-}
+static size_t aligned(size_t floats) { return (floats + DM_PARAM_ALIGN - 1) / DM_PARAM_ALIGN * DM_PARAM_ALIGN; }
 
 int dm_layer_state_api_get(const dm_layer_vtable *vt, const dm_layer_info *info, const char *type_name,
                            dm_layer_state_api *api, dm_error *err)
@@ -32,16 +26,17 @@ int dm_layer_state_api_get(const dm_layer_vtable *vt, const dm_layer_info *info,
     if (DM_HAS_FIELD(vt, dm_layer_vtable, init_state)) api->init_state = vt->init_state;
     if (DM_HAS_FIELD(info, dm_layer_info, state_floats)) api->floats = info->state_floats;
     if (api->floats && !api->bind_state)
-        return dm_fail(err, DM_ERR_FORMAT, "layer type '%s' asks for %zu state floats but has no bind_state "
-                       "to receive them", type_name, api->floats);
+        return dm_fail(err, DM_ERR_FORMAT,
+                       "layer type '%s' asks for %zu state floats but has no bind_state "
+                       "to receive them",
+                       type_name, api->floats);
     return DM_OK;
 }
 
 /* Every refusal of dm_model_build goes through here: the message is
  * formatted first, while the arguments (which may point into m) are still
  * alive, and only then is the half-built model freed. */
-static int model_fail(dm_model *m, dm_error *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+static int model_fail(dm_model *m, dm_error *err, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static int model_fail(dm_model *m, dm_error *err, int code, const char *fmt, ...)
 {
     if (err) {
@@ -59,8 +54,7 @@ static int model_fail(dm_model *m, dm_error *err, int code, const char *fmt, ...
 static int layer_device_ok(const dm_instance_cfg *cfg, dm_device device, dm_error *err)
 {
     const dm_layer_vtable *vt = cfg->lc->component->vtable;
-    if (vt->devices & DM_DEVICE_BIT(device))
-        return DM_OK;
+    if (vt->devices & DM_DEVICE_BIT(device)) return DM_OK;
     char loc[512];
     dm_where_format(&cfg->where, NULL, loc, sizeof loc);
     return dm_fail(err, DM_ERR_UNSUPPORTED, "%slayer type '%s' has no %s implementation", loc,
@@ -70,17 +64,16 @@ static int layer_device_ok(const dm_instance_cfg *cfg, dm_device device, dm_erro
 int dm_model_check_device(const dm_experiment *x, dm_device device, dm_error *err)
 {
     for (int i = 0; i < x->n_layers; i++)
-        if (layer_device_ok(&x->layers[i], device, err) != DM_OK)
-            return err->code;
+        if (layer_device_ok(&x->layers[i], device, err) != DM_OK) return err->code;
     const dm_optimizer_vtable *ovt = x->opt.lc->component->vtable;
     if (!(ovt->devices & DM_DEVICE_BIT(device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: optimizer: type '%s' has no %s implementation",
-                       x->cfg->path, x->opt.lc->component->type_name, dm_device_name(device));
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: optimizer: type '%s' has no %s implementation", x->cfg->path,
+                       x->opt.lc->component->type_name, dm_device_name(device));
     return DM_OK;
 }
 
-int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch,
-                   int num_threads, dm_error *err)
+int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape item, int max_batch, int num_threads,
+                   dm_error *err)
 {
     memset(m, 0, sizeof *m);
     m->dev = dev;
@@ -102,12 +95,11 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
             dm_model_free(m);
             return rc;
         }
-        dm_layer_config lc = {sizeof lc, L->cfg->name, dev->device, DM_LAYOUT_NCHW, shape, num_threads,
-                              dev->stream};
+        dm_layer_config lc = {sizeof lc, L->cfg->name, dev->device, DM_LAYOUT_NCHW, shape, num_threads, dev->stream};
         L->info.struct_size = sizeof L->info;
         dm_error e = {0};
         if ((rc = DM_GUARDED(L->cfg->lc, "create",
-                              L->vt->create(dm_param_set_params(L->cfg->params), &lc, &L->state, &L->info, &e)))) {
+                             L->vt->create(dm_param_set_params(L->cfg->params), &lc, &L->state, &L->info, &e)))) {
             L->state = NULL;
             return model_fail(m, err, rc, "%s%s", loc, e.msg);
         }
@@ -124,8 +116,10 @@ int dm_model_build(dm_model *m, const dm_experiment *x, dm_devctx *dev, dm_shape
         shape = L->out_shape;
     }
     if (!m->layers[x->n_layers - 1].info.is_loss)
-        return model_fail(m, err, DM_ERR_INVALID, "%s: the last layer must be a loss layer (for example "
-                          "type = softmax_cross_entropy)", x->cfg->path);
+        return model_fail(m, err, DM_ERR_INVALID,
+                          "%s: the last layer must be a loss layer (for example "
+                          "type = softmax_cross_entropy)",
+                          x->cfg->path);
     m->param_count = offset;
     size_t nb = (offset ? offset : 1) * sizeof(float);
     if (!(m->params = dm_dev_alloc(dev, nb, err)) || !(m->grads = dm_dev_alloc(dev, nb, err)) ||
@@ -179,8 +173,7 @@ int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err)
         rc = L->vt->init_params(L->state, host + L->param_offset, dm_hash64(seed, 0x1A17 + (uint64_t)i), &e);
         if (rc) dm_fail(err, rc, "layer.%s: init_params: %s", L->cfg->name, e.msg);
     }
-    if (rc == DM_OK)
-        rc = dm_dev_upload(m->dev, m->params, host, m->param_count * sizeof(float), err);
+    if (rc == DM_OK) rc = dm_dev_upload(m->dev, m->params, host, m->param_count * sizeof(float), err);
     free(host);
     if (rc != DM_OK || !m->state_count) return rc;
 
@@ -194,8 +187,7 @@ int dm_model_init_params(dm_model *m, uint64_t seed, dm_error *err)
         rc = L->sa.init_state(L->state, host + L->state_offset, &e);
         if (rc) dm_fail(err, rc, "layer.%s: init_state: %s", L->cfg->name, e.msg);
     }
-    if (rc == DM_OK)
-        rc = dm_dev_upload(m->dev, m->state, host, m->state_count * sizeof(float), err);
+    if (rc == DM_OK) rc = dm_dev_upload(m->dev, m->state, host, m->state_count * sizeof(float), err);
     free(host);
     return rc;
 }
@@ -223,8 +215,7 @@ int dm_model_forward(dm_model *m, int n, int training, uint64_t step_seed, dm_er
     dm_tensor in = with_n(m->input, n);
     for (int i = 0; i < m->n_layers; i++) {
         dm_layer_inst *L = &m->layers[i];
-        dm_run_ctx ctx = {sizeof ctx, training, layer_seed(step_seed, i), m->labels, m->metrics,
-                          m->dev->stream};
+        dm_run_ctx ctx = {sizeof ctx, training, layer_seed(step_seed, i), m->labels, m->metrics, m->dev->stream};
         dm_tensor out = with_n(L->out, n);
         dm_error e = {0};
         double t0 = dm_timeline_clock();
@@ -236,8 +227,7 @@ int dm_model_forward(dm_model *m, int n, int training, uint64_t step_seed, dm_er
     return DM_OK;
 }
 
-int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook hook, void *user,
-                      dm_error *err)
+int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook hook, void *user, dm_error *err)
 {
     for (int i = m->n_layers - 1; i >= 0; i--) {
         dm_layer_inst *L = &m->layers[i];
@@ -248,8 +238,7 @@ int dm_model_backward(dm_model *m, int n, uint64_t step_seed, dm_backward_hook h
         dm_tensor din = i ? with_n(m->layers[i - 1].dout, n) : (dm_tensor){0};
         dm_error e = {0};
         double t0 = dm_timeline_clock();
-        int rc = L->vt->backward(L->state, &ctx, &in, &out, L->info.is_loss ? NULL : &dout,
-                                 i ? &din : NULL, &e);
+        int rc = L->vt->backward(L->state, &ctx, &in, &out, L->info.is_loss ? NULL : &dout, i ? &din : NULL, &e);
         if (rc) return dm_fail(err, rc, "layer.%s: backward: %s", L->cfg->name, e.msg);
         trace_layer(m, "backward", t0, L);
         if (hook && (rc = hook(user, i, err))) return rc;
@@ -271,11 +260,10 @@ void dm_model_summary(const dm_model *m, FILE *out)
                 L->info.param_count);
         total += L->info.param_count;
     }
-    fprintf(out, "total parameters: %zu (%.1f MB of float32; flat buffer %zu floats)\n", total,
-            (double)total * 4 / 1e6, m->param_count);
+    fprintf(out, "total parameters: %zu (%.1f MB of float32; flat buffer %zu floats)\n", total, (double)total * 4 / 1e6,
+            m->param_count);
     if (m->state_count)
-        fprintf(out, "layer state: %zu floats (flat buffer, broadcast from rank 0 and checkpointed)\n",
-                m->state_count);
+        fprintf(out, "layer state: %zu floats (flat buffer, broadcast from rank 0 and checkpointed)\n", m->state_count);
 }
 
 void dm_model_free(dm_model *m)

@@ -12,7 +12,7 @@
 
 struct dm_param_set {
     dm_params params;
-    const dm_param_def *defs;     /* the table it was built from */
+    const dm_param_def *defs; /* the table it was built from */
     dm_param_value *values;
     char **texts; /* owned copies of every value text */
     int n;
@@ -33,8 +33,8 @@ static size_t edit_distance(const char *a, const char *b)
             size_t best = d[i - 1][j - 1] + (ca != cb);
             if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
             if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
-            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) &&
-                tolower((unsigned char)a[i - 2]) == cb && d[i - 2][j - 2] + 1 < best)
+            if (i > 1 && j > 1 && ca == tolower((unsigned char)b[j - 2]) && tolower((unsigned char)a[i - 2]) == cb &&
+                d[i - 2][j - 2] + 1 < best)
                 best = d[i - 2][j - 2] + 1;
             d[i][j] = best;
         }
@@ -47,15 +47,17 @@ const char *dm_suggest(const char *word, const char *const *candidates, int n)
     size_t best_d = (size_t)-1;
     for (int i = 0; i < n; i++) {
         size_t d = edit_distance(word, candidates[i]);
-        if (d < best_d) { best_d = d; best = candidates[i]; }
+        if (d < best_d) {
+            best_d = d;
+            best = candidates[i];
+        }
     }
     /* Close enough: at most a third of the word wrong (at least 1, at most 3),
      * or one is a prefix of the other ("filter" -> "filters"). */
     size_t len = strlen(word), limit = len / 3;
     if (limit < 1) limit = 1;
     if (limit > 3) limit = 3;
-    if (best && (best_d <= limit || strncmp(word, best, len) == 0 ||
-                 strncmp(word, best, strlen(best)) == 0))
+    if (best && (best_d <= limit || strncmp(word, best, len) == 0 || strncmp(word, best, strlen(best)) == 0))
         return best;
     return NULL;
 }
@@ -76,8 +78,14 @@ static int parse_bool(const char *s, int64_t *out)
 {
     static const char *yes[] = {"1", "true", "yes", "on"}, *no[] = {"0", "false", "no", "off"};
     for (int i = 0; i < 4; i++) {
-        if (strcasecmp(s, yes[i]) == 0) { *out = 1; return 1; }
-        if (strcasecmp(s, no[i]) == 0) { *out = 0; return 1; }
+        if (strcasecmp(s, yes[i]) == 0) {
+            *out = 1;
+            return 1;
+        }
+        if (strcasecmp(s, no[i]) == 0) {
+            *out = 0;
+            return 1;
+        }
     }
     return 0;
 }
@@ -110,8 +118,7 @@ static int convert(const dm_param_def *def, const char *text, dm_param_value *v,
         errno = 0;
         long long x = strtoll(text, &end, 10);
         if (!text[0] || *end || errno)
-            return dm_fail(err, DM_ERR_INVALID, "'%s' must be %s, got '%s'", def->name,
-                           type_word(def->type), text);
+            return dm_fail(err, DM_ERR_INVALID, "'%s' must be %s, got '%s'", def->name, type_word(def->type), text);
         v->i = x;
         v->f = (double)x;
         in_range = def->min > def->max || (v->f >= def->min && v->f <= def->max);
@@ -121,8 +128,7 @@ static int convert(const dm_param_def *def, const char *text, dm_param_value *v,
         errno = 0;
         double x = strtod(text, &end);
         if (!text[0] || *end || errno || !isfinite(x))
-            return dm_fail(err, DM_ERR_INVALID, "'%s' must be %s, got '%s'", def->name,
-                           type_word(def->type), text);
+            return dm_fail(err, DM_ERR_INVALID, "'%s' must be %s, got '%s'", def->name, type_word(def->type), text);
         v->f = x;
         in_range = def->min > def->max || (x >= def->min && x <= def->max);
         break;
@@ -132,17 +138,14 @@ static int convert(const dm_param_def *def, const char *text, dm_param_value *v,
             return dm_fail(err, DM_ERR_INVALID, "'%s' must be true or false, got '%s'", def->name, text);
         v->f = (double)v->i;
         break;
-    case DM_PARAM_STRING:
-        break;
+    case DM_PARAM_STRING: break;
     case DM_PARAM_ENUM:
         if (!enum_has(def->choices, text))
-            return dm_fail(err, DM_ERR_INVALID, "'%s' must be one of %s, got '%s'", def->name,
-                           def->choices, text);
+            return dm_fail(err, DM_ERR_INVALID, "'%s' must be one of %s, got '%s'", def->name, def->choices, text);
         break;
     }
     if (!in_range)
-        return dm_fail(err, DM_ERR_INVALID, "'%s' = %s is out of range [%g, %g]", def->name, text,
-                       def->min, def->max);
+        return dm_fail(err, DM_ERR_INVALID, "'%s' = %s is out of range [%g, %g]", def->name, text, def->min, def->max);
     return DM_OK;
 }
 
@@ -168,20 +171,18 @@ void dm_where_format(const dm_where *where, const dm_kv *kv, char *buf, size_t s
         const char *sec = where->section ? where->section : "?";
         if (kv->origin && strcmp(kv->origin, "--set") != 0)
             snprintf(buf, size, "%s (%s.%s): ", kv->origin, sec, kv->key);
-        else
-            snprintf(buf, size, "--set %s.%s: ", sec, kv->key);
+        else snprintf(buf, size, "--set %s.%s: ", sec, kv->key);
         return;
     }
     if (where->file) {
         if (line > 0) off = (size_t)snprintf(buf, size, "%s:%d: ", where->file, line);
         else off = (size_t)snprintf(buf, size, "%s: ", where->file);
     }
-    if (where->section && off < size)
-        snprintf(buf + off, size - off, "%s: ", where->section);
+    if (where->section && off < size) snprintf(buf + off, size - off, "%s: ", where->section);
 }
 
-int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const dm_where *where,
-                       dm_param_set **out, dm_error *err)
+int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const dm_where *where, dm_param_set **out,
+                       dm_error *err)
 {
     char loc[512];
     *out = NULL;
@@ -203,8 +204,7 @@ int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const 
             return dm_fail(err, DM_ERR_INVALID, "%sunknown key '%s'%s", loc, kvs[k].key, hint);
         }
         for (int j = 0; j < k; j++)
-            if (strcmp(kvs[j].key, kvs[k].key) == 0)
-            {
+            if (strcmp(kvs[j].key, kvs[k].key) == 0) {
                 dm_where_format(where, &kvs[k], loc, sizeof loc);
                 return dm_fail(err, DM_ERR_INVALID, "%skey '%s' given twice", loc, kvs[k].key);
             }
@@ -222,12 +222,15 @@ int dm_param_set_build(const dm_param_def *defs, const dm_kv *kvs, int n, const 
         const char *text = defs[i].default_value;
         const dm_kv *from = NULL;
         for (int k = 0; k < n; k++)
-            if (strcmp(defs[i].name, kvs[k].key) == 0) { text = kvs[k].value; from = &kvs[k]; }
+            if (strcmp(defs[i].name, kvs[k].key) == 0) {
+                text = kvs[k].value;
+                from = &kvs[k];
+            }
         dm_where_format(where, from, loc, sizeof loc);
         if (!text) {
             dm_param_set_free(ps);
-            return dm_fail(err, DM_ERR_INVALID, "%smissing required key '%s' (%s)", loc,
-                           defs[i].name, defs[i].help ? defs[i].help : "no help");
+            return dm_fail(err, DM_ERR_INVALID, "%smissing required key '%s' (%s)", loc, defs[i].name,
+                           defs[i].help ? defs[i].help : "no help");
         }
         ps->texts[i] = strdup(text);
         ps->n = i + 1;
@@ -257,7 +260,10 @@ int dm_param_set_replace(dm_param_set *ps, const char *name, const char *text, d
         char *copy = strdup(text);
         if (!copy) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
         int rc = convert(&ps->defs[i], copy, &v, err);
-        if (rc) { free(copy); return rc; }
+        if (rc) {
+            free(copy);
+            return rc;
+        }
         free(ps->texts[i]);
         ps->texts[i] = copy;
         ps->values[i] = v;
@@ -275,8 +281,14 @@ int dm_param_set_parse(const dm_param_def *defs, const char *spec, dm_param_set 
     char *save = NULL;
     for (char *tok = strtok_r(copy, " ,\t\n", &save); tok; tok = strtok_r(NULL, " ,\t\n", &save)) {
         char *eq = strchr(tok, '=');
-        if (!eq || eq == tok) { rc = dm_fail(err, DM_ERR_INVALID, "bad spec item '%s' (want key=value)", tok); break; }
-        if (n == 64) { rc = dm_fail(err, DM_ERR_INVALID, "too many items in spec"); break; }
+        if (!eq || eq == tok) {
+            rc = dm_fail(err, DM_ERR_INVALID, "bad spec item '%s' (want key=value)", tok);
+            break;
+        }
+        if (n == 64) {
+            rc = dm_fail(err, DM_ERR_INVALID, "too many items in spec");
+            break;
+        }
         *eq = 0;
         kvs[n++] = (dm_kv){tok, eq + 1, 0, NULL};
     }

@@ -19,8 +19,8 @@ static const int g_sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
 #define N_SIGS ((int)(sizeof g_sigs / sizeof g_sigs[0]))
 
 static volatile sig_atomic_t g_active;
-static char g_head[4200];  /* "dmnist-run: /path/to/plugin.so: " */
-static char g_what[512];   /* "while loading (in a constructor)" */
+static char g_head[4200]; /* "dmnist-run: /path/to/plugin.so: " */
+static char g_what[512];  /* "while loading (in a constructor)" */
 static size_t g_head_len, g_what_len;
 static double g_timeout_s;
 static struct sigaction g_old[N_SIGS], g_old_alrm;
@@ -70,7 +70,10 @@ static void on_alarm(int sig)
     unsigned long s = (unsigned long)(g_timeout_s + 0.5);
     char rev[24];
     int k = 0;
-    do { rev[k++] = (char)('0' + s % 10); s /= 10; } while (s && k < 20);
+    do {
+        rev[k++] = (char)('0' + s % 10);
+        s /= 10;
+    } while (s && k < 20);
     while (k) num[n++] = rev[--k];
     say(g_head, g_head_len);
     SAY("did not return within ");
@@ -99,8 +102,10 @@ double dm_plugin_load_timeout_s(dm_error *err)
     errno = 0;
     double s = strtod(v, &end);
     if (errno || end == v || *end || !(s >= 0) || s > 86400) {
-        dm_fail(err, DM_ERR_INVALID, "DMNIST_PLUGIN_LOAD_TIMEOUT_S='%s': want seconds in [0, 86400] "
-                "(0: no limit)", v);
+        dm_fail(err, DM_ERR_INVALID,
+                "DMNIST_PLUGIN_LOAD_TIMEOUT_S='%s': want seconds in [0, 86400] "
+                "(0: no limit)",
+                v);
         return -1;
     }
     return s;
@@ -140,7 +145,8 @@ void dm_plugin_guard_begin(const char *path, double timeout_s, const char *fmt, 
     if (timeout_s > 0) {
         sa.sa_handler = on_alarm;
         sigaction(SIGALRM, &sa, &g_old_alrm);
-        struct itimerval it = {{0, 0}, {(time_t)timeout_s, (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6)}};
+        struct itimerval it = {{0, 0},
+                               {(time_t)timeout_s, (suseconds_t)((timeout_s - (double)(time_t)timeout_s) * 1e6)}};
         if (it.it_value.tv_sec == 0 && it.it_value.tv_usec == 0) it.it_value.tv_usec = 1;
         setitimer(ITIMER_REAL, &it, &g_old_timer);
     }
@@ -156,12 +162,10 @@ void dm_plugin_guard_end(void)
     struct sigaction now;
     if (g_timeout_s > 0) {
         setitimer(ITIMER_REAL, &g_old_timer, NULL);
-        if (sigaction(SIGALRM, NULL, &now) == 0 && now.sa_handler == on_alarm)
-            sigaction(SIGALRM, &g_old_alrm, NULL);
+        if (sigaction(SIGALRM, NULL, &now) == 0 && now.sa_handler == on_alarm) sigaction(SIGALRM, &g_old_alrm, NULL);
     }
     for (int i = 0; i < N_SIGS; i++)
-        if (sigaction(g_sigs[i], NULL, &now) == 0 && now.sa_handler == on_crash)
-            sigaction(g_sigs[i], &g_old[i], NULL);
+        if (sigaction(g_sigs[i], NULL, &now) == 0 && now.sa_handler == on_crash) sigaction(g_sigs[i], &g_old[i], NULL);
     /* keep a stack someone else installed; drop ours */
     if (!(g_old_stack.ss_flags & SS_DISABLE)) sigaltstack(&g_old_stack, NULL);
     else {

@@ -21,20 +21,20 @@ const char *dm_plugin_phase_what(int ph);
 /* dlopen real, call its entry point and check the descriptor, reporting each
  * phase to phase_fd (see dm_plugin_phase). On failure the library is closed
  * and e holds the reason without the path. */
-int dm_plugin_open(const dm_registry *r, const char *real, int phase_fd, void **hp,
-                   const dm_plugin_descriptor **dp, dm_error *e);
+int dm_plugin_open(const dm_registry *r, const char *real, int phase_fd, void **hp, const dm_plugin_descriptor **dp,
+                   dm_error *e);
 /* Load a file whose path dm_trust_path() accepted (real, with lstat st): in
  * this process, under the guard, and register its components. */
-int dm_plugin_load_trusted(dm_registry *r, const char *path, const char *real, const struct stat *st,
-                           double timeout_s, dm_error *err);
+int dm_plugin_load_trusted(dm_registry *r, const char *path, const char *real, const struct stat *st, double timeout_s,
+                           dm_error *err);
 
 /* One file of a search folder, and what the probe child saw of it. */
 typedef struct dm_probe {
     char *path, *real;
     struct stat st;
-    int phase;          /* the last phase the child reported */
-    int result;         /* PH_OK, PH_FAIL, or 0: the child died or hung in it */
-    int status;         /* the child's wait status when it died here */
+    int phase;  /* the last phase the child reported */
+    int result; /* PH_OK, PH_FAIL, or 0: the child died or hung in it */
+    int status; /* the child's wait status when it died here */
     int timed_out;
     char msg[sizeof(((dm_error *)0)->msg)];
     size_t n;

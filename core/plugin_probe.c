@@ -60,7 +60,10 @@ static void probe_on_exit(int status, void *arg)
 static void probe_child(const dm_registry *r, const dm_probe *ps, int from, int n, int fd)
 {
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (null >= 0) { dup2(null, 1); dup2(null, 2); }
+    if (null >= 0) {
+        dup2(null, 1);
+        dup2(null, 2);
+    }
     static const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGALRM};
     for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) signal(sigs[i], SIG_DFL);
     on_exit(probe_on_exit, NULL);
@@ -93,16 +96,14 @@ static double now_s(void)
  * "crashed (...) while loading (...)"; NULL when it finished. */
 static const char *probe_failure(const dm_probe *p, double timeout_s, char *buf, size_t size)
 {
-    if (p->result)
-        return NULL;
+    if (p->result) return NULL;
     const char *what = dm_plugin_phase_what(p->phase);
     if (p->timed_out)
         snprintf(buf, size, "did not return within %g s (DMNIST_PLUGIN_LOAD_TIMEOUT_S) %s", timeout_s, what);
     else if (WIFSIGNALED(p->status))
         snprintf(buf, size, "crashed (%s%s) %s", sigabbrev_np(WTERMSIG(p->status)) ? "SIG" : "signal",
                  sigabbrev_np(WTERMSIG(p->status)) ? sigabbrev_np(WTERMSIG(p->status)) : "", what);
-    else
-        snprintf(buf, size, "called exit(%d) %s", WEXITSTATUS(p->status), what);
+    else snprintf(buf, size, "called exit(%d) %s", WEXITSTATUS(p->status), what);
     return buf;
 }
 
@@ -154,7 +155,10 @@ int dm_probe_all(dm_registry *r, dm_probe *ps, int n, double timeout_s, dm_error
             int wait_ms = -1;
             if (timeout_s > 0) {
                 double left = deadline - now_s();
-                if (left <= 0) { timed_out = 1; break; }
+                if (left <= 0) {
+                    timed_out = 1;
+                    break;
+                }
                 wait_ms = (int)(left * 1000) + 1;
             }
             struct pollfd pf = {pfd[0], POLLIN, 0};
@@ -170,7 +174,10 @@ int dm_probe_all(dm_registry *r, dm_probe *ps, int n, double timeout_s, dm_error
                 char c = buf[j];
                 if (in_msg) {
                     if (c == 0) in_msg = 0, p->result = PH_FAIL;
-                    else if (p->n + 1 < sizeof p->msg) { p->msg[p->n++] = c; p->msg[p->n] = 0; }
+                    else if (p->n + 1 < sizeof p->msg) {
+                        p->msg[p->n++] = c;
+                        p->msg[p->n] = 0;
+                    }
                 } else if (c == PH_OK) {
                     p->result = PH_OK;
                 } else if (c == PH_FAIL) {

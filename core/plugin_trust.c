@@ -35,12 +35,15 @@ static int trusted_owner(const struct stat *st) { return st->st_uid == 0 || st->
 static int check_folder(const char *dir, const struct stat *st, int strict, const char *role, dm_error *err)
 {
     if (!trusted_owner(st))
-        return dm_fail(err, DM_ERR_INVALID, "refused: folder %s%s is owned by uid %u, neither root nor us "
-                       "(uid %u)", dir, role, (unsigned)st->st_uid, (unsigned)geteuid());
+        return dm_fail(err, DM_ERR_INVALID,
+                       "refused: folder %s%s is owned by uid %u, neither root nor us "
+                       "(uid %u)",
+                       dir, role, (unsigned)st->st_uid, (unsigned)geteuid());
     if ((st->st_mode & 022) && (strict || !(st->st_mode & S_ISVTX)))
-        return dm_fail(err, DM_ERR_INVALID, "refused: folder %s%s is writable by other users (mode %04o, "
-                       "owner uid %u); chmod go-w it or move the plugin", dir, role,
-                       (unsigned)(st->st_mode & 07777), (unsigned)st->st_uid);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "refused: folder %s%s is writable by other users (mode %04o, "
+                       "owner uid %u); chmod go-w it or move the plugin",
+                       dir, role, (unsigned)(st->st_mode & 07777), (unsigned)st->st_uid);
     return DM_OK;
 }
 
@@ -56,12 +59,11 @@ static int append(char *cur, size_t *len, size_t size, const char *name, size_t 
     return 0;
 }
 
-int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, struct stat *out,
-                  int *missing, dm_error *err)
+int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, struct stat *out, int *missing,
+                  dm_error *err)
 {
     if (missing) *missing = 0;
-    if (!path || path[0] != '/')
-        return dm_fail(err, DM_ERR_INVALID, "not an absolute path");
+    if (!path || path[0] != '/') return dm_fail(err, DM_ERR_INVALID, "not an absolute path");
     /* rest: what is left to walk; grows at the front when a symlink is met. */
     char rest[2 * PATH_MAX], cur[PATH_MAX], link[PATH_MAX];
     if (snprintf(rest, sizeof rest, "%s", path) >= (int)sizeof rest)
@@ -69,8 +71,7 @@ int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, 
     size_t len = 1;
     strcpy(cur, "/");
     struct stat cur_st, st;
-    if (lstat("/", &cur_st) != 0)
-        return dm_fail(err, DM_ERR_IO, "cannot stat /: %s", strerror(errno));
+    if (lstat("/", &cur_st) != 0) return dm_fail(err, DM_ERR_IO, "cannot stat /: %s", strerror(errno));
     if (check_folder("/", &cur_st, 0, "", err)) return DM_ERR_INVALID;
     int links = 0, is_file = 0;
     char *p = rest;
@@ -79,9 +80,11 @@ int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, 
         if (!*p) break;
         char *end = strchr(p, '/');
         size_t n = end ? (size_t)(end - p) : strlen(p);
-        if (is_file)
-            return dm_fail(err, DM_ERR_IO, "%s is not a folder", cur);
-        if (n == 1 && p[0] == '.') { p += n; continue; }
+        if (is_file) return dm_fail(err, DM_ERR_IO, "%s is not a folder", cur);
+        if (n == 1 && p[0] == '.') {
+            p += n;
+            continue;
+        }
         if (n == 2 && p[0] == '.' && p[1] == '.') {
             /* cur holds no symlink, so its parent is the lexical one */
             char *slash = strrchr(cur, '/');
@@ -95,8 +98,7 @@ int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, 
         char parent[PATH_MAX];
         memcpy(parent, cur, len + 1);
         size_t parent_len = len;
-        if (append(cur, &len, sizeof cur, p, n) != 0)
-            return dm_fail(err, DM_ERR_INVALID, "path too long");
+        if (append(cur, &len, sizeof cur, p, n) != 0) return dm_fail(err, DM_ERR_INVALID, "path too long");
         p += n;
         if (lstat(cur, &st) != 0) {
             int e = errno;
@@ -106,15 +108,16 @@ int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, 
         if (S_ISLNK(st.st_mode)) {
             if (check_folder(parent, &cur_st, 1, " (it holds the symlink)", err)) return DM_ERR_INVALID;
             if (!trusted_owner(&st))
-                return dm_fail(err, DM_ERR_INVALID, "refused: symlink %s is owned by uid %u, neither root nor "
-                               "us (uid %u)", cur, (unsigned)st.st_uid, (unsigned)geteuid());
+                return dm_fail(err, DM_ERR_INVALID,
+                               "refused: symlink %s is owned by uid %u, neither root nor "
+                               "us (uid %u)",
+                               cur, (unsigned)st.st_uid, (unsigned)geteuid());
             if (++links > DM_TRUST_MAX_LINKS)
-                return dm_fail(err, DM_ERR_INVALID, "symlink loop (more than %d symlinks) at %s",
-                               DM_TRUST_MAX_LINKS, cur);
+                return dm_fail(err, DM_ERR_INVALID, "symlink loop (more than %d symlinks) at %s", DM_TRUST_MAX_LINKS,
+                               cur);
             ssize_t k = readlink(cur, link, sizeof link - 1);
             if (k <= 0)
-                return dm_fail(err, DM_ERR_IO, "cannot read symlink %s: %s", cur,
-                               k < 0 ? strerror(errno) : "empty");
+                return dm_fail(err, DM_ERR_IO, "cannot read symlink %s: %s", cur, k < 0 ? strerror(errno) : "empty");
             link[k] = 0;
             /* rest becomes link + "/" + what was left after this component */
             size_t left = strlen(p);
@@ -127,8 +130,7 @@ int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, 
             if (link[0] == '/') {
                 strcpy(cur, "/");
                 len = 1;
-                if (lstat("/", &cur_st) != 0)
-                    return dm_fail(err, DM_ERR_IO, "cannot stat /: %s", strerror(errno));
+                if (lstat("/", &cur_st) != 0) return dm_fail(err, DM_ERR_IO, "cannot stat /: %s", strerror(errno));
             } else {
                 memcpy(cur, parent, parent_len + 1);
                 len = parent_len;
@@ -145,11 +147,15 @@ int dm_trust_path(const char *path, int want_dir, char *real, size_t real_size, 
         /* the file: its folder must be strict, the file ours or root's and not writable by others */
         if (check_folder(parent, &cur_st, 1, " (it holds the plugin)", err)) return DM_ERR_INVALID;
         if (!trusted_owner(&st))
-            return dm_fail(err, DM_ERR_INVALID, "refused: the file %s is owned by uid %u, neither root nor us "
-                           "(uid %u); chown it", cur, (unsigned)st.st_uid, (unsigned)geteuid());
+            return dm_fail(err, DM_ERR_INVALID,
+                           "refused: the file %s is owned by uid %u, neither root nor us "
+                           "(uid %u); chown it",
+                           cur, (unsigned)st.st_uid, (unsigned)geteuid());
         if (st.st_mode & 022)
-            return dm_fail(err, DM_ERR_INVALID, "refused: the file is writable by other users (mode %04o, "
-                           "owner uid %u); chmod go-w it", (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+            return dm_fail(err, DM_ERR_INVALID,
+                           "refused: the file is writable by other users (mode %04o, "
+                           "owner uid %u); chmod go-w it",
+                           (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
         is_file = 1;
     }
     if (want_dir) {

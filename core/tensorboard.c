@@ -53,7 +53,7 @@ uint32_t dm_crc32c(const void *data, size_t n)
 struct dm_tb {
     FILE *f;
     char path[4200];
-    int failed;                  /* a write failed: errno_at_fail says why */
+    int failed; /* a write failed: errno_at_fail says why */
     int errno_at_fail;
 };
 
@@ -127,8 +127,8 @@ static int make_dirs(const char *dir)
 int dm_tb_open(const char *dir, dm_tb **out, dm_error *err)
 {
     *out = NULL;
-    if (make_dirs(dir) != 0) return dm_fail(err, DM_ERR_IO, "%s: cannot create the TensorBoard folder: %s", dir,
-                                            strerror(errno));
+    if (make_dirs(dir) != 0)
+        return dm_fail(err, DM_ERR_IO, "%s: cannot create the TensorBoard folder: %s", dir, strerror(errno));
     dm_tb *tb = calloc(1, sizeof *tb);
     if (!tb) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     char host[256] = "localhost";
@@ -240,10 +240,16 @@ int dm_tb_close(dm_tb *tb, dm_error *err)
 int dm_tb_open(const char *dir, dm_tb **out, dm_error *err)
 {
     *out = NULL;
-    return dm_fail(err, DM_ERR_UNSUPPORTED, "--tensorboard %s: this dmnist-run was built without protobuf-c "
-                   "(Debian: libprotobuf-c-dev protobuf-c-compiler; scripts/install-deps.sh)", dir);
+    return dm_fail(err, DM_ERR_UNSUPPORTED,
+                   "--tensorboard %s: this dmnist-run was built without protobuf-c "
+                   "(Debian: libprotobuf-c-dev protobuf-c-compiler; scripts/install-deps.sh)",
+                   dir);
 }
-const char *dm_tb_path(const dm_tb *tb) { (void)tb; return ""; }
+const char *dm_tb_path(const dm_tb *tb)
+{
+    (void)tb;
+    return "";
+}
 void dm_tb_scalars(dm_tb *tb, int64_t step, const char *const *tags, const double *values, int n)
 {
     (void)tb, (void)step, (void)tags, (void)values, (void)n;
@@ -252,7 +258,15 @@ void dm_tb_text(dm_tb *tb, int64_t step, const char *tag, const char *markdown)
 {
     (void)tb, (void)step, (void)tag, (void)markdown;
 }
-int dm_tb_flush(dm_tb *tb, dm_error *err) { (void)tb, (void)err; return DM_OK; }
-int dm_tb_close(dm_tb *tb, dm_error *err) { (void)tb, (void)err; return DM_OK; }
+int dm_tb_flush(dm_tb *tb, dm_error *err)
+{
+    (void)tb, (void)err;
+    return DM_OK;
+}
+int dm_tb_close(dm_tb *tb, dm_error *err)
+{
+    (void)tb, (void)err;
+    return DM_OK;
+}
 
 #endif

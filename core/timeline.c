@@ -26,16 +26,16 @@
 #include <time.h>
 
 typedef struct timeline {
-    FILE *part;                  /* this rank's events, one JSON object per line */
-    char path[4096];             /* the merged trace */
+    FILE *part;      /* this rank's events, one JSON object per line */
+    char path[4096]; /* the merged trace */
     char part_path[4200];
     int rank, world_size;
-    int64_t step;                /* args.step of the next events; < 0: none */
-    double shift_s;              /* monotonic + shift = seconds since the origin */
+    int64_t step;   /* args.step of the next events; < 0: none */
+    double shift_s; /* monotonic + shift = seconds since the origin */
     long events;
 } timeline;
 
-static timeline g_tl;            /* one rank per process: one recorder */
+static timeline g_tl; /* one rank per process: one recorder */
 
 double dm_timeline_clock(void)
 {
@@ -71,8 +71,8 @@ void dm_put_json_string(FILE *f, const char *s)
 
 static void put_meta(const char *what, const char *key, const char *value, int tid)
 {
-    fprintf(g_tl.part, "{\"ph\":\"M\",\"name\":\"%s\",\"pid\":%d,\"tid\":%d,\"args\":{\"%s\":", what, g_tl.rank,
-            tid, key);
+    fprintf(g_tl.part, "{\"ph\":\"M\",\"name\":\"%s\",\"pid\":%d,\"tid\":%d,\"args\":{\"%s\":", what, g_tl.rank, tid,
+            key);
     if (value) {
         fputc('"', g_tl.part);
         dm_put_json_string(g_tl.part, value);
@@ -172,8 +172,10 @@ static int copy_part(FILE *out, const char *path, int *first, dm_error *err)
 {
     FILE *in = fopen(path, "r");
     if (!in)
-        return dm_fail(err, DM_ERR_IO, "%s: cannot read this rank's timeline part: %s (every rank must write "
-                       "to the same folder)", path, strerror(errno));
+        return dm_fail(err, DM_ERR_IO,
+                       "%s: cannot read this rank's timeline part: %s (every rank must write "
+                       "to the same folder)",
+                       path, strerror(errno));
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;

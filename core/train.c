@@ -30,8 +30,8 @@ static int count_steps(trainer *t, dm_error *err)
     t->total_steps = x->epochs > 0 ? (int64_t)ceil(x->epochs * (double)per_epoch) : x->total_batches / N;
     t->budget = t->total_steps * N;
     if (t->total_steps < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: train: total_batches = %lld is fewer than the %d ranks",
-                       x->cfg->path, (long long)x->total_batches, N);
+        return dm_fail(err, DM_ERR_INVALID, "%s: train: total_batches = %lld is fewer than the %d ranks", x->cfg->path,
+                       (long long)x->total_batches, N);
     return DM_OK;
 }
 
@@ -168,8 +168,7 @@ static int after_step(trainer *t, dm_error *err)
 static int finish(trainer *t, int rc, dm_error *err)
 {
     if (rc == DM_OK && t->left_out) { /* elastic: the job finished in a world without this process */
-        printf("elastic: the job finished without this process (it lost its place at step %lld)\n",
-               (long long)t->step);
+        printf("elastic: the job finished without this process (it lost its place at step %lld)\n", (long long)t->step);
         return DM_OK;
     }
     if (rc == DM_OK) tr_elastic_finish(t);

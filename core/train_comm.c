@@ -182,8 +182,9 @@ static int stage_out(trainer *t, bucket *b, dm_error *err)
     b->t_copy = now_s();
     int rc = dm_dev_event_record(&t->dev, t->computed, t->dev.stream, err);
     if (!rc) rc = dm_dev_stream_wait(&t->dev, t->copy_stream, t->computed, err);
-    if (!rc) rc = dm_dev_download_async(&t->dev, t->h_mirror + b->lo, t->m.grads + b->lo,
-                                        (b->hi - b->lo) * sizeof(float), t->copy_stream, err);
+    if (!rc)
+        rc = dm_dev_download_async(&t->dev, t->h_mirror + b->lo, t->m.grads + b->lo, (b->hi - b->lo) * sizeof(float),
+                                   t->copy_stream, err);
     if (!rc) rc = dm_dev_event_record(&t->dev, b->copied, t->copy_stream, err);
     b->copying = rc == DM_OK;
     dm_timeline_span("comm", b->t_copy, now_s(), "copy to host queued bucket %d", (int)(b - t->buckets));
@@ -245,11 +246,12 @@ int tr_wait_buckets(trainer *t, dm_error *err)
         int r = t->cvt->wait(t->comm, B->req, &e);
         B->req = NULL;
         dm_timeline_span("comm", tw, now_s(), "allreduce wait bucket %d", b);
-        dm_timeline_async("comm", ((uint64_t)t->step << 16) | (uint64_t)b, B->t_start, now_s(), "allreduce bucket %d", b);
+        dm_timeline_async("comm", ((uint64_t)t->step << 16) | (uint64_t)b, B->t_start, now_s(), "allreduce bucket %d",
+                          b);
         if (r && !rc) rc = tr_comm_fail(t, err, r, e.msg);
         if (t->stage && !rc)
-            rc = dm_dev_upload_async(&t->dev, t->m.grads + B->lo, t->h_mirror + B->lo,
-                                     (B->hi - B->lo) * sizeof(float), t->copy_stream, err);
+            rc = dm_dev_upload_async(&t->dev, t->m.grads + B->lo, t->h_mirror + B->lo, (B->hi - B->lo) * sizeof(float),
+                                     t->copy_stream, err);
     }
     if (t->stage) {
         t->next_start = 0;
@@ -285,8 +287,8 @@ int tr_setup_staging(trainer *t, dm_error *err)
 {
     const char *test = getenv("DMNIST_TEST_STAGING");
     int test_cpu = t->dev.device == DM_DEVICE_CPU && test && atoi(test) > 0;
-    t->stage = t->ci.size > 1 && (test_cpu || (t->dev.device != DM_DEVICE_CPU &&
-                                                !(t->cvt->devices & DM_DEVICE_BIT(t->dev.device))));
+    t->stage = t->ci.size > 1 &&
+        (test_cpu || (t->dev.device != DM_DEVICE_CPU && !(t->cvt->devices & DM_DEVICE_BIT(t->dev.device))));
     if (!t->stage) return DM_OK;
     if (test_cpu && rank0(t))
         printf("note: DMNIST_TEST_STAGING: gradients staged through host memory, copies landing late\n");

@@ -36,8 +36,8 @@ static int load_batch(trainer *t, dm_split split, const int64_t *idx, int n, dm_
     if (rc) return dm_fail(err, rc, "data: %s", e.msg);
     for (int i = 0; i < n; i++)
         if (lab[i] < 0 || lab[i] >= t->m.layers[t->m.n_layers - 1].out_shape.c)
-            return dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)",
-                           lab[i], (long long)idx[i], t->m.layers[t->m.n_layers - 1].out_shape.c);
+            return dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)", lab[i],
+                           (long long)idx[i], t->m.layers[t->m.n_layers - 1].out_shape.c);
     if (t->dev.device != DM_DEVICE_CPU) {
         if ((rc = dm_dev_upload(&t->dev, t->m.input.data, img, (size_t)n * item * sizeof(float), err))) return rc;
         if ((rc = dm_dev_upload(&t->dev, t->m.labels, lab, (size_t)n * sizeof(int32_t), err))) return rc;
@@ -47,12 +47,11 @@ static int load_batch(trainer *t, dm_split split, const int64_t *idx, int n, dm_
 
 /* device = cuda with the dataset on the GPU: examples d_idx[0..n) (a slice
  * of the device permutation), or first..first+n when d_idx is NULL. */
-static int gather_batch(trainer *t, dm_split split, const int64_t *d_idx, int64_t first, int n,
-                        dm_error *err)
+static int gather_batch(trainer *t, dm_split split, const int64_t *d_idx, int64_t first, int n, dm_error *err)
 {
 #ifdef DMNIST_CORE_CUDA
-    return dm_cuda_gather(t->m.input.data, t->m.labels, t->d_images[split], t->d_labels[split], d_idx,
-                          first, n, dm_shape_per_item(t->di.item), t->dev.stream, err);
+    return dm_cuda_gather(t->m.input.data, t->m.labels, t->d_images[split], t->d_labels[split], d_idx, first, n,
+                          dm_shape_per_item(t->di.item), t->dev.stream, err);
 #else
     (void)t, (void)split, (void)d_idx, (void)first, (void)n;
     return dm_fail(err, DM_ERR_INTERNAL, "gather_batch without CUDA");
@@ -75,8 +74,7 @@ int tr_upload_dataset(trainer *t, dm_error *err)
         t->d_labels[split] = dm_dev_alloc(&t->dev, (size_t)count * sizeof(int32_t), &oom);
         if (!t->d_images[split] || !t->d_labels[split]) {
             if (rank0(t))
-                printf("note: the dataset does not fit on the GPU (%s); batches are copied from the host\n",
-                       oom.msg);
+                printf("note: the dataset does not fit on the GPU (%s); batches are copied from the host\n", oom.msg);
             for (int s = 0; s < 2; s++) {
                 dm_dev_free(&t->dev, t->d_images[s]);
                 dm_dev_free(&t->dev, t->d_labels[s]);
@@ -99,8 +97,8 @@ int tr_upload_dataset(trainer *t, dm_error *err)
             }
             for (int k = 0; k < n && rc == DM_OK; k++)
                 if (lab[k] < 0 || lab[k] >= classes)
-                    rc = dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)",
-                                 lab[k], (long long)idx[k], classes);
+                    rc = dm_fail(err, DM_ERR_FORMAT, "data: label %d of example %lld is out of range [0, %d)", lab[k],
+                                 (long long)idx[k], classes);
             if (rc == DM_OK)
                 rc = dm_dev_upload(&t->dev, t->d_images[split] + (size_t)i0 * item, img,
                                    (size_t)n * item * sizeof(float), err);
@@ -112,8 +110,7 @@ int tr_upload_dataset(trainer *t, dm_error *err)
         free(lab);
         free(idx);
     }
-    if (rc == DM_OK &&
-        !(t->d_perm = dm_dev_alloc(&t->dev, (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t), err)))
+    if (rc == DM_OK && !(t->d_perm = dm_dev_alloc(&t->dev, (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t), err)))
         rc = err ? err->code : DM_ERR_NOMEM;
     return rc;
 }
@@ -130,14 +127,14 @@ int tr_next_train_batch(trainer *t, dm_error *err)
     if (t->perm_epoch != t->epoch) {
         make_perm(t, t->epoch);
         int rc;
-        if (t->d_perm && (rc = dm_dev_upload(&t->dev, t->d_perm, t->perm,
-                                             (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t), err)))
+        if (t->d_perm &&
+            (rc = dm_dev_upload(&t->dev, t->d_perm, t->perm, (size_t)t->di.count[DM_SPLIT_TRAIN] * sizeof(int64_t),
+                                err)))
             return rc;
     }
     const int64_t *slice = t->perm + t->epoch_pos + (int64_t)t->ci.rank * b;
     t->epoch_pos += global;
-    if (t->d_images[DM_SPLIT_TRAIN])
-        return gather_batch(t, DM_SPLIT_TRAIN, t->d_perm + (slice - t->perm), 0, b, err);
+    if (t->d_images[DM_SPLIT_TRAIN]) return gather_batch(t, DM_SPLIT_TRAIN, t->d_perm + (slice - t->perm), 0, b, err);
     return load_batch(t, DM_SPLIT_TRAIN, slice, b, err);
 }
 
@@ -192,7 +189,9 @@ int tr_evaluate(trainer *t, double *loss, double *acc, float *confusion, dm_erro
     float *h_logits = confusion ? malloc((size_t)eb * (size_t)classes * sizeof(float)) : NULL;
     int32_t *h_lab = confusion ? malloc((size_t)eb * sizeof(int32_t)) : NULL;
     if (!v || (confusion && (!h_logits || !h_lab))) {
-        free(v); free(h_logits); free(h_lab);
+        free(v);
+        free(h_logits);
+        free(h_lab);
         return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     }
     /* keep the training accumulator for the next log line */

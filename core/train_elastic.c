@@ -44,8 +44,7 @@ static int form_world(trainer *t, int prev_rank, int prev_size, int *formed, dm_
     t->left_out = w.done;
     if (rc || w.done) return rc;
     *formed = 1;
-    snprintf(t->round_job_id, sizeof t->round_job_id, "%s.e%d", t->ids.job_id[0] ? t->ids.job_id : "nojob",
-             w.round);
+    snprintf(t->round_job_id, sizeof t->round_job_id, "%s.e%d", t->ids.job_id[0] ? t->ids.job_id : "nojob", w.round);
     snprintf(t->round_fingerprint, sizeof t->round_fingerprint, "%016llx",
              (unsigned long long)dm_job_fingerprint(t->x, w.size, t->round_job_id));
     t->cc.rank = w.rank;
@@ -67,8 +66,8 @@ int tr_elastic_setup(trainer *t, dm_error *err)
         return dm_fail(err, DM_ERR_INVALID, "%s: experiment: max_ranks = %d is below min_ranks = %d", x->cfg->path,
                        x->max_ranks, x->min_ranks);
     if (!(t->el = calloc(1, sizeof *t->el))) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
-    int rc = dm_elastic_open(t->el, t->cc.rendezvous, t->ids.job_id, x->min_ranks, x->max_ranks,
-                             x->elastic_settle_s, x->timeout_s, err);
+    int rc = dm_elastic_open(t->el, t->cc.rendezvous, t->ids.job_id, x->min_ranks, x->max_ranks, x->elastic_settle_s,
+                             x->timeout_s, err);
     if (rc) {
         exit_as(t, DM_EXIT_CONFIG);
         return rc;
@@ -130,9 +129,10 @@ static int adopt_world(trainer *t, dm_error *err)
 {
     const dm_experiment *x = t->x;
     if (t->di.count[DM_SPLIT_TRAIN] < (int64_t)x->batch_size * t->ci.size)
-        return dm_fail(err, DM_ERR_INVALID, "experiment.elastic: %lld training examples are fewer than one global "
-                       "batch of the new world (%d ranks x %d)", (long long)t->di.count[DM_SPLIT_TRAIN], t->ci.size,
-                       x->batch_size);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "experiment.elastic: %lld training examples are fewer than one global "
+                       "batch of the new world (%d ranks x %d)",
+                       (long long)t->di.count[DM_SPLIT_TRAIN], t->ci.size, x->batch_size);
     t->lr_scale = x->scale_lr ? (double)t->ci.size : 1.0;
     t->rank_seed = dm_hash64(x->seed, 0xD0D0ull + (uint64_t)t->ci.rank);
     t->checked_step = t->params_checked_step = t->logged_step = t->step;
@@ -160,13 +160,15 @@ static void report(trainer *t, const char *reason, const char *why, int old_size
     clock_gettime(CLOCK_REALTIME, &wall);
     tr_bar_clear(t);
     printf("elastic: world %d -> %d ranks at step %lld (%s%s%s); %lld steps left; %.2f s to form it%s\n", old_size,
-           t->ci.size, (long long)t->step, reason, why[0] ? ": " : "", why,
-           (long long)(t->total_steps - t->step), secs, t->x->scale_lr ? ", lr follows the world size" : "");
+           t->ci.size, (long long)t->step, reason, why[0] ? ": " : "", why, (long long)(t->total_steps - t->step), secs,
+           t->x->scale_lr ? ", lr follows the world size" : "");
     fflush(stdout);
     if (t->metrics) {
-        fprintf(t->metrics, "{\"event\":\"world\",\"reason\":\"%s\",\"round\":%d,\"step\":%lld,\"from\":%d,\"to\":%d,"
-                "\"form_s\":%.6g,\"time_s\":%.6g,\"wall_s\":%.6f}\n", reason, t->el->round, (long long)t->step,
-                old_size, t->ci.size, secs, now_s() - t->t_start, (double)wall.tv_sec + 1e-9 * (double)wall.tv_nsec);
+        fprintf(t->metrics,
+                "{\"event\":\"world\",\"reason\":\"%s\",\"round\":%d,\"step\":%lld,\"from\":%d,\"to\":%d,"
+                "\"form_s\":%.6g,\"time_s\":%.6g,\"wall_s\":%.6f}\n",
+                reason, t->el->round, (long long)t->step, old_size, t->ci.size, secs, now_s() - t->t_start,
+                (double)wall.tv_sec + 1e-9 * (double)wall.tv_nsec);
         fflush(t->metrics);
     }
 }

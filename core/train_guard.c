@@ -42,10 +42,8 @@ static int all_finite(trainer *t, const float *buf, size_t n, int *finite, dm_er
 /* "step N" or "steps A-B": the steps (1-based) since the last check. */
 static const char *step_range(char *buf, size_t size, int64_t first, int64_t last)
 {
-    if (first == last)
-        snprintf(buf, size, "step %lld", (long long)last);
-    else
-        snprintf(buf, size, "steps %lld-%lld", (long long)first, (long long)last);
+    if (first == last) snprintf(buf, size, "step %lld", (long long)last);
+    else snprintf(buf, size, "steps %lld-%lld", (long long)first, (long long)last);
     return buf;
 }
 
@@ -65,11 +63,15 @@ int tr_check_params(trainer *t, dm_error *err)
     char steps[64];
     step_range(steps, sizeof steps, t->params_checked_step + 1, t->step);
     if (!finite)
-        return dm_fail(err, DM_ERR_INVALID, "%s: parameters are not finite (NaN or Inf) though the loss is: "
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: parameters are not finite (NaN or Inf) though the loss is: "
                        "training diverged (a NaN hidden from the loss by a ReLU or max pooling reaches the "
-                       "gradients; train.nan_policy = skip checks them at every step)", steps);
-    return dm_fail(err, DM_ERR_INVALID, "%s: layer state (running statistics) is not finite (NaN or Inf) "
-                   "though the loss and parameters are: training diverged", steps);
+                       "gradients; train.nan_policy = skip checks them at every step)",
+                       steps);
+    return dm_fail(err, DM_ERR_INVALID,
+                   "%s: layer state (running statistics) is not finite (NaN or Inf) "
+                   "though the loss and parameters are: training diverged",
+                   steps);
 }
 
 /* The running loss sum of this rank's steps since the last log (metrics[0]):
@@ -133,17 +135,16 @@ int tr_guard_step(trainer *t, int *skipped, dm_error *err)
         return DM_OK;
     }
     char where[128], steps[64];
-    if (!isfinite(window_loss))
-        snprintf(where, sizeof where, "is %f on rank %d", (double)window_loss, t->ci.rank);
-    else if (!grads_ok)
-        snprintf(where, sizeof where, "is finite but the gradients are not (NaN or Inf)");
-    else
-        snprintf(where, sizeof where, "is not finite on %d other rank%s", (int)bad_ranks, bad_ranks > 1 ? "s" : "");
+    if (!isfinite(window_loss)) snprintf(where, sizeof where, "is %f on rank %d", (double)window_loss, t->ci.rank);
+    else if (!grads_ok) snprintf(where, sizeof where, "is finite but the gradients are not (NaN or Inf)");
+    else snprintf(where, sizeof where, "is not finite on %d other rank%s", (int)bad_ranks, bad_ranks > 1 ? "s" : "");
     /* more than one step only on CUDA without skip */
     step_range(steps, sizeof steps, t->checked_step + 1, t->step + 1);
     if (!x->nan_skip)
-        return dm_fail(err, DM_ERR_INVALID, "%s: loss %s: training diverged "
-                       "(lower optimizer.lr, or set train.nan_policy = skip)", steps, where);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: loss %s: training diverged "
+                       "(lower optimizer.lr, or set train.nan_policy = skip)",
+                       steps, where);
     if (rank0(t)) printf("%s: loss %s, step skipped (nan_policy = skip)\n", steps, where);
     if ((rc = set_loss_sum(t, t->checked_loss_sum, err))) return rc;
     if (t->state_backup &&
@@ -203,10 +204,13 @@ int tr_sync_check(trainer *t, dm_error *err)
     if (rc) return rc;
     float *v = calloc((size_t)N * K * 4, sizeof(float));
     uint64_t *hash = calloc((size_t)N * K, sizeof(uint64_t));
-    if (!v || !hash) { free(v); free(hash); return dm_fail(err, DM_ERR_NOMEM, "out of memory"); }
+    if (!v || !hash) {
+        free(v);
+        free(hash);
+        return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    }
     for (int j = 0; j < K; j++)
-        for (int k = 0; k < 4; k++)
-            v[4 * (K * t->ci.rank + j) + k] = (float)((mine[j] >> (16 * k)) & 0xFFFF);
+        for (int k = 0; k < 4; k++) v[4 * (K * t->ci.rank + j) + k] = (float)((mine[j] >> (16 * k)) & 0xFFFF);
     rc = N > 1 ? tr_allreduce_host(t, v, (size_t)N * K * 4, DM_REDUCE_SUM, err) : DM_OK;
     for (int r = 0; r < N && rc == DM_OK; r++)
         for (int j = 0; j < K; j++)
@@ -222,8 +226,10 @@ int tr_sync_check(trainer *t, dm_error *err)
             }
         }
         if (n_bad)
-            rc = dm_fail(err, DM_ERR_INTERNAL, "step %lld: %s between ranks (train.sync_check_every): rank 0 "
-                         "has hash %016llx, %s%s", (long long)t->step, j ? "layer state differs" : "parameters differ",
+            rc = dm_fail(err, DM_ERR_INTERNAL,
+                         "step %lld: %s between ranks (train.sync_check_every): rank 0 "
+                         "has hash %016llx, %s%s",
+                         (long long)t->step, j ? "layer state differs" : "parameters differ",
                          (unsigned long long)hash[j], bad, n_bad > 4 ? ", ..." : "");
     }
     if (rc == DM_OK && rank0(t)) {

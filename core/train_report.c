@@ -17,7 +17,7 @@ static double process_cpu_s(void)
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
     return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
-           1e-6 * (double)ru.ru_stime.tv_usec;
+        1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 static double peak_rss_mb(void)
@@ -105,8 +105,8 @@ int tr_finish_timeline(trainer *t, int ok, dm_error *err)
     }
     if (!rank0(t)) return DM_OK;
     if ((rc = dm_timeline_merge(err))) return rc;
-    printf("timeline: %s (%d rank%s; open in https://ui.perfetto.dev or chrome://tracing)\n",
-           t->opts->timeline_path, t->ci.size, t->ci.size == 1 ? "" : "s");
+    printf("timeline: %s (%d rank%s; open in https://ui.perfetto.dev or chrome://tracing)\n", t->opts->timeline_path,
+           t->ci.size, t->ci.size == 1 ? "" : "s");
     return DM_OK;
 }
 
@@ -117,9 +117,9 @@ void tr_report_start(const trainer *t)
     const dm_experiment *x = t->x;
     int N = t->ci.size;
     if (!rank0(t)) return;
-    printf("dmnist %s: %s, %d rank%s (%s), device %s, %lld steps of %d x %d images, %zu parameters\n",
-           DMNIST_VERSION, x->name, N, N == 1 ? "" : "s", x->backend, dm_device_name(x->device),
-           (long long)t->total_steps, N, x->batch_size, t->m.param_count);
+    printf("dmnist %s: %s, %d rank%s (%s), device %s, %lld steps of %d x %d images, %zu parameters\n", DMNIST_VERSION,
+           x->name, N, N == 1 ? "" : "s", x->backend, dm_device_name(x->device), (long long)t->total_steps, N,
+           x->batch_size, t->m.param_count);
     fflush(stdout);
 }
 
@@ -183,11 +183,12 @@ static void log_line(trainer *t, double loss, double acc, double ips, double sec
            secs > 0 ? 100.0 * comm / secs : 0.0, t->lr);
     fflush(stdout);
     if (t->metrics) {
-        fprintf(t->metrics, "{\"event\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.6g,\"accuracy\":%.6g,"
+        fprintf(t->metrics,
+                "{\"event\":\"step\",\"step\":%lld,\"epoch\":%lld,\"loss\":%.6g,\"accuracy\":%.6g,"
                 "\"images_per_s\":%.6g,\"lr\":%.6g,\"time_s\":%.6g,\"comm_wait_s\":%.6g,\"compute_s\":%.6g,"
                 "\"cpu_s\":%.6g}\n",
-                (long long)t->step, (long long)t->epoch, loss, acc, ips, (double)t->lr, now_s() - t->t_start,
-                comm, comp, process_cpu_s());
+                (long long)t->step, (long long)t->epoch, loss, acc, ips, (double)t->lr, now_s() - t->t_start, comm,
+                comp, process_cpu_s());
         fflush(t->metrics);
     }
     static const char *const tags[] = {"train/loss", "train/accuracy", "train/learning_rate", "train/images_per_s",
@@ -220,8 +221,10 @@ int tr_log_step(trainer *t, dm_error *err)
     double secs = v[3] / N, ips = t->images_since_log / (secs > 0 ? secs : 1e-9);
     double comm = v[4] / N, comp = v[5] / N;
     if (!isfinite(loss) && !x->nan_skip)
-        return dm_fail(err, DM_ERR_INVALID, "step %lld: mean loss over the last %lld steps is %f: training "
-                       "diverged (lower optimizer.lr)", (long long)t->step, (long long)steps_in, loss);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "step %lld: mean loss over the last %lld steps is %f: training "
+                       "diverged (lower optimizer.lr)",
+                       (long long)t->step, (long long)steps_in, loss);
     if ((rc = tr_check_params(t, err))) return rc;
     t->bar_loss = loss;
     if (rank0(t)) log_line(t, loss, acc, ips, secs, comm, comp);
@@ -240,8 +243,10 @@ void tr_report_eval(trainer *t, double loss, double acc)
     tr_bar_clear(t);
     printf("eval at step %lld: test loss %.4f  test accuracy %.4f\n", (long long)t->step, loss, acc);
     if (t->metrics)
-        fprintf(t->metrics, "{\"event\":\"eval\",\"step\":%lld,\"test_loss\":%.6g,\"test_accuracy\":%.6g,"
-                "\"time_s\":%.6g}\n", (long long)t->step, loss, acc, now_s() - t->t_start);
+        fprintf(t->metrics,
+                "{\"event\":\"eval\",\"step\":%lld,\"test_loss\":%.6g,\"test_accuracy\":%.6g,"
+                "\"time_s\":%.6g}\n",
+                (long long)t->step, loss, acc, now_s() - t->t_start);
     static const char *const tags[] = {"test/loss", "test/accuracy"};
     const double v[] = {loss, acc};
     dm_tb_scalars(t->tb, t->step, tags, v, 2);
@@ -256,9 +261,10 @@ void tr_report_target(trainer *t, double acc)
     printf("target accuracy %.4f reached at step %lld (test accuracy %.4f), %.2f s after start\n",
            t->x->target_accuracy, (long long)t->step, acc, elapsed);
     if (t->metrics)
-        fprintf(t->metrics, "{\"event\":\"target\",\"step\":%lld,\"target_accuracy\":%.6g,"
-                "\"test_accuracy\":%.6g,\"time_s\":%.6g}\n", (long long)t->step, t->x->target_accuracy,
-                acc, elapsed);
+        fprintf(t->metrics,
+                "{\"event\":\"target\",\"step\":%lld,\"target_accuracy\":%.6g,"
+                "\"test_accuracy\":%.6g,\"time_s\":%.6g}\n",
+                (long long)t->step, t->x->target_accuracy, acc, elapsed);
 }
 
 void tr_report_final(const trainer *t, double test_loss, double test_acc, double train_s)
@@ -271,15 +277,15 @@ void tr_report_final(const trainer *t, double test_loss, double test_acc, double
     double wall = now_s() - t->t_start;
     printf("test loss %.4f  test accuracy %.4f (%.2f%%)  steps %lld  images/s %.1f  wall %.2f s  peak RSS %.0f MB\n",
            test_loss, test_acc, 100 * test_acc, (long long)t->step, ips, wall, peak_rss_mb());
-    if (t->tb)
-        printf("tensorboard: %s (view: tensorboard --logdir %s)\n", dm_tb_path(t->tb), t->opts->tensorboard_dir);
+    if (t->tb) printf("tensorboard: %s (view: tensorboard --logdir %s)\n", dm_tb_path(t->tb), t->opts->tensorboard_dir);
     if (t->metrics)
-        fprintf(t->metrics, "{\"event\":\"final\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"steps\":%lld,"
+        fprintf(t->metrics,
+                "{\"event\":\"final\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"steps\":%lld,"
                 "\"images_per_s\":%.6g,\"wall_s\":%.6g,\"train_s\":%.6g,\"world_size\":%d,\"backend\":\"%s\","
                 "\"device\":\"%s\",\"batch_size\":%d,\"peak_rss_mb\":%.1f,\"global_batches\":%lld,"
                 "\"world_changes\":%d}\n",
-                test_loss, test_acc, (long long)t->step, ips, wall, train_s, N, x->backend,
-                dm_device_name(x->device), x->batch_size, peak_rss_mb(), (long long)t->done_batches, t->world_changes);
+                test_loss, test_acc, (long long)t->step, ips, wall, train_s, N, x->backend, dm_device_name(x->device),
+                x->batch_size, peak_rss_mb(), (long long)t->done_batches, t->world_changes);
     static const char *const tags[] = {"test/loss", "test/accuracy"};
     const double v[] = {test_loss, test_acc};
     dm_tb_scalars(t->tb, t->step, tags, v, 2);
@@ -311,9 +317,10 @@ static void write_eval_json(FILE *f, const trainer *t, double loss, double acc, 
 {
     fprintf(f, "{\"event\":\"eval\",\"step\":%lld,\"checkpoint\":\"", (long long)t->step);
     dm_put_json_string(f, t->opts->eval_path);
-    fprintf(f, "\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"test_images\":%lld,\"world_size\":%d,"
-            "\"eval_s\":%.6g,\"per_class_accuracy\":[", loss, acc, (long long)t->di.count[DM_SPLIT_TEST],
-            t->ci.size, secs);
+    fprintf(f,
+            "\",\"test_loss\":%.6g,\"test_accuracy\":%.6g,\"test_images\":%lld,\"world_size\":%d,"
+            "\"eval_s\":%.6g,\"per_class_accuracy\":[",
+            loss, acc, (long long)t->di.count[DM_SPLIT_TEST], t->ci.size, secs);
     for (int i = 0; i < classes; i++) {
         double row = 0;
         for (int j = 0; j < classes; j++) row += cm[(size_t)i * classes + j];

@@ -13,7 +13,8 @@ int tr_comm_open(trainer *t, dm_error *err)
     dm_experiment *x = t->x;
     dm_error e = {0};
     t->ci = (dm_comm_info){.struct_size = sizeof t->ci};
-    int rc = DM_GUARDED(x->comm.lc, "init", t->cvt->init(dm_param_set_params(x->comm.params), &t->cc, &t->comm, &t->ci, &e));
+    int rc =
+        DM_GUARDED(x->comm.lc, "init", t->cvt->init(dm_param_set_params(x->comm.params), &t->cc, &t->comm, &t->ci, &e));
     if (rc) {
         t->comm = NULL;
         return tr_comm_fail(t, err, rc, e.msg);
@@ -38,7 +39,8 @@ int tr_setup(trainer *t, dm_error *err)
 
     /* Only rank 0 writes checkpoints: find a folder it cannot write now, not
      * after the training it was meant to protect. (--eval writes none.) */
-    if (t->ci.rank == 0 && x->checkpoint_dir[0] && !(t->opts && t->opts->eval_path) && (rc = dm_checkpoint_dir_check(x->checkpoint_dir, err)))
+    if (t->ci.rank == 0 && x->checkpoint_dir[0] && !(t->opts && t->opts->eval_path) &&
+        (rc = dm_checkpoint_dir_check(x->checkpoint_dir, err)))
         return rc;
     if ((rc = dm_dev_open(&t->dev, x->device, t->ci.local_rank, err))) return rc;
     t->dev_open = 1;
@@ -47,14 +49,15 @@ int tr_setup(trainer *t, dm_error *err)
     dm_dataset_config dc = {sizeof dc, x->seed, x->cfg->dir};
     t->di.struct_size = sizeof t->di;
     if ((rc = DM_GUARDED(x->data.lc, "open",
-                          t->dvt->open(dm_param_set_params(x->data.params), &dc, &t->data, &t->di, &e)))) {
+                         t->dvt->open(dm_param_set_params(x->data.params), &dc, &t->data, &t->di, &e)))) {
         t->data = NULL;
         return dm_fail(err, rc, "%s", e.msg);
     }
     if (t->di.count[DM_SPLIT_TRAIN] < (int64_t)x->batch_size * t->ci.size)
-        return dm_fail(err, DM_ERR_INVALID, "%s: data: %lld training examples are fewer than one global batch "
-                       "(%d ranks x %d)", x->cfg->path, (long long)t->di.count[DM_SPLIT_TRAIN], t->ci.size,
-                       x->batch_size);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "%s: data: %lld training examples are fewer than one global batch "
+                       "(%d ranks x %d)",
+                       x->cfg->path, (long long)t->di.count[DM_SPLIT_TRAIN], t->ci.size, x->batch_size);
 
     int max_batch = x->batch_size > x->eval_batch_size ? x->batch_size : x->eval_batch_size;
     if ((rc = dm_model_build(&t->m, x, &t->dev, t->di.item, max_batch, x->threads, err))) {
@@ -70,7 +73,7 @@ int tr_setup(trainer *t, dm_error *err)
     dm_optimizer_config oc = {sizeof oc, x->device, t->m.param_count, x->threads, t->dev.stream};
     t->oi.struct_size = sizeof t->oi;
     if ((rc = DM_GUARDED(x->opt.lc, "create",
-                          t->ovt->create(dm_param_set_params(x->opt.params), &oc, &t->opt, &t->oi, &e)))) {
+                         t->ovt->create(dm_param_set_params(x->opt.params), &oc, &t->opt, &t->oi, &e)))) {
         t->opt = NULL;
         return dm_fail(err, rc, "optimizer: %s", e.msg);
     }

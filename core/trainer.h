@@ -14,14 +14,14 @@
 #include <time.h>
 
 typedef struct bucket {
-    size_t lo, hi;               /* float range of the flat gradient buffer */
-    int first_layer;             /* lowest layer index in it: start after its backward */
+    size_t lo, hi;   /* float range of the flat gradient buffer */
+    int first_layer; /* lowest layer index in it: start after its backward */
     dm_comm_request *req;
-    double t_start;              /* when it was started (for --timeline) */
+    double t_start; /* when it was started (for --timeline) */
     /* host staging (trainer.stage) */
-    dm_dev_event *copied;        /* its copy to the host mirror has landed */
-    int copying;                 /* copy queued, allreduce not started yet */
-    double t_copy;               /* when the copy was queued (for --timeline) */
+    dm_dev_event *copied; /* its copy to the host mirror has landed */
+    int copying;          /* copy queued, allreduce not started yet */
+    double t_copy;        /* when the copy was queued (for --timeline) */
 } bucket;
 
 typedef struct trainer {
@@ -33,20 +33,20 @@ typedef struct trainer {
     const dm_comm_vtable *cvt;
     void *comm;
     dm_comm_info ci;
-    dm_comm_config cc;           /* what the backend was started with (this world's) */
-    dm_comm_ids ids;             /* its strings: the launcher's job id, the rendezvous */
+    dm_comm_config cc; /* what the backend was started with (this world's) */
+    dm_comm_ids ids;   /* its strings: the launcher's job id, the rendezvous */
 
     /* experiment.elastic (train_elastic.c); el is NULL otherwise */
     dm_elastic *el;
-    int in_step;                 /* a step is in flight: a failure now undoes it */
+    int in_step;                      /* a step is in flight: a failure now undoes it */
     int64_t commit_epoch, commit_pos; /* the data cursor after the last completed step */
-    int64_t budget;              /* global batches to train: a world change re-divides what is left */
-    int64_t done_batches;        /* global batches trained */
-    int64_t done0;               /* ... when this process started training */
-    FILE *data_trace;            /* DMNIST_TEST_TRACE_DATA: the examples of each completed step */
+    int64_t budget;                   /* global batches to train: a world change re-divides what is left */
+    int64_t done_batches;             /* global batches trained */
+    int64_t done0;                    /* ... when this process started training */
+    FILE *data_trace;                 /* DMNIST_TEST_TRACE_DATA: the examples of each completed step */
     int world_changes;
-    int left_out;                /* the job ended (or went on) without this process */
-    char round_job_id[160];      /* "<job>.e<round>": this world's id for the backend */
+    int left_out;           /* the job ended (or went on) without this process */
+    char round_job_id[160]; /* "<job>.e<round>": this world's id for the backend */
     char round_fingerprint[17];
 
     const dm_dataset_vtable *dvt;
@@ -69,50 +69,50 @@ typedef struct trainer {
     int64_t perm_epoch;
     /* device = cuda: every example on the GPU, uploaded once (NULL when it
      * did not fit: then batches are copied from the host each step) */
-    float *d_images[2];          /* by dm_split: (count, item) */
+    float *d_images[2]; /* by dm_split: (count, item) */
     int32_t *d_labels[2];
-    int64_t *d_perm;             /* this epoch's permutation */
-    float *d_scratch;            /* staging for device-only backends (nccl) */
-    float *state_backup;         /* nan_policy = skip: the layer state before the step */
+    int64_t *d_perm;     /* this epoch's permutation */
+    float *d_scratch;    /* staging for device-only backends (nccl) */
+    float *state_backup; /* nan_policy = skip: the layer state before the step */
     size_t d_scratch_n;
     int64_t epoch, epoch_pos;
-    int64_t step;                /* optimizer updates done */
-    int64_t total_steps;         /* this rank's steps in the run */
-    int64_t logged_step;         /* the step of the last log line (or start, or world change) */
-    int64_t step0;               /* the step the run started from (> 0 when resumed) */
-    uint64_t rank_seed;          /* this rank's dropout stream */
-    double lr_scale;             /* the ranks (scale_lr) or 1 */
-    float lr;                    /* the last update's learning rate */
+    int64_t step;        /* optimizer updates done */
+    int64_t total_steps; /* this rank's steps in the run */
+    int64_t logged_step; /* the step of the last log line (or start, or world change) */
+    int64_t step0;       /* the step the run started from (> 0 when resumed) */
+    uint64_t rank_seed;  /* this rank's dropout stream */
+    double lr_scale;     /* the ranks (scale_lr) or 1 */
+    float lr;            /* the last update's learning rate */
 
     bucket *buckets;
     int n_buckets;
     /* Host staging, for a backend that takes host memory only (mpi, gloo)
      * with device = cuda; see train_comm.c. */
-    int stage;                   /* device buffers go through h_mirror */
-    float *h_mirror;             /* pinned host twin of the gradient buffer */
-    size_t h_mirror_n;           /* its floats (param_count) */
-    void *copy_stream;           /* device<->host copies, beside dev.stream */
-    dm_dev_event *computed;      /* compute stream: the work queued so far */
-    dm_dev_event *copies;        /* copy stream: the copies queued so far */
-    int next_start;              /* staged: next bucket to start its allreduce */
-    double comm_wait_s;          /* since last log */
-    float checked_loss_sum;      /* metrics[0] at the last NaN/Inf check */
-    int64_t checked_step;        /* the step of that check */
-    int64_t params_checked_step; /* parameters last seen finite after this step */
-    double t_fwd_bwd_s;          /* forward + backward time since last log */
-    int64_t images_since_log;    /* over all ranks */
-    double t_start;              /* dm_train_run began */
-    double t_train0;             /* the first step began */
-    double t_log;                /* the last log line (evaluations not counted) */
-    int target_reached;          /* an evaluation reached train.target_accuracy: stop */
+    int stage;                      /* device buffers go through h_mirror */
+    float *h_mirror;                /* pinned host twin of the gradient buffer */
+    size_t h_mirror_n;              /* its floats (param_count) */
+    void *copy_stream;              /* device<->host copies, beside dev.stream */
+    dm_dev_event *computed;         /* compute stream: the work queued so far */
+    dm_dev_event *copies;           /* copy stream: the copies queued so far */
+    int next_start;                 /* staged: next bucket to start its allreduce */
+    double comm_wait_s;             /* since last log */
+    float checked_loss_sum;         /* metrics[0] at the last NaN/Inf check */
+    int64_t checked_step;           /* the step of that check */
+    int64_t params_checked_step;    /* parameters last seen finite after this step */
+    double t_fwd_bwd_s;             /* forward + backward time since last log */
+    int64_t images_since_log;       /* over all ranks */
+    double t_start;                 /* dm_train_run began */
+    double t_train0;                /* the first step began */
+    double t_log;                   /* the last log line (evaluations not counted) */
+    int target_reached;             /* an evaluation reached train.target_accuracy: stop */
     double target_loss, target_acc; /* that evaluation's results */
     FILE *metrics;
-    dm_tb *tb;                   /* --tensorboard (rank 0) */
+    dm_tb *tb; /* --tensorboard (rank 0) */
 
-    int bar;                     /* rank 0 draws a progress bar */
-    int bar_shown;               /* the bar is on the terminal's last line */
-    double bar_drawn;            /* when it was last redrawn */
-    double bar_loss;             /* last logged loss, < 0 before the first */
+    int bar;          /* rank 0 draws a progress bar */
+    int bar_shown;    /* the bar is on the terminal's last line */
+    double bar_drawn; /* when it was last redrawn */
+    double bar_loss;  /* last logged loss, < 0 before the first */
 } trainer;
 
 /* When each phase of a step ended (now_s()), for the timeline. */

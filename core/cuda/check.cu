@@ -8,7 +8,8 @@
 #define THREADS 256
 #define MAX_BLOCKS 1024
 
-namespace {
+namespace
+{
 
 __global__ void nonfinite_kernel(const float *x, size_t n, unsigned *flag)
 {
@@ -29,7 +30,6 @@ extern "C" int dm_cuda_any_nonfinite(const float *x, size_t n, unsigned *flag, v
         nonfinite_kernel<<<(unsigned)(blocks < MAX_BLOCKS ? blocks : MAX_BLOCKS), THREADS, 0, s>>>(x, n, flag);
         e = cudaGetLastError();
     }
-    if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "NaN/Inf check: %s", cudaGetErrorString(e));
+    if (e != cudaSuccess) return dm_fail(err, DM_ERR_DEVICE, "NaN/Inf check: %s", cudaGetErrorString(e));
     return DM_OK;
 }

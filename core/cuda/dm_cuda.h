@@ -17,9 +17,8 @@ extern "C" {
  *   dst_images (n, item) <- src_images (count, item)
  *   dst_labels (n)       <- src_labels (count)
  * Indices must be in range (the core draws them from [0, count)). */
-int dm_cuda_gather(float *dst_images, int32_t *dst_labels, const float *src_images,
-                   const int32_t *src_labels, const int64_t *idx, int64_t first, int n, size_t item,
-                   void *stream, dm_error *err);
+int dm_cuda_gather(float *dst_images, int32_t *dst_labels, const float *src_images, const int32_t *src_labels,
+                   const int64_t *idx, int64_t first, int n, size_t item, void *stream, dm_error *err);
 
 /* *flag (one device word) <- 1 when x[0..n) holds a NaN or an Inf, else 0. */
 int dm_cuda_any_nonfinite(const float *x, size_t n, unsigned *flag, void *stream, dm_error *err);

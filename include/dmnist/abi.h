@@ -65,7 +65,8 @@ typedef struct dm_error {
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static inline int dm_fail(dm_error *err, int code, const char *fmt, ...)
+static inline int
+dm_fail(dm_error *err, int code, const char *fmt, ...)
 {
     if (err) {
         va_list ap;
@@ -80,19 +81,15 @@ static inline int dm_fail(dm_error *err, int code, const char *fmt, ...)
 /* Return the status of `call` from the calling function unless it is DM_OK
  * (the error is already in err):
  *   DM_TRY(dm_layer_check_create("dense", DENSE_DEVICES, cfg, info, err)); */
-#define DM_TRY(call)                                                                       \
-    do {                                                                                   \
-        int dm_try_rc_ = (call);                                                           \
-        if (dm_try_rc_ != DM_OK) return dm_try_rc_;                                        \
+#define DM_TRY(call) \
+    do { \
+        int dm_try_rc_ = (call); \
+        if (dm_try_rc_ != DM_OK) return dm_try_rc_; \
     } while (0)
 
 /* ---- devices ----------------------------------------------------------- */
 
-typedef enum dm_device {
-    DM_DEVICE_CPU = 0,
-    DM_DEVICE_CUDA = 1,
-    DM_DEVICE_COUNT
-} dm_device;
+typedef enum dm_device { DM_DEVICE_CPU = 0, DM_DEVICE_CUDA = 1, DM_DEVICE_COUNT } dm_device;
 
 #define DM_DEVICE_BIT(d) (1u << (unsigned)(d))
 
@@ -118,24 +115,20 @@ typedef enum dm_device {
 #define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) \
     ((device) == DM_DEVICE_CUDA ? (cuda_call) : ((void)(cpu_call), DM_OK))
 #else
-#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) \
-    ((void)(device), (void)sizeof(cuda_call), (void)(cpu_call), DM_OK)
+#define DM_CPU_OR_CUDA(device, cpu_call, cuda_call) ((void)(device), (void)sizeof(cuda_call), (void)(cpu_call), DM_OK)
 #endif
 
 /* A plugin's destroy when its state is one malloc'ed block (NULL-safe). */
-static inline void dm_free_state(void *state)
-{
-    free(state);
-}
+static inline void dm_free_state(void *state) { free(state); }
 
 /* ---- parameter tables -------------------------------------------------- */
 
 typedef enum dm_param_type {
     DM_PARAM_INT = 0,
     DM_PARAM_FLOAT = 1,
-    DM_PARAM_BOOL = 2,   /* true/false, yes/no, on/off, 1/0 */
+    DM_PARAM_BOOL = 2, /* true/false, yes/no, on/off, 1/0 */
     DM_PARAM_STRING = 3,
-    DM_PARAM_ENUM = 4    /* one of the '|'-separated words in `choices` */
+    DM_PARAM_ENUM = 4 /* one of the '|'-separated words in `choices` */
 } dm_param_type;
 
 /* One accepted key of an INI section. A component's table ends with an
@@ -154,7 +147,10 @@ typedef struct dm_param_def {
  *       {"pool", DM_PARAM_INT, "2", 1, 1024, NULL, "square window size"},
  *       DM_PARAM_END};
  * A component without keys passes NULL as its table, or {DM_PARAM_END}. */
-#define DM_PARAM_END {NULL, (dm_param_type)0, NULL, 0, 0, NULL, NULL}
+#define DM_PARAM_END \
+    { \
+        NULL, (dm_param_type)0, NULL, 0, 0, NULL, NULL \
+    }
 
 /* A validated value, as handed to a plugin. */
 typedef struct dm_param_value {
@@ -176,8 +172,7 @@ typedef struct dm_params {
 static inline const dm_param_value *dm_param_find(const dm_params *p, const char *name)
 {
     for (int k = 0; p && k < p->count; k++)
-        if (strcmp(p->values[k].name, name) == 0)
-            return &p->values[k];
+        if (strcmp(p->values[k].name, name) == 0) return &p->values[k];
     return NULL;
 }
 static inline int64_t dm_param_int(const dm_params *p, const char *name, int64_t dflt)
@@ -207,18 +202,18 @@ typedef enum dm_kind {
 } dm_kind;
 
 typedef struct dm_component {
-    size_t struct_size;          /* sizeof(dm_component) as the plugin saw it */
+    size_t struct_size; /* sizeof(dm_component) as the plugin saw it */
     dm_kind kind;
-    const char *type_name;       /* matched against `type =` in the INI; unique over all plugins */
-    const char *help;            /* one line for --list-plugins / --help-plugin */
-    const dm_param_def *params;  /* NULL-name terminated; may be NULL for none */
-    const void *vtable;          /* dm_layer_vtable, dm_optimizer_vtable, ... by kind;
+    const char *type_name;      /* matched against `type =` in the INI; unique over all plugins */
+    const char *help;           /* one line for --list-plugins / --help-plugin */
+    const dm_param_def *params; /* NULL-name terminated; may be NULL for none */
+    const void *vtable;         /* dm_layer_vtable, dm_optimizer_vtable, ... by kind;
                                     each starts with its own size_t struct_size */
 } dm_component;
 
 typedef struct dm_plugin_descriptor {
-    size_t struct_size;          /* sizeof(dm_plugin_descriptor) as the plugin saw it */
-    uint32_t abi_major;          /* DM_ABI_MAJOR the plugin was built with */
+    size_t struct_size; /* sizeof(dm_plugin_descriptor) as the plugin saw it */
+    uint32_t abi_major; /* DM_ABI_MAJOR the plugin was built with */
     uint32_t abi_minor;
     const char *name;            /* e.g. "conv2d" */
     const char *version;         /* plugin's own version, e.g. "1.0.0" */
@@ -230,15 +225,13 @@ typedef struct dm_plugin_descriptor {
 /* The entry point. The host passes its own ABI version so a plugin may
  * refuse (return NULL) or adapt. The descriptor must stay valid until the
  * library is closed; it is normally a static const object. */
-typedef const dm_plugin_descriptor *(*dm_plugin_entry_fn)(uint32_t host_abi_major,
-                                                          uint32_t host_abi_minor);
+typedef const dm_plugin_descriptor *(*dm_plugin_entry_fn)(uint32_t host_abi_major, uint32_t host_abi_minor);
 
 /* Whether the struct at p (of type `type`, filled by the other side) holds
  * `field`: its struct_size reaches past the field's end. Check this before
  * reading a field (or calling a method) that a later minor version added:
  *   if (DM_HAS_FIELD(vt, dm_layer_vtable, bind_state) && vt->bind_state) ... */
-#define DM_HAS_FIELD(p, type, field) \
-    ((p)->struct_size >= offsetof(type, field) + sizeof(((const type *)0)->field))
+#define DM_HAS_FIELD(p, type, field) ((p)->struct_size >= offsetof(type, field) + sizeof(((const type *)0)->field))
 
 /* Smallest struct sizes the host accepts for ABI 1.0 (all fields above). */
 #define DM_DESCRIPTOR_SIZE_1_0 (offsetof(dm_plugin_descriptor, components) + sizeof(void *))
@@ -255,10 +248,7 @@ static inline uint64_t dm_rng_next(uint64_t *state)
     return z ^ (z >> 31);
 }
 /* Uniform in [0, 1), 24 bits. */
-static inline float dm_rng_uniform(uint64_t *state)
-{
-    return (float)(dm_rng_next(state) >> 40) * (1.0f / 16777216.0f);
-}
+static inline float dm_rng_uniform(uint64_t *state) { return (float)(dm_rng_next(state) >> 40) * (1.0f / 16777216.0f); }
 /* Counter-based hash (stateless): the same (seed, index) always gives the
  * same 64 bits; used for dropout masks that CPU and CUDA agree on. */
 static inline uint64_t dm_hash64(uint64_t seed, uint64_t index)

@@ -25,20 +25,17 @@
 extern "C" {
 #endif
 
-typedef enum dm_reduce_op {
-    DM_REDUCE_SUM = 0,
-    DM_REDUCE_AVG = 1
-} dm_reduce_op;
+typedef enum dm_reduce_op { DM_REDUCE_SUM = 0, DM_REDUCE_AVG = 1 } dm_reduce_op;
 
 typedef struct dm_comm_config {
     size_t struct_size;
-    int rank, size;          /* from the launcher (dmnist-run --np, mpirun, env);
+    int rank, size;         /* from the launcher (dmnist-run --np, mpirun, env);
                                 -1 when unknown: the backend finds them itself */
-    int local_rank;          /* -1 when unknown */
-    const char *rendezvous;  /* e.g. "file:///tmp/dmnist-rdzv-1234", or NULL (DMNIST_RENDEZVOUS,
+    int local_rank;         /* -1 when unknown */
+    const char *rendezvous; /* e.g. "file:///tmp/dmnist-rdzv-1234", or NULL (DMNIST_RENDEZVOUS,
                                 or one the core derives for a Slurm step on one node) */
-    double timeout_s;        /* every call returns within this */
-    dm_device device;        /* where the gradient buffers live */
+    double timeout_s;       /* every call returns within this */
+    dm_device device;       /* where the gradient buffers live */
     /* ABI 1.2+ (read only when DM_HAS_FIELD says so; NULL = not given) */
     const char *job_id;      /* the launcher's job id (DMNIST_JOB_ID, SLURM_JOB_ID, Open
                                 MPI's jobid), "" when there is none: a rendezvous puts it
@@ -47,7 +44,7 @@ typedef struct dm_comm_config {
                                 seed, world size, step budget) and job id; every rank of a
                                 job has the same. The core compares it right after init. */
     /* ABI 1.3+ (read only when DM_HAS_FIELD says so) */
-    int local_size;          /* ranks on this machine, from the launcher; -1 when unknown.
+    int local_size; /* ranks on this machine, from the launcher; -1 when unknown.
                                 The core reads every launcher's variables (DMNIST_*,
                                 OMPI_COMM_WORLD_*, SLURM_*, PMI_*): a backend trusts this struct
                                 and reads no environment of its own. */
@@ -64,17 +61,15 @@ typedef struct dm_comm_request dm_comm_request; /* opaque, backend-defined */
 
 typedef struct dm_comm_vtable {
     size_t struct_size;
-    unsigned devices;        /* buffer devices accepted */
-    int (*init)(const dm_params *params, const dm_comm_config *cfg, void **state,
-                dm_comm_info *info, dm_error *err);
-    int (*allreduce)(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
-                     void *cuda_stream, dm_error *err);
-    int (*allreduce_start)(void *state, float *buf, size_t n, dm_reduce_op op,
-                           dm_device device, void *cuda_stream, dm_comm_request **req,
-                           dm_error *err);
+    unsigned devices; /* buffer devices accepted */
+    int (*init)(const dm_params *params, const dm_comm_config *cfg, void **state, dm_comm_info *info, dm_error *err);
+    int (*allreduce)(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device, void *cuda_stream,
+                     dm_error *err);
+    int (*allreduce_start)(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device, void *cuda_stream,
+                           dm_comm_request **req, dm_error *err);
     int (*wait)(void *state, dm_comm_request *req, dm_error *err);
-    int (*broadcast)(void *state, void *buf, size_t bytes, int root, dm_device device,
-                     void *cuda_stream, dm_error *err);
+    int (*broadcast)(void *state, void *buf, size_t bytes, int root, dm_device device, void *cuda_stream,
+                     dm_error *err);
     int (*barrier)(void *state, dm_error *err);
     /* Frees everything; safe after any failure. */
     int (*finalize)(void *state, dm_error *err);

@@ -31,12 +31,7 @@
 extern "C" {
 #endif
 
-typedef enum dm_cpu_isa {
-    DM_ISA_GENERIC = 0,
-    DM_ISA_AVX2 = 1,
-    DM_ISA_AVX512 = 2,
-    DM_ISA_COUNT = 3
-} dm_cpu_isa;
+typedef enum dm_cpu_isa { DM_ISA_GENERIC = 0, DM_ISA_AVX2 = 1, DM_ISA_AVX512 = 2, DM_ISA_COUNT = 3 } dm_cpu_isa;
 
 /* 1 where this compiler can build the x86 copies (GCC on x86-64). */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
@@ -56,10 +51,8 @@ static inline dm_cpu_isa dm_cpu_isa_best(void)
 {
 #if DM_CPU_ISA_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("x86-64-v4"))
-        return DM_ISA_AVX512;
-    if (__builtin_cpu_supports("x86-64-v3"))
-        return DM_ISA_AVX2;
+    if (__builtin_cpu_supports("x86-64-v4")) return DM_ISA_AVX512;
+    if (__builtin_cpu_supports("x86-64-v3")) return DM_ISA_AVX2;
 #endif
     return DM_ISA_GENERIC;
 }
@@ -72,8 +65,7 @@ static inline int dm_cpu_isa_select(dm_cpu_isa *isa)
     const dm_cpu_isa best = dm_cpu_isa_best();
     const char *e = getenv("DMNIST_CPU_ISA");
     *isa = best;
-    if (!e || !*e || strcmp(e, "auto") == 0)
-        return 0;
+    if (!e || !*e || strcmp(e, "auto") == 0) return 0;
     for (int i = 0; i < DM_ISA_COUNT; i++)
         if (strcmp(e, dm_cpu_isa_name((dm_cpu_isa)i)) == 0) {
             *isa = (dm_cpu_isa)i < best ? (dm_cpu_isa)i : best;
@@ -92,10 +84,8 @@ static inline size_t dm_cpu_l2_bytes(void)
     v = sysconf(_SC_LEVEL2_CACHE_SIZE);
 #endif
     size_t b = v > 0 ? (size_t)v : (size_t)1 << 20;
-    if (b < ((size_t)1 << 18))
-        b = (size_t)1 << 18;
-    if (b > ((size_t)1 << 22))
-        b = (size_t)1 << 22;
+    if (b < ((size_t)1 << 18)) b = (size_t)1 << 18;
+    if (b > ((size_t)1 << 22)) b = (size_t)1 << 22;
     return b;
 }
 
@@ -109,8 +99,7 @@ static inline void dm_cpu_isa_describe(char *buf, size_t size)
     const char *env = getenv("DMNIST_CPU_ISA");
     char feats[160] = "";
 #if DM_CPU_ISA_X86
-    static const char *const names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw",
-                                        "avx512vl", "avx512dq"};
+    static const char *const names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"};
     const int have[] = {__builtin_cpu_supports("sse4.2"),   __builtin_cpu_supports("avx"),
                         __builtin_cpu_supports("avx2"),     __builtin_cpu_supports("fma"),
                         __builtin_cpu_supports("avx512f"),  __builtin_cpu_supports("avx512bw"),
@@ -125,8 +114,7 @@ static inline void dm_cpu_isa_describe(char *buf, size_t size)
              "cpu kernels: %s (best on this CPU: %s; DMNIST_CPU_ISA=%s%s); cpu features: %s; "
              "L2 %zu KiB per core",
              dm_cpu_isa_name(isa), dm_cpu_isa_name(dm_cpu_isa_best()), env && *env ? env : "auto",
-             bad ? ", not a known value" : "", feats[0] ? feats : "(baseline only)",
-             dm_cpu_l2_bytes() >> 10);
+             bad ? ", not a known value" : "", feats[0] ? feats : "(baseline only)", dm_cpu_l2_bytes() >> 10);
 }
 
 #ifdef __cplusplus

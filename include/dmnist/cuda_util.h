@@ -25,8 +25,7 @@ static inline int dm_cuda_grid(size_t total, int threads, int max_blocks)
 static inline int dm_cuda_ok(cudaError_t e, const char *who, const char *what, dm_error *err)
 {
     if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s failed: %s", who, what,
-                       cudaGetErrorString(e));
+        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s failed: %s", who, what, cudaGetErrorString(e));
     return DM_OK;
 }
 
@@ -36,27 +35,24 @@ static inline int dm_cuda_launched(const char *who, const char *what, dm_error *
 {
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s launch failed: %s", who, what,
-                       cudaGetErrorString(e));
+        return dm_fail(err, DM_ERR_DEVICE, "%s: cuda: %s launch failed: %s", who, what, cudaGetErrorString(e));
     return DM_OK;
 }
 
 /* Return from the calling function (which has a dm_error *err) when a CUDA
  * call fails, with dm_cuda_ok's message. */
-#define DM_CUDA_TRY(who, call, what)                                                           \
-    do {                                                                                       \
-        int dm_rc_ = dm_cuda_ok((call), (who), (what), err);                                   \
-        if (dm_rc_ != DM_OK) return dm_rc_;                                                    \
+#define DM_CUDA_TRY(who, call, what) \
+    do { \
+        int dm_rc_ = dm_cuda_ok((call), (who), (what), err); \
+        if (dm_rc_ != DM_OK) return dm_rc_; \
     } while (0)
 
 /* count floats from src to dst on `stream`, device to device; nothing when
  * src == dst (an in-place layer). */
-static inline int dm_cuda_copy(const char *who, void *stream, size_t count, const float *src,
-                               float *dst, dm_error *err)
+static inline int dm_cuda_copy(const char *who, void *stream, size_t count, const float *src, float *dst, dm_error *err)
 {
     if (src == dst) return DM_OK;
-    return dm_cuda_ok(cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDeviceToDevice,
-                                      (cudaStream_t)stream),
+    return dm_cuda_ok(cudaMemcpyAsync(dst, src, count * sizeof(float), cudaMemcpyDeviceToDevice, (cudaStream_t)stream),
                       who, "cudaMemcpyAsync", err);
 }
 

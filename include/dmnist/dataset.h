@@ -19,32 +19,28 @@
 extern "C" {
 #endif
 
-typedef enum dm_split {
-    DM_SPLIT_TRAIN = 0,
-    DM_SPLIT_TEST = 1
-} dm_split;
+typedef enum dm_split { DM_SPLIT_TRAIN = 0, DM_SPLIT_TEST = 1 } dm_split;
 
 typedef struct dm_dataset_config {
     size_t struct_size;
-    uint64_t seed;           /* experiment seed (synthetic data uses it) */
-    const char *config_dir;  /* directory of the INI file: relative paths start here */
+    uint64_t seed;          /* experiment seed (synthetic data uses it) */
+    const char *config_dir; /* directory of the INI file: relative paths start here */
 } dm_dataset_config;
 
 typedef struct dm_dataset_info {
     size_t struct_size;
-    int64_t count[2];        /* examples in DM_SPLIT_TRAIN, DM_SPLIT_TEST */
-    dm_shape item;           /* n = 1; e.g. (1, 1, 28, 28) */
+    int64_t count[2]; /* examples in DM_SPLIT_TRAIN, DM_SPLIT_TEST */
+    dm_shape item;    /* n = 1; e.g. (1, 1, 28, 28) */
     int num_classes;
 } dm_dataset_info;
 
 typedef struct dm_dataset_vtable {
     size_t struct_size;
-    int (*open)(const dm_params *params, const dm_dataset_config *cfg, void **state,
-                dm_dataset_info *info, dm_error *err);
+    int (*open)(const dm_params *params, const dm_dataset_config *cfg, void **state, dm_dataset_info *info,
+                dm_error *err);
     /* Copy examples idx[0..n) of `split` into images (n * item floats, NCHW)
      * and labels (n int32). Indices are in range (the core checks). */
-    int (*read)(void *state, dm_split split, const int64_t *idx, int n, float *images,
-                int32_t *labels, dm_error *err);
+    int (*read)(void *state, dm_split split, const int64_t *idx, int n, float *images, int32_t *labels, dm_error *err);
     void (*close)(void *state);
     /* Later minor versions append new methods here, never in between (docs/plugin-abi.md). */
 } dm_dataset_vtable;

@@ -39,24 +39,24 @@ extern "C" {
 /* What the core tells a layer at create time. */
 typedef struct dm_layer_config {
     size_t struct_size;
-    const char *name;     /* section name, e.g. "conv1", for messages */
+    const char *name; /* section name, e.g. "conv1", for messages */
     dm_device device;
-    dm_layout layout;     /* layout of activations the core will pass */
-    dm_shape in_shape;    /* n = largest batch the layer will see */
-    int num_threads;      /* CPU threads the layer may use (OpenMP); 0 = OpenMP's default */
-    void *cuda_stream;    /* cudaStream_t for DM_DEVICE_CUDA, else NULL */
+    dm_layout layout;  /* layout of activations the core will pass */
+    dm_shape in_shape; /* n = largest batch the layer will see */
+    int num_threads;   /* CPU threads the layer may use (OpenMP); 0 = OpenMP's default */
+    void *cuda_stream; /* cudaStream_t for DM_DEVICE_CUDA, else NULL */
 } dm_layer_config;
 
 /* What a layer tells the core at create time. */
 typedef struct dm_layer_info {
     size_t struct_size;
-    dm_shape out_shape;      /* n = in_shape.n */
-    size_t param_count;      /* floats in its slice of the flat parameter buffer */
-    size_t workspace_bytes;  /* scratch the core allocates and passes to bind */
-    int is_loss;             /* 1: final loss layer; forward reads ctx->labels */
+    dm_shape out_shape;     /* n = in_shape.n */
+    size_t param_count;     /* floats in its slice of the flat parameter buffer */
+    size_t workspace_bytes; /* scratch the core allocates and passes to bind */
+    int is_loss;            /* 1: final loss layer; forward reads ctx->labels */
     /* ABI 1.1+ (write it only when DM_HAS_FIELD(info, dm_layer_info, state_floats):
      * a 1.0 host's struct ends before it) */
-    size_t state_floats;     /* floats of non-learned state (running statistics) the
+    size_t state_floats; /* floats of non-learned state (running statistics) the
                                 core keeps for the layer: not reduced, not updated
                                 by the optimizer, but broadcast from rank 0 and
                                 checkpointed; needs bind_state */
@@ -65,21 +65,21 @@ typedef struct dm_layer_info {
 /* Per-call context. */
 typedef struct dm_run_ctx {
     size_t struct_size;
-    int training;            /* 0 = evaluation (dropout is the identity) */
-    uint64_t seed;           /* differs per step, layer and rank; backward gets the
+    int training;          /* 0 = evaluation (dropout is the identity) */
+    uint64_t seed;         /* differs per step, layer and rank; backward gets the
                                 same seed as its matching forward */
-    const int32_t *labels;   /* loss layers: n labels on the layer's device */
-    float *metrics;          /* loss layers: [0] += sum of losses, [1] += correct
+    const int32_t *labels; /* loss layers: n labels on the layer's device */
+    float *metrics;        /* loss layers: [0] += sum of losses, [1] += correct
                                 predictions, on the layer's device */
-    void *cuda_stream;       /* cudaStream_t, or NULL */
+    void *cuda_stream;     /* cudaStream_t, or NULL */
 } dm_run_ctx;
 
 typedef struct dm_layer_vtable {
     size_t struct_size;
-    unsigned devices;        /* DM_DEVICE_BIT(DM_DEVICE_CPU) | ... */
+    unsigned devices; /* DM_DEVICE_BIT(DM_DEVICE_CPU) | ... */
 
-    int (*create)(const dm_params *params, const dm_layer_config *cfg,
-                  void **state, dm_layer_info *info, dm_error *err);
+    int (*create)(const dm_params *params, const dm_layer_config *cfg, void **state, dm_layer_info *info,
+                  dm_error *err);
 
     /* params/grads: param_count floats each (NULL when 0); workspace:
      * workspace_bytes (NULL when 0). All on the instance's device. */
@@ -90,17 +90,15 @@ typedef struct dm_layer_vtable {
     int (*init_params)(void *state, float *params, uint64_t seed, dm_error *err);
 
     /* out = f(in). in->shape.n may be smaller than the create-time batch. */
-    int (*forward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
-                   dm_error *err);
+    int (*forward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out, dm_error *err);
 
     /* Given dout = dL/dout, write din = dL/din (din is NULL for the first
      * layer: skip it) and OVERWRITE the bound gradient slice with dL/dparams.
      * `in` and `out` are the tensors of the matching forward call.
      * Loss layers ignore dout (it is NULL) and start the chain from labels;
      * they scale by 1/n so gradients are means over the batch. */
-    int (*backward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
-                    const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
-                    dm_error *err);
+    int (*backward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in, const dm_tensor *out,
+                    const dm_tensor *dout, dm_tensor *din, dm_error *err);
 
     void (*destroy)(void *state);
 

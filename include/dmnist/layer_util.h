@@ -24,10 +24,7 @@ extern "C" {
 #define DM_PARALLEL_MIN_ELEMENTS (1u << 23) /* elementwise and pooling passes, in elements */
 #define DM_PARALLEL_MIN_MACS (1u << 20)     /* products (dense), in multiply-adds */
 
-static inline const char *dm_device_str(dm_device d)
-{
-    return d == DM_DEVICE_CUDA ? "cuda" : "cpu";
-}
+static inline const char *dm_device_str(dm_device d) { return d == DM_DEVICE_CUDA ? "cuda" : "cpu"; }
 
 /* ---- create ------------------------------------------------------------ */
 
@@ -42,26 +39,20 @@ static inline const char *dm_layer_name(const dm_layer_config *cfg, const char *
  * and at least ABI 1.0's size, an implementation for cfg->device among
  * `devices` (DM_DEVICE_BIT(...) | ...), the NCHW layout, and an input shape
  * whose every dimension is >= 1. `type` is the layer type ("conv2d"). */
-static inline int dm_layer_check_create(const char *type, unsigned devices,
-                                        const dm_layer_config *cfg, const dm_layer_info *info,
-                                        dm_error *err)
+static inline int dm_layer_check_create(const char *type, unsigned devices, const dm_layer_config *cfg,
+                                        const dm_layer_info *info, dm_error *err)
 {
     const char *name = dm_layer_name(cfg, type);
-    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info ||
-        info->struct_size < DM_LAYER_INFO_SIZE_1_0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: %s: layer config/info missing or struct_size too small", name, type);
+    if (!cfg || cfg->struct_size < DM_LAYER_CONFIG_SIZE_1_0 || !info || info->struct_size < DM_LAYER_INFO_SIZE_1_0)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s: layer config/info missing or struct_size too small", name, type);
     if (!(devices & DM_DEVICE_BIT(cfg->device)))
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: %s has no %s implementation in this build (devices: %s)", name, type,
-                       dm_device_str(cfg->device),
-                       devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "cpu, cuda" : "cpu");
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s has no %s implementation in this build (devices: %s)", name,
+                       type, dm_device_str(cfg->device), devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "cpu, cuda" : "cpu");
     if (cfg->layout != DM_LAYOUT_NCHW)
         return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s supports only the NCHW layout", name, type);
     const dm_shape in = cfg->in_shape;
     if (in.n < 1 || in.c < 1 || in.h < 1 || in.w < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n,
-                       in.c, in.h, in.w);
+        return dm_fail(err, DM_ERR_INVALID, "%s: bad input shape (%d, %d, %d, %d)", name, in.n, in.c, in.h, in.w);
     return DM_OK;
 }
 
@@ -71,8 +62,8 @@ static inline int dm_layer_check_create(const char *type, unsigned devices,
 static inline int dm_layer_check_per_item(const char *name, dm_shape in, dm_error *err)
 {
     if (dm_shape_per_item(in) > 0x7fffffff)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %zu values per item is too many (at most %d)",
-                       name, dm_shape_per_item(in), 0x7fffffff);
+        return dm_fail(err, DM_ERR_INVALID, "%s: %zu values per item is too many (at most %d)", name,
+                       dm_shape_per_item(in), 0x7fffffff);
     return DM_OK;
 }
 
@@ -98,18 +89,16 @@ static inline int dm_layer_threads(const dm_layer_config *cfg)
  *
  * NULL when out of memory, err then saying "<name>: out of memory". The
  * block is one calloc: free() it (destroy = dm_free_state). */
-#define DM_LAYER_STATE_NEW(T, type, cfg, err)                                                \
-    ((T *)dm_layer_state_new_(sizeof(T), offsetof(T, name), sizeof(((T *)0)->name),         \
-                              offsetof(T, device) +                                          \
-                                  0 * sizeof(1 ? &((T *)0)->device : (dm_device *)0),        \
-                              (type), (cfg), (err)))
+#define DM_LAYER_STATE_NEW(T, type, cfg, err) \
+    ((T *)dm_layer_state_new_(sizeof(T), offsetof(T, name), sizeof(((T *)0)->name), \
+                              offsetof(T, device) + 0 * sizeof(1 ? &((T *)0)->device : (dm_device *)0), (type), (cfg), \
+                              (err)))
 
 /* DM_LAYER_STATE_NEW's work, on offsets (the `0 * sizeof` above adds
  * nothing: it only makes a `device` of another type a pointer-mismatch
  * diagnostic, an error with -Werror). */
-static inline void *dm_layer_state_new_(size_t size, size_t name_at, size_t name_size,
-                                        size_t device_at, const char *type,
-                                        const dm_layer_config *cfg, dm_error *err)
+static inline void *dm_layer_state_new_(size_t size, size_t name_at, size_t name_size, size_t device_at,
+                                        const char *type, const dm_layer_config *cfg, dm_error *err)
 {
     char *s = (char *)calloc(1, size);
     if (!s) {
@@ -122,10 +111,7 @@ static inline void *dm_layer_state_new_(size_t size, size_t name_at, size_t name
 }
 
 /* The CUDA stream of a call's context (NULL without one). */
-static inline void *dm_run_stream(const dm_run_ctx *ctx)
-{
-    return ctx ? ctx->cuda_stream : NULL;
-}
+static inline void *dm_run_stream(const dm_run_ctx *ctx) { return ctx ? ctx->cuda_stream : NULL; }
 
 /* What create tells the core, all fields of ABI 1.0 at once. */
 static inline void dm_layer_info_set(dm_layer_info *info, dm_shape out_shape, size_t param_count,
@@ -143,8 +129,8 @@ static inline void dm_layer_info_set(dm_layer_info *info, dm_shape out_shape, si
 
 /* The weight and bias parts of the parameter and gradient slices (b and db
  * NULL without a bias). */
-static inline void dm_layer_slices(float *params, float *grads, size_t nw, int has_bias,
-                                   float **w, float **dw, float **b, float **db)
+static inline void dm_layer_slices(float *params, float *grads, size_t nw, int has_bias, float **w, float **dw,
+                                   float **b, float **db)
 {
     *w = params;
     *dw = grads;
@@ -154,25 +140,21 @@ static inline void dm_layer_slices(float *params, float *grads, size_t nw, int h
 
 /* Keras' defaults: Glorot-uniform weights, limit sqrt(6 / (fan_in +
  * fan_out)), drawn from `seed`, then `nbias` zero biases. */
-static inline void dm_layer_init_glorot(float *params, size_t nw, double fan_in, double fan_out,
-                                        size_t nbias, uint64_t seed)
+static inline void dm_layer_init_glorot(float *params, size_t nw, double fan_in, double fan_out, size_t nbias,
+                                        uint64_t seed)
 {
     const float limit = (float)sqrt(6.0 / (fan_in + fan_out));
     uint64_t rng = seed;
-    for (size_t i = 0; i < nw; i++)
-        params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
-    if (nbias)
-        memset(params + nw, 0, nbias * sizeof(float));
+    for (size_t i = 0; i < nw; i++) params[i] = (2.0f * dm_rng_uniform(&rng) - 1.0f) * limit;
+    if (nbias) memset(params + nw, 0, nbias * sizeof(float));
 }
 
 /* ONNX (dmnist-export): "<name>: <type> needs a 4-D (N, C, H, W) input in
  * the graph, got rank 2" unless the layer's input is 4-D. */
-static inline int dm_onnx_check_4d(const dm_onnx_builder *b, const char *name, const char *type,
-                                   dm_error *err)
+static inline int dm_onnx_check_4d(const dm_onnx_builder *b, const char *name, const char *type, dm_error *err)
 {
     if (b->in_rank != 4)
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s: %s needs a 4-D (N, C, H, W) input in the graph, got rank %d", name,
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s needs a 4-D (N, C, H, W) input in the graph, got rank %d", name,
                        type, b->in_rank);
     return DM_OK;
 }
@@ -181,20 +163,17 @@ static inline int dm_onnx_check_4d(const dm_onnx_builder *b, const char *name, c
  * > 0, the nbias biases as initializers "<layer>.weight" and "<layer>.bias",
  * their names written to wname and bname (name_size bytes each). Fails with
  * "<name>: onnx: parameters missing" when the builder has too few. */
-static inline int dm_onnx_weight_bias(dm_onnx_builder *b, const char *name, const int64_t *wdims,
-                                      int wrank, int64_t nbias, char *wname, char *bname,
-                                      size_t name_size, dm_error *err)
+static inline int dm_onnx_weight_bias(dm_onnx_builder *b, const char *name, const int64_t *wdims, int wrank,
+                                      int64_t nbias, char *wname, char *bname, size_t name_size, dm_error *err)
 {
     size_t nw = 1;
-    for (int i = 0; i < wrank; i++)
-        nw *= (size_t)wdims[i];
+    for (int i = 0; i < wrank; i++) nw *= (size_t)wdims[i];
     if (!b->params || b->param_count < nw + (size_t)nbias)
         return dm_fail(err, DM_ERR_INVALID, "%s: onnx: parameters missing", name);
     dm_onnx_name(b, "weight", wname, name_size);
     dm_onnx_name(b, "bias", bname, name_size);
     int rc = b->add_initializer(b, wname, wdims, wrank, b->params, err);
-    if (rc == DM_OK && nbias > 0)
-        rc = b->add_initializer(b, bname, &nbias, 1, b->params + nw, err);
+    if (rc == DM_OK && nbias > 0) rc = b->add_initializer(b, bname, &nbias, 1, b->params + nw, err);
     return rc;
 }
 
@@ -205,19 +184,16 @@ static inline int dm_onnx_weight_bias(dm_onnx_builder *b, const char *name, cons
  * 1 <= n <= expect.n (the create-time batch), and n == want_n when
  * want_n > 0. `layer` and `what` ("input", "dout", ...) name it in the
  * one-line error. */
-static inline int dm_check_tensor(const char *layer, const char *what, const dm_tensor *t,
-                                  dm_device device, dm_shape expect, int want_n, dm_error *err)
+static inline int dm_check_tensor(const char *layer, const char *what, const dm_tensor *t, dm_device device,
+                                  dm_shape expect, int want_n, dm_error *err)
 {
-    if (!t || !t->data)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", layer, what);
+    if (!t || !t->data) return dm_fail(err, DM_ERR_INVALID, "%s: %s tensor missing", layer, what);
     if (t->device != device || t->layout != DM_LAYOUT_NCHW)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", layer, what,
-                       dm_device_str(device));
-    if (t->shape.n < 1 || t->shape.n > expect.n || (want_n > 0 && t->shape.n != want_n) ||
-        t->shape.c != expect.c || t->shape.h != expect.h || t->shape.w != expect.w)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)",
-                       layer, what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, expect.n, expect.c,
-                       expect.h, expect.w);
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: %s tensor must be NCHW on %s", layer, what, dm_device_str(device));
+    if (t->shape.n < 1 || t->shape.n > expect.n || (want_n > 0 && t->shape.n != want_n) || t->shape.c != expect.c ||
+        t->shape.h != expect.h || t->shape.w != expect.w)
+        return dm_fail(err, DM_ERR_INVALID, "%s: %s shape (%d, %d, %d, %d) does not match (<=%d, %d, %d, %d)", layer,
+                       what, t->shape.n, t->shape.c, t->shape.h, t->shape.w, expect.n, expect.c, expect.h, expect.w);
     return DM_OK;
 }
 
@@ -226,37 +202,29 @@ static inline int dm_check_tensor(const char *layer, const char *what, const dm_
  * create-time in_shape, out and dout with out_shape, din with in_shape, each
  * checked by dm_check_tensor in that order. With `same_batch`, out, dout
  * and din must also have in's batch. */
-static inline int dm_check_pass(const char *layer, dm_device device, dm_shape in_shape,
-                                dm_shape out_shape, int same_batch, int backward,
-                                const dm_tensor *in, const dm_tensor *out, const dm_tensor *dout,
-                                const dm_tensor *din, dm_error *err)
+static inline int dm_check_pass(const char *layer, dm_device device, dm_shape in_shape, dm_shape out_shape,
+                                int same_batch, int backward, const dm_tensor *in, const dm_tensor *out,
+                                const dm_tensor *dout, const dm_tensor *din, dm_error *err)
 {
     int rc = dm_check_tensor(layer, "input", in, device, in_shape, 0, err);
     const int n = rc == DM_OK && same_batch ? in->shape.n : 0;
-    if (rc == DM_OK)
-        rc = dm_check_tensor(layer, "output", out, device, out_shape, n, err);
-    if (rc == DM_OK && backward)
-        rc = dm_check_tensor(layer, "dout", dout, device, out_shape, n, err);
-    if (rc == DM_OK && backward && din)
-        rc = dm_check_tensor(layer, "din", din, device, in_shape, n, err);
+    if (rc == DM_OK) rc = dm_check_tensor(layer, "output", out, device, out_shape, n, err);
+    if (rc == DM_OK && backward) rc = dm_check_tensor(layer, "dout", dout, device, out_shape, n, err);
+    if (rc == DM_OK && backward && din) rc = dm_check_tensor(layer, "din", din, device, in_shape, n, err);
     return rc;
 }
 
 /* For a layer with parameters, in forward and backward: "<layer>: forward
  * before bind" (or backward) unless `bound` (a pointer bind sets, such as
  * the weights) is set. */
-static inline int dm_layer_check_bound(const char *layer, const void *bound, int backward,
-                                       dm_error *err)
+static inline int dm_layer_check_bound(const char *layer, const void *bound, int backward, dm_error *err)
 {
-    if (!bound)
-        return dm_fail(err, DM_ERR_INVALID, "%s: %s before bind", layer,
-                       backward ? "backward" : "forward");
+    if (!bound) return dm_fail(err, DM_ERR_INVALID, "%s: %s before bind", layer, backward ? "backward" : "forward");
     return DM_OK;
 }
 
 /* For layers without parameters. */
-static inline int dm_layer_bind_nothing(void *state, float *params, float *grads, void *workspace,
-                                        dm_error *err)
+static inline int dm_layer_bind_nothing(void *state, float *params, float *grads, void *workspace, dm_error *err)
 {
     (void)state, (void)params, (void)grads, (void)workspace, (void)err;
     return DM_OK;
@@ -295,23 +263,24 @@ static inline int dm_layer_init_nothing(void *state, float *params, uint64_t see
  * its backward returns DM_OK at once. Both are C (designated
  * initialisers); a layer whose methods have other names writes the struct
  * out itself. */
-#define DM_LAYER_VTABLE(NAME, ...)                                                          \
-    DM_LAYER_VTABLE_(NAME, NAME##_bind, NAME##_init_params, NAME##_backward, NAME##_destroy, \
+#define DM_LAYER_VTABLE(NAME, ...) \
+    DM_LAYER_VTABLE_(NAME, NAME##_bind, NAME##_init_params, NAME##_backward, NAME##_destroy, __VA_ARGS__)
+#define DM_LAYER_VTABLE_NO_PARAMS(NAME, ...) \
+    static int NAME##_backward_with_din_(void *state, const dm_run_ctx *ctx, const dm_tensor *in, \
+                                         const dm_tensor *out, const dm_tensor *dout, dm_tensor *din, dm_error *err) \
+    { \
+        return din ? NAME##_backward(state, ctx, in, out, dout, din, err) : DM_OK; \
+    } \
+    DM_LAYER_VTABLE_(NAME, dm_layer_bind_nothing, dm_layer_init_nothing, NAME##_backward_with_din_, dm_free_state, \
                      __VA_ARGS__)
-#define DM_LAYER_VTABLE_NO_PARAMS(NAME, ...)                                                \
-    static int NAME##_backward_with_din_(void *state, const dm_run_ctx *ctx,                 \
-                                         const dm_tensor *in, const dm_tensor *out,          \
-                                         const dm_tensor *dout, dm_tensor *din,              \
-                                         dm_error *err)                                      \
-    {                                                                                        \
-        return din ? NAME##_backward(state, ctx, in, out, dout, din, err) : DM_OK;           \
-    }                                                                                        \
-    DM_LAYER_VTABLE_(NAME, dm_layer_bind_nothing, dm_layer_init_nothing,                     \
-                     NAME##_backward_with_din_, dm_free_state, __VA_ARGS__)
-#define DM_LAYER_VTABLE_(NAME, BIND, INIT_PARAMS, BACKWARD, DESTROY, ...)                    \
-    static const dm_layer_vtable NAME##_vtable = {                                          \
-        .struct_size = sizeof(dm_layer_vtable), .create = NAME##_create, .bind = BIND,      \
-        .init_params = INIT_PARAMS, .forward = NAME##_forward, .backward = BACKWARD,        \
-        .destroy = DESTROY, .devices = __VA_ARGS__}
+#define DM_LAYER_VTABLE_(NAME, BIND, INIT_PARAMS, BACKWARD, DESTROY, ...) \
+    static const dm_layer_vtable NAME##_vtable = {.struct_size = sizeof(dm_layer_vtable), \
+                                                  .create = NAME##_create, \
+                                                  .bind = BIND, \
+                                                  .init_params = INIT_PARAMS, \
+                                                  .forward = NAME##_forward, \
+                                                  .backward = BACKWARD, \
+                                                  .destroy = DESTROY, \
+                                                  .devices = __VA_ARGS__}
 
 #endif

@@ -58,56 +58,52 @@ struct dm_onnx_builder {
     size_t struct_size;
 
     /* This layer (set by the host before each call). */
-    const char *layer;          /* section name, "conv1": prefix of the layer's own names */
-    const char *input;          /* the tensor the layer reads */
-    const char *output;         /* the tensor its last node must write */
-    int in_rank;                /* 4 (N, C, H, W) or 2 (N, F) */
-    int out_rank;               /* in: in_rank; the layer sets it when its output's rank differs */
+    const char *layer;  /* section name, "conv1": prefix of the layer's own names */
+    const char *input;  /* the tensor the layer reads */
+    const char *output; /* the tensor its last node must write */
+    int in_rank;        /* 4 (N, C, H, W) or 2 (N, F) */
+    int out_rank;       /* in: in_rank; the layer sets it when its output's rank differs */
     dm_shape in_shape, out_shape;
-    const float *params;        /* host copy of the parameter slice, or NULL */
+    const float *params; /* host copy of the parameter slice, or NULL */
     size_t param_count;
-    const float *layer_state;   /* host copy of the layer state (ABI 1.1), or NULL */
+    const float *layer_state; /* host copy of the layer state (ABI 1.1), or NULL */
     size_t state_floats;
-    int opset;                  /* ONNX opset of the default domain (13 or newer) */
+    int opset; /* ONNX opset of the default domain (13 or newer) */
 
     /* Add a node of operator op_type (default ONNX domain) reading inputs[0..n_inputs)
      * and writing outputs[0..n_outputs). An empty string "" is an omitted
      * optional input. */
-    int (*add_node)(dm_onnx_builder *b, const char *op_type, const char *const *inputs,
-                    int n_inputs, const char *const *outputs, int n_outputs, dm_error *err);
+    int (*add_node)(dm_onnx_builder *b, const char *op_type, const char *const *inputs, int n_inputs,
+                    const char *const *outputs, int n_outputs, dm_error *err);
     /* Attributes of the node added last. */
     int (*attr_int)(dm_onnx_builder *b, const char *name, int64_t value, dm_error *err);
-    int (*attr_ints)(dm_onnx_builder *b, const char *name, const int64_t *values, int n,
-                     dm_error *err);
+    int (*attr_ints)(dm_onnx_builder *b, const char *name, const int64_t *values, int n, dm_error *err);
     int (*attr_float)(dm_onnx_builder *b, const char *name, float value, dm_error *err);
     int (*attr_string)(dm_onnx_builder *b, const char *name, const char *value, dm_error *err);
     /* A float32 tensor of the layer's weights or state: dims[0..n_dims), data
      * (row-major, prod(dims) floats) is copied. Exported to safetensors too. */
-    int (*add_initializer)(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims,
-                           const float *data, dm_error *err);
+    int (*add_initializer)(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims, const float *data,
+                           dm_error *err);
     /* An int64 constant tensor (shapes, axes): ONNX only. */
-    int (*add_constant)(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims,
-                        const int64_t *data, dm_error *err);
+    int (*add_constant)(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims, const int64_t *data,
+                        dm_error *err);
     /* One more float graph output besides the model's (the loss layer's
      * probabilities); dims -1 = the free batch dimension. */
-    int (*add_output)(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims,
-                      dm_error *err);
+    int (*add_output)(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims, dm_error *err);
 
-    void *host;                 /* the host's own state: plugins leave it alone */
+    void *host; /* the host's own state: plugins leave it alone */
     /* Later minor versions append here. */
 };
 
 /* "<layer>.<suffix>" into buf: a name of the layer's own. */
-static inline const char *dm_onnx_name(const dm_onnx_builder *b, const char *suffix, char *buf,
-                                       size_t size)
+static inline const char *dm_onnx_name(const dm_onnx_builder *b, const char *suffix, char *buf, size_t size)
 {
     snprintf(buf, size, "%s.%s", b->layer, suffix);
     return buf;
 }
 
 /* One node op from tensor `in` to tensor `out`. */
-static inline int dm_onnx_unary(dm_onnx_builder *b, const char *op, const char *in,
-                                const char *out, dm_error *err)
+static inline int dm_onnx_unary(dm_onnx_builder *b, const char *op, const char *in, const char *out, dm_error *err)
 {
     const char *i[1], *o[1];
     i[0] = in;

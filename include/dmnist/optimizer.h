@@ -23,7 +23,7 @@ extern "C" {
 typedef struct dm_optimizer_config {
     size_t struct_size;
     dm_device device;
-    size_t param_count;      /* floats in the flat parameter buffer */
+    size_t param_count; /* floats in the flat parameter buffer */
     int num_threads;
     void *cuda_stream;
 } dm_optimizer_config;
@@ -35,22 +35,21 @@ typedef struct dm_optimizer_info {
 
 typedef struct dm_opt_step_ctx {
     size_t struct_size;
-    int64_t step;            /* 1-based count of updates, including this one */
-    float lr;                /* learning rate for this step (scaled, warmed up) */
+    int64_t step; /* 1-based count of updates, including this one */
+    float lr;     /* learning rate for this step (scaled, warmed up) */
     void *cuda_stream;
 } dm_opt_step_ctx;
 
 typedef struct dm_optimizer_vtable {
     size_t struct_size;
     unsigned devices;
-    int (*create)(const dm_params *params, const dm_optimizer_config *cfg, void **state,
-                  dm_optimizer_info *info, dm_error *err);
+    int (*create)(const dm_params *params, const dm_optimizer_config *cfg, void **state, dm_optimizer_info *info,
+                  dm_error *err);
     /* state: param_count * state_floats_per_param floats on the device,
      * zeroed by the core before the first step (NULL when 0). */
     int (*bind)(void *state, float *opt_state, dm_error *err);
     /* params -= update(grads); n == param_count. */
-    int (*step)(void *state, const dm_opt_step_ctx *ctx, float *params, const float *grads,
-                size_t n, dm_error *err);
+    int (*step)(void *state, const dm_opt_step_ctx *ctx, float *params, const float *grads, size_t n, dm_error *err);
     void (*destroy)(void *state);
     /* Later minor versions append new methods here, never in between (docs/plugin-abi.md). */
 } dm_optimizer_vtable;

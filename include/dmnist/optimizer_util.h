@@ -31,8 +31,8 @@ static inline int dm_optimizer_threads(int num_threads)
  * among `devices` (DM_DEVICE_BIT(...) | ...), else "<type>: device cuda is
  * not supported: this build has only a CPU implementation (use device =
  * cpu)" (and the other way round). */
-static inline int dm_optimizer_check_create(const char *type, unsigned devices,
-                                            const dm_optimizer_config *cfg, dm_error *err)
+static inline int dm_optimizer_check_create(const char *type, unsigned devices, const dm_optimizer_config *cfg,
+                                            dm_error *err)
 {
     if (!(devices & DM_DEVICE_BIT(cfg->device))) {
         const int cuda = cfg->device == DM_DEVICE_CUDA;
@@ -63,9 +63,8 @@ static inline dm_opt_buffer dm_opt_buffer_of(const dm_optimizer_config *cfg)
  * parameters gets a state buffer, else "<type>: needs a state buffer, got
  * NULL". Slice k of the state (k < state_floats_per_param) then starts at
  * opt_state + k * b->param_count. */
-static inline int dm_opt_buffer_check_state(const char *type, const dm_opt_buffer *b,
-                                            const float *opt_state, int needs_state,
-                                            dm_error *err)
+static inline int dm_opt_buffer_check_state(const char *type, const dm_opt_buffer *b, const float *opt_state,
+                                            int needs_state, dm_error *err)
 {
     if (needs_state && b->param_count > 0 && !opt_state)
         return dm_fail(err, DM_ERR_INVALID, "%s: needs a state buffer, got NULL", type);
@@ -76,14 +75,11 @@ static inline int dm_opt_buffer_check_state(const char *type, const dm_opt_buffe
  * optimizer's type: n is the param_count it was created for, and `unbound`
  * (the optimizer needs its state buffer and bind has not given it one) is
  * false. */
-static inline int dm_optimizer_check_step(const char *type, size_t n, size_t param_count,
-                                          int unbound, dm_error *err)
+static inline int dm_optimizer_check_step(const char *type, size_t n, size_t param_count, int unbound, dm_error *err)
 {
     if (n != param_count)
-        return dm_fail(err, DM_ERR_INVALID, "%s: step got %zu parameters, created for %zu", type,
-                       n, param_count);
-    if (unbound)
-        return dm_fail(err, DM_ERR_INVALID, "%s: step before bind", type);
+        return dm_fail(err, DM_ERR_INVALID, "%s: step got %zu parameters, created for %zu", type, n, param_count);
+    if (unbound) return dm_fail(err, DM_ERR_INVALID, "%s: step before bind", type);
     return DM_OK;
 }
 
@@ -100,10 +96,12 @@ static inline int dm_optimizer_check_step(const char *type, size_t n, size_t par
  * defines `static const dm_optimizer_vtable adam_vtable` with struct_size
  * and `devices` (the second argument). C only (designated initialisers);
  * an optimizer whose destroy frees more writes the struct out itself. */
-#define DM_OPTIMIZER_VTABLE(NAME, DEVICES)                                                  \
-    static const dm_optimizer_vtable NAME##_vtable = {                                      \
-        .struct_size = sizeof(dm_optimizer_vtable), .devices = (DEVICES),                   \
-        .create = NAME##_create, .bind = NAME##_bind, .step = NAME##_step,                  \
-        .destroy = dm_free_state}
+#define DM_OPTIMIZER_VTABLE(NAME, DEVICES) \
+    static const dm_optimizer_vtable NAME##_vtable = {.struct_size = sizeof(dm_optimizer_vtable), \
+                                                      .devices = (DEVICES), \
+                                                      .create = NAME##_create, \
+                                                      .bind = NAME##_bind, \
+                                                      .step = NAME##_step, \
+                                                      .destroy = dm_free_state}
 
 #endif

@@ -64,9 +64,12 @@ static inline int dm_plugin_host_ok(uint32_t host_major, uint32_t host_minor, ui
     DM_COMPONENT_(DM_KIND_COMM, type, help, params, DM_TYPED_(const dm_comm_vtable *, vtable))
 
 /* The address of a static const dm_component (a file-scope compound literal). */
-#define DM_COMPONENT_(kind_, type_, help_, params_, vtable_)                              \
-    (&(const dm_component){.struct_size = sizeof(dm_component), .kind = (kind_),          \
-                           .type_name = (type_), .help = (help_), .params = (params_),    \
+#define DM_COMPONENT_(kind_, type_, help_, params_, vtable_) \
+    (&(const dm_component){.struct_size = sizeof(dm_component), \
+                           .kind = (kind_), \
+                           .type_name = (type_), \
+                           .help = (help_), \
+                           .params = (params_), \
                            .vtable = (vtable_)})
 
 /* `p` unchanged, but a compile error (pointer type mismatch) unless it
@@ -89,43 +92,42 @@ static inline int dm_plugin_host_ok(uint32_t host_major, uint32_t host_minor, ui
  * DM_LAYER_VTABLE and DM_LAYER_VTABLE_NO_PARAMS in dmnist/layer_util.h,
  * DM_OPTIMIZER_VTABLE in dmnist/optimizer_util.h. A component whose
  * methods have other names writes the struct out itself. */
-#define DM_DATASET_VTABLE(NAME)                                                            \
-    static const dm_dataset_vtable NAME##_vtable = {                                       \
-        .struct_size = sizeof(dm_dataset_vtable),                                          \
-        .open = NAME##_open, .read = NAME##_read, .close = NAME##_close}
-#define DM_COMM_VTABLE(NAME, DEVICES)                                                      \
-    static const dm_comm_vtable NAME##_vtable = {                                          \
-        .struct_size = sizeof(dm_comm_vtable), .devices = (DEVICES), .init = NAME##_init,  \
-        .allreduce = NAME##_allreduce, .allreduce_start = NAME##_allreduce_start,          \
-        .wait = NAME##_wait, .broadcast = NAME##_broadcast, .barrier = NAME##_barrier,     \
-        .finalize = NAME##_finalize}
+#define DM_DATASET_VTABLE(NAME) \
+    static const dm_dataset_vtable NAME##_vtable = { \
+        .struct_size = sizeof(dm_dataset_vtable), .open = NAME##_open, .read = NAME##_read, .close = NAME##_close}
+#define DM_COMM_VTABLE(NAME, DEVICES) \
+    static const dm_comm_vtable NAME##_vtable = {.struct_size = sizeof(dm_comm_vtable), \
+                                                 .devices = (DEVICES), \
+                                                 .init = NAME##_init, \
+                                                 .allreduce = NAME##_allreduce, \
+                                                 .allreduce_start = NAME##_allreduce_start, \
+                                                 .wait = NAME##_wait, \
+                                                 .broadcast = NAME##_broadcast, \
+                                                 .barrier = NAME##_barrier, \
+                                                 .finalize = NAME##_finalize}
 
 /* ---- the descriptor and the entry point ------------------------------ */
 
 #define DM_PLUGIN_DEFINE(name, version, signature, ...) \
     DM_PLUGIN_DEFINE_FOR_HOST(0, name, version, signature, __VA_ARGS__)
 
-#define DM_PLUGIN_DEFINE_FOR_HOST(min_host_minor, name_, version_, signature_, ...)        \
-    static const dm_component *const dm_plugin_components_[] = {__VA_ARGS__};              \
-    static const dm_plugin_descriptor dm_plugin_descriptor_ = {                            \
-        .struct_size = sizeof(dm_plugin_descriptor),                                       \
-        .abi_major = DM_ABI_MAJOR,                                                         \
-        .abi_minor = DM_ABI_MINOR,                                                         \
-        .name = (name_),                                                                   \
-        .version = (version_),                                                             \
-        .build_signature = (signature_),                                                   \
+#define DM_PLUGIN_DEFINE_FOR_HOST(min_host_minor, name_, version_, signature_, ...) \
+    static const dm_component *const dm_plugin_components_[] = {__VA_ARGS__}; \
+    static const dm_plugin_descriptor dm_plugin_descriptor_ = { \
+        .struct_size = sizeof(dm_plugin_descriptor), \
+        .abi_major = DM_ABI_MAJOR, \
+        .abi_minor = DM_ABI_MINOR, \
+        .name = (name_), \
+        .version = (version_), \
+        .build_signature = (signature_), \
         .n_components = (int)(sizeof dm_plugin_components_ / sizeof dm_plugin_components_[0]), \
-        .components = dm_plugin_components_,                                               \
-    };                                                                                     \
-    DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,         \
-                                                          uint32_t host_abi_minor);        \
-    DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major,         \
-                                                          uint32_t host_abi_minor)         \
-    {                                                                                      \
-        return dm_plugin_host_ok(host_abi_major, host_abi_minor, (min_host_minor))         \
-                   ? &dm_plugin_descriptor_                                                \
-                   : NULL;                                                                 \
-    }                                                                                      \
+        .components = dm_plugin_components_, \
+    }; \
+    DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major, uint32_t host_abi_minor); \
+    DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t host_abi_major, uint32_t host_abi_minor) \
+    { \
+        return dm_plugin_host_ok(host_abi_major, host_abi_minor, (min_host_minor)) ? &dm_plugin_descriptor_ : NULL; \
+    } \
     typedef int dm_plugin_define_ends_with_a_semicolon_
 
 #endif /* DMNIST_PLUGIN_H */

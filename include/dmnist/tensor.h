@@ -25,7 +25,7 @@ static inline size_t dm_shape_per_item(dm_shape s) { return (size_t)s.c * s.h * 
 static inline size_t dm_shape_count(dm_shape s) { return (size_t)s.n * s.c * s.h * s.w; }
 
 typedef struct dm_tensor {
-    float *data;       /* device memory when device == DM_DEVICE_CUDA */
+    float *data; /* device memory when device == DM_DEVICE_CUDA */
     dm_device device;
     dm_layout layout;
     dm_shape shape;

@@ -19,8 +19,7 @@ typedef struct test_case {
 static inline void test_usage(const char *argv0, const test_case *cases, int n_cases)
 {
     fprintf(stderr, "usage: %s <case>; cases:", argv0);
-    for (int i = 0; i < n_cases; i++)
-        fprintf(stderr, " %s", cases[i].name);
+    for (int i = 0; i < n_cases; i++) fprintf(stderr, " %s", cases[i].name);
     fprintf(stderr, "\n");
 }
 
@@ -28,8 +27,7 @@ static inline void test_usage(const char *argv0, const test_case *cases, int n_c
 static inline const test_case *test_find(const char *name, const test_case *cases, int n_cases)
 {
     for (int i = 0; i < n_cases; i++)
-        if (strcmp(name, cases[i].name) == 0)
-            return &cases[i];
+        if (strcmp(name, cases[i].name) == 0) return &cases[i];
     return NULL;
 }
 

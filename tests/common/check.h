@@ -26,24 +26,24 @@
 /* Failed CHECKs so far (unused in tests that only REQUIRE). */
 static int failures __attribute__((unused));
 
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(CHECK_OUT, "FAIL %s:%d: ", __FILE__, __LINE__);                                \
-            fprintf(CHECK_OUT, __VA_ARGS__);                                                       \
-            fputc('\n', CHECK_OUT);                                                                \
-            failures++;                                                                            \
-        }                                                                                          \
+#define CHECK(cond, ...) \
+    do { \
+        if (!(cond)) { \
+            fprintf(CHECK_OUT, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(CHECK_OUT, __VA_ARGS__); \
+            fputc('\n', CHECK_OUT); \
+            failures++; \
+        } \
     } while (0)
 
-#define REQUIRE(cond, ...)                                                                         \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: REQUIRE(%s) failed: ", __FILE__, __LINE__, #cond);            \
-            fprintf(stderr, __VA_ARGS__);                                                          \
-            fputc('\n', stderr);                                                                   \
-            return 1;                                                                              \
-        }                                                                                          \
+#define REQUIRE(cond, ...) \
+    do { \
+        if (!(cond)) { \
+            fprintf(stderr, "%s:%d: REQUIRE(%s) failed: ", __FILE__, __LINE__, #cond); \
+            fprintf(stderr, __VA_ARGS__); \
+            fputc('\n', stderr); \
+            return 1; \
+        } \
     } while (0)
 
 /* A temporary file holding text, its name ending in .ini (the caller

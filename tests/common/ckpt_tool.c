@@ -43,7 +43,10 @@ static uint64_t fnv_bytes(const void *p, size_t n)
 {
     const unsigned char *b = p;
     uint64_t h = 0xCBF29CE484222325ull;
-    for (size_t i = 0; i < n; i++) { h ^= b[i]; h *= 0x100000001B3ull; }
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001B3ull;
+    }
     return h;
 }
 
@@ -83,8 +86,8 @@ static int info(const char *path)
            "n_params=%llu\nn_opt=%llu\nn_state=%llu\nparams_fnv=%016llx\nopt_fnv=%016llx\nstate_fnv=%016llx\n"
            "nonfinite=%llu\n",
            st.version, (unsigned long long)st.config_hash, (long long)st.step, (long long)st.epoch,
-           (long long)st.epoch_pos, (unsigned long long)st.seed, st.world_size,
-           (unsigned long long)st.n_params, (unsigned long long)st.n_opt, (unsigned long long)st.n_state,
+           (long long)st.epoch_pos, (unsigned long long)st.seed, st.world_size, (unsigned long long)st.n_params,
+           (unsigned long long)st.n_opt, (unsigned long long)st.n_state,
            (unsigned long long)fnv_bytes(p, st.n_params * 4), (unsigned long long)fnv_bytes(o, st.n_opt * 4),
            (unsigned long long)fnv_bytes(s, st.n_state * 4),
            (unsigned long long)(count_nonfinite(p, st.n_params) + count_nonfinite(o, st.n_opt) +
@@ -118,7 +121,12 @@ static int same(const char *a, const char *b)
     dm_ckpt_state sa, sb;
     float *pa, *oa, *sta, *pb, *ob, *stb;
     if (read_or_say(a, &sa, &pa, &oa, &sta)) return 2;
-    if (read_or_say(b, &sb, &pb, &ob, &stb)) { free(pa); free(oa); free(sta); return 2; }
+    if (read_or_say(b, &sb, &pb, &ob, &stb)) {
+        free(pa);
+        free(oa);
+        free(sta);
+        return 2;
+    }
     int rc = 0;
     if (sa.n_params != sb.n_params || sa.n_opt != sb.n_opt || sa.n_state != sb.n_state) {
         printf("different sizes: %llu+%llu+%llu vs %llu+%llu+%llu floats\n", (unsigned long long)sa.n_params,
@@ -151,7 +159,12 @@ static int same(const char *a, const char *b)
     if (rc == 0)
         printf("identical: %llu parameters, %llu optimizer floats and %llu layer-state floats\n",
                (unsigned long long)sa.n_params, (unsigned long long)sa.n_opt, (unsigned long long)sa.n_state);
-    free(pa); free(oa); free(sta); free(pb); free(ob); free(stb);
+    free(pa);
+    free(oa);
+    free(sta);
+    free(pb);
+    free(ob);
+    free(stb);
     return rc;
 }
 
@@ -161,11 +174,16 @@ static int diff(const char *pa, const char *pb, int within, double max_abs_bound
 {
     dm_ckpt_state sa, sb;
     float *a = read_params(pa, &sa), *b = read_params(pb, &sb);
-    if (!a || !b) { free(a); free(b); return 2; }
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return 2;
+    }
     if (sa.n_params != sb.n_params) {
-        fprintf(stderr, "ckpt_tool: %s holds %llu parameters, %s %llu\n", pa, (unsigned long long)sa.n_params,
-                pb, (unsigned long long)sb.n_params);
-        free(a); free(b);
+        fprintf(stderr, "ckpt_tool: %s holds %llu parameters, %s %llu\n", pa, (unsigned long long)sa.n_params, pb,
+                (unsigned long long)sb.n_params);
+        free(a);
+        free(b);
         return 2;
     }
     /* double sums: 10^5..10^6 squared differences */
@@ -178,8 +196,8 @@ static int diff(const char *pa, const char *pb, int within, double max_abs_bound
         b2 += (double)b[i] * (double)b[i];
     }
     double rel = b2 > 0 ? sqrt(d2 / b2) : sqrt(d2);
-    printf("max_abs %.3g rel_l2 %.3g n %llu (steps %lld and %lld)\n", max_abs, rel,
-           (unsigned long long)sa.n_params, (long long)sa.step, (long long)sb.step);
+    printf("max_abs %.3g rel_l2 %.3g n %llu (steps %lld and %lld)\n", max_abs, rel, (unsigned long long)sa.n_params,
+           (long long)sa.step, (long long)sb.step);
     free(a);
     free(b);
     if (within > 0) return max_abs <= max_abs_bound && rel <= rel_bound ? 0 : 1;
@@ -218,27 +236,37 @@ static int write_v1(const char *in, const char *out)
     put_le(c4, (uint32_t)crc, 4);
     FILE *f = fopen(out, "wb");
     int bad = !f || fwrite(h, 1, sizeof h, f) != sizeof h || fwrite(p, 4, st.n_params, f) != st.n_params ||
-              fwrite(o, 4, st.n_opt, f) != st.n_opt || fwrite(c4, 1, 4, f) != 4;
+        fwrite(o, 4, st.n_opt, f) != st.n_opt || fwrite(c4, 1, 4, f) != 4;
     if (f && fclose(f) != 0) bad = 1;
     if (bad) fprintf(stderr, "ckpt_tool: %s: cannot write\n", out);
     else printf("wrote %s (format 1, %llu layer-state floats dropped)\n", out, (unsigned long long)st.n_state);
-    free(p); free(o); free(s);
+    free(p);
+    free(o);
+    free(s);
     return bad;
 }
 
 /* set: the raw bytes, one field replaced, the CRC made right again. */
 static int set_field(const char *path, const char *field, const char *value)
 {
-    static const struct { const char *name; int offset, bytes; } fields[] = {
-        {"step", 24, 8}, {"epoch", 32, 8}, {"epoch_pos", 40, 8}, {"seed", 48, 8}, {"world_size", 56, 4}};
+    static const struct {
+        const char *name;
+        int offset, bytes;
+    } fields[] = {{"step", 24, 8}, {"epoch", 32, 8}, {"epoch_pos", 40, 8}, {"seed", 48, 8}, {"world_size", 56, 4}};
     int k = -1;
     for (int i = 0; i < 5; i++)
         if (strcmp(field, fields[i].name) == 0) k = i;
     char *end;
     long long v = strtoll(value, &end, 10);
-    if (k < 0 || !value[0] || *end) { fprintf(stderr, "ckpt_tool: set: bad field or value\n"); return 2; }
+    if (k < 0 || !value[0] || *end) {
+        fprintf(stderr, "ckpt_tool: set: bad field or value\n");
+        return 2;
+    }
     FILE *f = fopen(path, "r+b");
-    if (!f) { fprintf(stderr, "ckpt_tool: %s: cannot open\n", path); return 1; }
+    if (!f) {
+        fprintf(stderr, "ckpt_tool: %s: cannot open\n", path);
+        return 1;
+    }
     fseek(f, 0, SEEK_END);
     long size = ftell(f);
     unsigned char *b = size >= 92 ? malloc((size_t)size) : NULL;
@@ -279,8 +307,9 @@ int main(int argc, char **argv)
         printf("%s\n", path);
         return 0;
     }
-    fprintf(stderr, "usage: ckpt_tool info FILE | same A B | latest DIR | v1 IN OUT | hash FILE | diff A B |\n"
-                    "                 set FILE FIELD VALUE |\n"
-                    "                 within A B MAX_ABS REL_L2 | beyond A B MAX_ABS REL_L2\n");
+    fprintf(stderr,
+            "usage: ckpt_tool info FILE | same A B | latest DIR | v1 IN OUT | hash FILE | diff A B |\n"
+            "                 set FILE FIELD VALUE |\n"
+            "                 within A B MAX_ABS REL_L2 | beyond A B MAX_ABS REL_L2\n");
     return 2;
 }

@@ -9,13 +9,33 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const all_vars[] = {
-    "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_STEPID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS",
-    "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NNODES", "SLURM_STEP_NUM_NODES", "SLURM_TASKS_PER_NODE",
-    "SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE", "DMNIST_RANK", "DMNIST_WORLD_SIZE",
-    "DMNIST_LOCAL_RANK", "DMNIST_LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-    "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID",
-    "MPI_LOCALNRANKS", "PMIX_RANK", NULL};
+static const char *const all_vars[] = {"SLURM_JOB_ID",
+                                       "SLURM_STEP_ID",
+                                       "SLURM_STEPID",
+                                       "SLURM_PROCID",
+                                       "SLURM_NTASKS",
+                                       "SLURM_STEP_NUM_TASKS",
+                                       "SLURM_LOCALID",
+                                       "SLURM_NODEID",
+                                       "SLURM_NNODES",
+                                       "SLURM_STEP_NUM_NODES",
+                                       "SLURM_TASKS_PER_NODE",
+                                       "SLURM_STEP_TASKS_PER_NODE",
+                                       "SLURM_NTASKS_PER_NODE",
+                                       "DMNIST_RANK",
+                                       "DMNIST_WORLD_SIZE",
+                                       "DMNIST_LOCAL_RANK",
+                                       "DMNIST_LOCAL_WORLD_SIZE",
+                                       "OMPI_COMM_WORLD_RANK",
+                                       "OMPI_COMM_WORLD_SIZE",
+                                       "OMPI_COMM_WORLD_LOCAL_RANK",
+                                       "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                       "PMI_RANK",
+                                       "PMI_SIZE",
+                                       "MPI_LOCALRANKID",
+                                       "MPI_LOCALNRANKS",
+                                       "PMIX_RANK",
+                                       NULL};
 
 static void clear(void)
 {
@@ -111,7 +131,8 @@ int main(void)
     setenv("PMI_RANK", "0", 1);
     setenv("PMI_SIZE", "1", 1);
     CHECK(dm_launch_env_read(&env, &err) == DM_OK && strcmp(env.launcher, DM_LAUNCHER_SLURM) == 0 &&
-              env.local_size == 1, "srun --mpi=pmi2");
+              env.local_size == 1,
+          "srun --mpi=pmi2");
 
     /* errors name the variable */
     step_vars();
@@ -119,12 +140,11 @@ int main(void)
     CHECK(dm_launch_env_read(&env, &err) != DM_OK && strstr(err.msg, "SLURM_PROCID=7"), "rank = size: %s", err.msg);
     step_vars();
     setenv("SLURM_TASKS_PER_NODE", "2(x2)", 1);
-    CHECK(dm_launch_env_read(&env, &err) != DM_OK && strstr(err.msg, "SLURM_TASKS_PER_NODE='2(x2)'"),
-          "short list: %s", err.msg);
+    CHECK(dm_launch_env_read(&env, &err) != DM_OK && strstr(err.msg, "SLURM_TASKS_PER_NODE='2(x2)'"), "short list: %s",
+          err.msg);
     step_vars();
     setenv("SLURM_NTASKS", "many", 1);
-    CHECK(dm_launch_env_read(&env, &err) != DM_OK && strstr(err.msg, "SLURM_NTASKS='many'"), "bad size: %s",
-          err.msg);
+    CHECK(dm_launch_env_read(&env, &err) != DM_OK && strstr(err.msg, "SLURM_NTASKS='many'"), "bad size: %s", err.msg);
     step_vars();
     setenv("SLURM_LOCALID", "3", 1);
     CHECK(dm_launch_env_read(&env, &err) != DM_OK && strstr(err.msg, "SLURM_LOCALID=3"), "local: %s", err.msg);

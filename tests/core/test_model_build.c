@@ -49,31 +49,38 @@ static void build(const char *what, const char *ini, const char *extra_path, dm_
 
 int main(void)
 {
-    build("valid", HEAD "[layer.f]\ntype = flatten\n[layer.d]\ntype = dense\nunits = 10\n"
-                        "[layer.loss]\ntype = softmax_cross_entropy\n", NULL, DM_DEVICE_CPU, NULL);
-    build("loss first", HEAD "[layer.loss]\ntype = softmax_cross_entropy\n[layer.f]\ntype = flatten\n"
-                             "[layer.d]\ntype = dense\nunits = 10\n", NULL, DM_DEVICE_CPU, "must be the last layer");
-    build("loss in the middle", HEAD "[layer.f]\ntype = flatten\n[layer.loss]\ntype = softmax_cross_entropy\n"
-                                     "[layer.d]\ntype = dense\nunits = 10\n", NULL, DM_DEVICE_CPU,
-          "must be the last layer");
+    build("valid",
+          HEAD "[layer.f]\ntype = flatten\n[layer.d]\ntype = dense\nunits = 10\n"
+               "[layer.loss]\ntype = softmax_cross_entropy\n",
+          NULL, DM_DEVICE_CPU, NULL);
+    build("loss first",
+          HEAD "[layer.loss]\ntype = softmax_cross_entropy\n[layer.f]\ntype = flatten\n"
+               "[layer.d]\ntype = dense\nunits = 10\n",
+          NULL, DM_DEVICE_CPU, "must be the last layer");
+    build("loss in the middle",
+          HEAD "[layer.f]\ntype = flatten\n[layer.loss]\ntype = softmax_cross_entropy\n"
+               "[layer.d]\ntype = dense\nunits = 10\n",
+          NULL, DM_DEVICE_CPU, "must be the last layer");
     build("no loss", HEAD "[layer.f]\ntype = flatten\n[layer.d]\ntype = dense\nunits = 10\n", NULL, DM_DEVICE_CPU,
           "last layer must be a loss layer");
-    build("create refuses (third layer)", HEAD "[layer.c]\ntype = conv2d\nfilters = 2\nkernel = 3\n"
-                                               "[layer.c2]\ntype = conv2d\nfilters = 2\nkernel = 3\n"
-                                               "[layer.c3]\ntype = conv2d\nfilters = 2\nkernel = 40\n"
-                                               "[layer.loss]\ntype = softmax_cross_entropy\n",
+    build("create refuses (third layer)",
+          HEAD "[layer.c]\ntype = conv2d\nfilters = 2\nkernel = 3\n"
+               "[layer.c2]\ntype = conv2d\nfilters = 2\nkernel = 3\n"
+               "[layer.c3]\ntype = conv2d\nfilters = 2\nkernel = 40\n"
+               "[layer.loss]\ntype = softmax_cross_entropy\n",
           NULL, DM_DEVICE_CPU, "layer.c3");
-    build("shape refused after a loss", HEAD "[layer.f]\ntype = flatten\n[layer.loss]\ntype = softmax_cross_entropy\n"
-                                             "[layer.c]\ntype = conv2d\nfilters = 2\nkernel = 3\n",
+    build("shape refused after a loss",
+          HEAD "[layer.f]\ntype = flatten\n[layer.loss]\ntype = softmax_cross_entropy\n"
+               "[layer.c]\ntype = conv2d\nfilters = 2\nkernel = 3\n",
           NULL, DM_DEVICE_CPU, "layer.");
     /* "no cuda implementation": the batchnorm example is CPU-only. */
     const char *bn = getenv("DMNIST_TEST_BATCHNORM");
     if (bn && bn[0])
-        build("no cuda implementation", HEAD "[layer.bn]\ntype = batchnorm\n[layer.f]\ntype = flatten\n"
-                                             "[layer.d]\ntype = dense\nunits = 10\n"
-                                             "[layer.loss]\ntype = softmax_cross_entropy\n",
+        build("no cuda implementation",
+              HEAD "[layer.bn]\ntype = batchnorm\n[layer.f]\ntype = flatten\n"
+                   "[layer.d]\ntype = dense\nunits = 10\n"
+                   "[layer.loss]\ntype = softmax_cross_entropy\n",
               bn, DM_DEVICE_CUDA, "has no cuda implementation");
-    else
-        printf("skip no cuda implementation: DMNIST_TEST_BATCHNORM is not set\n");
+    else printf("skip no cuda implementation: DMNIST_TEST_BATCHNORM is not set\n");
     return failures ? 1 : 0;
 }

@@ -6,14 +6,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static const dm_param_def defs[] = {
-    {"filters", DM_PARAM_INT, NULL, 1, 4096, NULL, "number of filters"},
-    {"kernel", DM_PARAM_INT, "3", 1, 11, NULL, "kernel size"},
-    {"rate", DM_PARAM_FLOAT, "0.5", 0, 0.99, NULL, "rate"},
-    {"bias", DM_PARAM_BOOL, "true", 1, 0, NULL, "bias"},
-    {"padding", DM_PARAM_ENUM, "valid", 1, 0, "valid|same", "padding"},
-    {"name", DM_PARAM_STRING, "", 1, 0, NULL, "a string"},
-    DM_PARAM_END};
+static const dm_param_def defs[] = {{"filters", DM_PARAM_INT, NULL, 1, 4096, NULL, "number of filters"},
+                                    {"kernel", DM_PARAM_INT, "3", 1, 11, NULL, "kernel size"},
+                                    {"rate", DM_PARAM_FLOAT, "0.5", 0, 0.99, NULL, "rate"},
+                                    {"bias", DM_PARAM_BOOL, "true", 1, 0, NULL, "bias"},
+                                    {"padding", DM_PARAM_ENUM, "valid", 1, 0, "valid|same", "padding"},
+                                    {"name", DM_PARAM_STRING, "", 1, 0, NULL, "a string"},
+                                    DM_PARAM_END};
 
 static void expect_error(const char *spec, const char *needle)
 {
@@ -58,7 +57,8 @@ int main(void)
     CHECK(dm_suggest("kenrel", cands, 2) && strcmp(dm_suggest("kenrel", cands, 2), "kernel") == 0, "transposition");
 
     /* INI reader: line numbers, duplicate sections, syntax errors, --set */
-    char *good = check_write_ini("[experiment]\nseed = 7 ; comment\n\n[layer.a]\ntype = relu\n[layer.b]\ntype = flatten\n");
+    char *good =
+        check_write_ini("[experiment]\nseed = 7 ; comment\n\n[layer.a]\ntype = relu\n[layer.b]\ntype = flatten\n");
     dm_config *c = NULL;
     CHECK(dm_config_load(good, &c, &e) == DM_OK, "%s", e.msg);
     CHECK(c && c->n == 3, "sections %d", c ? c->n : -1);
@@ -70,7 +70,8 @@ int main(void)
     kv = dm_section_get(dm_config_section(c, "layer.a"), "type");
     CHECK(kv && strcmp(kv->value, "dense") == 0 && kv->line == -1, "--set with dotted section");
     CHECK(dm_config_set(c, "optimizer.lr=0.5", &e) == DM_OK && dm_config_section(c, "optimizer"), "--set new section");
-    CHECK(dm_config_set(c, "nodot=1", &e) != DM_OK && strstr(e.msg, "section.key=value"), "--set without dot: %s", e.msg);
+    CHECK(dm_config_set(c, "nodot=1", &e) != DM_OK && strstr(e.msg, "section.key=value"), "--set without dot: %s",
+          e.msg);
     CHECK(dm_config_set(c, "a.b", &e) != DM_OK, "--set without =");
     dm_config_free(c);
     unlink(good);
@@ -89,9 +90,13 @@ int main(void)
     CHECK(dm_config_load(bad, &c, &e) != DM_OK && strstr(e.msg, "before any [section]"), "no section: %s", e.msg);
     unlink(bad);
     free(bad);
-    CHECK(dm_config_load("/nonexistent/x.ini", &c, &e) == DM_ERR_IO && strstr(e.msg, "cannot open"), "missing: %s", e.msg);
+    CHECK(dm_config_load("/nonexistent/x.ini", &c, &e) == DM_ERR_IO && strstr(e.msg, "cannot open"), "missing: %s",
+          e.msg);
 
-    if (failures) { fprintf(stderr, "%d failure(s)\n", failures); return 1; }
+    if (failures) {
+        fprintf(stderr, "%d failure(s)\n", failures);
+        return 1;
+    }
     printf("params and config: all checks passed\n");
     return 0;
 }

@@ -32,7 +32,10 @@ static void expect_refused(const char *dir, const char *file, const char *needle
 int main(void)
 {
     const char *dir = getenv("DMNIST_TEST_BAD_PLUGIN_DIR");
-    if (!dir) { fprintf(stderr, "DMNIST_TEST_BAD_PLUGIN_DIR not set\n"); return 2; }
+    if (!dir) {
+        fprintf(stderr, "DMNIST_TEST_BAD_PLUGIN_DIR not set\n");
+        return 2;
+    }
     dm_error e = {0};
 
     /* The valid one loads and registers its type. */
@@ -65,7 +68,10 @@ int main(void)
     CHECK(rc != DM_OK, "scanning a folder of bad plugins succeeded");
     dm_registry_free(r);
 
-    if (failures) { fprintf(stderr, "%d failure(s)\n", failures); return 1; }
+    if (failures) {
+        fprintf(stderr, "%d failure(s)\n", failures);
+        return 1;
+    }
     printf("registry: all checks passed\n");
     return 0;
 }

@@ -5,13 +5,13 @@
 #include <math.h>
 
 static int failures = 0;
-#define NEAR(got, want)                                                                            \
-    do {                                                                                           \
-        double g_ = (got), w_ = (want);                                                            \
-        if (!(fabs(g_ - w_) <= 1e-12)) {                                                           \
+#define NEAR(got, want) \
+    do { \
+        double g_ = (got), w_ = (want); \
+        if (!(fabs(g_ - w_) <= 1e-12)) { \
             fprintf(stderr, "FAIL %s:%d: %s = %.15g, want %.15g\n", __FILE__, __LINE__, #got, g_, w_); \
-            failures++;                                                                            \
-        }                                                                                          \
+            failures++; \
+        } \
     } while (0)
 
 int main(void)
@@ -25,11 +25,11 @@ int main(void)
 
     /* linear over the 10 steps after a 10-step warm-up, down to 0.1 */
     dm_lr_schedule l = {DM_LR_LINEAR, 10, 0, 0.1};
-    NEAR(dm_lr_factor(&l, 9, 20), 1.0);            /* last warm-up step */
-    NEAR(dm_lr_factor(&l, 10, 20), 1.0);           /* p = 0 */
+    NEAR(dm_lr_factor(&l, 9, 20), 1.0);  /* last warm-up step */
+    NEAR(dm_lr_factor(&l, 10, 20), 1.0); /* p = 0 */
     NEAR(dm_lr_factor(&l, 15, 20), 1.0 - 0.9 * 0.5);
     NEAR(dm_lr_factor(&l, 19, 20), 1.0 - 0.9 * 0.9);
-    NEAR(dm_lr_factor(&l, 25, 20), 0.1);           /* past the end: held at the floor */
+    NEAR(dm_lr_factor(&l, 25, 20), 0.1); /* past the end: held at the floor */
 
     /* cosine to 0 without warm-up: 1 at the start, 1/2 halfway, 0 at p = 1 */
     dm_lr_schedule k = {DM_LR_COSINE, 0, 0, 0};

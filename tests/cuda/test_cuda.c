@@ -152,14 +152,13 @@ typedef struct inst {
     void *ws;
 } inst;
 
-static int make(inst *L, const dm_loaded_component *lc, const char *spec, dm_device device, dm_shape in,
-                dm_error *e)
+static int make(inst *L, const dm_loaded_component *lc, const char *spec, dm_device device, dm_shape in, dm_error *e)
 {
     memset(L, 0, sizeof *L);
     L->vt = lc->component->vtable;
     if (dm_param_set_parse(lc->component->params, spec, &L->ps, e)) return e->code;
-    dm_layer_config cfg = {sizeof cfg, "t", device, DM_LAYOUT_NCHW, in, 2,
-                           device == DM_DEVICE_CUDA ? gpu()->stream : NULL};
+    dm_layer_config cfg = {
+        sizeof cfg, "t", device, DM_LAYOUT_NCHW, in, 2, device == DM_DEVICE_CUDA ? gpu()->stream : NULL};
     L->info.struct_size = sizeof L->info;
     int rc = L->vt->create(dm_param_set_params(L->ps), &cfg, &L->state, &L->info, e);
     if (rc) {
@@ -303,7 +302,7 @@ static int test_layer(const char *type)
         layer_case(type, "", img, 3, RTOL);
     } else if (strcmp(type, "maxpool2d") == 0) {
         layer_case(type, "pool=2", img, 16, RTOL);
-        layer_case(type, "pool=3 stride=2", img, 9, RTOL); /* overlapping windows */
+        layer_case(type, "pool=3 stride=2", img, 9, RTOL);                      /* overlapping windows */
         layer_case(type, "pool=2 stride=3", (dm_shape){4, 2, 11, 11}, 4, RTOL); /* gaps */
     } else if (strcmp(type, "dropout") == 0) {
         layer_case(type, "rate=0.25", img, 16, RTOL);
@@ -383,8 +382,8 @@ static int test_optimizer(const char *type)
         optimizer_case(type, "momentum=0.9", 1003, 4);
         optimizer_case(type, "momentum=0.9 nesterov=true weight_decay=0.01", 4096, 4);
     } else if (strcmp(type, "adam") == 0) {
-        optimizer_case(type, "", 4096, 5);  /* 16-byte path */
-        optimizer_case(type, "", 1003, 5);  /* scalar path */
+        optimizer_case(type, "", 4096, 5); /* 16-byte path */
+        optimizer_case(type, "", 1003, 5); /* scalar path */
         optimizer_case(type, "beta1=0.8 beta2=0.99 epsilon=1e-5 weight_decay=0.001", 2048, 3);
     } else {
         printf("unknown optimizer %s\n", type);
@@ -461,10 +460,8 @@ static int test_nccl_gpus(void)
     if (have_gpu) dm_dev_close(&probe);
     printf("  init with 4096 local ranks: %s\n", e.msg);
     CHECK(rc != DM_OK, "init should fail");
-    if (have_gpu)
-        CHECK(strstr(e.msg, "one GPU per rank") != NULL, "expected 'one GPU per rank' in: %s", e.msg);
-    else
-        CHECK(strstr(e.msg, "no CUDA device") != NULL, "expected 'no CUDA device' in: %s", e.msg);
+    if (have_gpu) CHECK(strstr(e.msg, "one GPU per rank") != NULL, "expected 'one GPU per rank' in: %s", e.msg);
+    else CHECK(strstr(e.msg, "no CUDA device") != NULL, "expected 'no CUDA device' in: %s", e.msg);
     CHECK(!strchr(e.msg, '\n'), "the message must be one line");
     return failures ? 1 : 0;
 }
@@ -588,8 +585,8 @@ static int test_train(void)
     double l1 = final_loss(out_cpu), l2 = final_loss(out_gpu);
     /* Same initial weights, data order and dropout masks: after 20 steps
      * only float rounding separates them. */
-    CHECK(isfinite(l1) && isfinite(l2) && fabs(l1 - l2) <= 0.02 * fabs(l1) + 1e-4,
-          "test loss cpu %.6f vs cuda %.6f", l1, l2);
+    CHECK(isfinite(l1) && isfinite(l2) && fabs(l1 - l2) <= 0.02 * fabs(l1) + 1e-4, "test loss cpu %.6f vs cuda %.6f",
+          l1, l2);
     printf("  test loss cpu %.6f, cuda %.6f\n", l1, l2);
     unlink(cfg_cpu);
     unlink(cfg_gpu);
@@ -634,7 +631,8 @@ static float *train_params(const char *dir, const char *cfg, const char *tag, co
 {
     char cmd[4096], out[16384], ck[600];
     snprintf(ck, sizeof ck, "%s/ck-%s", dir, tag);
-    snprintf(cmd, sizeof cmd, "%s/dmnist-run --no-progress --set train.checkpoint_dir=%s --set data.batch_size=64 "
+    snprintf(cmd, sizeof cmd,
+             "%s/dmnist-run --no-progress --set train.checkpoint_dir=%s --set data.batch_size=64 "
              "--set layer.conv1.filters=32 --set layer.conv2.filters=64 --set layer.dense1.units=256 %s %s 2>&1",
              build_dir(), ck, extra, cfg);
     int rc = run(cmd, out, sizeof out);
@@ -666,10 +664,9 @@ static int test_deterministic(void)
     float *c = train_params(dir, cfg, "any1", any, &n[2]);
     float *d = train_params(dir, cfg, "any2", any, &n[3]);
     if (a && b) {
-        CHECK(n[0] == n[1] && memcmp(a, b, n[0] * sizeof(float)) == 0,
-              "two runs with deterministic = true differ");
-        printf("  deterministic = true: two runs, %llu parameters, bit for bit equal: %s\n",
-               (unsigned long long)n[0], n[0] == n[1] && !memcmp(a, b, n[0] * sizeof(float)) ? "yes" : "no");
+        CHECK(n[0] == n[1] && memcmp(a, b, n[0] * sizeof(float)) == 0, "two runs with deterministic = true differ");
+        printf("  deterministic = true: two runs, %llu parameters, bit for bit equal: %s\n", (unsigned long long)n[0],
+               n[0] == n[1] && !memcmp(a, b, n[0] * sizeof(float)) ? "yes" : "no");
     }
     if (c && d && n[2] == n[3]) {
         double maxd = 0;
@@ -766,15 +763,14 @@ static int ckpt_finite(const char *dir, int64_t *step)
  * `keys`, and with ckpt_every > 0 a checkpoint every ckpt_every steps into
  * ck = dir/ck-NAME (ck: 600 bytes). Prints and returns the output in out and
  * the exit status. */
-static int poison_run(const char *dir, const char *name, const char *device, const char *poison,
-                      const char *keys, int ckpt_every, char *ck, char *out, size_t size)
+static int poison_run(const char *dir, const char *name, const char *device, const char *poison, const char *keys,
+                      int ckpt_every, char *ck, char *out, size_t size)
 {
     char train[1024], cmd[4096];
     snprintf(ck, 600, "%s/ck-%s", dir, name);
     if (ckpt_every > 0)
         snprintf(train, sizeof train, "%s\ncheckpoint_every = %d\ncheckpoint_dir = %s", keys, ckpt_every, ck);
-    else
-        snprintf(train, sizeof train, "%s", keys);
+    else snprintf(train, sizeof train, "%s", keys);
     const char *cfg = poison_config(dir, name, device, train, poison);
     snprintf(cmd, sizeof cmd, "%s/dmnist-run --no-progress --plugin-path %s/tests/robustness/plugins %s 2>&1",
              build_dir(), build_dir(), cfg);
@@ -841,8 +837,7 @@ static int test_nan(void)
     finite = ckpt_finite(ck, &last);
     CHECK(last == step - 1 && finite, "newest checkpoint: step %lld (expected %ld), finite %d", (long long)last,
           step - 1, finite);
-    rc = poison_run(dir, "cuda-hidden-skip", "cuda", "nan", "log_every = 8\nnan_policy = skip", 8, ck, out,
-                    sizeof out);
+    rc = poison_run(dir, "cuda-hidden-skip", "cuda", "nan", "log_every = 8\nnan_policy = skip", 8, ck, out, sizeof out);
     snprintf(want, sizeof want, "step %ld: loss is finite but the gradients are not", step);
     CHECK(rc == 0 && strstr(out, want) != NULL && count(out, "step skipped") == 1,
           "exit %d, expected 0 and one skipped step: '%s'", rc, want);
@@ -904,14 +899,15 @@ static int test_staging(void)
     const char *backends[2] = {"gloo", NULL};
     if (dm_registry_find(registry(), DM_KIND_COMM, "mpi") && system("command -v mpirun >/dev/null 2>&1") == 0)
         backends[1] = "mpi";
-    else
-        printf("  (mpi: no mpi plugin or no mpirun here; gloo only)\n");
+    else printf("  (mpi: no mpi plugin or no mpirun here; gloo only)\n");
     for (int i = 0; i < 2 && backends[i] && p_ref; i++) {
         const char *be = backends[i];
         snprintf(ck, sizeof ck, "%s/ckpt-cuda-%s", dir, be);
         snprintf(tl, sizeof tl, "%s/timeline-%s.json", dir, be);
-        snprintf(cmd, sizeof cmd, "%s/dmnist-run --np 2 %s %s --set experiment.backend=%s "
-                 "--set train.checkpoint_dir=%s --timeline %s 2>&1", build_dir(), common, cfg_gpu, be, ck, tl);
+        snprintf(cmd, sizeof cmd,
+                 "%s/dmnist-run --np 2 %s %s --set experiment.backend=%s "
+                 "--set train.checkpoint_dir=%s --timeline %s 2>&1",
+                 build_dir(), common, cfg_gpu, be, ck, tl);
         rc = run(cmd, out, sizeof out);
         printf("--- cuda, %s, 2 ranks (exit %d)\n%s", be, rc, out);
         char banner[64];
@@ -1077,8 +1073,9 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc < 2) {
-        fprintf(stderr, "usage: test_cuda layer TYPE | optimizer TYPE | nccl | nccl_gpus | no_device | "
-                        "train | nan | deterministic | staging | backend | rdzv\n");
+        fprintf(stderr,
+                "usage: test_cuda layer TYPE | optimizer TYPE | nccl | nccl_gpus | no_device | "
+                "train | nan | deterministic | staging | backend | rdzv\n");
         return 2;
     }
     const char *what = argv[1];

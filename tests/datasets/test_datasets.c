@@ -28,7 +28,8 @@
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static void xfmt(char *out, size_t size, const char *fmt, ...)
+static void
+xfmt(char *out, size_t size, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -53,17 +54,14 @@ typedef struct ds {
     dm_dataset_info info;
 } ds;
 
-static int ds_open(ds *d, const char *type, const char *spec, uint64_t seed,
-                   const char *config_dir, dm_error *err)
+static int ds_open(ds *d, const char *type, const char *spec, uint64_t seed, const char *config_dir, dm_error *err)
 {
     memset(d, 0, sizeof *d);
     const dm_loaded_component *lc = dm_registry_find(g_reg, DM_KIND_DATASET, type);
-    if (!lc)
-        return dm_fail(err, DM_ERR_INVALID, "dataset '%s' not found in DMNIST_PLUGIN_PATH", type);
+    if (!lc) return dm_fail(err, DM_ERR_INVALID, "dataset '%s' not found in DMNIST_PLUGIN_PATH", type);
     d->vt = lc->component->vtable;
     int rc = dm_param_set_parse(lc->component->params, spec, &d->ps, err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc != DM_OK) return rc;
     dm_dataset_config cfg = {sizeof cfg, seed, config_dir};
     d->info.struct_size = sizeof d->info;
     return d->vt->open(dm_param_set_params(d->ps), &cfg, &d->state, &d->info, err);
@@ -71,8 +69,7 @@ static int ds_open(ds *d, const char *type, const char *spec, uint64_t seed,
 
 static void ds_close(ds *d)
 {
-    if (d->state)
-        d->vt->close(d->state);
+    if (d->state) d->vt->close(d->state);
     dm_param_set_free(d->ps);
     memset(d, 0, sizeof *d);
 }
@@ -105,8 +102,7 @@ static blob make_images(int split, int n, int rows, int cols)
     put_be32(b.data + 8, (uint32_t)rows);
     put_be32(b.data + 12, (uint32_t)cols);
     for (int i = 0; i < n; i++)
-        for (int p = 0; p < rows * cols; p++)
-            b.data[16 + (size_t)i * rows * cols + p] = fake_pixel(split, i, p);
+        for (int p = 0; p < rows * cols; p++) b.data[16 + (size_t)i * rows * cols + p] = fake_pixel(split, i, p);
     return b;
 }
 
@@ -115,8 +111,7 @@ static blob make_labels(int split, int n)
     blob b = {malloc(8 + (size_t)n), 8 + (size_t)n};
     put_be32(b.data, 2049);
     put_be32(b.data + 4, (uint32_t)n);
-    for (int i = 0; i < n; i++)
-        b.data[8 + i] = fake_label(split, i);
+    for (int i = 0; i < n; i++) b.data[8 + i] = fake_label(split, i);
     return b;
 }
 
@@ -131,22 +126,19 @@ static void make_good(blob f[4], int n_train, int n_test)
 
 static void free_blobs(blob f[4])
 {
-    for (int k = 0; k < 4; k++)
-        free(f[k].data);
+    for (int k = 0; k < 4; k++) free(f[k].data);
 }
 
 static int write_file(const char *path, const uint8_t *data, size_t len, int gz)
 {
     if (gz) {
         gzFile g = gzopen(path, "wb");
-        if (!g)
-            return -1;
+        if (!g) return -1;
         int ok = len == 0 || gzwrite(g, data, (unsigned)len) == (int)len;
         return gzclose(g) == Z_OK && ok ? 0 : -1;
     }
     FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
+    if (!f) return -1;
     size_t put = fwrite(data, 1, len, f);
     return fclose(f) == 0 && put == len ? 0 : -1;
 }
@@ -155,20 +147,17 @@ static int write_file(const char *path, const uint8_t *data, size_t len, int gz)
 static int write_set(char *dir, size_t dir_size, const char *name, blob f[4], int gz)
 {
     xfmt(dir, dir_size, "%s/%s", g_tmp, name);
-    if (mkdir(dir, 0755) != 0)
-        return -1;
+    if (mkdir(dir, 0755) != 0) return -1;
     for (int k = 0; k < 4; k++) {
         char path[1024];
         FMT(path, "%s/%s%s", dir, file_names[k], gz ? ".gz" : "");
-        if (write_file(path, f[k].data, f[k].len, gz) != 0)
-            return -1;
+        if (write_file(path, f[k].data, f[k].len, gz) != 0) return -1;
     }
     return 0;
 }
 
 /* A good set of n_train/n_test examples written by write_set. */
-static int write_good_set(char *dir, size_t dir_size, const char *name, int n_train, int n_test,
-                          int gz)
+static int write_good_set(char *dir, size_t dir_size, const char *name, int n_train, int n_test, int gz)
 {
     blob f[4];
     make_good(f, n_train, n_test);
@@ -185,23 +174,20 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 
 static void remove_tmp(void)
 {
-    if (g_tmp[0])
-        nftw(g_tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    if (g_tmp[0]) nftw(g_tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* ---- mnist on good files ------------------------------------------------- */
 
 /* Open dir and check counts, shape, and examples read by index. */
-static int check_good(const char *spec, const char *config_dir, int n_train, int n_test,
-                      int standardize)
+static int check_good(const char *spec, const char *config_dir, int n_train, int n_test, int standardize)
 {
     dm_error err = {0};
     ds d;
     int rc = ds_open(&d, "mnist", spec, 1, config_dir, &err);
     REQUIRE(rc == DM_OK, "open '%s': %s", spec, err.msg);
     REQUIRE(d.info.count[DM_SPLIT_TRAIN] == n_train && d.info.count[DM_SPLIT_TEST] == n_test,
-            "counts %lld/%lld, want %d/%d", (long long)d.info.count[0], (long long)d.info.count[1],
-            n_train, n_test);
+            "counts %lld/%lld, want %d/%d", (long long)d.info.count[0], (long long)d.info.count[1], n_train, n_test);
     REQUIRE(d.info.item.n == 1 && d.info.item.c == 1 && d.info.item.h == 28 && d.info.item.w == 28,
             "item shape %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
     REQUIRE(d.info.num_classes == 10, "num_classes %d", d.info.num_classes);
@@ -214,15 +200,13 @@ static int check_good(const char *spec, const char *config_dir, int n_train, int
         rc = d.vt->read(d.state, (dm_split)split, idx, 3, images, labels, &err);
         REQUIRE(rc == DM_OK, "read: %s", err.msg);
         for (int k = 0; k < 3; k++) {
-            REQUIRE(labels[k] == fake_label(split, (int)idx[k]), "split %d index %lld: label %d",
-                    split, (long long)idx[k], labels[k]);
+            REQUIRE(labels[k] == fake_label(split, (int)idx[k]), "split %d index %lld: label %d", split,
+                    (long long)idx[k], labels[k]);
             for (int p = 0; p < PIXELS; p++) {
                 double x = fake_pixel(split, (int)idx[k], p) / 255.0;
-                if (standardize)
-                    x = (x - 0.1307) / 0.3081;
-                REQUIRE(fabs(images[k * PIXELS + p] - x) < 1e-5,
-                        "split %d index %lld pixel %d: %g, want %g", split, (long long)idx[k], p,
-                        images[k * PIXELS + p], x);
+                if (standardize) x = (x - 0.1307) / 0.3081;
+                REQUIRE(fabs(images[k * PIXELS + p] - x) < 1e-5, "split %d index %lld pixel %d: %g, want %g", split,
+                        (long long)idx[k], p, images[k * PIXELS + p], x);
             }
         }
     }
@@ -241,8 +225,7 @@ static int test_mnist_good_plain(void)
     char dir[1024], spec[1200];
     REQUIRE(write_good_set(dir, sizeof dir, "plain", 7, 4, 0) == 0, "cannot write %s", dir);
     FMT(spec, "path=%s", dir);
-    if (check_good(spec, NULL, 7, 4, 0))
-        return 1;
+    if (check_good(spec, NULL, 7, 4, 0)) return 1;
     FMT(spec, "path=%s standardize=true", dir);
     return check_good(spec, NULL, 7, 4, 1);
 }
@@ -296,13 +279,11 @@ static int mkdirs(char *dir, size_t size, const char *rel)
 {
     xfmt(dir, size, "%s/%s", g_tmp, rel);
     for (char *p = dir + strlen(g_tmp) + 1; *p; p++) {
-        if (*p != '/')
-            continue;
+        if (*p != '/') continue;
         *p = '\0';
         int bad = mkdir(dir, 0755) != 0 && !is_dir_(dir);
         *p = '/';
-        if (bad)
-            return -1;
+        if (bad) return -1;
     }
     return mkdir(dir, 0755) != 0 && !is_dir_(dir) ? -1 : 0;
 }
@@ -311,8 +292,7 @@ static int mkdirs(char *dir, size_t size, const char *rel)
 static int write_set_at(const char *rel, int n_train, int n_test)
 {
     char dir[1024];
-    if (mkdirs(dir, sizeof dir, rel) != 0)
-        return -1;
+    if (mkdirs(dir, sizeof dir, rel) != 0) return -1;
     blob f[4];
     make_good(f, n_train, n_test);
     int rc = 0;
@@ -347,8 +327,7 @@ static int home_refused_with_mode(const char *path, mode_t mode, const char *why
     REQUIRE(chmod(path, mode) == 0, "chmod %s", path);
     const int64_t n = opened_count("data/mnist", NULL, &err);
     printf("%s -> %s\n", what, err.msg);
-    REQUIRE(n == -1 && strstr(err.msg, path) && strstr(err.msg, why), "%s: %lld %s", what,
-            (long long)n, err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, path) && strstr(err.msg, why), "%s: %lld %s", what, (long long)n, err.msg);
     return 0;
 }
 
@@ -363,10 +342,8 @@ static void set_home_env(const char *data, const char *home, const char *xdg)
             unsetenv(names[k]);
             continue;
         }
-        if (vals[k][0] == '/' || vals[k][0] == '.')
-            FMT(buf, "%s", vals[k]);
-        else
-            FMT(buf, "%s/%s", g_tmp, vals[k]);
+        if (vals[k][0] == '/' || vals[k][0] == '.') FMT(buf, "%s", vals[k]);
+        else FMT(buf, "%s/%s", g_tmp, vals[k]);
         setenv(names[k], buf, 1);
     }
 }
@@ -378,8 +355,7 @@ static void set_home_env(const char *data, const char *home, const char *xdg)
 static int test_mnist_data_home(void)
 {
     char run[1024], cfg[1024];
-    REQUIRE(mkdirs(run, sizeof run, "run") == 0 && mkdirs(cfg, sizeof cfg, "cfg") == 0,
-            "mkdir under %s", g_tmp);
+    REQUIRE(mkdirs(run, sizeof run, "run") == 0 && mkdirs(cfg, sizeof cfg, "cfg") == 0, "mkdir under %s", g_tmp);
     REQUIRE(chdir(run) == 0, "chdir %s", run);
     REQUIRE(write_set_at("dd/mnist", 11, 2) == 0 && write_set_at("dd/nested/set", 12, 2) == 0 &&
                 write_set_at("user/.local/share/dmnist/mnist", 13, 2) == 0 &&
@@ -399,8 +375,7 @@ static int test_mnist_data_home(void)
     /* A path that would leave the data home is not looked for there. */
     n = opened_count("data/../mnist", cfg, &err);
     printf("data/../mnist -> %lld: %s\n", (long long)n, err.msg);
-    REQUIRE(n == -1 && strstr(err.msg, "data home was not searched"), "data/../mnist: %lld %s",
-            (long long)n, err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, "data home was not searched"), "data/../mnist: %lld %s", (long long)n, err.msg);
 
     /* Without DMNIST_DATA: the per-user folder under HOME. */
     set_home_env("", "user", "");
@@ -424,8 +399,8 @@ static int test_mnist_data_home(void)
     char abs[1100];
     FMT(abs, "%s/nowhere/mnist", g_tmp);
     n = opened_count(abs, cfg, &err);
-    REQUIRE(n == -1 && strstr(err.msg, "not found") && !strstr(err.msg, "DMNIST_DATA"),
-            "absolute path: %lld %s", (long long)n, err.msg);
+    REQUIRE(n == -1 && strstr(err.msg, "not found") && !strstr(err.msg, "DMNIST_DATA"), "absolute path: %lld %s",
+            (long long)n, err.msg);
     return 0;
 }
 
@@ -433,8 +408,7 @@ static int test_mnist_data_home(void)
 static int test_mnist_not_found_lists(void)
 {
     char run[1024], cfg[1024];
-    REQUIRE(mkdirs(run, sizeof run, "run") == 0 && mkdirs(cfg, sizeof cfg, "cfg") == 0,
-            "mkdir under %s", g_tmp);
+    REQUIRE(mkdirs(run, sizeof run, "run") == 0 && mkdirs(cfg, sizeof cfg, "cfg") == 0, "mkdir under %s", g_tmp);
     REQUIRE(chdir(run) == 0, "chdir %s", run);
     dm_error err = {0};
     char want[4][1100];
@@ -445,10 +419,9 @@ static int test_mnist_not_found_lists(void)
     set_home_env("dd", "user", "");
     int64_t n = opened_count("data/mnist", cfg, &err);
     printf("not found -> %s\n", err.msg);
-    REQUIRE(n == -1 && strncmp(err.msg, "data/mnist: MNIST folder not found; looked in ", 46) == 0,
-            "message: %s", err.msg);
-    REQUIRE(!strchr(err.msg, '\n') && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s",
+    REQUIRE(n == -1 && strncmp(err.msg, "data/mnist: MNIST folder not found; looked in ", 46) == 0, "message: %s",
             err.msg);
+    REQUIRE(!strchr(err.msg, '\n') && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s", err.msg);
     const char *at = err.msg;
     for (int k = 0; k < 4; k++) {
         const char *hit = strstr(at, want[k]);
@@ -460,8 +433,7 @@ static int test_mnist_not_found_lists(void)
     opened_count("data/mnist", cfg, &err);
     printf("not found -> %s\n", err.msg);
     FMT(want[0], "%s/xdg/dmnist/mnist (per-user, $XDG_DATA_HOME)", g_tmp);
-    REQUIRE(strstr(err.msg, want[0]) && strstr(err.msg, "DMNIST_DATA is not set"), "message: %s",
-            err.msg);
+    REQUIRE(strstr(err.msg, want[0]) && strstr(err.msg, "DMNIST_DATA is not set"), "message: %s", err.msg);
     return 0;
 }
 
@@ -479,19 +451,16 @@ static int test_mnist_data_home_world_writable(void)
     REQUIRE(opened_count("data/mnist", NULL, &err) == 5, "good data home: %s", err.msg);
 
     FMT(dir, "%s/dd/mnist", g_tmp);
-    if (home_refused_with_mode(dir, 0757, "world-writable", "world-writable folder"))
-        return 1;
+    if (home_refused_with_mode(dir, 0757, "world-writable", "world-writable folder")) return 1;
     REQUIRE(opened_count(dir, NULL, &err) == 5, "explicit path refused: %s", err.msg);
     REQUIRE(chmod(dir, 0755) == 0, "chmod %s", dir);
 
     FMT(file, "%s/%s.gz", dir, file_names[TEST_LABELS]);
-    if (home_refused_with_mode(file, 0646, "world-writable", "world-writable file"))
-        return 1;
+    if (home_refused_with_mode(file, 0646, "world-writable", "world-writable file")) return 1;
     REQUIRE(chmod(file, 0644) == 0, "chmod %s", file);
 
     FMT(dir, "%s/dd", g_tmp);
-    if (home_refused_with_mode(dir, 0777, "no sticky bit", "world-writable folder above"))
-        return 1;
+    if (home_refused_with_mode(dir, 0777, "no sticky bit", "world-writable folder above")) return 1;
     REQUIRE(chmod(dir, 01777) == 0, "chmod %s", dir);
     REQUIRE(opened_count("data/mnist", NULL, &err) == 5, "sticky parent refused: %s", err.msg);
     REQUIRE(chmod(dir, 0755) == 0, "chmod %s", dir);
@@ -503,8 +472,7 @@ static int test_mnist_data_home_world_writable(void)
 /* Open a set in which file `which` was replaced by `bad` (gz: all four
  * gzipped); expect status `want_code` and a one-line message naming that
  * file and containing want_text. */
-static int expect_broken(const char *name, int which, blob bad, int gz, int want_code,
-                         const char *want_text)
+static int expect_broken(const char *name, int which, blob bad, int gz, int want_code, const char *want_text)
 {
     blob f[4];
     char dir[1024], spec[1200], file[1100];
@@ -538,8 +506,7 @@ static blob with_be32(blob b, size_t at, uint32_t v)
 static blob resized(blob b, size_t len)
 {
     uint8_t *p = realloc(b.data, len);
-    if (len > b.len)
-        memset(p + b.len, 0xAB, len - b.len);
+    if (len > b.len) memset(p + b.len, 0xAB, len - b.len);
     return (blob){p, len};
 }
 
@@ -549,27 +516,22 @@ static int test_mnist_corrupt(void)
     int failed = 0;
     for (int gz = 0; gz <= 1; gz++) {
         char name[64];
-#define CASE(label, which, bad, code, text)                                     \
-    FMT(name, "%s%s", label, gz ? "-gz" : "");                 \
+#define CASE(label, which, bad, code, text) \
+    FMT(name, "%s%s", label, gz ? "-gz" : ""); \
     failed |= expect_broken(name, which, bad, gz, code, text)
 
         CASE("bad-magic-images", TRAIN_IMAGES, with_be32(make_images(0, 6, 28, 28), 0, 2049), F,
              "bad magic 0x00000801, expected 2051");
         CASE("bad-magic-labels", TEST_LABELS, with_be32(make_labels(1, 4), 0, 2051), F,
              "bad magic 0x00000803, expected 2049");
-        CASE("truncated", TRAIN_IMAGES, resized(make_images(0, 6, 28, 28), 16 + 5 * PIXELS + 9),
-             F, "truncated");
-        CASE("truncated-header", TRAIN_LABELS, resized(make_labels(0, 6), 6), F,
-             "truncated header");
-        CASE("trailing", TEST_IMAGES, resized(make_images(1, 4, 28, 28), 16 + 4 * PIXELS + 3), F,
-             "trailing bytes");
+        CASE("truncated", TRAIN_IMAGES, resized(make_images(0, 6, 28, 28), 16 + 5 * PIXELS + 9), F, "truncated");
+        CASE("truncated-header", TRAIN_LABELS, resized(make_labels(0, 6), 6), F, "truncated header");
+        CASE("trailing", TEST_IMAGES, resized(make_images(1, 4, 28, 28), 16 + 4 * PIXELS + 3), F, "trailing bytes");
         CASE("count-mismatch", TEST_LABELS, make_labels(1, 3), F, "3 labels but");
         CASE("wrong-dims", TRAIN_IMAGES, make_images(0, 6, 28, 27), F, "28x27, expected 28x28");
-        CASE("label-too-big", TRAIN_LABELS, with_be32(make_labels(0, 6), 8, 0x0C000000), F,
-             "label 12 at index 0");
+        CASE("label-too-big", TRAIN_LABELS, with_be32(make_labels(0, 6), 8, 0x0C000000), F, "label 12 at index 0");
         /* A header claiming 4 billion images must be refused before allocating. */
-        CASE("huge-count", TRAIN_IMAGES, with_be32(make_images(0, 6, 28, 28), 4, 0xFFFFFFFFu), F,
-             "truncated");
+        CASE("huge-count", TRAIN_IMAGES, with_be32(make_images(0, 6, 28, 28), 4, 0xFFFFFFFFu), F, "truncated");
 #undef CASE
     }
     return failed;
@@ -581,8 +543,7 @@ static int test_mnist_bad_gzip(void)
     int failed = 0;
     blob junk = {malloc(4000), 4000};
     uint64_t s = 9;
-    for (size_t i = 0; i < junk.len; i++)
-        junk.data[i] = (uint8_t)dm_rng_next(&s);
+    for (size_t i = 0; i < junk.len; i++) junk.data[i] = (uint8_t)dm_rng_next(&s);
     junk.data[0] = 0x42;
     /* Written as plain bytes under a .gz name. */
     blob f[4];
@@ -646,16 +607,14 @@ static int test_mnist_missing(void)
     int rc = ds_open(&d, "mnist", spec, 1, NULL, &err);
     printf("missing file -> %d: %s\n", rc, err.msg);
     REQUIRE(rc == DM_ERR_IO, "missing file: status %d (%s)", rc, err.msg);
-    REQUIRE(strstr(err.msg, path) && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s",
-            err.msg);
+    REQUIRE(strstr(err.msg, path) && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s", err.msg);
     ds_close(&d);
 
     FMT(spec, "path=%s/no-such-folder", g_tmp);
     rc = ds_open(&d, "mnist", spec, 1, g_tmp, &err);
     printf("missing folder -> %d: %s\n", rc, err.msg);
     REQUIRE(rc == DM_ERR_IO, "missing folder: status %d (%s)", rc, err.msg);
-    REQUIRE(strstr(err.msg, "no-such-folder") && strstr(err.msg, "scripts/get-mnist.sh"),
-            "message: %s", err.msg);
+    REQUIRE(strstr(err.msg, "no-such-folder") && strstr(err.msg, "scripts/get-mnist.sh"), "message: %s", err.msg);
     ds_close(&d);
 
     rc = ds_open(&d, "mnist", "path=also-missing", 1, g_tmp, &err);
@@ -672,8 +631,7 @@ static int has_file(const char *dir, const char *name)
     char path[1100];
     struct stat st;
     FMT(path, "%s/%s", dir, name);
-    if (stat(path, &st) == 0)
-        return 1;
+    if (stat(path, &st) == 0) return 1;
     FMT(path, "%s/%s.gz", dir, name);
     return stat(path, &st) == 0;
 }
@@ -687,8 +645,8 @@ static int open_full_mnist(ds *d, const char *dir, const char *extra)
     dm_error err = {0};
     int rc = ds_open(d, "mnist", spec, 1, NULL, &err);
     REQUIRE(rc == DM_OK, "%s", err.msg);
-    REQUIRE(d->info.count[DM_SPLIT_TRAIN] == 60000 && d->info.count[DM_SPLIT_TEST] == 10000,
-            "counts %lld/%lld", (long long)d->info.count[0], (long long)d->info.count[1]);
+    REQUIRE(d->info.count[DM_SPLIT_TRAIN] == 60000 && d->info.count[DM_SPLIT_TEST] == 10000, "counts %lld/%lld",
+            (long long)d->info.count[0], (long long)d->info.count[1]);
     return 0;
 }
 
@@ -710,14 +668,11 @@ static int read_split_stats(ds *d, int split, split_stats *st)
     memset(st, 0, sizeof *st);
     double sum = 0, sum2 = 0;
     for (int64_t start = 0; start < d->info.count[split]; start += B) {
-        for (int i = 0; i < B; i++)
-            idx[i] = start + i;
+        for (int i = 0; i < B; i++) idx[i] = start + i;
         int rc = d->vt->read(d->state, (dm_split)split, idx, B, images, labels, &err);
         REQUIRE(rc == DM_OK, "%s", err.msg);
-        for (int i = 0; i < B; i++)
-            st->counts[labels[i]]++;
-        for (size_t p = 0; p < (size_t)B * PIXELS; p++)
-            sum += images[p], sum2 += (double)images[p] * images[p];
+        for (int i = 0; i < B; i++) st->counts[labels[i]]++;
+        for (size_t p = 0; p < (size_t)B * PIXELS; p++) sum += images[p], sum2 += (double)images[p] * images[p];
     }
     free(images);
     double n = (double)d->info.count[split] * PIXELS;
@@ -732,8 +687,7 @@ static int test_mnist_real(void)
      * copy next to the repository. */
     char cand[3][1024] = {{0}};
     const char *env = getenv("DMNIST_MNIST_DIR"), *src = getenv("DMNIST_SOURCE_DIR");
-    if (env)
-        FMT(cand[0], "%s", env);
+    if (env) FMT(cand[0], "%s", env);
     if (src) {
         FMT(cand[1], "%s/data/mnist", src);
         FMT(cand[2], "%s/../shared/data/mnist", src);
@@ -741,10 +695,8 @@ static int test_mnist_real(void)
     const char *dir = NULL;
     for (int c = 0; c < 3 && !dir; c++) {
         int all = cand[c][0] != 0;
-        for (int k = 0; k < 4 && all; k++)
-            all = has_file(cand[c], file_names[k]);
-        if (all)
-            dir = cand[c];
+        for (int k = 0; k < 4 && all; k++) all = has_file(cand[c], file_names[k]);
+        if (all) dir = cand[c];
     }
     if (!dir) {
         printf("SKIP: no MNIST files in $DMNIST_MNIST_DIR, $DMNIST_SOURCE_DIR/data/mnist or "
@@ -762,14 +714,12 @@ static int test_mnist_real(void)
         REQUIRE(read_split_stats(&d, split, &st) == 0, "cannot read split %d", split);
         const int *want = split ? want_test : want_train;
         for (int c = 0; c < 10; c++)
-            REQUIRE(st.counts[c] == want[c], "split %d class %d: %d examples, want %d", split, c,
-                    st.counts[c], want[c]);
+            REQUIRE(st.counts[c] == want[c], "split %d class %d: %d examples, want %d", split, c, st.counts[c],
+                    want[c]);
         /* Standardized with the training statistics: mean 0, std 1 on train. */
-        printf("split %d: per-class counts match; standardized mean %.4f std %.4f\n", split,
-               st.mean, st.sd);
+        printf("split %d: per-class counts match; standardized mean %.4f std %.4f\n", split, st.mean, st.sd);
         if (split == DM_SPLIT_TRAIN)
-            REQUIRE(fabs(st.mean) < 2e-3 && fabs(st.sd - 1.0) < 2e-3, "train mean %g std %g",
-                    st.mean, st.sd);
+            REQUIRE(fabs(st.mean) < 2e-3 && fabs(st.sd - 1.0) < 2e-3, "train mean %g std %g", st.mean, st.sd);
     }
     ds_close(&d);
     return 0;
@@ -786,22 +736,20 @@ static int test_fashion_real(void)
     for (int k = 0; k < 4; k++)
         if (!has_file(dir, file_names[k])) {
             printf("SKIP: no Fashion-MNIST in %s (apt-get install dataset-fashion-mnist, or set "
-                   "DMNIST_FASHION_DIR)\n", dir);
+                   "DMNIST_FASHION_DIR)\n",
+                   dir);
             return SKIP_CODE;
         }
     printf("reading Fashion-MNIST from %s\n", dir);
     ds d;
-    REQUIRE(open_full_mnist(&d, dir, " mean=0.2860 std=0.3530") == 0,
-            "cannot open Fashion-MNIST in %s", dir);
+    REQUIRE(open_full_mnist(&d, dir, " mean=0.2860 std=0.3530") == 0, "cannot open Fashion-MNIST in %s", dir);
     for (int split = 0; split < 2; split++) {
         split_stats st;
         REQUIRE(read_split_stats(&d, split, &st) == 0, "cannot read split %d", split);
         for (int c = 0; c < 10; c++)
-            REQUIRE(st.counts[c] == (split ? 1000 : 6000), "split %d class %d: %d examples", split,
-                    c, st.counts[c]);
+            REQUIRE(st.counts[c] == (split ? 1000 : 6000), "split %d class %d: %d examples", split, c, st.counts[c]);
         const double mean = st.mean, sd = st.sd;
-        printf("split %d: 10 classes of %d; standardized mean %.4f std %.4f\n", split,
-               split ? 1000 : 6000, mean, sd);
+        printf("split %d: 10 classes of %d; standardized mean %.4f std %.4f\n", split, split ? 1000 : 6000, mean, sd);
         if (split == DM_SPLIT_TRAIN)
             REQUIRE(fabs(mean) < 2e-3 && fabs(sd - 1.0) < 2e-3, "train mean %g std %g", mean, sd);
     }
@@ -818,10 +766,10 @@ static int test_synthetic_deterministic(void)
     REQUIRE(ds_open(&a, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
     REQUIRE(ds_open(&b, "synthetic", "", 123, NULL, &err) == DM_OK, "%s", err.msg);
     REQUIRE(ds_open(&c, "synthetic", "", 124, NULL, &err) == DM_OK, "%s", err.msg);
-    REQUIRE(a.info.count[0] == 60000 && a.info.count[1] == 10000 && a.info.num_classes == 10 &&
-                a.info.item.c == 1 && a.info.item.h == 28 && a.info.item.w == 28,
-            "defaults: %lld/%lld, %d classes", (long long)a.info.count[0],
-            (long long)a.info.count[1], a.info.num_classes);
+    REQUIRE(a.info.count[0] == 60000 && a.info.count[1] == 10000 && a.info.num_classes == 10 && a.info.item.c == 1 &&
+                a.info.item.h == 28 && a.info.item.w == 28,
+            "defaults: %lld/%lld, %d classes", (long long)a.info.count[0], (long long)a.info.count[1],
+            a.info.num_classes);
 
     /* Two instances, different batches and order: the same example either way. */
     int64_t ia[3] = {5, 0, 59999}, ib[2] = {59999, 5};
@@ -854,31 +802,25 @@ static int test_synthetic_learnable(void)
     enum { NTRAIN = 2000, NTEST = 500, K = 10 };
     dm_error err = {0};
     ds d;
-    REQUIRE(ds_open(&d, "synthetic", "train_size=5000 test_size=1000", 7, NULL, &err) == DM_OK,
-            "%s", err.msg);
+    REQUIRE(ds_open(&d, "synthetic", "train_size=5000 test_size=1000", 7, NULL, &err) == DM_OK, "%s", err.msg);
     float *x = malloc((size_t)NTRAIN * PIXELS * sizeof(float));
     double *mean = calloc((size_t)K * PIXELS, sizeof(double));
     int32_t *y = malloc(NTRAIN * sizeof(int32_t));
     int64_t *idx = malloc(NTRAIN * sizeof(int64_t));
     int count[K] = {0};
     REQUIRE(x && mean && y && idx, "out of memory");
-    for (int i = 0; i < NTRAIN; i++)
-        idx[i] = 3 * i % 5000;
+    for (int i = 0; i < NTRAIN; i++) idx[i] = 3 * i % 5000;
     REQUIRE(d.vt->read(d.state, DM_SPLIT_TRAIN, idx, NTRAIN, x, y, &err) == DM_OK, "%s", err.msg);
     for (int i = 0; i < NTRAIN; i++) {
         REQUIRE(y[i] >= 0 && y[i] < K, "label %d", y[i]);
         count[y[i]]++;
-        for (int p = 0; p < PIXELS; p++)
-            mean[y[i] * PIXELS + p] += x[(size_t)i * PIXELS + p];
+        for (int p = 0; p < PIXELS; p++) mean[y[i] * PIXELS + p] += x[(size_t)i * PIXELS + p];
     }
     for (int c = 0; c < K; c++) {
-        REQUIRE(count[c] > NTRAIN / K / 2 && count[c] < NTRAIN / K * 2, "class %d has %d of %d",
-                c, count[c], NTRAIN);
-        for (int p = 0; p < PIXELS; p++)
-            mean[c * PIXELS + p] /= count[c];
+        REQUIRE(count[c] > NTRAIN / K / 2 && count[c] < NTRAIN / K * 2, "class %d has %d of %d", c, count[c], NTRAIN);
+        for (int p = 0; p < PIXELS; p++) mean[c * PIXELS + p] /= count[c];
     }
-    for (int i = 0; i < NTEST; i++)
-        idx[i] = i;
+    for (int i = 0; i < NTEST; i++) idx[i] = i;
     REQUIRE(d.vt->read(d.state, DM_SPLIT_TEST, idx, NTEST, x, y, &err) == DM_OK, "%s", err.msg);
     int right = 0;
     for (int i = 0; i < NTEST; i++) {
@@ -890,8 +832,7 @@ static int test_synthetic_learnable(void)
                 double e = x[(size_t)i * PIXELS + p] - mean[c * PIXELS + p];
                 dist += e * e;
             }
-            if (dist < best_d)
-                best_d = dist, best = c;
+            if (dist < best_d) best_d = dist, best = c;
         }
         right += best == y[i];
     }
@@ -906,24 +847,24 @@ static int test_synthetic_shapes(void)
 {
     dm_error err = {0};
     ds d;
-    REQUIRE(ds_open(&d, "synthetic", "train_size=100 test_size=7 classes=4 channels=3 height=8 "
-                    "width=5", 1, NULL, &err) == DM_OK, "%s", err.msg);
-    REQUIRE(d.info.count[0] == 100 && d.info.count[1] == 7 && d.info.num_classes == 4,
-            "counts %lld/%lld classes %d", (long long)d.info.count[0], (long long)d.info.count[1],
-            d.info.num_classes);
-    REQUIRE(d.info.item.n == 1 && d.info.item.c == 3 && d.info.item.h == 8 && d.info.item.w == 5,
-            "item %dx%dx%dx%d", d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
+    REQUIRE(ds_open(&d, "synthetic",
+                    "train_size=100 test_size=7 classes=4 channels=3 height=8 "
+                    "width=5",
+                    1, NULL, &err) == DM_OK,
+            "%s", err.msg);
+    REQUIRE(d.info.count[0] == 100 && d.info.count[1] == 7 && d.info.num_classes == 4, "counts %lld/%lld classes %d",
+            (long long)d.info.count[0], (long long)d.info.count[1], d.info.num_classes);
+    REQUIRE(d.info.item.n == 1 && d.info.item.c == 3 && d.info.item.h == 8 && d.info.item.w == 5, "item %dx%dx%dx%d",
+            d.info.item.n, d.info.item.c, d.info.item.h, d.info.item.w);
     int64_t idx[7] = {0, 1, 2, 3, 4, 5, 6};
     float x[7 * 3 * 8 * 5];
     int32_t y[7];
     REQUIRE(d.vt->read(d.state, DM_SPLIT_TEST, idx, 7, x, y, &err) == DM_OK, "%s", err.msg);
-    for (int i = 0; i < 7; i++)
-        REQUIRE(y[i] >= 0 && y[i] < 4, "label %d of 4 classes", y[i]);
+    for (int i = 0; i < 7; i++) REQUIRE(y[i] >= 0 && y[i] < 4, "label %d of 4 classes", y[i]);
     ds_close(&d);
 
     /* Out-of-range parameters are refused with the key named. */
-    REQUIRE(ds_open(&d, "synthetic", "classes=1", 1, NULL, &err) == DM_ERR_INVALID &&
-                strstr(err.msg, "classes"),
+    REQUIRE(ds_open(&d, "synthetic", "classes=1", 1, NULL, &err) == DM_ERR_INVALID && strstr(err.msg, "classes"),
             "classes=1: %s", err.msg);
     ds_close(&d);
     return 0;
@@ -957,8 +898,7 @@ int main(int argc, char **argv)
         test_usage(argv[0], cases, n_cases);
         return 2;
     }
-    if (!(g_reg = test_load_plugins()))
-        return 1;
+    if (!(g_reg = test_load_plugins())) return 1;
     const char *tmp = getenv("TMPDIR");
     FMT(g_tmp, "%s/dmnist-datasets-XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
     if (!mkdtemp(g_tmp)) {

@@ -47,19 +47,32 @@
 #include <unistd.h>
 
 enum { K_MALLOC, K_WRITE, K_FSYNC, K_RENAME, K_OPEN, K_SOCKET, K_CONNECT, K_SEND, K_COUNT };
-static const char *const kind_name[K_COUNT] = {"malloc", "write", "fsync", "rename",
-                                              "open", "socket", "connect", "send"};
+static const char *const kind_name[K_COUNT] = {"malloc", "write",  "fsync",   "rename",
+                                               "open",   "socket", "connect", "send"};
 static const int kind_errno[K_COUNT] = {ENOMEM, ENOSPC, EIO, EIO, EACCES, EMFILE, ECONNREFUSED, ECONNRESET};
 
-static const struct { const char *name; int value; } errnos[] = {
-    {"EIO", EIO}, {"ENOSPC", ENOSPC}, {"EACCES", EACCES}, {"ENOMEM", ENOMEM}, {"EMFILE", EMFILE},
-    {"ECONNREFUSED", ECONNREFUSED}, {"ECONNRESET", ECONNRESET}, {"EINTR", EINTR}, {"EAGAIN", EAGAIN},
-    {"EROFS", EROFS}, {"EDQUOT", EDQUOT}, {"EPIPE", EPIPE}, {"EXDEV", EXDEV},
+static const struct {
+    const char *name;
+    int value;
+} errnos[] = {
+    {"EIO", EIO},
+    {"ENOSPC", ENOSPC},
+    {"EACCES", EACCES},
+    {"ENOMEM", ENOMEM},
+    {"EMFILE", EMFILE},
+    {"ECONNREFUSED", ECONNREFUSED},
+    {"ECONNRESET", ECONNRESET},
+    {"EINTR", EINTR},
+    {"EAGAIN", EAGAIN},
+    {"EROFS", EROFS},
+    {"EDQUOT", EDQUOT},
+    {"EPIPE", EPIPE},
+    {"EXDEV", EXDEV},
 };
 
 static struct {
-    long long n;  /* fail call n (0: never) */
-    int sticky;   /* and every later one */
+    long long n; /* fail call n (0: never) */
+    int sticky;  /* and every later one */
     int err;
 } rule[K_COUNT];
 static long long counter[K_COUNT];
@@ -142,8 +155,8 @@ static int fault_checked(int kind, const void *caller)
         Dl_info di;
         char line[768];
         if (dladdr(caller, &di) && di.dli_fname) {
-            snprintf(line, sizeof line, "faultinject: %s call %lld failed (%s) from %s+%#lx (%s)\n",
-                     kind_name[kind], c, strerror(rule[kind].err), di.dli_fname,
+            snprintf(line, sizeof line, "faultinject: %s call %lld failed (%s) from %s+%#lx (%s)\n", kind_name[kind], c,
+                     strerror(rule[kind].err), di.dli_fname,
                      (unsigned long)((const char *)caller - (const char *)di.dli_fbase),
                      di.dli_sname ? di.dli_sname : "?");
         } else {
@@ -171,18 +184,23 @@ static void parse(const char *spec)
         while (k < K_COUNT && strcmp(item, kind_name[k]) != 0) k++;
         if (k == K_COUNT)
             die("faultinject: DMNIST_FAULT: unknown kind '%s' (malloc, write, fsync, rename, open, socket, "
-                "connect, send)", item);
+                "connect, send)",
+                item);
         char *end;
         errno = 0;
         long long n = strtoll(colon + 1, &end, 10);
         if (end == colon + 1 || n < 1 || errno) die("faultinject: DMNIST_FAULT: '%s' needs a call number N >= 1", item);
         rule[k].n = n;
         rule[k].err = kind_errno[k];
-        if (*end == '+') { rule[k].sticky = 1; end++; }
+        if (*end == '+') {
+            rule[k].sticky = 1;
+            end++;
+        }
         if (*end == ':') {
             size_t i = 0;
             while (i < sizeof errnos / sizeof errnos[0] && strcmp(end + 1, errnos[i].name) != 0) i++;
-            if (i == sizeof errnos / sizeof errnos[0]) die("faultinject: DMNIST_FAULT: unknown errno name '%s'", end + 1);
+            if (i == sizeof errnos / sizeof errnos[0])
+                die("faultinject: DMNIST_FAULT: unknown errno name '%s'", end + 1);
             rule[k].err = errnos[i].value;
         } else if (*end) {
             die("faultinject: DMNIST_FAULT: trailing text in the entry for '%s'", item);
@@ -192,9 +210,24 @@ static void parse(const char *spec)
 
 __attribute__((constructor)) static void faultinject_init(void)
 {
-    RESOLVE(write); RESOLVE(pwrite); RESOLVE(fsync); RESOLVE(fdatasync); RESOLVE(rename); RESOLVE(renameat);
-    RESOLVE(open); RESOLVE(open64); RESOLVE(openat); RESOLVE(creat); RESOLVE(fopen); RESOLVE(fopen64);
-    RESOLVE(socket); RESOLVE(connect); RESOLVE(send); RESOLVE(sendto); RESOLVE(sendmsg); RESOLVE(close);
+    RESOLVE(write);
+    RESOLVE(pwrite);
+    RESOLVE(fsync);
+    RESOLVE(fdatasync);
+    RESOLVE(rename);
+    RESOLVE(renameat);
+    RESOLVE(open);
+    RESOLVE(open64);
+    RESOLVE(openat);
+    RESOLVE(creat);
+    RESOLVE(fopen);
+    RESOLVE(fopen64);
+    RESOLVE(socket);
+    RESOLVE(connect);
+    RESOLVE(send);
+    RESOLVE(sendto);
+    RESOLVE(sendmsg);
+    RESOLVE(close);
     const char *spec = getenv("DMNIST_FAULT");
     if (spec && *spec) parse(spec);
     caller_filter = getenv("DMNIST_FAULT_CALLER");
@@ -304,15 +337,15 @@ static mode_t mode_arg(int flags, va_list ap)
 }
 
 /* open and open64: fail the Nth open for writing, pass everything else on. */
-#define FAULT_OPEN(name, real)                                                  \
-    int name(const char *path, int flags, ...)                                  \
-    {                                                                           \
-        va_list ap;                                                             \
-        va_start(ap, flags);                                                    \
-        mode_t mode = mode_arg(flags, ap);                                      \
-        va_end(ap);                                                             \
-        if (writes(flags) && fault(K_OPEN, CALLER)) return -1;                  \
-        return real(path, flags, mode);                                         \
+#define FAULT_OPEN(name, real) \
+    int name(const char *path, int flags, ...) \
+    { \
+        va_list ap; \
+        va_start(ap, flags); \
+        mode_t mode = mode_arg(flags, ap); \
+        va_end(ap); \
+        if (writes(flags) && fault(K_OPEN, CALLER)) return -1; \
+        return real(path, flags, mode); \
     }
 FAULT_OPEN(open, real_open)
 FAULT_OPEN(open64, real_open64)

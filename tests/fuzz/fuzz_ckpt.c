@@ -38,11 +38,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(buf, "DMNISTCK", 8);
         buf[8] = 2;
         buf[12] = 72;
-        memcpy(buf + 24, f, 28);    /* step, epoch, epoch_pos, world size: little-endian as given */
+        memcpy(buf + 24, f, 28); /* step, epoch, epoch_pos, world size: little-endian as given */
         buf[64] = (uint8_t)np;
         buf[72] = (uint8_t)no;
         buf[80] = (uint8_t)ns;
-        flags |= 1;                 /* and the right CRC */
+        flags |= 1; /* and the right CRC */
     } else {
         buf = malloc(size ? size : 1);
         if (!buf) abort();
@@ -93,7 +93,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(s);
     } else {
         if (p || o || s) abort(); /* nothing handed out on failure */
-        if (!err.msg[0] || strchr(err.msg, '\n')) { fprintf(stderr, "bad message: '%s'\n", err.msg); abort(); }
+        if (!err.msg[0] || strchr(err.msg, '\n')) {
+            fprintf(stderr, "bad message: '%s'\n", err.msg);
+            abort();
+        }
     }
     return 0;
 }

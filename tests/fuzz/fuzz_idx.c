@@ -15,12 +15,18 @@
 
 #include "dm_core.h"
 
-static const char *const names[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"};
+static const char *const names[4] = {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                                     "t10k-labels-idx1-ubyte"};
 static const dm_component *mnist;
 static dm_registry *reg;
 
-static void be32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v; }
+static void be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
 
 /* A valid IDX file: `count` images (28x28) or labels. */
 static void write_valid(const char *path, int images, uint32_t count)
@@ -30,7 +36,10 @@ static void write_valid(const char *path, int images, uint32_t count)
     if (!b) abort();
     be32(b, images ? 2051 : 2049);
     be32(b + 4, count);
-    if (images) { be32(b + 8, 28); be32(b + 12, 28); }
+    if (images) {
+        be32(b + 8, 28);
+        be32(b + 12, 28);
+    }
     for (size_t i = 0; i < body; i++) b[head + i] = (uint8_t)(i * 7 % (images ? 256 : 10));
     fuzz_write(path, b, head + body);
     free(b);
@@ -84,7 +93,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     snprintf(spec, sizeof spec, "path=%s standardize=%s", dir, (sel & 16) ? "true" : "false");
     dm_param_set *ps = NULL;
     dm_error err = {0};
-    if (dm_param_set_parse(mnist->params, spec, &ps, &err) != DM_OK) { fprintf(stderr, "%s\n", err.msg); abort(); }
+    if (dm_param_set_parse(mnist->params, spec, &ps, &err) != DM_OK) {
+        fprintf(stderr, "%s\n", err.msg);
+        abort();
+    }
     const dm_dataset_vtable *vt = mnist->vtable;
     dm_dataset_config cfg = {sizeof cfg, 1, dir};
     dm_dataset_info info = {sizeof info, {0, 0}, {0, 0, 0, 0}, 0};

@@ -31,7 +31,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char marker[] = "\n--set\n";
     size_t ini_len = size;
     for (size_t i = 0; i + sizeof marker - 1 <= size; i++)
-        if (memcmp(data + i, marker, sizeof marker - 1) == 0) { ini_len = i + 1; break; }
+        if (memcmp(data + i, marker, sizeof marker - 1) == 0) {
+            ini_len = i + 1;
+            break;
+        }
     char path[512];
     snprintf(path, sizeof path, "%s/x.ini", fuzz_scratch());
     fuzz_write(path, data, ini_len);

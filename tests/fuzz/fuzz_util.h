@@ -27,7 +27,10 @@ static const char *fuzz_scratch(void)
     if (fuzz_dir[0]) return fuzz_dir;
     const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     snprintf(fuzz_dir, sizeof fuzz_dir, "%s/dmnist-fuzz.XXXXXX", base);
-    if (!mkdtemp(fuzz_dir)) { perror("fuzz: mkdtemp"); abort(); }
+    if (!mkdtemp(fuzz_dir)) {
+        perror("fuzz: mkdtemp");
+        abort();
+    }
     atexit(fuzz_rm_dir);
     return fuzz_dir;
 }

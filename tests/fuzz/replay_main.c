@@ -17,12 +17,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) __attribute__((weak));
 static int replay_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
-    if (!f) { perror(path); return 1; }
+    if (!f) {
+        perror(path);
+        return 1;
+    }
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
     uint8_t *buf = malloc(n > 0 ? (size_t)n : 1);
-    if (!buf || (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)) { perror(path); fclose(f); free(buf); return 1; }
+    if (!buf || (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n)) {
+        perror(path);
+        fclose(f);
+        free(buf);
+        return 1;
+    }
     fclose(f);
     LLVMFuzzerTestOneInput(buf, (size_t)n);
     free(buf);
@@ -37,10 +45,20 @@ int main(int argc, char **argv)
     int files = 0, bad = 0;
     for (int i = 1; i < argc; i++) {
         struct stat st;
-        if (stat(argv[i], &st) != 0) { perror(argv[i]); return 1; }
-        if (!S_ISDIR(st.st_mode)) { bad |= replay_file(argv[i]); files++; continue; }
+        if (stat(argv[i], &st) != 0) {
+            perror(argv[i]);
+            return 1;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            bad |= replay_file(argv[i]);
+            files++;
+            continue;
+        }
         DIR *d = opendir(argv[i]);
-        if (!d) { perror(argv[i]); return 1; }
+        if (!d) {
+            perror(argv[i]);
+            return 1;
+        }
         char *names[4096];
         int n = 0;
         struct dirent *de;
@@ -56,7 +74,10 @@ int main(int argc, char **argv)
             free(names[k]);
         }
     }
-    if (files == 0) { fprintf(stderr, "replay: no input files\n"); return 1; }
+    if (files == 0) {
+        fprintf(stderr, "replay: no input files\n");
+        return 1;
+    }
     printf("replayed %d inputs without a crash\n", files);
     return bad;
 }

@@ -24,8 +24,8 @@ typedef struct bench_layer {
     const char *label, *type, *spec;
     gc_layer L;
     dm_tensor out, dout;
-    double flops;            /* forward multiply-adds x 2 per image, for GEMM layers */
-    double *t_fwd, *t_bwd;   /* per iteration, seconds */
+    double flops;          /* forward multiply-adds x 2 per image, for GEMM layers */
+    double *t_fwd, *t_bwd; /* per iteration, seconds */
 } bench_layer;
 
 /* Wall time, or with --cpu-time the process's CPU time: with --threads 1
@@ -65,16 +65,11 @@ int main(int argc, char **argv)
             fprintf(stderr, "option %s needs a value\n", argv[i]);
             return 2;
         }
-        if (!strcmp(argv[i], "--batch"))
-            batch = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--iters"))
-            iters = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--threads"))
-            threads = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--chunk"))
-            chunk = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--algo"))
-            algo = argv[i + 1];
+        if (!strcmp(argv[i], "--batch")) batch = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--iters")) iters = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--chunk")) chunk = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--algo")) algo = argv[i + 1];
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -93,8 +88,7 @@ int main(int argc, char **argv)
         {"maxpool 2x2", "maxpool2d", "", {0}, {0}, {0}, 0, NULL, NULL},
         {"dropout 0.25", "dropout", "rate=0.25", {0}, {0}, {0}, 0, NULL, NULL},
         {"flatten", "flatten", "", {0}, {0}, {0}, 0, NULL, NULL},
-        {"dense 256 relu", "dense", "units=256 activation=relu", {0}, {0}, {0}, 2.0 * 9216 * 256,
-         NULL, NULL},
+        {"dense 256 relu", "dense", "units=256 activation=relu", {0}, {0}, {0}, 2.0 * 9216 * 256, NULL, NULL},
         {"dropout 0.5", "dropout", "rate=0.5", {0}, {0}, {0}, 0, NULL, NULL},
         {"dense 10", "dense", "units=10", {0}, {0}, {0}, 2.0 * 256 * 10, NULL, NULL},
         {"softmax CE", "softmax_cross_entropy", "", {0}, {0}, {0}, 0, NULL, NULL},
@@ -119,8 +113,7 @@ int main(int argc, char **argv)
         net[l].t_bwd = calloc((size_t)iters, sizeof(double));
     }
     int32_t *labels = calloc((size_t)batch, sizeof(int32_t));
-    for (int i = 0; i < batch; i++)
-        labels[i] = i % 10;
+    for (int i = 0; i < batch; i++) labels[i] = i % 10;
     float metrics[2];
     double *t_total = calloc((size_t)iters, sizeof(double));
 
@@ -129,20 +122,17 @@ int main(int argc, char **argv)
         dm_error err = {0};
         const double t0 = now();
         for (int l = 0; l < nl; l++) {
-            dm_run_ctx ctx = {sizeof ctx, 1, dm_hash64(7, (uint64_t)(it + warmup) * 16 + l),
-                              labels, metrics, NULL};
+            dm_run_ctx ctx = {sizeof ctx, 1, dm_hash64(7, (uint64_t)(it + warmup) * 16 + l), labels, metrics, NULL};
             const dm_tensor *in = l ? &net[l - 1].out : &input;
             double t = now();
             if (net[l].L.vt->forward(net[l].L.state, &ctx, in, &net[l].out, &err)) {
                 fprintf(stderr, "%s forward: %s\n", net[l].label, err.msg);
                 return 1;
             }
-            if (it >= 0)
-                net[l].t_fwd[it] = now() - t;
+            if (it >= 0) net[l].t_fwd[it] = now() - t;
         }
         for (int l = nl - 1; l >= 0; l--) {
-            dm_run_ctx ctx = {sizeof ctx, 1, dm_hash64(7, (uint64_t)(it + warmup) * 16 + l),
-                              labels, metrics, NULL};
+            dm_run_ctx ctx = {sizeof ctx, 1, dm_hash64(7, (uint64_t)(it + warmup) * 16 + l), labels, metrics, NULL};
             const dm_tensor *in = l ? &net[l - 1].out : &input;
             dm_tensor *din = l ? &net[l - 1].dout : NULL;
             const dm_tensor *dout = net[l].L.info.is_loss ? NULL : &net[l].dout;
@@ -151,15 +141,13 @@ int main(int argc, char **argv)
                 fprintf(stderr, "%s backward: %s\n", net[l].label, err.msg);
                 return 1;
             }
-            if (it >= 0)
-                net[l].t_bwd[it] = now() - t;
+            if (it >= 0) net[l].t_bwd[it] = now() - t;
         }
-        if (it >= 0)
-            t_total[it] = now() - t0;
+        if (it >= 0) t_total[it] = now() - t0;
     }
 
-    printf("batch %d, %d threads, %s time, median of %d iterations (after %d warm-up)\n\n",
-           batch, threads, g_clock == CLOCK_MONOTONIC ? "wall" : "CPU", iters, warmup);
+    printf("batch %d, %d threads, %s time, median of %d iterations (after %d warm-up)\n\n", batch, threads,
+           g_clock == CLOCK_MONOTONIC ? "wall" : "CPU", iters, warmup);
     printf("| layer | output | params | workspace MiB | forward ms | backward ms | fwd+bwd ms | "
            "GFLOP/s |\n");
     printf("|---|---|---:|---:|---:|---:|---:|---:|\n");
@@ -171,13 +159,10 @@ int main(int argc, char **argv)
          * has no din, so one). */
         const double mult = l == 0 ? 2.0 : 3.0;
         const dm_shape os = net[l].L.info.out_shape;
-        printf("| %s | %dx%dx%d | %zu | %.2f | %.3f | %.3f | %.3f |", net[l].label, os.c, os.h,
-               os.w, net[l].L.info.param_count, net[l].L.info.workspace_bytes / 1048576.0, f * 1e3,
-               b * 1e3, (f + b) * 1e3);
-        if (net[l].flops > 0)
-            printf(" %.1f |\n", mult * net[l].flops * batch / (f + b) * 1e-9);
-        else
-            printf(" |\n");
+        printf("| %s | %dx%dx%d | %zu | %.2f | %.3f | %.3f | %.3f |", net[l].label, os.c, os.h, os.w,
+               net[l].L.info.param_count, net[l].L.info.workspace_bytes / 1048576.0, f * 1e3, b * 1e3, (f + b) * 1e3);
+        if (net[l].flops > 0) printf(" %.1f |\n", mult * net[l].flops * batch / (f + b) * 1e-9);
+        else printf(" |\n");
     }
     const double total = median(t_total, iters), fastest = t_total[0]; /* sorted by median() */
     printf("| **all layers** | | | | | | %.3f | |\n\n", total * 1e3);

@@ -23,8 +23,7 @@ static const gc_case cases[] = {
     {"conv2d", "filters=3 kernel=3 stride=2", {2, 2, 8, 8}, 0, 1, 0},
     {"conv2d", "filters=2 kernel=2 bias=false", {3, 1, 5, 5}, 0, 1, 0},
     {"conv2d", "filters=3 kernel=3 activation=relu", {2, 2, 6, 6}, 1, 1, 0},
-    {"conv2d", "filters=3 kernel=5 padding=same activation=relu bias=false", {2, 2, 5, 5}, 1, 1,
-     0},
+    {"conv2d", "filters=3 kernel=5 padding=same activation=relu bias=false", {2, 2, 5, 5}, 1, 1, 0},
     {"conv2d", "filters=2 kernel=2 stride=3 padding=same", {2, 2, 7, 8}, 0, 1, 0},
     {"conv2d", "filters=3 kernel=1", {2, 3, 3, 4}, 0, 1, 0},
     {"conv2d", "filters=3 kernel=3 chunk=2", {5, 2, 5, 5}, 0, 1, 0},
@@ -59,8 +58,7 @@ static int run_layer(const char *type)
     int ran = 0, bad = 0;
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         const gc_case *c = &cases[k];
-        if (strcmp(c->type, type) != 0)
-            continue;
+        if (strcmp(c->type, type) != 0) continue;
         ran++;
         gc_options o = {0};
         o.kinks = c->kinks;
@@ -72,8 +70,8 @@ static int run_layer(const char *type)
         const int total = rep.checked + rep.skipped;
         printf("%s %s '%s' in (%d,%d,%d,%d) run_n=%d training=%d: checked %d, skipped %d kinks, "
                "worst %.3f of tolerance\n",
-               rc != DM_OK || rep.failures ? "FAIL" : "ok", c->type, c->spec, c->in.n, c->in.c,
-               c->in.h, c->in.w, c->run_n, c->training, rep.checked, rep.skipped, rep.worst);
+               rc != DM_OK || rep.failures ? "FAIL" : "ok", c->type, c->spec, c->in.n, c->in.c, c->in.h, c->in.w,
+               c->run_n, c->training, rep.checked, rep.skipped, rep.worst);
         if (rc != DM_OK) {
             printf("  error: %s\n", err.msg);
             bad++;
@@ -98,19 +96,12 @@ static size_t largest(const float *v, size_t n)
 {
     size_t best = 0;
     for (size_t i = 1; i < n; i++)
-        if (fabsf(v[i]) > fabsf(v[best]))
-            best = i;
+        if (fabsf(v[i]) > fabsf(v[best])) best = i;
     return best;
 }
 
-static void din_largest_3pct(const gc_buffers *b)
-{
-    b->din[largest(b->din, dm_shape_count(b->in_shape))] *= 1.03f;
-}
-static void grads_largest_3pct(const gc_buffers *b)
-{
-    b->grads[largest(b->grads, b->n_params)] *= 1.03f;
-}
+static void din_largest_3pct(const gc_buffers *b) { b->din[largest(b->din, dm_shape_count(b->in_shape))] *= 1.03f; }
+static void grads_largest_3pct(const gc_buffers *b) { b->grads[largest(b->grads, b->n_params)] *= 1.03f; }
 static void grads_swap_first_two(const gc_buffers *b)
 {
     float t = b->grads[0];
@@ -119,8 +110,7 @@ static void grads_swap_first_two(const gc_buffers *b)
 }
 static void grads_accumulated(const gc_buffers *b)
 {
-    for (size_t i = 0; i < b->n_params; i++)
-        b->grads[i] *= 2.0f; /* as if added to a previous identical step */
+    for (size_t i = 0; i < b->n_params; i++) b->grads[i] *= 2.0f; /* as if added to a previous identical step */
 }
 static void din_not_masked(const gc_buffers *b)
 {
@@ -135,17 +125,10 @@ static void din_shifted(const gc_buffers *b)
 static void din_times_n(const gc_buffers *b)
 {
     const size_t n = dm_shape_count(b->in_shape);
-    for (size_t i = 0; i < n; i++)
-        b->din[i] *= (float)b->in_shape.n;
+    for (size_t i = 0; i < n; i++) b->din[i] *= (float)b->in_shape.n;
 }
-static void din_one_unwritten(const gc_buffers *b)
-{
-    b->din[dm_shape_count(b->in_shape) / 2] = NAN;
-}
-static void din_zero(const gc_buffers *b)
-{
-    memset(b->din, 0, dm_shape_count(b->in_shape) * sizeof(float));
-}
+static void din_one_unwritten(const gc_buffers *b) { b->din[dm_shape_count(b->in_shape) / 2] = NAN; }
+static void din_zero(const gc_buffers *b) { memset(b->din, 0, dm_shape_count(b->in_shape) * sizeof(float)); }
 
 typedef struct broken_case {
     gc_case c;
@@ -154,16 +137,15 @@ typedef struct broken_case {
 } broken_case;
 
 static const broken_case broken[] = {
-    {{"conv2d", "filters=3 kernel=3", {2, 2, 6, 7}, 0, 1, 0}, din_largest_3pct,
-     "one din element 3% off"},
-    {{"conv2d", "filters=3 kernel=3 activation=relu", {2, 2, 6, 6}, 1, 1, 0}, grads_largest_3pct,
+    {{"conv2d", "filters=3 kernel=3", {2, 2, 6, 7}, 0, 1, 0}, din_largest_3pct, "one din element 3% off"},
+    {{"conv2d", "filters=3 kernel=3 activation=relu", {2, 2, 6, 6}, 1, 1, 0},
+     grads_largest_3pct,
      "one weight gradient 3% off"},
     {{"conv2d", "filters=4 kernel=3 stride=2 padding=same", {2, 3, 7, 5}, 0, 1, 0},
-     grads_accumulated, "gradients accumulated instead of overwritten"},
-    {{"dense", "units=5", {3, 7, 1, 1}, 0, 1, 0}, grads_swap_first_two,
-     "two weight gradients swapped"},
-    {{"dense", "units=6 activation=relu", {4, 10, 1, 1}, 1, 1, 0}, din_largest_3pct,
-     "one din element 3% off"},
+     grads_accumulated,
+     "gradients accumulated instead of overwritten"},
+    {{"dense", "units=5", {3, 7, 1, 1}, 0, 1, 0}, grads_swap_first_two, "two weight gradients swapped"},
+    {{"dense", "units=6 activation=relu", {4, 10, 1, 1}, 1, 1, 0}, din_largest_3pct, "one din element 3% off"},
     {{"relu", "", {2, 3, 4, 5}, 1, 1, 0}, din_not_masked, "mask forgotten"},
     {{"maxpool2d", "", {2, 3, 6, 6}, 1, 1, 0}, din_shifted, "gradient routed to a neighbour"},
     {{"dropout", "rate=0.5", {2, 3, 4, 4}, 0, 1, 0}, din_not_masked, "mask forgotten"},
@@ -193,8 +175,8 @@ static int run_broken(void)
                    b->c.type, b->c.spec, b->what, rep.checked, rep.skipped, rep.worst);
             bad++;
         } else {
-            printf("ok   %s '%s' with %s: caught, %d failures, e.g. %s\n", b->c.type, b->c.spec,
-                   b->what, rep.failures, rep.first_failure);
+            printf("ok   %s '%s' with %s: caught, %d failures, e.g. %s\n", b->c.type, b->c.spec, b->what, rep.failures,
+                   rep.first_failure);
         }
     }
     return bad ? 1 : 0;

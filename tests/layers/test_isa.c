@@ -56,8 +56,7 @@ static int run_case(const isa_case *c, dm_cpu_isa isa, result *r)
     gc_layer L;
     dm_error err = {0};
     if (gc_layer_create(&L, c->type, c->spec, c->in, 2, 7, &err) != DM_OK) {
-        printf("FAIL: cannot create %s '%s' (%s): %s\n", c->type, c->spec, dm_cpu_isa_name(isa),
-               err.msg);
+        printf("FAIL: cannot create %s '%s' (%s): %s\n", c->type, c->spec, dm_cpu_isa_name(isa), err.msg);
         return -1;
     }
     const dm_shape os = L.info.out_shape;
@@ -68,29 +67,22 @@ static int run_case(const isa_case *c, dm_cpu_isa isa, result *r)
     r->g = gc_alloc((r->np ? r->np : 1) * sizeof(float));
     gc_fill_uniform(x, r->nx, -1, 1, 11);
     gc_fill_uniform(dy, r->ny, -1, 1, 12);
-    if (r->np)
-        gc_fill_uniform(L.params, r->np, -0.3f, 0.3f, 13);
+    if (r->np) gc_fill_uniform(L.params, r->np, -0.3f, 0.3f, 13);
     dm_tensor ti = {x, DM_DEVICE_CPU, DM_LAYOUT_NCHW, c->in};
     dm_tensor to = {r->y, DM_DEVICE_CPU, DM_LAYOUT_NCHW, os};
     dm_tensor tdy = {dy, DM_DEVICE_CPU, DM_LAYOUT_NCHW, os};
     dm_tensor tdx = {r->dx, DM_DEVICE_CPU, DM_LAYOUT_NCHW, c->in};
     dm_run_ctx ctx = {sizeof ctx, c->training, 99, NULL, NULL, NULL};
     int rc = L.vt->forward(L.state, &ctx, &ti, &to, &err);
-    if (rc == DM_OK)
-        rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err);
-    if (rc == DM_OK && r->np)
-        memcpy(r->g, L.grads, r->np * sizeof(float));
-    if (rc != DM_OK)
-        printf("FAIL: %s '%s' (%s): %s\n", c->type, c->spec, dm_cpu_isa_name(isa), err.msg);
+    if (rc == DM_OK) rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err);
+    if (rc == DM_OK && r->np) memcpy(r->g, L.grads, r->np * sizeof(float));
+    if (rc != DM_OK) printf("FAIL: %s '%s' (%s): %s\n", c->type, c->spec, dm_cpu_isa_name(isa), err.msg);
     free(x), free(dy);
     gc_layer_free(&L);
     return rc == DM_OK ? 0 : -1;
 }
 
-static void free_result(result *r)
-{
-    free(r->y), free(r->dx), free(r->g);
-}
+static void free_result(result *r) { free(r->y), free(r->dx), free(r->g); }
 
 /* Elements that differ, and the largest difference. */
 static size_t differing(const float *a, const float *b, size_t n, double *worst)
@@ -99,8 +91,7 @@ static size_t differing(const float *a, const float *b, size_t n, double *worst)
     for (size_t i = 0; i < n; i++)
         if (memcmp(&a[i], &b[i], sizeof(float)) != 0) {
             const double d = (double)a[i] - b[i];
-            if (!(d * d <= *worst * *worst))
-                *worst = d < 0 ? -d : d;
+            if (!(d * d <= *worst * *worst)) *worst = d < 0 ? -d : d;
             k++;
         }
     return k;
@@ -109,12 +100,9 @@ static size_t differing(const float *a, const float *b, size_t n, double *worst)
 int main(int argc, char **argv)
 {
     const dm_cpu_isa best = dm_cpu_isa_best();
-    printf("this CPU's best copy: %s; L2 %zu KiB (dm_cpu_l2_bytes)\n", dm_cpu_isa_name(best),
-           dm_cpu_l2_bytes() >> 10);
-    if (argc > 1 && !strcmp(argv[1], "report"))
-        return 0;
-    if (best == DM_ISA_GENERIC)
-        printf("note: only the generic copy runs on this CPU: nothing to compare\n");
+    printf("this CPU's best copy: %s; L2 %zu KiB (dm_cpu_l2_bytes)\n", dm_cpu_isa_name(best), dm_cpu_l2_bytes() >> 10);
+    if (argc > 1 && !strcmp(argv[1], "report")) return 0;
+    if (best == DM_ISA_GENERIC) printf("note: only the generic copy runs on this CPU: nothing to compare\n");
 
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const isa_case *c = &cases[t];
@@ -136,11 +124,10 @@ int main(int argc, char **argv)
             CHECK(ky == 0 && kx == 0 && kg == 0,
                   "%s '%s' %s vs generic: %zu/%zu outputs (max %g), %zu/%zu din (max %g), "
                   "%zu/%zu grads (max %g) differ",
-                  c->type, c->spec, dm_cpu_isa_name((dm_cpu_isa)isa), ky, ref.ny, wy, kx, ref.nx,
-                  wx, kg, ref.np, wg);
+                  c->type, c->spec, dm_cpu_isa_name((dm_cpu_isa)isa), ky, ref.ny, wy, kx, ref.nx, wx, kg, ref.np, wg);
             if (ky == 0 && kx == 0 && kg == 0)
-                printf("ok %s '%s' (%d,%d,%d,%d): %s = generic, bit for bit\n", c->type, c->spec,
-                       c->in.n, c->in.c, c->in.h, c->in.w, dm_cpu_isa_name((dm_cpu_isa)isa));
+                printf("ok %s '%s' (%d,%d,%d,%d): %s = generic, bit for bit\n", c->type, c->spec, c->in.n, c->in.c,
+                       c->in.h, c->in.w, dm_cpu_isa_name((dm_cpu_isa)isa));
             free_result(&r);
         }
         free_result(&ref);
@@ -153,13 +140,10 @@ int main(int argc, char **argv)
     const int rc = gc_layer_create(&L, "conv2d", "filters=4", (dm_shape){1, 1, 8, 8}, 1, 7, &err);
     CHECK(rc == DM_ERR_INVALID && strstr(err.msg, "DMNIST_CPU_ISA='avx9000'"),
           "DMNIST_CPU_ISA=avx9000 not refused (rc %d: %s)", rc, err.msg);
-    if (rc == DM_OK)
-        gc_layer_free(&L);
-    else
-        printf("ok bad DMNIST_CPU_ISA refused: %s\n", err.msg);
+    if (rc == DM_OK) gc_layer_free(&L);
+    else printf("ok bad DMNIST_CPU_ISA refused: %s\n", err.msg);
     unsetenv("DMNIST_CPU_ISA");
 
-    if (failures)
-        printf("%d checks failed\n", failures);
+    if (failures) printf("%d checks failed\n", failures);
     return failures ? 1 : 0;
 }

@@ -13,10 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static dm_tensor tensor(float *data, dm_shape s)
-{
-    return (dm_tensor){data, DM_DEVICE_CPU, DM_LAYOUT_NCHW, s};
-}
+static dm_tensor tensor(float *data, dm_shape s) { return (dm_tensor){data, DM_DEVICE_CPU, DM_LAYOUT_NCHW, s}; }
 
 static dm_shape with_n(dm_shape s, int n)
 {
@@ -69,13 +66,10 @@ static void test_conv2d_forward(void)
         {"filters=6 kernel=3 chunk=1", 6, 3, 1, 0, 1, 0, {3, 4, 6, 6}, 0, 4, 4},
         /* Winograd F(4x4, 3x3): whole tiles, partial tiles at the bottom and
          * right, 'same' padding, a batch smaller than the create-time one */
-        {"filters=16 kernel=3 activation=relu algo=winograd", 16, 3, 1, 0, 1, 1, {2, 16, 10, 14}, 0,
-         8, 12},
+        {"filters=16 kernel=3 activation=relu algo=winograd", 16, 3, 1, 0, 1, 1, {2, 16, 10, 14}, 0, 8, 12},
         {"filters=5 kernel=3 algo=winograd", 5, 3, 1, 0, 1, 0, {3, 3, 11, 9}, 0, 9, 7},
-        {"filters=4 kernel=3 padding=same bias=false algo=winograd chunk=1", 4, 3, 1, 1, 0, 0,
-         {3, 2, 7, 6}, 2, 7, 6},
-        {"filters=64 kernel=3 activation=relu algo=winograd", 64, 3, 1, 0, 1, 1, {2, 32, 26, 26}, 0,
-         24, 24},
+        {"filters=4 kernel=3 padding=same bias=false algo=winograd chunk=1", 4, 3, 1, 1, 0, 0, {3, 2, 7, 6}, 2, 7, 6},
+        {"filters=64 kernel=3 activation=relu algo=winograd", 64, 3, 1, 0, 1, 1, {2, 32, 26, 26}, 0, 24, 24},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const conv_case *c = &cases[t];
@@ -83,11 +77,11 @@ static void test_conv2d_forward(void)
         must_create(&L, "conv2d", c->spec, c->in);
         const dm_shape os = L.info.out_shape;
         CHECK(os.n == c->in.n && os.c == c->filters && os.h == c->out_h && os.w == c->out_w,
-              "conv2d '%s': out shape (%d,%d,%d,%d), want (%d,%d,%d,%d)", c->spec, os.n, os.c,
-              os.h, os.w, c->in.n, c->filters, c->out_h, c->out_w);
+              "conv2d '%s': out shape (%d,%d,%d,%d), want (%d,%d,%d,%d)", c->spec, os.n, os.c, os.h, os.w, c->in.n,
+              c->filters, c->out_h, c->out_w);
         const size_t nw = (size_t)c->filters * c->in.c * c->k * c->k;
-        CHECK(L.info.param_count == nw + (c->bias ? (size_t)c->filters : 0),
-              "conv2d '%s': param_count %zu", c->spec, L.info.param_count);
+        CHECK(L.info.param_count == nw + (c->bias ? (size_t)c->filters : 0), "conv2d '%s': param_count %zu", c->spec,
+              L.info.param_count);
         const int n = c->run_n ? c->run_n : c->in.n;
         const dm_shape is = with_n(c->in, n), ys = with_n(os, n);
         float *x = gc_alloc(dm_shape_count(is) * sizeof(float));
@@ -114,13 +108,11 @@ static void test_conv2d_forward(void)
                             for (int ky = 0; ky < c->k; ky++)
                                 for (int kx = 0; kx < c->k; kx++) {
                                     int iy = oy * c->stride - pt + ky, ix = ox * c->stride - pl + kx;
-                                    if (iy < 0 || iy >= c->in.h || ix < 0 || ix >= c->in.w)
-                                        continue;
+                                    if (iy < 0 || iy >= c->in.h || ix < 0 || ix >= c->in.w) continue;
                                     s += (double)w[((f * c->in.c + ch) * c->k + ky) * c->k + kx] *
-                                         x[(((size_t)i * c->in.c + ch) * c->in.h + iy) * c->in.w + ix];
+                                        x[(((size_t)i * c->in.c + ch) * c->in.h + iy) * c->in.w + ix];
                                 }
-                        if (c->relu && s < 0)
-                            s = 0;
+                        if (c->relu && s < 0) s = 0;
                         ref[(((size_t)i * c->filters + f) * c->out_h + oy) * c->out_w + ox] = s;
                     }
         dm_tensor ti = tensor(x, is), to = tensor(y, ys);
@@ -133,8 +125,7 @@ static void test_conv2d_forward(void)
          * 3e-5 measured); a wrong coefficient would be off by 0.1 or more. */
         const double tol = strstr(c->spec, "winograd") ? 1e-4 : 1e-5;
         CHECK(d < tol, "conv2d '%s': forward differs from the reference by %g", c->spec, d);
-        printf("%s conv2d forward '%s' n=%d: max rel diff %.2g\n", d < tol ? "ok" : "FAIL",
-               c->spec, n, d);
+        printf("%s conv2d forward '%s' n=%d: max rel diff %.2g\n", d < tol ? "ok" : "FAIL", c->spec, n, d);
         free(x), free(y), free(ref);
         gc_layer_free(&L);
     }
@@ -163,11 +154,9 @@ static void test_conv2d_chunks(void)
         dm_run_ctx ctx = {sizeof ctx, 1, 1, NULL, NULL, NULL};
         dm_error err = {0};
         int rc = L.vt->forward(L.state, &ctx, &ti, &to, &err);
-        if (rc == DM_OK)
-            rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, NULL, &err);
+        if (rc == DM_OK) rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, NULL, &err);
         memcpy(g2, L.grads, L.info.param_count * sizeof(float));
-        if (rc == DM_OK)
-            rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err);
+        if (rc == DM_OK) rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err);
         CHECK(rc == DM_OK, "conv2d '%s': %s", specs[v], err.msg);
         CHECK(memcmp(g2, L.grads, L.info.param_count * sizeof(float)) == 0,
               "conv2d '%s': grads differ when din is NULL", specs[v]);
@@ -175,12 +164,9 @@ static void test_conv2d_chunks(void)
             y0 = y, g0 = g2, y = NULL, g2 = NULL;
         } else {
             double wy = 0, wg = 0;
-            for (size_t i = 0; i < dm_shape_count(os); i++)
-                wy = fmax(wy, fabs(y[i] - y0[i]));
-            for (size_t i = 0; i < L.info.param_count; i++)
-                wg = fmax(wg, fabs(L.grads[i] - g0[i]) / (1 + fabs(g0[i])));
-            CHECK(wy < 1e-5 && wg < 1e-5, "conv2d '%s' vs chunk=1: forward %g, grads %g apart",
-                  specs[v], wy, wg);
+            for (size_t i = 0; i < dm_shape_count(os); i++) wy = fmax(wy, fabs(y[i] - y0[i]));
+            for (size_t i = 0; i < L.info.param_count; i++) wg = fmax(wg, fabs(L.grads[i] - g0[i]) / (1 + fabs(g0[i])));
+            CHECK(wy < 1e-5 && wg < 1e-5, "conv2d '%s' vs chunk=1: forward %g, grads %g apart", specs[v], wy, wg);
         }
         free(y), free(dy), free(dx), free(g2);
         gc_layer_free(&L);
@@ -198,12 +184,10 @@ static void test_conv2d_chunks(void)
 static double max_scaled_diff(const float *a, const float *b, size_t n)
 {
     double worst = 0.0, scale = 0.0;
-    for (size_t i = 0; i < n; i++)
-        scale = fmax(scale, fabs(b[i]));
+    for (size_t i = 0; i < n; i++) scale = fmax(scale, fabs(b[i]));
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - b[i]) / (scale > 0 ? scale : 1.0);
-        if (!(d <= worst))
-            worst = isnan(d) ? INFINITY : d;
+        if (!(d <= worst)) worst = isnan(d) ? INFINITY : d;
     }
     return worst;
 }
@@ -252,8 +236,7 @@ static void test_conv2d_winograd(void)
                 gc_fill_uniform(dy, ny, -1, 1, 41 + t);
             }
             gc_fill_uniform(L[a].params, np, -0.3f, 0.3f, 51 + t); /* same weights, nonzero bias */
-            dm_tensor ti = tensor(x, is), to = tensor(y[a], ys), tdy = tensor(dy, ys),
-                      tdx = tensor(dx[a], is);
+            dm_tensor ti = tensor(x, is), to = tensor(y[a], ys), tdy = tensor(dy, ys), tdx = tensor(dx[a], is);
             dm_run_ctx ctx = {sizeof ctx, 1, 1, NULL, NULL, NULL};
             dm_error err = {0};
             int rc = L[a].vt->forward(L[a].state, &ctx, &ti, &to, &err);
@@ -262,8 +245,7 @@ static void test_conv2d_winograd(void)
                 g_nodin = gc_alloc(np * sizeof(float));
                 memcpy(g_nodin, L[a].grads, np * sizeof(float));
             }
-            if (rc == DM_OK)
-                rc = L[a].vt->backward(L[a].state, &ctx, &ti, &to, &tdy, &tdx, &err);
+            if (rc == DM_OK) rc = L[a].vt->backward(L[a].state, &ctx, &ti, &to, &tdy, &tdx, &err);
             CHECK(rc == DM_OK, "conv2d '%s': %s", spec[a], err.msg);
             memcpy(g[a], L[a].grads, np * sizeof(float));
         }
@@ -272,19 +254,19 @@ static void test_conv2d_winograd(void)
         const double dgw = max_scaled_diff(g[1], g[0], np);
         const double tol = 2e-5; /* seed conv2: 5e-6 measured */
         CHECK(dyw < tol && dxw < tol && dgw < tol,
-              "conv2d '%s' n=%d: winograd vs im2col: forward %g, din %g, grads %g apart",
-              cases[t].spec, n, dyw, dxw, dgw);
-        CHECK(memcmp(g_nodin, g[1], np * sizeof(float)) == 0,
-              "conv2d '%s' winograd: grads differ when din is NULL", cases[t].spec);
+              "conv2d '%s' n=%d: winograd vs im2col: forward %g, din %g, grads %g apart", cases[t].spec, n, dyw, dxw,
+              dgw);
+        CHECK(memcmp(g_nodin, g[1], np * sizeof(float)) == 0, "conv2d '%s' winograd: grads differ when din is NULL",
+              cases[t].spec);
         /* (tasks have at least 4 per thread: compare where that does not
          * change the chunk) */
-        CHECK(!cases[t].chunk_fixed || (!memcmp(y[1], y[2], ny * sizeof(float)) &&
-                  !memcmp(dx[1], dx[2], dm_shape_count(is) * sizeof(float)) &&
-                  !memcmp(g[1], g[2], np * sizeof(float))),
+        CHECK(!cases[t].chunk_fixed ||
+                  (!memcmp(y[1], y[2], ny * sizeof(float)) &&
+                   !memcmp(dx[1], dx[2], dm_shape_count(is) * sizeof(float)) &&
+                   !memcmp(g[1], g[2], np * sizeof(float))),
               "conv2d '%s' winograd: 1 thread and 2 threads give different results", cases[t].spec);
         printf("%s conv2d winograd vs im2col '%s' n=%d: forward %.2g, din %.2g, grads %.2g\n",
-               dyw < tol && dxw < tol && dgw < tol ? "ok" : "FAIL", cases[t].spec, n, dyw, dxw,
-               dgw);
+               dyw < tol && dxw < tol && dgw < tol ? "ok" : "FAIL", cases[t].spec, n, dyw, dxw, dgw);
         for (int a = 0; a < 3; a++) {
             free(y[a]), free(dx[a]), free(g[a]);
             gc_layer_free(&L[a]);
@@ -322,8 +304,9 @@ static void test_maxpool_forward(void)
                     double m = -INFINITY;
                     for (int ky = 0; ky < cases[t].pool; ky++)
                         for (int kx = 0; kx < cases[t].pool; kx++)
-                            m = fmax(m, x[((size_t)pl * in.h + oy * cases[t].stride + ky) * in.w +
-                                          ox * cases[t].stride + kx]);
+                            m = fmax(
+                                m,
+                                x[((size_t)pl * in.h + oy * cases[t].stride + ky) * in.w + ox * cases[t].stride + kx]);
                     ref[((size_t)pl * os.h + oy) * os.w + ox] = m;
                 }
         dm_tensor ti = tensor(x, in), to = tensor(y, os);
@@ -340,8 +323,7 @@ static void test_maxpool_forward(void)
         float *dx = gc_alloc(dm_shape_count(in) * sizeof(float));
         double *want = calloc(dm_shape_count(in), sizeof(double));
         uint64_t q = 61 + t;
-        for (size_t i = 0; i < dm_shape_count(in); i++)
-            x[i] = (float)(dm_rng_next(&q) % 3);
+        for (size_t i = 0; i < dm_shape_count(in); i++) x[i] = (float)(dm_rng_next(&q) % 3);
         gc_fill_uniform(dy, dm_shape_count(os), -1, 1, 62 + t);
         for (int pl = 0; pl < in.n * in.c; pl++)
             for (int oy = 0; oy < os.h; oy++)
@@ -350,20 +332,18 @@ static void test_maxpool_forward(void)
                     float m = -INFINITY;
                     for (int ky = 0; ky < cases[t].pool; ky++)
                         for (int kx = 0; kx < cases[t].pool; kx++) {
-                            size_t at = ((size_t)pl * in.h + oy * cases[t].stride + ky) * in.w +
-                                        ox * cases[t].stride + kx;
-                            if (x[at] > m)
-                                m = x[at], best = at;
+                            size_t at =
+                                ((size_t)pl * in.h + oy * cases[t].stride + ky) * in.w + ox * cases[t].stride + kx;
+                            if (x[at] > m) m = x[at], best = at;
                         }
                     want[best] += dy[((size_t)pl * os.h + oy) * os.w + ox];
                 }
         dm_tensor tdy = tensor(dy, os), tdx = tensor(dx, in);
         CHECK(L.vt->forward(L.state, &ctx, &ti, &to, &err) == DM_OK, "maxpool2d: %s", err.msg);
-        CHECK(L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err) == DM_OK, "maxpool2d: %s",
-              err.msg);
+        CHECK(L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err) == DM_OK, "maxpool2d: %s", err.msg);
         d = max_rel_diff(dx, want, dm_shape_count(in));
-        CHECK(d < 1e-6, "maxpool2d '%s': backward with ties differs from first-maximum routing by %g",
-              cases[t].spec, d);
+        CHECK(d < 1e-6, "maxpool2d '%s': backward with ties differs from first-maximum routing by %g", cases[t].spec,
+              d);
         free(dy), free(dx), free(want);
         free(x), free(y), free(ref);
         gc_layer_free(&L);
@@ -390,8 +370,7 @@ static void test_dense_relu_flatten_forward(void)
         for (int i = 0; i < 3; i++)
             for (int u = 0; u < 7; u++) {
                 double s = L.params[7 * K + u];
-                for (int k = 0; k < K; k++)
-                    s += (double)L.params[u * K + k] * x[i * K + k];
+                for (int k = 0; k < K; k++) s += (double)L.params[u * K + k] * x[i * K + k];
                 ref[i * 7 + u] = relu && s < 0 ? 0 : s;
             }
         dm_tensor ti = tensor(x, in), to = tensor(y, os);
@@ -407,10 +386,9 @@ static void test_dense_relu_flatten_forward(void)
     gc_layer R, F;
     must_create(&R, "relu", "", in);
     must_create(&F, "flatten", "", in);
-    CHECK(F.info.out_shape.n == 3 && F.info.out_shape.c == 24 && F.info.out_shape.h == 1 &&
-              F.info.out_shape.w == 1,
-          "flatten out shape (%d,%d,%d,%d)", F.info.out_shape.n, F.info.out_shape.c,
-          F.info.out_shape.h, F.info.out_shape.w);
+    CHECK(F.info.out_shape.n == 3 && F.info.out_shape.c == 24 && F.info.out_shape.h == 1 && F.info.out_shape.w == 1,
+          "flatten out shape (%d,%d,%d,%d)", F.info.out_shape.n, F.info.out_shape.c, F.info.out_shape.h,
+          F.info.out_shape.w);
     float x[72], y[72], z[72];
     gc_fill_uniform(x, 72, -1, 1, 33);
     dm_tensor ti = tensor(x, in), tr = tensor(y, in), tf = tensor(z, F.info.out_shape);
@@ -449,8 +427,7 @@ static void test_dense_blocked(void)
     for (int i = 0; i < n; i++)
         for (int u = 0; u < U; u++) {
             double acc = b[u];
-            for (int k = 0; k < K; k++)
-                acc += (double)w[(size_t)u * K + k] * x[(size_t)i * K + k];
+            for (int k = 0; k < K; k++) acc += (double)w[(size_t)u * K + k] * x[(size_t)i * K + k];
             ry[i * U + u] = acc > 0 ? acc : 0;
             const double dz = acc > 0 ? dy[i * U + u] : 0;
             for (int k = 0; k < K; k++) {
@@ -463,13 +440,12 @@ static void test_dense_blocked(void)
     dm_run_ctx ctx = {sizeof ctx, 1, 1, NULL, NULL, NULL};
     dm_error err = {0};
     int rc = L.vt->forward(L.state, &ctx, &ti, &to, &err);
-    if (rc == DM_OK)
-        rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err);
+    if (rc == DM_OK) rc = L.vt->backward(L.state, &ctx, &ti, &to, &tdy, &tdx, &err);
     CHECK(rc == DM_OK, "dense blocked: %s", err.msg);
     const double dyy = max_rel_diff(y, ry, (size_t)n * U), ddx = max_rel_diff(dx, rdx, (size_t)n * K);
     const double ddw = max_rel_diff(L.grads, rdw, L.info.param_count);
-    CHECK(dyy < 1e-5 && ddx < 1e-5 && ddw < 1e-5,
-          "dense blocked: forward %g, dx %g, dw/db %g from the reference", dyy, ddx, ddw);
+    CHECK(dyy < 1e-5 && ddx < 1e-5 && ddw < 1e-5, "dense blocked: forward %g, dx %g, dw/db %g from the reference", dyy,
+          ddx, ddw);
     printf("%s dense n=%d K=%d units=%d relu on 2 threads: forward %.2g, dx %.2g, dw/db %.2g\n",
            dyy < 1e-5 && ddx < 1e-5 && ddw < 1e-5 ? "ok" : "FAIL", n, K, U, dyy, ddx, ddw);
     free(x), free(y), free(dy), free(dx), free(ry), free(rdx), free(rdw);
@@ -499,37 +475,31 @@ static void test_softmax_forward(void)
         double m = -INFINITY, s = 0.0;
         int arg = 0;
         for (int j = 0; j < 10; j++) {
-            if (x[i * 10 + j] > m)
-                m = x[i * 10 + j], arg = j;
+            if (x[i * 10 + j] > m) m = x[i * 10 + j], arg = j;
         }
-        for (int j = 0; j < 10; j++)
-            s += exp((double)x[i * 10 + j] - m);
+        for (int j = 0; j < 10; j++) s += exp((double)x[i * 10 + j] - m);
         for (int j = 0; j < 10; j++) {
             double ref = exp((double)x[i * 10 + j] - m) / s;
-            CHECK(fabs(p[i * 10 + j] - ref) < 1e-6, "p[%d][%d] = %g, want %g", i, j,
-                  p[i * 10 + j], ref);
+            CHECK(fabs(p[i * 10 + j] - ref) < 1e-6, "p[%d][%d] = %g, want %g", i, j, p[i * 10 + j], ref);
         }
         loss += m + log(s) - x[i * 10 + labels[i]];
         correct += arg == labels[i];
     }
-    CHECK(isfinite(metrics[0]) && fabs(metrics[0] - (5.0 + loss)) < 1e-4 * (1 + loss),
-          "loss metric %g, want 5 + %g", metrics[0], loss);
+    CHECK(isfinite(metrics[0]) && fabs(metrics[0] - (5.0 + loss)) < 1e-4 * (1 + loss), "loss metric %g, want 5 + %g",
+          metrics[0], loss);
     CHECK(metrics[1] == 1.0f + correct, "correct metric %g, want 1 + %d", metrics[1], correct);
     CHECK(L.vt->backward(L.state, &ctx, &ti, &to, NULL, &td, &err) == DM_OK, "%s", err.msg);
     for (int i = 0; i < 6; i++)
         for (int j = 0; j < 10; j++) {
             double want = (p[i * 10 + j] - (j == labels[i])) / 6.0;
-            CHECK(fabs(din[i * 10 + j] - want) < 1e-7, "din[%d][%d] = %g, want %g", i, j,
-                  din[i * 10 + j], want);
+            CHECK(fabs(din[i * 10 + j] - want) < 1e-7, "din[%d][%d] = %g, want %g", i, j, din[i * 10 + j], want);
         }
     /* A label outside [0, classes) is an error, not a read out of bounds. */
     labels[4] = 10;
     int rc = L.vt->forward(L.state, &ctx, &ti, &to, &err);
-    CHECK(rc == DM_ERR_INVALID && strstr(err.msg, "label 10"), "bad label: rc %d '%s'", rc,
-          err.msg);
+    CHECK(rc == DM_ERR_INVALID && strstr(err.msg, "label 10"), "bad label: rc %d '%s'", rc, err.msg);
     gc_layer_free(&L);
-    printf("ok softmax_cross_entropy forward, metrics, backward (loss %.4f, correct %d)\n", loss,
-           correct);
+    printf("ok softmax_cross_entropy forward, metrics, backward (loss %.4f, correct %d)\n", loss, correct);
 }
 
 /* ---- dropout ------------------------------------------------------------ */
@@ -570,12 +540,10 @@ static void test_dropout(void)
     }
     const double frac = (double)dropped / count, sd = sqrt(rate * (1 - rate) / count);
     CHECK(mismatched == 0, "%zu elements differ from keep(seed, i) * x * 1/(1-rate)", mismatched);
-    CHECK(fabs(frac - rate) < 5 * sd, "dropped fraction %.5f, want %.2f +- %.5f", frac, rate,
-          5 * sd);
-    CHECK(fabs(sum_y / sum_x - 1.0) < 0.01, "inverted dropout changes the mean by %.4f",
-          sum_y / sum_x - 1.0);
-    printf("%s dropout rate 0.3: dropped %.5f of %zu, mean ratio %.5f\n",
-           fabs(frac - rate) < 5 * sd ? "ok" : "FAIL", frac, count, sum_y / sum_x);
+    CHECK(fabs(frac - rate) < 5 * sd, "dropped fraction %.5f, want %.2f +- %.5f", frac, rate, 5 * sd);
+    CHECK(fabs(sum_y / sum_x - 1.0) < 0.01, "inverted dropout changes the mean by %.4f", sum_y / sum_x - 1.0);
+    printf("%s dropout rate 0.3: dropped %.5f of %zu, mean ratio %.5f\n", fabs(frac - rate) < 5 * sd ? "ok" : "FAIL",
+           frac, count, sum_y / sum_x);
 
     /* Backward applies the same mask, recomputed from the seed. */
     CHECK(L.vt->backward(L.state, &train, &ti, &to, &ti, &tdx, &err) == DM_OK, "%s", err.msg);
@@ -588,8 +556,7 @@ static void test_dropout(void)
     train2.seed = 78;
     CHECK(L.vt->forward(L.state, &train2, &ti, &to2, &err) == DM_OK, "%s", err.msg);
     size_t differ = 0;
-    for (size_t i = 0; i < count; i++)
-        differ += (y[i] == 0.0f) != (y2[i] == 0.0f);
+    for (size_t i = 0; i < count; i++) differ += (y[i] == 0.0f) != (y2[i] == 0.0f);
     const double want = 2 * rate * (1 - rate);
     CHECK(fabs((double)differ / count - want) < 0.01, "seeds 77 and 78 masks differ in %.4f, want %.2f",
           (double)differ / count, want);
@@ -612,24 +579,22 @@ static void test_dropout(void)
 
 /* ---- initialisation ----------------------------------------------------- */
 
-static void check_glorot(const char *type, const char *spec, dm_shape in, size_t n_weights,
-                         size_t n_bias, double fan_in, double fan_out)
+static void check_glorot(const char *type, const char *spec, dm_shape in, size_t n_weights, size_t n_bias,
+                         double fan_in, double fan_out)
 {
     gc_layer L;
     must_create(&L, type, spec, in);
-    CHECK(L.info.param_count == n_weights + n_bias, "%s '%s': param_count %zu, want %zu", type,
-          spec, L.info.param_count, n_weights + n_bias);
+    CHECK(L.info.param_count == n_weights + n_bias, "%s '%s': param_count %zu, want %zu", type, spec,
+          L.info.param_count, n_weights + n_bias);
     const size_t np = L.info.param_count;
     /* Garbage in, plus guard floats after the slice that must stay put. */
     float *p = gc_alloc((np + 16) * sizeof(float)), *q = gc_alloc((np + 16) * sizeof(float));
-    for (size_t i = 0; i < np + 16; i++)
-        p[i] = q[i] = 123.0f;
+    for (size_t i = 0; i < np + 16; i++) p[i] = q[i] = 123.0f;
     dm_error err = {0};
     CHECK(L.vt->init_params(L.state, p, 99, &err) == DM_OK, "%s", err.msg);
     CHECK(L.vt->init_params(L.state, q, 99, &err) == DM_OK, "%s", err.msg);
     CHECK(memcmp(p, q, (np + 16) * sizeof(float)) == 0, "%s: same seed, different init", type);
-    for (size_t i = np; i < np + 16; i++)
-        CHECK(p[i] == 123.0f, "%s: init wrote past its %zu floats", type, np);
+    for (size_t i = np; i < np + 16; i++) CHECK(p[i] == 123.0f, "%s: init wrote past its %zu floats", type, np);
 
     const double limit = sqrt(6.0 / (fan_in + fan_out));
     double mx = 0, sum = 0, sum2 = 0;
@@ -644,19 +609,15 @@ static void check_glorot(const char *type, const char *spec, dm_shape in, size_t
     CHECK(fabs(mean) < 5 * sqrt(want_var / n_weights), "%s: mean %g", type, mean);
     /* The sample variance of U(-a, a) has relative sd sqrt(0.8 / N). */
     const double var_tol = fmax(0.01, 5 * sqrt(0.8 / n_weights));
-    CHECK(fabs(var / want_var - 1) < var_tol, "%s: variance %g, want %g +- %.1f%%", type, var,
-          want_var, 100 * var_tol);
-    for (size_t i = n_weights; i < np; i++)
-        CHECK(p[i] == 0.0f, "%s: bias %zu = %g, want 0", type, i - n_weights, p[i]);
+    CHECK(fabs(var / want_var - 1) < var_tol, "%s: variance %g, want %g +- %.1f%%", type, var, want_var, 100 * var_tol);
+    for (size_t i = n_weights; i < np; i++) CHECK(p[i] == 0.0f, "%s: bias %zu = %g, want 0", type, i - n_weights, p[i]);
 
     CHECK(L.vt->init_params(L.state, q, 100, &err) == DM_OK, "%s", err.msg);
     size_t same = 0;
-    for (size_t i = 0; i < n_weights; i++)
-        same += p[i] == q[i];
-    CHECK(same < n_weights / 100, "%s: seeds 99 and 100 share %zu of %zu weights", type, same,
-          n_weights);
-    printf("ok %s '%s' init: limit %.5f, max %.5f, mean %.2g, var/want %.4f\n", type, spec, limit,
-           mx, mean, var / want_var);
+    for (size_t i = 0; i < n_weights; i++) same += p[i] == q[i];
+    CHECK(same < n_weights / 100, "%s: seeds 99 and 100 share %zu of %zu weights", type, same, n_weights);
+    printf("ok %s '%s' init: limit %.5f, max %.5f, mean %.2g, var/want %.4f\n", type, spec, limit, mx, mean,
+           var / want_var);
     free(p), free(q);
     gc_layer_free(&L);
 }
@@ -664,20 +625,17 @@ static void check_glorot(const char *type, const char *spec, dm_shape in, size_t
 static void test_init(void)
 {
     /* The seed CNN's conv2 and dense1. */
-    check_glorot("conv2d", "filters=64 kernel=3 activation=relu", (dm_shape){1, 32, 26, 26},
-                 64 * 32 * 9, 64, 32 * 9, 64 * 9);
-    check_glorot("conv2d", "filters=8 kernel=5 bias=false", (dm_shape){1, 3, 9, 9}, 8 * 3 * 25, 0,
-                 3 * 25, 8 * 25);
-    check_glorot("dense", "units=256 activation=relu", (dm_shape){1, 64, 12, 12}, 256 * 9216, 256,
-                 9216, 256);
+    check_glorot("conv2d", "filters=64 kernel=3 activation=relu", (dm_shape){1, 32, 26, 26}, 64 * 32 * 9, 64, 32 * 9,
+                 64 * 9);
+    check_glorot("conv2d", "filters=8 kernel=5 bias=false", (dm_shape){1, 3, 9, 9}, 8 * 3 * 25, 0, 3 * 25, 8 * 25);
+    check_glorot("dense", "units=256 activation=relu", (dm_shape){1, 64, 12, 12}, 256 * 9216, 256, 9216, 256);
     check_glorot("dense", "units=10", (dm_shape){1, 256, 1, 1}, 2560, 10, 256, 10);
 }
 
 /* ---- parameter, device, layout and shape errors ------------------------- */
 
 /* Create with explicit config; returns status, fills err. */
-static int try_create(const char *type, const char *spec, dm_shape in, dm_device dev,
-                      dm_layout layout, dm_error *err)
+static int try_create(const char *type, const char *spec, dm_shape in, dm_device dev, dm_layout layout, dm_error *err)
 {
     dm_error e = {0};
     dm_registry *r = gc_registry(&e);
@@ -688,35 +646,28 @@ static int try_create(const char *type, const char *spec, dm_shape in, dm_device
     }
     dm_param_set *ps = NULL;
     int rc = dm_param_set_parse(lc->component->params, spec, &ps, err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc != DM_OK) return rc;
     const dm_layer_vtable *vt = lc->component->vtable;
     dm_layer_config cfg = {sizeof cfg, "layer.bad", dev, layout, in, 1, NULL};
     dm_layer_info info = {.struct_size = sizeof info};
     void *state = NULL;
     rc = vt->create(dm_param_set_params(ps), &cfg, &state, &info, err);
-    if (rc == DM_OK)
-        vt->destroy(state);
+    if (rc == DM_OK) vt->destroy(state);
     dm_param_set_free(ps);
     return rc;
 }
 
-static int one_line(const char *msg)
-{
-    return msg[0] != 0 && strchr(msg, '\n') == NULL;
-}
+static int one_line(const char *msg) { return msg[0] != 0 && strchr(msg, '\n') == NULL; }
 
-static void expect_error(const char *type, const char *spec, dm_shape in, dm_device dev,
-                         dm_layout layout, int code, const char *needle1, const char *needle2)
+static void expect_error(const char *type, const char *spec, dm_shape in, dm_device dev, dm_layout layout, int code,
+                         const char *needle1, const char *needle2)
 {
     dm_error err = {0};
     int rc = try_create(type, spec, in, dev, layout, &err);
-    int good = rc == code && one_line(err.msg) && strstr(err.msg, needle1) &&
-               (!needle2 || strstr(err.msg, needle2));
-    CHECK(good, "%s '%s': got rc %d '%s', want rc %d mentioning '%s'%s%s", type, spec, rc, err.msg,
-          code, needle1, needle2 ? " and " : "", needle2 ? needle2 : "");
-    if (good)
-        printf("ok %s '%s' -> %s\n", type, spec, err.msg);
+    int good = rc == code && one_line(err.msg) && strstr(err.msg, needle1) && (!needle2 || strstr(err.msg, needle2));
+    CHECK(good, "%s '%s': got rc %d '%s', want rc %d mentioning '%s'%s%s", type, spec, rc, err.msg, code, needle1,
+          needle2 ? " and " : "", needle2 ? needle2 : "");
+    if (good) printf("ok %s '%s' -> %s\n", type, spec, err.msg);
 }
 
 static void test_params(void)
@@ -727,26 +678,22 @@ static void test_params(void)
     /* Rejected by the parameter table (range, type, required, choices). */
     expect_error("conv2d", "filters=0", img, cpu, nchw, DM_ERR_INVALID, "filters", NULL);
     expect_error("conv2d", "kernel=3", img, cpu, nchw, DM_ERR_INVALID, "filters", NULL);
-    expect_error("conv2d", "filters=2 padding=full", img, cpu, nchw, DM_ERR_INVALID, "padding",
-                 NULL);
-    expect_error("conv2d", "filters=2 activation=tanh", img, cpu, nchw, DM_ERR_INVALID,
-                 "activation", NULL);
+    expect_error("conv2d", "filters=2 padding=full", img, cpu, nchw, DM_ERR_INVALID, "padding", NULL);
+    expect_error("conv2d", "filters=2 activation=tanh", img, cpu, nchw, DM_ERR_INVALID, "activation", NULL);
     expect_error("dense", "bias=true", img, cpu, nchw, DM_ERR_INVALID, "units", NULL);
     expect_error("dropout", "rate=-0.1", img, cpu, nchw, DM_ERR_INVALID, "rate", NULL);
     /* Rejected by the layer itself, naming the layer and the sizes. */
     expect_error("conv2d", "filters=2 kernel=5", img, cpu, nchw, DM_ERR_INVALID, "layer.bad",
                  "kernel 5 is larger than the 3x3 input");
-    expect_error("conv2d", "filters=2 kernel=2 algo=winograd", img, cpu, nchw, DM_ERR_INVALID,
-                 "layer.bad", "algo=winograd needs kernel=3 and stride=1");
-    expect_error("conv2d", "filters=2 stride=2 algo=winograd", img, cpu, nchw, DM_ERR_INVALID,
-                 "layer.bad", "algo=winograd needs kernel=3 and stride=1");
+    expect_error("conv2d", "filters=2 kernel=2 algo=winograd", img, cpu, nchw, DM_ERR_INVALID, "layer.bad",
+                 "algo=winograd needs kernel=3 and stride=1");
+    expect_error("conv2d", "filters=2 stride=2 algo=winograd", img, cpu, nchw, DM_ERR_INVALID, "layer.bad",
+                 "algo=winograd needs kernel=3 and stride=1");
     expect_error("conv2d", "filters=2 algo=fft", img, cpu, nchw, DM_ERR_INVALID, "algo", NULL);
-    expect_error("conv2d", "filters=2 kernel=4", (dm_shape){1, 1, 8, 3}, cpu, nchw, DM_ERR_INVALID,
-                 "kernel 4", "8x3");
+    expect_error("conv2d", "filters=2 kernel=4", (dm_shape){1, 1, 8, 3}, cpu, nchw, DM_ERR_INVALID, "kernel 4", "8x3");
     expect_error("maxpool2d", "pool=4", img, cpu, nchw, DM_ERR_INVALID, "layer.bad", "pool 4");
     expect_error("dropout", "rate=1", img, cpu, nchw, DM_ERR_INVALID, "layer.bad", "rate");
-    expect_error("conv2d", "filters=2", (dm_shape){0, 1, 3, 3}, cpu, nchw, DM_ERR_INVALID,
-                 "layer.bad", "input shape");
+    expect_error("conv2d", "filters=2", (dm_shape){0, 1, 3, 3}, cpu, nchw, DM_ERR_INVALID, "layer.bad", "input shape");
     /* With 'same' padding a kernel larger than the input is fine. */
     dm_error err = {0};
     CHECK(try_create("conv2d", "filters=2 kernel=5 padding=same", img, cpu, nchw, &err) == DM_OK,
@@ -760,35 +707,30 @@ static void test_params(void)
         dm_param_value vals[16];
         memcpy(vals, p->values, (size_t)p->count * sizeof vals[0]);
         for (int k = 0; k < p->count; k++)
-            if (strcmp(vals[k].name, "filters") == 0)
-                vals[k].i = 0, vals[k].f = 0;
+            if (strcmp(vals[k].name, "filters") == 0) vals[k].i = 0, vals[k].f = 0;
         dm_params bad = {sizeof bad, p->count, vals};
         dm_layer_config cfg = {sizeof cfg, "layer.bad", DM_DEVICE_CPU, DM_LAYOUT_NCHW, img, 1, NULL};
         dm_layer_info info = {.struct_size = sizeof info};
         void *state = NULL;
         int rc = L.vt->create(&bad, &cfg, &state, &info, &err);
-        CHECK(rc == DM_ERR_INVALID && strstr(err.msg, "filters must be >= 1"),
-              "filters=0 at create: rc %d '%s'", rc, err.msg);
+        CHECK(rc == DM_ERR_INVALID && strstr(err.msg, "filters must be >= 1"), "filters=0 at create: rc %d '%s'", rc,
+              err.msg);
         gc_layer_free(&L);
     }
 
     /* Every layer refuses NHWC with DM_ERR_UNSUPPORTED, and CUDA too when this
      * build has no CUDA implementation (tests/cuda checks the CUDA ones). */
-    static const char *types[][2] = {{"conv2d", "filters=2"}, {"relu", ""},
-                                     {"maxpool2d", ""},      {"dropout", "rate=0.5"},
-                                     {"flatten", ""},        {"dense", "units=3"},
+    static const char *types[][2] = {{"conv2d", "filters=2"},      {"relu", ""},    {"maxpool2d", ""},
+                                     {"dropout", "rate=0.5"},      {"flatten", ""}, {"dense", "units=3"},
                                      {"softmax_cross_entropy", ""}};
     const dm_shape s4 = {2, 3, 4, 4};
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         dm_error re = {0};
         const dm_loaded_component *lc =
             gc_registry(&re) ? dm_registry_find(gc_registry(&re), DM_KIND_LAYER, types[t][0]) : NULL;
-        if (!lc || !(((const dm_layer_vtable *)lc->component->vtable)->devices &
-                     DM_DEVICE_BIT(DM_DEVICE_CUDA)))
-            expect_error(types[t][0], types[t][1], s4, DM_DEVICE_CUDA, nchw, DM_ERR_UNSUPPORTED,
-                         "layer.bad", "cuda");
-        expect_error(types[t][0], types[t][1], s4, cpu, DM_LAYOUT_NHWC, DM_ERR_UNSUPPORTED,
-                     "layer.bad", "NCHW");
+        if (!lc || !(((const dm_layer_vtable *)lc->component->vtable)->devices & DM_DEVICE_BIT(DM_DEVICE_CUDA)))
+            expect_error(types[t][0], types[t][1], s4, DM_DEVICE_CUDA, nchw, DM_ERR_UNSUPPORTED, "layer.bad", "cuda");
+        expect_error(types[t][0], types[t][1], s4, cpu, DM_LAYOUT_NHWC, DM_ERR_UNSUPPORTED, "layer.bad", "NCHW");
     }
 
     /* Tensors that do not match the create-time shape are refused at run time. */
@@ -814,26 +756,26 @@ static void test_params(void)
 
 static void test_plugins(void)
 {
-    static const char *types[] = {"conv2d",  "relu",  "maxpool2d", "dropout",
-                                  "flatten", "dense", "softmax_cross_entropy"};
+    static const char *types[] = {
+        "conv2d", "relu", "maxpool2d", "dropout", "flatten", "dense", "softmax_cross_entropy"};
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         gc_layer L;
-        must_create(&L, types[t], strcmp(types[t], "conv2d") == 0    ? "filters=1"
-                                  : strcmp(types[t], "dense") == 0   ? "units=1"
-                                  : strcmp(types[t], "dropout") == 0 ? "rate=0.1"
-                                                                      : "",
+        must_create(&L, types[t],
+                    strcmp(types[t], "conv2d") == 0        ? "filters=1"
+                        : strcmp(types[t], "dense") == 0   ? "units=1"
+                        : strcmp(types[t], "dropout") == 0 ? "rate=0.1"
+                                                           : "",
                     (dm_shape){1, 2, 3, 3});
         const dm_plugin_descriptor *d = L.lc->plugin;
         const dm_layer_vtable *vt = L.vt;
-        CHECK(d->abi_major == DM_ABI_MAJOR && d->abi_minor == DM_ABI_MINOR, "%s: ABI %u.%u",
-              types[t], d->abi_major, d->abi_minor);
+        CHECK(d->abi_major == DM_ABI_MAJOR && d->abi_minor == DM_ABI_MINOR, "%s: ABI %u.%u", types[t], d->abi_major,
+              d->abi_minor);
         CHECK(strcmp(d->name, types[t]) == 0, "%s: plugin name '%s'", types[t], d->name);
         CHECK(strcmp(d->version, "1.0.0") == 0, "%s: version '%s'", types[t], d->version);
-        CHECK(strncmp(d->build_signature, "cpu", 3) == 0, "%s: build signature '%s'", types[t],
-              d->build_signature);
+        CHECK(strncmp(d->build_signature, "cpu", 3) == 0, "%s: build signature '%s'", types[t], d->build_signature);
         if (!strcmp(types[t], "conv2d") || !strcmp(types[t], "dense"))
-            CHECK(strstr(d->build_signature, "openblas") != NULL, "%s: build signature '%s'",
-                  types[t], d->build_signature);
+            CHECK(strstr(d->build_signature, "openblas") != NULL, "%s: build signature '%s'", types[t],
+                  d->build_signature);
         CHECK(vt->struct_size >= DM_LAYER_VTABLE_SIZE_1_0 &&
                   (vt->devices == DM_DEVICE_BIT(DM_DEVICE_CPU) ||
                    vt->devices == (DM_DEVICE_BIT(DM_DEVICE_CPU) | DM_DEVICE_BIT(DM_DEVICE_CUDA))),
@@ -871,7 +813,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "unknown test '%s'\n", what);
         return 2;
     }
-    if (failures)
-        printf("%d checks failed\n", failures);
+    if (failures) printf("%d checks failed\n", failures);
     return failures ? 1 : 0;
 }

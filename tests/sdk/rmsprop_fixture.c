@@ -20,19 +20,16 @@ typedef struct rms_state {
     float *v;
 } rms_state;
 
-static const dm_param_def rms_params[] = {
-    {"rho", DM_PARAM_FLOAT, "0.9", 0.0, 0.999, NULL, "decay of the mean square"},
-    {"epsilon", DM_PARAM_FLOAT, "1e-8", 0.0, 1.0, NULL, "added to sqrt(v)"},
-    DM_PARAM_END};
+static const dm_param_def rms_params[] = {{"rho", DM_PARAM_FLOAT, "0.9", 0.0, 0.999, NULL, "decay of the mean square"},
+                                          {"epsilon", DM_PARAM_FLOAT, "1e-8", 0.0, 1.0, NULL, "added to sqrt(v)"},
+                                          DM_PARAM_END};
 
-static int rms_create(const dm_params *p, const dm_optimizer_config *cfg, void **state,
-                      dm_optimizer_info *info, dm_error *err)
+static int rms_create(const dm_params *p, const dm_optimizer_config *cfg, void **state, dm_optimizer_info *info,
+                      dm_error *err)
 {
-    if (cfg->device != DM_DEVICE_CPU)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "rmsprop: CPU only");
+    if (cfg->device != DM_DEVICE_CPU) return dm_fail(err, DM_ERR_UNSUPPORTED, "rmsprop: CPU only");
     rms_state *s = calloc(1, sizeof *s);
-    if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "rmsprop: out of memory");
+    if (!s) return dm_fail(err, DM_ERR_NOMEM, "rmsprop: out of memory");
     s->rho = (float)dm_param_float(p, "rho", 0.9);
     s->eps = (float)dm_param_float(p, "epsilon", 1e-8);
     s->n = cfg->param_count;
@@ -44,18 +41,15 @@ static int rms_create(const dm_params *p, const dm_optimizer_config *cfg, void *
 static int rms_bind(void *state, float *opt_state, dm_error *err)
 {
     rms_state *s = state;
-    if (s->n && !opt_state)
-        return dm_fail(err, DM_ERR_INVALID, "rmsprop: needs a state buffer");
+    if (s->n && !opt_state) return dm_fail(err, DM_ERR_INVALID, "rmsprop: needs a state buffer");
     s->v = opt_state;
     return DM_OK;
 }
 
-static int rms_step(void *state, const dm_opt_step_ctx *ctx, float *params, const float *grads,
-                    size_t n, dm_error *err)
+static int rms_step(void *state, const dm_opt_step_ctx *ctx, float *params, const float *grads, size_t n, dm_error *err)
 {
     rms_state *s = state;
-    if (n != s->n)
-        return dm_fail(err, DM_ERR_INVALID, "rmsprop: %zu parameters, created for %zu", n, s->n);
+    if (n != s->n) return dm_fail(err, DM_ERR_INVALID, "rmsprop: %zu parameters, created for %zu", n, s->n);
     for (size_t i = 0; i < n; i++) {
         const float g = grads[i];
 #ifdef BROKEN_RMSPROP
@@ -71,4 +65,4 @@ static int rms_step(void *state, const dm_opt_step_ctx *ctx, float *params, cons
 DM_OPTIMIZER_VTABLE(rms, DM_DEVICE_BIT(DM_DEVICE_CPU));
 
 DM_PLUGIN_DEFINE("rmsprop_fixture", "1.0.0", "cpu",
-    DM_OPTIMIZER_COMPONENT("fixture_rmsprop", "RMSprop (test fixture)", rms_params, &rms_vtable));
+                 DM_OPTIMIZER_COMPONENT("fixture_rmsprop", "RMSprop (test fixture)", rms_params, &rms_vtable));

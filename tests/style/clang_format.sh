@@ -3,7 +3,11 @@
 # as .clang-format says (scripts/format.sh rewrites them). One line per file
 # that is not, with the first place clang-format would change; skipped (77)
 # without clang-format (Debian package clang-format).
-source "$(dirname "$0")/../common/lib.sh" dmnist-style
+# Standalone (no dmnist-run needed): the few helpers tests/common/lib.sh has.
+SRC=${DMNIST_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+fail() { echo "FAIL: $*"; exit 1; }
+ok() { echo "ok: $*"; }
+skip() { echo "skipped: $*"; exit 77; }
 command -v clang-format >/dev/null || skip "no clang-format (Debian package clang-format)"
 cd "$SRC" || fail "no source folder $SRC"
 mapfile -t files < <("$SRC/scripts/format.sh" --list)

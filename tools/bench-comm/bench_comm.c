@@ -32,11 +32,11 @@ typedef struct row {
     char backend[32];
     int world_size;
     char device[8];
-    char op[16];                 /* "allreduce", or "model" for the gradient buffer */
-    size_t bytes, count;         /* count: floats */
+    char op[16];         /* "allreduce", or "model" for the gradient buffer */
+    size_t bytes, count; /* count: floats */
     int reps;
     double time_us, min_us, max_us;
-    double algbw, busbw;         /* GB/s (1e9 bytes per second) */
+    double algbw, busbw; /* GB/s (1e9 bytes per second) */
 } row;
 
 typedef struct rows {
@@ -130,9 +130,8 @@ static int read_rows(const char *path, rows *out)
     int rc = DM_OK;
     while (fgets(line, sizeof line, f)) {
         row r = {0};
-        if (sscanf(line, "%31[^,],%d,%7[^,],%15[^,],%zu,%zu,%d,%lf,%lf,%lf,%lf,%lf", r.backend, &r.world_size,
-                   r.device, r.op, &r.bytes, &r.count, &r.reps, &r.time_us, &r.min_us, &r.max_us, &r.algbw,
-                   &r.busbw) != 12) {
+        if (sscanf(line, "%31[^,],%d,%7[^,],%15[^,],%zu,%zu,%d,%lf,%lf,%lf,%lf,%lf", r.backend, &r.world_size, r.device,
+                   r.op, &r.bytes, &r.count, &r.reps, &r.time_us, &r.min_us, &r.max_us, &r.algbw, &r.busbw) != 12) {
             rc = DM_ERR_FORMAT;
             break;
         }
@@ -158,8 +157,7 @@ static void print_table(const rows *r, int from, const char *model, const bench_
         const row *x = &r->v[i];
         if (strcmp(x->op, "model") == 0)
             printf("# gradient buffer of model '%s' (%zu floats, as the trainer reduces it):\n", model, x->count);
-        else
-            sum_busbw += x->busbw, n++;
+        else sum_busbw += x->busbw, n++;
         printf("  %14zu %12zu %12.2f %12.2f %12.2f %12.3f %12.3f\n", x->bytes, x->count, x->time_us, x->min_us,
                x->max_us, x->algbw, x->busbw);
     }
@@ -191,11 +189,11 @@ typedef struct bench {
     dm_comm_info ci;
     dm_devctx dev;
     int dev_open;
-    int on_device;               /* buffers in device memory (the backend takes them) */
-    float *buf;                  /* max_count floats, where the collective runs */
-    float *host;                 /* max_count floats: the expected values and staging */
-    double *times;               /* one repetition's time per entry */
-    float *share;                /* iters times + a bad-element count, averaged over ranks */
+    int on_device; /* buffers in device memory (the backend takes them) */
+    float *buf;    /* max_count floats, where the collective runs */
+    float *host;   /* max_count floats: the expected values and staging */
+    double *times; /* one repetition's time per entry */
+    float *share;  /* iters times + a bad-element count, averaged over ranks */
     const char *backend;
 } bench;
 
@@ -258,8 +256,10 @@ static int time_size(bench *b, const bench_opts *o, size_t count, row *out, dm_e
             float want = (float)(n * (n + 1) / 2 + n * (int)(i % 7));
             if (got[i] != want) {
                 if (bad == 0)
-                    fprintf(stderr, "dmnist-bench-comm: %s: rank %d: allreduce of %zu floats gave %g at index %zu, "
-                            "expected %g\n", b->backend, rank, count, (double)got[i], i, (double)want);
+                    fprintf(stderr,
+                            "dmnist-bench-comm: %s: rank %d: allreduce of %zu floats gave %g at index %zu, "
+                            "expected %g\n",
+                            b->backend, rank, count, (double)got[i], i, (double)want);
                 bad++;
             }
         }
@@ -275,8 +275,10 @@ static int time_size(bench *b, const bench_opts *o, size_t count, row *out, dm_e
             return dm_fail(err, rc, "%s: allreduce of the timings: %s", b->backend, e.msg);
     }
     if (b->share[o->iters] > 0)
-        return dm_fail(err, DM_ERR_COMM, "%s: allreduce of %zu floats gave wrong sums (%.0f wrong elements over all "
-                       "ranks)", b->backend, count, (double)b->share[o->iters] * n);
+        return dm_fail(err, DM_ERR_COMM,
+                       "%s: allreduce of %zu floats gave wrong sums (%.0f wrong elements over all "
+                       "ranks)",
+                       b->backend, count, (double)b->share[o->iters] * n);
     for (int k = 0; k < o->iters; k++) b->times[k] = b->share[k];
     /* median by insertion sort: iters is small */
     for (int k = 1; k < o->iters; k++)
@@ -465,8 +467,8 @@ static int launch_backend(const char *backend, int np, const char *config, const
     } else if (pid < 0) {
         fprintf(stderr, "dmnist-bench-comm: fork: %s\n", strerror(errno));
     } else {
-        fprintf(stderr, "dmnist-bench-comm: %s with %d rank%s failed (%s %d); see the ranks' messages above\n",
-                backend, np, np == 1 ? "" : "s", WIFEXITED(status) ? "exit" : "signal",
+        fprintf(stderr, "dmnist-bench-comm: %s with %d rank%s failed (%s %d); see the ranks' messages above\n", backend,
+                np, np == 1 ? "" : "s", WIFEXITED(status) ? "exit" : "signal",
                 WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
     }
     remove(part);
@@ -478,8 +480,18 @@ static int launch_backend(const char *backend, int np, const char *config, const
 
 int main(int argc, char **argv)
 {
-    enum { OPT_SET = 256, OPT_NP, OPT_BACKENDS, OPT_MIN, OPT_MAX, OPT_ITERS, OPT_WARMUP, OPT_CSV, OPT_PLUGIN_PATH,
-           OPT_RANK_OUTPUT };
+    enum {
+        OPT_SET = 256,
+        OPT_NP,
+        OPT_BACKENDS,
+        OPT_MIN,
+        OPT_MAX,
+        OPT_ITERS,
+        OPT_WARMUP,
+        OPT_CSV,
+        OPT_PLUGIN_PATH,
+        OPT_RANK_OUTPUT
+    };
     static const struct option longopts[] = {
         {"set", required_argument, NULL, OPT_SET},
         {"np", required_argument, NULL, OPT_NP},
@@ -518,8 +530,10 @@ int main(int argc, char **argv)
         case OPT_MAX: {
             size_t v = parse_size(optarg);
             if (v < 4 || v % 4) {
-                fprintf(stderr, "dmnist-bench-comm: %s %s: expected a size of at least 4 bytes, a multiple of 4 "
-                        "(suffixes K, M, G)\n", c == OPT_MIN ? "--min-bytes" : "--max-bytes", optarg);
+                fprintf(stderr,
+                        "dmnist-bench-comm: %s %s: expected a size of at least 4 bytes, a multiple of 4 "
+                        "(suffixes K, M, G)\n",
+                        c == OPT_MIN ? "--min-bytes" : "--max-bytes", optarg);
                 bad = 1;
             }
             if (c == OPT_MIN) o.min_bytes = v;
@@ -554,15 +568,14 @@ int main(int argc, char **argv)
             fprintf(stderr, "dmnist-bench-comm: option %s needs a value (see --help)\n", argv[optind - 1]);
             bad = 1;
             break;
-        default:
-            fprintf(stderr, "dmnist-bench-comm: unknown option '%s' (see --help)\n", argv[optind - 1]);
-            bad = 1;
+        default: fprintf(stderr, "dmnist-bench-comm: unknown option '%s' (see --help)\n", argv[optind - 1]); bad = 1;
         }
     }
     /* getopt_long may have printed nothing for "--iters=x": the checks above cover values. */
     if (!bad && argc - optind != 1) {
-        fprintf(stderr, argc - optind < 1 ? "dmnist-bench-comm: missing CONFIG.ini (see --help)\n"
-                                          : "dmnist-bench-comm: too many arguments: expected one CONFIG.ini\n");
+        fprintf(stderr,
+                argc - optind < 1 ? "dmnist-bench-comm: missing CONFIG.ini (see --help)\n"
+                                  : "dmnist-bench-comm: too many arguments: expected one CONFIG.ini\n");
         bad = 1;
     }
     if (!bad && o.min_bytes > o.max_bytes) {

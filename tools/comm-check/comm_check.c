@@ -30,8 +30,8 @@
 
 #include "dm_core.h"
 
-#define BIG_N 1000003          /* odd and > 1 MiB of floats: many chunks/segments */
-#define BCAST_BIG 3000001      /* bytes */
+#define BIG_N 1000003              /* odd and > 1 MiB of floats: many chunks/segments */
+#define BCAST_BIG 3000001          /* bytes */
 #define TIME_DEFAULT_COUNT 2380938 /* the seed CNN's parameter count */
 
 typedef struct harness {
@@ -55,8 +55,7 @@ static double now_s(void)
 static void sleep_s(double s)
 {
     struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
 }
 
 static int env_int(const char *a, const char *b, const char *c, int dflt)
@@ -64,8 +63,7 @@ static int env_int(const char *a, const char *b, const char *c, int dflt)
     const char *names[3] = {a, b, c};
     for (int k = 0; k < 3; k++) {
         const char *v = names[k] ? getenv(names[k]) : NULL;
-        if (v && *v)
-            return atoi(v);
+        if (v && *v) return atoi(v);
     }
     return dflt;
 }
@@ -83,8 +81,7 @@ static const char *status_name(int code)
     }
 }
 
-static void report(harness *h, int ok, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+static void report(harness *h, int ok, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void report(harness *h, int ok, const char *fmt, ...)
 {
     char line[1024];
@@ -92,23 +89,17 @@ static void report(harness *h, int ok, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    printf("comm_check[%s %d/%d]: %s %s\n", h->backend, h->info.rank, h->info.size,
-           ok ? "PASS" : "FAIL", line);
+    printf("comm_check[%s %d/%d]: %s %s\n", h->backend, h->info.rank, h->info.size, ok ? "PASS" : "FAIL", line);
     fflush(stdout);
-    if (ok)
-        h->passes++;
-    else
-        h->failures++;
+    if (ok) h->passes++;
+    else h->failures++;
 }
 
 /* ---- inputs and expected results ---------------------------------------------- */
 
 /* Small integers (|x| <= 50): sums over ranks are exact in float, so SUM
  * must match bit for bit whatever order the backend adds in. */
-static float input_int(int rank, size_t i)
-{
-    return (float)((int)((i * 7 + (size_t)rank * 13) % 101) - 50);
-}
+static float input_int(int rank, size_t i) { return (float)((int)((i * 7 + (size_t)rank * 13) % 101) - 50); }
 
 /* Non-integers of both signs: rounding depends on the summation order. */
 static float input_real(int rank, size_t i)
@@ -120,15 +111,13 @@ typedef float (*input_fn)(int rank, size_t i);
 
 static void fill(float *buf, size_t n, int rank, input_fn f)
 {
-    for (size_t i = 0; i < n; i++)
-        buf[i] = f(rank, i);
+    for (size_t i = 0; i < n; i++) buf[i] = f(rank, i);
 }
 
 /* Compare buf[n] with the reduction of f over all ranks, computed here in
  * double. exact: bit equality (integers, SUM); else a tolerance scaled by
  * the magnitudes summed. Returns the index of the first mismatch or -1. */
-static long verify(const float *buf, size_t n, int size, dm_reduce_op op, input_fn f, int exact,
-                   double *want_out)
+static long verify(const float *buf, size_t n, int size, dm_reduce_op op, input_fn f, int exact, double *want_out)
 {
     for (size_t i = 0; i < n; i++) {
         double sum = 0.0, mag = 0.0;
@@ -138,8 +127,7 @@ static long verify(const float *buf, size_t n, int size, dm_reduce_op op, input_
         }
         double want = op == DM_REDUCE_AVG ? sum / size : sum;
         double scale = op == DM_REDUCE_AVG ? mag / size : mag;
-        int ok = exact ? buf[i] == (float)want
-                       : fabs((double)buf[i] - want) <= 1e-6 * scale + 1e-7 * size;
+        int ok = exact ? buf[i] == (float)want : fabs((double)buf[i] - want) <= 1e-6 * scale + 1e-7 * size;
         if (!ok) {
             *want_out = want;
             return (long)i;
@@ -173,11 +161,11 @@ static void check_allreduce(harness *h, size_t n, dm_reduce_op op, int integers)
         double want = 0.0;
         long bad = verify(buf, n, h->info.size, op, f, exact, &want);
         if (bad >= 0)
-            report(h, 0, "allreduce %s n=%zu %s: [%ld] = %.9g, expected %.9g", what, n, kind, bad,
-                   (double)buf[bad], want);
+            report(h, 0, "allreduce %s n=%zu %s: [%ld] = %.9g, expected %.9g", what, n, kind, bad, (double)buf[bad],
+                   want);
         else
-            report(h, 1, "allreduce %s n=%zu %s (%s, %.2f ms)", what, n, kind,
-                   exact ? "exact" : "within tolerance", dt * 1e3);
+            report(h, 1, "allreduce %s n=%zu %s (%s, %.2f ms)", what, n, kind, exact ? "exact" : "within tolerance",
+                   dt * 1e3);
     }
     free(buf);
 }
@@ -195,12 +183,10 @@ static void check_identical(harness *h)
         rc = h->vt->allreduce(h->state, mine, n, DM_REDUCE_AVG, DM_DEVICE_CPU, NULL, &err);
         if (rc == DM_OK) {
             memcpy(theirs, mine, n * sizeof *mine);
-            rc = h->vt->broadcast(h->state, theirs, n * sizeof *theirs, 0, DM_DEVICE_CPU, NULL,
-                                  &err);
+            rc = h->vt->broadcast(h->state, theirs, n * sizeof *theirs, 0, DM_DEVICE_CPU, NULL, &err);
         }
     }
-    if (rc != DM_OK)
-        report(h, 0, "identical results on all ranks: %s: %s", status_name(rc), err.msg);
+    if (rc != DM_OK) report(h, 0, "identical results on all ranks: %s: %s", status_name(rc), err.msg);
     else
         report(h, memcmp(mine, theirs, n * sizeof *mine) == 0,
                "allreduce avg n=%zu reals: bit-identical to rank 0's result", n);
@@ -218,9 +204,11 @@ typedef struct async_case {
  * allreduce issued while a handle is still pending. */
 static void check_async(harness *h)
 {
-    static const async_case cases[] = {
-        {BIG_N, DM_REDUCE_SUM, 1}, {7, DM_REDUCE_AVG, 0}, {1, DM_REDUCE_SUM, 1},
-        {65536, DM_REDUCE_AVG, 1}, {BIG_N, DM_REDUCE_AVG, 0}};
+    static const async_case cases[] = {{BIG_N, DM_REDUCE_SUM, 1},
+                                       {7, DM_REDUCE_AVG, 0},
+                                       {1, DM_REDUCE_SUM, 1},
+                                       {65536, DM_REDUCE_AVG, 1},
+                                       {BIG_N, DM_REDUCE_AVG, 0}};
     enum { N_CASES = sizeof cases / sizeof cases[0] };
     float *bufs[N_CASES] = {0};
     dm_comm_request *reqs[N_CASES] = {0};
@@ -238,11 +226,10 @@ static void check_async(harness *h)
     double t0 = now_s();
     for (; started < N_CASES; started++) {
         const async_case *c = &cases[started];
-        int rc = h->vt->allreduce_start(h->state, bufs[started], c->n, c->op, DM_DEVICE_CPU, NULL,
-                                        &reqs[started], &err);
+        int rc =
+            h->vt->allreduce_start(h->state, bufs[started], c->n, c->op, DM_DEVICE_CPU, NULL, &reqs[started], &err);
         if (rc != DM_OK) {
-            report(h, 0, "async: start #%d (n=%zu): %s: %s", started, c->n, status_name(rc),
-                   err.msg);
+            report(h, 0, "async: start #%d (n=%zu): %s: %s", started, c->n, status_name(rc), err.msg);
             ok = 0;
             break;
         }
@@ -258,28 +245,24 @@ static void check_async(harness *h)
         }
         input_fn f = c->integers ? input_int : input_real;
         double want = 0.0;
-        long bad = verify(bufs[k], c->n, h->info.size, c->op, f,
-                          c->integers && c->op == DM_REDUCE_SUM, &want);
+        long bad = verify(bufs[k], c->n, h->info.size, c->op, f, c->integers && c->op == DM_REDUCE_SUM, &want);
         if (bad >= 0) {
-            report(h, 0, "async: handle #%d (n=%zu): [%ld] = %.9g, expected %.9g", k, c->n, bad,
-                   (double)bufs[k][bad], want);
+            report(h, 0, "async: handle #%d (n=%zu): [%ld] = %.9g, expected %.9g", k, c->n, bad, (double)bufs[k][bad],
+                   want);
             ok = 0;
         }
     }
     if (ok)
-        report(h, 1, "async: %d allreduces in flight, waited in order (start %.2f ms, all %.2f ms)",
-               N_CASES, t_start * 1e3, (now_s() - t0) * 1e3);
+        report(h, 1, "async: %d allreduces in flight, waited in order (start %.2f ms, all %.2f ms)", N_CASES,
+               t_start * 1e3, (now_s() - t0) * 1e3);
 
     /* A blocking collective while a handle is pending runs after it. */
     if (ok) {
         dm_comm_request *req = NULL;
         fill(bufs[0], BIG_N, h->info.rank, input_int);
         fill(bufs[1], 7, h->info.rank, input_real);
-        int rc = h->vt->allreduce_start(h->state, bufs[0], BIG_N, DM_REDUCE_SUM, DM_DEVICE_CPU,
-                                        NULL, &req, &err);
-        int rc2 = rc == DM_OK ? h->vt->allreduce(h->state, bufs[1], 7, DM_REDUCE_SUM,
-                                                 DM_DEVICE_CPU, NULL, &err)
-                              : rc;
+        int rc = h->vt->allreduce_start(h->state, bufs[0], BIG_N, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &req, &err);
+        int rc2 = rc == DM_OK ? h->vt->allreduce(h->state, bufs[1], 7, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err) : rc;
         int rc3 = rc == DM_OK ? h->vt->wait(h->state, req, &err) : rc;
         double want = 0.0;
         if (rc != DM_OK || rc2 != DM_OK || rc3 != DM_OK)
@@ -291,14 +274,10 @@ static void check_async(harness *h)
                    "async handle pending during a blocking allreduce: both correct");
     }
 out:
-    for (int k = 0; k < N_CASES; k++)
-        free(bufs[k]);
+    for (int k = 0; k < N_CASES; k++) free(bufs[k]);
 }
 
-static unsigned char bcast_byte(int root, size_t i)
-{
-    return (unsigned char)(i * 31u + (size_t)root * 7u + 1u);
-}
+static unsigned char bcast_byte(int root, size_t i) { return (unsigned char)(i * 31u + (size_t)root * 7u + 1u); }
 
 static void check_broadcast(harness *h, size_t bytes, int root)
 {
@@ -313,18 +292,15 @@ static void check_broadcast(harness *h, size_t bytes, int root)
     dm_error err = {0};
     int rc = h->vt->broadcast(h->state, buf, bytes, root, DM_DEVICE_CPU, NULL, &err);
     if (rc != DM_OK) {
-        report(h, 0, "broadcast %zu bytes from rank %d: %s: %s", bytes, root, status_name(rc),
-               err.msg);
+        report(h, 0, "broadcast %zu bytes from rank %d: %s: %s", bytes, root, status_name(rc), err.msg);
     } else {
         size_t bad = bytes;
         for (size_t i = 0; i < bytes && bad == bytes; i++)
-            if (buf[i] != bcast_byte(root, i))
-                bad = i;
+            if (buf[i] != bcast_byte(root, i)) bad = i;
         if (bad < bytes)
-            report(h, 0, "broadcast %zu bytes from rank %d: byte %zu is %u, expected %u", bytes,
-                   root, bad, buf[bad], bcast_byte(root, bad));
-        else
-            report(h, 1, "broadcast %zu bytes from rank %d", bytes, root);
+            report(h, 0, "broadcast %zu bytes from rank %d: byte %zu is %u, expected %u", bytes, root, bad, buf[bad],
+                   bcast_byte(root, bad));
+        else report(h, 1, "broadcast %zu bytes from rank %d", bytes, root);
     }
     free(buf);
 }
@@ -338,19 +314,15 @@ static void check_barrier(harness *h)
     dm_error err = {0};
     int rc = h->vt->allreduce(h->state, &x, 1, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err);
     int last = h->info.rank == h->info.size - 1;
-    if (rc == DM_OK && last && h->info.size > 1)
-        sleep_s(delay);
+    if (rc == DM_OK && last && h->info.size > 1) sleep_s(delay);
     double t0 = now_s();
-    if (rc == DM_OK)
-        rc = h->vt->barrier(h->state, &err);
+    if (rc == DM_OK) rc = h->vt->barrier(h->state, &err);
     double dt = now_s() - t0;
-    if (rc != DM_OK)
-        report(h, 0, "barrier: %s: %s", status_name(rc), err.msg);
+    if (rc != DM_OK) report(h, 0, "barrier: %s: %s", status_name(rc), err.msg);
     else if (!last && dt < delay * 0.5) /* half: room for scheduling skew on busy machines */
-        report(h, 0, "barrier: left after %.0f ms although rank %d entered %.0f ms late",
-               dt * 1e3, h->info.size - 1, delay * 1e3);
-    else
-        report(h, 1, "barrier (held %.0f ms%s)", dt * 1e3, last ? ", entered last" : "");
+        report(h, 0, "barrier: left after %.0f ms although rank %d entered %.0f ms late", dt * 1e3, h->info.size - 1,
+               delay * 1e3);
+    else report(h, 1, "barrier (held %.0f ms%s)", dt * 1e3, last ? ", entered last" : "");
 }
 
 /* Bad arguments are refused with a message on every rank alike (so no rank
@@ -360,16 +332,14 @@ static void check_refusals(harness *h)
     dm_error err = {0};
     char byte = 0;
     int rc = h->vt->broadcast(h->state, &byte, 1, h->info.size, DM_DEVICE_CPU, NULL, &err);
-    report(h, rc == DM_ERR_INVALID && err.msg[0],
-           "broadcast from root %d (no such rank) refused: %s: %s", h->info.size,
+    report(h, rc == DM_ERR_INVALID && err.msg[0], "broadcast from root %d (no such rank) refused: %s: %s", h->info.size,
            status_name(rc), err.msg);
     if (!(h->vt->devices & DM_DEVICE_BIT(DM_DEVICE_CUDA))) {
         float x = 0.0f;
         memset(&err, 0, sizeof err);
         rc = h->vt->allreduce(h->state, &x, 1, DM_REDUCE_SUM, DM_DEVICE_CUDA, NULL, &err);
         report(h, rc == DM_ERR_UNSUPPORTED && err.msg[0],
-               "allreduce on a device the backend does not take refused: %s: %s",
-               status_name(rc), err.msg);
+               "allreduce on a device the backend does not take refused: %s: %s", status_name(rc), err.msg);
     }
 }
 
@@ -396,20 +366,18 @@ static void run_timing(harness *h, size_t count, int iters)
     for (int k = -3; k < iters; k++) { /* 3 warm-up rounds */
         int rc = h->vt->barrier(h->state, &err);
         double t0 = now_s();
-        if (rc == DM_OK)
-            rc = h->vt->allreduce(h->state, buf, count, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err);
+        if (rc == DM_OK) rc = h->vt->allreduce(h->state, buf, count, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err);
         if (rc != DM_OK) {
             report(h, 0, "timing: %s: %s", status_name(rc), err.msg);
             goto out;
         }
-        if (k >= 0)
-            t[k] = now_s() - t0;
+        if (k >= 0) t[k] = now_s() - t0;
     }
     qsort(t, (size_t)iters, sizeof *t, cmp_double);
-    report(h, 1, "time allreduce sum %zu floats (%.1f MB), %d ranks, %d runs: median %.2f ms "
-                 "(min %.2f, max %.2f)",
-           count, (double)count * 4e-6, h->info.size, iters, t[iters / 2] * 1e3, t[0] * 1e3,
-           t[iters - 1] * 1e3);
+    report(h, 1,
+           "time allreduce sum %zu floats (%.1f MB), %d ranks, %d runs: median %.2f ms "
+           "(min %.2f, max %.2f)",
+           count, (double)count * 4e-6, h->info.size, iters, t[iters / 2] * 1e3, t[0] * 1e3, t[iters - 1] * 1e3);
 out:
     free(buf);
     free(t);
@@ -426,23 +394,21 @@ static void run_fault(harness *h, const char *fault)
     /* One good collective first, so the failure happens mid-run. */
     check_allreduce(h, 7, DM_REDUCE_SUM, 1);
     if (last) {
-        printf("comm_check[%s %d/%d]: fault '%s': this rank leaves now\n", h->backend,
-               h->info.rank, h->info.size, fault);
+        printf("comm_check[%s %d/%d]: fault '%s': this rank leaves now\n", h->backend, h->info.rank, h->info.size,
+               fault);
         fflush(stdout);
-        if (strcmp(fault, "stall") == 0)
-            sleep_s(h->timeout_s + 3.0);
+        if (strcmp(fault, "stall") == 0) sleep_s(h->timeout_s + 3.0);
         _exit(0);
     }
     size_t n = 100000;
     float *buf = calloc(n, sizeof *buf);
     double t0 = now_s();
-    int rc = buf ? h->vt->allreduce(h->state, buf, n, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err)
-                 : DM_ERR_NOMEM;
+    int rc = buf ? h->vt->allreduce(h->state, buf, n, DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err) : DM_ERR_NOMEM;
     double dt = now_s() - t0;
     double limit = h->timeout_s * 1.2 + 1.0;
     report(h, (rc == DM_ERR_TIMEOUT || rc == DM_ERR_COMM) && err.msg[0] && dt <= limit,
-           "allreduce after rank %d left failed within the timeout (%.2f s, limit %.1f s): %s: %s",
-           h->info.size - 1, dt, limit, status_name(rc), err.msg);
+           "allreduce after rank %d left failed within the timeout (%.2f s, limit %.1f s): %s: %s", h->info.size - 1,
+           dt, limit, status_name(rc), err.msg);
     free(buf);
 }
 
@@ -473,18 +439,12 @@ int main(int argc, char **argv)
             usage();
             return 2;
         }
-        if (strcmp(a, "--params") == 0)
-            spec = v;
-        else if (strcmp(a, "--timeout") == 0)
-            h.timeout_s = atof(v);
-        else if (strcmp(a, "--time") == 0)
-            time_iters = atoi(v);
-        else if (strcmp(a, "--count") == 0)
-            time_count = (size_t)strtoull(v, NULL, 10);
-        else if (strcmp(a, "--fault") == 0)
-            fault = v;
-        else if (strcmp(a, "--expect-init-failure") == 0)
-            expect_init_failure = v;
+        if (strcmp(a, "--params") == 0) spec = v;
+        else if (strcmp(a, "--timeout") == 0) h.timeout_s = atof(v);
+        else if (strcmp(a, "--time") == 0) time_iters = atoi(v);
+        else if (strcmp(a, "--count") == 0) time_count = (size_t)strtoull(v, NULL, 10);
+        else if (strcmp(a, "--fault") == 0) fault = v;
+        else if (strcmp(a, "--expect-init-failure") == 0) expect_init_failure = v;
         else {
             usage();
             return 2;
@@ -511,8 +471,10 @@ int main(int argc, char **argv)
     }
     const dm_loaded_component *lc = dm_registry_find(reg, DM_KIND_COMM, h.backend);
     if (!lc) {
-        report(&h, 0, "no comm backend '%s' along the plugin path %s (DMNIST_PLUGIN_PATH, then the "
-               "built-in folder)", h.backend, path);
+        report(&h, 0,
+               "no comm backend '%s' along the plugin path %s (DMNIST_PLUGIN_PATH, then the "
+               "built-in folder)",
+               h.backend, path);
         dm_registry_free(reg);
         return 1;
     }
@@ -551,20 +513,18 @@ int main(int argc, char **argv)
 
     if (expect_init_failure) {
         double limit = h.timeout_s * 1.2 + 1.0;
-        report(&h,
-               (rc == DM_ERR_TIMEOUT || rc == DM_ERR_COMM) && strstr(err.msg, expect_init_failure) &&
-                   dt <= limit,
-               "init failed as expected within the timeout (%.2f s, limit %.1f s): %s: %s", dt,
-               limit, status_name(rc), rc == DM_OK ? "(it succeeded)" : err.msg);
-        if (rc == DM_OK)
-            h.vt->finalize(h.state, &err);
+        report(&h, (rc == DM_ERR_TIMEOUT || rc == DM_ERR_COMM) && strstr(err.msg, expect_init_failure) && dt <= limit,
+               "init failed as expected within the timeout (%.2f s, limit %.1f s): %s: %s", dt, limit, status_name(rc),
+               rc == DM_OK ? "(it succeeded)" : err.msg);
+        if (rc == DM_OK) h.vt->finalize(h.state, &err);
     } else if (rc != DM_OK) {
         report(&h, 0, "init: %s: %s", status_name(rc), err.msg);
     } else {
-        report(&h, h.info.rank >= 0 && h.info.rank < h.info.size &&
-                       (cfg.rank < 0 || (cfg.rank == h.info.rank && cfg.size == h.info.size)),
-               "init: rank %d of %d, local rank %d, rendezvous %s (%.2f s)", h.info.rank,
-               h.info.size, h.info.local_rank, cfg.rendezvous ? cfg.rendezvous : "(none)", dt);
+        report(&h,
+               h.info.rank >= 0 && h.info.rank < h.info.size &&
+                   (cfg.rank < 0 || (cfg.rank == h.info.rank && cfg.size == h.info.size)),
+               "init: rank %d of %d, local rank %d, rendezvous %s (%.2f s)", h.info.rank, h.info.size,
+               h.info.local_rank, cfg.rendezvous ? cfg.rendezvous : "(none)", dt);
         if (fault) {
             run_fault(&h, fault);
         } else if (time_iters > 0) {
@@ -591,15 +551,13 @@ int main(int argc, char **argv)
         dt = now_s() - t0;
         /* After a lost peer finalize may report the failure; it must return in time. */
         if (fault)
-            report(&h, dt <= h.timeout_s * 1.2 + 1.0, "finalize returned after %.2f s (%s%s%s)",
-                   dt, status_name(rc), rc ? ": " : "", err.msg);
-        else
-            report(&h, rc == DM_OK, "finalize: %s%s%s", status_name(rc), rc ? ": " : "",
-                   err.msg);
+            report(&h, dt <= h.timeout_s * 1.2 + 1.0, "finalize returned after %.2f s (%s%s%s)", dt, status_name(rc),
+                   rc ? ": " : "", err.msg);
+        else report(&h, rc == DM_OK, "finalize: %s%s%s", status_name(rc), rc ? ": " : "", err.msg);
     }
     /* run_job.sh counts these lines: one per rank that got to the end. */
-    printf("comm_check[%s %d/%d]: DONE %d passed, %d failed\n", h.backend, h.info.rank,
-           h.info.size, h.passes, h.failures);
+    printf("comm_check[%s %d/%d]: DONE %d passed, %d failed\n", h.backend, h.info.rank, h.info.size, h.passes,
+           h.failures);
     dm_param_set_free(ps);
     dm_registry_free(reg);
     return h.failures ? 1 : 0;

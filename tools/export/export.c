@@ -82,8 +82,8 @@ static int write_npy(const char *path, const float *v, int64_t rows, int64_t col
     ex_file ef;
     int rc = ex_file_open(&ef, path, err);
     if (rc) return rc;
-    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((total - 10) & 0xff),
-                             (unsigned char)((total - 10) >> 8)};
+    unsigned char pre[10] = {
+        0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((total - 10) & 0xff), (unsigned char)((total - 10) >> 8)};
     int ok = fwrite(pre, 1, 10, ef.f) == 10 && fwrite(hdr, 1, (size_t)n, ef.f) == (size_t)n;
     for (int i = 0; ok && i < pad; i++) ok = fputc(' ', ef.f) != EOF;
     ok = ok && fputc('\n', ef.f) != EOF;
@@ -140,14 +140,13 @@ static int dump_logits(exporter *e, const char *path, int batch, dm_error *err)
 int main(int argc, char **argv)
 {
     enum { OPT_FORMAT = 256, OPT_DUMP, OPT_SET, OPT_PLUGIN_PATH };
-    static const struct option longopts[] = {
-        {"output", required_argument, NULL, 'o'},
-        {"format", required_argument, NULL, OPT_FORMAT},
-        {"dump-logits", required_argument, NULL, OPT_DUMP},
-        {"set", required_argument, NULL, OPT_SET},
-        {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"output", required_argument, NULL, 'o'},
+                                             {"format", required_argument, NULL, OPT_FORMAT},
+                                             {"dump-logits", required_argument, NULL, OPT_DUMP},
+                                             {"set", required_argument, NULL, OPT_SET},
+                                             {"plugin-path", required_argument, NULL, OPT_PLUGIN_PATH},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     if (!sets) {
         fprintf(stderr, PROG ": out of memory\n");
@@ -181,7 +180,10 @@ int main(int argc, char **argv)
             }
             extra_path = abs_plugin_path;
             break;
-        case 'h': usage(stdout); free(sets); return 0;
+        case 'h':
+            usage(stdout);
+            free(sets);
+            return 0;
         case ':':
             fprintf(stderr, PROG ": option %s needs a value (see --help)\n", argv[optind - 1]);
             free(sets);
@@ -193,8 +195,9 @@ int main(int argc, char **argv)
         }
     }
     if (argc - optind != 2) {
-        fprintf(stderr, argc - optind < 2 ? PROG ": expected CHECKPOINT CONFIG.ini (see --help)\n"
-                                          : PROG ": too many arguments: expected CHECKPOINT CONFIG.ini\n");
+        fprintf(stderr,
+                argc - optind < 2 ? PROG ": expected CHECKPOINT CONFIG.ini (see --help)\n"
+                                  : PROG ": too many arguments: expected CHECKPOINT CONFIG.ini\n");
         free(sets);
         return 2;
     }
@@ -237,7 +240,8 @@ int main(int argc, char **argv)
     e.dvt = x->data.lc->component->vtable;
     dm_dataset_config dc = {sizeof dc, x->seed, x->cfg->dir};
     e.di.struct_size = sizeof e.di;
-    int rc = DM_GUARDED(x->data.lc, "open", e.dvt->open(dm_param_set_params(x->data.params), &dc, &e.data, &e.di, &err));
+    int rc =
+        DM_GUARDED(x->data.lc, "open", e.dvt->open(dm_param_set_params(x->data.params), &dc, &e.data, &e.di, &err));
     if (rc) {
         e.data = NULL;
         fprintf(stderr, PROG ": %s\n", err.msg);
@@ -258,9 +262,10 @@ int main(int argc, char **argv)
         for (int i = 0; i < e.m.n_layers; i++)
             if (!ex_layer_has_onnx(&e.m.layers[i])) {
                 const dm_layer_inst *L = &e.m.layers[i];
-                fprintf(stderr, PROG ": %s: layer.%s: layer type '%s' (%s) has no ONNX description (the optional "
-                        "onnx method of ABI 1.3): it cannot be exported\n", x->cfg->path, L->cfg->name,
-                        L->cfg->lc->component->type_name, L->cfg->lc->path);
+                fprintf(stderr,
+                        PROG ": %s: layer.%s: layer type '%s' (%s) has no ONNX description (the optional "
+                             "onnx method of ABI 1.3): it cannot be exported\n",
+                        x->cfg->path, L->cfg->name, L->cfg->lc->component->type_name, L->cfg->lc->path);
                 cleanup(&e);
                 return 2;
             }
@@ -278,14 +283,18 @@ int main(int argc, char **argv)
     if (dm_checkpoint_read_all(ckpt, &st, &e.params, &e.opt, &e.state, &err)) goto fail;
     uint64_t hash = dm_experiment_hash(x);
     if (st.config_hash != hash) {
-        dm_fail(&err, DM_ERR_INVALID, "%s: checkpoint was written for a different model or optimizer (config hash "
-                "%016llx, %s %016llx)", ckpt, (unsigned long long)st.config_hash, x->cfg->path, (unsigned long long)hash);
+        dm_fail(&err, DM_ERR_INVALID,
+                "%s: checkpoint was written for a different model or optimizer (config hash "
+                "%016llx, %s %016llx)",
+                ckpt, (unsigned long long)st.config_hash, x->cfg->path, (unsigned long long)hash);
         goto fail;
     }
     if (st.n_params != e.m.param_count || st.n_state != e.m.state_count) {
-        dm_fail(&err, DM_ERR_INVALID, "%s: checkpoint holds %llu parameters and %llu layer-state floats, the model "
-                "of %s needs %zu and %zu", ckpt, (unsigned long long)st.n_params, (unsigned long long)st.n_state,
-                x->cfg->path, e.m.param_count, e.m.state_count);
+        dm_fail(&err, DM_ERR_INVALID,
+                "%s: checkpoint holds %llu parameters and %llu layer-state floats, the model "
+                "of %s needs %zu and %zu",
+                ckpt, (unsigned long long)st.n_params, (unsigned long long)st.n_state, x->cfg->path, e.m.param_count,
+                e.m.state_count);
         goto fail;
     }
     if ((rc = dm_dev_upload(&e.dev, e.m.params, e.params, e.m.param_count * sizeof(float), &err))) goto fail;
@@ -295,7 +304,8 @@ int main(int argc, char **argv)
     if (out_path) {
         if (!(e.g = ex_graph_new(x->name, e.di.item, EX_OPSET, &err))) goto fail;
         if ((rc = ex_graph_add_model(e.g, &e.m, e.params, e.state, &err))) {
-            if (rc == DM_ERR_UNSUPPORTED || rc == DM_ERR_INVALID) status = 2; /* the config describes no exportable model */
+            if (rc == DM_ERR_UNSUPPORTED || rc == DM_ERR_INVALID)
+                status = 2; /* the config describes no exportable model */
             goto fail;
         }
         char step[32], hashs[32];
@@ -305,16 +315,18 @@ int main(int argc, char **argv)
             ex_tensor_view *tv = NULL;
             int nt = 0;
             if ((rc = ex_graph_float_tensors(e.g, &tv, &nt, &err))) goto fail;
-            const char *meta[] = {"format", "pt", "producer", "dmnist " DMNIST_VERSION, "experiment", x->name,
-                                  "step", step, "config_hash", hashs};
+            const char *meta[] = {"format",      "pt",    "producer", "dmnist " DMNIST_VERSION,
+                                  "experiment",  x->name, "step",     step,
+                                  "config_hash", hashs};
             rc = ex_write_safetensors(out_path, tv, nt, meta, 5, &err);
             free(tv);
             if (rc) goto fail;
         } else {
             char doc[8192];
-            snprintf(doc, sizeof doc, "dmnist %s: experiment %s, %s at step %s (config hash %s); input: what the "
-                     "dataset gives (N, C, H, W); outputs: logits, probabilities", DMNIST_VERSION, x->name, ckpt,
-                     step, hashs);
+            snprintf(doc, sizeof doc,
+                     "dmnist %s: experiment %s, %s at step %s (config hash %s); input: what the "
+                     "dataset gives (N, C, H, W); outputs: logits, probabilities",
+                     DMNIST_VERSION, x->name, ckpt, step, hashs);
             if ((rc = ex_graph_write_onnx(e.g, out_path, doc, &err))) goto fail;
         }
         printf("%s: %s (step %lld) -> %s (%s)\n", PROG, ckpt, (long long)st.step, out_path,

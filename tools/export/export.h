@@ -21,8 +21,7 @@ int ex_layer_has_onnx(const dm_layer_inst *L);
 /* Let every layer of m add its nodes, in order; params/state are host copies
  * of the model's flat buffers. The last layer's output is the graph output
  * "logits". On failure err names the layer. */
-int ex_graph_add_model(ex_graph *g, const dm_model *m, const float *params, const float *state,
-                       dm_error *err);
+int ex_graph_add_model(ex_graph *g, const dm_model *m, const float *params, const float *state, dm_error *err);
 
 /* Write the graph as an ONNX model (protobuf-c), atomically (temp file and
  * rename). doc: a line for the model's doc_string. */
@@ -40,8 +39,8 @@ int ex_graph_float_tensors(const ex_graph *g, ex_tensor_view **out, int *n, dm_e
 
 /* Write tensors as safetensors (F32, little-endian), atomically. meta: pairs
  * of strings (key, value), n_meta pairs, into "__metadata__". */
-int ex_write_safetensors(const char *path, const ex_tensor_view *t, int n, const char *const *meta,
-                         int n_meta, dm_error *err);
+int ex_write_safetensors(const char *path, const ex_tensor_view *t, int n, const char *const *meta, int n_meta,
+                         dm_error *err);
 
 /* Atomic file writing shared by both formats: open "<path>.tmp.<pid>",
  * then commit (fsync, close, rename) or abandon (close, unlink). */

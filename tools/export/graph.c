@@ -23,7 +23,7 @@ struct ex_graph {
     ex_block *arena;
     Onnx__GraphProto graph;
     size_t cap_node, cap_init, cap_output, cap_attr;
-    char **names;                /* every tensor defined so far */
+    char **names; /* every tensor defined so far */
     size_t n_names, cap_names;
     int n_float_inits;
     int opset;
@@ -126,10 +126,7 @@ static Onnx__ValueInfoProto *value_info(ex_graph *g, const char *name, const int
 
 /* ---- the builder's methods ---------------------------------------------------- */
 
-static ex_graph *host(dm_onnx_builder *b)
-{
-    return (ex_graph *)b->host;
-}
+static ex_graph *host(dm_onnx_builder *b) { return (ex_graph *)b->host; }
 
 static int b_add_node(dm_onnx_builder *b, const char *op_type, const char *const *inputs, int n_inputs,
                       const char *const *outputs, int n_outputs, dm_error *err)
@@ -146,8 +143,8 @@ static int b_add_node(dm_onnx_builder *b, const char *op_type, const char *const
     for (int i = 0; i < n_inputs; i++) {
         if (!inputs[i]) return dm_fail(err, DM_ERR_INVALID, "%s node: input %d is NULL", op_type, i);
         if (inputs[i][0] && !defined(g, inputs[i]))
-            return dm_fail(err, DM_ERR_INVALID, "%s node reads tensor '%s', which nothing wrote before it",
-                           op_type, inputs[i]);
+            return dm_fail(err, DM_ERR_INVALID, "%s node reads tensor '%s', which nothing wrote before it", op_type,
+                           inputs[i]);
         if (!(in[i] = ar_strdup(g, inputs[i]))) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     }
     for (int i = 0; i < n_outputs; i++) {
@@ -291,15 +288,15 @@ static int add_tensor(dm_onnx_builder *b, const char *name, const int64_t *dims,
     return DM_OK;
 }
 
-static int b_add_initializer(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims,
-                             const float *data, dm_error *err)
+static int b_add_initializer(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims, const float *data,
+                             dm_error *err)
 {
     static const float none[1] = {0};
     return add_tensor(b, name, dims, n_dims, data ? data : none, NULL, err);
 }
 
-static int b_add_constant(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims,
-                          const int64_t *data, dm_error *err)
+static int b_add_constant(dm_onnx_builder *b, const char *name, const int64_t *dims, int n_dims, const int64_t *data,
+                          dm_error *err)
 {
     static const int64_t none[1] = {0};
     return add_tensor(b, name, dims, n_dims, NULL, data ? data : none, err);
@@ -369,14 +366,13 @@ int ex_graph_add_model(ex_graph *g, const dm_model *m, const float *params, cons
         const dm_layer_inst *L = &m->layers[i];
         const char *type = L->cfg->lc->component->type_name;
         if (!ex_layer_has_onnx(L))
-            return dm_fail(err, DM_ERR_UNSUPPORTED, "layer.%s: layer type '%s' (%s) has no ONNX description "
-                           "(the optional onnx method of ABI 1.3): it cannot be exported", L->cfg->name, type,
-                           L->cfg->lc->path);
+            return dm_fail(err, DM_ERR_UNSUPPORTED,
+                           "layer.%s: layer type '%s' (%s) has no ONNX description "
+                           "(the optional onnx method of ABI 1.3): it cannot be exported",
+                           L->cfg->name, type, L->cfg->lc->path);
         /* every layer's output "<layer>.output"; the last one's is the model's */
-        if (i == m->n_layers - 1)
-            snprintf(out, sizeof out, "logits");
-        else
-            snprintf(out, sizeof out, "%s.output", L->cfg->name);
+        if (i == m->n_layers - 1) snprintf(out, sizeof out, "logits");
+        else snprintf(out, sizeof out, "%s.output", L->cfg->name);
         dm_onnx_builder *b = &g->b;
         memset(b, 0, sizeof *b);
         b->struct_size = sizeof *b;
@@ -407,11 +403,12 @@ int ex_graph_add_model(ex_graph *g, const dm_model *m, const float *params, cons
         int rc = DM_GUARDED(L->cfg->lc, "onnx", L->vt->onnx(L->state, b, &e));
         if (rc) return dm_fail(err, rc, "layer.%s: onnx: %s", L->cfg->name, e.msg[0] ? e.msg : "failed");
         if (!defined(g, out))
-            return dm_fail(err, DM_ERR_INTERNAL, "layer.%s: onnx: layer type '%s' did not write its output "
-                           "tensor '%s'", L->cfg->name, type, out);
+            return dm_fail(err, DM_ERR_INTERNAL,
+                           "layer.%s: onnx: layer type '%s' did not write its output "
+                           "tensor '%s'",
+                           L->cfg->name, type, out);
         if (b->out_rank != 2 && b->out_rank != 4)
-            return dm_fail(err, DM_ERR_INTERNAL, "layer.%s: onnx: output rank %d (2 or 4)", L->cfg->name,
-                           b->out_rank);
+            return dm_fail(err, DM_ERR_INTERNAL, "layer.%s: onnx: output rank %d (2 or 4)", L->cfg->name, b->out_rank);
         rank = b->out_rank;
         shape = L->out_shape;
         snprintf(prev, sizeof prev, "%s", out);
@@ -448,8 +445,7 @@ int ex_file_open(ex_file *ef, const char *path, dm_error *err)
     memset(ef, 0, sizeof *ef);
     snprintf(ef->path, sizeof ef->path, "%s", path);
     snprintf(ef->tmp, sizeof ef->tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (!(ef->f = fopen(ef->tmp, "wb")))
-        return dm_fail(err, DM_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (!(ef->f = fopen(ef->tmp, "wb"))) return dm_fail(err, DM_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     return DM_OK;
 }
 

@@ -41,10 +41,7 @@ static void sb_put(sbuf *b, const char *p, size_t len)
     b->s[b->n] = 0;
 }
 
-static void sb_str(sbuf *b, const char *p)
-{
-    sb_put(b, p, strlen(p));
-}
+static void sb_str(sbuf *b, const char *p) { sb_put(b, p, strlen(p)); }
 
 static void sb_fmt(sbuf *b, const char *fmt, long long v1, long long v2)
 {
@@ -125,8 +122,7 @@ int ex_write_safetensors(const char *path, const ex_tensor_view *t, int n, const
         return rc;
     }
     int ok = fwrite(len, 1, 8, ef.f) == 8 && fwrite(h.s, 1, h.n, ef.f) == h.n;
-    for (int i = 0; ok && i < n; i++)
-        ok = fwrite(t[i].data, sizeof(float), t[i].count, ef.f) == t[i].count;
+    for (int i = 0; ok && i < n; i++) ok = fwrite(t[i].data, sizeof(float), t[i].count, ef.f) == t[i].count;
     free(h.s);
     if (!ok) {
         int e = errno;

@@ -37,8 +37,8 @@ typedef struct gc_layer {
     dm_shape in_shape;
     float *params, *grads;
     void *workspace;
-    dm_layer_state_api sa;       /* ABI 1.1 layer state, bound to `state` */
-    float *layer_state;          /* sa.floats floats, from init_state (or zeros) */
+    dm_layer_state_api sa; /* ABI 1.1 layer state, bound to `state` */
+    float *layer_state;    /* sa.floats floats, from init_state (or zeros) */
 } gc_layer;
 
 /* The registry loaded from $DMNIST_PLUGIN_PATH (once per process); NULL with
@@ -52,8 +52,8 @@ void gc_use_registry(dm_registry *r);
  * CPU in NCHW with `threads` threads, allocate and bind params, grads,
  * workspace and layer state, init_params(seed) and init_state. On failure returns the layer's (or the
  * parser's) status with err set, and L holds nothing. */
-int gc_layer_create(gc_layer *L, const char *type, const char *spec, dm_shape in, int threads,
-                    uint64_t seed, dm_error *err);
+int gc_layer_create(gc_layer *L, const char *type, const char *spec, dm_shape in, int threads, uint64_t seed,
+                    dm_error *err);
 void gc_layer_free(gc_layer *L);
 
 /* 64-byte aligned, zeroed; NULL for 0 bytes. Exits on failure (tests and tools only). */
@@ -72,13 +72,13 @@ typedef struct gc_buffers {
 } gc_buffers;
 
 typedef struct gc_options {
-    double eps, rtol, atol;  /* 0 = defaults: 1e-2, 1e-2, 1e-3 */
-    int kinks;               /* 1: piecewise-linear layer, skip kink points */
-    int training;            /* ctx->training during the check */
-    int run_n;               /* batch passed to forward/backward; 0 = create-time n */
-    int threads;             /* 0 = 2 */
+    double eps, rtol, atol; /* 0 = defaults: 1e-2, 1e-2, 1e-3 */
+    int kinks;              /* 1: piecewise-linear layer, skip kink points */
+    int training;           /* ctx->training during the check */
+    int run_n;              /* batch passed to forward/backward; 0 = create-time n */
+    int threads;            /* 0 = 2 */
     void (*tamper)(const gc_buffers *b);
-    int max_coords;          /* > 0: check a seeded sample of at most this many
+    int max_coords; /* > 0: check a seeded sample of at most this many
                                 points per tensor (din, grads); 0 = every point */
 } gc_options;
 
@@ -90,7 +90,7 @@ typedef struct gc_report {
 
 /* Run the check; returns DM_OK when it could run (look at rep->failures),
  * else an error (layer could not be created, forward failed, ...). */
-int gc_check(const char *type, const char *spec, dm_shape in, uint64_t seed,
-             const gc_options *opt, gc_report *rep, dm_error *err);
+int gc_check(const char *type, const char *spec, dm_shape in, uint64_t seed, const gc_options *opt, gc_report *rep,
+             dm_error *err);
 
 #endif

@@ -40,8 +40,16 @@
 #define RING (1u << 20) /* packets held at most (ids + due times) */
 
 static volatile sig_atomic_t reload, quit;
-static void on_hup(int s) { (void)s; reload = 1; }
-static void on_term(int s) { (void)s; quit = 1; }
+static void on_hup(int s)
+{
+    (void)s;
+    reload = 1;
+}
+static void on_term(int s)
+{
+    (void)s;
+    quit = 1;
+}
 
 static int64_t now_us(void)
 {
@@ -96,16 +104,12 @@ static void put(msg *m, uint16_t type, const void *data, size_t len)
 static int send_msg(msg *m, int ack)
 {
     struct sockaddr_nl to = {.nl_family = AF_NETLINK};
-    if (ack)
-        m->nh->nlmsg_flags |= NLM_F_ACK;
-    if (sendto(fd, m->buf, m->nh->nlmsg_len, 0, (struct sockaddr *)&to, sizeof to) < 0)
-        return -1;
-    if (!ack)
-        return 0;
+    if (ack) m->nh->nlmsg_flags |= NLM_F_ACK;
+    if (sendto(fd, m->buf, m->nh->nlmsg_len, 0, (struct sockaddr *)&to, sizeof to) < 0) return -1;
+    if (!ack) return 0;
     char buf[512];
     ssize_t n = recv(fd, buf, sizeof buf, 0);
-    if (n < 0)
-        return -1;
+    if (n < 0) return -1;
     struct nlmsghdr *h = (struct nlmsghdr *)buf;
     if (h->nlmsg_type == NLMSG_ERROR) {
         struct nlmsgerr *e = NLMSG_DATA(h);
@@ -161,14 +165,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "usage: dmnist-lab-link [--queue N] [--delay-us US] [--loss-ppm PPM] [--control FILE]\n");
             return 2;
         }
-        if (!strcmp(a, "--queue"))
-            queue = (uint16_t)atoi(v);
-        else if (!strcmp(a, "--delay-us"))
-            delay_us = atoll(v);
-        else if (!strcmp(a, "--loss-ppm"))
-            loss_ppm = (uint32_t)atol(v);
-        else if (!strcmp(a, "--control"))
-            control = v;
+        if (!strcmp(a, "--queue")) queue = (uint16_t)atoi(v);
+        else if (!strcmp(a, "--delay-us")) delay_us = atoll(v);
+        else if (!strcmp(a, "--loss-ppm")) loss_ppm = (uint32_t)atol(v);
+        else if (!strcmp(a, "--control")) control = v;
         else {
             fprintf(stderr, "dmnist-lab-link: unknown option %s\n", a);
             return 2;
@@ -179,8 +179,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dmnist-lab-link: delay must be >= 0 and loss at most 1000000 ppm\n");
         return 2;
     }
-    if (control)
-        read_control();
+    if (control) read_control();
     rng_state ^= (uint64_t)getpid() << 17 ^ (uint64_t)now_us();
 
     struct sigaction sa = {.sa_handler = on_hup};
@@ -220,22 +219,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "dmnist-lab-link: configuring queue %u: %s\n", queue, strerror(errno));
         return 1;
     }
-    fprintf(stderr, "dmnist-lab-link: queue %u bound: delay %lld us, loss %u ppm\n", queue,
-            (long long)delay_us, loss_ppm);
+    fprintf(stderr, "dmnist-lab-link: queue %u bound: delay %lld us, loss %u ppm\n", queue, (long long)delay_us,
+            loss_ppm);
 
     static char buf[1 << 16];
     while (!quit) {
         if (reload) {
             reload = 0;
-            if (control)
-                read_control();
+            if (control) read_control();
         }
         int64_t t = now_us();
         struct timespec ts, *wait = NULL; /* sleep until the oldest packet is due */
         if (head != tail) {
             int64_t d = due[head % RING] - t;
-            if (d < 0)
-                d = 0;
+            if (d < 0) d = 0;
             ts.tv_sec = d / 1000000;
             ts.tv_nsec = d % 1000000 * 1000;
             wait = &ts;
@@ -250,24 +247,20 @@ int main(int argc, char **argv)
             for (;;) {
                 ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
                 if (n < 0) {
-                    if (errno == EAGAIN || errno == EINTR || errno == ENOBUFS)
-                        break;
+                    if (errno == EAGAIN || errno == EINTR || errno == ENOBUFS) break;
                     perror("dmnist-lab-link: recv");
                     return 1;
                 }
                 int64_t arrived = now_us();
-                for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n);
-                     h = NLMSG_NEXT(h, n)) {
-                    if ((h->nlmsg_type & 0xff) != NFQNL_MSG_PACKET)
-                        continue;
+                for (struct nlmsghdr *h = (struct nlmsghdr *)buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+                    if ((h->nlmsg_type & 0xff) != NFQNL_MSG_PACKET) continue;
                     struct nlattr *a = (struct nlattr *)((char *)NLMSG_DATA(h) + NLMSG_ALIGN(sizeof(struct nfgenmsg)));
                     int left = (int)h->nlmsg_len - NLMSG_LENGTH(NLMSG_ALIGN(sizeof(struct nfgenmsg)));
                     while (left >= NLA_HDRLEN && a->nla_len >= NLA_HDRLEN && a->nla_len <= left) {
                         if ((a->nla_type & NLA_TYPE_MASK) == NFQA_PACKET_HDR) {
                             struct nfqnl_msg_packet_hdr *ph = (void *)((char *)a + NLA_HDRLEN);
                             uint32_t id = ntohl(ph->packet_id);
-                            if (loss_ppm && rnd_ppm() < loss_ppm)
-                                verdict(NFQNL_MSG_VERDICT, id, NF_DROP);
+                            if (loss_ppm && rnd_ppm() < loss_ppm) verdict(NFQNL_MSG_VERDICT, id, NF_DROP);
                             else if (tail - head >= RING) /* full: let it through now */
                                 verdict(NFQNL_MSG_VERDICT, id, NF_ACCEPT);
                             else {
@@ -288,15 +281,13 @@ int main(int argc, char **argv)
          * verdict yet: packets dropped above already have theirs). */
         t = now_us();
         size_t last = head;
-        while (last != tail && due[last % RING] <= t)
-            last++;
+        while (last != tail && due[last % RING] <= t) last++;
         if (last != head) {
             if (verdict(NFQNL_MSG_VERDICT_BATCH, ids[(last - 1) % RING], NF_ACCEPT) < 0)
                 perror("dmnist-lab-link: verdict");
             head = last;
         }
     }
-    if (head != tail)
-        verdict(NFQNL_MSG_VERDICT_BATCH, ids[(tail - 1) % RING], NF_ACCEPT);
+    if (head != tail) verdict(NFQNL_MSG_VERDICT_BATCH, ids[(tail - 1) % RING], NF_ACCEPT);
     return 0;
 }

@@ -31,9 +31,9 @@
 
 /* Shared with the child that runs a component's checks. */
 typedef struct pc_shared {
-    int counts[3];      /* rows by pc_result */
-    int finished;       /* the child got to the end of its checks */
-    char now[256];      /* what the child is doing */
+    int counts[3]; /* rows by pc_result */
+    int finished;  /* the child got to the end of its checks */
+    char now[256]; /* what the child is doing */
 } pc_shared;
 
 static pc_shared *g_sh;
@@ -41,23 +41,18 @@ static pc_shared g_local; /* before the shared page exists, and with --no-fork *
 
 static const char *const result_word[3] = {"ok", "skip", "FAIL"};
 
-void pc_row(const dm_loaded_component *lc, const char *check, pc_result result, const char *fmt,
-            ...)
+void pc_row(const dm_loaded_component *lc, const char *check, pc_result result, const char *fmt, ...)
 {
     char comp[96], detail[1024];
-    if (lc)
-        snprintf(comp, sizeof comp, "%s (%s)", lc->component->type_name,
-                 dm_kind_name(lc->component->kind));
-    else
-        snprintf(comp, sizeof comp, "(plugin)");
+    if (lc) snprintf(comp, sizeof comp, "%s (%s)", lc->component->type_name, dm_kind_name(lc->component->kind));
+    else snprintf(comp, sizeof comp, "(plugin)");
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
     /* One row is one line, whatever a plugin's message holds. */
     for (char *p = detail; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
+        if (*p == '\n' || *p == '\r') *p = ' ';
     printf("%-30s %-24s %-6s %s\n", comp, check, result_word[result], detail);
     fflush(stdout);
     g_sh->counts[result]++;
@@ -73,7 +68,7 @@ void pc_now(const char *fmt, ...)
 
 /* ---- guarded buffers ------------------------------------------------------ */
 
-#define PC_GUARD 256          /* bytes on each side */
+#define PC_GUARD 256 /* bytes on each side */
 #define PC_GUARD_BYTE 0xA5
 
 void pc_buf_alloc(pc_buf *b, size_t bytes)
@@ -103,26 +98,22 @@ int pc_buf_guards_ok(const pc_buf *b)
 {
     size_t total = PC_GUARD + (b->bytes + 63) / 64 * 64 + PC_GUARD;
     for (size_t i = 0; i < PC_GUARD; i++)
-        if (b->raw[i] != PC_GUARD_BYTE)
-            return 0;
+        if (b->raw[i] != PC_GUARD_BYTE) return 0;
     for (size_t i = PC_GUARD + b->bytes; i < total; i++)
-        if (b->raw[i] != PC_GUARD_BYTE)
-            return 0;
+        if (b->raw[i] != PC_GUARD_BYTE) return 0;
     return 1;
 }
 
 void pc_buf_poison(pc_buf *b)
 {
     float *f = b->p;
-    for (size_t i = 0; i < b->bytes / sizeof(float); i++)
-        f[i] = NAN;
+    for (size_t i = 0; i < b->bytes / sizeof(float); i++) f[i] = NAN;
 }
 
 long pc_first_nonfinite(const float *p, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (!isfinite(p[i]))
-            return (long)i;
+        if (!isfinite(p[i])) return (long)i;
     return -1;
 }
 
@@ -147,10 +138,7 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
     return 0;
 }
 
-void pc_rmtree(const char *path)
-{
-    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
+void pc_rmtree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
 /* ---- parameter settings ---------------------------------------------------- */
 
@@ -159,10 +147,8 @@ static int spec_has(const char *spec, const char *key)
 {
     size_t len = strlen(key);
     for (const char *p = spec; p && *p;) {
-        while (*p == ' ' || *p == ',' || *p == '\t')
-            p++;
-        if (strncmp(p, key, len) == 0 && p[len] == '=')
-            return 1;
+        while (*p == ' ' || *p == ',' || *p == '\t') p++;
+        if (strncmp(p, key, len) == 0 && p[len] == '=') return 1;
         p += strcspn(p, " ,\t");
     }
     return 0;
@@ -180,8 +166,7 @@ static void enum_word(const char *choices, int k, char *out, size_t size)
     const char *p = choices;
     for (int i = 0; i < k && p; i++) {
         p = strchr(p, '|');
-        if (p)
-            p++;
+        if (p) p++;
     }
     size_t len = p ? strcspn(p, "|") : 0;
     snprintf(out, size, "%.*s", (int)len, p ? p : "");
@@ -190,8 +175,7 @@ static void enum_word(const char *choices, int k, char *out, size_t size)
 static int enum_count(const char *choices)
 {
     int n = 1;
-    for (const char *p = choices; *p; p++)
-        n += *p == '|';
+    for (const char *p = choices; *p; p++) n += *p == '|';
     return n;
 }
 
@@ -201,17 +185,14 @@ static void draw_value(const dm_param_def *d, uint64_t *rng, char *out, size_t s
     const int ranged = d->min <= d->max;
     const double base = d->default_value ? atof(d->default_value) : (ranged ? d->min : 1.0);
     switch (d->type) {
-    case DM_PARAM_BOOL:
-        snprintf(out, size, "%s", dm_rng_next(rng) & 1 ? "true" : "false");
-        return;
+    case DM_PARAM_BOOL: snprintf(out, size, "%s", dm_rng_next(rng) & 1 ? "true" : "false"); return;
     case DM_PARAM_ENUM:
         enum_word(d->choices, (int)(dm_rng_next(rng) % (uint64_t)enum_count(d->choices)), out, size);
         return;
     case DM_PARAM_INT: {
         /* Small sizes: from the minimum to a little past the default. */
         double lo = ranged ? d->min : base, hi = fmax(lo + 3, base + 2);
-        if (ranged && hi > d->max)
-            hi = d->max;
+        if (ranged && hi > d->max) hi = d->max;
         long long v = (long long)lo + (long long)(dm_rng_next(rng) % (uint64_t)(hi - lo + 1));
         snprintf(out, size, "%lld", v);
         return;
@@ -222,26 +203,22 @@ static void draw_value(const dm_param_def *d, uint64_t *rng, char *out, size_t s
         snprintf(out, size, "%.4g", lo + (hi - lo) * dm_rng_uniform(rng));
         return;
     }
-    case DM_PARAM_STRING:
-        snprintf(out, size, "%s", d->default_value ? d->default_value : "");
-        return;
+    case DM_PARAM_STRING: snprintf(out, size, "%s", d->default_value ? d->default_value : ""); return;
     }
 }
 
-int pc_setting(const dm_param_def *defs, const char *user_spec, int k, uint64_t seed, char *spec,
-               size_t size, dm_error *err)
+int pc_setting(const dm_param_def *defs, const char *user_spec, int k, uint64_t seed, char *spec, size_t size,
+               dm_error *err)
 {
     snprintf(spec, size, "%s", user_spec ? user_spec : "");
     uint64_t rng = dm_hash64(seed, 0x5E77 + (uint64_t)k);
     for (const dm_param_def *d = defs; d && d->name; d++) {
-        if (spec_has(user_spec, d->name))
-            continue;
-        if (k == 0 && d->default_value)
-            continue;
+        if (spec_has(user_spec, d->name)) continue;
+        if (k == 0 && d->default_value) continue;
         if (!d->default_value && d->type == DM_PARAM_STRING)
             return dm_fail(err, DM_ERR_INVALID,
-                           "required string key '%s' has no default: give one with --params '%s=...'",
-                           d->name, d->name);
+                           "required string key '%s' has no default: give one with --params '%s=...'", d->name,
+                           d->name);
         char value[64];
         draw_value(d, &rng, value, sizeof value);
         append(spec, size, d->name, value);
@@ -249,26 +226,23 @@ int pc_setting(const dm_param_def *defs, const char *user_spec, int k, uint64_t 
     return DM_OK;
 }
 
-int pc_discrete_setting(const dm_param_def *defs, const char *user_spec, int k, char *spec,
-                        size_t size)
+int pc_discrete_setting(const dm_param_def *defs, const char *user_spec, int k, char *spec, size_t size)
 {
     snprintf(spec, size, "%s", user_spec ? user_spec : "");
     int n = 1; /* setting 0: the defaults */
     for (const dm_param_def *d = defs; d && d->name; d++) {
-        if (spec_has(user_spec, d->name) || !d->default_value)
-            continue;
+        if (spec_has(user_spec, d->name) || !d->default_value) continue;
         if (d->type == DM_PARAM_BOOL) {
             if (n++ == k) {
                 int64_t v = d->default_value[0] == '1' || strchr("tTyY", d->default_value[0]) ||
-                            strcasecmp(d->default_value, "on") == 0;
+                    strcasecmp(d->default_value, "on") == 0;
                 append(spec, size, d->name, v ? "false" : "true");
             }
         } else if (d->type == DM_PARAM_ENUM) {
             for (int c = 0; c < enum_count(d->choices); c++) {
                 char word[64];
                 enum_word(d->choices, c, word, sizeof word);
-                if (strcmp(word, d->default_value) != 0 && n++ == k)
-                    append(spec, size, d->name, word);
+                if (strcmp(word, d->default_value) != 0 && n++ == k) append(spec, size, d->name, word);
             }
         }
     }
@@ -298,55 +272,62 @@ static void check_descriptor(const dm_loaded_component *lc)
     unsigned devices = 0;
     int has_devices = 0, missing = 0;
     /* Every ABI 1.0 method is called without a NULL check by the core. */
-#define NEED(vtype, field)                                                                     \
-    do {                                                                                       \
-        if (!((const vtype *)vt)->field && !missing++)                                         \
-            snprintf(bad, sizeof bad, "method %s is NULL", #field);                            \
+#define NEED(vtype, field) \
+    do { \
+        if (!((const vtype *)vt)->field && !missing++) snprintf(bad, sizeof bad, "method %s is NULL", #field); \
     } while (0)
     switch (c->kind) {
     case DM_KIND_LAYER:
-        NEED(dm_layer_vtable, create); NEED(dm_layer_vtable, bind);
-        NEED(dm_layer_vtable, init_params); NEED(dm_layer_vtable, forward);
-        NEED(dm_layer_vtable, backward); NEED(dm_layer_vtable, destroy);
+        NEED(dm_layer_vtable, create);
+        NEED(dm_layer_vtable, bind);
+        NEED(dm_layer_vtable, init_params);
+        NEED(dm_layer_vtable, forward);
+        NEED(dm_layer_vtable, backward);
+        NEED(dm_layer_vtable, destroy);
         devices = ((const dm_layer_vtable *)vt)->devices;
         has_devices = 1;
         break;
     case DM_KIND_OPTIMIZER:
-        NEED(dm_optimizer_vtable, create); NEED(dm_optimizer_vtable, bind);
-        NEED(dm_optimizer_vtable, step); NEED(dm_optimizer_vtable, destroy);
+        NEED(dm_optimizer_vtable, create);
+        NEED(dm_optimizer_vtable, bind);
+        NEED(dm_optimizer_vtable, step);
+        NEED(dm_optimizer_vtable, destroy);
         devices = ((const dm_optimizer_vtable *)vt)->devices;
         has_devices = 1;
         break;
     case DM_KIND_DATASET:
-        NEED(dm_dataset_vtable, open); NEED(dm_dataset_vtable, read);
+        NEED(dm_dataset_vtable, open);
+        NEED(dm_dataset_vtable, read);
         NEED(dm_dataset_vtable, close);
         break;
     case DM_KIND_COMM:
-        NEED(dm_comm_vtable, init); NEED(dm_comm_vtable, allreduce);
-        NEED(dm_comm_vtable, allreduce_start); NEED(dm_comm_vtable, wait);
-        NEED(dm_comm_vtable, broadcast); NEED(dm_comm_vtable, barrier);
+        NEED(dm_comm_vtable, init);
+        NEED(dm_comm_vtable, allreduce);
+        NEED(dm_comm_vtable, allreduce_start);
+        NEED(dm_comm_vtable, wait);
+        NEED(dm_comm_vtable, broadcast);
+        NEED(dm_comm_vtable, barrier);
         NEED(dm_comm_vtable, finalize);
         devices = ((const dm_comm_vtable *)vt)->devices;
         has_devices = 1;
         break;
-    default:
-        break;
+    default: break;
     }
 #undef NEED
-    if (!bad[0] && !one_line(c->help))
-        snprintf(bad, sizeof bad, "help is missing or not one line");
+    if (!bad[0] && !one_line(c->help)) snprintf(bad, sizeof bad, "help is missing or not one line");
     if (!bad[0] && has_devices && devices & ~(DM_DEVICE_BIT(DM_DEVICE_COUNT) - 1))
         snprintf(bad, sizeof bad, "devices 0x%x has unknown bits", devices);
     if (!bad[0] && has_devices && !(devices & DM_DEVICE_BIT(DM_DEVICE_CPU)))
-        snprintf(bad, sizeof bad, "no CPU implementation (devices 0x%x): the CPU path is the "
-                 "reference every check compares against", devices);
+        snprintf(bad, sizeof bad,
+                 "no CPU implementation (devices 0x%x): the CPU path is the "
+                 "reference every check compares against",
+                 devices);
     if (bad[0]) {
         pc_row(lc, "descriptor", PC_FAIL, "%s", bad);
         return;
     }
     pc_row(lc, "descriptor", PC_OK, "vtable %zu bytes, every method set%s%s", *(const size_t *)vt,
-           has_devices ? ", devices cpu" : "",
-           has_devices && devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "+cuda" : "");
+           has_devices ? ", devices cpu" : "", has_devices && devices & DM_DEVICE_BIT(DM_DEVICE_CUDA) ? "+cuda" : "");
 }
 
 static void check_param_table(const dm_loaded_component *lc)
@@ -362,33 +343,28 @@ static void check_param_table(const dm_loaded_component *lc)
             d->name[strspn(d->name, "abcdefghijklmnopqrstuvwxyz0123456789_")] != 0)
             why = "name must be lower-case letters, digits and '_', starting with a letter";
         for (const dm_param_def *e = c->params; !why && e != d; e++)
-            if (strcmp(e->name, d->name) == 0)
-                why = "appears twice in the table";
+            if (strcmp(e->name, d->name) == 0) why = "appears twice in the table";
         for (const dm_param_def *e = core; !why && e && e->name; e++)
             if (strcmp(e->name, d->name) == 0) {
                 snprintf(buf, sizeof buf, "is also a key of the core's [%s] section",
                          strcmp(section, "layer.x") == 0 ? "layer.NAME" : section);
                 why = buf;
             }
-        if (!why && ((unsigned)d->type > DM_PARAM_ENUM))
-            why = "unknown type";
-        if (!why && !one_line(d->help))
-            why = "help is missing or not one line";
+        if (!why && ((unsigned)d->type > DM_PARAM_ENUM)) why = "unknown type";
+        if (!why && !one_line(d->help)) why = "help is missing or not one line";
         if (!why && (d->type == DM_PARAM_INT || d->type == DM_PARAM_FLOAT) && d->min <= d->max &&
             (isnan(d->min) || isnan(d->max)))
             why = "range is NaN";
         if (!why && d->type == DM_PARAM_ENUM) {
             const char *ch = d->choices;
-            if (!ch || !ch[0] || ch[0] == '|' || ch[strlen(ch) - 1] == '|' || strstr(ch, "||") ||
-                strpbrk(ch, " ,=\t"))
+            if (!ch || !ch[0] || ch[0] == '|' || ch[strlen(ch) - 1] == '|' || strstr(ch, "||") || strpbrk(ch, " ,=\t"))
                 why = "choices must be non-empty words separated by '|' (no spaces, ',' or '=')";
             for (int a = 0; !why && a < enum_count(ch); a++)
                 for (int b = 0; !why && b < a; b++) {
                     char wa[64], wb[64];
                     enum_word(ch, a, wa, sizeof wa);
                     enum_word(ch, b, wb, sizeof wb);
-                    if (strcmp(wa, wb) == 0)
-                        why = "a choice appears twice";
+                    if (strcmp(wa, wb) == 0) why = "a choice appears twice";
                 }
         }
         if (!why && d->default_value) {
@@ -402,15 +378,13 @@ static void check_param_table(const dm_loaded_component *lc)
             }
             dm_param_set_free(ps);
         }
-        if (!d->default_value)
-            required++;
+        if (!d->default_value) required++;
         if (why) {
             pc_row(lc, "parameter table", PC_FAIL, "key '%s': %s", d->name ? d->name : "?", why);
             return;
         }
     }
-    pc_row(lc, "parameter table", PC_OK, "%d key%s (%d required), defaults valid", n, n == 1 ? "" : "s",
-           required);
+    pc_row(lc, "parameter table", PC_OK, "%d key%s (%d required), defaults valid", n, n == 1 ? "" : "s", required);
 }
 
 /* ---- running a component's checks ------------------------------------------ */
@@ -431,8 +405,7 @@ static pc_check_fn check_for(dm_kind kind)
 static void run_checks(const pc_ctx *c, const dm_loaded_component *lc, int isolate, int timeout_s)
 {
     pc_check_fn fn = check_for(lc->component->kind);
-    if (!fn)
-        return;
+    if (!fn) return;
     g_sh->finished = 0;
     pc_now("starting");
     if (!isolate) {
@@ -458,13 +431,11 @@ static void run_checks(const pc_ctx *c, const dm_loaded_component *lc, int isola
         ;
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
-        if (sig == SIGALRM)
-            pc_row(lc, "timeout", PC_FAIL, "no answer within %d s, during: %s", timeout_s, g_sh->now);
-        else
-            pc_row(lc, "crash", PC_FAIL, "killed by signal %d (%s), during: %s", sig, strsignal(sig),
-                   g_sh->now);
+        if (sig == SIGALRM) pc_row(lc, "timeout", PC_FAIL, "no answer within %d s, during: %s", timeout_s, g_sh->now);
+        else pc_row(lc, "crash", PC_FAIL, "killed by signal %d (%s), during: %s", sig, strsignal(sig), g_sh->now);
     } else if (!g_sh->finished) {
-        pc_row(lc, "exit", PC_FAIL, "the process exited with status %d, during: %s (a plugin must "
+        pc_row(lc, "exit", PC_FAIL,
+               "the process exited with status %d, during: %s (a plugin must "
                "return an error, never exit; a sanitizer's report would be above)",
                WEXITSTATUS(status), g_sh->now);
     }
@@ -506,12 +477,15 @@ int main(int argc, char **argv)
 {
     pc_ctx c = {NULL, NULL, 1, 6, NULL, 0};
     int isolate = 1, timeout_s = 300;
-    static const struct option opts[] = {
-        {"params", required_argument, NULL, 'p'}, {"seed", required_argument, NULL, 's'},
-        {"settings", required_argument, NULL, 'n'}, {"timeout", required_argument, NULL, 't'},
-        {"no-fork", no_argument, NULL, 'F'},        {"verbose", no_argument, NULL, 'v'},
-        {"reference", required_argument, NULL, 'r'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"params", required_argument, NULL, 'p'},
+                                         {"seed", required_argument, NULL, 's'},
+                                         {"settings", required_argument, NULL, 'n'},
+                                         {"timeout", required_argument, NULL, 't'},
+                                         {"no-fork", no_argument, NULL, 'F'},
+                                         {"verbose", no_argument, NULL, 'v'},
+                                         {"reference", required_argument, NULL, 'r'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
         char *end = NULL;
@@ -528,12 +502,14 @@ int main(int argc, char **argv)
         }
         if (end && (*end || end == optarg)) {
             fprintf(stderr, "dmnist-plugin-check: --%s wants a number, got '%s'\n",
-                    o == 's' ? "seed" : o == 'n' ? "settings" : "timeout", optarg);
+                    o == 's'       ? "seed"
+                        : o == 'n' ? "settings"
+                                   : "timeout",
+                    optarg);
             return 2;
         }
     }
-    if (argc - optind < 1 || argc - optind > 2 || c.settings < 1 || c.settings > 100 ||
-        timeout_s < 1) {
+    if (argc - optind < 1 || argc - optind > 2 || c.settings < 1 || c.settings > 100 || timeout_s < 1) {
         usage(stderr);
         return 2;
     }
@@ -542,8 +518,7 @@ int main(int argc, char **argv)
 
     g_sh = &g_local;
     if (isolate) {
-        void *m = mmap(NULL, sizeof(pc_shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
-                       -1, 0);
+        void *m = mmap(NULL, sizeof(pc_shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED) {
             fprintf(stderr, "dmnist-plugin-check: mmap: %s\n", strerror(errno));
             return 2;
@@ -552,8 +527,7 @@ int main(int argc, char **argv)
         memset(g_sh, 0, sizeof *g_sh);
     }
 
-    printf("dmnist-plugin-check %s: %s (seed %llu)\n", DMNIST_VERSION, path,
-           (unsigned long long)c.seed);
+    printf("dmnist-plugin-check %s: %s (seed %llu)\n", DMNIST_VERSION, path, (unsigned long long)c.seed);
     dm_registry *reg = dm_registry_new();
     dm_error err = {0};
     if (!reg || dm_registry_load_file(reg, path, &err) != DM_OK) {
@@ -568,20 +542,18 @@ int main(int argc, char **argv)
         dm_registry_free(reg);
         return 1;
     }
-    printf("plugin '%s' version %s, built for ABI %u.%u (host %d.%d), build \"%s\", %d component%s\n\n",
-           d->name, d->version, d->abi_major, d->abi_minor, DM_ABI_MAJOR, DM_ABI_MINOR,
-           d->build_signature, d->n_components, d->n_components == 1 ? "" : "s");
+    printf("plugin '%s' version %s, built for ABI %u.%u (host %d.%d), build \"%s\", %d component%s\n\n", d->name,
+           d->version, d->abi_major, d->abi_minor, DM_ABI_MAJOR, DM_ABI_MINOR, d->build_signature, d->n_components,
+           d->n_components == 1 ? "" : "s");
     printf("%-30s %-24s %-6s %s\n", "component", "check", "result", "detail");
     if (!d->name[0] || !d->version[0] || !d->build_signature[0])
         pc_row(NULL, "descriptor", PC_FAIL, "name, version and build signature must not be empty");
-    else
-        pc_row(NULL, "load", PC_OK, "dm_registry_load_file accepted it");
+    else pc_row(NULL, "load", PC_OK, "dm_registry_load_file accepted it");
 
     int checked = 0;
     for (int i = 0; i < dm_registry_count(reg); i++) {
         const dm_loaded_component *lc = dm_registry_at(reg, i);
-        if (only && strcmp(only, lc->component->type_name) != 0)
-            continue;
+        if (only && strcmp(only, lc->component->type_name) != 0) continue;
         checked++;
         check_descriptor(lc);
         check_param_table(lc);

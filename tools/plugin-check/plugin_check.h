@@ -16,12 +16,12 @@
 typedef enum pc_result { PC_OK = 0, PC_SKIP = 1, PC_FAIL = 2 } pc_result;
 
 typedef struct pc_ctx {
-    dm_registry *reg;        /* holds the one plugin file being checked */
-    const char *user_spec;   /* --params: "key=value ..." fixed in every setting */
-    uint64_t seed;           /* --seed: shapes, settings and data are drawn from it */
-    int settings;            /* --settings: random parameter settings per layer or optimizer */
-    const char *reference;   /* --reference: expected optimizer steps (plugin_check_reference.c) */
-    int verbose;             /* -v: one line per case */
+    dm_registry *reg;      /* holds the one plugin file being checked */
+    const char *user_spec; /* --params: "key=value ..." fixed in every setting */
+    uint64_t seed;         /* --seed: shapes, settings and data are drawn from it */
+    int settings;          /* --settings: random parameter settings per layer or optimizer */
+    const char *reference; /* --reference: expected optimizer steps (plugin_check_reference.c) */
+    int verbose;           /* -v: one line per case */
 } pc_ctx;
 
 /* One row of the result table: component, check, result, detail. */
@@ -45,14 +45,13 @@ void pc_now(const char *fmt, ...)
  * value in every setting; keys in user_spec always keep the user's value.
  * Fails (with a message) only for a required string key the user did not
  * give. */
-int pc_setting(const dm_param_def *defs, const char *user_spec, int k, uint64_t seed, char *spec,
-               size_t size, dm_error *err);
+int pc_setting(const dm_param_def *defs, const char *user_spec, int k, uint64_t seed, char *spec, size_t size,
+               dm_error *err);
 /* The few settings an optimizer runs with: the defaults, then each boolean
  * flipped and each other enum choice, one key at a time (continuous keys
  * keep their defaults: a random learning-rate-like value proves nothing).
  * Returns how many there are; spec of setting k in `spec`. */
-int pc_discrete_setting(const dm_param_def *defs, const char *user_spec, int k, char *spec,
-                        size_t size);
+int pc_discrete_setting(const dm_param_def *defs, const char *user_spec, int k, char *spec, size_t size);
 
 /* ---- guarded buffers --------------------------------------------------- */
 

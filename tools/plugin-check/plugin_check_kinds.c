@@ -9,7 +9,7 @@
 
 /* ---- optimizers ------------------------------------------------------------- */
 
-#define OPT_N 1037          /* not a multiple of any vector width */
+#define OPT_N 1037 /* not a multiple of any vector width */
 #define OPT_STEPS 100
 #define OPT_LR 0.05f
 
@@ -24,8 +24,7 @@ static double quad_value(const quad *q, const float *p, float *grad)
     for (int i = 0; i < OPT_N; i++) {
         const double d = (double)p[i] - q->c[i];
         f += 0.5 * q->a[i] * d * d;
-        if (grad)
-            grad[i] = (float)(q->a[i] * d);
+        if (grad) grad[i] = (float)(q->a[i] * d);
     }
     return f;
 }
@@ -38,9 +37,8 @@ typedef struct opt_run {
 /* Create, bind and run `steps` steps at `lr` on the quadratic. Fills why
  * and returns non-zero on the first problem: 2 when create refused the
  * setting, 1 for anything else. */
-static int opt_run_quad(const dm_loaded_component *lc, const char *spec, const quad *q,
-                        const float *p_start, int steps, float lr, opt_run *out, char *why,
-                        size_t size)
+static int opt_run_quad(const dm_loaded_component *lc, const char *spec, const quad *q, const float *p_start, int steps,
+                        float lr, opt_run *out, char *why, size_t size)
 {
     const dm_optimizer_vtable *vt = lc->component->vtable;
     dm_param_set *ps = NULL;
@@ -89,21 +87,18 @@ static int opt_run_quad(const dm_loaded_component *lc, const char *spec, const q
         }
         long nf = pc_first_nonfinite(p, OPT_N);
         const char *guard = !pc_buf_guards_ok(&params) ? "params"
-                            : !pc_buf_guards_ok(&grads) ? "grads"
-                            : !pc_buf_guards_ok(&st)    ? "state" : NULL;
+            : !pc_buf_guards_ok(&grads)                ? "grads"
+            : !pc_buf_guards_ok(&st)                   ? "state"
+                                                       : NULL;
         if (nf >= 0 || guard || memcmp(g0, g, OPT_N * sizeof(float)) != 0) {
-            if (nf >= 0)
-                snprintf(why, size, "'%s' step %d made params[%ld] not finite", spec, t, nf);
-            else if (guard)
-                snprintf(why, size, "'%s' step %d wrote outside its %s buffer", spec, t, guard);
-            else
-                snprintf(why, size, "'%s' step %d changed the gradients (they are const)", spec, t);
+            if (nf >= 0) snprintf(why, size, "'%s' step %d made params[%ld] not finite", spec, t, nf);
+            else if (guard) snprintf(why, size, "'%s' step %d wrote outside its %s buffer", spec, t, guard);
+            else snprintf(why, size, "'%s' step %d changed the gradients (they are const)", spec, t);
             free(g0);
             goto done;
         }
         const double f = quad_value(q, p, g);
-        if (t == 1)
-            out->f1 = f;
+        if (t == 1) out->f1 = f;
         out->f_end = f;
     }
     free(g0);
@@ -120,9 +115,8 @@ done:
 
 /* The same run with params, grads and state on the GPU; the gradient is
  * still computed here, from the parameters downloaded after each step. */
-static int opt_run_cuda(const dm_loaded_component *lc, const char *spec, dm_devctx *dev,
-                        const quad *q, const float *p_start, int steps, float lr, opt_run *out,
-                        char *why, size_t size)
+static int opt_run_cuda(const dm_loaded_component *lc, const char *spec, dm_devctx *dev, const quad *q,
+                        const float *p_start, int steps, float lr, opt_run *out, char *why, size_t size)
 {
     const dm_optimizer_vtable *vt = lc->component->vtable;
     dm_param_set *ps = NULL;
@@ -133,36 +127,29 @@ static int opt_run_cuda(const dm_loaded_component *lc, const char *spec, dm_devc
     dm_optimizer_config cfg = {sizeof cfg, DM_DEVICE_CUDA, OPT_N, 2, dev->stream};
     dm_optimizer_info info = {sizeof info, 0};
     pc_now("optimizer create on cuda '%s'", spec);
-    if (rc == DM_OK)
-        rc = vt->create(dm_param_set_params(ps), &cfg, &state, &info, &err);
-    if (rc != DM_OK)
-        state = NULL;
-    if (rc == DM_OK && (!(dp = dm_dev_alloc(dev, OPT_N * sizeof(float), &err)) ||
-                        !(dg = dm_dev_alloc(dev, OPT_N * sizeof(float), &err))))
+    if (rc == DM_OK) rc = vt->create(dm_param_set_params(ps), &cfg, &state, &info, &err);
+    if (rc != DM_OK) state = NULL;
+    if (rc == DM_OK &&
+        (!(dp = dm_dev_alloc(dev, OPT_N * sizeof(float), &err)) ||
+         !(dg = dm_dev_alloc(dev, OPT_N * sizeof(float), &err))))
         rc = DM_ERR_NOMEM;
     if (rc == DM_OK && info.state_floats_per_param &&
         !(dst = dm_dev_alloc(dev, OPT_N * info.state_floats_per_param * sizeof(float), &err)))
         rc = DM_ERR_NOMEM;
     pc_dev_settle();
-    if (rc == DM_OK)
-        rc = vt->bind(state, dst, &err);
+    if (rc == DM_OK) rc = vt->bind(state, dst, &err);
     memcpy(out->params, p_start, OPT_N * sizeof(float));
-    if (rc == DM_OK)
-        rc = dm_dev_upload(dev, dp, out->params, OPT_N * sizeof(float), &err);
+    if (rc == DM_OK) rc = dm_dev_upload(dev, dp, out->params, OPT_N * sizeof(float), &err);
     for (int t = 1; t <= steps && rc == DM_OK; t++) {
         quad_value(q, out->params, g);
         dm_opt_step_ctx ctx = {sizeof ctx, t, lr, dev->stream};
         pc_now("optimizer '%s' cuda step %d", spec, t);
         rc = dm_dev_upload(dev, dg, g, OPT_N * sizeof(float), &err);
-        if (rc == DM_OK)
-            rc = vt->step(state, &ctx, dp, dg, OPT_N, &err);
-        if (rc == DM_OK)
-            rc = dm_dev_download(dev, out->params, dp, OPT_N * sizeof(float), &err);
+        if (rc == DM_OK) rc = vt->step(state, &ctx, dp, dg, OPT_N, &err);
+        if (rc == DM_OK) rc = dm_dev_download(dev, out->params, dp, OPT_N * sizeof(float), &err);
     }
-    if (rc != DM_OK)
-        snprintf(why, size, "'%.200s' on cuda: %s", spec, err.msg);
-    if (state)
-        vt->destroy(state);
+    if (rc != DM_OK) snprintf(why, size, "'%.200s' on cuda: %s", spec, err.msg);
+    if (state) vt->destroy(state);
     dm_dev_free(dev, dp);
     dm_dev_free(dev, dg);
     dm_dev_free(dev, dst);
@@ -191,33 +178,31 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
         if (rc) {
             /* A setting the optimizer refuses (nesterov without momentum)
              * is fine when it says so; the defaults must work. */
-            if (k > 0 && rc == 2 && why[0])
-                continue;
+            if (k > 0 && rc == 2 && why[0]) continue;
             pc_row(lc, "quadratic (cpu)", PC_FAIL, "%s", why);
             ok = 0;
         } else if (!(r1->f1 < r1->f0) || !(r1->f_end < 0.1 * r1->f0)) {
             pc_row(lc, "quadratic (cpu)", PC_FAIL,
-                   "'%s': f %.4g -> %.4g after one step, %.4g after %d (lr %g): not decreasing",
-                   spec, r1->f0, r1->f1, r1->f_end, OPT_STEPS, OPT_LR);
+                   "'%s': f %.4g -> %.4g after one step, %.4g after %d (lr %g): not decreasing", spec, r1->f0, r1->f1,
+                   r1->f_end, OPT_STEPS, OPT_LR);
             ok = 0;
         } else {
             worst_ratio = fmax(worst_ratio, r1->f_end / r1->f0);
-            if (c->verbose)
-                printf("  '%s': f %.4g -> %.4g\n", spec, r1->f0, r1->f_end);
+            if (c->verbose) printf("  '%s': f %.4g -> %.4g\n", spec, r1->f0, r1->f_end);
         }
     }
     if (ok)
-        pc_row(lc, "quadratic (cpu)", PC_OK, "%d setting%s, %d steps at lr %g: f falls to at most "
-               "%.2g of its start", n, n == 1 ? "" : "s", OPT_STEPS, OPT_LR, worst_ratio);
+        pc_row(lc, "quadratic (cpu)", PC_OK,
+               "%d setting%s, %d steps at lr %g: f falls to at most "
+               "%.2g of its start",
+               n, n == 1 ? "" : "s", OPT_STEPS, OPT_LR, worst_ratio);
 
     /* The core owns the learning rate: lr = 0 must change nothing. */
     pc_discrete_setting(lc->component->params, c->user_spec, 0, spec, sizeof spec);
-    if (opt_run_quad(lc, spec, q, start, 3, 0.0f, r1, why, sizeof why))
-        pc_row(lc, "lr = 0", PC_FAIL, "%s", why);
+    if (opt_run_quad(lc, spec, q, start, 3, 0.0f, r1, why, sizeof why)) pc_row(lc, "lr = 0", PC_FAIL, "%s", why);
     else if (memcmp(r1->params, start, sizeof r1->params) != 0)
         pc_row(lc, "lr = 0", PC_FAIL, "3 steps at lr = 0 changed the parameters (use ctx->lr)");
-    else
-        pc_row(lc, "lr = 0", PC_OK, "3 steps leave the parameters unchanged");
+    else pc_row(lc, "lr = 0", PC_OK, "3 steps leave the parameters unchanged");
 
     /* Random valid values of every key within its table's range (--settings
      * of them, from --seed; --params fixed): no quadratic to decrease (a
@@ -243,8 +228,7 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
             pc_row(lc, "random settings", PC_FAIL, "%s", why);
             rbad = 1;
         } else if (memcmp(r1->params, r2->params, sizeof r1->params) != 0) {
-            pc_row(lc, "random settings", PC_FAIL, "'%s': two runs of 5 steps ended with different parameters",
-                   spec);
+            pc_row(lc, "random settings", PC_FAIL, "'%s': two runs of 5 steps ended with different parameters", spec);
             rbad = 1;
         } else if (opt_run_quad(lc, spec, q, start, 2, 0.0f, r1, why, sizeof why) ||
                    memcmp(r1->params, start, sizeof r1->params) != 0) {
@@ -256,12 +240,14 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
         }
     }
     if (!rbad)
-        pc_row(lc, "random settings", PC_OK, "%d drawn within the table's ranges (%d refused by create): "
-               "finite, deterministic, lr = 0 a no-op, buffers guarded", tried, refused);
-    if (c->reference)
-        pc_check_reference(c, lc);
+        pc_row(lc, "random settings", PC_OK,
+               "%d drawn within the table's ranges (%d refused by create): "
+               "finite, deterministic, lr = 0 a no-op, buffers guarded",
+               tried, refused);
+    if (c->reference) pc_check_reference(c, lc);
     else
-        pc_row(lc, "reference (cpu)", PC_SKIP, "no --reference FILE: the update rule itself is not checked "
+        pc_row(lc, "reference (cpu)", PC_SKIP,
+               "no --reference FILE: the update rule itself is not checked "
                "(a quadratic decreases under many wrong rules)");
     pc_discrete_setting(lc->component->params, c->user_spec, 0, spec, sizeof spec);
 
@@ -272,7 +258,8 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
     else if (memcmp(r1->params, r2->params, sizeof r1->params) != 0)
         pc_row(lc, "deterministic", PC_FAIL, "two runs of 20 steps ended with different parameters");
     else
-        pc_row(lc, "deterministic", PC_OK, "two runs of 20 steps give the same bits; buffers and "
+        pc_row(lc, "deterministic", PC_OK,
+               "two runs of 20 steps give the same bits; buffers and "
                "guards checked every step");
 
     const dm_optimizer_vtable *vt = lc->component->vtable;
@@ -290,8 +277,7 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
         for (int k = 0; k < n && !bad; k++) {
             pc_discrete_setting(lc->component->params, c->user_spec, k, spec, sizeof spec);
             const int rc = opt_run_quad(lc, spec, q, start, 20, OPT_LR, r1, why, sizeof why);
-            if (rc == 2 && k > 0)
-                continue;
+            if (rc == 2 && k > 0) continue;
             if (rc || opt_run_cuda(lc, spec, &dev, q, start, 20, OPT_LR, r2, why, sizeof why)) {
                 pc_row(lc, "cuda vs cpu", PC_FAIL, "%s", why);
                 bad = 1;
@@ -305,14 +291,18 @@ void pc_check_optimizer(const pc_ctx *c, const dm_loaded_component *lc)
             const double rel = isfinite(diff) ? diff / scale : INFINITY;
             worst = fmax(worst, rel);
             if (!(rel <= 1e-4)) {
-                pc_row(lc, "cuda vs cpu", PC_FAIL, "'%s': after 20 steps the CUDA parameters differ "
-                       "by %.3g of the largest (tolerance 1e-4)", spec, rel);
+                pc_row(lc, "cuda vs cpu", PC_FAIL,
+                       "'%s': after 20 steps the CUDA parameters differ "
+                       "by %.3g of the largest (tolerance 1e-4)",
+                       spec, rel);
                 bad = 1;
             }
         }
         if (!bad)
-            pc_row(lc, "cuda vs cpu", PC_OK, "%d setting%s, 20 steps: parameters within %.2g of "
-                   "the largest", n, n == 1 ? "" : "s", worst);
+            pc_row(lc, "cuda vs cpu", PC_OK,
+                   "%d setting%s, 20 steps: parameters within %.2g of "
+                   "the largest",
+                   n, n == 1 ? "" : "s", worst);
         dm_dev_close(&dev);
     }
     free(q);
@@ -337,8 +327,7 @@ static int ds_open(ds *d, const dm_loaded_component *lc, const char *spec, dm_er
     memset(d, 0, sizeof *d);
     d->vt = lc->component->vtable;
     int rc = dm_param_set_parse(lc->component->params, spec, &d->ps, err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc != DM_OK) return rc;
     dm_dataset_config cfg = {sizeof cfg, 42, "."};
     d->info.struct_size = sizeof d->info;
     rc = d->vt->open(dm_param_set_params(d->ps), &cfg, &d->state, &d->info, err);
@@ -352,15 +341,14 @@ static int ds_open(ds *d, const dm_loaded_component *lc, const char *spec, dm_er
 
 static void ds_close(ds *d)
 {
-    if (d->state)
-        d->vt->close(d->state);
+    if (d->state) d->vt->close(d->state);
     dm_param_set_free(d->ps);
     memset(d, 0, sizeof *d);
 }
 
 /* Read idx[0..n) into guarded, poisoned buffers and check what came back. */
-static int ds_read(ds *d, dm_split split, const int64_t *idx, int n, float *images,
-                   int32_t *labels, char *why, size_t size)
+static int ds_read(ds *d, dm_split split, const int64_t *idx, int n, float *images, int32_t *labels, char *why,
+                   size_t size)
 {
     const size_t item = dm_shape_per_item(d->info.item);
     pc_buf im, lb;
@@ -378,15 +366,14 @@ static int ds_read(ds *d, dm_split split, const int64_t *idx, int n, float *imag
     else if (!pc_buf_guards_ok(&im) || !pc_buf_guards_ok(&lb))
         snprintf(why, size, "read wrote outside the images or labels of %d examples", n);
     else if ((nf = pc_first_nonfinite(im.p, (size_t)n * item)) >= 0)
-        snprintf(why, size, "pixel %ld (example %ld) left unwritten (NaN) or not finite", nf,
-                 nf / (long)item);
+        snprintf(why, size, "pixel %ld (example %ld) left unwritten (NaN) or not finite", nf, nf / (long)item);
     else {
         bad = 0;
         for (int i = 0; i < n && !bad; i++) {
             const int32_t l = ((int32_t *)lb.p)[i];
             if (l < 0 || l >= d->info.num_classes) {
-                snprintf(why, size, "label %d of example %lld is outside [0, %d)", l,
-                         (long long)idx[i], d->info.num_classes);
+                snprintf(why, size, "label %d of example %lld is outside [0, %d)", l, (long long)idx[i],
+                         d->info.num_classes);
                 bad = 1;
             }
         }
@@ -415,18 +402,18 @@ void pc_check_dataset(const pc_ctx *c, const dm_loaded_component *lc)
         return;
     }
     const dm_dataset_info *in = &d.info;
-    if (in->count[DM_SPLIT_TRAIN] < 1 || in->count[DM_SPLIT_TEST] < 0 || in->item.n != 1 ||
-        in->item.c < 1 || in->item.h < 1 || in->item.w < 1 || in->num_classes < 2) {
-        pc_row(lc, "open", PC_FAIL, "bad info: %lld train, %lld test, item (%d,%d,%d,%d), %d classes "
-               "(want train > 0, n = 1, c/h/w > 0, classes > 1)", (long long)in->count[0],
-               (long long)in->count[1], in->item.n, in->item.c, in->item.h, in->item.w,
+    if (in->count[DM_SPLIT_TRAIN] < 1 || in->count[DM_SPLIT_TEST] < 0 || in->item.n != 1 || in->item.c < 1 ||
+        in->item.h < 1 || in->item.w < 1 || in->num_classes < 2) {
+        pc_row(lc, "open", PC_FAIL,
+               "bad info: %lld train, %lld test, item (%d,%d,%d,%d), %d classes "
+               "(want train > 0, n = 1, c/h/w > 0, classes > 1)",
+               (long long)in->count[0], (long long)in->count[1], in->item.n, in->item.c, in->item.h, in->item.w,
                in->num_classes);
         ds_close(&d);
         return;
     }
-    pc_row(lc, "open", PC_OK, "'%s': %lld train, %lld test, item (%d,%d,%d), %d classes", spec,
-           (long long)in->count[0], (long long)in->count[1], in->item.c, in->item.h, in->item.w,
-           in->num_classes);
+    pc_row(lc, "open", PC_OK, "'%s': %lld train, %lld test, item (%d,%d,%d), %d classes", spec, (long long)in->count[0],
+           (long long)in->count[1], in->item.c, in->item.h, in->item.w, in->num_classes);
 
     const size_t item = dm_shape_per_item(in->item);
     float *im = malloc(DS_BATCH * item * sizeof(float)), *im2 = malloc(DS_BATCH * item * sizeof(float));
@@ -435,15 +422,13 @@ void pc_check_dataset(const pc_ctx *c, const dm_loaded_component *lc)
     uint64_t rng = dm_hash64(c->seed, 0xDA7A);
     for (int s = 0; s < 2 && ok; s++) {
         const int64_t count = in->count[s];
-        if (count < 1)
-            continue;
+        if (count < 1) continue;
         splits++;
         /* First, last and random examples; then the same ones backwards. */
         int64_t idx[DS_BATCH], rev[DS_BATCH];
         for (int i = 0; i < DS_BATCH; i++)
             idx[i] = i == 0 ? 0 : i == 1 ? count - 1 : (int64_t)(dm_rng_next(&rng) % (uint64_t)count);
-        for (int i = 0; i < DS_BATCH; i++)
-            rev[i] = idx[DS_BATCH - 1 - i];
+        for (int i = 0; i < DS_BATCH; i++) rev[i] = idx[DS_BATCH - 1 - i];
         if (ds_read(&d, (dm_split)s, idx, DS_BATCH, im, lab, why, sizeof why) ||
             ds_read(&d, (dm_split)s, rev, DS_BATCH, im2, lab2, why, sizeof why)) {
             pc_row(lc, "read", PC_FAIL, "%s", why);
@@ -453,20 +438,21 @@ void pc_check_dataset(const pc_ctx *c, const dm_loaded_component *lc)
         for (int i = 0; i < DS_BATCH && ok; i++) {
             const int j = DS_BATCH - 1 - i;
             if (lab[i] != lab2[j] || memcmp(im + i * item, im2 + j * item, item * sizeof(float))) {
-                pc_row(lc, "random access", PC_FAIL, "example %lld of the %s split reads differently "
-                       "in another batch position", (long long)idx[i], s ? "test" : "train");
+                pc_row(lc, "random access", PC_FAIL,
+                       "example %lld of the %s split reads differently "
+                       "in another batch position",
+                       (long long)idx[i], s ? "test" : "train");
                 ok = 0;
             }
         }
     }
     if (ok) {
-        pc_row(lc, "read", PC_OK, "%d examples of %d split%s: in range, finite, within their buffers",
-               DS_BATCH, splits, splits == 1 ? "" : "s");
+        pc_row(lc, "read", PC_OK, "%d examples of %d split%s: in range, finite, within their buffers", DS_BATCH, splits,
+               splits == 1 ? "" : "s");
         pc_row(lc, "random access", PC_OK, "an example reads the same at any position in a batch");
         /* A second instance from the same params and seed gives the same data. */
         int64_t idx[DS_BATCH];
-        for (int i = 0; i < DS_BATCH; i++)
-            idx[i] = (int64_t)(dm_rng_next(&rng) % (uint64_t)in->count[0]);
+        for (int i = 0; i < DS_BATCH; i++) idx[i] = (int64_t)(dm_rng_next(&rng) % (uint64_t)in->count[0]);
         if (ds_read(&d, DM_SPLIT_TRAIN, idx, DS_BATCH, im, lab, why, sizeof why))
             pc_row(lc, "deterministic", PC_FAIL, "%s", why);
         else if (ds_open(&d2, lc, spec, &err) != DM_OK)
@@ -475,10 +461,10 @@ void pc_check_dataset(const pc_ctx *c, const dm_loaded_component *lc)
             if (ds_read(&d2, DM_SPLIT_TRAIN, idx, DS_BATCH, im2, lab2, why, sizeof why))
                 pc_row(lc, "deterministic", PC_FAIL, "%s", why);
             else if (memcmp(lab, lab2, sizeof lab) || memcmp(im, im2, DS_BATCH * item * sizeof(float)))
-                pc_row(lc, "deterministic", PC_FAIL, "two opens with the same params and seed gave "
+                pc_row(lc, "deterministic", PC_FAIL,
+                       "two opens with the same params and seed gave "
                        "different examples");
-            else
-                pc_row(lc, "deterministic", PC_OK, "two opens with the same seed read the same data");
+            else pc_row(lc, "deterministic", PC_OK, "two opens with the same seed read the same data");
             ds_close(&d2);
         }
     }
@@ -498,8 +484,8 @@ void pc_check_dataset(const pc_ctx *c, const dm_loaded_component *lc)
 #if defined(__GNUC__)
 __attribute__((format(printf, 4, 5)))
 #endif
-static void comm_row(const dm_loaded_component *lc, const char *check, char *why,
-                     const char *ok_fmt, ...)
+static void
+comm_row(const dm_loaded_component *lc, const char *check, char *why, const char *ok_fmt, ...)
 {
     char ok[256];
     va_list ap;
@@ -535,17 +521,14 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
     void *state = NULL;
     pc_now("comm init '%s' (world 1, rendezvous %s)", spec, rdzv);
     if (vt->init(dm_param_set_params(ps), &cfg, &state, &info, &err) != DM_OK) {
-        pc_row(lc, "init (world 1)", PC_FAIL, "'%s': %s (backend keys can be given with --params)",
-               spec, err.msg);
+        pc_row(lc, "init (world 1)", PC_FAIL, "'%s': %s (backend keys can be given with --params)", spec, err.msg);
         dm_param_set_free(ps);
         pc_rmtree(dir);
         return;
     }
     if (info.rank != 0 || info.size != 1)
-        pc_row(lc, "init (world 1)", PC_FAIL, "info says rank %d of %d, want 0 of 1", info.rank,
-               info.size);
-    else
-        pc_row(lc, "init (world 1)", PC_OK, "rank 0 of 1");
+        pc_row(lc, "init (world 1)", PC_FAIL, "info says rank %d of %d, want 0 of 1", info.rank, info.size);
+    else pc_row(lc, "init (world 1)", PC_OK, "rank 0 of 1");
 
     /* World size 1: sum and mean of one rank are the buffer itself, bit for bit. */
     pc_buf buf[COMM_INFLIGHT];
@@ -554,33 +537,31 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
     for (int i = 0; i < COMM_INFLIGHT; i++) {
         pc_buf_alloc(&buf[i], COMM_N * sizeof(float));
         uint64_t s = seed + (uint64_t)i;
-        for (int j = 0; j < COMM_N; j++)
-            ((float *)buf[i].p)[j] = 2.0f * dm_rng_uniform(&s) - 1.0f;
+        for (int j = 0; j < COMM_N; j++) ((float *)buf[i].p)[j] = 2.0f * dm_rng_uniform(&s) - 1.0f;
     }
     char why[768] = "";
-#define COMM_FAIL(...) do { if (!why[0]) snprintf(why, sizeof why, __VA_ARGS__); } while (0)
+#define COMM_FAIL(...) \
+    do { \
+        if (!why[0]) snprintf(why, sizeof why, __VA_ARGS__); \
+    } while (0)
     for (int op = 0; op < 2 && !why[0]; op++) {
         memcpy(want, buf[0].p, COMM_N * sizeof(float));
         pc_now("comm allreduce %s", op ? "avg" : "sum");
-        if (vt->allreduce(state, buf[0].p, COMM_N, op ? DM_REDUCE_AVG : DM_REDUCE_SUM,
-                          DM_DEVICE_CPU, NULL, &err) != DM_OK)
+        if (vt->allreduce(state, buf[0].p, COMM_N, op ? DM_REDUCE_AVG : DM_REDUCE_SUM, DM_DEVICE_CPU, NULL, &err) !=
+            DM_OK)
             COMM_FAIL("allreduce %s: %s", op ? "avg" : "sum", err.msg);
         else if (memcmp(want, buf[0].p, COMM_N * sizeof(float)) || !pc_buf_guards_ok(&buf[0]))
-            COMM_FAIL("allreduce %s over one rank changed the buffer or wrote outside it",
-                      op ? "avg" : "sum");
+            COMM_FAIL("allreduce %s over one rank changed the buffer or wrote outside it", op ? "avg" : "sum");
     }
-    comm_row(lc, "allreduce", why, "sum and avg of %d floats: in place, unchanged, within bounds",
-             COMM_N);
+    comm_row(lc, "allreduce", why, "sum and avg of %d floats: in place, unchanged, within bounds", COMM_N);
 
     dm_comm_request *req[COMM_INFLIGHT] = {0};
     float *copies = malloc(COMM_INFLIGHT * COMM_N * sizeof(float));
     int started = 0;
-    for (int i = 0; i < COMM_INFLIGHT; i++)
-        memcpy(copies + i * COMM_N, buf[i].p, COMM_N * sizeof(float));
+    for (int i = 0; i < COMM_INFLIGHT; i++) memcpy(copies + i * COMM_N, buf[i].p, COMM_N * sizeof(float));
     for (int i = 0; i < COMM_INFLIGHT; i++) {
         pc_now("comm allreduce_start %d", i);
-        if (vt->allreduce_start(state, buf[i].p, COMM_N, DM_REDUCE_AVG, DM_DEVICE_CPU, NULL, &req[i],
-                                &err) != DM_OK) {
+        if (vt->allreduce_start(state, buf[i].p, COMM_N, DM_REDUCE_AVG, DM_DEVICE_CPU, NULL, &req[i], &err) != DM_OK) {
             COMM_FAIL("allreduce_start %d: %s", i, err.msg);
             break;
         }
@@ -588,15 +569,11 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
     }
     for (int i = 0; i < started; i++) {
         pc_now("comm wait %d", i);
-        if (vt->wait(state, req[i], &err) != DM_OK)
-            COMM_FAIL("wait %d: %s", i, err.msg);
-        else if (memcmp(copies + i * COMM_N, buf[i].p, COMM_N * sizeof(float)) ||
-                 !pc_buf_guards_ok(&buf[i]))
-            COMM_FAIL("handle %d of %d in flight: the buffer changed or was written outside", i,
-                      COMM_INFLIGHT);
+        if (vt->wait(state, req[i], &err) != DM_OK) COMM_FAIL("wait %d: %s", i, err.msg);
+        else if (memcmp(copies + i * COMM_N, buf[i].p, COMM_N * sizeof(float)) || !pc_buf_guards_ok(&buf[i]))
+            COMM_FAIL("handle %d of %d in flight: the buffer changed or was written outside", i, COMM_INFLIGHT);
     }
-    comm_row(lc, "allreduce_start/wait", why, "%d handles in flight, waited in order",
-             COMM_INFLIGHT);
+    comm_row(lc, "allreduce_start/wait", why, "%d handles in flight, waited in order", COMM_INFLIGHT);
 
     memcpy(want, buf[1].p, COMM_N * sizeof(float));
     pc_now("comm broadcast");
@@ -605,18 +582,14 @@ void pc_check_comm(const pc_ctx *c, const dm_loaded_component *lc)
     else if (memcmp(want, buf[1].p, COMM_N * sizeof(float)) || !pc_buf_guards_ok(&buf[1]))
         COMM_FAIL("broadcast of 1001 bytes from rank 0 changed the buffer or wrote outside it");
     pc_now("comm barrier");
-    if (!why[0] && vt->barrier(state, &err) != DM_OK)
-        COMM_FAIL("barrier: %s", err.msg);
+    if (!why[0] && vt->barrier(state, &err) != DM_OK) COMM_FAIL("barrier: %s", err.msg);
     comm_row(lc, "broadcast/barrier", why, "an odd byte count, unchanged; barrier returns");
 #undef COMM_FAIL
 
     pc_now("comm finalize");
-    if (vt->finalize(state, &err) != DM_OK)
-        pc_row(lc, "finalize", PC_FAIL, "%s", err.msg);
-    else
-        pc_row(lc, "finalize", PC_OK, "returns DM_OK");
-    for (int i = 0; i < COMM_INFLIGHT; i++)
-        pc_buf_free(&buf[i]);
+    if (vt->finalize(state, &err) != DM_OK) pc_row(lc, "finalize", PC_FAIL, "%s", err.msg);
+    else pc_row(lc, "finalize", PC_OK, "returns DM_OK");
+    for (int i = 0; i < COMM_INFLIGHT; i++) pc_buf_free(&buf[i]);
     free(want);
     free(copies);
     dm_param_set_free(ps);

@@ -51,10 +51,8 @@ static size_t parse_floats(const char *s, float **out, int *bad)
     char *end;
     *bad = 0;
     while (v) {
-        while (*s == ' ' || *s == '\t')
-            s++;
-        if (!*s || *s == '\n' || *s == '#')
-            break;
+        while (*s == ' ' || *s == '\t') s++;
+        if (!*s || *s == '\n' || *s == '#') break;
         double x = strtod(s, &end);
         if (end == s || !isfinite(x)) {
             *bad = 1;
@@ -62,7 +60,10 @@ static size_t parse_floats(const char *s, float **out, int *bad)
         }
         if (n == cap) {
             float *nv = realloc(v, 2 * cap * sizeof *nv);
-            if (!nv) { *bad = 1; break; }
+            if (!nv) {
+                *bad = 1;
+                break;
+            }
             v = nv;
             cap *= 2;
         }
@@ -74,13 +75,13 @@ static size_t parse_floats(const char *s, float **out, int *bad)
 }
 
 /* Run one case; returns 0 and the error relative to the motion, or 1 with why. */
-static int run_case(const dm_loaded_component *lc, const pc_ctx *c, const ref_case *k, double *rel,
-                    char *why, size_t size)
+static int run_case(const dm_loaded_component *lc, const pc_ctx *c, const ref_case *k, double *rel, char *why,
+                    size_t size)
 {
     const dm_optimizer_vtable *vt = lc->component->vtable;
     char spec[1100];
-    snprintf(spec, sizeof spec, "%s%s%s", c->user_spec ? c->user_spec : "",
-             c->user_spec && k->settings[0] ? " " : "", k->settings);
+    snprintf(spec, sizeof spec, "%s%s%s", c->user_spec ? c->user_spec : "", c->user_spec && k->settings[0] ? " " : "",
+             k->settings);
     dm_param_set *ps = NULL;
     dm_error err = {0};
     void *state = NULL;
@@ -101,8 +102,7 @@ static int run_case(const dm_loaded_component *lc, const pc_ctx *c, const ref_ca
     memset(&st, 0, sizeof st);
     float *p = malloc(k->n * sizeof *p);
     if (info.state_floats_per_param > 64) {
-        snprintf(why, size, "case '%s': asks for %zu state floats per parameter", k->name,
-                 info.state_floats_per_param);
+        snprintf(why, size, "case '%s': asks for %zu state floats per parameter", k->name, info.state_floats_per_param);
         goto done;
     }
     pc_buf_alloc(&st, k->n * info.state_floats_per_param * sizeof(float)); /* zeroed */
@@ -131,9 +131,11 @@ static int run_case(const dm_loaded_component *lc, const pc_ctx *c, const ref_ca
     }
     *rel = moved > 0 ? worst / moved : worst;
     if (!(worst <= k->rtol * moved + k->atol)) {
-        snprintf(why, size, "case '%.100s' ('%.300s', lr %g): params[%zu] after %d step%s is %.7g, expected %.7g "
-                 "(error %.3g of the motion %.3g; tolerance %g)", k->name, spec, k->lr, at, k->steps,
-                 k->steps == 1 ? "" : "s", p[at], k->expect[at], *rel, moved, k->rtol);
+        snprintf(why, size,
+                 "case '%.100s' ('%.300s', lr %g): params[%zu] after %d step%s is %.7g, expected %.7g "
+                 "(error %.3g of the motion %.3g; tolerance %g)",
+                 k->name, spec, k->lr, at, k->steps, k->steps == 1 ? "" : "s", p[at], k->expect[at], *rel, moved,
+                 k->rtol);
         goto done;
     }
     bad = 0;
@@ -178,14 +180,11 @@ void pc_check_reference(const pc_ctx *c, const dm_loaded_component *lc)
     while (!failed && (len = getline(&line, &cap, f)) >= 0) {
         lineno++;
         char *s = line;
-        while (*s == ' ' || *s == '\t')
-            s++;
-        if (!*s || *s == '\n' || *s == '#')
-            continue;
+        while (*s == ' ' || *s == '\t') s++;
+        if (!*s || *s == '\n' || *s == '#') continue;
         size_t wl = strcspn(s, " \t\n");
         char *rest = s + wl;
-        while (*rest == ' ' || *rest == '\t')
-            rest++;
+        while (*rest == ' ' || *rest == '\t') rest++;
         rest[strcspn(rest, "\n")] = 0;
         int bad = 0;
         if (!open_case) {
@@ -231,22 +230,25 @@ void pc_check_reference(const pc_ctx *c, const dm_loaded_component *lc)
                 double rel = 0;
                 cases++;
                 total_steps += k.steps;
-                if (run_case(lc, c, &k, &rel, why, sizeof why))
-                    failed = 1;
+                if (run_case(lc, c, &k, &rel, why, sizeof why)) failed = 1;
                 else if (c->verbose)
                     printf("  reference case '%s': %d steps, error %.3g of the motion\n", k.name, k.steps, rel);
                 worst = fmax(worst, rel);
                 open_case = 0;
             }
         } else {
-            snprintf(why, sizeof why, "%s:%d: unknown directive '%.*s' (case, settings, lr, params, grad, "
-                     "expect, tolerance)", c->reference, lineno, (int)wl, s);
+            snprintf(why, sizeof why,
+                     "%s:%d: unknown directive '%.*s' (case, settings, lr, params, grad, "
+                     "expect, tolerance)",
+                     c->reference, lineno, (int)wl, s);
             failed = 1;
             break;
         }
         if (bad) {
-            snprintf(why, sizeof why, "%s:%d: bad '%.*s' line (numbers expected; params before grad; every "
-                     "grad as long as params)", c->reference, lineno, (int)wl, s);
+            snprintf(why, sizeof why,
+                     "%s:%d: bad '%.*s' line (numbers expected; params before grad; every "
+                     "grad as long as params)",
+                     c->reference, lineno, (int)wl, s);
             failed = 1;
         }
     }
@@ -255,11 +257,9 @@ void pc_check_reference(const pc_ctx *c, const dm_loaded_component *lc)
     if (!failed && open_case && (k.n || k.steps))
         snprintf(why, sizeof why, "%s: the last case ('%s') has no expect line", c->reference, k.name), failed = 1;
     case_free(&k);
-    if (!failed && cases == 0)
-        snprintf(why, sizeof why, "%s: no case in the file", c->reference), failed = 1;
-    if (failed)
-        pc_row(lc, row, PC_FAIL, "%s", why);
+    if (!failed && cases == 0) snprintf(why, sizeof why, "%s: no case in the file", c->reference), failed = 1;
+    if (failed) pc_row(lc, row, PC_FAIL, "%s", why);
     else
-        pc_row(lc, row, PC_OK, "%d case%s from %s (%d steps): parameters within %.2g of their motion",
-               cases, cases == 1 ? "" : "s", c->reference, total_steps, worst);
+        pc_row(lc, row, PC_OK, "%d case%s from %s (%d steps): parameters within %.2g of their motion", cases,
+               cases == 1 ? "" : "s", c->reference, total_steps, worst);
 }

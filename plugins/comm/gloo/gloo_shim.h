@@ -22,10 +22,10 @@ typedef struct dm_gloo_setup {
     const char *iface;      /* network interface to bind, e.g. "lo"; "" = Gloo's choice */
     const char *host;       /* address or hostname to bind, e.g. "127.0.0.1"; "" = Gloo's choice */
     int rank, size;
-    double timeout_s;       /* rendezvous and every collective */
-    const char *job_id;     /* the launcher's job id, "" for none: keys live under prefix/job.<id> */
+    double timeout_s;        /* rendezvous and every collective */
+    const char *job_id;      /* the launcher's job id, "" for none: keys live under prefix/job.<id> */
     const char *fingerprint; /* this job's config fingerprint, "" for none: a claim showing another is refused */
-    int single_host;        /* every rank runs on this machine: loopback will do */
+    int single_host;         /* every rank runs on this machine: loopback will do */
 } dm_gloo_setup;
 
 /* Meet the other ranks in the store, then connect to each of them. On

@@ -63,17 +63,17 @@ struct dm_comm_request {
     size_t n;
     dm_reduce_op op;
     int n_reqs;
-    MPI_Request *reqs;            /* n_reqs */
-    dm_comm_request *next;        /* list of outstanding requests */
+    MPI_Request *reqs;     /* n_reqs */
+    dm_comm_request *next; /* list of outstanding requests */
 };
 
 struct mpi_state {
-    MPI_Comm comm;                /* our duplicate of MPI_COMM_WORLD */
+    MPI_Comm comm; /* our duplicate of MPI_COMM_WORLD */
     int rank, size;
-    int we_initialised;           /* MPI_Init_thread was ours, so MPI_Finalize is too */
+    int we_initialised; /* MPI_Init_thread was ours, so MPI_Finalize is too */
     double timeout_s;
-    int timeouts;                 /* 0: blocking calls use blocking MPI (no deadline) */
-    int broken;                   /* a collective failed: the communicator is unusable */
+    int timeouts; /* 0: blocking calls use blocking MPI (no deadline) */
+    int broken;   /* a collective failed: the communicator is unusable */
     char broken_msg[DM_ERRMSG_MAX];
     dm_comm_request *outstanding; /* started, not yet waited on, oldest first */
 
@@ -81,7 +81,7 @@ struct mpi_state {
      * MPI call after init and guards `outstanding`, `broken` and `stop`. */
     long progress_us;
     pthread_mutex_t mu;
-    pthread_cond_t cv;            /* a request was started, or stop */
+    pthread_cond_t cv; /* a request was started, or stop */
     pthread_t progress;
     int progress_running, stop;
 };
@@ -112,22 +112,18 @@ static int mpi_fail_rc(mpi_state *st, dm_error *err, int rc, const char *call)
 {
     char text[MPI_MAX_ERROR_STRING];
     int len = 0;
-    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS)
-        snprintf(text, sizeof text, "MPI error %d", rc);
+    if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "MPI error %d", rc);
     dm_fail(err, DM_ERR_COMM, "mpi: rank %d: %s: %s", st ? st->rank : -1, call, text);
     return st ? mpi_break(st, err, DM_ERR_COMM) : DM_ERR_COMM;
 }
 
 static int mpi_check_usable(mpi_state *st, dm_device device, dm_error *err)
 {
-    if (!st)
-        return dm_fail(err, DM_ERR_INVALID, "mpi: called without init()");
+    if (!st) return dm_fail(err, DM_ERR_INVALID, "mpi: called without init()");
     if (st->broken)
-        return dm_fail(err, DM_ERR_COMM, "mpi: communicator unusable after an earlier failure: %s",
-                       st->broken_msg);
+        return dm_fail(err, DM_ERR_COMM, "mpi: communicator unusable after an earlier failure: %s", st->broken_msg);
     if (device != DM_DEVICE_CPU)
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "mpi: buffers on device %d are not supported (host buffers only)",
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "mpi: buffers on device %d are not supported (host buffers only)",
                        (int)device);
     return DM_OK;
 }
@@ -136,44 +132,33 @@ static int mpi_check_usable(mpi_state *st, dm_device device, dm_error *err)
 
 /* Poll reqs until all complete or timeout_s passes. `what` names the
  * operation in messages, e.g. "allreduce of 7 floats". */
-static int mpi_poll(mpi_state *st, int n_reqs, MPI_Request *reqs, const char *what,
-                    dm_error *err)
+static int mpi_poll(mpi_state *st, int n_reqs, MPI_Request *reqs, const char *what, dm_error *err)
 {
     double deadline = MPI_Wtime() + st->timeout_s;
     for (long polls = 0;; polls++) {
         int done = 0;
         int rc = MPI_Testall(n_reqs, reqs, &done, MPI_STATUSES_IGNORE);
-        if (rc != MPI_SUCCESS)
-            return mpi_fail_rc(st, err, rc, what);
-        if (done)
-            return DM_OK;
+        if (rc != MPI_SUCCESS) return mpi_fail_rc(st, err, rc, what);
+        if (done) return DM_OK;
         if (MPI_Wtime() > deadline) {
-            dm_fail(err, DM_ERR_TIMEOUT,
-                    "mpi: rank %d: %s timed out after %g s (a peer rank is gone?)", st->rank,
-                    what, st->timeout_s);
+            dm_fail(err, DM_ERR_TIMEOUT, "mpi: rank %d: %s timed out after %g s (a peer rank is gone?)", st->rank, what,
+                    st->timeout_s);
             return mpi_break(st, err, DM_ERR_TIMEOUT);
         }
-        if (polls >= DM_MPI_SPIN_POLLS)
-            sched_yield();
+        if (polls >= DM_MPI_SPIN_POLLS) sched_yield();
     }
 }
 
-static int mpi_n_chunks(size_t count)
-{
-    return (int)((count + DM_MPI_CHUNK_MAX - 1) / DM_MPI_CHUNK_MAX);
-}
+static int mpi_n_chunks(size_t count) { return (int)((count + DM_MPI_CHUNK_MAX - 1) / DM_MPI_CHUNK_MAX); }
 
 /* Start one MPI_Iallreduce (in place, sum) per chunk of buf[n]. */
-static int mpi_start_chunks(mpi_state *st, float *buf, size_t n, int n_reqs, MPI_Request *reqs,
-                            dm_error *err)
+static int mpi_start_chunks(mpi_state *st, float *buf, size_t n, int n_reqs, MPI_Request *reqs, dm_error *err)
 {
     for (int c = 0; c < n_reqs; c++) {
         size_t off = (size_t)c * DM_MPI_CHUNK_MAX;
         size_t len = n - off < DM_MPI_CHUNK_MAX ? n - off : DM_MPI_CHUNK_MAX;
-        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, st->comm,
-                                &reqs[c]);
-        if (rc != MPI_SUCCESS)
-            return mpi_fail_rc(st, err, rc, "MPI_Iallreduce");
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, st->comm, &reqs[c]);
+        if (rc != MPI_SUCCESS) return mpi_fail_rc(st, err, rc, "MPI_Iallreduce");
     }
     return DM_OK;
 }
@@ -182,11 +167,9 @@ static int mpi_start_chunks(mpi_state *st, float *buf, size_t n, int n_reqs, MPI
  * same size, so the result stays identical on all ranks. */
 static void mpi_finish_avg(const mpi_state *st, float *buf, size_t n, dm_reduce_op op)
 {
-    if (op != DM_REDUCE_AVG || st->size == 1)
-        return;
+    if (op != DM_REDUCE_AVG || st->size == 1) return;
     float size = (float)st->size;
-    for (size_t i = 0; i < n; i++)
-        buf[i] /= size;
+    for (size_t i = 0; i < n; i++) buf[i] /= size;
 }
 
 /* ---- the progress thread ----------------------------------------------------- */
@@ -238,7 +221,7 @@ typedef struct mpi_watchdog {
     pthread_cond_t cv;
     int done, running;
     double bound_s;
-    int rank;                 /* from the launcher (dm_comm_config), -1 when unknown */
+    int rank; /* from the launcher (dm_comm_config), -1 when unknown */
 } mpi_watchdog;
 
 static void *mpi_watchdog_main(void *arg)
@@ -263,8 +246,7 @@ static void *mpi_watchdog_main(void *arg)
                              "within %g s (comm.timeout_s, else experiment.timeout_s; at least %g s): a rank "
                              "that never started, or a launcher that cannot reach it?\n",
                              program_invocation_short_name, rank, w->bound_s, DM_MPI_STARTUP_MIN_S);
-            if (n > 0 && write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1) < 0) {
-            }
+            if (n > 0 && write(2, line, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1) < 0) {}
             _exit(1);
         }
     pthread_mutex_unlock(&w->mu);
@@ -291,21 +273,18 @@ static void mpi_watchdog_stop(mpi_watchdog *w)
     w->done = 1;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    if (w->running)
-        pthread_join(w->thread, NULL);
+    if (w->running) pthread_join(w->thread, NULL);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
 }
 
-static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg, void **state,
-                              dm_comm_info *info, dm_error *err);
+static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg, void **state, dm_comm_info *info,
+                              dm_error *err);
 
-static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **state,
-                    dm_comm_info *info, dm_error *err)
+static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **state, dm_comm_info *info, dm_error *err)
 {
     double timeout_s = dm_param_float(params, "timeout_s", 0.0);
-    if (timeout_s <= 0.0)
-        timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : DM_MPI_DEFAULT_TIMEOUT_S;
+    if (timeout_s <= 0.0) timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : DM_MPI_DEFAULT_TIMEOUT_S;
     mpi_watchdog w;
     mpi_watchdog_start(&w, timeout_s, cfg->rank);
     int rc = mpi_init_unguarded(params, cfg, state, info, err);
@@ -313,23 +292,20 @@ static int mpi_init(const dm_params *params, const dm_comm_config *cfg, void **s
     return rc;
 }
 
-static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg, void **state,
-                              dm_comm_info *info, dm_error *err)
+static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg, void **state, dm_comm_info *info,
+                              dm_error *err)
 {
     *state = NULL;
     int finalized = 0, initialised = 0;
     MPI_Finalized(&finalized);
     if (finalized)
-        return dm_fail(err, DM_ERR_COMM,
-                       "mpi: MPI was already finalised in this process; it cannot start again");
+        return dm_fail(err, DM_ERR_COMM, "mpi: MPI was already finalised in this process; it cannot start again");
 
     mpi_state *st = calloc(1, sizeof *st);
-    if (!st)
-        return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
+    if (!st) return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
     st->comm = MPI_COMM_NULL;
     st->timeout_s = dm_param_float(params, "timeout_s", 0.0);
-    if (st->timeout_s <= 0.0)
-        st->timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : DM_MPI_DEFAULT_TIMEOUT_S;
+    if (st->timeout_s <= 0.0) st->timeout_s = cfg->timeout_s > 0.0 ? cfg->timeout_s : DM_MPI_DEFAULT_TIMEOUT_S;
     st->timeouts = (int)dm_param_int(params, "timeouts", 1);
 
     MPI_Initialized(&initialised);
@@ -346,12 +322,9 @@ static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg
     }
 
     int rc = MPI_Comm_dup(MPI_COMM_WORLD, &st->comm);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_set_errhandler(st->comm, MPI_ERRORS_RETURN);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_rank(st->comm, &st->rank);
-    if (rc == MPI_SUCCESS)
-        rc = MPI_Comm_size(st->comm, &st->size);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_set_errhandler(st->comm, MPI_ERRORS_RETURN);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(st->comm, &st->rank);
+    if (rc == MPI_SUCCESS) rc = MPI_Comm_size(st->comm, &st->size);
     if (rc != MPI_SUCCESS) {
         mpi_fail_rc(NULL, err, rc, "MPI_Comm_dup");
         goto fail;
@@ -371,10 +344,8 @@ static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg
     if (local_rank < 0) {
         MPI_Comm node = MPI_COMM_NULL;
         rc = MPI_Comm_split_type(st->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-        if (rc == MPI_SUCCESS)
-            rc = MPI_Comm_rank(node, &local_rank);
-        if (node != MPI_COMM_NULL)
-            MPI_Comm_free(&node);
+        if (rc == MPI_SUCCESS) rc = MPI_Comm_rank(node, &local_rank);
+        if (node != MPI_COMM_NULL) MPI_Comm_free(&node);
         if (rc != MPI_SUCCESS) {
             mpi_fail_rc(st, err, rc, "MPI_Comm_split_type");
             goto fail;
@@ -396,10 +367,8 @@ static int mpi_init_unguarded(const dm_params *params, const dm_comm_config *cfg
     return DM_OK;
 
 fail:
-    if (st->comm != MPI_COMM_NULL)
-        MPI_Comm_free(&st->comm);
-    if (st->we_initialised)
-        MPI_Finalize();
+    if (st->comm != MPI_COMM_NULL) MPI_Comm_free(&st->comm);
+    if (st->we_initialised) MPI_Finalize();
     free(st);
     return err ? err->code : DM_ERR_COMM;
 }
@@ -413,8 +382,7 @@ static void mpi_request_free(dm_comm_request *req)
 static int mpi_finalize(void *state, dm_error *err)
 {
     mpi_state *st = state;
-    if (!st)
-        return DM_OK;
+    if (!st) return DM_OK;
     int status = DM_OK;
     if (st->progress_running) {
         pthread_mutex_lock(&st->mu);
@@ -441,8 +409,7 @@ static int mpi_finalize(void *state, dm_error *err)
         MPI_Comm_free(&st->comm);
         if (st->we_initialised) {
             int rc = MPI_Finalize();
-            if (rc != MPI_SUCCESS && status == DM_OK)
-                status = mpi_fail_rc(NULL, err, rc, "MPI_Finalize");
+            if (rc != MPI_SUCCESS && status == DM_OK) status = mpi_fail_rc(NULL, err, rc, "MPI_Finalize");
         }
     }
     pthread_mutex_destroy(&st->mu);
@@ -453,20 +420,17 @@ static int mpi_finalize(void *state, dm_error *err)
 
 /* ---- collectives ------------------------------------------------------------ */
 
-static int mpi_allreduce_start(void *state, float *buf, size_t n, dm_reduce_op op,
-                               dm_device device, void *cuda_stream, dm_comm_request **out,
-                               dm_error *err)
+static int mpi_allreduce_start(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device, void *cuda_stream,
+                               dm_comm_request **out, dm_error *err)
 {
     mpi_state *st = state;
     (void)cuda_stream;
     *out = NULL;
     int status = mpi_check_usable(st, device, err);
-    if (status != DM_OK)
-        return status;
+    if (status != DM_OK) return status;
     if (op != DM_REDUCE_SUM && op != DM_REDUCE_AVG)
         return dm_fail(err, DM_ERR_INVALID, "mpi: unknown reduce op %d", (int)op);
-    if (!buf && n > 0)
-        return dm_fail(err, DM_ERR_INVALID, "mpi: allreduce of %zu floats from a NULL buffer", n);
+    if (!buf && n > 0) return dm_fail(err, DM_ERR_INVALID, "mpi: allreduce of %zu floats from a NULL buffer", n);
 
     dm_comm_request *req = calloc(1, sizeof *req);
     int n_reqs = mpi_n_chunks(n);
@@ -484,12 +448,10 @@ static int mpi_allreduce_start(void *state, float *buf, size_t n, dm_reduce_op o
     }
     /* One test now gets the first messages moving while the caller computes. */
     int done = 0;
-    if (n_reqs > 0)
-        MPI_Testall(n_reqs, reqs, &done, MPI_STATUSES_IGNORE);
+    if (n_reqs > 0) MPI_Testall(n_reqs, reqs, &done, MPI_STATUSES_IGNORE);
 
     dm_comm_request **tail = &st->outstanding;
-    while (*tail)
-        tail = &(*tail)->next;
+    while (*tail) tail = &(*tail)->next;
     *tail = req;
     *out = req;
     pthread_cond_signal(&st->cv);
@@ -499,91 +461,75 @@ static int mpi_allreduce_start(void *state, float *buf, size_t n, dm_reduce_op o
 static int mpi_wait(void *state, dm_comm_request *req, dm_error *err)
 {
     mpi_state *st = state;
-    if (!st || !req)
-        return dm_fail(err, DM_ERR_INVALID, "mpi: wait() without a state or request");
+    if (!st || !req) return dm_fail(err, DM_ERR_INVALID, "mpi: wait() without a state or request");
 
     /* Unlink it; wait() frees the handle whatever happens. */
     dm_comm_request **link = &st->outstanding;
-    while (*link && *link != req)
-        link = &(*link)->next;
-    if (!*link)
-        return dm_fail(err, DM_ERR_INVALID, "mpi: wait() on a request this communicator does not know");
+    while (*link && *link != req) link = &(*link)->next;
+    if (!*link) return dm_fail(err, DM_ERR_INVALID, "mpi: wait() on a request this communicator does not know");
     *link = req->next;
 
     int status;
     if (st->broken) {
         /* MPI may still own the buffer: leave its requests, free our memory. */
-        status = dm_fail(err, DM_ERR_COMM, "mpi: communicator unusable after an earlier failure: %s",
-                         st->broken_msg);
+        status = dm_fail(err, DM_ERR_COMM, "mpi: communicator unusable after an earlier failure: %s", st->broken_msg);
     } else {
         char what[64];
         snprintf(what, sizeof what, "allreduce of %zu floats", req->n);
         status = mpi_poll(st, req->n_reqs, req->reqs, what, err);
-        if (status == DM_OK)
-            mpi_finish_avg(st, req->buf, req->n, req->op);
+        if (status == DM_OK) mpi_finish_avg(st, req->buf, req->n, req->op);
     }
     mpi_request_free(req);
     return status;
 }
 
-static int mpi_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
-                         void *cuda_stream, dm_error *err)
+static int mpi_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device, void *cuda_stream,
+                         dm_error *err)
 {
     mpi_state *st = state;
     if (st && !st->timeouts) {
         int status = mpi_check_usable(st, device, err);
-        if (status != DM_OK)
-            return status;
+        if (status != DM_OK) return status;
         if (op != DM_REDUCE_SUM && op != DM_REDUCE_AVG)
             return dm_fail(err, DM_ERR_INVALID, "mpi: unknown reduce op %d", (int)op);
-        if (!buf && n > 0)
-            return dm_fail(err, DM_ERR_INVALID, "mpi: allreduce of %zu floats from a NULL buffer",
-                           n);
+        if (!buf && n > 0) return dm_fail(err, DM_ERR_INVALID, "mpi: allreduce of %zu floats from a NULL buffer", n);
         for (size_t off = 0; off < n; off += DM_MPI_CHUNK_MAX) {
             size_t len = n - off < DM_MPI_CHUNK_MAX ? n - off : DM_MPI_CHUNK_MAX;
             int rc = MPI_Allreduce(MPI_IN_PLACE, buf + off, (int)len, MPI_FLOAT, MPI_SUM, st->comm);
-            if (rc != MPI_SUCCESS)
-                return mpi_fail_rc(st, err, rc, "MPI_Allreduce");
+            if (rc != MPI_SUCCESS) return mpi_fail_rc(st, err, rc, "MPI_Allreduce");
         }
         mpi_finish_avg(st, buf, n, op);
         return DM_OK;
     }
     dm_comm_request *req = NULL;
     int status = mpi_allreduce_start(state, buf, n, op, device, cuda_stream, &req, err);
-    if (status != DM_OK)
-        return status;
+    if (status != DM_OK) return status;
     return mpi_wait(state, req, err);
 }
 
-static int mpi_broadcast(void *state, void *buf, size_t bytes, int root, dm_device device,
-                         void *cuda_stream, dm_error *err)
+static int mpi_broadcast(void *state, void *buf, size_t bytes, int root, dm_device device, void *cuda_stream,
+                         dm_error *err)
 {
     mpi_state *st = state;
     (void)cuda_stream;
     int status = mpi_check_usable(st, device, err);
-    if (status != DM_OK)
-        return status;
+    if (status != DM_OK) return status;
     if (root < 0 || root >= st->size)
-        return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast root %d is not a rank of 0..%d", root,
-                       st->size - 1);
-    if (!buf && bytes > 0)
-        return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast of %zu bytes from a NULL buffer", bytes);
+        return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast root %d is not a rank of 0..%d", root, st->size - 1);
+    if (!buf && bytes > 0) return dm_fail(err, DM_ERR_INVALID, "mpi: broadcast of %zu bytes from a NULL buffer", bytes);
 
     if (!st->timeouts) {
         for (size_t off = 0; off < bytes; off += DM_MPI_CHUNK_MAX) {
             size_t len = bytes - off < DM_MPI_CHUNK_MAX ? bytes - off : DM_MPI_CHUNK_MAX;
             int rc = MPI_Bcast((char *)buf + off, (int)len, MPI_BYTE, root, st->comm);
-            if (rc != MPI_SUCCESS)
-                return mpi_fail_rc(st, err, rc, "MPI_Bcast");
+            if (rc != MPI_SUCCESS) return mpi_fail_rc(st, err, rc, "MPI_Bcast");
         }
         return DM_OK;
     }
     int n_reqs = mpi_n_chunks(bytes);
-    if (n_reqs == 0)
-        return DM_OK;
+    if (n_reqs == 0) return DM_OK;
     MPI_Request *reqs = malloc((size_t)n_reqs * sizeof *reqs);
-    if (!reqs)
-        return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
+    if (!reqs) return dm_fail(err, DM_ERR_NOMEM, "mpi: out of memory");
     for (int c = 0; c < n_reqs; c++) {
         size_t off = (size_t)c * DM_MPI_CHUNK_MAX;
         size_t len = bytes - off < DM_MPI_CHUNK_MAX ? bytes - off : DM_MPI_CHUNK_MAX;
@@ -604,28 +550,24 @@ static int mpi_barrier(void *state, dm_error *err)
 {
     mpi_state *st = state;
     int status = mpi_check_usable(st, DM_DEVICE_CPU, err);
-    if (status != DM_OK)
-        return status;
+    if (status != DM_OK) return status;
     if (!st->timeouts) {
         int rc = MPI_Barrier(st->comm);
         return rc == MPI_SUCCESS ? DM_OK : mpi_fail_rc(st, err, rc, "MPI_Barrier");
     }
     MPI_Request req;
     int rc = MPI_Ibarrier(st->comm, &req);
-    if (rc != MPI_SUCCESS)
-        return mpi_fail_rc(st, err, rc, "MPI_Ibarrier");
+    if (rc != MPI_SUCCESS) return mpi_fail_rc(st, err, rc, "MPI_Ibarrier");
     return mpi_poll(st, 1, &req, "barrier", err);
 }
 
 /* ---- the vtable's entry points: one MPI caller at a time ----------------------- */
 
-static int mpi_allreduce_start_serialised(void *state, float *buf, size_t n, dm_reduce_op op,
-                                          dm_device device, void *cuda_stream,
-                                          dm_comm_request **out, dm_error *err)
+static int mpi_allreduce_start_serialised(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
+                                          void *cuda_stream, dm_comm_request **out, dm_error *err)
 {
     mpi_state *st = state;
-    if (!st)
-        return mpi_allreduce_start(state, buf, n, op, device, cuda_stream, out, err);
+    if (!st) return mpi_allreduce_start(state, buf, n, op, device, cuda_stream, out, err);
     pthread_mutex_lock(&st->mu);
     int rc = mpi_allreduce_start(state, buf, n, op, device, cuda_stream, out, err);
     pthread_mutex_unlock(&st->mu);
@@ -635,32 +577,29 @@ static int mpi_allreduce_start_serialised(void *state, float *buf, size_t n, dm_
 static int mpi_wait_serialised(void *state, dm_comm_request *req, dm_error *err)
 {
     mpi_state *st = state;
-    if (!st)
-        return mpi_wait(state, req, err);
+    if (!st) return mpi_wait(state, req, err);
     pthread_mutex_lock(&st->mu);
     int rc = mpi_wait(state, req, err);
     pthread_mutex_unlock(&st->mu);
     return rc;
 }
 
-static int mpi_allreduce_serialised(void *state, float *buf, size_t n, dm_reduce_op op,
-                                    dm_device device, void *cuda_stream, dm_error *err)
+static int mpi_allreduce_serialised(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
+                                    void *cuda_stream, dm_error *err)
 {
     mpi_state *st = state;
-    if (!st)
-        return mpi_allreduce(state, buf, n, op, device, cuda_stream, err);
+    if (!st) return mpi_allreduce(state, buf, n, op, device, cuda_stream, err);
     pthread_mutex_lock(&st->mu);
     int rc = mpi_allreduce(state, buf, n, op, device, cuda_stream, err);
     pthread_mutex_unlock(&st->mu);
     return rc;
 }
 
-static int mpi_broadcast_serialised(void *state, void *buf, size_t bytes, int root,
-                                    dm_device device, void *cuda_stream, dm_error *err)
+static int mpi_broadcast_serialised(void *state, void *buf, size_t bytes, int root, dm_device device, void *cuda_stream,
+                                    dm_error *err)
 {
     mpi_state *st = state;
-    if (!st)
-        return mpi_broadcast(state, buf, bytes, root, device, cuda_stream, err);
+    if (!st) return mpi_broadcast(state, buf, bytes, root, device, cuda_stream, err);
     pthread_mutex_lock(&st->mu);
     int rc = mpi_broadcast(state, buf, bytes, root, device, cuda_stream, err);
     pthread_mutex_unlock(&st->mu);
@@ -670,8 +609,7 @@ static int mpi_broadcast_serialised(void *state, void *buf, size_t bytes, int ro
 static int mpi_barrier_serialised(void *state, dm_error *err)
 {
     mpi_state *st = state;
-    if (!st)
-        return mpi_barrier(state, err);
+    if (!st) return mpi_barrier(state, err);
     pthread_mutex_lock(&st->mu);
     int rc = mpi_barrier(state, err);
     pthread_mutex_unlock(&st->mu);
@@ -693,5 +631,5 @@ static const dm_comm_vtable mpi_vtable = {
 };
 
 DM_PLUGIN_DEFINE("mpi", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openmpi",
-    DM_COMM_COMPONENT("mpi", "Open MPI collectives on host buffers (start with mpirun), with timeouts",
-                      mpi_params, &mpi_vtable));
+                 DM_COMM_COMPONENT("mpi", "Open MPI collectives on host buffers (start with mpirun), with timeouts",
+                                   mpi_params, &mpi_vtable));

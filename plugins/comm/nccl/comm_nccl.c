@@ -53,16 +53,16 @@ typedef struct nccl_state {
     ncclComm_t comm;
     int rank, size, local_rank, gpu;
     double timeout_s;
-    cudaStream_t stream;      /* the plugin's communication stream */
-    float *one;               /* 1 float on the device, for barrier() */
+    cudaStream_t stream; /* the plugin's communication stream */
+    float *one;          /* 1 float on the device, for barrier() */
 
-    pthread_mutex_t mu;       /* guards comm calls, the ring and broken */
+    pthread_mutex_t mu; /* guards comm calls, the ring and broken */
     pthread_cond_t stop_cv;
     pthread_t watchdog;
     int watchdog_running, stopping;
     inflight ring[MAX_INFLIGHT];
-    int head, count;          /* oldest at head */
-    int broken;               /* aborted: every call fails with broken_msg */
+    int head, count; /* oldest at head */
+    int broken;      /* aborted: every call fails with broken_msg */
     int aborted;
     dm_status broken_code;
     char broken_msg[DM_ERRMSG_MAX];
@@ -88,10 +88,9 @@ static int nccl_fail(dm_error *err, ncclComm_t comm, ncclResult_t r, const char 
 {
     const char *last = comm ? ncclGetLastError(comm) : ncclGetLastError(NULL);
     int code = r == ncclRemoteError || r == ncclSystemError ? DM_ERR_COMM
-               : r == ncclInvalidArgument || r == ncclInvalidUsage ? DM_ERR_INVALID
-                                                                   : DM_ERR_DEVICE;
-    if (last && last[0])
-        return dm_fail(err, code, "%s failed: %s (%s)", what, ncclGetErrorString(r), last);
+        : r == ncclInvalidArgument || r == ncclInvalidUsage ? DM_ERR_INVALID
+                                                            : DM_ERR_DEVICE;
+    if (last && last[0]) return dm_fail(err, code, "%s failed: %s (%s)", what, ncclGetErrorString(r), last);
     return dm_fail(err, code, "%s failed: %s", what, ncclGetErrorString(r));
 }
 
@@ -164,8 +163,8 @@ static void *watchdog_main(void *arg)
         if (st->stopping || st->broken) continue;
         retire_done(st);
         ncclResult_t async = ncclSuccess;
-        if (st->comm && ncclCommGetAsyncError(st->comm, &async) == ncclSuccess &&
-            async != ncclSuccess && async != ncclInProgress) {
+        if (st->comm && ncclCommGetAsyncError(st->comm, &async) == ncclSuccess && async != ncclSuccess &&
+            async != ncclInProgress) {
             char msg[DM_ERRMSG_MAX];
             const char *last = ncclGetLastError(st->comm);
             snprintf(msg, sizeof msg, "rank %d: communicator failed: %s%s%s%s; aborted", st->rank,
@@ -208,8 +207,8 @@ static void free_state(nccl_state *st)
     free(st);
 }
 
-static int nccl_init(const dm_params *params, const dm_comm_config *cfg, void **state,
-                     dm_comm_info *info, dm_error *err)
+static int nccl_init(const dm_params *params, const dm_comm_config *cfg, void **state, dm_comm_info *info,
+                     dm_error *err)
 {
     *state = NULL;
     if (cfg->device != DM_DEVICE_CUDA)
@@ -256,9 +255,7 @@ static int nccl_init(const dm_params *params, const dm_comm_config *cfg, void **
                            "ranks see) or DMNIST_RENDEZVOUS",
                            size);
         const char *dir = nccl_rdzv_dir(url);
-        if (!dir)
-            return dm_fail(err, DM_ERR_INVALID,
-                           "rendezvous '%s' is not supported: use file:///DIR", url);
+        if (!dir) return dm_fail(err, DM_ERR_INVALID, "rendezvous '%s' is not supported: use file:///DIR", url);
         char name[256];
         nccl_rdzv_name(name, sizeof name);
         /* ABI 1.2: the core's job id (DMNIST_JOB_ID, Slurm, Open MPI), already one plain name */
@@ -297,11 +294,9 @@ static int nccl_init(const dm_params *params, const dm_comm_config *cfg, void **
     if (r != ncclSuccess) {
         int rc;
         if (r == ncclInProgress)
-            rc = dm_fail(err, DM_ERR_TIMEOUT,
-                         "rank %d of %d: not every rank joined the communicator within %g s",
-                         rank, size, timeout_s);
-        else
-            rc = nccl_fail(err, st->comm, r, "ncclCommInitRankConfig");
+            rc = dm_fail(err, DM_ERR_TIMEOUT, "rank %d of %d: not every rank joined the communicator within %g s", rank,
+                         size, timeout_s);
+        else rc = nccl_fail(err, st->comm, r, "ncclCommInitRankConfig");
         if (st->comm) ncclCommAbort(st->comm);
         st->comm = NULL;
         free_state(st);
@@ -343,9 +338,8 @@ static int nccl_finalize(void *state, dm_error *err)
             r = settle(st->comm, r, now_s() + st->timeout_s);
             if (r != ncclSuccess) {
                 rc = r == ncclInProgress
-                         ? dm_fail(err, DM_ERR_TIMEOUT, "finalize did not complete within %g s",
-                                   st->timeout_s)
-                         : nccl_fail(err, st->comm, r, "ncclCommFinalize");
+                    ? dm_fail(err, DM_ERR_TIMEOUT, "finalize did not complete within %g s", st->timeout_s)
+                    : nccl_fail(err, st->comm, r, "ncclCommFinalize");
                 ncclCommAbort(st->comm);
             } else {
                 ncclCommDestroy(st->comm);
@@ -363,8 +357,7 @@ static int need_device(const nccl_state *st, dm_device device, const char *what,
 {
     (void)st;
     if (device != DM_DEVICE_CUDA)
-        return dm_fail(err, DM_ERR_UNSUPPORTED,
-                       "%s got a host buffer; nccl takes device buffers only (devices = cuda)",
+        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s got a host buffer; nccl takes device buffers only (devices = cuda)",
                        what);
     return DM_OK;
 }
@@ -373,8 +366,8 @@ static int need_device(const nccl_state *st, dm_device device, const char *what,
  * its completion in *done and make `caller` wait for it. Under mu. */
 typedef ncclResult_t (*issue_fn)(nccl_state *st, void *arg);
 
-static int launch(nccl_state *st, cudaStream_t caller, issue_fn issue, void *arg, const char *what,
-                  cudaEvent_t *done, dm_error *err)
+static int launch(nccl_state *st, cudaStream_t caller, issue_fn issue, void *arg, const char *what, cudaEvent_t *done,
+                  dm_error *err)
 {
     int rc = check_broken(st, err);
     if (rc) return rc;
@@ -392,10 +385,8 @@ static int launch(nccl_state *st, cudaStream_t caller, issue_fn issue, void *arg
         char msg[DM_ERRMSG_MAX];
         dm_error e = {0};
         if (r == ncclInProgress)
-            dm_fail(&e, DM_ERR_TIMEOUT, "rank %d: %s could not be issued within %g s", st->rank,
-                    what, st->timeout_s);
-        else
-            nccl_fail(&e, st->comm, r, what);
+            dm_fail(&e, DM_ERR_TIMEOUT, "rank %d: %s could not be issued within %g s", st->rank, what, st->timeout_s);
+        else nccl_fail(&e, st->comm, r, what);
         snprintf(msg, sizeof msg, "%s", e.msg);
         break_comm(st, (dm_status)e.code, msg);
         return dm_fail(err, e.code, "%s", msg);
@@ -484,8 +475,8 @@ static int reduce_op(dm_reduce_op op, ncclRedOp_t *out, dm_error *err)
     return DM_OK;
 }
 
-static int nccl_allreduce_start(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
-                                void *cuda_stream, dm_comm_request **req, dm_error *err)
+static int nccl_allreduce_start(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device, void *cuda_stream,
+                                dm_comm_request **req, dm_error *err)
 {
     nccl_state *st = state;
     *req = NULL;
@@ -514,10 +505,8 @@ static int nccl_wait(void *state, dm_comm_request *req, dm_error *err)
      * does not. The watchdog owns the event from here on. */
     pthread_mutex_lock(&st->mu);
     int rc = check_broken(st, err);
-    if (st->size > 1)
-        track(st, req->done, "allreduce");
-    else
-        cudaEventDestroy(req->done);
+    if (st->size > 1) track(st, req->done, "allreduce");
+    else cudaEventDestroy(req->done);
     pthread_mutex_unlock(&st->mu);
     free(req);
     return rc;
@@ -525,8 +514,7 @@ static int nccl_wait(void *state, dm_comm_request *req, dm_error *err)
 
 /* Blocking calls: issue, then wait on the host (the contract: on return
  * the buffer holds the result). */
-static int blocking(nccl_state *st, cudaStream_t caller, issue_fn issue, void *arg, const char *what,
-                    dm_error *err)
+static int blocking(nccl_state *st, cudaStream_t caller, issue_fn issue, void *arg, const char *what, dm_error *err)
 {
     cudaEvent_t done = NULL;
     pthread_mutex_lock(&st->mu);
@@ -538,8 +526,8 @@ static int blocking(nccl_state *st, cudaStream_t caller, issue_fn issue, void *a
     return rc;
 }
 
-static int nccl_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device,
-                          void *cuda_stream, dm_error *err)
+static int nccl_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm_device device, void *cuda_stream,
+                          dm_error *err)
 {
     nccl_state *st = state;
     reduce_args a = {buf, n, ncclSum};
@@ -549,8 +537,8 @@ static int nccl_allreduce(void *state, float *buf, size_t n, dm_reduce_op op, dm
     return blocking(st, (cudaStream_t)cuda_stream, issue_allreduce, &a, "allreduce", err);
 }
 
-static int nccl_broadcast(void *state, void *buf, size_t bytes, int root, dm_device device,
-                          void *cuda_stream, dm_error *err)
+static int nccl_broadcast(void *state, void *buf, size_t bytes, int root, dm_device device, void *cuda_stream,
+                          dm_error *err)
 {
     nccl_state *st = state;
     int rc = need_device(st, device, "broadcast", err);
@@ -574,5 +562,7 @@ DM_COMM_VTABLE(nccl, DM_DEVICE_BIT(DM_DEVICE_CUDA));
 #define STR(x) STR_(x)
 /* No CUDA sources (only runtime and NCCL calls), so the signature is said here. */
 DM_PLUGIN_DEFINE("nccl", "1.0.0", "cuda;nccl" STR(NCCL_MAJOR) "." STR(NCCL_MINOR),
-    DM_COMM_COMPONENT("nccl", "NCCL collectives on GPU buffers, one rank per GPU; id shared through a file:// "
-                      "rendezvous", nccl_params, &nccl_vtable));
+                 DM_COMM_COMPONENT("nccl",
+                                   "NCCL collectives on GPU buffers, one rank per GPU; id shared through a file:// "
+                                   "rendezvous",
+                                   nccl_params, &nccl_vtable));

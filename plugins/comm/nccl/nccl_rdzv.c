@@ -37,15 +37,14 @@ void nccl_rdzv_name(char *buf, size_t size)
     /* keep the name one plain path component */
     size_t k = (size_t)snprintf(buf, size, "nccl-id-");
     for (const char *c = job; *c && k + 1 < size; c++)
-        buf[k++] = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
-                           *c == '-' || *c == '.'
-                       ? *c
-                       : '_';
+        buf[k++] =
+            (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' || *c == '.'
+            ? *c
+            : '_';
     if (k < size) buf[k] = 0;
 }
 
-int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const void *blob,
-                      size_t size, dm_error *err)
+int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const void *blob, size_t size, dm_error *err)
 {
     char path[4096], tmp[4200];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -70,8 +69,7 @@ int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const v
     if (wrote != (ssize_t)(HEADER + size) || fsync(fd) != 0) {
         close(fd);
         unlink(tmp);
-        return dm_fail(err, DM_ERR_IO, "rendezvous: cannot write %s: %s", tmp,
-                       wrote < 0 ? strerror(e) : "short write");
+        return dm_fail(err, DM_ERR_IO, "rendezvous: cannot write %s: %s", tmp, wrote < 0 ? strerror(e) : "short write");
     }
     close(fd);
     /* link() creates path only if it does not exist, atomically: a file left
@@ -85,13 +83,12 @@ int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const v
                        "rendezvous %s already holds an NCCL id (%s: another job, or an earlier one): use "
                        "a fresh directory or give each job its own DMNIST_JOB_ID",
                        dir, name);
-    if (rc != 0)
-        return dm_fail(err, DM_ERR_IO, "rendezvous: cannot link %s to %s: %s", tmp, path, strerror(e));
+    if (rc != 0) return dm_fail(err, DM_ERR_IO, "rendezvous: cannot link %s to %s: %s", tmp, path, strerror(e));
     return DM_OK;
 }
 
-int nccl_rdzv_fetch(const char *dir, const char *name, int world_size, void *blob, size_t size,
-                    double timeout_s, dm_error *err)
+int nccl_rdzv_fetch(const char *dir, const char *name, int world_size, void *blob, size_t size, double timeout_s,
+                    dm_error *err)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -109,8 +106,7 @@ int nccl_rdzv_fetch(const char *dir, const char *name, int world_size, void *blo
             int32_t ws;
             uint32_t bs;
             if (got < HEADER || memcmp(buf, MAGIC, 8) != 0)
-                return dm_fail(err, DM_ERR_FORMAT, "rendezvous file %s is not an NCCL id file",
-                               path);
+                return dm_fail(err, DM_ERR_FORMAT, "rendezvous file %s is not an NCCL id file", path);
             memcpy(&ws, buf + 8, 4);
             memcpy(&bs, buf + 12, 4);
             if (ws != world_size)
@@ -119,13 +115,12 @@ int nccl_rdzv_fetch(const char *dir, const char *name, int world_size, void *blo
                                "(a stale file from another run? use a fresh directory)",
                                path, (int)ws, world_size);
             if (bs != size || got != (ssize_t)(HEADER + size))
-                return dm_fail(err, DM_ERR_FORMAT, "rendezvous file %s holds %zd bytes, expected %zu",
-                               path, got, (size_t)HEADER + size);
+                return dm_fail(err, DM_ERR_FORMAT, "rendezvous file %s holds %zd bytes, expected %zu", path, got,
+                               (size_t)HEADER + size);
             memcpy(blob, buf + HEADER, size);
             return DM_OK;
         }
-        if (errno != ENOENT)
-            return dm_fail(err, DM_ERR_IO, "rendezvous: cannot read %s: %s", path, strerror(errno));
+        if (errno != ENOENT) return dm_fail(err, DM_ERR_IO, "rendezvous: cannot read %s: %s", path, strerror(errno));
         if (now_s() >= deadline)
             return dm_fail(err, DM_ERR_TIMEOUT,
                            "rank 0 did not publish the NCCL id in %s within %g s (is rank 0 "

@@ -19,13 +19,12 @@ void nccl_rdzv_name(char *buf, size_t size);
 /* Rank 0: write blob (size bytes) and the world size to DIR/NAME through a
  * temporary file and link(), so readers never see half a file; a NAME that
  * exists already is refused (DM_ERR_INVALID), never replaced. */
-int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const void *blob,
-                      size_t size, dm_error *err);
+int nccl_rdzv_publish(const char *dir, const char *name, int world_size, const void *blob, size_t size, dm_error *err);
 
 /* Other ranks: wait until DIR/NAME exists (polling every few ms, at most
  * timeout_s seconds) and read blob from it. A file written for another
  * world size or of the wrong length is an error naming the file. */
-int nccl_rdzv_fetch(const char *dir, const char *name, int world_size, void *blob, size_t size,
-                    double timeout_s, dm_error *err);
+int nccl_rdzv_fetch(const char *dir, const char *name, int world_size, void *blob, size_t size, double timeout_s,
+                    dm_error *err);
 
 #endif

@@ -49,8 +49,7 @@ static const dm_param_def mnist_params[] = {
      "folder with the four IDX files (.gz or not); relative: to the current "
      "directory, the INI file's folder, then the data home ($DMNIST_DATA, "
      "~/.local/share/dmnist) without a leading data/"},
-    {"standardize", DM_PARAM_BOOL, "false", 0, -1, NULL,
-     "false: pixels in [0, 1]; true: also (x - mean) / std"},
+    {"standardize", DM_PARAM_BOOL, "false", 0, -1, NULL, "false: pixels in [0, 1]; true: also (x - mean) / std"},
     {"mean", DM_PARAM_FLOAT, "0.1307", 0, 1, NULL,
      "training-pixel mean for standardize (MNIST's; Fashion-MNIST: 0.2860)"},
     {"std", DM_PARAM_FLOAT, "0.3081", 1e-6, 1, NULL,
@@ -62,16 +61,15 @@ static const dm_param_def mnist_params[] = {
 /* A plain or gzipped file read front to back. */
 typedef struct idx_source {
     const char *path;
-    FILE *f;    /* plain */
-    gzFile gz;  /* gzipped */
+    FILE *f;   /* plain */
+    gzFile gz; /* gzipped */
 } idx_source;
 
 /* zlib's message is "<path>: <reason>"; keep the reason. */
 static const char *gz_reason(const char *msg, const char *path)
 {
     size_t n = strlen(path);
-    if (msg && strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
-        return msg + n + 2;
+    if (msg && strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ') return msg + n + 2;
     return msg ? msg : "unknown zlib error";
 }
 
@@ -82,8 +80,7 @@ static int src_read(idx_source *s, void *buf, size_t len, size_t *got, dm_error 
     size_t done = 0;
     while (done < len) {
         size_t want = len - done;
-        if (want > (1u << 30))
-            want = 1u << 30; /* gzread takes an unsigned int */
+        if (want > (1u << 30)) want = 1u << 30; /* gzread takes an unsigned int */
         size_t n;
         if (s->gz) {
             int r = gzread(s->gz, (char *)buf + done, (unsigned)want);
@@ -92,16 +89,14 @@ static int src_read(idx_source *s, void *buf, size_t len, size_t *got, dm_error 
             const char *msg = gzerror(s->gz, &zerr);
             /* zlib reports a stream cut short (Z_BUF_ERROR) only through gzerror. */
             if (r < 0 || zerr != Z_OK)
-                return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt gzip data (%s)", s->path,
-                               gz_reason(msg, s->path));
+                return dm_fail(err, DM_ERR_FORMAT, "%s: corrupt gzip data (%s)", s->path, gz_reason(msg, s->path));
         } else {
             n = fread((char *)buf + done, 1, want, s->f);
             if (n < want && ferror(s->f))
                 return dm_fail(err, DM_ERR_IO, "%s: read error (%s)", s->path, strerror(errno));
         }
         done += n;
-        if (n < want)
-            break;
+        if (n < want) break;
     }
     *got = done;
     return DM_OK;
@@ -115,8 +110,7 @@ static int src_count_rest(idx_source *s, uint64_t *rest, dm_error *err)
     *rest = 0;
     do {
         int rc = src_read(s, chunk, sizeof chunk, &got, err);
-        if (rc != DM_OK)
-            return rc;
+        if (rc != DM_OK) return rc;
         *rest += got;
     } while (got == sizeof chunk);
     return DM_OK;
@@ -130,14 +124,12 @@ static uint32_t be32(const uint8_t *b)
 /* Open path and work out how many bytes it holds once decompressed, so the
  * header can be checked before anything large is allocated. For gzip that
  * is the trailer's ISIZE (the length modulo 2^32). */
-static int src_open(idx_source *s, const char *path, int is_gz, uint64_t *data_len,
-                    dm_error *err)
+static int src_open(idx_source *s, const char *path, int is_gz, uint64_t *data_len, dm_error *err)
 {
     memset(s, 0, sizeof *s);
     s->path = path;
     s->f = fopen(path, "rb");
-    if (!s->f)
-        return dm_fail(err, DM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    if (!s->f) return dm_fail(err, DM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
     struct stat st;
     if (fstat(fileno(s->f), &st) != 0 || !S_ISREG(st.st_mode)) {
         fclose(s->f);
@@ -145,44 +137,36 @@ static int src_open(idx_source *s, const char *path, int is_gz, uint64_t *data_l
         return dm_fail(err, DM_ERR_IO, "%s: not a regular file", path);
     }
     *data_len = (uint64_t)st.st_size;
-    if (!is_gz)
-        return DM_OK;
+    if (!is_gz) return DM_OK;
 
     uint8_t head[2], tail[4];
-    int ok = st.st_size >= 18 && fread(head, 1, 2, s->f) == 2 && head[0] == 0x1f &&
-             head[1] == 0x8b && fseek(s->f, -4, SEEK_END) == 0 && fread(tail, 1, 4, s->f) == 4;
+    int ok = st.st_size >= 18 && fread(head, 1, 2, s->f) == 2 && head[0] == 0x1f && head[1] == 0x8b &&
+        fseek(s->f, -4, SEEK_END) == 0 && fread(tail, 1, 4, s->f) == 4;
     fclose(s->f);
     s->f = NULL;
-    if (!ok)
-        return dm_fail(err, DM_ERR_FORMAT, "%s: not a gzip file", path);
-    *data_len = (uint64_t)tail[0] | (uint64_t)tail[1] << 8 | (uint64_t)tail[2] << 16 |
-                (uint64_t)tail[3] << 24;
+    if (!ok) return dm_fail(err, DM_ERR_FORMAT, "%s: not a gzip file", path);
+    *data_len = (uint64_t)tail[0] | (uint64_t)tail[1] << 8 | (uint64_t)tail[2] << 16 | (uint64_t)tail[3] << 24;
 
     s->gz = gzopen(path, "rb");
-    if (!s->gz)
-        return dm_fail(err, DM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    if (!s->gz) return dm_fail(err, DM_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
     gzbuffer(s->gz, 1u << 17);
     return DM_OK;
 }
 
 static void src_close(idx_source *s)
 {
-    if (s->f)
-        fclose(s->f);
-    if (s->gz)
-        gzclose(s->gz);
+    if (s->f) fclose(s->f);
+    if (s->gz) gzclose(s->gz);
 }
 
 /* Read an IDX file into a new buffer of *count items: images (magic 2051,
  * 28x28 bytes each) when images != 0, else labels (magic 2049, 1 byte). */
-static int read_idx(const char *path, int is_gz, int images, int64_t *count, uint8_t **data,
-                    dm_error *err)
+static int read_idx(const char *path, int is_gz, int images, int64_t *count, uint8_t **data, dm_error *err)
 {
     idx_source src;
     uint64_t file_len = 0;
     int rc = src_open(&src, path, is_gz, &file_len, err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc != DM_OK) return rc;
 
     const size_t header_len = images ? 16 : 8;
     const uint32_t magic_want = images ? IDX_IMAGES_MAGIC : IDX_LABELS_MAGIC;
@@ -192,22 +176,20 @@ static int read_idx(const char *path, int is_gz, int images, int64_t *count, uin
     size_t got;
 
     rc = src_read(&src, header, header_len, &got, err);
-    if (rc != DM_OK)
-        goto done;
+    if (rc != DM_OK) goto done;
     if (got < header_len) {
-        rc = dm_fail(err, DM_ERR_FORMAT, "%s: truncated header (%zu bytes, IDX %s need %zu)",
-                     path, got, what, header_len);
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: truncated header (%zu bytes, IDX %s need %zu)", path, got, what,
+                     header_len);
         goto done;
     }
     uint32_t magic = be32(header), n = be32(header + 4);
     if (magic != magic_want) {
-        rc = dm_fail(err, DM_ERR_FORMAT, "%s: bad magic 0x%08x, expected %u (IDX %s)", path,
-                     magic, magic_want, what);
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: bad magic 0x%08x, expected %u (IDX %s)", path, magic, magic_want, what);
         goto done;
     }
     if (images && (be32(header + 8) != MNIST_ROWS || be32(header + 12) != MNIST_COLS)) {
-        rc = dm_fail(err, DM_ERR_FORMAT, "%s: images are %ux%u, expected %dx%d", path,
-                     be32(header + 8), be32(header + 12), MNIST_ROWS, MNIST_COLS);
+        rc = dm_fail(err, DM_ERR_FORMAT, "%s: images are %ux%u, expected %dx%d", path, be32(header + 8),
+                     be32(header + 12), MNIST_ROWS, MNIST_COLS);
         goto done;
     }
     if (n == 0) {
@@ -224,38 +206,33 @@ static int read_idx(const char *path, int is_gz, int images, int64_t *count, uin
     if (is_gz && (want_len & 0xffffffffu) != file_len) {
         uint64_t rest;
         rc = src_count_rest(&src, &rest, err);
-        if (rc != DM_OK)
-            goto done;
+        if (rc != DM_OK) goto done;
         have_len = header_len + rest;
     }
     if (have_len != want_len) {
-        rc = dm_fail(err, DM_ERR_FORMAT, "%s: %s: header says %u %s (%llu bytes) but the file "
-                     "holds %llu bytes%s", path, have_len < want_len ? "truncated" : "trailing bytes",
-                     n, what, (unsigned long long)want_len, (unsigned long long)have_len,
-                     is_gz ? " once decompressed" : "");
+        rc = dm_fail(err, DM_ERR_FORMAT,
+                     "%s: %s: header says %u %s (%llu bytes) but the file "
+                     "holds %llu bytes%s",
+                     path, have_len < want_len ? "truncated" : "trailing bytes", n, what, (unsigned long long)want_len,
+                     (unsigned long long)have_len, is_gz ? " once decompressed" : "");
         goto done;
     }
 
     buf = malloc(body);
     if (!buf) {
-        rc = dm_fail(err, DM_ERR_NOMEM, "%s: out of memory for %llu bytes", path,
-                     (unsigned long long)body);
+        rc = dm_fail(err, DM_ERR_NOMEM, "%s: out of memory for %llu bytes", path, (unsigned long long)body);
         goto done;
     }
     rc = src_read(&src, buf, body, &got, err);
-    if (rc != DM_OK)
-        goto done;
+    if (rc != DM_OK) goto done;
     /* A file that changed under us, or a gzip trailer that lies. */
     uint8_t extra;
     size_t got_extra = 0;
-    if (got == body)
-        rc = src_read(&src, &extra, 1, &got_extra, err);
-    if (rc != DM_OK)
-        goto done;
+    if (got == body) rc = src_read(&src, &extra, 1, &got_extra, err);
+    if (rc != DM_OK) goto done;
     if (got != body || got_extra != 0) {
         rc = dm_fail(err, DM_ERR_FORMAT, "%s: %s: header says %u %s (%llu bytes)", path,
-                     got != body ? "truncated" : "trailing bytes", n, what,
-                     (unsigned long long)want_len);
+                     got != body ? "truncated" : "trailing bytes", n, what, (unsigned long long)want_len);
         goto done;
     }
     *count = n;
@@ -312,15 +289,12 @@ static const char *home_relative(const char *path)
         for (path += 2; *path == '/'; path++) {}
     if (strncmp(path, "data/", 5) == 0)
         for (path += 5; *path == '/'; path++) {}
-    if (path[0] == '\0')
-        return NULL;
+    if (path[0] == '\0') return NULL;
     for (const char *p = path; *p;) {
         size_t n = strcspn(p, "/");
-        if (n == 2 && p[0] == '.' && p[1] == '.')
-            return NULL;
+        if (n == 2 && p[0] == '.' && p[1] == '.') return NULL;
         p += n;
-        while (*p == '/')
-            p++;
+        while (*p == '/') p++;
     }
     return path;
 }
@@ -334,31 +308,25 @@ static const char *home_relative(const char *path)
 static int check_not_world_writable(const char *path, int is_folder, dm_error *err)
 {
     char real[MNIST_PATH_MAX];
-    if (!realpath(path, real))
-        return dm_fail(err, DM_ERR_IO, "%s: %s", path, strerror(errno));
+    if (!realpath(path, real)) return dm_fail(err, DM_ERR_IO, "%s: %s", path, strerror(errno));
     struct stat st;
-    if (stat(real, &st) != 0)
-        return dm_fail(err, DM_ERR_IO, "%s: %s", real, strerror(errno));
+    if (stat(real, &st) != 0) return dm_fail(err, DM_ERR_IO, "%s: %s", real, strerror(errno));
     if (st.st_mode & S_IWOTH)
-        return dm_fail(err, DM_ERR_IO, "%s: refused: the %s is in the data home and anyone can "
+        return dm_fail(err, DM_ERR_IO,
+                       "%s: refused: the %s is in the data home and anyone can "
                        "write to it (world-writable%s); chmod o-w it, or name it in data.path",
-                       path, is_folder ? "folder" : "file",
-                       strcmp(real, path) ? ", through a symbolic link" : "");
-    if (!is_folder)
-        return DM_OK;
+                       path, is_folder ? "folder" : "file", strcmp(real, path) ? ", through a symbolic link" : "");
+    if (!is_folder) return DM_OK;
     for (char *slash = strrchr(real, '/'); slash; slash = strrchr(real, '/')) {
-        if (slash == real)
-            slash[1] = '\0'; /* "/" itself */
-        else
-            *slash = '\0';
-        if (stat(real, &st) != 0)
-            return dm_fail(err, DM_ERR_IO, "%s: %s", real, strerror(errno));
+        if (slash == real) slash[1] = '\0'; /* "/" itself */
+        else *slash = '\0';
+        if (stat(real, &st) != 0) return dm_fail(err, DM_ERR_IO, "%s: %s", real, strerror(errno));
         if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-            return dm_fail(err, DM_ERR_IO, "%s: refused: the data home folder %s above it can be "
+            return dm_fail(err, DM_ERR_IO,
+                           "%s: refused: the data home folder %s above it can be "
                            "changed by anyone (world-writable, no sticky bit); chmod o-w it",
                            path, real);
-        if (slash == real)
-            break;
+        if (slash == real) break;
     }
     return DM_OK;
 }
@@ -376,10 +344,8 @@ typedef struct place {
 static void append(char *buf, size_t size, const char *s)
 {
     size_t len = strlen(buf), n = strlen(s);
-    if (len + 1 >= size)
-        return;
-    if (n > size - len - 1)
-        n = size - len - 1;
+    if (len + 1 >= size) return;
+    if (n > size - len - 1) n = size - len - 1;
     memcpy(buf + len, s, n);
     buf[len + n] = '\0';
 }
@@ -388,8 +354,7 @@ static void append(char *buf, size_t size, const char *s)
  * from cwd (NULL: as it is). */
 static void list_place(char *list, size_t size, const char *cwd, const place *p)
 {
-    if (list[0])
-        append(list, size, ", ");
+    if (list[0]) append(list, size, ", ");
     if (cwd && p->path[0] != '/') {
         append(list, size, cwd);
         append(list, size, "/");
@@ -412,16 +377,13 @@ static void list_place(char *list, size_t size, const char *cwd, const place *p)
  * where <rel> is home_relative(path). The first folder found wins; a place
  * that is there but unusable (no permission, not a folder) stops the search
  * with the reason. *data_home tells whether the folder is in a data home. */
-static int find_dir(const char *path, const char *config_dir, char *out, int *data_home,
-                    dm_error *err)
+static int find_dir(const char *path, const char *config_dir, char *out, int *data_home, dm_error *err)
 {
-    if (path[0] == '\0')
-        return dm_fail(err, DM_ERR_INVALID, "mnist: path is empty");
+    if (path[0] == '\0') return dm_fail(err, DM_ERR_INVALID, "mnist: path is empty");
     place places[4];
     int n = 0;
     memset(places, 0, sizeof places);
-    if (path[0] != '/')
-        snprintf(places[n].why, sizeof places[n].why, "current folder");
+    if (path[0] != '/') snprintf(places[n].why, sizeof places[n].why, "current folder");
     snprintf(places[n++].path, MNIST_PATH_MAX, "%s", path);
     char skipped[160] = "";
     if (path[0] != '/') {
@@ -434,8 +396,10 @@ static int find_dir(const char *path, const char *config_dir, char *out, int *da
         const char *xdg = getenv("XDG_DATA_HOME");
         const char *home = getenv("HOME");
         if (!rel) {
-            snprintf(skipped, sizeof skipped, "; the data home was not searched: '%s' does not "
-                     "name a folder inside it", path);
+            snprintf(skipped, sizeof skipped,
+                     "; the data home was not searched: '%s' does not "
+                     "name a folder inside it",
+                     path);
         } else {
             if (env && env[0]) {
                 snprintf(places[n].why, sizeof places[n].why, "$DMNIST_DATA");
@@ -449,54 +413,47 @@ static int find_dir(const char *path, const char *config_dir, char *out, int *da
             } else if (home && home[0]) {
                 snprintf(places[n].why, sizeof places[n].why, "per-user");
                 places[n].data_home = 1;
-                snprintf(places[n++].path, MNIST_PATH_MAX, "%s/.local/share/dmnist/%s", home,
-                         rel);
+                snprintf(places[n++].path, MNIST_PATH_MAX, "%s/.local/share/dmnist/%s", home, rel);
             }
-            if (!(env && env[0]))
-                snprintf(skipped, sizeof skipped, "; DMNIST_DATA is not set");
+            if (!(env && env[0])) snprintf(skipped, sizeof skipped, "; DMNIST_DATA is not set");
         }
     }
     for (int k = 0; k < n; k++)
         if (strlen(places[k].path) >= MNIST_PATH_MAX - 1)
-            return dm_fail(err, DM_ERR_INVALID, "mnist: path too long: %.200s...",
-                           places[k].path);
+            return dm_fail(err, DM_ERR_INVALID, "mnist: path too long: %.200s...", places[k].path);
     for (int k = 0; k < n; k++) {
         const char *cand = places[k].path;
         if (is_dir(cand)) {
             if (places[k].data_home) {
                 int rc = check_not_world_writable(cand, 1, err);
-                if (rc != DM_OK)
-                    return rc;
+                if (rc != DM_OK) return rc;
             }
             memcpy(out, cand, strlen(cand) + 1); /* shorter than MNIST_PATH_MAX - 1 */
             *data_home = places[k].data_home;
             return DM_OK;
         }
-        if (unusable(cand, 1))
-            return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", cand, unusable(cand, 1));
+        if (unusable(cand, 1)) return dm_fail(err, DM_ERR_IO, "%s: MNIST folder: %s", cand, unusable(cand, 1));
     }
     char list[5 * MNIST_PATH_MAX + 256] = "", cwd[MNIST_PATH_MAX];
     int have_cwd = getcwd(cwd, sizeof cwd) != NULL;
-    for (int k = 0; k < n; k++)
-        list_place(list, sizeof list, have_cwd ? cwd : NULL, &places[k]);
-    return dm_fail(err, DM_ERR_IO, "%s: MNIST folder not found; looked in %s%s; fetch it "
-                   "with scripts/get-mnist.sh%s", path, list, skipped,
-                   strstr(path, "fashion") ? " --fashion" : "");
+    for (int k = 0; k < n; k++) list_place(list, sizeof list, have_cwd ? cwd : NULL, &places[k]);
+    return dm_fail(err, DM_ERR_IO,
+                   "%s: MNIST folder not found; looked in %s%s; fetch it "
+                   "with scripts/get-mnist.sh%s",
+                   path, list, skipped, strstr(path, "fashion") ? " --fashion" : "");
 }
 
 /* dir/name if it exists, else dir/name.gz. */
 static int find_file(const char *dir, const char *name, char *out, int *is_gz, dm_error *err)
 {
     int rc = join(out, dir, name, "", err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc != DM_OK) return rc;
     if (is_file(out)) {
         *is_gz = 0;
         return DM_OK;
     }
     rc = join(out, dir, name, ".gz", err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc != DM_OK) return rc;
     if (is_file(out)) {
         *is_gz = 1;
         return DM_OK;
@@ -505,8 +462,10 @@ static int find_file(const char *dir, const char *name, char *out, int *is_gz, d
     if (join(plain, dir, name, "", err) == DM_OK && unusable(plain, 0))
         return dm_fail(err, DM_ERR_IO, "%s: %s", plain, unusable(plain, 0));
     if (unusable(out, 0)) return dm_fail(err, DM_ERR_IO, "%s: %s", out, unusable(out, 0));
-    return dm_fail(err, DM_ERR_IO, "%s/%s: not found (nor %s.gz); run scripts/get-mnist.sh "
-                   "(--fashion for Fashion-MNIST)", dir, name, name);
+    return dm_fail(err, DM_ERR_IO,
+                   "%s/%s: not found (nor %s.gz); run scripts/get-mnist.sh "
+                   "(--fashion for Fashion-MNIST)",
+                   dir, name, name);
 }
 
 /* ---- the component ------------------------------------------------------ */
@@ -514,8 +473,7 @@ static int find_file(const char *dir, const char *name, char *out, int *is_gz, d
 static void mnist_close(void *state)
 {
     mnist_state *s = state;
-    if (!s)
-        return;
+    if (!s) return;
     for (int k = 0; k < 2; k++) {
         free(s->split[k].images);
         free(s->split[k].labels);
@@ -529,31 +487,25 @@ static int load_split(mnist_split *sp, const char *dir, int data_home, int k, dm
     int img_gz, lab_gz;
     int64_t n_img, n_lab;
     int rc = find_file(dir, image_files[k], img_path, &img_gz, err);
-    if (rc == DM_OK)
-        rc = find_file(dir, label_files[k], lab_path, &lab_gz, err);
-    if (rc == DM_OK && data_home)
-        rc = check_not_world_writable(img_path, 0, err);
-    if (rc == DM_OK && data_home)
-        rc = check_not_world_writable(lab_path, 0, err);
-    if (rc == DM_OK)
-        rc = read_idx(img_path, img_gz, 1, &n_img, &sp->images, err);
-    if (rc == DM_OK)
-        rc = read_idx(lab_path, lab_gz, 0, &n_lab, &sp->labels, err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc == DM_OK) rc = find_file(dir, label_files[k], lab_path, &lab_gz, err);
+    if (rc == DM_OK && data_home) rc = check_not_world_writable(img_path, 0, err);
+    if (rc == DM_OK && data_home) rc = check_not_world_writable(lab_path, 0, err);
+    if (rc == DM_OK) rc = read_idx(img_path, img_gz, 1, &n_img, &sp->images, err);
+    if (rc == DM_OK) rc = read_idx(lab_path, lab_gz, 0, &n_lab, &sp->labels, err);
+    if (rc != DM_OK) return rc;
     if (n_img != n_lab)
-        return dm_fail(err, DM_ERR_FORMAT, "%s: %lld labels but %s holds %lld images", lab_path,
-                       (long long)n_lab, img_path, (long long)n_img);
+        return dm_fail(err, DM_ERR_FORMAT, "%s: %lld labels but %s holds %lld images", lab_path, (long long)n_lab,
+                       img_path, (long long)n_img);
     for (int64_t i = 0; i < n_lab; i++)
         if (sp->labels[i] >= MNIST_CLASSES)
-            return dm_fail(err, DM_ERR_FORMAT, "%s: label %u at index %lld is not a digit 0-9",
-                           lab_path, sp->labels[i], (long long)i);
+            return dm_fail(err, DM_ERR_FORMAT, "%s: label %u at index %lld is not a digit 0-9", lab_path, sp->labels[i],
+                           (long long)i);
     sp->count = n_img;
     return DM_OK;
 }
 
-static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, void **state,
-                      dm_dataset_info *info, dm_error *err)
+static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, void **state, dm_dataset_info *info,
+                      dm_error *err)
 {
     const char *path = dm_param_str(params, "path", "data/mnist");
     int standardize = (int)dm_param_int(params, "standardize", 0);
@@ -562,12 +514,10 @@ static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, voi
     char dir[MNIST_PATH_MAX];
     int data_home = 0;
     int rc = find_dir(path, cfg->config_dir, dir, &data_home, err);
-    if (rc != DM_OK)
-        return rc;
+    if (rc != DM_OK) return rc;
 
     mnist_state *s = calloc(1, sizeof *s);
-    if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "mnist: out of memory");
+    if (!s) return dm_fail(err, DM_ERR_NOMEM, "mnist: out of memory");
     for (int k = 0; k < 2; k++) {
         rc = load_split(&s->split[k], dir, data_home, k, err);
         if (rc != DM_OK) {
@@ -588,8 +538,8 @@ static int mnist_open(const dm_params *params, const dm_dataset_config *cfg, voi
     return DM_OK;
 }
 
-static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, float *images,
-                      int32_t *labels, dm_error *err)
+static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, float *images, int32_t *labels,
+                      dm_error *err)
 {
     const mnist_state *s = state;
     const int64_t count[2] = {s->split[DM_SPLIT_TRAIN].count, s->split[DM_SPLIT_TEST].count};
@@ -599,8 +549,7 @@ static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, fl
         const int64_t j = idx[i];
         const uint8_t *src = sp->images + (size_t)j * MNIST_PIXELS;
         float *dst = images + (size_t)i * MNIST_PIXELS; /* (1, 28, 28) */
-        for (int p = 0; p < MNIST_PIXELS; p++)
-            dst[p] = s->pixel[src[p]];
+        for (int p = 0; p < MNIST_PIXELS; p++) dst[p] = s->pixel[src[p]];
         labels[i] = sp->labels[j];
     }
     return DM_OK;
@@ -609,7 +558,7 @@ static int mnist_read(void *state, dm_split split, const int64_t *idx, int n, fl
 DM_DATASET_VTABLE(mnist);
 
 DM_PLUGIN_DEFINE("mnist", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";zlib",
-    DM_DATASET_COMPONENT("mnist",
-                         "MNIST digits (or Fashion-MNIST) from the IDX files "
-                         "(60000 train, 10000 test, 1x28x28)",
-                         mnist_params, &mnist_vtable));
+                 DM_DATASET_COMPONENT("mnist",
+                                      "MNIST digits (or Fashion-MNIST) from the IDX files "
+                                      "(60000 train, 10000 test, 1x28x28)",
+                                      mnist_params, &mnist_vtable));

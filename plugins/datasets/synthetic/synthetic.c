@@ -25,10 +25,10 @@
 typedef struct synthetic_state {
     int64_t count[2];
     int classes;
-    size_t pixels;        /* channels * height * width */
+    size_t pixels; /* channels * height * width */
     uint64_t label_seed[2];
     uint64_t noise_seed[2];
-    float *templates;     /* (classes, channels, height, width) */
+    float *templates; /* (classes, channels, height, width) */
 } synthetic_state;
 
 static const dm_param_def synthetic_params[] = {
@@ -49,14 +49,13 @@ static float hash_uniform(uint64_t seed, uint64_t index)
 static void synthetic_close(void *state)
 {
     synthetic_state *s = state;
-    if (!s)
-        return;
+    if (!s) return;
     free(s->templates);
     free(s);
 }
 
-static int synthetic_open(const dm_params *params, const dm_dataset_config *cfg, void **state,
-                          dm_dataset_info *info, dm_error *err)
+static int synthetic_open(const dm_params *params, const dm_dataset_config *cfg, void **state, dm_dataset_info *info,
+                          dm_error *err)
 {
     int64_t train = dm_param_int(params, "train_size", 60000);
     int64_t test = dm_param_int(params, "test_size", 10000);
@@ -66,26 +65,28 @@ static int synthetic_open(const dm_params *params, const dm_dataset_config *cfg,
     int64_t w = dm_param_int(params, "width", 28);
 
     if (train < 1 || test < 1)
-        return dm_fail(err, DM_ERR_INVALID, "synthetic: train_size %lld and test_size %lld "
-                       "must be >= 1", (long long)train, (long long)test);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "synthetic: train_size %lld and test_size %lld "
+                       "must be >= 1",
+                       (long long)train, (long long)test);
     if (classes < 2 || c < 1 || h < 1 || w < 1 || c > 64 || h > 1024 || w > 1024)
-        return dm_fail(err, DM_ERR_INVALID, "synthetic: classes %lld, channels %lld, height "
-                       "%lld, width %lld out of range", (long long)classes, (long long)c,
-                       (long long)h, (long long)w);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "synthetic: classes %lld, channels %lld, height "
+                       "%lld, width %lld out of range",
+                       (long long)classes, (long long)c, (long long)h, (long long)w);
     size_t pixels = (size_t)(c * h * w);
     if ((uint64_t)classes * pixels > MAX_TEMPLATE_FLOATS)
-        return dm_fail(err, DM_ERR_INVALID, "synthetic: classes * channels * height * width = "
-                       "%llu exceeds %u", (unsigned long long)((uint64_t)classes * pixels),
-                       MAX_TEMPLATE_FLOATS);
+        return dm_fail(err, DM_ERR_INVALID,
+                       "synthetic: classes * channels * height * width = "
+                       "%llu exceeds %u",
+                       (unsigned long long)((uint64_t)classes * pixels), MAX_TEMPLATE_FLOATS);
 
     synthetic_state *s = calloc(1, sizeof *s);
-    if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "synthetic: out of memory");
+    if (!s) return dm_fail(err, DM_ERR_NOMEM, "synthetic: out of memory");
     s->templates = malloc((size_t)classes * pixels * sizeof(float));
     if (!s->templates) {
         synthetic_close(s);
-        return dm_fail(err, DM_ERR_NOMEM, "synthetic: out of memory for %lld templates",
-                       (long long)classes);
+        return dm_fail(err, DM_ERR_NOMEM, "synthetic: out of memory for %lld templates", (long long)classes);
     }
     s->count[DM_SPLIT_TRAIN] = train;
     s->count[DM_SPLIT_TEST] = test;
@@ -93,8 +94,7 @@ static int synthetic_open(const dm_params *params, const dm_dataset_config *cfg,
     s->pixels = pixels;
 
     uint64_t template_seed = dm_hash64(cfg->seed, TAG_TEMPLATES);
-    for (size_t k = 0; k < (size_t)classes * pixels; k++)
-        s->templates[k] = hash_uniform(template_seed, k);
+    for (size_t k = 0; k < (size_t)classes * pixels; k++) s->templates[k] = hash_uniform(template_seed, k);
     for (int split = 0; split < 2; split++) {
         s->label_seed[split] = dm_hash64(cfg->seed, TAG_SPLIT + (uint64_t)split);
         s->noise_seed[split] = dm_hash64(s->label_seed[split], TAG_NOISE);
@@ -108,8 +108,8 @@ static int synthetic_open(const dm_params *params, const dm_dataset_config *cfg,
     return DM_OK;
 }
 
-static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n, float *images,
-                          int32_t *labels, dm_error *err)
+static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n, float *images, int32_t *labels,
+                          dm_error *err)
 {
     const synthetic_state *s = state;
     DM_TRY(dm_dataset_check_read("synthetic", split, idx, n, s->count, err));
@@ -120,8 +120,7 @@ static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n
         const float *tpl = s->templates + (size_t)label * s->pixels;
         float *dst = images + (size_t)i * s->pixels; /* (1, C, H, W) */
         for (size_t p = 0; p < s->pixels; p++)
-            dst[p] = TEMPLATE_WEIGHT * tpl[p] +
-                     (1.0f - TEMPLATE_WEIGHT) * hash_uniform(example_seed, p);
+            dst[p] = TEMPLATE_WEIGHT * tpl[p] + (1.0f - TEMPLATE_WEIGHT) * hash_uniform(example_seed, p);
         labels[i] = label;
     }
     return DM_OK;
@@ -130,7 +129,7 @@ static int synthetic_read(void *state, dm_split split, const int64_t *idx, int n
 DM_DATASET_VTABLE(synthetic);
 
 DM_PLUGIN_DEFINE("synthetic", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
-    DM_DATASET_COMPONENT("synthetic",
-                         "deterministic random images, one noisy template per class "
-                         "(no files needed)",
-                         synthetic_params, &synthetic_vtable));
+                 DM_DATASET_COMPONENT("synthetic",
+                                      "deterministic random images, one noisy template per class "
+                                      "(no files needed)",
+                                      synthetic_params, &synthetic_vtable));

@@ -46,8 +46,7 @@ static void out_size(int in, int k, int stride, int same, int *out, int *pad_lea
     if (same) {
         *out = (in + stride - 1) / stride;
         int total = (*out - 1) * stride + k - in;
-        if (total < 0)
-            total = 0;
+        if (total < 0) total = 0;
         *pad_lead = total / 2;
     } else {
         *out = in >= k ? (in - k) / stride + 1 : 0;
@@ -55,8 +54,8 @@ static void out_size(int in, int k, int stride, int same, int *out, int *pad_lea
     }
 }
 
-static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **state,
-                         dm_layer_info *info, dm_error *err)
+static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **state, dm_layer_info *info,
+                         dm_error *err)
 {
     DM_TRY(dm_layer_check_create("conv2d", CONV2D_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "conv2d");
@@ -66,17 +65,13 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
     const int same = strcmp(dm_param_str(p, "padding", "valid"), "same") == 0;
     const int chunk = (int)dm_param_int(p, "chunk", 0);
     const dm_shape in = cfg->in_shape;
-    if (filters < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: filters must be >= 1 (got %d)", name, filters);
+    if (filters < 1) return dm_fail(err, DM_ERR_INVALID, "%s: filters must be >= 1 (got %d)", name, filters);
     if (k < 1 || stride < 1)
-        return dm_fail(err, DM_ERR_INVALID, "%s: kernel and stride must be >= 1 (got %d, %d)",
-                       name, k, stride);
-    if (chunk < 0)
-        return dm_fail(err, DM_ERR_INVALID, "%s: chunk must be >= 0 (got %d)", name, chunk);
+        return dm_fail(err, DM_ERR_INVALID, "%s: kernel and stride must be >= 1 (got %d, %d)", name, k, stride);
+    if (chunk < 0) return dm_fail(err, DM_ERR_INVALID, "%s: chunk must be >= 0 (got %d)", name, chunk);
     dm_cpu_isa isa;
     if (dm_cpu_isa_select(&isa) != 0)
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: DMNIST_CPU_ISA='%s': expected generic, avx2, avx512 or auto", name,
+        return dm_fail(err, DM_ERR_INVALID, "%s: DMNIST_CPU_ISA='%s': expected generic, avx2, avx512 or auto", name,
                        getenv("DMNIST_CPU_ISA"));
     if (!same && (k > in.h || k > in.w))
         return dm_fail(err, DM_ERR_INVALID,
@@ -85,8 +80,7 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
                        name, k, in.h, in.w);
 
     conv2d_state *s = DM_LAYER_STATE_NEW(conv2d_state, "conv2d", cfg, err);
-    if (!s)
-        return DM_ERR_NOMEM;
+    if (!s) return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->isa = (int)isa;
     s->n = in.n;
@@ -107,31 +101,26 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
     const int wino_ok = k == 3 && stride == 1;
     if (strcmp(algo, "winograd") == 0 && !wino_ok) {
         free(s);
-        return dm_fail(err, DM_ERR_INVALID,
-                       "%s: algo=winograd needs kernel=3 and stride=1 (got kernel %d, stride %d)",
+        return dm_fail(err, DM_ERR_INVALID, "%s: algo=winograd needs kernel=3 and stride=1 (got kernel %d, stride %d)",
                        name, k, stride);
     }
     s->winograd = s->device == DM_DEVICE_CPU &&
-                  (strcmp(algo, "winograd") == 0 ||
-                   (strcmp(algo, "auto") == 0 && wino_ok && in.c >= 16 && filters >= 16));
+        (strcmp(algo, "winograd") == 0 || (strcmp(algo, "auto") == 0 && wino_ok && in.c >= 16 && filters >= 16));
 
     /* Bytes of per-task scratch for one image: im2col columns, or
      * Winograd's transformed input and output (36 values per 4x4 tile). */
     const size_t tiles = (size_t)((s->out_h + 3) / 4) * ((s->out_w + 3) / 4);
-    const size_t per_image = s->winograd
-                                 ? 36 * tiles * (size_t)(in.c + filters) * sizeof(float)
-                                 : (size_t)in.c * k * k * s->out_h * s->out_w * sizeof(float);
+    const size_t per_image = s->winograd ? 36 * tiles * (size_t)(in.c + filters) * sizeof(float)
+                                         : (size_t)in.c * k * k * s->out_h * s->out_w * sizeof(float);
     const size_t budget = s->winograd ? CONV2D_WINO_AUTO_BYTES : CONV2D_AUTO_COL_BYTES;
     const int fit = per_image >= budget ? 1 : (int)(budget / per_image);
-    if (chunk > 0)
-        s->chunk = chunk;
+    if (chunk > 0) s->chunk = chunk;
     else /* Winograd's scratch is per sub-batch (below), so its tasks can be larger */
         s->chunk = s->winograd ? in.n : fit;
     /* At least 4 tasks per thread, so that dynamic scheduling can even out
      * a thread slowed down by another process on its core. */
     const int most = (in.n + 4 * s->nthreads - 1) / (4 * s->nthreads);
-    if (s->chunk > most)
-        s->chunk = most;
+    if (s->chunk > most) s->chunk = most;
     /* Winograd transforms a task's images `sub` at a time, as many as fit. */
     s->sub = s->winograd && fit < s->chunk ? fit : s->chunk;
 
@@ -142,8 +131,7 @@ static int conv2d_create(const dm_params *p, const dm_layer_config *cfg, void **
 
     dm_layer_info_set(info, (dm_shape){in.n, filters, s->out_h, s->out_w},
                       (size_t)filters * in.c * k * k + (s->has_bias ? (size_t)filters : 0),
-                      s->winograd ? conv2d_winograd_workspace_bytes(s) : conv2d_workspace_bytes(s),
-                      0);
+                      s->winograd ? conv2d_winograd_workspace_bytes(s) : conv2d_workspace_bytes(s), 0);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
         int tf32 = dm_param_int(p, "tf32", 0) != 0, deterministic = dm_param_int(p, "deterministic", 1) != 0;
@@ -162,14 +150,12 @@ static int conv2d_bind(void *state, float *params, float *grads, void *workspace
 {
     conv2d_state *s = state;
     if (!params || !grads || !workspace)
-        return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads and workspace",
-                       s->name);
-    dm_layer_slices(params, grads, (size_t)s->filters * s->in_c * s->k * s->k, s->has_bias,
-                    &s->w, &s->dw, &s->b, &s->db);
+        return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads and workspace", s->name);
+    dm_layer_slices(params, grads, (size_t)s->filters * s->in_c * s->k * s->k, s->has_bias, &s->w, &s->dw, &s->b,
+                    &s->db);
     s->workspace = workspace;
 #ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        conv2d_cuda_bind(s, workspace);
+    if (s->device == DM_DEVICE_CUDA) conv2d_cuda_bind(s, workspace);
 #endif
     return DM_OK;
 }
@@ -178,20 +164,18 @@ static int conv2d_bind(void *state, float *params, float *grads, void *workspace
 static int conv2d_init_params(void *state, float *params, uint64_t seed, dm_error *err)
 {
     conv2d_state *s = state;
-    if (!params)
-        return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
+    if (!params) return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
     const size_t kk = (size_t)s->k * s->k;
-    dm_layer_init_glorot(params, (size_t)s->filters * s->in_c * kk, (double)(s->in_c * kk),
-                         (double)(s->filters * kk), s->has_bias ? (size_t)s->filters : 0, seed);
+    dm_layer_init_glorot(params, (size_t)s->filters * s->in_c * kk, (double)(s->in_c * kk), (double)(s->filters * kk),
+                         s->has_bias ? (size_t)s->filters : 0, seed);
     return DM_OK;
 }
 
 /* The call's tensors: input (batch, in_c, in_h, in_w) and output and dout
  * (batch, filters, out_h, out_w), any batch <= the create-time n; and bind
  * done. */
-static int check_pass(const conv2d_state *s, int backward, const dm_tensor *in,
-                      const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
-                      dm_error *err)
+static int check_pass(const conv2d_state *s, int backward, const dm_tensor *in, const dm_tensor *out,
+                      const dm_tensor *dout, const dm_tensor *din, dm_error *err)
 {
     const dm_shape ins = {s->n, s->in_c, s->in_h, s->in_w};
     const dm_shape outs = {s->n, s->filters, s->out_h, s->out_w};
@@ -202,22 +186,16 @@ static int check_pass(const conv2d_state *s, int backward, const dm_tensor *in,
 /* The CPU passes: Winograd or im2col, as create chose. */
 static void forward_cpu(const conv2d_state *s, int n, const float *x, float *y)
 {
-    if (s->winograd)
-        conv2d_winograd_forward_cpu(s, n, x, y);
-    else
-        conv2d_forward_cpu(s, n, x, y);
+    if (s->winograd) conv2d_winograd_forward_cpu(s, n, x, y);
+    else conv2d_forward_cpu(s, n, x, y);
 }
-static void backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
-                         const float *dy, float *dx)
+static void backward_cpu(const conv2d_state *s, int n, const float *x, const float *y, const float *dy, float *dx)
 {
-    if (s->winograd)
-        conv2d_winograd_backward_cpu(s, n, x, y, dy, dx);
-    else
-        conv2d_backward_cpu(s, n, x, y, dy, dx);
+    if (s->winograd) conv2d_winograd_backward_cpu(s, n, x, y, dy, dx);
+    else conv2d_backward_cpu(s, n, x, y, dy, dx);
 }
 
-static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
-                          dm_error *err)
+static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out, dm_error *err)
 {
     conv2d_state *s = state;
     DM_TRY(check_pass(s, 0, in, out, NULL, NULL, err));
@@ -226,24 +204,21 @@ static int conv2d_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
                           conv2d_forward_cuda(s, dm_run_stream(ctx), n, in->data, out->data, err));
 }
 
-static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
-                           const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
-                           dm_error *err)
+static int conv2d_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, const dm_tensor *out,
+                           const dm_tensor *dout, dm_tensor *din, dm_error *err)
 {
     conv2d_state *s = state;
     DM_TRY(check_pass(s, 1, in, out, dout, din, err));
     const int n = in->shape.n;
     float *dx = din ? din->data : NULL; /* NULL for the first layer */
     return DM_CPU_OR_CUDA(s->device, backward_cpu(s, n, in->data, out->data, dout->data, dx),
-                          conv2d_backward_cuda(s, dm_run_stream(ctx), n, in->data, out->data,
-                                               dout->data, dx, err));
+                          conv2d_backward_cuda(s, dm_run_stream(ctx), n, in->data, out->data, dout->data, dx, err));
 }
 
 static void conv2d_destroy(void *state)
 {
 #ifdef DM_WITH_CUDA
-    if (state)
-        conv2d_cuda_destroy(state);
+    if (state) conv2d_cuda_destroy(state);
 #endif
     free(state);
 }
@@ -258,10 +233,8 @@ static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     DM_TRY(dm_onnx_check_4d(b, s->name, "conv2d", err));
     char wname[128], bname[128], conv[128];
     const int64_t wdims[4] = {s->filters, s->in_c, s->k, s->k};
-    int rc = dm_onnx_weight_bias(b, s->name, wdims, 4, s->has_bias ? s->filters : 0, wname, bname,
-                                 sizeof wname, err);
-    if (rc != DM_OK)
-        return rc;
+    int rc = dm_onnx_weight_bias(b, s->name, wdims, 4, s->has_bias ? s->filters : 0, wname, bname, sizeof wname, err);
+    if (rc != DM_OK) return rc;
     dm_onnx_name(b, "conv", conv, sizeof conv);
     int th = (s->out_h - 1) * s->stride + s->k - s->in_h, tw = (s->out_w - 1) * s->stride + s->k - s->in_w;
     th = th > 0 ? th : 0;
@@ -270,8 +243,7 @@ static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     const int64_t pads[4] = {s->pad_top, s->pad_left, th - s->pad_top, tw - s->pad_left};
     const char *in[3] = {b->input, wname, bname}, *out[1] = {s->relu ? conv : b->output};
     if ((rc = b->add_node(b, "Conv", in, s->has_bias ? 3 : 2, out, 1, err)) ||
-        (rc = b->attr_ints(b, "kernel_shape", kernel, 2, err)) ||
-        (rc = b->attr_ints(b, "strides", strides, 2, err)) ||
+        (rc = b->attr_ints(b, "kernel_shape", kernel, 2, err)) || (rc = b->attr_ints(b, "strides", strides, 2, err)) ||
         (rc = b->attr_ints(b, "pads", pads, 4, err)))
         return rc;
     return s->relu ? dm_onnx_unary(b, "Relu", conv, b->output, err) : DM_OK;
@@ -280,6 +252,5 @@ static int conv2d_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 DM_LAYER_VTABLE(conv2d, CONV2D_DEVICES, .onnx = conv2d_onnx);
 
 DM_PLUGIN_DEFINE("conv2d", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
-    DM_LAYER_COMPONENT("conv2d",
-                       "2-D convolution (NCHW, square kernel), optional bias and fused ReLU",
-                       conv2d_params, &conv2d_vtable));
+                 DM_LAYER_COMPONENT("conv2d", "2-D convolution (NCHW, square kernel), optional bias and fused ReLU",
+                                    conv2d_params, &conv2d_vtable));

@@ -33,10 +33,7 @@ typedef struct conv2d_ws {
     int ntasks_max;
 } conv2d_ws;
 
-static size_t round16(size_t x)
-{
-    return (x + 15) / 16 * 16;
-}
+static size_t round16(size_t x) { return (x + 15) / 16 * 16; }
 
 static conv2d_ws ws_layout(const conv2d_state *s)
 {
@@ -63,14 +60,11 @@ static void valid_range(int out, int stride, int pad, int kx, int in, int *lo, i
     int l = a <= 0 ? 0 : (a + stride - 1) / stride;
     int b = in - 1 + pad - kx; /* need ox*stride <= b */
     int h = b < 0 ? 0 : b / stride + 1;
-    if (h > out)
-        h = out;
-    if (l > h)
-        l = h;
+    if (h > out) h = out;
+    if (l > h) l = h;
     *lo = l;
     *hi = h;
 }
-
 
 /* ---- one copy of the passes per instruction set (cpu_isa.h) ----------------- */
 
@@ -109,8 +103,7 @@ void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y)
     conv2d_forward_cpu_generic(s, n, x, y);
 }
 
-void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
-                         const float *dy, float *dx)
+void conv2d_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y, const float *dy, float *dx)
 {
 #if DM_CPU_ISA_X86
     if (s->isa == DM_ISA_AVX512) {

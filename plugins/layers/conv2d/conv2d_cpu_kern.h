@@ -11,13 +11,10 @@ static float WK(sum_floats)(const float *v, int n)
     float acc[8] = {0};
     int i = 0;
     for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] += v[i + j];
+        for (int j = 0; j < 8; j++) acc[j] += v[i + j];
     float s = 0.0f;
-    for (; i < n; i++)
-        s += v[i];
-    for (int j = 0; j < 8; j++)
-        s += acc[j];
+    for (; i < n; i++) s += v[i];
+    for (int j = 0; j < 8; j++) s += acc[j];
     return s;
 }
 
@@ -42,16 +39,13 @@ static void WK(im2col)(const conv2d_state *s, int B, const float *x, float *col)
             for (int oy = y0; oy < y1; oy++) {
                 const float *xr = xc + (size_t)(oy * st - s->pad_top + ky) * W;
                 float *d = dst + (size_t)oy * ow;
-                for (int ox = 0; ox < x0; ox++)
-                    d[ox] = 0.0f;
+                for (int ox = 0; ox < x0; ox++) d[ox] = 0.0f;
                 if (st == 1) {
                     memcpy(d + x0, xr + x0 - s->pad_left + kx, (size_t)(x1 - x0) * sizeof(float));
                 } else {
-                    for (int ox = x0; ox < x1; ox++)
-                        d[ox] = xr[ox * st - s->pad_left + kx];
+                    for (int ox = x0; ox < x1; ox++) d[ox] = xr[ox * st - s->pad_left + kx];
                 }
-                for (int ox = x1; ox < ow; ox++)
-                    d[ox] = 0.0f;
+                for (int ox = x1; ox < ow; ox++) d[ox] = 0.0f;
             }
             memset(dst + (size_t)y1 * ow, 0, (size_t)(oh - y1) * ow * sizeof(float));
         }
@@ -81,11 +75,9 @@ static void WK(col2im)(const conv2d_state *s, int B, const float *col, float *dx
                         float *dr = dxc + (size_t)(oy * st - s->pad_top + ky) * W - s->pad_left + kx;
                         const float *sr = src + (size_t)oy * ow;
                         if (st == 1) {
-                            for (int ox = x0; ox < x1; ox++)
-                                dr[ox] += sr[ox];
+                            for (int ox = x0; ox < x1; ox++) dr[ox] += sr[ox];
                         } else {
-                            for (int ox = x0; ox < x1; ox++)
-                                dr[ox * st] += sr[ox];
+                            for (int ox = x0; ox < x1; ox++) dr[ox * st] += sr[ox];
                         }
                     }
                 }
@@ -109,8 +101,7 @@ static void WK(conv2d_forward_cpu)(const conv2d_state *s, int n, const float *x,
 
         WK(im2col)(s, B, x + (size_t)i0 * x_item, col);
         /* tmp (F, B*P) = w (F, K) * col (K, B*P) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, F, BP, K, 1.0f, s->w, K, col, BP,
-                    0.0f, tmp, BP);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, F, BP, K, 1.0f, s->w, K, col, BP, 0.0f, tmp, BP);
         /* y[i0+b][f][p] = act(tmp[f][b*P + p] + bias[f]) */
         for (int b = 0; b < B; b++) {
             for (int f = 0; f < F; f++) {
@@ -123,16 +114,15 @@ static void WK(conv2d_forward_cpu)(const conv2d_state *s, int n, const float *x,
                         o[p] = v < 0.0f ? 0.0f : v; /* NaN stays NaN, as on the GPU and in dense */
                     }
                 } else {
-                    for (int p = 0; p < P; p++)
-                        o[p] = t[p] + bias;
+                    for (int p = 0; p < P; p++) o[p] = t[p] + bias;
                 }
             }
         }
     }
 }
 
-static void WK(conv2d_backward_cpu)(const conv2d_state *s, int n, const float *x, const float *y,
-                         const float *dy, float *dx)
+static void WK(conv2d_backward_cpu)(const conv2d_state *s, int n, const float *x, const float *y, const float *dy,
+                                    float *dx)
 {
     const int F = s->filters, K = s->in_c * s->k * s->k, P = s->out_h * s->out_w;
     const size_t x_item = (size_t)s->in_c * s->in_h * s->in_w, y_item = (size_t)F * P;
@@ -173,12 +163,10 @@ static void WK(conv2d_backward_cpu)(const conv2d_state *s, int n, const float *x
 
             WK(im2col)(s, B, x + (size_t)i0 * x_item, col);
             /* dw_part (F, K) = tmp (F, B*P) * col^T (B*P, K) */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, F, K, BP, 1.0f, tmp, BP, col,
-                        BP, 0.0f, dw_part, K);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, F, K, BP, 1.0f, tmp, BP, col, BP, 0.0f, dw_part, K);
             if (dx) {
                 /* col (K, B*P) = w^T (K, F) * tmp (F, B*P) */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, BP, F, 1.0f, s->w, K,
-                            tmp, BP, 0.0f, col, BP);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, BP, F, 1.0f, s->w, K, tmp, BP, 0.0f, col, BP);
                 WK(col2im)(s, B, col, dx + (size_t)i0 * x_item);
             }
         }
@@ -187,13 +175,9 @@ static void WK(conv2d_backward_cpu)(const conv2d_state *s, int n, const float *x
 #pragma omp for schedule(static)
         for (int e = 0; e < nw + F; e++) {
             float sum = 0.0f;
-            for (int task = 0; task < ntasks; task++)
-                sum += parts[l.part * task + e];
-            if (e < nw)
-                s->dw[e] = sum;
-            else if (s->db)
-                s->db[e - nw] = sum;
+            for (int task = 0; task < ntasks; task++) sum += parts[l.part * task + e];
+            if (e < nw) s->dw[e] = sum;
+            else if (s->db) s->db[e - nw] = sum;
         }
     }
 }
-

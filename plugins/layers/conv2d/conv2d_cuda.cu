@@ -37,7 +37,8 @@ extern "C" {
 #define WS_CAP ((size_t)256 << 20) /* never ask for more than this for cuDNN */
 #define THREADS 256
 
-namespace {
+namespace
+{
 
 struct algos {
     int n; /* batch size they were chosen for; 0 = empty slot */
@@ -52,13 +53,13 @@ struct conv_cuda {
     cudnnTensorDescriptor_t xd, yd;
     cudnnFilterDescriptor_t wd;
     cudnnConvolutionDescriptor_t cd;
-    int desc_n;              /* batch the tensor descriptors hold now */
+    int desc_n; /* batch the tensor descriptors hold now */
     algos cache[ALGO_CACHE];
     int next_slot;
-    size_t ws_bytes;         /* cuDNN's part of the workspace */
-    int groups;              /* G: blocks per filter for the db partial sums */
-    int deterministic;       /* only algorithms cuDNN marks CUDNN_DETERMINISTIC */
-    char *ws;                /* bound workspace */
+    size_t ws_bytes;   /* cuDNN's part of the workspace */
+    int groups;        /* G: blocks per filter for the db partial sums */
+    int deterministic; /* only algorithms cuDNN marks CUDNN_DETERMINISTIC */
+    char *ws;          /* bound workspace */
     float *dz, *partials;
 };
 
@@ -66,14 +67,13 @@ size_t align256(size_t b) { return (b + 255) & ~(size_t)255; }
 
 int cudnn_fail(dm_error *err, const conv2d_state *s, const char *what, cudnnStatus_t st)
 {
-    return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: %s failed: %s", s->name, what,
-                   cudnnGetErrorString(st));
+    return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: %s failed: %s", s->name, what, cudnnGetErrorString(st));
 }
 
-#define CUDNN_TRY(call, what)                                                                  \
-    do {                                                                                       \
-        cudnnStatus_t st_ = (call);                                                            \
-        if (st_ != CUDNN_STATUS_SUCCESS) return cudnn_fail(err, s, what, st_);                 \
+#define CUDNN_TRY(call, what) \
+    do { \
+        cudnnStatus_t st_ = (call); \
+        if (st_ != CUDNN_STATUS_SUCCESS) return cudnn_fail(err, s, what, st_); \
     } while (0)
 
 #define CUDA_TRY(call, what) DM_CUDA_TRY(s->name, call, what)
@@ -81,8 +81,7 @@ int cudnn_fail(dm_error *err, const conv2d_state *s, const char *what, cudnnStat
 /* y[b][f][p] = act(y[b][f][p] + bias[f]); total = n*F*P elements. */
 __global__ void bias_act_kernel(float *y, const float *bias, size_t total, int F, int P, int relu)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         float v = y[i];
         if (bias) v += bias[(i / (size_t)P) % (size_t)F];
         y[i] = relu && v < 0.0f ? 0.0f : v;
@@ -106,8 +105,8 @@ __device__ float block_sum(float v)
 /* Block (f, g) handles filter f for images [g*n/G, (g+1)*n/G):
  * dz = relu ? (y > 0 ? dy : 0) : dy (written when dz != NULL), and
  * partials[f*G + g] = the sum of those dz (when partials != NULL). */
-__global__ void mask_bias_partial_kernel(const float *y, const float *dy, float *dz,
-                                         float *partials, int n, int F, int P, int relu)
+__global__ void mask_bias_partial_kernel(const float *y, const float *dy, float *dz, float *partials, int n, int F,
+                                         int P, int relu)
 {
     const int f = blockIdx.x, g = blockIdx.y, G = gridDim.y;
     const int b0 = (int)((long long)n * g / G), b1 = (int)((long long)n * (g + 1) / G);
@@ -140,11 +139,9 @@ __global__ void bias_final_kernel(const float *partials, float *db, int F, int G
 int set_batch(conv2d_state *s, conv_cuda *c, int n, dm_error *err)
 {
     if (c->desc_n == n) return DM_OK;
-    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, s->in_c,
-                                         s->in_h, s->in_w),
+    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, s->in_c, s->in_h, s->in_w),
               "cudnnSetTensor4dDescriptor(x)");
-    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, s->filters,
-                                         s->out_h, s->out_w),
+    CUDNN_TRY(cudnnSetTensor4dDescriptor(c->yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, n, s->filters, s->out_h, s->out_w),
               "cudnnSetTensor4dDescriptor(y)");
     c->desc_n = n;
     return DM_OK;
@@ -166,48 +163,51 @@ const char *det_note(const conv_cuda *c)
 /* The best-ranked algorithms for batch n whose workspace is at most
  * `limit` bytes (cuDNN's heuristics, no timing runs); their largest
  * workspace in *need. Tensor descriptors must hold batch n. */
-int choose_algos(conv2d_state *s, conv_cuda *c, int n, size_t limit, algos *a, size_t *need,
-                 dm_error *err)
+int choose_algos(conv2d_state *s, conv_cuda *c, int n, size_t limit, algos *a, size_t *need, dm_error *err)
 {
     int got = 0;
     size_t best = 0;
     a->n = n;
 
     cudnnConvolutionFwdAlgoPerf_t fp[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    CUDNN_TRY(cudnnGetConvolutionForwardAlgorithm_v7(c->h, c->xd, c->wd, c->cd, c->yd,
-                                                     CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got, fp),
+    CUDNN_TRY(cudnnGetConvolutionForwardAlgorithm_v7(c->h, c->xd, c->wd, c->cd, c->yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                     &got, fp),
               "cudnnGetConvolutionForwardAlgorithm_v7");
     int k = 0;
     while (k < got && !usable(c, fp[k].status, fp[k].memory, fp[k].determinism, limit)) k++;
     if (k == got)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: no forward algorithm for batch %d fits in "
-                       "%zu bytes of workspace%s", s->name, n, limit, det_note(c));
+        return dm_fail(err, DM_ERR_DEVICE,
+                       "%s: cudnn: no forward algorithm for batch %d fits in "
+                       "%zu bytes of workspace%s",
+                       s->name, n, limit, det_note(c));
     a->fwd = fp[k].algo;
     best = fp[k].memory;
 
     cudnnConvolutionBwdDataAlgoPerf_t dp[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
     CUDNN_TRY(cudnnGetConvolutionBackwardDataAlgorithm_v7(c->h, c->wd, c->yd, c->cd, c->xd,
-                                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                          &got, dp),
+                                                          CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &got, dp),
               "cudnnGetConvolutionBackwardDataAlgorithm_v7");
     k = 0;
     while (k < got && !usable(c, dp[k].status, dp[k].memory, dp[k].determinism, limit)) k++;
     if (k == got)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: no backward-data algorithm for batch %d fits "
-                       "in %zu bytes of workspace%s", s->name, n, limit, det_note(c));
+        return dm_fail(err, DM_ERR_DEVICE,
+                       "%s: cudnn: no backward-data algorithm for batch %d fits "
+                       "in %zu bytes of workspace%s",
+                       s->name, n, limit, det_note(c));
     a->bwd_data = dp[k].algo;
     if (dp[k].memory > best) best = dp[k].memory;
 
     cudnnConvolutionBwdFilterAlgoPerf_t wp[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     CUDNN_TRY(cudnnGetConvolutionBackwardFilterAlgorithm_v7(c->h, c->xd, c->yd, c->cd, c->wd,
-                                                            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                            &got, wp),
+                                                            CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &got, wp),
               "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
     k = 0;
     while (k < got && !usable(c, wp[k].status, wp[k].memory, wp[k].determinism, limit)) k++;
     if (k == got)
-        return dm_fail(err, DM_ERR_DEVICE, "%s: cudnn: no backward-filter algorithm for batch %d "
-                       "fits in %zu bytes of workspace%s", s->name, n, limit, det_note(c));
+        return dm_fail(err, DM_ERR_DEVICE,
+                       "%s: cudnn: no backward-filter algorithm for batch %d "
+                       "fits in %zu bytes of workspace%s",
+                       s->name, n, limit, det_note(c));
     a->bwd_filter = wp[k].algo;
     if (wp[k].memory > best) best = wp[k].memory;
     *need = best;
@@ -255,8 +255,8 @@ int use_stream(conv2d_state *s, conv_cuda *c, void *stream, dm_error *err)
 
 } // namespace
 
-int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *stream,
-                       size_t *workspace_bytes, dm_error *err)
+int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *stream, size_t *workspace_bytes,
+                       dm_error *err)
 {
     /* cuDNN pads symmetrically; 'same' with an odd total padding puts the
      * extra pixel at the bottom/right (Keras), which cuDNN cannot express. */
@@ -274,10 +274,10 @@ int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *strea
     int rc = DM_OK;
     cudnnStatus_t st;
     const char *what = "";
-#define STEP(call, name)                                                                       \
-    if (rc == DM_OK && (st = (call)) != CUDNN_STATUS_SUCCESS) {                                \
-        what = name;                                                                           \
-        rc = cudnn_fail(err, s, what, st);                                                     \
+#define STEP(call, name) \
+    if (rc == DM_OK && (st = (call)) != CUDNN_STATUS_SUCCESS) { \
+        what = name; \
+        rc = cudnn_fail(err, s, what, st); \
     }
     STEP(cudnnCreate(&c->h), "cudnnCreate");
     c->stream = (cudaStream_t)stream;
@@ -287,25 +287,22 @@ int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *strea
     STEP(cudnnCreateTensorDescriptor(&c->yd), "cudnnCreateTensorDescriptor");
     STEP(cudnnCreateFilterDescriptor(&c->wd), "cudnnCreateFilterDescriptor");
     STEP(cudnnCreateConvolutionDescriptor(&c->cd), "cudnnCreateConvolutionDescriptor");
-    STEP(cudnnSetFilter4dDescriptor(c->wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->filters,
-                                    s->in_c, s->k, s->k),
+    STEP(cudnnSetFilter4dDescriptor(c->wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, s->filters, s->in_c, s->k, s->k),
          "cudnnSetFilter4dDescriptor");
-    STEP(cudnnSetConvolution2dDescriptor(c->cd, s->pad_top, s->pad_left, s->stride, s->stride, 1,
-                                         1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
+    STEP(cudnnSetConvolution2dDescriptor(c->cd, s->pad_top, s->pad_left, s->stride, s->stride, 1, 1,
+                                         CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT),
          "cudnnSetConvolution2dDescriptor");
-    STEP(cudnnSetConvolutionMathType(c->cd, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH),
-         "cudnnSetConvolutionMathType");
+    STEP(cudnnSetConvolutionMathType(c->cd, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH), "cudnnSetConvolutionMathType");
 #undef STEP
     if (rc == DM_OK) rc = set_batch(s, c, s->n, err);
     if (rc == DM_OK) {
         /* cuDNN must produce the output size conv2d.c computed. */
         int on, oc, oh, ow;
         st = cudnnGetConvolution2dForwardOutputDim(c->cd, c->xd, c->wd, &on, &oc, &oh, &ow);
-        if (st != CUDNN_STATUS_SUCCESS)
-            rc = cudnn_fail(err, s, "cudnnGetConvolution2dForwardOutputDim", st);
+        if (st != CUDNN_STATUS_SUCCESS) rc = cudnn_fail(err, s, "cudnnGetConvolution2dForwardOutputDim", st);
         else if (oh != s->out_h || ow != s->out_w || oc != s->filters)
-            rc = dm_fail(err, DM_ERR_INTERNAL, "%s: cudnn output %dx%dx%d differs from %dx%dx%d",
-                         s->name, oc, oh, ow, s->filters, s->out_h, s->out_w);
+            rc = dm_fail(err, DM_ERR_INTERNAL, "%s: cudnn output %dx%dx%d differs from %dx%dx%d", s->name, oc, oh, ow,
+                         s->filters, s->out_h, s->out_w);
     }
     size_t need = 0;
     if (rc == DM_OK) rc = choose_algos(s, c, s->n, WS_CAP, &c->cache[0], &need, err);
@@ -321,8 +318,7 @@ int conv2d_cuda_create(conv2d_state *s, int tf32, int deterministic, void *strea
     if (c->groups > s->n) c->groups = s->n;
     if (c->groups < 1) c->groups = 1;
     const size_t dz_bytes = (size_t)s->n * s->filters * s->out_h * s->out_w * sizeof(float);
-    *workspace_bytes = align256(need) + align256(dz_bytes) +
-                       align256((size_t)s->filters * c->groups * sizeof(float));
+    *workspace_bytes = align256(need) + align256(dz_bytes) + align256((size_t)s->filters * c->groups * sizeof(float));
     s->cuda = c;
     return DM_OK;
 }
@@ -336,8 +332,7 @@ void conv2d_cuda_bind(conv2d_state *s, void *workspace)
     c->partials = (float *)(c->ws + align256(c->ws_bytes) + align256(dz_bytes));
 }
 
-int conv2d_forward_cuda(conv2d_state *s, void *stream, int n, const float *x, float *y,
-                        dm_error *err)
+int conv2d_forward_cuda(conv2d_state *s, void *stream, int n, const float *x, float *y, dm_error *err)
 {
     conv_cuda *c = (conv_cuda *)s->cuda;
     if (!c || !c->ws) return dm_fail(err, DM_ERR_INVALID, "%s: forward before bind", s->name);
@@ -346,20 +341,20 @@ int conv2d_forward_cuda(conv2d_state *s, void *stream, int n, const float *x, fl
     if (rc == DM_OK) rc = algos_for(s, c, n, &a, err);
     if (rc) return rc;
     const float one = 1.0f, zero = 0.0f;
-    CUDNN_TRY(cudnnConvolutionForward(c->h, &one, c->xd, x, c->wd, s->w, c->cd, a->fwd, c->ws,
-                                      c->ws_bytes, &zero, c->yd, y),
-              "cudnnConvolutionForward");
+    CUDNN_TRY(
+        cudnnConvolutionForward(c->h, &one, c->xd, x, c->wd, s->w, c->cd, a->fwd, c->ws, c->ws_bytes, &zero, c->yd, y),
+        "cudnnConvolutionForward");
     if (s->b || s->relu) {
         const size_t total = (size_t)n * s->filters * s->out_h * s->out_w;
-        bias_act_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, c->stream>>>(
-            y, s->b, total, s->filters, s->out_h * s->out_w, s->relu);
+        bias_act_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, c->stream>>>(y, s->b, total, s->filters,
+                                                                                        s->out_h * s->out_w, s->relu);
         CUDA_TRY(cudaGetLastError(), "bias_act_kernel launch");
     }
     return DM_OK;
 }
 
-int conv2d_backward_cuda(conv2d_state *s, void *stream, int n, const float *x, const float *y,
-                         const float *dy, float *dx, dm_error *err)
+int conv2d_backward_cuda(conv2d_state *s, void *stream, int n, const float *x, const float *y, const float *dy,
+                         float *dx, dm_error *err)
 {
     conv_cuda *c = (conv_cuda *)s->cuda;
     if (!c || !c->ws) return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
@@ -377,19 +372,19 @@ int conv2d_backward_cuda(conv2d_state *s, void *stream, int n, const float *x, c
             y, dy, dz_out, s->db ? c->partials : NULL, n, s->filters, P, s->relu);
         CUDA_TRY(cudaGetLastError(), "mask_bias_partial_kernel launch");
         if (s->db) {
-            bias_final_kernel<<<(s->filters + THREADS - 1) / THREADS, THREADS, 0, c->stream>>>(
-                c->partials, s->db, s->filters, G);
+            bias_final_kernel<<<(s->filters + THREADS - 1) / THREADS, THREADS, 0, c->stream>>>(c->partials, s->db,
+                                                                                               s->filters, G);
             CUDA_TRY(cudaGetLastError(), "bias_final_kernel launch");
         }
         if (s->relu) dz = c->dz;
     }
     const float one = 1.0f, zero = 0.0f;
-    CUDNN_TRY(cudnnConvolutionBackwardFilter(c->h, &one, c->xd, x, c->yd, dz, c->cd, a->bwd_filter,
-                                             c->ws, c->ws_bytes, &zero, c->wd, s->dw),
+    CUDNN_TRY(cudnnConvolutionBackwardFilter(c->h, &one, c->xd, x, c->yd, dz, c->cd, a->bwd_filter, c->ws, c->ws_bytes,
+                                             &zero, c->wd, s->dw),
               "cudnnConvolutionBackwardFilter");
     if (dx)
-        CUDNN_TRY(cudnnConvolutionBackwardData(c->h, &one, c->wd, s->w, c->yd, dz, c->cd,
-                                               a->bwd_data, c->ws, c->ws_bytes, &zero, c->xd, dx),
+        CUDNN_TRY(cudnnConvolutionBackwardData(c->h, &one, c->wd, s->w, c->yd, dz, c->cd, a->bwd_data, c->ws,
+                                               c->ws_bytes, &zero, c->xd, dx),
                   "cudnnConvolutionBackwardData");
     return DM_OK;
 }

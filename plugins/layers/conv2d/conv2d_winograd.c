@@ -46,11 +46,7 @@
 #define WL 16 /* channels per vector: the lanes of every transform */
 #define WN 36 /* positions in the transformed domain (6x6) */
 
-
-static size_t round16(size_t x)
-{
-    return (x + 15) / 16 * 16;
-}
+static size_t round16(size_t x) { return (x + 15) / 16 * 16; }
 
 typedef struct wino_ws {
     int th, tw;          /* tiles per image, vertically and horizontally */
@@ -114,13 +110,11 @@ static const float R4 = 1.0f / 4, R6 = 1.0f / 6, R12 = 1.0f / 12, R24 = 1.0f / 2
 
 static void gt_1d(float *o, int os, const float *u, int is)
 {
-    const float u0 = u[0], u1 = u[is], u2 = u[2 * is], u3 = u[3 * is], u4 = u[4 * is],
-                u5 = u[5 * is];
+    const float u0 = u[0], u1 = u[is], u2 = u[2 * is], u3 = u[3 * is], u4 = u[4 * is], u5 = u[5 * is];
     o[0] = u0 * R4 - (u1 + u2) * R6 + (u3 + u4) * R24;
     o[os] = (u2 - u1) * R6 + (u3 - u4) * R12;
     o[2 * os] = (u3 + u4 - u1 - u2) * R6 + u5;
 }
-
 
 /* ---- channels-last copies -------------------------------------------------- */
 
@@ -131,8 +125,7 @@ static void to_channels_last(const float *src, int rows, int n, float *dst, int 
 {
     cblas_somatcopy(CblasRowMajor, CblasTrans, rows, n, 1.0f, src, n, dst, ld);
     if (rows < ld)
-        for (int p = 0; p < n; p++)
-            memset(dst + (size_t)p * ld + rows, 0, (size_t)(ld - rows) * sizeof(float));
+        for (int p = 0; p < n; p++) memset(dst + (size_t)p * ld + rows, 0, (size_t)(ld - rows) * sizeof(float));
 }
 
 /* src (n, ld) -> dst (rows, n): the inverse of to_channels_last. */
@@ -164,19 +157,18 @@ static void from_channels_last(const float *src, int ld, int n, float *dst, int 
 
 typedef struct wino_kernels {
     void (*filter)(const float *w_f, int c0, int n, size_t fc, float *U_f);
-    void (*input)(const conv2d_state *s, const wino_ws *l, int b, const float *x_img, float *img,
-                  float *V);
-    void (*output)(const conv2d_state *s, const wino_ws *l, int b, const float *M, float *img,
-                   float *y_img);
-    void (*grad_output)(const conv2d_state *s, const wino_ws *l, int b, const float *y_img,
-                        const float *dy_img, float *masked, float *img, float *dM, float *db);
-    void (*grad_input)(const conv2d_state *s, const wino_ws *l, int b, const float *dV, float *img,
-                       float *dx_img);
+    void (*input)(const conv2d_state *s, const wino_ws *l, int b, const float *x_img, float *img, float *V);
+    void (*output)(const conv2d_state *s, const wino_ws *l, int b, const float *M, float *img, float *y_img);
+    void (*grad_output)(const conv2d_state *s, const wino_ws *l, int b, const float *y_img, const float *dy_img,
+                        float *masked, float *img, float *dM, float *db);
+    void (*grad_input)(const conv2d_state *s, const wino_ws *l, int b, const float *dV, float *img, float *dx_img);
 } wino_kernels;
 
-#define WINO_KERNELS(sfx)                                                                       \
-    {filter_transform_##sfx, input_transform_##sfx, output_transform_##sfx,                     \
-     grad_output_transform_##sfx, grad_input_transform_##sfx}
+#define WINO_KERNELS(sfx) \
+    { \
+        filter_transform_##sfx, input_transform_##sfx, output_transform_##sfx, grad_output_transform_##sfx, \
+            grad_input_transform_##sfx \
+    }
 
 static const wino_kernels wino_table[DM_ISA_COUNT] = {
     WINO_KERNELS(generic),
@@ -208,11 +200,10 @@ static void weight_transform(const conv2d_state *s, const wino_kernels *k, float
         const int f0 = blk * 16, f1 = f0 + 16 < F ? f0 + 16 : F;
         for (int f = f0; f < f1; f++)
             for (int c0 = 0; c0 < C; c0 += WL)
-                k->filter(s->w + (size_t)f * C * 9, c0, C - c0 < WL ? C - c0 : WL, fc,
-                          U + (size_t)f * C);
+                k->filter(s->w + (size_t)f * C * 9, c0, C - c0 < WL ? C - c0 : WL, fc, U + (size_t)f * C);
         for (int xi = 0; xi < WN; xi++) /* Ut_xi[:, f0:f1] = U_xi[f0:f1, :]^T */
-            cblas_somatcopy(CblasRowMajor, CblasTrans, f1 - f0, C, 1.0f, U + xi * fc + (size_t)f0 * C,
-                            C, Ut + xi * fc + f0, F);
+            cblas_somatcopy(CblasRowMajor, CblasTrans, f1 - f0, C, 1.0f, U + xi * fc + (size_t)f0 * C, C,
+                            Ut + xi * fc + f0, F);
     }
 }
 
@@ -226,7 +217,6 @@ static void weight_transform(const conv2d_state *s, const wino_kernels *k, float
  *   grad_output_transform  dM = AT^T (dy * relu'(y)) AT; db += the masked dy's sums
  *   grad_input_transform   dx_img (C, H, W) = the sum over tiles of BT^T dV BT
  * img is a channels-last scratch image, masked one image's masked dy. */
-
 
 /* ---- forward and backward ------------------------------------------------------ */
 
@@ -249,21 +239,18 @@ void conv2d_winograd_forward_cpu(const conv2d_state *s, int n, const float *x, f
             const int i1 = (task + 1) * s->chunk < n ? (task + 1) * s->chunk : n;
             for (int i0 = task * s->chunk; i0 < i1; i0 += s->sub) {
                 const int B = i1 - i0 < s->sub ? i1 - i0 : s->sub, T = B * l.tiles;
-                for (int b = 0; b < B; b++)
-                    k->input(s, &l, b, x + (size_t)(i0 + b) * x_item, img, V);
+                for (int b = 0; b < B; b++) k->input(s, &l, b, x + (size_t)(i0 + b) * x_item, img, V);
                 for (int xi = 0; xi < WN; xi++) /* M_xi (T, F) = V_xi (T, C) * Ut_xi (C, F) */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, F, C, 1.0f,
-                                V + xi * l.tmax * l.cp, l.cp, Ut + (size_t)xi * F * C, F, 0.0f,
-                                M + xi * l.tmax * l.fp, l.fp);
-                for (int b = 0; b < B; b++)
-                    k->output(s, &l, b, M, img, y + (size_t)(i0 + b) * y_item);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, F, C, 1.0f, V + xi * l.tmax * l.cp, l.cp,
+                                Ut + (size_t)xi * F * C, F, 0.0f, M + xi * l.tmax * l.fp, l.fp);
+                for (int b = 0; b < B; b++) k->output(s, &l, b, M, img, y + (size_t)(i0 + b) * y_item);
             }
         }
     }
 }
 
-void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y,
-                                  const float *dy, float *dx)
+void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, const float *y, const float *dy,
+                                  float *dx)
 {
     const int F = s->filters, C = s->in_c;
     const size_t x_item = (size_t)C * s->in_h * s->in_w, y_item = (size_t)F * s->out_h * s->out_w;
@@ -277,8 +264,7 @@ void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, 
 
 #pragma omp parallel num_threads(s->nthreads) if (ntasks > 1)
     {
-        if (dx)
-            weight_transform(s, k, U, Ut); /* (ends with a barrier) */
+        if (dx) weight_transform(s, k, U, Ut); /* (ends with a barrier) */
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < ntasks; task++) {
             float *V = slots + l.thread * omp_get_thread_num(), *dM = V + l.v, *img = dM + l.m;
@@ -295,17 +281,13 @@ void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, 
                     k->input(s, &l, b, x + (size_t)(i0 + b) * x_item, img, V);
                 }
                 for (int xi = 0; xi < WN; xi++) /* dU_xi (F, C) += dM_xi^T (F, T) * V_xi (T, C) */
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, C, T, 1.0f,
-                                dM + xi * l.tmax * l.fp, l.fp, V + xi * l.tmax * l.cp, l.cp, beta,
-                                dU_part + xi * fc, C);
-                if (!dx)
-                    continue;
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, C, T, 1.0f, dM + xi * l.tmax * l.fp, l.fp,
+                                V + xi * l.tmax * l.cp, l.cp, beta, dU_part + xi * fc, C);
+                if (!dx) continue;
                 for (int xi = 0; xi < WN; xi++) /* dV_xi (T, C) = dM_xi (T, F) * U_xi (F, C) */
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, F, 1.0f,
-                                dM + xi * l.tmax * l.fp, l.fp, U + xi * fc, C, 0.0f,
-                                V + xi * l.tmax * l.cp, l.cp);
-                for (int b = 0; b < B; b++)
-                    k->grad_input(s, &l, b, V, img, dx + (size_t)(i0 + b) * x_item);
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, C, F, 1.0f, dM + xi * l.tmax * l.fp, l.fp,
+                                U + xi * fc, C, 0.0f, V + xi * l.tmax * l.cp, l.cp);
+                for (int b = 0; b < B; b++) k->grad_input(s, &l, b, V, img, dx + (size_t)(i0 + b) * x_item);
             }
         }
         /* (implicit barrier) dw = G^T (the sum of the dU parts, in task order) G
@@ -318,19 +300,15 @@ void conv2d_winograd_backward_cpu(const conv2d_state *s, int n, const float *x, 
             float du[WN], t[3][6];
             for (int xi = 0; xi < WN; xi++) {
                 float sum = parts[xi * fc + fcix];
-                for (int task = 1; task < ntasks; task++)
-                    sum += parts[l.part * task + xi * fc + fcix];
+                for (int task = 1; task < ntasks; task++) sum += parts[l.part * task + xi * fc + fcix];
                 du[xi] = sum;
             }
-            for (int j = 0; j < 6; j++)
-                gt_1d(&t[0][j], 6, du + j, 6); /* columns: t (3x6) */
+            for (int j = 0; j < 6; j++) gt_1d(&t[0][j], 6, du + j, 6); /* columns: t (3x6) */
             float *dw = s->dw + (size_t)fcix * 9;
-            for (int k = 0; k < 3; k++)
-                gt_1d(dw + k * 3, 1, &t[k][0], 1); /* rows: dw (3x3) */
+            for (int k = 0; k < 3; k++) gt_1d(dw + k * 3, 1, &t[k][0], 1); /* rows: dw (3x3) */
             if (s->db && fcix < F) {
                 float sum = parts[WN * fc + fcix];
-                for (int task = 1; task < ntasks; task++)
-                    sum += parts[l.part * task + WN * fc + fcix];
+                for (int task = 1; task < ntasks; task++) sum += parts[l.part * task + WN * fc + fcix];
                 s->db[fcix] = sum;
             }
         }

@@ -11,8 +11,8 @@
 /* BT (6x6) d: the input transform. */
 static inline void WK(bt_1d)(float *o, size_t os, const float *d, size_t is)
 {
-    const vec d0 = vload(d), d1 = vload(d + is), d2 = vload(d + 2 * is), d3 = vload(d + 3 * is),
-              d4 = vload(d + 4 * is), d5 = vload(d + 5 * is);
+    const vec d0 = vload(d), d1 = vload(d + is), d2 = vload(d + 2 * is), d3 = vload(d + 3 * is), d4 = vload(d + 4 * is),
+              d5 = vload(d + 5 * is);
     vstore(o, 4.0f * d0 - 5.0f * d2 + d4);
     vstore(o + os, -4.0f * (d1 + d2) + d3 + d4);
     vstore(o + 2 * os, 4.0f * (d1 - d2) - d3 + d4);
@@ -24,8 +24,8 @@ static inline void WK(bt_1d)(float *o, size_t os, const float *d, size_t is)
 /* BT^T v: the adjoint of bt_1d (backward to the input). */
 static inline void WK(b_1d)(float *o, size_t os, const float *v, size_t is)
 {
-    const vec v0 = vload(v), v1 = vload(v + is), v2 = vload(v + 2 * is), v3 = vload(v + 3 * is),
-              v4 = vload(v + 4 * is), v5 = vload(v + 5 * is);
+    const vec v0 = vload(v), v1 = vload(v + is), v2 = vload(v + 2 * is), v3 = vload(v + 3 * is), v4 = vload(v + 4 * is),
+              v5 = vload(v + 5 * is);
     vstore(o, 4.0f * v0);
     vstore(o + os, 4.0f * (v2 - v1) + 2.0f * (v4 - v3) + 4.0f * v5);
     vstore(o + 2 * os, -5.0f * v0 - 4.0f * (v1 + v2) - v3 - v4);
@@ -37,8 +37,8 @@ static inline void WK(b_1d)(float *o, size_t os, const float *v, size_t is)
 /* AT (4x6) m: the output transform. */
 static inline void WK(at_1d)(float *o, size_t os, const float *m, size_t is)
 {
-    const vec m0 = vload(m), m1 = vload(m + is), m2 = vload(m + 2 * is), m3 = vload(m + 3 * is),
-              m4 = vload(m + 4 * is), m5 = vload(m + 5 * is);
+    const vec m0 = vload(m), m1 = vload(m + is), m2 = vload(m + 2 * is), m3 = vload(m + 3 * is), m4 = vload(m + 4 * is),
+              m5 = vload(m + 5 * is);
     const vec s12 = m1 + m2, d12 = m1 - m2, s34 = m3 + m4, d34 = m3 - m4;
     vstore(o, m0 + s12 + s34);
     vstore(o + os, d12 + 2.0f * d34);
@@ -79,27 +79,24 @@ static void WK(filter_transform)(const float *w_f, int c0, int n, size_t fc, flo
 {
     float g[9 * WL], t[18 * WL], u[WN * WL];
     for (int k = 0; k < 9; k++)
-        for (int j = 0; j < WL; j++)
-            g[k * WL + j] = j < n ? w_f[(size_t)(c0 + j) * 9 + k] : 0.0f;
+        for (int j = 0; j < WL; j++) g[k * WL + j] = j < n ? w_f[(size_t)(c0 + j) * 9 + k] : 0.0f;
     for (int kx = 0; kx < 3; kx++) /* columns: t (6x3) = G g */
         WK(g_1d)(t + kx * WL, 3 * WL, g + kx * WL, 3 * WL);
     for (int i = 0; i < 6; i++) /* rows: u (6x6) = t G^T */
         WK(g_1d)(u + i * 6 * WL, WL, t + i * 3 * WL, WL);
     if (n == WL) {
-        for (int xi = 0; xi < WN; xi++)
-            vstore(U_f + xi * fc + c0, vload(u + xi * WL));
+        for (int xi = 0; xi < WN; xi++) vstore(U_f + xi * fc + c0, vload(u + xi * WL));
     } else {
         for (int xi = 0; xi < WN; xi++)
-            for (int j = 0; j < n; j++)
-                U_f[xi * fc + c0 + j] = u[xi * WL + j];
+            for (int j = 0; j < n; j++) U_f[xi * fc + c0 + j] = u[xi * WL + j];
     }
 }
 
 /* ---- the per-image transforms (see conv2d_winograd.c) ---------------------- */
 
 /* V for image b's tiles from x_img (C, H, W); img is the channels-last scratch. */
-static void WK(input_transform)(const conv2d_state *s, const wino_ws *l, int b,
-                                        const float *x_img, float *img, float *V)
+static void WK(input_transform)(const conv2d_state *s, const wino_ws *l, int b, const float *x_img, float *img,
+                                float *V)
 {
     const int H = s->in_h, W = s->in_w, cp = l->cp;
     const size_t xs = l->tmax * cp; /* floats between positions xi and xi+1 */
@@ -121,10 +118,8 @@ static void WK(input_transform)(const conv2d_state *s, const wino_ws *l, int b,
                         for (int v = 0; v < 6; v++) {
                             const int y = iy + u, xx = ix + v;
                             if (y >= 0 && y < H && xx >= 0 && xx < W)
-                                memcpy(d + (u * 6 + v) * WL, img + ((size_t)y * W + xx) * cp + c0,
-                                       WL * sizeof(float));
-                            else
-                                memset(d + (u * 6 + v) * WL, 0, WL * sizeof(float));
+                                memcpy(d + (u * 6 + v) * WL, img + ((size_t)y * W + xx) * cp + c0, WL * sizeof(float));
+                            else memset(d + (u * 6 + v) * WL, 0, WL * sizeof(float));
                         }
                 }
                 for (int v = 0; v < 6; v++) /* columns: tmp (6x6) = BT d */
@@ -138,8 +133,8 @@ static void WK(input_transform)(const conv2d_state *s, const wino_ws *l, int b,
 }
 
 /* y_img (F, OH, OW) = act(AT M AT^T + bias) for image b's tiles. */
-static void WK(output_transform)(const conv2d_state *s, const wino_ws *l, int b,
-                                         const float *M, float *img, float *y_img)
+static void WK(output_transform)(const conv2d_state *s, const wino_ws *l, int b, const float *M, float *img,
+                                 float *y_img)
 {
     const int OH = s->out_h, OW = s->out_w, fp = l->fp, relu = s->relu;
     const size_t xs = l->tmax * fp;
@@ -155,8 +150,7 @@ static void WK(output_transform)(const conv2d_state *s, const wino_ws *l, int b,
                     WK(at_1d)(tmp + v * WL, 6 * WL, m + v * xs, 6 * xs);
                 for (int i = 0; i < 4; i++) /* rows: o (4x4) = tmp AT^T */
                     WK(at_1d)(o + i * 4 * WL, WL, tmp + i * 6 * WL, WL);
-                for (int k = 0; k < WL; k++)
-                    bias[k] = s->b && f0 + k < s->filters ? s->b[f0 + k] : 0.0f;
+                for (int k = 0; k < WL; k++) bias[k] = s->b && f0 + k < s->filters ? s->b[f0 + k] : 0.0f;
                 for (int i = 0; i < rows; i++)
                     for (int j = 0; j < cols; j++) {
                         float *dst = img + ((size_t)(oy + i) * OW + ox + j) * fp + f0;
@@ -167,8 +161,7 @@ static void WK(output_transform)(const conv2d_state *s, const wino_ws *l, int b,
                                 dst[k] = v < 0.0f ? 0.0f : v; /* NaN stays NaN */
                             }
                         } else {
-                            for (int k = 0; k < WL; k++)
-                                dst[k] = src[k] + bias[k];
+                            for (int k = 0; k < WL; k++) dst[k] = src[k] + bias[k];
                         }
                     }
             }
@@ -179,9 +172,8 @@ static void WK(output_transform)(const conv2d_state *s, const wino_ws *l, int b,
 
 /* dM = AT^T (dy * relu'(y)) AT for image b's tiles; db (F) += the masked dy's
  * sums. masked: scratch for one image's masked dy. */
-static void WK(grad_output_transform)(const conv2d_state *s, const wino_ws *l, int b,
-                                              const float *y_img, const float *dy_img,
-                                              float *masked, float *img, float *dM, float *db)
+static void WK(grad_output_transform)(const conv2d_state *s, const wino_ws *l, int b, const float *y_img,
+                                      const float *dy_img, float *masked, float *img, float *dM, float *db)
 {
     const int OH = s->out_h, OW = s->out_w, fp = l->fp, ohw = OH * OW;
     const size_t xs = l->tmax * fp;
@@ -202,13 +194,10 @@ static void WK(grad_output_transform)(const conv2d_state *s, const wino_ws *l, i
         float acc[8] = {0};
         int p = 0;
         for (; p + 8 <= ohw; p += 8)
-            for (int k = 0; k < 8; k++)
-                acc[k] += g[p + k];
+            for (int k = 0; k < 8; k++) acc[k] += g[p + k];
         float sum = 0.0f;
-        for (; p < ohw; p++)
-            sum += g[p];
-        for (int k = 0; k < 8; k++)
-            sum += acc[k];
+        for (; p < ohw; p++) sum += g[p];
+        for (int k = 0; k < 8; k++) sum += acc[k];
         db[f] += sum;
     }
     to_channels_last(g_img, s->filters, ohw, img, fp);
@@ -225,10 +214,8 @@ static void WK(grad_output_transform)(const conv2d_state *s, const wino_ws *l, i
                     for (int i = 0; i < 4; i++)
                         for (int j = 0; j < 4; j++) {
                             if (i < rows && j < cols)
-                                memcpy(g + (i * 4 + j) * WL, src + i * si + j * sj,
-                                       WL * sizeof(float));
-                            else
-                                memset(g + (i * 4 + j) * WL, 0, WL * sizeof(float));
+                                memcpy(g + (i * 4 + j) * WL, src + i * si + j * sj, WL * sizeof(float));
+                            else memset(g + (i * 4 + j) * WL, 0, WL * sizeof(float));
                         }
                     src = g, si = 4 * WL, sj = WL;
                 }
@@ -244,8 +231,8 @@ static void WK(grad_output_transform)(const conv2d_state *s, const wino_ws *l, i
 
 /* dx_img (C, H, W) = the sum over image b's tiles of BT^T dV BT, each at its
  * input corner (tiles overlap; parts in the padding are dropped). */
-static void WK(grad_input_transform)(const conv2d_state *s, const wino_ws *l, int b,
-                                             const float *dV, float *img, float *dx_img)
+static void WK(grad_input_transform)(const conv2d_state *s, const wino_ws *l, int b, const float *dV, float *img,
+                                     float *dx_img)
 {
     const int H = s->in_h, W = s->in_w, cp = l->cp;
     const size_t xs = l->tmax * cp;
@@ -263,16 +250,13 @@ static void WK(grad_input_transform)(const conv2d_state *s, const wino_ws *l, in
                     WK(b_1d)(dd + k * 6 * WL, WL, tmp + k * 6 * WL, WL);
                 for (int u = 0; u < 6; u++) {
                     const int yy = iy + u;
-                    if (yy < 0 || yy >= H)
-                        continue;
+                    if (yy < 0 || yy >= H) continue;
                     for (int q = 0; q < 6; q++) {
                         const int xx = ix + q;
-                        if (xx < 0 || xx >= W)
-                            continue;
+                        if (xx < 0 || xx >= W) continue;
                         float *dst = img + ((size_t)yy * W + xx) * cp + c0;
                         const float *src = dd + (u * 6 + q) * WL;
-                        for (int k = 0; k < WL; k++)
-                            dst[k] += src[k];
+                        for (int k = 0; k < WL; k++) dst[k] += src[k];
                     }
                 }
             }

@@ -20,21 +20,19 @@ static const dm_param_def dense_params[] = {
      "cuda: let cuBLAS use TF32 tensor cores (faster; ~1e-3 relative error)"},
     DM_PARAM_END};
 
-static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **state,
-                        dm_layer_info *info, dm_error *err)
+static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **state, dm_layer_info *info,
+                        dm_error *err)
 {
     DM_TRY(dm_layer_check_create("dense", DENSE_DEVICES, cfg, info, err));
     const char *name = dm_layer_name(cfg, "dense");
     const dm_shape in = cfg->in_shape;
     const int64_t units = dm_param_int(p, "units", 0);
     if (units < 1 || units > (1 << 24))
-        return dm_fail(err, DM_ERR_INVALID, "%s: units must be in [1, %d] (got %lld)", name,
-                       1 << 24, (long long)units);
+        return dm_fail(err, DM_ERR_INVALID, "%s: units must be in [1, %d] (got %lld)", name, 1 << 24, (long long)units);
     DM_TRY(dm_layer_check_per_item(name, in, err)); /* in_features is an int */
 
     dense_state *s = DM_LAYER_STATE_NEW(dense_state, "dense", cfg, err);
-    if (!s)
-        return DM_ERR_NOMEM;
+    if (!s) return DM_ERR_NOMEM;
     s->nthreads = dm_layer_threads(cfg);
     s->in = in;
     s->n = in.n;
@@ -53,8 +51,7 @@ static int dense_create(const dm_params *p, const dm_layer_config *cfg, void **s
                       s->relu ? (size_t)in.n * s->units * sizeof(float) : 0, 0);
 #ifdef DM_WITH_CUDA
     if (s->device == DM_DEVICE_CUDA) {
-        int rc = dense_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream,
-                                   &info->workspace_bytes, err);
+        int rc = dense_cuda_create(s, dm_param_int(p, "tf32", 0) != 0, cfg->cuda_stream, &info->workspace_bytes, err);
         if (rc != DM_OK) {
             free(s);
             return rc;
@@ -69,14 +66,11 @@ static int dense_bind(void *state, float *params, float *grads, void *workspace,
 {
     dense_state *s = state;
     if (!params || !grads || (s->relu && !workspace))
-        return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads%s", s->name,
-                       s->relu ? " and workspace" : "");
-    dm_layer_slices(params, grads, (size_t)s->units * s->in_features, s->has_bias, &s->w, &s->dw,
-                    &s->b, &s->db);
+        return dm_fail(err, DM_ERR_INVALID, "%s: bind needs params, grads%s", s->name, s->relu ? " and workspace" : "");
+    dm_layer_slices(params, grads, (size_t)s->units * s->in_features, s->has_bias, &s->w, &s->dw, &s->b, &s->db);
     s->dz = workspace;
 #ifdef DM_WITH_CUDA
-    if (s->device == DM_DEVICE_CUDA)
-        return dense_cuda_bind(s, workspace, err);
+    if (s->device == DM_DEVICE_CUDA) return dense_cuda_bind(s, workspace, err);
 #endif
     return DM_OK;
 }
@@ -85,27 +79,24 @@ static int dense_bind(void *state, float *params, float *grads, void *workspace,
 static int dense_init_params(void *state, float *params, uint64_t seed, dm_error *err)
 {
     dense_state *s = state;
-    if (!params)
-        return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
-    dm_layer_init_glorot(params, (size_t)s->units * s->in_features, (double)s->in_features,
-                         (double)s->units, s->has_bias ? (size_t)s->units : 0, seed);
+    if (!params) return dm_fail(err, DM_ERR_INVALID, "%s: init_params needs a buffer", s->name);
+    dm_layer_init_glorot(params, (size_t)s->units * s->in_features, (double)s->in_features, (double)s->units,
+                         s->has_bias ? (size_t)s->units : 0, seed);
     return DM_OK;
 }
 
 /* The call's tensors: input with the create-time per-item shape and a batch
  * <= the create-time n, output and dout (batch, units, 1, 1) and din with
  * the input's batch; and bind done. */
-static int check_pass(const dense_state *s, int backward, const dm_tensor *in,
-                      const dm_tensor *out, const dm_tensor *dout, const dm_tensor *din,
-                      dm_error *err)
+static int check_pass(const dense_state *s, int backward, const dm_tensor *in, const dm_tensor *out,
+                      const dm_tensor *dout, const dm_tensor *din, dm_error *err)
 {
     const dm_shape ins = {s->n, s->in.c, s->in.h, s->in.w}, outs = {s->n, s->units, 1, 1};
     DM_TRY(dm_check_pass(s->name, s->device, ins, outs, 1, backward, in, out, dout, din, err));
     return dm_layer_check_bound(s->name, s->w, backward, err);
 }
 
-static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
-                         dm_error *err)
+static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out, dm_error *err)
 {
     dense_state *s = state;
     DM_TRY(check_pass(s, 0, in, out, NULL, NULL, err));
@@ -114,24 +105,21 @@ static int dense_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in
                           dense_forward_cuda(s, dm_run_stream(ctx), n, in->data, out->data, err));
 }
 
-static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
-                          const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
-                          dm_error *err)
+static int dense_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, const dm_tensor *out,
+                          const dm_tensor *dout, dm_tensor *din, dm_error *err)
 {
     dense_state *s = state;
     DM_TRY(check_pass(s, 1, in, out, dout, din, err));
     const int n = in->shape.n;
     float *dx = din ? din->data : NULL; /* NULL for the first layer */
     return DM_CPU_OR_CUDA(s->device, dense_backward_cpu(s, n, in->data, out->data, dout->data, dx),
-                          dense_backward_cuda(s, dm_run_stream(ctx), n, in->data, out->data,
-                                              dout->data, dx, err));
+                          dense_backward_cuda(s, dm_run_stream(ctx), n, in->data, out->data, dout->data, dx, err));
 }
 
 static void dense_destroy(void *state)
 {
 #ifdef DM_WITH_CUDA
-    if (state)
-        dense_cuda_destroy(state);
+    if (state) dense_cuda_destroy(state);
 #endif
     free(state);
 }
@@ -144,22 +132,17 @@ static int dense_onnx(void *state, dm_onnx_builder *b, dm_error *err)
     const dense_state *s = state;
     char wname[128], bname[128], flat[128], gemm[128];
     const int64_t wdims[2] = {s->units, s->in_features};
-    int rc = dm_onnx_weight_bias(b, s->name, wdims, 2, s->has_bias ? s->units : 0, wname, bname,
-                                 sizeof wname, err);
-    if (rc != DM_OK)
-        return rc;
+    int rc = dm_onnx_weight_bias(b, s->name, wdims, 2, s->has_bias ? s->units : 0, wname, bname, sizeof wname, err);
+    if (rc != DM_OK) return rc;
     dm_onnx_name(b, "flat", flat, sizeof flat);
     dm_onnx_name(b, "gemm", gemm, sizeof gemm);
     const char *x = b->input;
     if (b->in_rank != 2) { /* (N, C, H, W) -> (N, C*H*W), NCHW order as dense reads it */
-        if ((rc = dm_onnx_unary(b, "Flatten", b->input, flat, err)) ||
-            (rc = b->attr_int(b, "axis", 1, err)))
-            return rc;
+        if ((rc = dm_onnx_unary(b, "Flatten", b->input, flat, err)) || (rc = b->attr_int(b, "axis", 1, err))) return rc;
         x = flat;
     }
     const char *in[3] = {x, wname, bname}, *out[1] = {s->relu ? gemm : b->output};
-    if ((rc = b->add_node(b, "Gemm", in, s->has_bias ? 3 : 2, out, 1, err)) ||
-        (rc = b->attr_int(b, "transB", 1, err)))
+    if ((rc = b->add_node(b, "Gemm", in, s->has_bias ? 3 : 2, out, 1, err)) || (rc = b->attr_int(b, "transB", 1, err)))
         return rc;
     b->out_rank = 2;
     return s->relu ? dm_onnx_unary(b, "Relu", gemm, b->output, err) : DM_OK;
@@ -168,5 +151,5 @@ static int dense_onnx(void *state, dm_onnx_builder *b, dm_error *err)
 DM_LAYER_VTABLE(dense, DENSE_DEVICES, .onnx = dense_onnx);
 
 DM_PLUGIN_DEFINE("dense", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE ";openblas",
-    DM_LAYER_COMPONENT("dense", "fully connected layer, optional bias and fused ReLU",
-                       dense_params, &dense_vtable));
+                 DM_LAYER_COMPONENT("dense", "fully connected layer, optional bias and fused ReLU", dense_params,
+                                    &dense_vtable));

@@ -15,18 +15,15 @@ static void block(int total, int parts, int i, int *lo, int *hi)
     const int units16 = (total + 15) / 16;
     *lo = (int)((long)units16 * i / parts) * 16;
     *hi = (int)((long)units16 * (i + 1) / parts) * 16;
-    if (*lo > total)
-        *lo = total;
-    if (*hi > total)
-        *hi = total;
+    if (*lo > total) *lo = total;
+    if (*hi > total) *hi = total;
 }
 
 /* Blocks for a dimension: one per thread, but none thinner than 16, and
  * one when the product (n x units x in_features) is small. */
 static int nblocks(const dense_state *s, int n, int total)
 {
-    if ((size_t)n * s->units * s->in_features < DM_PARALLEL_MIN_MACS)
-        return 1;
+    if ((size_t)n * s->units * s->in_features < DM_PARALLEL_MIN_MACS) return 1;
     const int most = (total + 15) / 16;
     return s->nthreads < most ? s->nthreads : most;
 }
@@ -38,13 +35,11 @@ void dense_forward_cpu(const dense_state *s, int n, const float *x, float *y)
     for (int part = 0; part < parts; part++) {
         int u0, u1;
         block(U, parts, part, &u0, &u1);
-        if (u1 <= u0)
-            continue;
+        if (u1 <= u0) continue;
         /* y[:, u0:u1] (n, Ub) = x (n, K) * w[u0:u1]^T (K, Ub) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, u1 - u0, K, 1.0f, x, K,
-                    s->w + (size_t)u0 * K, K, 0.0f, y + u0, U);
-        if (!s->b && !s->relu)
-            continue;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, u1 - u0, K, 1.0f, x, K, s->w + (size_t)u0 * K, K, 0.0f,
+                    y + u0, U);
+        if (!s->b && !s->relu) continue;
         for (int i = 0; i < n; i++) {
             float *yi = y + (size_t)i * U;
             for (int u = u0; u < u1; u++) {
@@ -55,8 +50,7 @@ void dense_forward_cpu(const dense_state *s, int n, const float *x, float *y)
     }
 }
 
-void dense_backward_cpu(const dense_state *s, int n, const float *x, const float *y,
-                        const float *dy, float *dx)
+void dense_backward_cpu(const dense_state *s, int n, const float *x, const float *y, const float *dy, float *dx)
 {
     const int K = s->in_features, U = s->units;
     const int uparts = nblocks(s, n, U), kparts = nblocks(s, n, K);
@@ -67,8 +61,7 @@ void dense_backward_cpu(const dense_state *s, int n, const float *x, const float
         for (int part = 0; part < uparts; part++) {
             int u0, u1;
             block(U, uparts, part, &u0, &u1);
-            if (u1 <= u0)
-                continue;
+            if (u1 <= u0) continue;
             if (s->relu) {
                 /* dz[:, u0:u1] = dy where the output was positive: each block
                  * masks the columns it reads, so no barrier before dW */
@@ -83,26 +76,23 @@ void dense_backward_cpu(const dense_state *s, int n, const float *x, const float
             }
             if (s->db) {
                 /* db[u] = sum over the batch of dz[:, u] */
-                for (int u = u0; u < u1; u++)
-                    s->db[u] = 0.0f;
+                for (int u = u0; u < u1; u++) s->db[u] = 0.0f;
                 for (int i = 0; i < n; i++)
-                    for (int u = u0; u < u1; u++)
-                        s->db[u] += dz[(size_t)i * U + u];
+                    for (int u = u0; u < u1; u++) s->db[u] += dz[(size_t)i * U + u];
             }
             /* dw[u0:u1] (Ub, K) = dz[:, u0:u1]^T (Ub, n) * x (n, K) */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, u1 - u0, K, n, 1.0f, dz + u0, U,
-                        x, K, 0.0f, s->dw + (size_t)u0 * K, K);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, u1 - u0, K, n, 1.0f, dz + u0, U, x, K, 0.0f,
+                        s->dw + (size_t)u0 * K, K);
         }
         if (dx) {
 #pragma omp for schedule(static)
             for (int part = 0; part < kparts; part++) {
                 int k0, k1;
                 block(K, kparts, part, &k0, &k1);
-                if (k1 <= k0)
-                    continue;
+                if (k1 <= k0) continue;
                 /* dx[:, k0:k1] (n, Kb) = dz (n, U) * w[:, k0:k1] (U, Kb) */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k1 - k0, U, 1.0f, dz,
-                            U, s->w + k0, K, 0.0f, dx + k0, K);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, k1 - k0, U, 1.0f, dz, U, s->w + k0, K, 0.0f,
+                            dx + k0, K);
             }
         }
     }

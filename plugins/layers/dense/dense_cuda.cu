@@ -30,7 +30,8 @@ extern "C" {
 #define CUBLAS_WS ((size_t)4 << 20)
 #define THREADS 256
 
-namespace {
+namespace
+{
 
 struct dense_cuda {
     cublasHandle_t h;
@@ -39,12 +40,12 @@ struct dense_cuda {
     float *dz;
 };
 
-#define CUBLAS_TRY(call, what)                                                                 \
-    do {                                                                                       \
-        cublasStatus_t st_ = (call);                                                           \
-        if (st_ != CUBLAS_STATUS_SUCCESS)                                                      \
-            return dm_fail(err, DM_ERR_DEVICE, "%s: cublas: %s failed: %s", s->name, what,     \
-                           cublasGetStatusString(st_));                                        \
+#define CUBLAS_TRY(call, what) \
+    do { \
+        cublasStatus_t st_ = (call); \
+        if (st_ != CUBLAS_STATUS_SUCCESS) \
+            return dm_fail(err, DM_ERR_DEVICE, "%s: cublas: %s failed: %s", s->name, what, \
+                           cublasGetStatusString(st_)); \
     } while (0)
 
 #define CUDA_TRY(call, what) DM_CUDA_TRY(s->name, call, what)
@@ -52,8 +53,7 @@ struct dense_cuda {
 /* y[i][u] = act(y[i][u] + b[u]) over n*U elements. */
 __global__ void bias_act_kernel(float *y, const float *b, size_t total, int U, int relu)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         float v = y[i];
         if (b) v += b[i % (size_t)U];
         y[i] = relu && v < 0.0f ? 0.0f : v;
@@ -63,8 +63,7 @@ __global__ void bias_act_kernel(float *y, const float *b, size_t total, int U, i
 /* dz = dy where y > 0, else 0 (n*U elements). */
 __global__ void relu_mask_kernel(const float *y, const float *dy, float *dz, size_t total)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x)
         dz[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
@@ -97,8 +96,7 @@ int use_stream(dense_state *s, dense_cuda *c, void *stream, dm_error *err)
 
 } // namespace
 
-int dense_cuda_create(dense_state *s, int tf32, void *stream, size_t *workspace_bytes,
-                      dm_error *err)
+int dense_cuda_create(dense_state *s, int tf32, void *stream, size_t *workspace_bytes, dm_error *err)
 {
     dense_cuda *c = new (std::nothrow) dense_cuda();
     if (!c) return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", s->name);
@@ -127,8 +125,7 @@ int dense_cuda_bind(dense_state *s, void *workspace, dm_error *err)
     return DM_OK;
 }
 
-int dense_forward_cuda(dense_state *s, void *stream, int n, const float *x, float *y,
-                       dm_error *err)
+int dense_forward_cuda(dense_state *s, void *stream, int n, const float *x, float *y, dm_error *err)
 {
     dense_cuda *c = (dense_cuda *)s->cuda;
     if (!c || !c->ws) return dm_fail(err, DM_ERR_INVALID, "%s: forward before bind", s->name);
@@ -146,8 +143,8 @@ int dense_forward_cuda(dense_state *s, void *stream, int n, const float *x, floa
     return DM_OK;
 }
 
-int dense_backward_cuda(dense_state *s, void *stream, int n, const float *x, const float *y,
-                        const float *dy, float *dx, dm_error *err)
+int dense_backward_cuda(dense_state *s, void *stream, int n, const float *x, const float *y, const float *dy, float *dx,
+                        dm_error *err)
 {
     dense_cuda *c = (dense_cuda *)s->cuda;
     if (!c || !c->ws) return dm_fail(err, DM_ERR_INVALID, "%s: backward before bind", s->name);
@@ -169,8 +166,7 @@ int dense_backward_cuda(dense_state *s, void *stream, int n, const float *x, con
     CUBLAS_TRY(cublasSgemm(c->h, CUBLAS_OP_N, CUBLAS_OP_T, K, U, n, &one, x, K, dz, U, &zero, s->dw, K),
                "cublasSgemm (weight gradient)");
     if (dx)
-        CUBLAS_TRY(cublasSgemm(c->h, CUBLAS_OP_N, CUBLAS_OP_N, K, n, U, &one, s->w, K, dz, U, &zero,
-                               dx, K),
+        CUBLAS_TRY(cublasSgemm(c->h, CUBLAS_OP_N, CUBLAS_OP_N, K, n, U, &one, s->w, K, dz, U, &zero, dx, K),
                    "cublasSgemm (input gradient)");
     return DM_OK;
 }

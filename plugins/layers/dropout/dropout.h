@@ -27,11 +27,9 @@ static inline int dropout_keep(uint64_t seed, uint64_t index, uint32_t threshold
 }
 
 /* Training: y[i] = keep(i) ? x[i] * scale : 0. */
-void dropout_forward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *x,
-                         float *y);
+void dropout_forward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *x, float *y);
 /* Training: dx[i] = keep(i) ? dy[i] * scale : 0 (the same mask). */
-void dropout_backward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *dy,
-                          float *dx);
+void dropout_backward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *dy, float *dx);
 /* Evaluation (and rate 0): dst = src. */
 void dropout_copy_cpu(size_t count, const float *src, float *dst);
 
@@ -39,11 +37,10 @@ void dropout_copy_cpu(size_t count, const float *src, float *dst);
  * `stream`; a dm_status.
  * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
  * calls them there alone (and type-checks the calls everywhere). */
-int dropout_forward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count,
-                         const float *x, float *y, dm_error *err);
-int dropout_backward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count,
-                          const float *dy, float *dx, dm_error *err);
-int dropout_copy_cuda(const dropout_state *s, void *stream, size_t count, const float *src,
-                      float *dst, dm_error *err);
+int dropout_forward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count, const float *x, float *y,
+                         dm_error *err);
+int dropout_backward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count, const float *dy, float *dx,
+                          dm_error *err);
+int dropout_copy_cuda(const dropout_state *s, void *stream, size_t count, const float *src, float *dst, dm_error *err);
 
 #endif

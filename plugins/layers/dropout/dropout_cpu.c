@@ -29,8 +29,7 @@
 /* The copy DMNIST_CPU_ISA (or the CPU) selects, checked per call (a getenv
  * and a cached CPUID bit: nothing next to a pass over the batch). An
  * unknown value gets the best copy here; conv2d's create refuses it. */
-static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, const float *src,
-                       float *dst)
+static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, const float *src, float *dst)
 {
     dm_cpu_isa isa;
     dm_cpu_isa_select(&isa);
@@ -43,20 +42,17 @@ static void apply_mask(const dropout_state *s, uint64_t seed, size_t count, cons
     }
 }
 
-void dropout_forward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *x,
-                         float *y)
+void dropout_forward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *x, float *y)
 {
     apply_mask(s, seed, count, x, y);
 }
 
-void dropout_backward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *dy,
-                          float *dx)
+void dropout_backward_cpu(const dropout_state *s, uint64_t seed, size_t count, const float *dy, float *dx)
 {
     apply_mask(s, seed, count, dy, dx);
 }
 
 void dropout_copy_cpu(size_t count, const float *src, float *dst)
 {
-    if (src != dst)
-        memcpy(dst, src, count * sizeof(float));
+    if (src != dst) memcpy(dst, src, count * sizeof(float));
 }

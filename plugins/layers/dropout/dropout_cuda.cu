@@ -13,7 +13,8 @@ extern "C" {
 
 #define THREADS 256
 
-namespace {
+namespace
+{
 
 __device__ __forceinline__ uint64_t device_hash64(uint64_t seed, uint64_t index)
 {
@@ -24,38 +25,35 @@ __device__ __forceinline__ uint64_t device_hash64(uint64_t seed, uint64_t index)
 }
 
 /* dst[i] = keep(i) ? src[i] * scale : 0; the same for forward and backward. */
-__global__ void mask_kernel(const float *src, float *dst, size_t count, uint64_t seed,
-                            uint32_t threshold, float scale)
+__global__ void mask_kernel(const float *src, float *dst, size_t count, uint64_t seed, uint32_t threshold, float scale)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
-         i += (size_t)gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = (device_hash64(seed, i) >> 40) >= threshold ? src[i] * scale : 0.0f;
 }
 
-int apply_mask(const dropout_state *s, void *stream, uint64_t seed, size_t count, const float *src,
-               float *dst, dm_error *err)
+int apply_mask(const dropout_state *s, void *stream, uint64_t seed, size_t count, const float *src, float *dst,
+               dm_error *err)
 {
     mask_kernel<<<dm_cuda_grid(count, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(src, dst, count, seed,
-                                                                      s->threshold, s->scale);
+                                                                                           s->threshold, s->scale);
     return dm_cuda_launched(s->name, "dropout kernel", err);
 }
 
 } // namespace
 
-int dropout_forward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count,
-                         const float *x, float *y, dm_error *err)
+int dropout_forward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count, const float *x, float *y,
+                         dm_error *err)
 {
     return apply_mask(s, stream, seed, count, x, y, err);
 }
 
-int dropout_backward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count,
-                          const float *dy, float *dx, dm_error *err)
+int dropout_backward_cuda(const dropout_state *s, void *stream, uint64_t seed, size_t count, const float *dy, float *dx,
+                          dm_error *err)
 {
     return apply_mask(s, stream, seed, count, dy, dx, err);
 }
 
-int dropout_copy_cuda(const dropout_state *s, void *stream, size_t count, const float *src,
-                      float *dst, dm_error *err)
+int dropout_copy_cuda(const dropout_state *s, void *stream, size_t count, const float *src, float *dst, dm_error *err)
 {
     return dm_cuda_copy(s->name, stream, count, src, dst, err);
 }

@@ -6,13 +6,11 @@
  * hashing, one multiplication and a select: every copy gives the same bits.
  * No include guard, no types. */
 
-static void WK(apply_mask)(const dropout_state *s, uint64_t seed, size_t count, const float *src,
-                           float *dst)
+static void WK(apply_mask)(const dropout_state *s, uint64_t seed, size_t count, const float *src, float *dst)
 {
     const uint32_t thr = s->threshold;
     const float scale = s->scale;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads) \
-    if (count >= DM_PARALLEL_MIN_ELEMENTS)
+#pragma omp parallel for schedule(static) num_threads(s->nthreads) if (count >= DM_PARALLEL_MIN_ELEMENTS)
     for (size_t i = 0; i < count; i++) {
         const float v = src[i] * scale;
         dst[i] = dropout_keep(seed, i, thr) ? v : 0.0f;

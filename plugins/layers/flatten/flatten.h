@@ -20,7 +20,6 @@ void flatten_copy_cpu(size_t count, const float *src, float *dst);
 /* flatten_cuda.cu: a device-to-device copy on `stream`; a dm_status.
  * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
  * calls them there alone (and type-checks the calls everywhere). */
-int flatten_copy_cuda(const flatten_state *s, void *stream, size_t count, const float *src,
-                      float *dst, dm_error *err);
+int flatten_copy_cuda(const flatten_state *s, void *stream, size_t count, const float *src, float *dst, dm_error *err);
 
 #endif

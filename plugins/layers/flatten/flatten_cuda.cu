@@ -8,8 +8,7 @@ extern "C" {
 #include "flatten.h"
 }
 
-int flatten_copy_cuda(const flatten_state *s, void *stream, size_t count, const float *src,
-                      float *dst, dm_error *err)
+int flatten_copy_cuda(const flatten_state *s, void *stream, size_t count, const float *src, float *dst, dm_error *err)
 {
     return dm_cuda_copy(s->name, stream, count, src, dst, err);
 }

@@ -10,8 +10,8 @@ typedef struct maxpool2d_state {
     char name[64];
     dm_device device;
     int nthreads;
-    dm_shape in;          /* create-time input shape */
-    int pool, stride;     /* square window, no padding */
+    dm_shape in;      /* create-time input shape */
+    int pool, stride; /* square window, no padding */
     int out_h, out_w;
 } maxpool2d_state;
 
@@ -19,15 +19,13 @@ typedef struct maxpool2d_state {
 void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, float *y);
 /* dx = dy routed to the first maximum of each window (found again from x,
  * exactly as forward found it); overlapping windows add up. */
-void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy,
-                            float *dx);
+void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy, float *dx);
 
 /* maxpool2d_cuda.cu: the same on device buffers, on `stream`; a dm_status.
  * Declared in every build, defined only with DM_WITH_CUDA: DM_CPU_OR_CUDA
  * calls them there alone (and type-checks the calls everywhere). */
-int maxpool2d_forward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
-                           float *y, dm_error *err);
-int maxpool2d_backward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
-                            const float *dy, float *dx, dm_error *err);
+int maxpool2d_forward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x, float *y, dm_error *err);
+int maxpool2d_backward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x, const float *dy, float *dx,
+                            dm_error *err);
 
 #endif

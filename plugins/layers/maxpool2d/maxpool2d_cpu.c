@@ -38,8 +38,7 @@ void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, floa
 {
     const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
     const size_t hw = (size_t)s->in.h * s->in.w;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads) \
-    if ((size_t)planes * hw >= DM_PARALLEL_MIN_ELEMENTS)
+#pragma omp parallel for schedule(static) num_threads(s->nthreads) if ((size_t)planes * hw >= DM_PARALLEL_MIN_ELEMENTS)
     for (int pl = 0; pl < planes; pl++) {
         const float *xp = x + (size_t)pl * hw;
         float *yp = y + (size_t)pl * ohw;
@@ -56,19 +55,16 @@ void maxpool2d_forward_cpu(const maxpool2d_state *s, int n, const float *x, floa
             }
         } else {
             for (int oy = 0; oy < s->out_h; oy++)
-                for (int ox = 0; ox < s->out_w; ox++)
-                    yp[oy * s->out_w + ox] = xp[window_argmax(s, xp, oy, ox)];
+                for (int ox = 0; ox < s->out_w; ox++) yp[oy * s->out_w + ox] = xp[window_argmax(s, xp, oy, ox)];
         }
     }
 }
 
-void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy,
-                            float *dx)
+void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, const float *dy, float *dx)
 {
     const int planes = n * s->in.c, ohw = s->out_h * s->out_w;
     const size_t hw = (size_t)s->in.h * s->in.w;
-#pragma omp parallel for schedule(static) num_threads(s->nthreads) \
-    if ((size_t)planes * hw >= DM_PARALLEL_MIN_ELEMENTS)
+#pragma omp parallel for schedule(static) num_threads(s->nthreads) if ((size_t)planes * hw >= DM_PARALLEL_MIN_ELEMENTS)
     for (int pl = 0; pl < planes; pl++) {
         const float *xp = x + (size_t)pl * hw;
         const float *dyp = dy + (size_t)pl * ohw;
@@ -99,8 +95,7 @@ void maxpool2d_backward_cpu(const maxpool2d_state *s, int n, const float *x, con
             }
         } else {
             for (int oy = 0; oy < s->out_h; oy++)
-                for (int ox = 0; ox < s->out_w; ox++)
-                    dxp[window_argmax(s, xp, oy, ox)] += dyp[oy * s->out_w + ox];
+                for (int ox = 0; ox < s->out_w; ox++) dxp[window_argmax(s, xp, oy, ox)] += dyp[oy * s->out_w + ox];
         }
     }
 }

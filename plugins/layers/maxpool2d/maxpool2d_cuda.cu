@@ -15,7 +15,8 @@ extern "C" {
 
 #define THREADS 256
 
-namespace {
+namespace
+{
 
 struct geom {
     int H, W, OH, OW, pool, stride;
@@ -41,8 +42,7 @@ __device__ __forceinline__ int window_argmax(const float *plane, geom g, int oy,
 /* x (planes, H, W) -> y (planes, OH, OW). */
 __global__ void pool_fwd_kernel(const float *x, float *y, size_t total, geom g)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const size_t plane = i / ((size_t)g.OH * g.OW);
         const int r = (int)(i % ((size_t)g.OH * g.OW)), oy = r / g.OW, ox = r % g.OW;
         const float *xp = x + plane * g.H * g.W;
@@ -53,8 +53,7 @@ __global__ void pool_fwd_kernel(const float *x, float *y, size_t total, geom g)
 /* dx (planes, H, W) from dy (planes, OH, OW). */
 __global__ void pool_bwd_kernel(const float *x, const float *dy, float *dx, size_t total, geom g)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
-         i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         const size_t plane = i / ((size_t)g.H * g.W);
         const int off = (int)(i % ((size_t)g.H * g.W)), iy = off / g.W, ix = off % g.W;
         const float *xp = x + plane * g.H * g.W;
@@ -82,19 +81,18 @@ geom geom_of(const maxpool2d_state *s)
 
 } // namespace
 
-int maxpool2d_forward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
-                           float *y, dm_error *err)
+int maxpool2d_forward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x, float *y, dm_error *err)
 {
     const size_t total = (size_t)n * s->in.c * s->out_h * s->out_w;
     pool_fwd_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(x, y, total, geom_of(s));
     return dm_cuda_launched(s->name, "maxpool forward", err);
 }
 
-int maxpool2d_backward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x,
-                            const float *dy, float *dx, dm_error *err)
+int maxpool2d_backward_cuda(const maxpool2d_state *s, void *stream, int n, const float *x, const float *dy, float *dx,
+                            dm_error *err)
 {
     const size_t total = (size_t)n * s->in.c * s->in.h * s->in.w;
     pool_bwd_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(x, dy, dx, total,
-                                                                          geom_of(s));
+                                                                                               geom_of(s));
     return dm_cuda_launched(s->name, "maxpool backward", err);
 }

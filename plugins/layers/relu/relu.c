@@ -9,5 +9,4 @@ DM_ELEMENTWISE_LAYER_ONNX(relu, RELU, RELU_DX, "Relu");
 #endif
 
 DM_PLUGIN_DEFINE("relu", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
-    DM_LAYER_COMPONENT("relu", "rectified linear unit, max(x, 0), elementwise",
-                       NULL, &relu_vtable));
+                 DM_LAYER_COMPONENT("relu", "rectified linear unit, max(x, 0), elementwise", NULL, &relu_vtable));

@@ -14,10 +14,9 @@
 extern "C" {
 #endif
 /* relu_cuda.cu: the two passes on device buffers, on `stream`; a dm_status. */
-int relu_forward_cuda(const dm_elementwise *s, void *stream, size_t count, const float *x, float *y,
-                      dm_error *err);
-int relu_backward_cuda(const dm_elementwise *s, void *stream, size_t count, const float *x,
-                       const float *y, const float *dy, float *dx, dm_error *err);
+int relu_forward_cuda(const dm_elementwise *s, void *stream, size_t count, const float *x, float *y, dm_error *err);
+int relu_backward_cuda(const dm_elementwise *s, void *stream, size_t count, const float *x, const float *y,
+                       const float *dy, float *dx, dm_error *err);
 #ifdef __cplusplus
 }
 #endif

@@ -5,8 +5,8 @@
 
 #include <math.h>
 
-void sce_forward_cpu(const sce_state *s, int n, const float *x, const int32_t *labels, float *p,
-                     double *loss_sum, int *correct)
+void sce_forward_cpu(const sce_state *s, int n, const float *x, const int32_t *labels, float *p, double *loss_sum,
+                     int *correct)
 {
     const int C = s->classes;
     double loss = 0.0;
@@ -16,8 +16,7 @@ void sce_forward_cpu(const sce_state *s, int n, const float *x, const int32_t *l
         float *pi = p + (size_t)i * C;
         int arg = 0;
         for (int j = 1; j < C; j++)
-            if (xi[j] > xi[arg])
-                arg = j;
+            if (xi[j] > xi[arg]) arg = j;
         const float m = xi[arg];
         double sum = 0.0;
         for (int j = 0; j < C; j++) {
@@ -25,8 +24,7 @@ void sce_forward_cpu(const sce_state *s, int n, const float *x, const int32_t *l
             sum += pi[j];
         }
         const float inv = (float)(1.0 / sum);
-        for (int j = 0; j < C; j++)
-            pi[j] *= inv;
+        for (int j = 0; j < C; j++) pi[j] *= inv;
         if (labels) {
             loss += (double)m + log(sum) - (double)xi[labels[i]];
             hits += arg == labels[i];
@@ -43,8 +41,7 @@ void sce_backward_cpu(const sce_state *s, int n, const float *p, const int32_t *
     for (int i = 0; i < n; i++) {
         const float *pi = p + (size_t)i * C;
         float *di = dx + (size_t)i * C;
-        for (int j = 0; j < C; j++)
-            di[j] = pi[j] * inv_n;
+        for (int j = 0; j < C; j++) di[j] = pi[j] * inv_n;
         di[labels[i]] -= inv_n;
     }
 }

@@ -18,10 +18,10 @@ extern "C" {
 #define FWD_THREADS 256
 #define THREADS 256
 
-namespace {
+namespace
+{
 
-__global__ void sce_fwd_kernel(const float *x, const int32_t *labels, float *p, float *metrics,
-                               int n, int C)
+__global__ void sce_fwd_kernel(const float *x, const int32_t *labels, float *p, float *metrics, int n, int C)
 {
     __shared__ double loss_s[FWD_THREADS];
     __shared__ double hits_s[FWD_THREADS];
@@ -72,8 +72,7 @@ __global__ void sce_bwd_kernel(const float *p, const int32_t *labels, float *dx,
 {
     const float inv_n = 1.0f / (float)n;
     const size_t total = (size_t)n * C;
-    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total;
-         k += (size_t)gridDim.x * blockDim.x) {
+    for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < total; k += (size_t)gridDim.x * blockDim.x) {
         const int i = (int)(k / C), j = (int)(k % C);
         float v = p[k] * inv_n;
         if (labels[i] == j) v -= inv_n;
@@ -83,18 +82,18 @@ __global__ void sce_bwd_kernel(const float *p, const int32_t *labels, float *dx,
 
 } // namespace
 
-int sce_forward_cuda(const sce_state *s, void *stream, int n, const float *x,
-                     const int32_t *labels, float *p, float *metrics, dm_error *err)
+int sce_forward_cuda(const sce_state *s, void *stream, int n, const float *x, const int32_t *labels, float *p,
+                     float *metrics, dm_error *err)
 {
-    sce_fwd_kernel<<<1, FWD_THREADS, 0, (cudaStream_t)stream>>>(x, labels, p, metrics, n,
-                                                                s->classes);
+    sce_fwd_kernel<<<1, FWD_THREADS, 0, (cudaStream_t)stream>>>(x, labels, p, metrics, n, s->classes);
     return dm_cuda_launched(s->name, "softmax forward", err);
 }
 
-int sce_backward_cuda(const sce_state *s, void *stream, int n, const float *p,
-                      const int32_t *labels, float *dx, dm_error *err)
+int sce_backward_cuda(const sce_state *s, void *stream, int n, const float *p, const int32_t *labels, float *dx,
+                      dm_error *err)
 {
     const size_t total = (size_t)n * s->classes;
-    sce_bwd_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(p, labels, dx, n, s->classes);
+    sce_bwd_kernel<<<dm_cuda_grid(total, THREADS, 65535), THREADS, 0, (cudaStream_t)stream>>>(p, labels, dx, n,
+                                                                                              s->classes);
     return dm_cuda_launched(s->name, "softmax backward", err);
 }

@@ -9,7 +9,8 @@
 
 #define THREADS 256
 
-namespace {
+namespace
+{
 
 struct hyper {
     float lr_t, b1, b2, eps, wd;
@@ -23,11 +24,9 @@ __device__ __forceinline__ void update(float &p, float g, float &m, float &v, hy
     p -= h.lr_t * m / (sqrtf(v) + h.eps);
 }
 
-__global__ void adam_vec4_kernel(float4 *p, const float4 *g, float4 *m, float4 *v, size_t n4,
-                                 hyper h)
+__global__ void adam_vec4_kernel(float4 *p, const float4 *g, float4 *m, float4 *v, size_t n4, hyper h)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4;
-         i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         float4 pp = p[i], gg = g[i], mm = m[i], vv = v[i];
         update(pp.x, gg.x, mm.x, vv.x, h);
         update(pp.y, gg.y, mm.y, vv.y, h);
@@ -41,8 +40,7 @@ __global__ void adam_vec4_kernel(float4 *p, const float4 *g, float4 *m, float4 *
 
 __global__ void adam_kernel(float *p, const float *g, float *m, float *v, size_t n, hyper h)
 {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         update(p[i], g[i], m[i], v[i], h);
 }
 
@@ -50,17 +48,15 @@ bool aligned16(const void *a) { return ((uintptr_t)a & 15) == 0; }
 
 } // namespace
 
-extern "C" int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr_t,
-                                float b1, float b2, float eps, float wd, void *stream,
-                                dm_error *err)
+extern "C" int adam_update_cuda(float *p, const float *g, float *m, float *v, size_t n, float lr_t, float b1, float b2,
+                                float eps, float wd, void *stream, dm_error *err)
 {
     if (n == 0) return DM_OK;
     const hyper h = {lr_t, b1, b2, eps, wd};
     cudaStream_t st = (cudaStream_t)stream;
     if (n % 4 == 0 && aligned16(p) && aligned16(g) && aligned16(m) && aligned16(v))
         adam_vec4_kernel<<<dm_cuda_grid(n / 4, THREADS, 4096), THREADS, 0, st>>>((float4 *)p, (const float4 *)g,
-                                                              (float4 *)m, (float4 *)v, n / 4, h);
-    else
-        adam_kernel<<<dm_cuda_grid(n, THREADS, 4096), THREADS, 0, st>>>(p, g, m, v, n, h);
+                                                                                 (float4 *)m, (float4 *)v, n / 4, h);
+    else adam_kernel<<<dm_cuda_grid(n, THREADS, 4096), THREADS, 0, st>>>(p, g, m, v, n, h);
     return dm_cuda_launched("adam", "update kernel", err);
 }

@@ -42,7 +42,10 @@
  * UBSan's null check sees what the store does. */
 static volatile uintptr_t bad_address = 16;
 __attribute__((unused)) static void crash(void) { *(volatile int *)bad_address = 1; }
-__attribute__((unused)) static void hang(void) { for (;;) pause(); }
+__attribute__((unused)) static void hang(void)
+{
+    for (;;) pause();
+}
 
 #if defined(BAD_CRASH_IN_CTOR) || defined(BAD_EXIT_IN_CTOR) || defined(BAD_HANG_IN_CTOR)
 __attribute__((constructor)) static void bad_ctor(void)
@@ -63,7 +66,10 @@ extern int dm_bad_test_missing_function(void);
 
 static int bt_open(const dm_params *p, const dm_dataset_config *c, void **s, dm_dataset_info *i, dm_error *e)
 {
-    (void)p; (void)c; (void)s; (void)i;
+    (void)p;
+    (void)c;
+    (void)s;
+    (void)i;
 #ifdef BAD_CRASH_IN_CREATE
     crash();
 #endif
@@ -77,7 +83,12 @@ static int bt_open(const dm_params *p, const dm_dataset_config *c, void **s, dm_
 }
 static int bt_read(void *s, dm_split sp, const int64_t *idx, int n, float *im, int32_t *lab, dm_error *e)
 {
-    (void)s; (void)sp; (void)idx; (void)n; (void)im; (void)lab;
+    (void)s;
+    (void)sp;
+    (void)idx;
+    (void)n;
+    (void)im;
+    (void)lab;
     return dm_fail(e, DM_ERR_UNSUPPORTED, "badtest: never read");
 }
 static void bt_close(void *s) { (void)s; }
@@ -163,7 +174,8 @@ DM_EXPORT int dm_plugin_entry_misspelled(void) { return 0; }
 #else
 DM_EXPORT const dm_plugin_descriptor *dm_plugin_entry(uint32_t major, uint32_t minor)
 {
-    (void)major; (void)minor;
+    (void)major;
+    (void)minor;
 #if defined(BAD_CRASH_IN_ENTRY)
     crash();
 #elif defined(BAD_ABORT_IN_ENTRY)

@@ -41,14 +41,13 @@ typedef struct dm_layer_info_1_0 {
 typedef struct dm_layer_vtable_1_0 {
     size_t struct_size;
     unsigned devices;
-    int (*create)(const dm_params *params, const dm_layer_config *cfg, void **state,
-                  dm_layer_info_1_0 *info, dm_error *err);
+    int (*create)(const dm_params *params, const dm_layer_config *cfg, void **state, dm_layer_info_1_0 *info,
+                  dm_error *err);
     int (*bind)(void *state, float *params, float *grads, void *workspace, dm_error *err);
     int (*init_params)(void *state, float *params, uint64_t seed, dm_error *err);
-    int (*forward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
-                   dm_error *err);
-    int (*backward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
-                    const dm_tensor *out, const dm_tensor *dout, dm_tensor *din, dm_error *err);
+    int (*forward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out, dm_error *err);
+    int (*backward)(void *state, const dm_run_ctx *ctx, const dm_tensor *in, const dm_tensor *out,
+                    const dm_tensor *dout, dm_tensor *din, dm_error *err);
     void (*destroy)(void *state);
 } dm_layer_vtable_1_0;
 
@@ -64,19 +63,17 @@ typedef struct affine {
 
 static int affine_new(const dm_layer_config *cfg, void **state, dm_error *err)
 {
-    if (cfg->device != DM_DEVICE_CPU)
-        return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: CPU only", cfg->name);
+    if (cfg->device != DM_DEVICE_CPU) return dm_fail(err, DM_ERR_UNSUPPORTED, "%s: CPU only", cfg->name);
     affine *s = calloc(1, sizeof *s);
-    if (!s)
-        return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", cfg->name);
+    if (!s) return dm_fail(err, DM_ERR_NOMEM, "%s: out of memory", cfg->name);
     s->shape = cfg->in_shape;
     *state = s;
     return DM_OK;
 }
 
 #ifdef NO_BIND_STATE
-static int affine_create(const dm_params *params, const dm_layer_config *cfg, void **state,
-                         dm_layer_info *info, dm_error *err)
+static int affine_create(const dm_params *params, const dm_layer_config *cfg, void **state, dm_layer_info *info,
+                         dm_error *err)
 {
     (void)params;
     int rc = affine_new(cfg, state, err);
@@ -86,8 +83,8 @@ static int affine_create(const dm_params *params, const dm_layer_config *cfg, vo
     return rc;
 }
 #else
-static int affine_create(const dm_params *params, const dm_layer_config *cfg, void **state,
-                         dm_layer_info_1_0 *info, dm_error *err)
+static int affine_create(const dm_params *params, const dm_layer_config *cfg, void **state, dm_layer_info_1_0 *info,
+                         dm_error *err)
 {
     (void)params;
     int rc = affine_new(cfg, state, err);
@@ -123,8 +120,7 @@ static int affine_init(void *state, float *params, uint64_t seed, dm_error *err)
 }
 
 /* in, out: (n, c, h, w) */
-static int affine_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out,
-                          dm_error *err)
+static int affine_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, dm_tensor *out, dm_error *err)
 {
     const affine *s = state;
     (void)ctx, (void)err;
@@ -140,9 +136,8 @@ static int affine_forward(void *state, const dm_run_ctx *ctx, const dm_tensor *i
 }
 
 /* da = sum dy * x, db = sum dy, dx = a * dy (overwriting the gradients). */
-static int affine_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in,
-                           const dm_tensor *out, const dm_tensor *dout, dm_tensor *din,
-                           dm_error *err)
+static int affine_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *in, const dm_tensor *out,
+                           const dm_tensor *dout, dm_tensor *din, dm_error *err)
 {
     const affine *s = state;
     (void)ctx, (void)out, (void)err;
@@ -155,8 +150,7 @@ static int affine_backward(void *state, const dm_run_ctx *ctx, const dm_tensor *
                 const size_t j = ((size_t)i * c + k) * hw + p;
                 da += (double)dout->data[j] * in->data[j];
                 db += dout->data[j];
-                if (din)
-                    din->data[j] = s->params[k] * dout->data[j];
+                if (din) din->data[j] = s->params[k] * dout->data[j];
             }
         s->grads[k] = (float)da;
         s->grads[c + k] = (float)db;

@@ -8,5 +8,5 @@
 DM_ELEMENTWISE_LAYER(noonnx, NOONNX, NOONNX_DX);
 
 DM_PLUGIN_DEFINE("noonnx", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
-    DM_LAYER_COMPONENT("noonnx", "relu that cannot describe itself as ONNX (tests/export)", NULL,
-                       &noonnx_vtable));
+                 DM_LAYER_COMPONENT("noonnx", "relu that cannot describe itself as ONNX (tests/export)", NULL,
+                                    &noonnx_vtable));

@@ -28,8 +28,8 @@ static const dm_param_def poison_params[] = {
     {"poison", DM_PARAM_ENUM, "inf", 0, -1, "nan|inf", "the bad value (a NaN pixel dies in a ReLU; Inf survives)"},
     DM_PARAM_END};
 
-static int poison_open(const dm_params *params, const dm_dataset_config *cfg, void **state,
-                       dm_dataset_info *info, dm_error *err)
+static int poison_open(const dm_params *params, const dm_dataset_config *cfg, void **state, dm_dataset_info *info,
+                       dm_error *err)
 {
     poison_state *s = calloc(1, sizeof *s);
     if (!s) return dm_fail(err, DM_ERR_NOMEM, "poison: out of memory");
@@ -46,8 +46,8 @@ static int poison_open(const dm_params *params, const dm_dataset_config *cfg, vo
     return DM_OK;
 }
 
-static int poison_read(void *state, dm_split split, const int64_t *idx, int n, float *images,
-                       int32_t *labels, dm_error *err)
+static int poison_read(void *state, dm_split split, const int64_t *idx, int n, float *images, int32_t *labels,
+                       dm_error *err)
 {
     const poison_state *s = state;
     (void)err;
@@ -72,6 +72,6 @@ static void poison_close(void *state) { free(state); }
 DM_DATASET_VTABLE(poison);
 
 DM_PLUGIN_DEFINE("poison", "1.0.0", "cpu;test",
-    DM_DATASET_COMPONENT("poison",
-                         "test data: random 12x12 images, one training example with a NaN/Inf pixel",
-                         poison_params, &poison_vtable));
+                 DM_DATASET_COMPONENT("poison",
+                                      "test data: random 12x12 images, one training example with a NaN/Inf pixel",
+                                      poison_params, &poison_vtable));

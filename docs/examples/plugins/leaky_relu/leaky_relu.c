@@ -17,11 +17,10 @@ DM_ELEMENTWISE_LAYER(leaky_relu, LEAKY, LEAKY_DX);
 
 /* The keys of a [layer.NAME] section with type = leaky_relu. */
 static const dm_param_def leaky_params[] = {
-    {"alpha", DM_PARAM_FLOAT, "0.01", 0.0, 1.0, NULL, "slope for x <= 0 (0 gives a plain ReLU)"},
-    DM_PARAM_END};
+    {"alpha", DM_PARAM_FLOAT, "0.01", 0.0, 1.0, NULL, "slope for x <= 0 (0 gives a plain ReLU)"}, DM_PARAM_END};
 
 /* The descriptor and the one exported symbol, dm_plugin_entry. */
 DM_PLUGIN_DEFINE("leaky_relu", "1.0.0", DM_PLUGIN_BUILD_SIGNATURE,
-    DM_LAYER_COMPONENT("leaky_relu",
-                       "leaky rectified linear unit: x if x > 0, else alpha * x (elementwise)",
-                       leaky_params, &leaky_relu_vtable));
+                 DM_LAYER_COMPONENT("leaky_relu",
+                                    "leaky rectified linear unit: x if x > 0, else alpha * x (elementwise)",
+                                    leaky_params, &leaky_relu_vtable));

@@ -17,7 +17,8 @@ function(dm_add_plugin NAME)
     PREFIX "" OUTPUT_NAME ${target}
     LIBRARY_OUTPUT_DIRECTORY ${DMNIST_BUILD_PLUGIN_DIR}
     C_VISIBILITY_PRESET hidden CXX_VISIBILITY_PRESET hidden CUDA_VISIBILITY_PRESET hidden)
-  target_include_directories(${target} PRIVATE ${PROJECT_SOURCE_DIR}/include)
+  # the plugin's own folder too: dmnist/cpu_isa_copies.h includes its kernel headers
+  target_include_directories(${target} PRIVATE ${PROJECT_SOURCE_DIR}/include ${CMAKE_CURRENT_SOURCE_DIR})
   target_link_libraries(${target} PRIVATE ${P_LIBS})
   target_link_options(${target} PRIVATE -Wl,--no-undefined)
   if(DMNIST_HAVE_CUDA AND P_CUDA_SOURCES)

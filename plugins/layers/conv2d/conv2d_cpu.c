@@ -68,25 +68,8 @@ static void valid_range(int out, int stride, int pad, int kx, int in, int *lo, i
 
 /* ---- one copy of the passes per instruction set (cpu_isa.h) ----------------- */
 
-#if DM_CPU_ISA_X86
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4,prefer-vector-width=512")
-#define WK(name) name##_avx512
-#include "conv2d_cpu_kern.h"
-#undef WK
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
-#define WK(name) name##_avx2
-#include "conv2d_cpu_kern.h"
-#undef WK
-#pragma GCC pop_options
-#endif
-
-#define WK(name) name##_generic
-#include "conv2d_cpu_kern.h"
-#undef WK
+#define DM_ISA_KERNELS "conv2d_cpu_kern.h"
+#include "dmnist/cpu_isa_copies.h"
 
 void conv2d_forward_cpu(const conv2d_state *s, int n, const float *x, float *y)
 {

@@ -135,25 +135,8 @@ static void from_channels_last(const float *src, int ld, int n, float *dst, int 
 }
 /* ---- one copy of the kernels per instruction set (cpu_isa.h) -------------- */
 
-#if DM_CPU_ISA_X86
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4,prefer-vector-width=512")
-#define WK(name) name##_avx512
-#include "conv2d_winograd_kern.h"
-#undef WK
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
-#define WK(name) name##_avx2
-#include "conv2d_winograd_kern.h"
-#undef WK
-#pragma GCC pop_options
-#endif
-
-#define WK(name) name##_generic
-#include "conv2d_winograd_kern.h"
-#undef WK
+#define DM_ISA_KERNELS "conv2d_winograd_kern.h"
+#include "dmnist/cpu_isa_copies.h"
 
 typedef struct wino_kernels {
     void (*filter)(const float *w_f, int c0, int n, size_t fc, float *U_f);

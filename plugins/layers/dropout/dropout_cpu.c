@@ -6,25 +6,8 @@
 
 #include <string.h>
 
-#if DM_CPU_ISA_X86
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4,prefer-vector-width=512")
-#define WK(name) name##_avx512
-#include "dropout_kern.h"
-#undef WK
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
-#define WK(name) name##_avx2
-#include "dropout_kern.h"
-#undef WK
-#pragma GCC pop_options
-#endif
-
-#define WK(name) name##_generic
-#include "dropout_kern.h"
-#undef WK
+#define DM_ISA_KERNELS "dropout_kern.h"
+#include "dmnist/cpu_isa_copies.h"
 
 /* The copy DMNIST_CPU_ISA (or the CPU) selects, checked per call (a getenv
  * and a cached CPUID bit: nothing next to a pass over the batch). An

@@ -175,6 +175,18 @@ print(round((last - w) * b / (t[last] - t[w]), 1), round(mb, 1), round(1e3 * (c[
 EOF
 }
 
+# peer_result LOG RSS: a peer script's last JSON line as "images/s peak_rss_mb cpu_ms_per_image".
+peer_result() {
+    [ -z "$keep" ] || cp "$1" "$keep/"
+    python3 - "$1" "$2" <<'EOF'
+import json, os, sys
+rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
+mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
+print(rec["images_per_s"], round(mb, 1), round(1e3 * rec["cpu_s_per_step"] / rec["batch"], 3))
+EOF
+}
+
+
 # One torch run: prints "images/s peak_rss_mb cpu_ms_per_image".
 run_torch() {
     local b=$1 n=$2 tag=$3
@@ -185,13 +197,7 @@ run_torch() {
         tail -n 5 "$log" >&2
         die "torch_cpu.py failed (batch $b); log above"
     fi
-    [ -z "$keep" ] || cp "$log" "$keep/"
-    python3 - "$log" "$rss" <<'EOF'
-import json, os, sys
-rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
-mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
-print(rec["images_per_s"], round(mb, 1), round(1e3 * rec["cpu_s_per_step"] / rec["batch"], 3))
-EOF
+    peer_result "$log" "$rss"
 }
 
 # One TensorFlow run: prints "images/s peak_rss_mb cpu_ms_per_image".
@@ -204,13 +210,7 @@ run_tf() {
         tail -n 5 "$log" >&2
         die "tf_cpu.py failed (batch $b); log above"
     fi
-    [ -z "$keep" ] || cp "$log" "$keep/"
-    python3 - "$log" "$rss" <<'EOF'
-import json, os, sys
-rec = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")][-1]
-mb = int(open(sys.argv[2]).read().split()[-1]) / 1024 if os.path.exists(sys.argv[2]) else rec["peak_rss_mb"]
-print(rec["images_per_s"], round(mb, 1), round(1e3 * rec["cpu_s_per_step"] / rec["batch"], 3))
-EOF
+    peer_result "$log" "$rss"
 }
 
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)

@@ -316,10 +316,33 @@ static int resolve_comm(dm_experiment *x, dm_error *err)
     return dm_param_set_build(x->comm.lc->component->params, s->kvs, s->n, &x->comm.where, &x->comm.params, err);
 }
 
-int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_experiment **out, dm_error *err)
+/* [layer.*] in file order, each against its plugin's table. */
+static int resolve_layers(dm_experiment *x, dm_error *err)
 {
-    *out = NULL;
-    /* Unknown sections first. */
+    const dm_config *cfg = x->cfg;
+    int rc;
+    for (int i = 0; i < cfg->n; i++)
+        if (strncmp(cfg->sections[i].name, "layer.", 6) == 0) x->n_layers++;
+    if (x->n_layers == 0)
+        return dm_fail(err, DM_ERR_INVALID, "%s: no [layer.NAME] sections: a model needs at least one layer",
+                       cfg->path);
+    x->layers = calloc((size_t)x->n_layers, sizeof *x->layers);
+    if (!x->layers) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
+    for (int i = 0, k = 0; i < cfg->n; i++) {
+        const char *name = cfg->sections[i].name;
+        if (strncmp(name, "layer.", 6) != 0) continue;
+        dm_instance_cfg *L = &x->layers[k++];
+        if ((rc = resolve_section(x, name, DM_KIND_LAYER, layer_defs, L, err))) return rc;
+        snprintf(L->name, sizeof L->name, "%s", name + 6);
+        L->where.section = cfg->sections[i].name;
+    }
+    return DM_OK;
+}
+
+/* Every section is the core's, [comm] or a [layer.NAME]: one line naming an
+ * unknown one, with a suggestion. */
+static int check_sections(const dm_config *cfg, dm_error *err)
+{
     for (int i = 0; i < cfg->n; i++) {
         const char *name = cfg->sections[i].name;
         if (dm_core_section_defs(name) || strcmp(name, "comm") == 0) {
@@ -335,11 +358,19 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
         if (line > 0) return dm_fail(err, DM_ERR_INVALID, "%s:%d: unknown section [%s]%s", cfg->path, line, name, hint);
         return dm_fail(err, DM_ERR_INVALID, "--set: unknown section '%s'%s", name, hint);
     }
+    return DM_OK;
+}
+
+int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_experiment **out, dm_error *err)
+{
+    *out = NULL;
+    int rc = check_sections(cfg, err);
+    if (rc) return rc;
 
     dm_experiment *x = calloc(1, sizeof *x);
     if (!x) return dm_fail(err, DM_ERR_NOMEM, "out of memory");
     x->cfg = cfg;
-    int rc = core_only(x, "experiment", &x->experiment_params, err);
+    rc = core_only(x, "experiment", &x->experiment_params, err);
     if (rc != DM_OK) {
         dm_experiment_free(x);
         return rc;
@@ -423,26 +454,7 @@ int dm_experiment_resolve(dm_config *cfg, const char *extra_plugin_path, dm_expe
 
     if ((rc = resolve_comm(x, err))) goto fail;
 
-    /* [layer.*] in file order */
-    for (int i = 0; i < cfg->n; i++)
-        if (strncmp(cfg->sections[i].name, "layer.", 6) == 0) x->n_layers++;
-    if (x->n_layers == 0) {
-        rc = dm_fail(err, DM_ERR_INVALID, "%s: no [layer.NAME] sections: a model needs at least one layer", cfg->path);
-        goto fail;
-    }
-    x->layers = calloc((size_t)x->n_layers, sizeof *x->layers);
-    if (!x->layers) {
-        rc = dm_fail(err, DM_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    for (int i = 0, k = 0; i < cfg->n; i++) {
-        const char *name = cfg->sections[i].name;
-        if (strncmp(name, "layer.", 6) != 0) continue;
-        dm_instance_cfg *L = &x->layers[k++];
-        if ((rc = resolve_section(x, name, DM_KIND_LAYER, layer_defs, L, err))) goto fail;
-        snprintf(L->name, sizeof L->name, "%s", name + 6);
-        L->where.section = cfg->sections[i].name;
-    }
+    if ((rc = resolve_layers(x, err))) goto fail;
     *out = x;
     return DM_OK;
 fail:

@@ -269,7 +269,7 @@ agents_gloo)
     agent() {
         "$LAB" exec $NAME h$1 -- timeout -k 5 100 "$RUN" --np 2 --nodes 2 --node-rank $1 --max-restarts 1 \
             "${ARGS[@]}" --set experiment.backend=gloo --set comm.iface=eth0 --set experiment.elastic=true \
-            --set experiment.timeout_s=3 --set experiment.elastic_settle_s=0.5 --set train.total_batches=2400 \
+            --set experiment.timeout_s=3 --set experiment.elastic_settle_s=0.5 --set train.total_batches=1200 \
             --metrics "$TMP/m.json" >"$TMP/agent$1.$2.log" 2>&1 &
         AGENT[$1]=$!
     }

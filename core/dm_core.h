@@ -126,6 +126,9 @@ int dm_param_set_parse(const dm_param_def *defs, const char *spec, dm_param_set 
 /* Replace one key's value by a value derived from the others (e.g. the
  * resolved experiment.backend), validated against the same table entry. */
 int dm_param_set_replace(dm_param_set *ps, const char *name, const char *text, dm_error *err);
+/* A bool as the INI says it (1/true/yes/on, 0/false/no/off, any case):
+ * 1 and *out set, or 0 when the text is neither. */
+int dm_param_parse_bool(const char *s, int64_t *out);
 const dm_params *dm_param_set_params(const dm_param_set *ps);
 void dm_param_set_free(dm_param_set *ps);
 
@@ -319,6 +322,8 @@ void dm_experiment_free(dm_experiment *x);
  * (with .SLURM_STEP_ID), PMIX_NAMESPACE or OMPI_MCA_ess_base_jobid, made one
  * plain name ([A-Za-z0-9._-]); "" when none is set. */
 void dm_job_id(char *buf, size_t size);
+/* Make s one plain path component and store key: [A-Za-z0-9._-], others '_'. */
+void dm_plain_name(char *s);
 /* FNV-1a over what every rank of one job must share: the layers, optimizer
  * and data (type and every validated key), seed, world size, step budget,
  * device and job id. Not the comm keys, threads or paths: those may differ. */

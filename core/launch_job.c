@@ -33,9 +33,8 @@ static void read_job_cfg(const char *config_path, const char *const *sets, int n
     const dm_kv *c = dm_section_get(dm_config_section(cfg, "train"), "checkpoint_dir");
     if (b && b->value[0]) snprintf(j->backend, sizeof j->backend, "%s", b->value);
     else snprintf(j->backend, sizeof j->backend, "%s", d && strcmp(d->value, "cuda") == 0 ? "nccl" : "local");
-    j->elastic = e &&
-        (strcmp(e->value, "true") == 0 || strcmp(e->value, "1") == 0 || strcmp(e->value, "yes") == 0 ||
-         strcmp(e->value, "on") == 0);
+    int64_t on = 0;
+    j->elastic = e && dm_param_parse_bool(e->value, &on) && on; /* as the ranks will read it */
     if (c) snprintf(j->checkpoint_dir, sizeof j->checkpoint_dir, "%s", c->value);
     dm_config_free(cfg);
 }

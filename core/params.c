@@ -74,7 +74,7 @@ static const char *type_word(dm_param_type t)
     return "?";
 }
 
-static int parse_bool(const char *s, int64_t *out)
+int dm_param_parse_bool(const char *s, int64_t *out)
 {
     static const char *yes[] = {"1", "true", "yes", "on"}, *no[] = {"0", "false", "no", "off"};
     for (int i = 0; i < 4; i++) {
@@ -134,7 +134,7 @@ static int convert(const dm_param_def *def, const char *text, dm_param_value *v,
         break;
     }
     case DM_PARAM_BOOL:
-        if (!parse_bool(text, &v->i))
+        if (!dm_param_parse_bool(text, &v->i))
             return dm_fail(err, DM_ERR_INVALID, "'%s' must be true or false, got '%s'", def->name, text);
         v->f = (double)v->i;
         break;

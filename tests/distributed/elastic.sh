@@ -9,7 +9,7 @@
 #                trains its global batch budget (less at most 2: what is left
 #                after a change is divided by the new size, rounding down); no example is
 #                skipped or seen twice within an epoch (DMNIST_TEST_TRACE_DATA)
-#   kill_shrink  --np 3, no restarts: rank 2 killed; 2 ranks finish the
+#   kill_shrink  --np 3, no restarts, elastic = Yes: rank 2 killed; 2 ranks finish the
 #                budget (as above), the learning rate scaled for 2 ranks
 #   freeze       --np 3: rank 1 SIGSTOPped at step >= 30 is dropped after
 #                the timeout (world 3 -> 2); SIGCONT: it rejoins (2 -> 3)
@@ -104,7 +104,8 @@ kill_rejoin)
     ok "rank 1 killed, restarted and rejoined; $b global batches; $out"
     ;;
 kill_shrink)
-    start "$TMP/log" "$RUN" --np 3 "${args[@]}" --metrics "$TMP/m.json"
+    # "Yes": the launcher reads the key as the ranks do (any case of 1/true/yes/on)
+    start "$TMP/log" "$RUN" --np 3 "${args[@]}" --set experiment.elastic=Yes --metrics "$TMP/m.json"
     signal_rank "$TMP/log" 30 KILL 2 >/dev/null
     finish "$TMP/log"
     grep -q "rank 2 was killed by signal 9; the others go on" "$TMP/log" || { show "$TMP/log"; fail "no launcher line"; }

@@ -33,14 +33,6 @@ static double mono(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void plain_name(char *s)
-{
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '-' ||
-              *s == '_' || *s == '.'))
-            *s = '_';
-}
-
 /* The heartbeat: a thread of its own, so a rank blocked in a collective
  * still shows it is alive; a killed or stopped process stops at once. */
 static char hb_path[1300];
@@ -96,8 +88,7 @@ int dm_elastic_open(dm_elastic *e, const char *rendezvous, const char *job_id, i
                        "every rank sees; dmnist-run --np makes one), not '%s'",
                        rendezvous ? rendezvous : "");
     char job[128];
-    snprintf(job, sizeof job, "%s", job_id && job_id[0] ? job_id : "nojob");
-    plain_name(job);
+    snprintf(job, sizeof job, "%s", job_id && job_id[0] ? job_id : "nojob"); /* dm_job_id's: plain */
     int n = snprintf(e->dir, sizeof e->dir, "%s/elastic.%s", rendezvous + 7, job);
     if (n < 0 || (size_t)n >= sizeof e->dir)
         return dm_fail(err, DM_ERR_INVALID, "experiment.elastic: rendezvous folder name too long");
@@ -108,7 +99,7 @@ int dm_elastic_open(dm_elastic *e, const char *rendezvous, const char *job_id, i
         return dm_fail(err, DM_ERR_IO, "experiment.elastic: %s is not a folder of this user that only it can write",
                        e->dir);
     if (gethostname(e->host, sizeof e->host - 1) != 0 || !e->host[0]) snprintf(e->host, sizeof e->host, "host");
-    plain_name(e->host);
+    dm_plain_name(e->host);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(e->id, sizeof e->id, "%s.%ld.%lx", e->host, (long)getpid(),

@@ -79,14 +79,17 @@ void dm_job_id(char *buf, size_t size)
         if (which == 1 && !(step && step[0])) step = getenv("SLURM_STEPID"); /* older Slurm's spelling */
         snprintf(raw, sizeof raw, "%s%s%s", id, step && step[0] ? "." : "", step ? step : "");
     }
-    /* one plain path component and store key: [A-Za-z0-9._-] */
-    size_t n = 0;
-    for (const char *c = raw; *c && n + 1 < size; c++)
-        buf[n++] = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '-' ||
-                *c == '.' || *c == '_'
-            ? *c
-            : '_';
-    if (size) buf[n < size ? n : size - 1] = 0;
+    if (!size) return;
+    snprintf(buf, size, "%s", raw);
+    dm_plain_name(buf);
+}
+
+void dm_plain_name(char *s)
+{
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') || *s == '-' ||
+              *s == '.' || *s == '_'))
+            *s = '_';
 }
 
 uint64_t dm_job_fingerprint(const dm_experiment *x, int world_size, const char *job_id)

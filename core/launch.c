@@ -254,12 +254,9 @@ static void reap_and_blame(crew *c)
     int st = c->w[culprit].status;
     c->failed_rank = culprit;
     c->exit_code = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
-    if (WIFSIGNALED(st))
-        fprintf(stderr, "%s: rank %d was killed by signal %d; stopping the other ranks\n", dm_launch_prog, culprit,
-                WTERMSIG(st));
-    else
-        fprintf(stderr, "%s: rank %d failed (exit %d); stopping the other ranks\n", dm_launch_prog, culprit,
-                WEXITSTATUS(st));
+    char how[64];
+    say_end(how, sizeof how, st);
+    fprintf(stderr, "%s: rank %d %s; stopping the other ranks\n", dm_launch_prog, culprit, how);
     /* A short grace first: the others usually fail at once too (a refused
      * checkpoint, a lost peer) and their own line says why. */
     double now = mono_now();

@@ -51,6 +51,7 @@ static int start(trainer *t, dm_error *err)
     t->commit_pos = t->epoch_pos;
     if (!rc) rc = tr_state_sync(t, err);
     t->done0 = t->done_batches;
+    tr_open_data_trace(t);
     if (!rc) rc = dm_dev_zero(&t->dev, t->m.metrics, 2 * sizeof(float), err);
     if (!rc) rc = tr_report_open(t, err);
     if (rc) return rc;

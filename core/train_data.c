@@ -143,15 +143,18 @@ int tr_next_train_batch(trainer *t, dm_error *err)
  * round rank epoch" and the examples this rank trained on, so a test can
  * check that no example was skipped or seen twice within an epoch across
  * changes of the world. */
-void tr_trace_data(trainer *t)
+void tr_open_data_trace(trainer *t)
 {
     const char *prefix = getenv("DMNIST_TEST_TRACE_DATA");
     if (!prefix || !prefix[0]) return;
-    if (!t->data_trace) {
-        char path[4096];
-        snprintf(path, sizeof path, "%s.%ld", prefix, (long)getpid());
-        if (!(t->data_trace = fopen(path, "a"))) return;
-    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s.%ld", prefix, (long)getpid());
+    t->data_trace = fopen(path, "a");
+}
+
+void tr_trace_data(trainer *t)
+{
+    if (!t->data_trace) return; /* the usual case: one test of a pointer per step */
     const int b = t->x->batch_size;
     /* the step just taken: the cursor moved past its global batch */
     const int64_t first = t->epoch_pos - (int64_t)b * t->ci.size + (int64_t)t->ci.rank * b;

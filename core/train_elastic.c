@@ -114,8 +114,7 @@ static void drop_comm(trainer *t)
 static int undo_step(trainer *t, dm_error *err)
 {
     int rc = DM_OK;
-    if (t->in_step && t->state_backup)
-        rc = dm_dev_copy(&t->dev, t->m.state, t->state_backup, t->m.state_count * sizeof(float), err);
+    if (t->in_step) rc = tr_guard_restore_state(t, err);
     t->in_step = 0;
     t->epoch = t->commit_epoch;
     t->epoch_pos = t->commit_pos;

@@ -105,6 +105,12 @@ int tr_guard_backup_state(trainer *t, dm_error *err)
     return dm_dev_copy(&t->dev, t->state_backup, t->m.state, t->m.state_count * sizeof(float), err);
 }
 
+int tr_guard_restore_state(trainer *t, dm_error *err)
+{
+    if (!t->state_backup) return DM_OK;
+    return dm_dev_copy(&t->dev, t->m.state, t->state_backup, t->m.state_count * sizeof(float), err);
+}
+
 /* NaN/Inf check, before the update. CPU: every step (the loss is on the
  * host). CUDA: every step with nan_policy = skip (one host sync per step),
  * else before each checkpoint and at each log, which sync anyway: a
@@ -147,9 +153,7 @@ int tr_guard_step(trainer *t, int *skipped, dm_error *err)
                        steps, where);
     if (rank0(t)) printf("%s: loss %s, step skipped (nan_policy = skip)\n", steps, where);
     if ((rc = set_loss_sum(t, t->checked_loss_sum, err))) return rc;
-    if (t->state_backup &&
-        (rc = dm_dev_copy(&t->dev, t->m.state, t->state_backup, t->m.state_count * sizeof(float), err)))
-        return rc;
+    if ((rc = tr_guard_restore_state(t, err))) return rc;
     t->step++;
     t->checked_step = t->step;
     *skipped = 1;

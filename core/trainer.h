@@ -157,6 +157,7 @@ int tr_sync_layer_state(trainer *t, dm_error *err);
 /* ---- train_data.c: batches, the permutation, dataset upload, evaluation --- */
 
 int tr_upload_dataset(trainer *t, dm_error *err);
+void tr_open_data_trace(trainer *t);
 void tr_trace_data(trainer *t);
 int tr_next_train_batch(trainer *t, dm_error *err);
 /* Test loss and accuracy over every rank (identical on any number of ranks);
@@ -166,6 +167,8 @@ int tr_evaluate(trainer *t, double *loss, double *acc, float *confusion, dm_erro
 /* ---- train_guard.c: NaN/Inf policy, parameter checks, the sync check ----- */
 
 int tr_guard_backup_state(trainer *t, dm_error *err);
+/* Put back the layer state tr_guard_backup_state kept (none kept: nothing). */
+int tr_guard_restore_state(trainer *t, dm_error *err);
 int tr_guard_step(trainer *t, int *skipped, dm_error *err);
 int tr_check_params(trainer *t, dm_error *err);
 int tr_sync_check(trainer *t, dm_error *err);

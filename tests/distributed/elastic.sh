@@ -15,6 +15,8 @@
 #                the timeout (world 3 -> 2); SIGCONT: it rejoins (2 -> 3)
 #   min_ranks    --np 2, min_ranks = 2: rank 1 killed; rank 0 cannot form a
 #                world and fails within timeout + 20 s naming min_ranks
+#   forged_round garbage in round 0's member list: the process never joins a
+#                world it is not in; it fails in about 4 timeouts, one line
 #   restart_BACKEND  not elastic: --np 2 --max-restarts 1 with checkpoints
 #                every 5 steps; rank 1 killed after step 20; the job starts
 #                again from its newest checkpoint and its final checkpoint
@@ -139,6 +141,17 @@ min_ranks)
     (( ${el%.*} < 25 )) || fail "took $el s to give up (bound: timeout 5 s + 20 s on a busy machine)"
     grep -q "min_ranks" "$TMP/log" || { show "$TMP/log"; fail "the failure does not name min_ranks"; }
     ok "one survivor of two with min_ranks = 2 gave up after $el s: $(grep -o 'experiment.elastic: round.*' "$TMP/log" | head -1)"
+    ;;
+forged_round)
+    # garbage where round 0's member list belongs: the process cannot get in and says so, bounded
+    mkdir -m 0700 -p "$TMP/rdzv/elastic.j1/r0" && head -c 3000 /dev/urandom >"$TMP/rdzv/elastic.j1/r0/closed"
+    t0=$(now_ms)
+    run_fails "$TMP/log" 1 env DMNIST_RANK=0 DMNIST_WORLD_SIZE=1 DMNIST_JOB_ID=j1 DMNIST_RENDEZVOUS=file://$TMP/rdzv \
+        "$RUN" "${args[@]}" --set experiment.timeout_s=1 --set experiment.elastic_settle_s=0
+    el=$(since_s "$t0")
+    grep -q "waited [0-9]* s to join job .* and no world took this process in" "$TMP/log" || { show "$TMP/log"; fail "no clear message"; }
+    [ "$(grep -c . "$TMP/log")" = 1 ] || { show "$TMP/log"; fail "more than one line"; }
+    ok "a forged round 0 is refused after $el s: $(cat "$TMP/log")"
     ;;
 restart_*)
     backend=${case#restart_}
